@@ -1,0 +1,118 @@
+//! Errors the gateway makes itself, and the one place they map to HTTP.
+//!
+//! The kind says which side failed; status, OpenAI error `type`/`code` and the
+//! metric label all derive from it, never from free text.
+
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Missing or unknown client key.
+    Unauthorized,
+    /// Request body over the configured limit.
+    BodyTooLarge,
+    /// Malformed request the gateway refuses to forward.
+    BadRequest,
+    /// Could not connect to the provider (nothing was sent).
+    UpstreamConnect,
+    /// The provider sent no response head in time.
+    UpstreamTimeout,
+    /// The provider broke the exchange after it began.
+    UpstreamBroken,
+    /// The gateway is shutting down or otherwise cannot serve.
+    Unavailable,
+    /// A bug or an unexpected local failure.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::BodyTooLarge => 413,
+            ErrorKind::BadRequest => 400,
+            ErrorKind::UpstreamConnect | ErrorKind::UpstreamBroken => 502,
+            ErrorKind::UpstreamTimeout => 504,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    pub fn error_type(self) -> &'static str {
+        match self {
+            ErrorKind::Unauthorized => "authentication_error",
+            ErrorKind::BodyTooLarge | ErrorKind::BadRequest => "invalid_request_error",
+            ErrorKind::UpstreamConnect
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::UpstreamBroken
+            | ErrorKind::Unavailable => "upstream_error",
+            ErrorKind::Internal => "server_error",
+        }
+    }
+
+    /// OpenAI's `error.code`: stable, machine-readable.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::Unauthorized => "invalid_api_key",
+            ErrorKind::BodyTooLarge => "request_too_large",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::UpstreamConnect => "upstream_unreachable",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamBroken => "upstream_broken",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal_error",
+        }
+    }
+
+    /// `status` label of `switchyard_requests_total` for a request that ended in this error.
+    pub fn metric_status(self) -> &'static str {
+        match self {
+            ErrorKind::UpstreamTimeout => "timeout",
+            ErrorKind::UpstreamConnect | ErrorKind::UpstreamBroken => "error",
+            ErrorKind::Unauthorized | ErrorKind::BodyTooLarge | ErrorKind::BadRequest => "4xx",
+            ErrorKind::Unavailable | ErrorKind::Internal => "5xx",
+        }
+    }
+
+    /// The OpenAI-shaped body: `{"error": {"message", "type", "code"}}`.
+    pub fn body(self, message: &str) -> String {
+        json!({"error": {"message": message, "type": self.error_type(), "code": self.code()}})
+            .to_string()
+    }
+}
+
+/// `status` label for a response the provider sent.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        500..=599 => "5xx",
+        400..=499 => "4xx",
+        // 1xx/3xx are not errors; they count with the successes.
+        _ => "2xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_openai_shaped() {
+        let v: serde_json::Value =
+            serde_json::from_str(&ErrorKind::UpstreamTimeout.body("no answer in 30s")).unwrap();
+        assert_eq!(v["error"]["message"], "no answer in 30s");
+        assert_eq!(v["error"]["type"], "upstream_error");
+        assert_eq!(v["error"]["code"], "upstream_timeout");
+        assert_eq!(ErrorKind::UpstreamTimeout.status(), 504);
+        assert_eq!(ErrorKind::UpstreamConnect.status(), 502);
+        assert_eq!(ErrorKind::BodyTooLarge.status(), 413);
+        assert_eq!(ErrorKind::Unauthorized.status(), 401);
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(status_class(200), "2xx");
+        assert_eq!(status_class(404), "4xx");
+        assert_eq!(status_class(503), "5xx");
+    }
+}

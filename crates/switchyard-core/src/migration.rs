@@ -1,0 +1,151 @@
+//! The migration state machine: which phase we are in, and whether we rolled back.
+//!
+//! Pure transitions; the caller persists and publishes the result.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Phase;
+
+/// What caused a rollback (also the `trigger` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Admin,
+    Config,
+    Auto,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Admin => "admin",
+            Trigger::Config => "config",
+            Trigger::Auto => "auto",
+        }
+    }
+}
+
+/// Where the migration stands. When `rolled_back`, 100% goes to `from` whatever `phase` says;
+/// `phase` keeps the phase we left so the operator can see it (None when the config itself
+/// started in `rollback`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationState {
+    pub phase: Option<usize>,
+    pub rolled_back: bool,
+    pub rollback_reason: Option<String>,
+    pub rollback_trigger: Option<Trigger>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransitionError {
+    /// Already at the last phase.
+    AtLastPhase,
+    /// `next` while rolled back: leaving a rollback must name the phase.
+    RolledBack,
+    UnknownPhase(String),
+}
+
+impl std::fmt::Display for TransitionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransitionError::AtLastPhase => write!(f, "already at the last phase"),
+            TransitionError::RolledBack => write!(
+                f,
+                "rolled back: leave the rollback by setting a phase explicitly (POST /admin/phase)"
+            ),
+            TransitionError::UnknownPhase(n) => write!(f, "no phase named `{n}`"),
+        }
+    }
+}
+
+impl std::error::Error for TransitionError {}
+
+impl MigrationState {
+    pub fn at(index: usize) -> Self {
+        MigrationState {
+            phase: Some(index),
+            rolled_back: false,
+            rollback_reason: None,
+            rollback_trigger: None,
+        }
+    }
+
+    /// Buckets (of 10000) that go to `to`.
+    pub fn to_buckets(&self, phases: &[Phase]) -> u16 {
+        match (self.rolled_back, self.phase) {
+            (false, Some(i)) => phases.get(i).map_or(0, |p| p.buckets),
+            _ => 0,
+        }
+    }
+
+    pub fn phase_name<'a>(&self, phases: &'a [Phase]) -> &'a str {
+        match (self.rolled_back, self.phase) {
+            (false, Some(i)) => phases.get(i).map_or("rollback", |p| p.name.as_str()),
+            _ => "rollback",
+        }
+    }
+
+    pub fn next(&self, phases: &[Phase]) -> Result<Self, TransitionError> {
+        if self.rolled_back {
+            return Err(TransitionError::RolledBack);
+        }
+        let i = self.phase.map_or(0, |i| i + 1);
+        if i >= phases.len() {
+            return Err(TransitionError::AtLastPhase);
+        }
+        Ok(MigrationState::at(i))
+    }
+
+    pub fn set(&self, phases: &[Phase], name: &str) -> Result<Self, TransitionError> {
+        phases
+            .iter()
+            .position(|p| p.name == name)
+            .map(MigrationState::at)
+            .ok_or_else(|| TransitionError::UnknownPhase(name.to_string()))
+    }
+
+    pub fn rollback(&self, reason: impl Into<String>, trigger: Trigger) -> Self {
+        MigrationState {
+            phase: self.phase,
+            rolled_back: true,
+            rollback_reason: Some(reason.into()),
+            rollback_trigger: Some(trigger),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phases() -> Vec<Phase> {
+        [("p1", 1000), ("p2", 2500), ("p3", 5000), ("p4", 10000)]
+            .iter()
+            .map(|(n, b)| Phase {
+                name: n.to_string(),
+                buckets: *b,
+                hold: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn walk_and_roll_back() {
+        let ph = phases();
+        let s = MigrationState::at(0);
+        assert_eq!(s.to_buckets(&ph), 1000);
+        let s = s.next(&ph).unwrap();
+        assert_eq!(s.phase_name(&ph), "p2");
+        let s = s.next(&ph).unwrap().next(&ph).unwrap();
+        assert_eq!(s.to_buckets(&ph), 10000);
+        assert_eq!(s.next(&ph), Err(TransitionError::AtLastPhase));
+        let r = s.rollback("errors", Trigger::Admin);
+        assert_eq!(r.to_buckets(&ph), 0);
+        assert_eq!(r.phase_name(&ph), "rollback");
+        assert_eq!(r.next(&ph), Err(TransitionError::RolledBack));
+        let back = r.set(&ph, "p2").unwrap();
+        assert!(!back.rolled_back);
+        assert_eq!(back.to_buckets(&ph), 2500);
+        assert!(matches!(r.set(&ph, "nope"), Err(TransitionError::UnknownPhase(_))));
+    }
+}
