@@ -1,1 +1,14 @@
+//! switchyard's data plane. The request path is documented step by step in [`service`];
+//! read it before changing the order of anything.
 
+pub mod body;
+pub mod headers;
+pub mod metrics;
+pub mod server;
+pub mod service;
+pub mod snapshot;
+pub mod tls;
+pub mod upstream;
+
+pub use server::{serve, ServerLimits};
+pub use snapshot::{Gateway, Snapshot};

@@ -1,0 +1,88 @@
+//! Header and path rewriting between client and provider.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// The fixed hop-by-hop set (RFC 9110 §7.6.1 plus the historical ones).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Drops hop-by-hop headers: the fixed set, `Upgrade`, and every header `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection must go too; collect only when there are some.
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        if let Ok(list) = conn.to_str() {
+            let named: Vec<HeaderName> = list
+                .split(',')
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .collect();
+            for n in named {
+                headers.remove(n);
+            }
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Maps the client's path onto the provider's `base_url` path.
+///
+/// `/v1/chat/completions` → `<base_path>/chat/completions`: the request's `/v1` stands for
+/// whatever path the provider's base URL has (`/v1`, `/api/v3`, …). A base URL without a
+/// path gets the request path unchanged. `path_and_query` keeps the query string.
+pub fn upstream_path(base_path: &str, path_and_query: &str) -> String {
+    if base_path.is_empty() {
+        return path_and_query.to_string();
+    }
+    let rest = match path_and_query.strip_prefix("/v1") {
+        Some(r) if r.is_empty() || r.starts_with(['/', '?']) => r,
+        _ => path_and_query,
+    };
+    let mut out = String::with_capacity(base_path.len() + rest.len() + 1);
+    out.push_str(base_path);
+    if !rest.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn paths() {
+        assert_eq!(upstream_path("/v1", "/v1/chat/completions"), "/v1/chat/completions");
+        assert_eq!(upstream_path("/api/v3", "/v1/chat/completions?a=1"), "/api/v3/chat/completions?a=1");
+        assert_eq!(upstream_path("/v1", "/v1?x=1"), "/v1/?x=1");
+        assert_eq!(upstream_path("/v1", "/models"), "/v1/models");
+        assert_eq!(upstream_path("/v1", "/v10/x"), "/v1/v10/x");
+        assert_eq!(upstream_path("", "/v1/models"), "/v1/models");
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+    }
+}

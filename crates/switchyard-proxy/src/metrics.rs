@@ -1,0 +1,78 @@
+//! Metric handles, registered once per provider per snapshot so the hot path
+//! only touches atomics (no label lookups or `String`s per request).
+
+use metrics::{counter, histogram, Counter, Histogram};
+
+pub const REQUESTS_TOTAL: &str = "switchyard_requests_total";
+pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
+pub const FIRST_BYTE: &str = "switchyard_upstream_first_byte_seconds";
+pub const REJECTED_TOTAL: &str = "switchyard_rejected_total";
+pub const FAILOVERS_TOTAL: &str = "switchyard_failovers_total";
+
+/// Buckets (seconds) for both latency histograms: LLM calls run from a few ms to minutes.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+pub fn describe() {
+    metrics::describe_counter!(REQUESTS_TOTAL, "Requests by provider and outcome (2xx, 4xx, 5xx, timeout, error)");
+    metrics::describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "Whole request duration, to the end of the response body");
+    metrics::describe_histogram!(FIRST_BYTE, metrics::Unit::Seconds, "Time until the provider's response head");
+    metrics::describe_counter!(REJECTED_TOTAL, "Requests the gateway refused before choosing a provider, by reason");
+    metrics::describe_counter!(FAILOVERS_TOTAL, "Requests sent to the other provider because the chosen one could not be connected to");
+}
+
+/// Outcome classes, the `status` label of `switchyard_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    S2xx,
+    S4xx,
+    S5xx,
+    Timeout,
+    Error,
+}
+
+impl Outcome {
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            500..=599 => Outcome::S5xx,
+            400..=499 => Outcome::S4xx,
+            _ => Outcome::S2xx,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::S2xx => "2xx",
+            Outcome::S4xx => "4xx",
+            Outcome::S5xx => "5xx",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ProviderMetrics {
+    requests: [Counter; 5],
+    pub duration: Histogram,
+    pub first_byte: Histogram,
+    pub failovers: Counter,
+}
+
+impl ProviderMetrics {
+    pub fn new(provider: &str) -> Self {
+        let c = |status: &'static str| counter!(REQUESTS_TOTAL, "provider" => provider.to_string(), "status" => status);
+        ProviderMetrics {
+            requests: [c("2xx"), c("4xx"), c("5xx"), c("timeout"), c("error")],
+            duration: histogram!(REQUEST_DURATION, "provider" => provider.to_string()),
+            first_byte: histogram!(FIRST_BYTE, "provider" => provider.to_string()),
+            failovers: counter!(FAILOVERS_TOTAL, "provider" => provider.to_string()),
+        }
+    }
+
+    #[inline]
+    pub fn count(&self, outcome: Outcome) {
+        self.requests[outcome as usize].increment(1);
+    }
+}

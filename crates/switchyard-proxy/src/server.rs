@@ -1,0 +1,327 @@
+//! The client-facing listener: accept, cap connections, guard HTTP/1 framing, serve
+//! HTTP/1.1 and h2c (and TLS when configured), drain on shutdown within a grace period.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::service::{handle, ConnInfo};
+use crate::snapshot::Gateway;
+
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl ServerLimits {
+    pub fn from_config(s: &switchyard_core::config::ServerConfig) -> Self {
+        ServerLimits {
+            max_connections: s.max_connections,
+            header_read_timeout: s.header_read_timeout,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+            shutdown_grace: s.shutdown_grace,
+        }
+    }
+}
+
+/// Serves until `shutdown` turns true, then stops accepting at once and lets open
+/// requests and streams finish for up to `limits.shutdown_grace`.
+/// Returns how many connections were still open when the grace period ran out.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    gateway: Arc<Gateway>,
+    limits: ServerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) -> usize {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // A half-sent request head is cut after this (slowloris).
+        .header_read_timeout(limits.header_read_timeout)
+        // Heads over this size, or with too many fields, get 431.
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
+        };
+        let (stream, remote) = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_info = Arc::new(ConnInfo::default());
+        let gw = gateway.clone();
+        let info = conn_info.clone();
+        let svc = service_fn(move |req| {
+            let gw = gw.clone();
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(handle(&gw, &info, req).await) }
+        });
+        let builder = builder.clone();
+        match &tls {
+            None => {
+                let io = TokioIo::new(FramingGuard::new(stream, conn_info));
+                let conn = graceful.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let graceful_conn = graceful.watcher();
+                let header_timeout = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let tls_stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let io = TokioIo::new(FramingGuard::new(tls_stream, conn_info));
+                    let conn = graceful_conn.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(grace = ?limits.shutdown_grace, "stopped accepting; draining open requests");
+    let open = graceful.count();
+    match tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => 0,
+        Err(_) => {
+            tracing::warn!(open, "grace period over; closing the connections still open");
+            open.max(1)
+        }
+    }
+}
+
+/// Watches HTTP/1 request heads as they are read and flags a head that carries both
+/// `Content-Length` and `Transfer-Encoding`. hyper resolves that pair safely (chunked wins)
+/// but silently; we want such requests refused. It follows `Content-Length` bodies to find
+/// the next head on a keep-alive connection, and stops looking after a chunked body or an
+/// HTTP/2 preface (neither can carry the ambiguity further). No allocation.
+pub struct FramingGuard<T> {
+    inner: T,
+    info: Arc<ConnInfo>,
+    state: GuardState,
+    line: [u8; 24],
+    line_len: usize,
+    first_line: bool,
+    has_cl: bool,
+    has_te: bool,
+    cl: u64,
+    cl_digits: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GuardState {
+    Head,
+    Skip(u64),
+    Off,
+}
+
+impl<T> FramingGuard<T> {
+    pub fn new(inner: T, info: Arc<ConnInfo>) -> Self {
+        FramingGuard {
+            inner,
+            info,
+            state: GuardState::Head,
+            line: [0; 24],
+            line_len: 0,
+            first_line: true,
+            has_cl: false,
+            has_te: false,
+            cl: 0,
+            cl_digits: false,
+        }
+    }
+
+    fn scan(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match self.state {
+                GuardState::Off => return,
+                GuardState::Skip(n) => {
+                    let take = (data.len() as u64).min(n);
+                    data = &data[take as usize..];
+                    self.state = if n == take { GuardState::Head } else { GuardState::Skip(n - take) };
+                }
+                GuardState::Head => {
+                    let b = data[0];
+                    data = &data[1..];
+                    if b == b'\n' {
+                        self.end_line();
+                    } else if b != b'\r' {
+                        if self.line_len < self.line.len() {
+                            self.line[self.line_len] = b.to_ascii_lowercase();
+                        }
+                        self.line_len += 1;
+                        // Parse the Content-Length value digit by digit as it goes by.
+                        if self.line_len > 15 && self.line.starts_with(b"content-length:") && b.is_ascii_digit() {
+                            self.cl = self.cl.saturating_mul(10).saturating_add(u64::from(b - b'0'));
+                            self.cl_digits = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        let len = self.line_len.min(self.line.len());
+        let line = &self.line[..len];
+        self.line_len = 0;
+        if self.first_line {
+            if line.is_empty() {
+                return; // tolerated leading CRLF
+            }
+            self.first_line = false;
+            if line.starts_with(b"pri * http/2") {
+                self.state = GuardState::Off;
+            }
+            return;
+        }
+        if line.is_empty() {
+            // End of the head.
+            if self.has_cl && self.has_te {
+                self.info.framing_violation.store(true, Ordering::Relaxed);
+                self.state = GuardState::Off;
+            } else if self.has_te {
+                self.state = GuardState::Off;
+            } else {
+                self.state = if self.cl_digits && self.cl > 0 { GuardState::Skip(self.cl) } else { GuardState::Head };
+            }
+            self.first_line = true;
+            self.has_cl = false;
+            self.has_te = false;
+            self.cl = 0;
+            self.cl_digits = false;
+            return;
+        }
+        if line.starts_with(b"content-length:") {
+            self.has_cl = true;
+        } else if line.starts_with(b"transfer-encoding:") {
+            self.has_te = true;
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            if self.state != GuardState::Off {
+                let filled = &buf.filled()[before..];
+                // Copy-free: scan borrows the read buffer, not self.
+                let this = &mut *self;
+                this.scan(filled);
+            }
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flagged(chunks: &[&[u8]]) -> bool {
+        let info = Arc::new(ConnInfo::default());
+        let mut g = FramingGuard::new((), info.clone());
+        for c in chunks {
+            g.scan(c);
+        }
+        info.framing_violation.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn flags_cl_with_te() {
+        assert!(flagged(&[b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"]));
+        assert!(flagged(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-LENGTH: 4\r\n\r\n"]));
+    }
+
+    #[test]
+    fn split_across_reads_and_second_request() {
+        assert!(flagged(&[b"POST / HTTP/1.1\r\nContent-Len", b"gth: 5\r\nTransf", b"er-Encoding: chunked\r\n", b"\r\n"]));
+        // first request has a body of 5 bytes containing a fake header line; second is bad
+        assert!(flagged(&[b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]));
+    }
+
+    #[test]
+    fn clean_requests_pass() {
+        assert!(!flagged(&[b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\n", b"Transfer-Encoding: chunked\r\n\r\nContent-Length: 1\r\n\r\n"]));
+        assert!(!flagged(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"]));
+        assert!(!flagged(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00content-length:1\r\ntransfer-encoding:x\r\n\r\n"]));
+    }
+}

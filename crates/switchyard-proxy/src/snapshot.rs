@@ -1,0 +1,125 @@
+//! The running configuration: validated config, its upstream clients and the migration
+//! state, behind one `ArcSwap`. A request loads it once and keeps it to its end, so a
+//! reload or a phase change never touches a request in flight.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderName;
+use switchyard_core::{Config, MigrationState};
+
+use crate::upstream::{BuildError, Upstream};
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    /// Increases with every reload that succeeded.
+    pub config_version: u64,
+    /// Same order as `config.providers`.
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub state: MigrationState,
+    /// `percent × 100` of the current state.
+    pub to_buckets: u16,
+    pub sticky_header: HeaderName,
+    pub client_keys: Option<Arc<[Box<[u8]>]>>,
+}
+
+impl Snapshot {
+    /// Builds everything fallible for `config`; `env` reads secrets by variable name.
+    /// Upstreams of `previous` whose config and key are unchanged are kept, with their pools.
+    /// Returns warnings (e.g. a provider key that is not set) beside the snapshot.
+    pub fn build(
+        config: Arc<Config>,
+        config_version: u64,
+        state: MigrationState,
+        env: &dyn Fn(&str) -> Option<String>,
+        previous: Option<&Snapshot>,
+    ) -> Result<(Snapshot, Vec<String>), BuildError> {
+        let mut warnings = Vec::new();
+        let mut upstreams = Vec::with_capacity(config.providers.len());
+        for p in &config.providers {
+            let key = match &p.api_key_env {
+                Some(var) => {
+                    let k = env(var).filter(|k| !k.is_empty());
+                    if k.is_none() {
+                        warnings.push(format!(
+                            "providers.{}.api_key_env: {var} is not set; requests go upstream without a key",
+                            p.name
+                        ));
+                    }
+                    k
+                }
+                None => None,
+            };
+            let kept = previous.and_then(|s| s.upstreams.iter().find(|u| u.same(p, &key)).cloned());
+            upstreams.push(match kept {
+                Some(u) => u,
+                None => Arc::new(Upstream::build(p, key)?),
+            });
+        }
+        let client_keys = match &config.clients {
+            Some(c) => {
+                let raw = env(&c.keys_env).unwrap_or_default();
+                let keys: Vec<Box<[u8]>> = raw
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(|k| k.as_bytes().into())
+                    .collect();
+                if keys.is_empty() {
+                    return Err(BuildError(format!(
+                        "clients.keys_env: {} is not set or holds no key; refusing to serve with client keys required but none known",
+                        c.keys_env
+                    )));
+                }
+                Some(Arc::from(keys))
+            }
+            None => None,
+        };
+        let sticky_header = HeaderName::from_bytes(config.migration.sticky_header.as_bytes())
+            .map_err(|e| BuildError(format!("migration.sticky_header: {e}")))?;
+        let to_buckets = state.to_buckets(&config.migration.phases);
+        Ok((
+            Snapshot { config, config_version, upstreams, state, to_buckets, sticky_header, client_keys },
+            warnings,
+        ))
+    }
+
+    /// The same snapshot with another migration state (a phase change or a rollback).
+    pub fn with_state(&self, state: MigrationState) -> Snapshot {
+        Snapshot {
+            config: self.config.clone(),
+            config_version: self.config_version,
+            upstreams: self.upstreams.clone(),
+            to_buckets: state.to_buckets(&self.config.migration.phases),
+            state,
+            sticky_header: self.sticky_header.clone(),
+            client_keys: self.client_keys.clone(),
+        }
+    }
+
+    pub fn percent(&self) -> f64 {
+        f64::from(self.to_buckets) / 100.0
+    }
+}
+
+/// What the data plane shares: the current snapshot.
+pub struct Gateway {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Gateway {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Gateway { current: ArcSwap::from_pointee(snapshot) }
+    }
+
+    #[inline]
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The one place a new snapshot goes live.
+    pub fn store(&self, snapshot: Snapshot) {
+        metrics::gauge!("switchyard_migration_percent").set(snapshot.percent());
+        self.current.store(Arc::new(snapshot));
+    }
+}
