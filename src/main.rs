@@ -1,1 +1,160 @@
-fn main() {}
+//! switchyard: moves LLM API traffic from one provider to another in phases.
+
+mod control;
+mod phase;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const DEFAULT_CONFIG: &str = "config/switchyard.yaml";
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "A gateway that moves LLM API traffic from one provider to another in phases, with stable cohorts and one-step rollback")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file.
+        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0, or print every error with file, line and key.
+    Check {
+        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Show or change the migration phase through a running gateway's admin API.
+    Phase(phase::PhaseArgs),
+    /// Run an OpenAI-shaped mock provider (for demos and trying a config without keys).
+    Mock {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Name shown in its answers.
+        #[arg(long, default_value = "mock")]
+        name: String,
+        /// Delay before every response head, e.g. 150ms.
+        #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+        latency: std::time::Duration,
+        /// Share of requests (0..1) answered with 500.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// SSE content chunks per streamed answer.
+        #[arg(long, default_value_t = 5)]
+        chunks: usize,
+        /// Pause before each SSE chunk, e.g. 20ms.
+        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        chunk_delay: std::time::Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    switchyard_core::units::parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            init_logging();
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("switchyard: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(serve::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("switchyard: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { config } => check(&config),
+        Command::Phase(args) => phase::run(args),
+        Command::Mock { listen, name, latency, error_rate, chunks, chunk_delay } => {
+            if !(0.0..=1.0).contains(&error_rate) {
+                eprintln!("switchyard: --error-rate {error_rate} is not between 0 and 1");
+                return ExitCode::from(2);
+            }
+            let cfg = switchyard_mock::MockConfig { name, addr: listen, latency, error_rate, chunks, chunk_delay, tls: None };
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("switchyard: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async move {
+                match switchyard_mock::Mock::start(cfg).await {
+                    Ok(m) => {
+                        println!("mock provider listening on {} (base_url {})", m.addr(), m.base_url());
+                        let _ = tokio::signal::ctrl_c().await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("switchyard: mock {listen}: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    match switchyard_core::Config::parse(&text, &path.display().to_string()) {
+        Ok(c) => {
+            let m = &c.migration;
+            println!(
+                "{}: ok ({} providers; {} -> {} in {} phases; phase {})",
+                path.display(),
+                c.providers.len(),
+                c.providers[m.from].name,
+                c.providers[m.to].name,
+                m.phases.len(),
+                m.file_phase
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{} error(s)", errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("SWITCHYARD_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
+}

@@ -1,1 +1,378 @@
+//! An OpenAI-shaped mock provider for tests, `switchyard mock`, `make demo` and benches.
+//!
+//! Serves `…/chat/completions` (JSON, or SSE when the body asks `"stream": true`),
+//! `…/models` and `…/embeddings` under any path prefix, on port 0 by default, over
+//! plain HTTP or TLS. Behaviour is set for the whole server ([`MockConfig`], and live
+//! through [`Mock::set_status`] …) or per request with headers, which pass through a
+//! gateway untouched:
+//!
+//! | header | effect |
+//! |---|---|
+//! | `x-mock-status: 503` | answer with that status and an OpenAI error body |
+//! | `x-mock-delay-ms: 200` | wait before the response head |
+//! | `x-mock-hang: 1` | never answer |
+//! | `x-mock-chunks: 5` | SSE content chunks |
+//! | `x-mock-chunk-delay-ms: 10` | pause before each SSE chunk |
+//! | `x-mock-cut-after: 2` | abort the SSE stream after that many chunks |
+//!
+//! Every request is recorded ([`Mock::received`]); requests whose client went away before
+//! the answer was complete are counted ([`Mock::cancelled`]).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Channel, Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// Shown in answers ("Hello from NAME") and in `x-mock-provider`.
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Delay before every response head.
+    pub latency: Duration,
+    /// Share of requests (0..1) answered with 500, chosen by a fixed sequence.
+    pub error_rate: f64,
+    pub chunks: usize,
+    pub chunk_delay: Duration,
+    /// PEM certificate chain and key: serve HTTPS.
+    pub tls: Option<(String, String)>,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            name: "mock".into(),
+            addr: "127.0.0.1:0".parse().expect("literal address"),
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            chunks: 5,
+            chunk_delay: Duration::from_millis(10),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: Method,
+    /// Path and query as received.
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+struct State {
+    cfg: MockConfig,
+    received: Mutex<Vec<Received>>,
+    status_override: AtomicU16,
+    delay_ms: AtomicU64,
+    cancelled: AtomicU64,
+    served: AtomicU64,
+    seq: AtomicU64,
+}
+
+/// A running mock; stops when dropped.
+pub struct Mock {
+    addr: SocketAddr,
+    https: bool,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Mock {
+    pub async fn start(cfg: MockConfig) -> std::io::Result<Mock> {
+        let listener = TcpListener::bind(cfg.addr).await?;
+        let addr = listener.local_addr()?;
+        let tls = match &cfg.tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
+        let https = tls.is_some();
+        let state = Arc::new(State {
+            cfg,
+            received: Mutex::new(Vec::new()),
+            status_override: AtomicU16::new(0),
+            delay_ms: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
+                let st = st.clone();
+                let builder = builder.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(serve(st, req).await) }
+                    });
+                    match tls {
+                        Some(acc) => {
+                            if let Ok(s) = acc.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Mock { addr, https, state, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/v1` (or https).
+    pub fn base_url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}/v1", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.state.received.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn clear(&self) {
+        self.state.received.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Requests whose client went away before the answer was complete.
+    pub fn cancelled(&self) -> u64 {
+        self.state.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Answers sent in full.
+    pub fn served(&self) -> u64 {
+        self.state.served.load(Ordering::SeqCst)
+    }
+
+    /// Answer every request with this status (None: normal answers).
+    pub fn set_status(&self, status: Option<u16>) {
+        self.state.status_override.store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Extra delay before every response head.
+    pub fn set_delay(&self, d: Duration) {
+        self.state.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+/// Counts a request as cancelled if it is dropped before [`Guard::done`].
+struct Guard(Option<Arc<State>>);
+
+impl Guard {
+    fn done(mut self) {
+        if let Some(st) = self.0.take() {
+            st.served.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(st) = self.0.take() {
+            st.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+type MockBody = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
+
+fn header_num(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    st.received.lock().unwrap_or_else(|e| e.into_inner()).push(Received {
+        method: parts.method.clone(),
+        path: path.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+        at: Instant::now(),
+    });
+    let guard = Guard(Some(st.clone()));
+    let h = &parts.headers;
+
+    let delay = Duration::from_millis(header_num(h, "x-mock-delay-ms").unwrap_or(0) + st.delay_ms.load(Ordering::SeqCst)) + st.cfg.latency;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if h.contains_key("x-mock-hang") {
+        std::future::pending::<()>().await;
+    }
+
+    let forced = header_num(h, "x-mock-status").map(|s| s as u16).or(match st.status_override.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    });
+    let n = st.seq.fetch_add(1, Ordering::SeqCst);
+    let by_rate = st.cfg.error_rate > 0.0 && {
+        // Golden-ratio sequence: spreads errors evenly, same run every time.
+        let x = (n as f64 * 0.618_033_988_749_895).fract();
+        x < st.cfg.error_rate
+    };
+    let status = forced.or(if by_rate { Some(500) } else { None });
+    let name = &st.cfg.name;
+    if let Some(s) = status.filter(|s| *s >= 300) {
+        let body = json!({"error": {"message": format!("mock {name} answers {s}"), "type": "mock_error", "code": s}});
+        guard.done();
+        return json_response(StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body, name);
+    }
+
+    let p = parts.uri.path();
+    let req_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = req_json.get("model").and_then(Value::as_str).unwrap_or("mock-model").to_string();
+    let prompt_tokens = (body.len() as u64 / 4).max(1);
+
+    if p.ends_with("/chat/completions") && parts.method == Method::POST {
+        let stream = req_json.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let chunks = header_num(h, "x-mock-chunks").map_or(st.cfg.chunks, |v| v as usize);
+        if !stream {
+            let content = format!("Hello from {name}");
+            let completion_tokens = chunks as u64;
+            let body = json!({
+                "id": format!("chatcmpl-{name}-{n}"),
+                "object": "chat.completion",
+                "created": 1_700_000_000u64,
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+            });
+            guard.done();
+            return json_response(StatusCode::OK, &body, name);
+        }
+        let include_usage = req_json
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let chunk_delay = header_num(h, "x-mock-chunk-delay-ms").map_or(st.cfg.chunk_delay, Duration::from_millis);
+        let cut_after = header_num(h, "x-mock-cut-after").map(|v| v as usize);
+        let (mut tx, rx) = Channel::<Bytes, std::io::Error>::new(4);
+        let id = format!("chatcmpl-{name}-{n}");
+        tokio::spawn(async move {
+            let chunk = |delta: Value, finish: Value| {
+                let v = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+                Bytes::from(format!("data: {v}\n\n"))
+            };
+            if tx.send_data(chunk(json!({"role": "assistant", "content": ""}), Value::Null)).await.is_err() {
+                return; // guard drops: cancelled
+            }
+            for i in 0..chunks {
+                if cut_after == Some(i) {
+                    tx.abort(std::io::Error::other("mock cut the stream"));
+                    guard.done();
+                    return;
+                }
+                if !chunk_delay.is_zero() {
+                    tokio::time::sleep(chunk_delay).await;
+                }
+                if tx.send_data(chunk(json!({"content": format!("tok{i} ")}), Value::Null)).await.is_err() {
+                    return;
+                }
+            }
+            let mut tail = chunk(json!({}), json!("stop")).to_vec();
+            if include_usage {
+                let u = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model, "choices": [],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": chunks, "total_tokens": prompt_tokens + chunks as u64}});
+                tail.extend_from_slice(format!("data: {u}\n\n").as_bytes());
+            }
+            tail.extend_from_slice(b"data: [DONE]\n\n");
+            if tx.send_data(Bytes::from(tail)).await.is_ok() {
+                guard.done();
+            }
+        });
+        let mut r = Response::new(Either::Right(rx));
+        r.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
+        r.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache"));
+        if let Ok(v) = HeaderValue::from_str(name) {
+            r.headers_mut().insert("x-mock-provider", v);
+        }
+        return r;
+    }
+    if p.ends_with("/models") && parts.method == Method::GET {
+        guard.done();
+        return json_response(StatusCode::OK, &json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "owned_by": name}, {"id": "deepseek-chat", "object": "model", "owned_by": name}]}), name);
+    }
+    if p.ends_with("/embeddings") && parts.method == Method::POST {
+        guard.done();
+        return json_response(StatusCode::OK, &json!({"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3, 0.4]}],
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}), name);
+    }
+    guard.done();
+    json_response(StatusCode::NOT_FOUND, &json!({"error": {"message": format!("mock {name}: no route for {} {path}", parts.method), "type": "invalid_request_error", "code": "not_found"}}), name)
+}
+
+fn json_response(status: StatusCode, body: &Value, name: &str) -> Response<MockBody> {
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from(body.to_string()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(name) {
+        r.headers_mut().insert("x-mock-provider", v);
+    }
+    r
+}
+
+fn tls_acceptor(cert: &str, key: &str) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
 

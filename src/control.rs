@@ -1,0 +1,325 @@
+//! The control plane: loading and reloading the config, the migration state and its
+//! persistence, and the admin API's view of it all.
+//!
+//! Writers (reloads, phase changes, rollbacks) take one async mutex so that two of them
+//! never interleave; the data plane never takes it: it only loads the snapshot.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use switchyard_admin::{AdminError, AdminHandle, AdminResult};
+use switchyard_core::migration::TransitionError;
+use switchyard_core::{Config, MigrationState, Trigger};
+use switchyard_proxy::{Gateway, Snapshot};
+use tokio::sync::Mutex;
+
+/// `<config>.state.json`: the phase an operator set through the admin API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PersistedState {
+    /// Phase name; None while rolled back from a config that started in `rollback`.
+    pub phase: Option<String>,
+    pub rolled_back: bool,
+    pub rollback_reason: Option<String>,
+    pub rollback_trigger: Option<Trigger>,
+    /// The file's `phase:` when this was written: if the file's value differs at the next
+    /// load, the operator edited it since, and the file wins.
+    pub file_phase: String,
+    pub updated_at_unix: u64,
+}
+
+pub fn state_path(config: &Path) -> PathBuf {
+    let mut s = config.as_os_str().to_owned();
+    s.push(".state.json");
+    PathBuf::from(s)
+}
+
+fn read_env(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
+struct Writer {
+    /// The config file's bytes as last loaded, to tell real changes from touch events.
+    last_text: Vec<u8>,
+    file_phase: String,
+}
+
+pub struct Control {
+    path: PathBuf,
+    state_path: PathBuf,
+    gateway: Arc<Gateway>,
+    prometheus: PrometheusHandle,
+    writer: Mutex<Writer>,
+    shutting_down: AtomicBool,
+}
+
+/// Why a reload happened (log field).
+#[derive(Debug, Clone, Copy)]
+pub enum ReloadCause {
+    Signal,
+    FileChange,
+    Admin,
+}
+
+impl Control {
+    /// Loads the config and the persisted state, builds the first snapshot.
+    pub fn start(path: PathBuf, prometheus: PrometheusHandle) -> Result<(Control, Arc<Config>), String> {
+        let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config = Arc::new(parse(&text, &path).map_err(|e| e.join("\n"))?);
+        let state_path = state_path(&path);
+        let state = initial_state(&config, &state_path);
+        let (snapshot, warnings) = Snapshot::build(config.clone(), 1, state, &read_env, None).map_err(|e| e.to_string())?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        let gateway = Arc::new(Gateway::new(snapshot));
+        let control = Control {
+            path,
+            state_path,
+            gateway,
+            prometheus,
+            writer: Mutex::new(Writer { last_text: text, file_phase: config.migration.file_phase.clone() }),
+            shutting_down: AtomicBool::new(false),
+        };
+        Ok((control, config))
+    }
+
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Re-reads the file; `only_if_changed` skips it when the bytes are the same (file watch).
+    pub async fn reload(&self, cause: ReloadCause, only_if_changed: bool) -> Result<u64, Vec<String>> {
+        let mut w = self.writer.lock().await;
+        let text = match std::fs::read(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!("{}: {e}", self.path.display());
+                return Err(self.reload_failed(cause, vec![msg]));
+            }
+        };
+        if only_if_changed && text == w.last_text {
+            return Ok(self.gateway.load().config_version);
+        }
+        let config = match parse(&text, &self.path) {
+            Ok(c) => Arc::new(c),
+            Err(errs) => return Err(self.reload_failed(cause, errs)),
+        };
+        let current = self.gateway.load();
+        if config.listen != current.config.listen || config.admin.listen != current.config.admin.listen || config.tls != current.config.tls {
+            tracing::warn!("listen, admin.listen and tls changes take effect at the next restart");
+        }
+        let file_changed_phase = config.migration.file_phase != w.file_phase;
+        let state = if file_changed_phase {
+            // Editing `phase:` in the file overrides what the admin API set.
+            config.migration.file_state.clone()
+        } else {
+            carry_state(&current, &config)
+        };
+        let version = current.config_version + 1;
+        let (snapshot, warnings) = match Snapshot::build(config.clone(), version, state.clone(), &read_env, Some(&current)) {
+            Ok(s) => s,
+            Err(e) => return Err(self.reload_failed(cause, vec![e.to_string()])),
+        };
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        if file_changed_phase {
+            if let Err(e) = self.persist(&config, &state) {
+                tracing::error!(error = %e, "cannot persist the migration state");
+            }
+        }
+        let rolled_back_now = state.rolled_back && !current.state.rolled_back;
+        self.gateway.store(snapshot);
+        w.last_text = text;
+        w.file_phase = config.migration.file_phase.clone();
+        metrics::counter!("switchyard_config_reloads_total", "result" => "ok").increment(1);
+        tracing::info!(?cause, config_version = version, phase = state.phase_name(&config.migration.phases), "config reloaded");
+        if rolled_back_now {
+            metrics::counter!("switchyard_rollbacks_total", "trigger" => "config").increment(1);
+            tracing::warn!(trigger = "config", "ROLLBACK: 100% of traffic to `{}`", config.providers[config.migration.from].name);
+        }
+        Ok(version)
+    }
+
+    fn reload_failed(&self, cause: ReloadCause, errors: Vec<String>) -> Vec<String> {
+        metrics::counter!("switchyard_config_reloads_total", "result" => "error").increment(1);
+        for e in &errors {
+            tracing::error!(?cause, "config refused, the running config keeps serving: {e}");
+        }
+        errors
+    }
+
+    fn persist(&self, config: &Config, state: &MigrationState) -> std::io::Result<()> {
+        let p = PersistedState {
+            phase: state.phase.and_then(|i| config.migration.phases.get(i)).map(|p| p.name.clone()),
+            rolled_back: state.rolled_back,
+            rollback_reason: state.rollback_reason.clone(),
+            rollback_trigger: state.rollback_trigger,
+            file_phase: config.migration.file_phase.clone(),
+            updated_at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        };
+        let body = serde_json::to_vec_pretty(&p).map_err(std::io::Error::other)?;
+        // Write beside, then rename: a crash never leaves half a file.
+        let tmp = {
+            let mut s = self.state_path.as_os_str().to_owned();
+            s.push(".tmp");
+            PathBuf::from(s)
+        };
+        std::fs::write(&tmp, body)?;
+        std::fs::rename(&tmp, &self.state_path)
+    }
+
+    /// Applies a state change from the admin API: persisted first, then live.
+    async fn transition(&self, f: impl FnOnce(&Snapshot) -> Result<MigrationState, AdminError>) -> AdminResult {
+        let _w = self.writer.lock().await;
+        let current = self.gateway.load();
+        let next = f(&current)?;
+        self.persist(&current.config, &next)
+            .map_err(|e| AdminError::new(500, format!("cannot persist the migration state to {}: {e}", self.state_path.display())))?;
+        let snapshot = current.with_state(next);
+        self.gateway.store(snapshot);
+        let s = self.gateway.load();
+        tracing::info!(phase = s.state.phase_name(&s.config.migration.phases), percent = s.percent(), rolled_back = s.state.rolled_back, "migration state changed");
+        Ok(self.status())
+    }
+}
+
+fn parse(text: &[u8], path: &Path) -> Result<Config, Vec<String>> {
+    let name = path.display().to_string();
+    let text = std::str::from_utf8(text).map_err(|e| vec![format!("{name}: not UTF-8: {e}")])?;
+    Config::parse(text, &name).map_err(|e| e.0.iter().map(ToString::to_string).collect())
+}
+
+/// The state to start in: the persisted one, unless the file's `phase:` changed since.
+fn initial_state(config: &Config, state_path: &Path) -> MigrationState {
+    let file_state = config.migration.file_state.clone();
+    let Ok(text) = std::fs::read(state_path) else {
+        return file_state;
+    };
+    let p: PersistedState = match serde_json::from_slice(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(path = %state_path.display(), error = %e, "ignoring an unreadable state file; using the config's phase");
+            return file_state;
+        }
+    };
+    if p.file_phase != config.migration.file_phase {
+        tracing::info!(path = %state_path.display(), "the config's phase changed since the admin API set one; the config wins");
+        return file_state;
+    }
+    let phases = &config.migration.phases;
+    let index = match &p.phase {
+        Some(name) => match phases.iter().position(|ph| &ph.name == name) {
+            Some(i) => Some(i),
+            None => {
+                tracing::warn!(phase = %name, "the persisted phase no longer exists; using the config's phase");
+                return file_state;
+            }
+        },
+        None => None,
+    };
+    let state = MigrationState { phase: index, rolled_back: p.rolled_back, rollback_reason: p.rollback_reason, rollback_trigger: p.rollback_trigger };
+    tracing::info!(phase = state.phase_name(phases), rolled_back = state.rolled_back, "restored the migration state set through the admin API");
+    state
+}
+
+/// Keeps the running state across a reload that did not touch `phase:`, following the
+/// phase by name (indices may have moved).
+fn carry_state(current: &Snapshot, config: &Config) -> MigrationState {
+    let mut state = current.state.clone();
+    if let Some(i) = state.phase {
+        let name = &current.config.migration.phases[i].name;
+        match config.migration.phases.iter().position(|p| &p.name == name) {
+            Some(j) => state.phase = Some(j),
+            None => {
+                tracing::warn!(phase = %name, "the running phase is gone from the new config; using the config's phase");
+                return config.migration.file_state.clone();
+            }
+        }
+    }
+    state
+}
+
+fn transition_error(e: TransitionError) -> AdminError {
+    let status = match e {
+        TransitionError::UnknownPhase(_) => 400,
+        TransitionError::AtLastPhase | TransitionError::RolledBack => 409,
+    };
+    AdminError::new(status, e.to_string())
+}
+
+impl AdminHandle for Control {
+    fn status(&self) -> Value {
+        let s = self.gateway.load();
+        let m = &s.config.migration;
+        let name = |i: usize| s.config.providers[i].name.as_str();
+        let phase = if s.state.rolled_back {
+            json!({"name": "rollback", "index": null, "percent": 0.0})
+        } else {
+            let i = s.state.phase.unwrap_or(0);
+            json!({"name": m.phases[i].name, "index": i, "percent": m.phases[i].percent()})
+        };
+        let providers: serde_json::Map<String, Value> = s.config.providers.iter().map(|p| (p.name.clone(), json!({"healthy": true}))).collect();
+        json!({
+            "from": name(m.from),
+            "to": name(m.to),
+            "phase": phase,
+            "percent": s.percent(),
+            "rolled_back": s.state.rolled_back,
+            "rollback_reason": s.state.rollback_reason,
+            "rollback_trigger": s.state.rollback_trigger,
+            "rolled_back_from": if s.state.rolled_back { s.state.phase.map(|i| m.phases[i].name.clone()) } else { None },
+            "phases": m.phases.iter().map(|p| json!({"name": p.name, "percent": p.percent()})).collect::<Vec<_>>(),
+            "config_version": s.config_version,
+            "providers": providers,
+        })
+    }
+
+    fn stats(&self) -> Option<Value> {
+        None
+    }
+
+    fn metrics(&self) -> String {
+        self.prometheus.render()
+    }
+
+    fn ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    async fn phase_next(&self) -> AdminResult {
+        self.transition(|s| s.state.next(&s.config.migration.phases).map_err(transition_error)).await
+    }
+
+    async fn phase_set(&self, name: String) -> AdminResult {
+        self.transition(|s| s.state.set(&s.config.migration.phases, &name).map_err(transition_error)).await
+    }
+
+    async fn rollback(&self, reason: String) -> AdminResult {
+        let r = self.transition(|s| Ok(s.state.rollback(reason.clone(), Trigger::Admin))).await?;
+        metrics::counter!("switchyard_rollbacks_total", "trigger" => "admin").increment(1);
+        let s = self.gateway.load();
+        tracing::warn!(trigger = "admin", %reason, "ROLLBACK: 100% of traffic to `{}`", s.config.providers[s.config.migration.from].name);
+        Ok(r)
+    }
+
+    async fn reload(&self) -> AdminResult {
+        match Control::reload(self, ReloadCause::Admin, false).await {
+            Ok(v) => Ok(json!({"config_version": v})),
+            Err(errors) => Err(AdminError { status: 400, message: "config refused; the running config keeps serving".into(), details: errors }),
+        }
+    }
+}

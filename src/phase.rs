@@ -1,0 +1,120 @@
+//! `switchyard phase status|next|set NAME|rollback`: a small client of the admin API.
+
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+#[derive(Args)]
+pub struct PhaseArgs {
+    #[command(subcommand)]
+    action: Action,
+    /// Admin API base URL.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9090")]
+    admin: String,
+    /// Admin token (default: $SWITCHYARD_ADMIN_TOKEN).
+    #[arg(long, global = true, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the raw JSON answer.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// Current phase, split and providers.
+    Status,
+    /// Advance one phase.
+    Next,
+    /// Go to a named phase (also the way out of a rollback).
+    Set { name: String },
+    /// Send 100% to `from` now.
+    Rollback {
+        #[arg(long, default_value = "rollback from the switchyard CLI")]
+        reason: String,
+    },
+}
+
+pub fn run(args: PhaseArgs) -> ExitCode {
+    let (method, path, body) = match &args.action {
+        Action::Status => ("GET", "/admin/status", None),
+        Action::Next => ("POST", "/admin/phase/next", None),
+        Action::Set { name } => ("POST", "/admin/phase", Some(json!({"phase": name}))),
+        Action::Rollback { reason } => ("POST", "/admin/rollback", Some(json!({"reason": reason}))),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let url = format!("{}{}", args.admin.trim_end_matches('/'), path);
+    let result = rt.block_on(call(method, &url, args.token.as_deref(), body));
+    match result {
+        Ok((status, v)) if (200..300).contains(&status) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print_status(&v);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, v)) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            let msg = v.pointer("/error/message").and_then(Value::as_str).unwrap_or("(no message)");
+            eprintln!("switchyard: {status}: {msg}");
+            if let Some(d) = v.pointer("/error/details").and_then(Value::as_array) {
+                for line in d {
+                    eprintln!("  {}", line.as_str().unwrap_or_default());
+                }
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("switchyard: {url}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> Result<(u16, Value), String> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().method(method).uri(url).header("content-type", "application/json");
+    if let Some(t) = token.filter(|t| !t.is_empty()) {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| "no answer within 10s".to_string())?
+        .map_err(|e| format!("cannot reach the admin API ({e})"))?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+    Ok((status, v))
+}
+
+fn print_status(v: &Value) {
+    let s = |p: &str| v.pointer(p).map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).unwrap_or_default();
+    println!("migration   {} -> {}", s("/from"), s("/to"));
+    println!("phase       {} ({}% to {})", s("/phase/name"), s("/phase/percent"), s("/to"));
+    if v.pointer("/rolled_back").and_then(Value::as_bool) == Some(true) {
+        println!("ROLLED BACK {} (trigger {})", s("/rollback_reason"), s("/rollback_trigger"));
+    }
+    println!("config      version {}", s("/config_version"));
+    if let Some(p) = v.pointer("/providers").and_then(Value::as_object) {
+        for (name, st) in p {
+            let healthy = st.get("healthy").and_then(Value::as_bool).map_or("unknown", |h| if h { "healthy" } else { "UNHEALTHY" });
+            println!("provider    {name}: {healthy}");
+        }
+    }
+}

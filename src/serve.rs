@@ -1,0 +1,143 @@
+//! `switchyard serve`: listeners, signals, the file watch and graceful shutdown.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::control::{Control, ReloadCause};
+
+pub fn install_metrics() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        // Without explicit buckets the exporter renders summaries, not histograms.
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), switchyard_proxy::metrics::LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    switchyard_proxy::metrics::describe();
+    metrics::describe_gauge!("switchyard_migration_percent", "Percent of routing keys sent to the `to` provider now");
+    metrics::describe_counter!("switchyard_rollbacks_total", "Rollbacks by trigger (admin, config, auto)");
+    metrics::describe_counter!("switchyard_config_reloads_total", "Config reloads by result (ok, error)");
+    // Show the zero series from the start, so alerts on rate() work before the first event.
+    for t in ["admin", "config", "auto"] {
+        metrics::counter!("switchyard_rollbacks_total", "trigger" => t).absolute(0);
+    }
+    for r in ["ok", "error"] {
+        metrics::counter!("switchyard_config_reloads_total", "result" => r).absolute(0);
+    }
+    Ok(handle)
+}
+
+pub async fn run(path: PathBuf) -> Result<(), String> {
+    let prometheus = install_metrics()?;
+    let (control, config) = Control::start(path, prometheus.clone())?;
+    let control = Arc::new(control);
+
+    let tls = match &config.tls {
+        Some(t) => Some(switchyard_proxy::tls::acceptor(&t.cert, &t.key)?),
+        None => None,
+    };
+    let proxy_listener = TcpListener::bind(config.listen).await.map_err(|e| format!("listen {}: {e}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin.listen).await.map_err(|e| format!("admin.listen {}: {e}", config.admin.listen))?;
+    let proxy_addr = proxy_listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let token = std::env::var(&config.admin.token_env).ok().filter(|t| !t.is_empty());
+    if token.is_none() && !admin_addr.ip().is_loopback() {
+        tracing::warn!(admin = %admin_addr, "the admin API listens beyond loopback without a token ({} is not set)", config.admin.token_env);
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let upkeep = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tick.tick() => prometheus.run_upkeep(),
+                }
+            }
+        })
+    };
+    let admin = tokio::spawn(switchyard_admin::serve(admin_listener, control.clone(), token, stop_rx.clone()));
+    let _watcher = watch_file(control.clone(), stop_rx.clone());
+    let signals = tokio::spawn(signals(control.clone(), stop_tx));
+
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, config = %control.path().display(), tls = tls.is_some(), "listening");
+    let limits = switchyard_proxy::ServerLimits::from_config(&config.server);
+    let left = switchyard_proxy::serve(proxy_listener, tls, control.gateway(), limits, stop_rx).await;
+    signals.abort();
+    let _ = admin.await;
+    upkeep.abort();
+    if left > 0 {
+        tracing::warn!("shut down with connections still open after the grace period");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn signals(control: Arc<Control>, stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let _ = control.reload(ReloadCause::Signal, false).await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutdown signal received");
+    control.begin_shutdown();
+    let _ = stop.send(true);
+}
+
+/// Watches the config's folder, not the file: editors replace files by rename and
+/// Kubernetes swaps a ConfigMap by moving a symlink, and both lose a watch on the file.
+/// Any event in the folder schedules a re-read; the reload only happens when the bytes changed.
+fn watch_file(control: Arc<Control>, mut stop: watch::Receiver<bool>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let path = control.path().to_path_buf();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => Path::new(".").to_path_buf(),
+    };
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            // A full queue already holds a wake-up: the event is not lost.
+            let _ = tx.try_send(());
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config file; SIGHUP and POST /admin/reload still reload");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config folder; SIGHUP and POST /admin/reload still reload");
+        return None;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                got = rx.recv() => if got.is_none() { return },
+            }
+            // Let an editor finish writing (several events) before reading.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            while rx.try_recv().is_ok() {}
+            let _ = control.reload(ReloadCause::FileChange, true).await;
+        }
+    });
+    Some(watcher)
+}
