@@ -477,7 +477,7 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         c.env_name("admin.token_env", &token_env);
         AdminConfig { listen, token_env }
     };
-    if admin.listen == listen {
+    if admin.listen == listen && listen.port() != 0 {
         c.err("admin.listen", "must differ from `listen`");
     }
 

@@ -305,6 +305,11 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
             }
             for i in 0..chunks {
                 if cut_after == Some(i) {
+                    // Let what was sent reach the client first: an abort overtakes queued data.
+                    while tx.capacity() < tx.max_capacity() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     tx.abort(std::io::Error::other("mock cut the stream"));
                     guard.done();
                     return;

@@ -109,6 +109,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(snapshot: Snapshot) -> Self {
+        metrics::gauge!("switchyard_migration_percent").set(snapshot.percent());
         Gateway { current: ArcSwap::from_pointee(snapshot) }
     }
 

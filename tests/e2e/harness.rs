@@ -1,0 +1,250 @@
+//! Starts the real `switchyard` binary on port 0 and mock providers in-process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use switchyard_mock::{Mock, MockConfig};
+
+pub const OLD_KEY: &str = "sk-old-provider-secret-1111";
+pub const NEW_KEY: &str = "sk-new-provider-secret-2222";
+
+pub async fn mock(name: &str) -> Mock {
+    Mock::start(MockConfig { name: name.into(), ..MockConfig::default() }).await.expect("mock starts")
+}
+
+/// A config with two providers `old` and `new`, phases 10/25/50/100, listening on port 0.
+pub fn config(old_url: &str, new_url: &str, phase: &str) -> String {
+    format!(
+        r#"listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+providers:
+  old:
+    base_url: {old_url}
+    api_key_env: TEST_OLD_KEY
+    connect_timeout: 1s
+    timeout: 10s
+    pricing:
+      deepseek-chat: {{ input: 0.27, output: 1.10 }}
+  new:
+    base_url: {new_url}
+    api_key_env: TEST_NEW_KEY
+    connect_timeout: 1s
+    timeout: 10s
+    pricing:
+      deepseek-chat: {{ input: 0.14, output: 0.42 }}
+migration:
+  from: old
+  to: new
+  phases:
+    - {{ name: phase-0, percent: 0 }}
+    - {{ name: phase-1, percent: 10 }}
+    - {{ name: phase-2, percent: 25 }}
+    - {{ name: phase-3, percent: 50 }}
+    - {{ name: phase-4, percent: 100 }}
+  phase: {phase}
+"#
+    )
+}
+
+pub struct Gateway {
+    child: Option<Child>,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Gateway {
+    pub async fn start(yaml: &str) -> Gateway {
+        Self::start_with(yaml, &[]).await
+    }
+
+    pub async fn start_with(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("switchyard.yaml");
+        std::fs::write(&config_path, yaml).expect("write config");
+        Self::spawn(dir, config_path, env).await
+    }
+
+    /// Starts on an existing config path (e.g. a restart that must find the state file).
+    pub async fn spawn(dir: tempfile::TempDir, config_path: PathBuf, env: &[(&str, &str)]) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("TEST_OLD_KEY", OLD_KEY)
+            .env("TEST_NEW_KEY", NEW_KEY)
+            .env_remove("SWITCHYARD_ADMIN_TOKEN")
+            .env_remove("SWITCHYARD_LOG_FORMAT")
+            .env("SWITCHYARD_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn switchyard");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (proxy, admin) = loop {
+            if let Some(found) = logs.lock().unwrap().iter().find_map(|l| parse_listening(l)) {
+                break found;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("switchyard exited with {status} before listening:\n{}", logs.lock().unwrap().join("\n"));
+            }
+            assert!(Instant::now() < deadline, "switchyard did not start:\n{}", logs.lock().unwrap().join("\n"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Gateway { child: Some(child), proxy, admin, dir, config_path, logs }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill").success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit on its own.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return s;
+            }
+            assert!(Instant::now() < deadline, "switchyard did not exit:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the process and hands back its folder, for a restart on the same files.
+    pub fn stop(mut self) -> (tempfile::TempDir, PathBuf) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        (dir, self.config_path.clone())
+    }
+
+    /// Replaces the config the way editors do: write beside, then rename over.
+    pub fn rewrite_config(&self, yaml: &str) {
+        write_atomic(&self.config_path, yaml);
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        client().get(self.admin_url("/admin/status")).send().await.expect("status").json().await.expect("status json")
+    }
+
+    pub async fn metrics(&self) -> String {
+        client().get(self.admin_url("/metrics")).send().await.expect("metrics").text().await.expect("metrics text")
+    }
+
+    /// Polls `/admin/status` until `pred` holds.
+    pub async fn wait_status(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.status().await;
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "status never showed {what}: {s}\nlogs:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-edit");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    if !line.contains("listening") {
+        return None;
+    }
+    // text logs say `proxy=ADDR`, JSON logs `"proxy":"ADDR"`
+    let field = |name: &str| -> Option<SocketAddr> {
+        let (start, end_chars): (usize, &[char]) = match line.find(&format!("{name}=")) {
+            Some(i) => (i + name.len() + 1, &[' ']),
+            None => (line.find(&format!("\"{name}\":\""))? + name.len() + 4, &['"']),
+        };
+        line[start..].split(end_chars).next()?.parse().ok()
+    };
+    Some((field("proxy")?, field("admin")?))
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client")
+}
+
+pub fn chat_body(stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": "deepseek-chat", "stream": stream, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// Polls until `pred` holds or 10 s pass.
+pub async fn eventually(what: &str, pred: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pred() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends raw bytes and reads the answer until the server closes or 10 s pass.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A metric's value from Prometheus text (`name{labels}` exactly as rendered, labels sorted as the exporter does).
+pub fn metric_value(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok()))
+}

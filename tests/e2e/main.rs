@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `switchyard` binary on port 0, mock providers in-process,
+//! real HTTP clients. No test reaches beyond loopback.
+
+mod harness;
+
+mod lifecycle;
+mod phases;
+mod proxy;
+mod routing;
+mod security;
