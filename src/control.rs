@@ -67,12 +67,16 @@ pub enum ReloadCause {
 
 impl Control {
     /// Loads the config and the persisted state, builds the first snapshot.
-    pub fn start(path: PathBuf, prometheus: PrometheusHandle) -> Result<(Control, Arc<Config>), String> {
+    pub fn start(
+        path: PathBuf,
+        prometheus: PrometheusHandle,
+    ) -> Result<(Control, Arc<Config>), String> {
         let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let config = Arc::new(parse(&text, &path).map_err(|e| e.join("\n"))?);
         let state_path = state_path(&path);
         let state = initial_state(&config, &state_path);
-        let (snapshot, warnings) = Snapshot::build(config.clone(), 1, state, &read_env, None).map_err(|e| e.to_string())?;
+        let (snapshot, warnings) = Snapshot::build(config.clone(), 1, state, &read_env, None)
+            .map_err(|e| e.to_string())?;
         for w in warnings {
             tracing::warn!("{w}");
         }
@@ -82,7 +86,10 @@ impl Control {
             state_path,
             gateway,
             prometheus,
-            writer: Mutex::new(Writer { last_text: text, file_phase: config.migration.file_phase.clone() }),
+            writer: Mutex::new(Writer {
+                last_text: text,
+                file_phase: config.migration.file_phase.clone(),
+            }),
             shutting_down: AtomicBool::new(false),
         };
         Ok((control, config))
@@ -101,7 +108,11 @@ impl Control {
     }
 
     /// Re-reads the file; `only_if_changed` skips it when the bytes are the same (file watch).
-    pub async fn reload(&self, cause: ReloadCause, only_if_changed: bool) -> Result<u64, Vec<String>> {
+    pub async fn reload(
+        &self,
+        cause: ReloadCause,
+        only_if_changed: bool,
+    ) -> Result<u64, Vec<String>> {
         let mut w = self.writer.lock().await;
         let text = match std::fs::read(&self.path) {
             Ok(t) => t,
@@ -118,7 +129,10 @@ impl Control {
             Err(errs) => return Err(self.reload_failed(cause, errs)),
         };
         let current = self.gateway.load();
-        if config.listen != current.config.listen || config.admin.listen != current.config.admin.listen || config.tls != current.config.tls {
+        if config.listen != current.config.listen
+            || config.admin.listen != current.config.admin.listen
+            || config.tls != current.config.tls
+        {
             tracing::warn!("listen, admin.listen and tls changes take effect at the next restart");
         }
         let file_changed_phase = config.migration.file_phase != w.file_phase;
@@ -129,7 +143,13 @@ impl Control {
             carry_state(&current, &config)
         };
         let version = current.config_version + 1;
-        let (snapshot, warnings) = match Snapshot::build(config.clone(), version, state.clone(), &read_env, Some(&current)) {
+        let (snapshot, warnings) = match Snapshot::build(
+            config.clone(),
+            version,
+            state.clone(),
+            &read_env,
+            Some(&current),
+        ) {
             Ok(s) => s,
             Err(e) => return Err(self.reload_failed(cause, vec![e.to_string()])),
         };
@@ -146,10 +166,19 @@ impl Control {
         w.last_text = text;
         w.file_phase = config.migration.file_phase.clone();
         metrics::counter!("switchyard_config_reloads_total", "result" => "ok").increment(1);
-        tracing::info!(?cause, config_version = version, phase = state.phase_name(&config.migration.phases), "config reloaded");
+        tracing::info!(
+            ?cause,
+            config_version = version,
+            phase = state.phase_name(&config.migration.phases),
+            "config reloaded"
+        );
         if rolled_back_now {
             metrics::counter!("switchyard_rollbacks_total", "trigger" => "config").increment(1);
-            tracing::warn!(trigger = "config", "ROLLBACK: 100% of traffic to `{}`", config.providers[config.migration.from].name);
+            tracing::warn!(
+                trigger = "config",
+                "ROLLBACK: 100% of traffic to `{}`",
+                config.providers[config.migration.from].name
+            );
         }
         Ok(version)
     }
@@ -157,19 +186,27 @@ impl Control {
     fn reload_failed(&self, cause: ReloadCause, errors: Vec<String>) -> Vec<String> {
         metrics::counter!("switchyard_config_reloads_total", "result" => "error").increment(1);
         for e in &errors {
-            tracing::error!(?cause, "config refused, the running config keeps serving: {e}");
+            tracing::error!(
+                ?cause,
+                "config refused, the running config keeps serving: {e}"
+            );
         }
         errors
     }
 
     fn persist(&self, config: &Config, state: &MigrationState) -> std::io::Result<()> {
         let p = PersistedState {
-            phase: state.phase.and_then(|i| config.migration.phases.get(i)).map(|p| p.name.clone()),
+            phase: state
+                .phase
+                .and_then(|i| config.migration.phases.get(i))
+                .map(|p| p.name.clone()),
             rolled_back: state.rolled_back,
             rollback_reason: state.rollback_reason.clone(),
             rollback_trigger: state.rollback_trigger,
             file_phase: config.migration.file_phase.clone(),
-            updated_at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            updated_at_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         };
         let body = serde_json::to_vec_pretty(&p).map_err(std::io::Error::other)?;
         // Write beside, then rename: a crash never leaves half a file.
@@ -183,16 +220,31 @@ impl Control {
     }
 
     /// Applies a state change from the admin API: persisted first, then live.
-    async fn transition(&self, f: impl FnOnce(&Snapshot) -> Result<MigrationState, AdminError>) -> AdminResult {
+    async fn transition(
+        &self,
+        f: impl FnOnce(&Snapshot) -> Result<MigrationState, AdminError>,
+    ) -> AdminResult {
         let _w = self.writer.lock().await;
         let current = self.gateway.load();
         let next = f(&current)?;
-        self.persist(&current.config, &next)
-            .map_err(|e| AdminError::new(500, format!("cannot persist the migration state to {}: {e}", self.state_path.display())))?;
+        self.persist(&current.config, &next).map_err(|e| {
+            AdminError::new(
+                500,
+                format!(
+                    "cannot persist the migration state to {}: {e}",
+                    self.state_path.display()
+                ),
+            )
+        })?;
         let snapshot = current.with_state(next);
         self.gateway.store(snapshot);
         let s = self.gateway.load();
-        tracing::info!(phase = s.state.phase_name(&s.config.migration.phases), percent = s.percent(), rolled_back = s.state.rolled_back, "migration state changed");
+        tracing::info!(
+            phase = s.state.phase_name(&s.config.migration.phases),
+            percent = s.percent(),
+            rolled_back = s.state.rolled_back,
+            "migration state changed"
+        );
         Ok(self.status())
     }
 }
@@ -231,8 +283,17 @@ fn initial_state(config: &Config, state_path: &Path) -> MigrationState {
         },
         None => None,
     };
-    let state = MigrationState { phase: index, rolled_back: p.rolled_back, rollback_reason: p.rollback_reason, rollback_trigger: p.rollback_trigger };
-    tracing::info!(phase = state.phase_name(phases), rolled_back = state.rolled_back, "restored the migration state set through the admin API");
+    let state = MigrationState {
+        phase: index,
+        rolled_back: p.rolled_back,
+        rollback_reason: p.rollback_reason,
+        rollback_trigger: p.rollback_trigger,
+    };
+    tracing::info!(
+        phase = state.phase_name(phases),
+        rolled_back = state.rolled_back,
+        "restored the migration state set through the admin API"
+    );
     state
 }
 
@@ -272,7 +333,12 @@ impl AdminHandle for Control {
             let i = s.state.phase.unwrap_or(0);
             json!({"name": m.phases[i].name, "index": i, "percent": m.phases[i].percent()})
         };
-        let providers: serde_json::Map<String, Value> = s.config.providers.iter().map(|p| (p.name.clone(), json!({"healthy": true}))).collect();
+        let providers: serde_json::Map<String, Value> = s
+            .config
+            .providers
+            .iter()
+            .map(|p| (p.name.clone(), json!({"healthy": true})))
+            .collect();
         json!({
             "from": name(m.from),
             "to": name(m.to),
@@ -301,15 +367,27 @@ impl AdminHandle for Control {
     }
 
     async fn phase_next(&self) -> AdminResult {
-        self.transition(|s| s.state.next(&s.config.migration.phases).map_err(transition_error)).await
+        self.transition(|s| {
+            s.state
+                .next(&s.config.migration.phases)
+                .map_err(transition_error)
+        })
+        .await
     }
 
     async fn phase_set(&self, name: String) -> AdminResult {
-        self.transition(|s| s.state.set(&s.config.migration.phases, &name).map_err(transition_error)).await
+        self.transition(|s| {
+            s.state
+                .set(&s.config.migration.phases, &name)
+                .map_err(transition_error)
+        })
+        .await
     }
 
     async fn rollback(&self, reason: String) -> AdminResult {
-        let r = self.transition(|s| Ok(s.state.rollback(reason.clone(), Trigger::Admin))).await?;
+        let r = self
+            .transition(|s| Ok(s.state.rollback(reason.clone(), Trigger::Admin)))
+            .await?;
         metrics::counter!("switchyard_rollbacks_total", "trigger" => "admin").increment(1);
         let s = self.gateway.load();
         tracing::warn!(trigger = "admin", %reason, "ROLLBACK: 100% of traffic to `{}`", s.config.providers[s.config.migration.from].name);
@@ -319,7 +397,11 @@ impl AdminHandle for Control {
     async fn reload(&self) -> AdminResult {
         match Control::reload(self, ReloadCause::Admin, false).await {
             Ok(v) => Ok(json!({"config_version": v})),
-            Err(errors) => Err(AdminError { status: 400, message: "config refused; the running config keeps serving".into(), details: errors }),
+            Err(errors) => Err(AdminError {
+                status: 400,
+                message: "config refused; the running config keeps serving".into(),
+                details: errors,
+            }),
         }
     }
 }

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 const DEFAULT_CONFIG: &str = "config/switchyard.yaml";
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "A gateway that moves LLM API traffic from one provider to another in phases, with stable cohorts and one-step rollback")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A gateway that moves LLM API traffic from one provider to another in phases, with stable cohorts and one-step rollback"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,7 +69,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => {
             init_logging();
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("switchyard: cannot start the runtime: {e}");
@@ -83,13 +90,31 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => check(&config),
         Command::Phase(args) => phase::run(args),
-        Command::Mock { listen, name, latency, error_rate, chunks, chunk_delay } => {
+        Command::Mock {
+            listen,
+            name,
+            latency,
+            error_rate,
+            chunks,
+            chunk_delay,
+        } => {
             if !(0.0..=1.0).contains(&error_rate) {
                 eprintln!("switchyard: --error-rate {error_rate} is not between 0 and 1");
                 return ExitCode::from(2);
             }
-            let cfg = switchyard_mock::MockConfig { name, addr: listen, latency, error_rate, chunks, chunk_delay, tls: None };
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let cfg = switchyard_mock::MockConfig {
+                name,
+                addr: listen,
+                latency,
+                error_rate,
+                chunks,
+                chunk_delay,
+                tls: None,
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("switchyard: {e}");
@@ -99,7 +124,11 @@ fn main() -> ExitCode {
             rt.block_on(async move {
                 match switchyard_mock::Mock::start(cfg).await {
                     Ok(m) => {
-                        println!("mock provider listening on {} (base_url {})", m.addr(), m.base_url());
+                        println!(
+                            "mock provider listening on {} (base_url {})",
+                            m.addr(),
+                            m.base_url()
+                        );
                         let _ = tokio::signal::ctrl_c().await;
                         ExitCode::SUCCESS
                     }
@@ -151,10 +180,18 @@ fn init_logging() {
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("SWITCHYARD_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
-        builder.json().flatten_event(true).with_current_span(false).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
     } else {
-        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
 }

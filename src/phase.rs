@@ -18,7 +18,12 @@ pub struct PhaseArgs {
     #[arg(long, global = true, default_value = "http://127.0.0.1:9090")]
     admin: String,
     /// Admin token (default: $SWITCHYARD_ADMIN_TOKEN).
-    #[arg(long, global = true, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// Print the raw JSON answer.
     #[arg(long, global = true)]
@@ -47,7 +52,10 @@ pub fn run(args: PhaseArgs) -> ExitCode {
         Action::Set { name } => ("POST", "/admin/phase", Some(json!({"phase": name}))),
         Action::Rollback { reason } => ("POST", "/admin/rollback", Some(json!({"reason": reason}))),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchyard: {e}");
@@ -69,7 +77,10 @@ pub fn run(args: PhaseArgs) -> ExitCode {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             }
-            let msg = v.pointer("/error/message").and_then(Value::as_str).unwrap_or("(no message)");
+            let msg = v
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("(no message)");
             eprintln!("switchyard: {status}: {msg}");
             if let Some(d) = v.pointer("/error/details").and_then(Value::as_array) {
                 for line in d {
@@ -85,35 +96,67 @@ pub fn run(args: PhaseArgs) -> ExitCode {
     }
 }
 
-async fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> Result<(u16, Value), String> {
+async fn call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Result<(u16, Value), String> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = Request::builder().method(method).uri(url).header("content-type", "application/json");
+    let mut req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json");
     if let Some(t) = token.filter(|t| !t.is_empty()) {
         req = req.header("authorization", format!("Bearer {t}"));
     }
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
     let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
         .await
         .map_err(|_| "no answer within 10s".to_string())?
         .map_err(|e| format!("cannot reach the admin API ({e})"))?;
     let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
     Ok((status, v))
 }
 
 fn print_status(v: &Value) {
-    let s = |p: &str| v.pointer(p).map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).unwrap_or_default();
+    let s = |p: &str| {
+        v.pointer(p)
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+            .unwrap_or_default()
+    };
     println!("migration   {} -> {}", s("/from"), s("/to"));
-    println!("phase       {} ({}% to {})", s("/phase/name"), s("/phase/percent"), s("/to"));
+    println!(
+        "phase       {} ({}% to {})",
+        s("/phase/name"),
+        s("/phase/percent"),
+        s("/to")
+    );
     if v.pointer("/rolled_back").and_then(Value::as_bool) == Some(true) {
-        println!("ROLLED BACK {} (trigger {})", s("/rollback_reason"), s("/rollback_trigger"));
+        println!(
+            "ROLLED BACK {} (trigger {})",
+            s("/rollback_reason"),
+            s("/rollback_trigger")
+        );
     }
     println!("config      version {}", s("/config_version"));
     if let Some(p) = v.pointer("/providers").and_then(Value::as_object) {
         for (name, st) in p {
-            let healthy = st.get("healthy").and_then(Value::as_bool).map_or("unknown", |h| if h { "healthy" } else { "UNHEALTHY" });
+            let healthy = st
+                .get("healthy")
+                .and_then(Value::as_bool)
+                .map_or("unknown", |h| if h { "healthy" } else { "UNHEALTHY" });
             println!("provider    {name}: {healthy}");
         }
     }

@@ -13,14 +13,26 @@ use crate::control::{Control, ReloadCause};
 pub fn install_metrics() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         // Without explicit buckets the exporter renders summaries, not histograms.
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), switchyard_proxy::metrics::LATENCY_BUCKETS)
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            switchyard_proxy::metrics::LATENCY_BUCKETS,
+        )
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     switchyard_proxy::metrics::describe();
-    metrics::describe_gauge!("switchyard_migration_percent", "Percent of routing keys sent to the `to` provider now");
-    metrics::describe_counter!("switchyard_rollbacks_total", "Rollbacks by trigger (admin, config, auto)");
-    metrics::describe_counter!("switchyard_config_reloads_total", "Config reloads by result (ok, error)");
+    metrics::describe_gauge!(
+        "switchyard_migration_percent",
+        "Percent of routing keys sent to the `to` provider now"
+    );
+    metrics::describe_counter!(
+        "switchyard_rollbacks_total",
+        "Rollbacks by trigger (admin, config, auto)"
+    );
+    metrics::describe_counter!(
+        "switchyard_config_reloads_total",
+        "Config reloads by result (ok, error)"
+    );
     // Show the zero series from the start, so alerts on rate() work before the first event.
     for t in ["admin", "config", "auto"] {
         metrics::counter!("switchyard_rollbacks_total", "trigger" => t).absolute(0);
@@ -40,11 +52,17 @@ pub async fn run(path: PathBuf) -> Result<(), String> {
         Some(t) => Some(switchyard_proxy::tls::acceptor(&t.cert, &t.key)?),
         None => None,
     };
-    let proxy_listener = TcpListener::bind(config.listen).await.map_err(|e| format!("listen {}: {e}", config.listen))?;
-    let admin_listener = TcpListener::bind(config.admin.listen).await.map_err(|e| format!("admin.listen {}: {e}", config.admin.listen))?;
+    let proxy_listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("listen {}: {e}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|e| format!("admin.listen {}: {e}", config.admin.listen))?;
     let proxy_addr = proxy_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    let token = std::env::var(&config.admin.token_env).ok().filter(|t| !t.is_empty());
+    let token = std::env::var(&config.admin.token_env)
+        .ok()
+        .filter(|t| !t.is_empty());
     if token.is_none() && !admin_addr.ip().is_loopback() {
         tracing::warn!(admin = %admin_addr, "the admin API listens beyond loopback without a token ({} is not set)", config.admin.token_env);
     }
@@ -63,13 +81,19 @@ pub async fn run(path: PathBuf) -> Result<(), String> {
             }
         })
     };
-    let admin = tokio::spawn(switchyard_admin::serve(admin_listener, control.clone(), token, stop_rx.clone()));
+    let admin = tokio::spawn(switchyard_admin::serve(
+        admin_listener,
+        control.clone(),
+        token,
+        stop_rx.clone(),
+    ));
     let _watcher = watch_file(control.clone(), stop_rx.clone());
     let signals = tokio::spawn(signals(control.clone(), stop_tx));
 
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, config = %control.path().display(), tls = tls.is_some(), "listening");
     let limits = switchyard_proxy::ServerLimits::from_config(&config.server);
-    let left = switchyard_proxy::serve(proxy_listener, tls, control.gateway(), limits, stop_rx).await;
+    let left =
+        switchyard_proxy::serve(proxy_listener, tls, control.gateway(), limits, stop_rx).await;
     signals.abort();
     let _ = admin.await;
     upkeep.abort();
@@ -82,7 +106,11 @@ pub async fn run(path: PathBuf) -> Result<(), String> {
 
 async fn signals(control: Arc<Control>, stop: watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -102,29 +130,43 @@ async fn signals(control: Arc<Control>, stop: watch::Sender<bool>) {
 
 /// Watches the config's folder, not the file: editors replace files by rename and
 /// Kubernetes swaps a ConfigMap by moving a symlink, and both lose a watch on the file.
-/// Any event in the folder schedules a re-read; the reload only happens when the bytes changed.
-fn watch_file(control: Arc<Control>, mut stop: watch::Receiver<bool>) -> Option<notify::RecommendedWatcher> {
+/// When the path is a symlink, the folder of every hop is watched too (a link into a
+/// ConfigMap mount swaps its `..data` there). Any event schedules a re-read; the reload
+/// only happens when the bytes changed.
+fn watch_file(
+    control: Arc<Control>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let path = control.path().to_path_buf();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => Path::new(".").to_path_buf(),
-    };
+    let dirs = watch_dirs(control.path());
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            // A full queue already holds a wake-up: the event is not lost.
-            let _ = tx.try_send(());
-        }
-    }) {
+    let mut watcher = match notify::recommended_watcher(
+        move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                // A full queue already holds a wake-up: the event is not lost.
+                let _ = tx.try_send(());
+            }
+        },
+    ) {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the config file; SIGHUP and POST /admin/reload still reload");
             return None;
         }
     };
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config folder; SIGHUP and POST /admin/reload still reload");
+    let mut watching = 0;
+    for dir in &dirs {
+        match watcher.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => watching += 1,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a config folder")
+            }
+        }
+    }
+    if watching == 0 {
+        tracing::warn!(
+            "the config file is not watched; SIGHUP and POST /admin/reload still reload"
+        );
         return None;
     }
     tokio::spawn(async move {
@@ -140,4 +182,29 @@ fn watch_file(control: Arc<Control>, mut stop: watch::Receiver<bool>) -> Option<
         }
     });
     Some(watcher)
+}
+
+/// The folders to watch for `path`: its own, and that of every symlink hop to the real file.
+fn watch_dirs(path: &Path) -> Vec<PathBuf> {
+    let parent = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut dirs = vec![parent(path)];
+    let mut p = path.to_path_buf();
+    for _ in 0..8 {
+        let Ok(target) = std::fs::read_link(&p) else {
+            break;
+        };
+        p = if target.is_absolute() {
+            target
+        } else {
+            parent(&p).join(target)
+        };
+        let d = parent(&p);
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs
 }

@@ -13,7 +13,12 @@ pub const OLD_KEY: &str = "sk-old-provider-secret-1111";
 pub const NEW_KEY: &str = "sk-new-provider-secret-2222";
 
 pub async fn mock(name: &str) -> Mock {
-    Mock::start(MockConfig { name: name.into(), ..MockConfig::default() }).await.expect("mock starts")
+    Mock::start(MockConfig {
+        name: name.into(),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock starts")
 }
 
 /// A config with two providers `old` and `new`, phases 10/25/50/100, listening on port 0.
@@ -82,7 +87,11 @@ impl Gateway {
     }
 
     /// Starts on an existing config path (e.g. a restart that must find the state file).
-    pub async fn spawn(dir: tempfile::TempDir, config_path: PathBuf, env: &[(&str, &str)]) -> Gateway {
+    pub async fn spawn(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
         cmd.arg("serve")
             .arg("--config")
@@ -114,12 +123,26 @@ impl Gateway {
                 break found;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("switchyard exited with {status} before listening:\n{}", logs.lock().unwrap().join("\n"));
+                panic!(
+                    "switchyard exited with {status} before listening:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
             }
-            assert!(Instant::now() < deadline, "switchyard did not start:\n{}", logs.lock().unwrap().join("\n"));
+            assert!(
+                Instant::now() < deadline,
+                "switchyard did not start:\n{}",
+                logs.lock().unwrap().join("\n")
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        Gateway { child: Some(child), proxy, admin, dir, config_path, logs }
+        Gateway {
+            child: Some(child),
+            proxy,
+            admin,
+            dir,
+            config_path,
+            logs,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -139,7 +162,12 @@ impl Gateway {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill").success();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill")
+            .success();
         assert!(ok, "kill -{sig} failed");
     }
 
@@ -152,7 +180,11 @@ impl Gateway {
                 self.child = None;
                 return s;
             }
-            assert!(Instant::now() < deadline, "switchyard did not exit:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "switchyard did not exit:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -173,22 +205,44 @@ impl Gateway {
     }
 
     pub async fn status(&self) -> serde_json::Value {
-        client().get(self.admin_url("/admin/status")).send().await.expect("status").json().await.expect("status json")
+        client()
+            .get(self.admin_url("/admin/status"))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status json")
     }
 
     pub async fn metrics(&self) -> String {
-        client().get(self.admin_url("/metrics")).send().await.expect("metrics").text().await.expect("metrics text")
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// Polls `/admin/status` until `pred` holds.
-    pub async fn wait_status(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let s = self.status().await;
             if pred(&s) {
                 return s;
             }
-            assert!(Instant::now() < deadline, "status never showed {what}: {s}\nlogs:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "status never showed {what}: {s}\nlogs:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -208,7 +262,10 @@ fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     let field = |name: &str| -> Option<SocketAddr> {
         let (start, end_chars): (usize, &[char]) = match line.find(&format!("{name}=")) {
             Some(i) => (i + name.len() + 1, &[' ']),
-            None => (line.find(&format!("\"{name}\":\""))? + name.len() + 4, &['"']),
+            None => (
+                line.find(&format!("\"{name}\":\""))? + name.len() + 4,
+                &['"'],
+            ),
         };
         line[start..].split(end_chars).next()?.parse().ok()
     };
@@ -216,7 +273,11 @@ fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
 }
 
 pub fn chat_body(stream: bool) -> serde_json::Value {
@@ -244,7 +305,8 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
 
 /// A metric's value from Prometheus text (`name{labels}` exactly as rendered, labels sorted as the exporter does).
 pub fn metric_value(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok()))
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }

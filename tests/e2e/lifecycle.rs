@@ -30,12 +30,17 @@ async fn sigterm_lets_a_live_stream_finish_and_refuses_new_connections() {
         if tokio::net::TcpStream::connect(proxy).await.is_err() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "still accepting after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // the stream in flight completes
     while let Some(c) = stream.next().await {
-        text.push_str(&String::from_utf8_lossy(&c.expect("stream broken by shutdown")));
+        text.push_str(&String::from_utf8_lossy(
+            &c.expect("stream broken by shutdown"),
+        ));
     }
     assert!(text.contains("tok9") && text.contains("[DONE]"), "{text}");
     let status = gw.wait_exit(Duration::from_secs(20)).await;
@@ -46,9 +51,19 @@ async fn sigterm_lets_a_live_stream_finish_and_refuses_new_connections() {
 async fn shutdown_grace_bounds_the_drain() {
     let old = mock("old").await;
     let new = mock("new").await;
-    let yaml = format!("{}server:\n  shutdown_grace: 500ms\n", config(&old.base_url(), &new.base_url(), "phase-0"));
+    let yaml = format!(
+        "{}server:\n  shutdown_grace: 500ms\n",
+        config(&old.base_url(), &new.base_url(), "phase-0")
+    );
     let mut gw = Gateway::start(&yaml).await;
-    let resp = client().post(gw.url("/v1/chat/completions")).header("x-mock-chunks", "100").header("x-mock-chunk-delay-ms", "500").json(&chat_body(true)).send().await.unwrap();
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-chunks", "100")
+        .header("x-mock-chunk-delay-ms", "500")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
     let mut stream = resp.bytes_stream();
     stream.next().await.unwrap().unwrap();
     gw.signal("TERM");
@@ -63,12 +78,26 @@ async fn metrics_use_the_spec_names_with_histogram_buckets() {
     let new = mock("new").await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-2")).await;
     for i in 0..20 {
-        let r = client().post(gw.url("/v1/chat/completions")).header("x-request-id", format!("m{i}")).json(&chat_body(false)).send().await.unwrap();
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("x-request-id", format!("m{i}"))
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     let m = gw.metrics().await;
-    let old_ok = metric_value(&m, r#"switchyard_requests_total{provider="old",status="2xx"}"#).unwrap_or(0.0);
-    let new_ok = metric_value(&m, r#"switchyard_requests_total{provider="new",status="2xx"}"#).unwrap_or(0.0);
+    let old_ok = metric_value(
+        &m,
+        r#"switchyard_requests_total{provider="old",status="2xx"}"#,
+    )
+    .unwrap_or(0.0);
+    let new_ok = metric_value(
+        &m,
+        r#"switchyard_requests_total{provider="new",status="2xx"}"#,
+    )
+    .unwrap_or(0.0);
     assert_eq!(old_ok + new_ok, 20.0, "{m}");
     for name in [
         "switchyard_request_duration_seconds_bucket{",
@@ -90,13 +119,26 @@ async fn metrics_use_the_spec_names_with_histogram_buckets() {
 async fn json_logs_carry_one_access_line_per_request() {
     let old = mock("old").await;
     let new = mock("new").await;
-    let gw = Gateway::start_with(&config(&old.base_url(), &new.base_url(), "phase-0"), &[("SWITCHYARD_LOG_FORMAT", "json")]).await;
+    let gw = Gateway::start_with(
+        &config(&old.base_url(), &new.base_url(), "phase-0"),
+        &[("SWITCHYARD_LOG_FORMAT", "json")],
+    )
+    .await;
     for i in 0..3 {
-        client().get(gw.url("/v1/models")).header("x-request-id", format!("log-{i}")).send().await.unwrap();
+        client()
+            .get(gw.url("/v1/models"))
+            .header("x-request-id", format!("log-{i}"))
+            .send()
+            .await
+            .unwrap();
     }
-    eventually("three access lines", || gw.logs().matches("\"request_id\":\"log-").count() == 3).await;
+    eventually("three access lines", || {
+        gw.logs().matches("\"request_id\":\"log-").count() == 3
+    })
+    .await;
     for line in gw.logs().lines().filter(|l| l.contains("log-")) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert_eq!(v["provider"], "old");
         assert_eq!(v["status"], 200);
         assert_eq!(v["path"], "/v1/models");

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod cli;
 mod lifecycle;
 mod phases;
 mod proxy;

@@ -28,7 +28,10 @@ async fn chat_passes_through_with_provider_key_host_and_request_id() {
 
     let got = &old.received()[0];
     assert_eq!(got.path, "/v1/chat/completions?api-version=2024");
-    assert_eq!(got.header("authorization"), Some(format!("Bearer {OLD_KEY}").as_str()));
+    assert_eq!(
+        got.header("authorization"),
+        Some(format!("Bearer {OLD_KEY}").as_str())
+    );
     assert_eq!(got.header("host"), Some(old.addr().to_string().as_str()));
     assert_eq!(got.header("x-request-id"), Some(rid.as_str()));
     assert_eq!(got.header("x-custom"), Some("kept"));
@@ -42,7 +45,12 @@ async fn client_request_id_is_kept_and_models_and_embeddings_pass() {
     let new = mock("new").await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
 
-    let r = client().get(gw.url("/v1/models")).header("x-request-id", "my-id-1").send().await.unwrap();
+    let r = client()
+        .get(gw.url("/v1/models"))
+        .header("x-request-id", "my-id-1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "my-id-1");
     let v: Value = r.json().await.unwrap();
@@ -67,7 +75,12 @@ async fn base_url_path_replaces_v1() {
     let new = mock("new").await;
     let old_url = format!("http://{}/api/v3", old.addr());
     let gw = Gateway::start(&config(&old_url, &new.base_url(), "phase-0")).await;
-    let r = client().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(old.received()[0].path, "/api/v3/chat/completions");
 }
@@ -92,7 +105,11 @@ async fn sse_chunks_arrive_as_the_provider_sends_them() {
     let first = stream.next().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).starts_with("data: "));
     // The provider is still writing: the gateway did not wait for the whole body.
-    assert_eq!(old.served(), 0, "first chunk only arrived after the stream ended");
+    assert_eq!(
+        old.served(),
+        0,
+        "first chunk only arrived after the stream ended"
+    );
     let mut all = first.to_vec();
     while let Some(c) = stream.next().await {
         all.extend_from_slice(&c.unwrap());
@@ -108,7 +125,13 @@ async fn provider_errors_pass_through_unchanged() {
     let old = mock("old").await;
     let new = mock("new").await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
-    let r = client().post(gw.url("/v1/chat/completions")).header("x-mock-status", "429").json(&chat_body(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-status", "429")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["x-switchyard-provider"], "old");
     let v: Value = r.json().await.unwrap();
@@ -120,9 +143,16 @@ async fn provider_errors_pass_through_unchanged() {
 async fn no_response_head_in_time_is_504_openai_shaped() {
     let old = mock("old").await;
     let new = mock("new").await;
-    let yaml = config(&old.base_url(), &new.base_url(), "phase-0").replace("timeout: 10s", "timeout: 300ms");
+    let yaml = config(&old.base_url(), &new.base_url(), "phase-0")
+        .replace("timeout: 10s", "timeout: 300ms");
     let gw = Gateway::start(&yaml).await;
-    let r = client().post(gw.url("/v1/chat/completions")).header("x-mock-hang", "1").json(&chat_body(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-hang", "1")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 504);
     assert_eq!(r.headers()["x-switchyard-provider"], "old");
     assert!(r.headers().contains_key("x-request-id"));
@@ -133,7 +163,14 @@ async fn no_response_head_in_time_is_504_openai_shaped() {
     // the hung upstream request is abandoned, not left running
     eventually("upstream request cancelled", || old.cancelled() == 1).await;
     let m = gw.metrics().await;
-    assert_eq!(metric_value(&m, r#"switchyard_requests_total{provider="old",status="timeout"}"#), Some(1.0), "{m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"switchyard_requests_total{provider="old",status="timeout"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -143,23 +180,39 @@ async fn connect_failure_fails_over_to_the_other_provider_with_the_body() {
     let dead_url = format!("http://{}/v1", dead.local_addr().unwrap());
     drop(dead);
     let gw = Gateway::start(&config(&dead_url, &new.base_url(), "phase-0")).await;
-    let r = client().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-switchyard-provider"], "new");
     assert_eq!(r.headers()["x-switchyard-failover"], "old");
     let got = &new.received()[0];
     assert_eq!(got.json().unwrap()["messages"][0]["content"], "hello");
-    assert_eq!(got.header("authorization"), Some(format!("Bearer {NEW_KEY}").as_str()));
+    assert_eq!(
+        got.header("authorization"),
+        Some(format!("Bearer {NEW_KEY}").as_str())
+    );
 }
 
 #[tokio::test]
 async fn both_unreachable_is_502() {
     let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (ua, ub) = (format!("http://{}/v1", a.local_addr().unwrap()), format!("http://{}/v1", b.local_addr().unwrap()));
+    let (ua, ub) = (
+        format!("http://{}/v1", a.local_addr().unwrap()),
+        format!("http://{}/v1", b.local_addr().unwrap()),
+    );
     drop((a, b));
     let gw = Gateway::start(&config(&ua, &ub, "phase-4")).await;
-    let r = client().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "upstream_unreachable");
@@ -194,7 +247,14 @@ async fn a_cut_stream_aborts_the_client_stream_and_counts_as_an_error() {
     assert!(errored, "stream ended cleanly after a cut: {text}");
     assert!(text.contains("tok1") && !text.contains("[DONE]"));
     let m = gw.metrics().await;
-    assert_eq!(metric_value(&m, r#"switchyard_requests_total{provider="old",status="error"}"#), Some(1.0), "{m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"switchyard_requests_total{provider="old",status="error"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -213,30 +273,72 @@ async fn client_hang_up_cancels_the_upstream_request_and_is_not_an_error() {
     let mut stream = resp.bytes_stream();
     stream.next().await.unwrap().unwrap();
     drop(stream);
-    eventually("the mock saw the upstream request cancelled", || old.cancelled() == 1).await;
+    eventually("the mock saw the upstream request cancelled", || {
+        old.cancelled() == 1
+    })
+    .await;
     assert_eq!(old.served(), 0);
     let m = gw.metrics().await;
-    assert_eq!(metric_value(&m, r#"switchyard_requests_total{provider="old",status="error"}"#).unwrap_or(0.0), 0.0, "{m}");
-    assert_eq!(metric_value(&m, r#"switchyard_requests_total{provider="old",status="2xx"}"#), Some(1.0), "{m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"switchyard_requests_total{provider="old",status="error"}"#
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"switchyard_requests_total{provider="old",status="2xx"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn a_silent_stream_is_aborted_after_idle_timeout_but_long_streams_are_not_cut() {
     let old = mock("old").await;
     let new = mock("new").await;
-    let yaml = config(&old.base_url(), &new.base_url(), "phase-0")
-        .replacen("timeout: 10s", "timeout: 10s\n    idle_timeout: 400ms", 1);
+    let yaml = config(&old.base_url(), &new.base_url(), "phase-0").replacen(
+        "timeout: 10s",
+        "timeout: 10s\n    idle_timeout: 400ms",
+        1,
+    );
     let gw = Gateway::start(&yaml).await;
     // 8 chunks 150 ms apart: 1.2 s in all, longer than idle_timeout, never silent that long.
-    let r = client().post(gw.url("/v1/chat/completions")).header("x-mock-chunks", "8").header("x-mock-chunk-delay-ms", "150").json(&chat_body(true)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-chunks", "8")
+        .header("x-mock-chunk-delay-ms", "150")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
     let text = r.text().await.unwrap();
     assert!(text.contains("[DONE]"));
     // silent for 3 s: aborted
-    let r = client().post(gw.url("/v1/chat/completions")).header("x-mock-chunks", "3").header("x-mock-chunk-delay-ms", "3000").json(&chat_body(true)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-chunks", "3")
+        .header("x-mock-chunk-delay-ms", "3000")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.is_err(), "silent stream was not aborted");
     let m = gw.metrics().await;
-    assert_eq!(metric_value(&m, r#"switchyard_requests_total{provider="old",status="timeout"}"#), Some(1.0), "{m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"switchyard_requests_total{provider="old",status="timeout"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -248,8 +350,18 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
     let answer = raw_exchange(gw.proxy, req.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let got = &old.received()[0];
-    for h in ["x-hop", "keep-alive", "proxy-authorization", "te", "connection"] {
-        assert!(got.header(h).is_none(), "{h} was forwarded: {:?}", got.headers);
+    for h in [
+        "x-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "connection",
+    ] {
+        assert!(
+            got.header(h).is_none(),
+            "{h} was forwarded: {:?}",
+            got.headers
+        );
     }
     assert_eq!(got.header("x-end"), Some("1"));
     assert_eq!(got.header("host"), Some(old.addr().to_string().as_str()));
@@ -260,7 +372,9 @@ async fn https_provider_behind_a_private_ca() {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "switchyard test CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "switchyard test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
@@ -281,17 +395,44 @@ async fn https_provider_behind_a_private_ca() {
     std::fs::write(&ca_path, ca.pem()).unwrap();
     let without = config(&url, &plain.base_url(), "phase-0");
     let gw = Gateway::start(&without).await;
-    let r = client().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
-    assert_ne!(r.headers()["x-switchyard-provider"], "old", "TLS to an unknown CA must not succeed");
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        r.headers()["x-switchyard-provider"],
+        "old",
+        "TLS to an unknown CA must not succeed"
+    );
     drop(gw);
 
-    let with = without.replacen("api_key_env: TEST_OLD_KEY", &format!("api_key_env: TEST_OLD_KEY\n    ca_file: {}", ca_path.display()), 1);
+    let with = without.replacen(
+        "api_key_env: TEST_OLD_KEY",
+        &format!(
+            "api_key_env: TEST_OLD_KEY\n    ca_file: {}",
+            ca_path.display()
+        ),
+        1,
+    );
     let gw = Gateway::start(&with).await;
-    let r = client().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-switchyard-provider"], "old");
-    assert_eq!(r.json::<Value>().await.unwrap()["choices"][0]["message"]["content"], "Hello from secure");
-    assert_eq!(secure.received()[0].header("host"), Some(format!("localhost:{}", secure.addr().port()).as_str()));
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["choices"][0]["message"]["content"],
+        "Hello from secure"
+    );
+    assert_eq!(
+        secure.received()[0].header("host"),
+        Some(format!("localhost:{}", secure.addr().port()).as_str())
+    );
 }
 
 #[tokio::test]
@@ -299,8 +440,17 @@ async fn h2c_clients_are_served() {
     let old = mock("old").await;
     let new = mock("new").await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
-    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
-    let r = h2.post(gw.url("/v1/chat/completions")).json(&chat_body(true)).send().await.unwrap();
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-switchyard-provider"], "old");

@@ -18,25 +18,55 @@ async fn client_keys_are_required_and_never_forwarded_or_logged() {
     let old = mock("old").await;
     let new = mock("new").await;
     let yaml = with_clients(&config(&old.base_url(), &new.base_url(), "phase-0"));
-    let gw = Gateway::start_with(&yaml, &[("TEST_CLIENT_KEYS", &format!("other-key, {CLIENT_KEY}"))]).await;
+    let gw = Gateway::start_with(
+        &yaml,
+        &[("TEST_CLIENT_KEYS", &format!("other-key, {CLIENT_KEY}"))],
+    )
+    .await;
 
-    let r = client().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.headers().contains_key("x-request-id"));
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "authentication_error");
     assert_eq!(v["error"]["code"], "invalid_api_key");
 
-    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth("sy-client-key-abc124").json(&chat_body(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("sy-client-key-abc124")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(old.request_count(), 0);
 
-    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(CLIENT_KEY).json(&chat_body(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(old.received()[0].header("authorization"), Some(format!("Bearer {OLD_KEY}").as_str()));
+    assert_eq!(
+        old.received()[0].header("authorization"),
+        Some(format!("Bearer {OLD_KEY}").as_str())
+    );
     // a failure path logs too: make one
     old.set_status(Some(500));
-    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(CLIENT_KEY).json(&chat_body(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 500);
     let logs = gw.logs();
     for secret in [CLIENT_KEY, OLD_KEY, NEW_KEY] {
@@ -46,11 +76,20 @@ async fn client_keys_are_required_and_never_forwarded_or_logged() {
 
 #[tokio::test]
 async fn client_keys_configured_but_unset_refuses_to_start() {
-    let yaml = with_clients(&config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", "phase-0"));
+    let yaml = with_clients(&config(
+        "http://127.0.0.1:9/v1",
+        "http://127.0.0.1:9/v1",
+        "phase-0",
+    ));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard")).args(["serve", "--config"]).arg(&path).env_remove("TEST_CLIENT_KEYS").output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("TEST_CLIENT_KEYS")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("TEST_CLIENT_KEYS"));
 }
@@ -59,16 +98,50 @@ async fn client_keys_configured_but_unset_refuses_to_start() {
 async fn admin_calls_need_the_token_when_it_is_set() {
     let old = mock("old").await;
     let new = mock("new").await;
-    let gw = Gateway::start_with(&config(&old.base_url(), &new.base_url(), "phase-0"), &[("SWITCHYARD_ADMIN_TOKEN", "adm-token-xyz")]).await;
-    let r = client().get(gw.admin_url("/admin/status")).send().await.unwrap();
+    let gw = Gateway::start_with(
+        &config(&old.base_url(), &new.base_url(), "phase-0"),
+        &[("SWITCHYARD_ADMIN_TOKEN", "adm-token-xyz")],
+    )
+    .await;
+    let r = client()
+        .get(gw.admin_url("/admin/status"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = client().post(gw.admin_url("/admin/rollback")).bearer_auth("wrong").send().await.unwrap();
+    let r = client()
+        .post(gw.admin_url("/admin/rollback"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = client().get(gw.admin_url("/admin/status")).bearer_auth("adm-token-xyz").send().await.unwrap();
+    let r = client()
+        .get(gw.admin_url("/admin/status"))
+        .bearer_auth("adm-token-xyz")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // probes and scrapes need no token
-    assert_eq!(client().get(gw.admin_url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(client().get(gw.admin_url("/metrics")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert!(gw.admin.ip().is_loopback());
 }
 
@@ -76,12 +149,20 @@ async fn admin_calls_need_the_token_when_it_is_set() {
 async fn request_bodies_over_the_limit_get_413() {
     let old = mock("old").await;
     let new = mock("new").await;
-    let yaml = format!("{}server:\n  max_body_size: 1KiB\n", config(&old.base_url(), &new.base_url(), "phase-0"));
+    let yaml = format!(
+        "{}server:\n  max_body_size: 1KiB\n",
+        config(&old.base_url(), &new.base_url(), "phase-0")
+    );
     let gw = Gateway::start(&yaml).await;
     let big = "x".repeat(2000);
 
     // declared length
-    let r = client().post(gw.url("/v1/chat/completions")).body(big.clone()).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "request_too_large");
@@ -90,11 +171,21 @@ async fn request_bodies_over_the_limit_get_413() {
     // chunked: cut as it streams
     let chunks: Vec<Result<String, std::io::Error>> = (0..4).map(|_| Ok("y".repeat(500))).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let r = client().post(gw.url("/v1/chat/completions")).body(body).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
 
     // under the limit passes
-    let r = client().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -103,7 +194,10 @@ async fn oversized_or_too_many_headers_get_431() {
     let old = mock("old").await;
     let new = mock("new").await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
-    let big = format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n", "a".repeat(80 * 1024));
+    let big = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(80 * 1024)
+    );
     let answer = raw_exchange(gw.proxy, big.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
     let mut many = String::from("GET /v1/models HTTP/1.1\r\nHost: x\r\n");
@@ -125,7 +219,11 @@ async fn content_length_with_transfer_encoding_is_refused() {
     let answer = raw_exchange(gw.proxy, req.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("Transfer-Encoding"), "{answer}");
-    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "the smuggled request was answered: {answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1").count(),
+        1,
+        "the smuggled request was answered: {answer}"
+    );
     assert_eq!(old.request_count(), 0);
 }
 
@@ -133,10 +231,15 @@ async fn content_length_with_transfer_encoding_is_refused() {
 async fn a_slow_client_is_cut_at_the_header_deadline() {
     let old = mock("old").await;
     let new = mock("new").await;
-    let yaml = format!("{}server:\n  header_read_timeout: 1s\n", config(&old.base_url(), &new.base_url(), "phase-0"));
+    let yaml = format!(
+        "{}server:\n  header_read_timeout: 1s\n",
+        config(&old.base_url(), &new.base_url(), "phase-0")
+    );
     let gw = Gateway::start(&yaml).await;
     let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
-    s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "a half-sent head kept the connection open");

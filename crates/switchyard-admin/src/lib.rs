@@ -31,7 +31,11 @@ pub struct AdminError {
 
 impl AdminError {
     pub fn new(status: u16, message: impl Into<String>) -> Self {
-        AdminError { status, message: message.into(), details: Vec::new() }
+        AdminError {
+            status,
+            message: message.into(),
+            details: Vec::new(),
+        }
     }
 }
 
@@ -53,8 +57,15 @@ pub trait AdminHandle: Send + Sync + 'static {
 }
 
 /// Serves until `shutdown` turns true.
-pub async fn serve<H: AdminHandle>(listener: TcpListener, handle: Arc<H>, token: Option<String>, mut shutdown: watch::Receiver<bool>) {
-    let token: Option<Arc<[u8]>> = token.filter(|t| !t.is_empty()).map(|t| Arc::from(t.as_bytes()));
+pub async fn serve<H: AdminHandle>(
+    listener: TcpListener,
+    handle: Arc<H>,
+    token: Option<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let token: Option<Arc<[u8]>> = token
+        .filter(|t| !t.is_empty())
+        .map(|t| Arc::from(t.as_bytes()));
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let (stream, _) = tokio::select! {
@@ -84,7 +95,11 @@ pub async fn serve<H: AdminHandle>(listener: TcpListener, handle: Arc<H>, token:
 
 type AdminBody = Full<Bytes>;
 
-async fn route<H: AdminHandle>(h: &H, token: Option<&[u8]>, req: Request<Incoming>) -> Response<AdminBody> {
+async fn route<H: AdminHandle>(
+    h: &H,
+    token: Option<&[u8]>,
+    req: Request<Incoming>,
+) -> Response<AdminBody> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     match (&method, path.as_str()) {
@@ -98,7 +113,10 @@ async fn route<H: AdminHandle>(h: &H, token: Option<&[u8]>, req: Request<Incomin
         }
         (&Method::GET, "/metrics") => {
             let mut r = Response::new(Full::new(Bytes::from(h.metrics())));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             return r;
         }
         _ => {}
@@ -113,14 +131,20 @@ async fn route<H: AdminHandle>(h: &H, token: Option<&[u8]>, req: Request<Incomin
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .unwrap_or(b"");
         if !bool::from(given.ct_eq(t)) {
-            let mut r = error(AdminError::new(401, "admin token missing or wrong (Authorization: Bearer <token>)"));
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            let mut r = error(AdminError::new(
+                401,
+                "admin token missing or wrong (Authorization: Bearer <token>)",
+            ));
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
         }
     }
     let result = match (&method, path.as_str()) {
         (&Method::GET, "/admin/status") => Ok(h.status()),
-        (&Method::GET, "/admin/stats") => h.stats().ok_or_else(|| AdminError::new(501, "per-provider stats are not available in this build")),
+        (&Method::GET, "/admin/stats") => h.stats().ok_or_else(|| {
+            AdminError::new(501, "per-provider stats are not available in this build")
+        }),
         (&Method::POST, "/admin/phase/next") => h.phase_next().await,
         (&Method::POST, "/admin/phase") => match read_json(req).await {
             Ok(v) => match v.get("phase").and_then(Value::as_str) {
@@ -131,15 +155,23 @@ async fn route<H: AdminHandle>(h: &H, token: Option<&[u8]>, req: Request<Incomin
         },
         (&Method::POST, "/admin/rollback") => match read_json(req).await {
             Ok(v) => {
-                let reason = v.get("reason").and_then(Value::as_str).unwrap_or("rollback requested through the admin API");
+                let reason = v
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("rollback requested through the admin API");
                 h.rollback(reason.to_string()).await
             }
             Err(e) => Err(e),
         },
         (&Method::POST, "/admin/reload") => h.reload().await,
-        (_, "/admin/status" | "/admin/stats" | "/admin/phase/next" | "/admin/phase" | "/admin/rollback" | "/admin/reload") => {
-            Err(AdminError::new(405, format!("{method} is not allowed on {path}")))
-        }
+        (
+            _,
+            "/admin/status" | "/admin/stats" | "/admin/phase/next" | "/admin/phase"
+            | "/admin/rollback" | "/admin/reload",
+        ) => Err(AdminError::new(
+            405,
+            format!("{method} is not allowed on {path}"),
+        )),
         _ => Err(AdminError::new(404, format!("no such endpoint: {path}"))),
     };
     match result {
@@ -158,7 +190,8 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, AdminError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(&body).map_err(|e| AdminError::new(400, format!("body is not JSON: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| AdminError::new(400, format!("body is not JSON: {e}")))
 }
 
 fn json_resp(status: StatusCode, v: &Value) -> Response<AdminBody> {
@@ -166,13 +199,17 @@ fn json_resp(status: StatusCode, v: &Value) -> Response<AdminBody> {
     body.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn error(e: AdminError) -> Response<AdminBody> {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut body = json!({"error": {"message": e.message, "type": "admin_error", "code": status.as_u16()}});
+    let mut body =
+        json!({"error": {"message": e.message, "type": "admin_error", "code": status.as_u16()}});
     if !e.details.is_empty() {
         body["error"]["details"] = json!(e.details);
     }

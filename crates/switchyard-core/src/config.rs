@@ -462,7 +462,11 @@ fn parse_base_url(url: &str) -> Result<(bool, String, String), String> {
             return Err(format!("`{url}` has a bad port `{port}`"));
         }
     }
-    Ok((https, authority.to_string(), path.trim_end_matches('/').to_string()))
+    Ok((
+        https,
+        authority.to_string(),
+        path.trim_end_matches('/').to_string(),
+    ))
 }
 
 fn validate(raw: RawConfig, c: &mut Collector) -> Config {
@@ -470,7 +474,11 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
 
     let admin = {
         let a = raw.admin.as_ref();
-        let listen = c.addr("admin.listen", a.and_then(|a| a.listen.as_ref()), "127.0.0.1:9090");
+        let listen = c.addr(
+            "admin.listen",
+            a.and_then(|a| a.listen.as_ref()),
+            "127.0.0.1:9090",
+        );
         let token_env = a
             .and_then(|a| a.token_env.clone())
             .unwrap_or_else(|| "SWITCHYARD_ADMIN_TOKEN".to_string());
@@ -499,8 +507,15 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
     let mut providers = Vec::with_capacity(raw.providers.len());
     for (name, p) in &raw.providers {
         let k = format!("providers.{name}");
-        if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
-            c.err(&k, "provider names may use letters, digits, `-`, `_` and `.`");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            c.err(
+                &k,
+                "provider names may use letters, digits, `-`, `_` and `.`",
+            );
         }
         let (https, authority, base_path) = match parse_base_url(&p.base_url) {
             Ok(v) => v,
@@ -515,10 +530,26 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         if p.ca_file.is_some() && !https {
             c.err(format!("{k}.ca_file"), "only applies to an https base_url");
         }
-        let connect_timeout = c.duration(&format!("{k}.connect_timeout"), p.connect_timeout.as_ref(), Duration::from_secs(2));
-        let timeout = c.duration(&format!("{k}.timeout"), p.timeout.as_ref(), Duration::from_secs(30));
-        let idle_timeout = c.duration(&format!("{k}.idle_timeout"), p.idle_timeout.as_ref(), Duration::from_secs(60));
-        for (key, d) in [("connect_timeout", connect_timeout), ("timeout", timeout), ("idle_timeout", idle_timeout)] {
+        let connect_timeout = c.duration(
+            &format!("{k}.connect_timeout"),
+            p.connect_timeout.as_ref(),
+            Duration::from_secs(2),
+        );
+        let timeout = c.duration(
+            &format!("{k}.timeout"),
+            p.timeout.as_ref(),
+            Duration::from_secs(30),
+        );
+        let idle_timeout = c.duration(
+            &format!("{k}.idle_timeout"),
+            p.idle_timeout.as_ref(),
+            Duration::from_secs(60),
+        );
+        for (key, d) in [
+            ("connect_timeout", connect_timeout),
+            ("timeout", timeout),
+            ("idle_timeout", idle_timeout),
+        ] {
             if d.is_zero() {
                 c.err(format!("{k}.{key}"), "must be longer than 0");
             }
@@ -527,10 +558,19 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         for (model, price) in &p.pricing {
             for (what, v) in [("input", price.input), ("output", price.output)] {
                 if !(v >= 0.0 && v.is_finite()) {
-                    c.err(format!("{k}.pricing.{model}.{what}"), format!("{v} is not a price in USD per 1M tokens"));
+                    c.err(
+                        format!("{k}.pricing.{model}.{what}"),
+                        format!("{v} is not a price in USD per 1M tokens"),
+                    );
                 }
             }
-            pricing.models.insert(model.clone(), Price { input: price.input, output: price.output });
+            pricing.models.insert(
+                model.clone(),
+                Price {
+                    input: price.input,
+                    output: price.output,
+                },
+            );
         }
         providers.push(ProviderConfig {
             name: name.clone(),
@@ -558,7 +598,10 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         0
     });
     if m.from == m.to {
-        c.err("migration.to", "`from` and `to` must be different providers");
+        c.err(
+            "migration.to",
+            "`from` and `to` must be different providers",
+        );
     }
     if m.phases.is_empty() {
         c.err("migration.phases", "at least one phase is needed");
@@ -568,14 +611,27 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
     for (i, p) in m.phases.iter().enumerate() {
         let k = format!("migration.phases[{i}]");
         if p.name.is_empty() || p.name == "rollback" {
-            c.err(format!("{k}.name"), "a phase needs a name other than `rollback`");
+            c.err(
+                format!("{k}.name"),
+                "a phase needs a name other than `rollback`",
+            );
         }
         if !names.insert(p.name.as_str()) {
-            c.err(format!("{k}.name"), format!("phase `{}` is named twice", p.name));
+            c.err(
+                format!("{k}.name"),
+                format!("phase `{}` is named twice", p.name),
+            );
         }
         let buckets = c.percent(&format!("{k}.percent"), p.percent);
-        let hold = p.hold.as_ref().map(|h| c.duration(&format!("{k}.hold"), Some(h), Duration::ZERO));
-        phases.push(Phase { name: p.name.clone(), buckets, hold });
+        let hold = p
+            .hold
+            .as_ref()
+            .map(|h| c.duration(&format!("{k}.hold"), Some(h), Duration::ZERO));
+        phases.push(Phase {
+            name: p.name.clone(),
+            buckets,
+            hold,
+        });
     }
     let file_phase = m
         .phase
@@ -583,21 +639,40 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         .or_else(|| phases.first().map(|p| p.name.clone()))
         .unwrap_or_default();
     let file_state = if file_phase == "rollback" {
-        MigrationState { phase: None, rolled_back: true, rollback_reason: Some("phase: rollback in the config file".into()), rollback_trigger: Some(crate::Trigger::Config) }
+        MigrationState {
+            phase: None,
+            rolled_back: true,
+            rollback_reason: Some("phase: rollback in the config file".into()),
+            rollback_trigger: Some(crate::Trigger::Config),
+        }
     } else {
         match phases.iter().position(|p| p.name == file_phase) {
             Some(i) => MigrationState::at(i),
             None => {
                 if !phases.is_empty() {
-                    c.err("migration.phase", format!("no phase named `{file_phase}` (use a phase name or `rollback`)"));
+                    c.err(
+                        "migration.phase",
+                        format!("no phase named `{file_phase}` (use a phase name or `rollback`)"),
+                    );
                 }
                 MigrationState::at(0)
             }
         }
     };
-    let sticky_header = m.sticky_header.clone().unwrap_or_else(|| "x-request-id".into()).to_ascii_lowercase();
-    if sticky_header.is_empty() || !sticky_header.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b)) {
-        c.err("migration.sticky_header", format!("`{sticky_header}` is not a header name"));
+    let sticky_header = m
+        .sticky_header
+        .clone()
+        .unwrap_or_else(|| "x-request-id".into())
+        .to_ascii_lowercase();
+    if sticky_header.is_empty()
+        || !sticky_header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+    {
+        c.err(
+            "migration.sticky_header",
+            format!("`{sticky_header}` is not a header name"),
+        );
     }
     let shadow_buckets = c.percent("migration.shadow_percent", m.shadow_percent.unwrap_or(0.0));
     let auto_rollback = m.auto_rollback.as_ref().map(|a| {
@@ -608,45 +683,90 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
             c.err("migration.auto_rollback.window", "must be at least 1");
         }
         if min_requests > window {
-            c.err("migration.auto_rollback.min_requests", format!("{min_requests} is more than the window ({window})"));
+            c.err(
+                "migration.auto_rollback.min_requests",
+                format!("{min_requests} is more than the window ({window})"),
+            );
         }
         if !(0.0..=1.0).contains(&max_error_rate) {
-            c.err("migration.auto_rollback.max_error_rate", format!("{max_error_rate} is not a rate between 0 and 1 (0.05 = 5%)"));
+            c.err(
+                "migration.auto_rollback.max_error_rate",
+                format!("{max_error_rate} is not a rate between 0 and 1 (0.05 = 5%)"),
+            );
         }
-        let max_p95_latency = c.duration("migration.auto_rollback.max_p95_latency", a.max_p95_latency.as_ref(), Duration::from_secs(5));
-        AutoRollbackConfig { window, min_requests, max_error_rate, max_p95_latency }
+        let max_p95_latency = c.duration(
+            "migration.auto_rollback.max_p95_latency",
+            a.max_p95_latency.as_ref(),
+            Duration::from_secs(5),
+        );
+        AutoRollbackConfig {
+            window,
+            min_requests,
+            max_error_rate,
+            max_p95_latency,
+        }
     });
 
     let alerts = raw.alerts.map(|a| {
         c.env_name("alerts.webhook_url_env", &a.webhook_url_env);
-        let cooldown = c.duration("alerts.cooldown", a.cooldown.as_ref(), Duration::from_secs(300));
-        AlertsConfig { webhook_url_env: a.webhook_url_env, cooldown }
+        let cooldown = c.duration(
+            "alerts.cooldown",
+            a.cooldown.as_ref(),
+            Duration::from_secs(300),
+        );
+        AlertsConfig {
+            webhook_url_env: a.webhook_url_env,
+            cooldown,
+        }
     });
 
     let health_check = {
         let h = raw.health_check.as_ref();
-        let interval = c.duration("health_check.interval", h.and_then(|h| h.interval.as_ref()), Duration::from_secs(10));
-        let timeout = c.duration("health_check.timeout", h.and_then(|h| h.timeout.as_ref()), Duration::from_secs(2));
-        let path = h.and_then(|h| h.path.clone()).unwrap_or_else(|| "/models".into());
+        let interval = c.duration(
+            "health_check.interval",
+            h.and_then(|h| h.interval.as_ref()),
+            Duration::from_secs(10),
+        );
+        let timeout = c.duration(
+            "health_check.timeout",
+            h.and_then(|h| h.timeout.as_ref()),
+            Duration::from_secs(2),
+        );
+        let path = h
+            .and_then(|h| h.path.clone())
+            .unwrap_or_else(|| "/models".into());
         if !path.starts_with('/') {
             c.err("health_check.path", format!("`{path}` must start with /"));
         }
         if interval.is_zero() {
             c.err("health_check.interval", "must be longer than 0");
         }
-        HealthCheckConfig { interval, path, timeout }
+        HealthCheckConfig {
+            interval,
+            path,
+            timeout,
+        }
     };
 
     let cluster = raw.cluster.map(|cl| {
         if cl.etcd.endpoints.is_empty() {
-            c.err("cluster.etcd.endpoints", "at least one etcd endpoint is needed");
+            c.err(
+                "cluster.etcd.endpoints",
+                "at least one etcd endpoint is needed",
+            );
         }
         for (i, e) in cl.etcd.endpoints.iter().enumerate() {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
-                c.err(format!("cluster.etcd.endpoints[{i}]"), format!("`{e}` must start with http:// or https://"));
+                c.err(
+                    format!("cluster.etcd.endpoints[{i}]"),
+                    format!("`{e}` must start with http:// or https://"),
+                );
             }
         }
-        for (k, v) in [("username_env", &cl.etcd.username_env), ("password_env", &cl.etcd.password_env)] {
+        for (k, v) in [
+            ("username_env", &cl.etcd.username_env),
+            ("password_env", &cl.etcd.password_env),
+        ] {
             if let Some(v) = v {
                 c.env_name(&format!("cluster.etcd.{k}"), v);
             }
@@ -656,14 +776,18 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
             username_env: cl.etcd.username_env,
             password_env: cl.etcd.password_env,
             ca_file: cl.etcd.ca_file,
-            key_prefix: cl.key_prefix.unwrap_or_else(|| format!("/switchyard/{}-to-{}", m.from, m.to)),
+            key_prefix: cl
+                .key_prefix
+                .unwrap_or_else(|| format!("/switchyard/{}-to-{}", m.from, m.to)),
             replica_id: cl.replica_id,
         }
     });
 
     let server = {
         let s = raw.server.as_ref();
-        let size = |c: &mut Collector, key: &str, v: Option<&String>, default: u64| match v.map(|v| parse_size(v)) {
+        let size = |c: &mut Collector, key: &str, v: Option<&String>, default: u64| match v
+            .map(|v| parse_size(v))
+        {
             None => default,
             Some(Ok(n)) => n,
             Some(Err(e)) => {
@@ -671,8 +795,18 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
                 default
             }
         };
-        let max_body_bytes = size(c, "server.max_body_size", s.and_then(|s| s.max_body_size.as_ref()), 10 << 20);
-        let max_header_bytes = size(c, "server.max_header_size", s.and_then(|s| s.max_header_size.as_ref()), 64 << 10);
+        let max_body_bytes = size(
+            c,
+            "server.max_body_size",
+            s.and_then(|s| s.max_body_size.as_ref()),
+            10 << 20,
+        );
+        let max_header_bytes = size(
+            c,
+            "server.max_header_size",
+            s.and_then(|s| s.max_header_size.as_ref()),
+            64 << 10,
+        );
         if max_header_bytes < 8192 {
             c.err("server.max_header_size", "must be at least 8KiB");
         }
@@ -687,10 +821,18 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         ServerConfig {
             max_body_bytes,
             max_connections,
-            header_read_timeout: c.duration("server.header_read_timeout", s.and_then(|s| s.header_read_timeout.as_ref()), Duration::from_secs(30)),
+            header_read_timeout: c.duration(
+                "server.header_read_timeout",
+                s.and_then(|s| s.header_read_timeout.as_ref()),
+                Duration::from_secs(30),
+            ),
             max_header_bytes: max_header_bytes as usize,
             max_headers,
-            shutdown_grace: c.duration("server.shutdown_grace", s.and_then(|s| s.shutdown_grace.as_ref()), Duration::from_secs(30)),
+            shutdown_grace: c.duration(
+                "server.shutdown_grace",
+                s.and_then(|s| s.shutdown_grace.as_ref()),
+                Duration::from_secs(30),
+            ),
             access_log: s.and_then(|s| s.access_log).unwrap_or(true),
         }
     };
@@ -770,7 +912,10 @@ migration:
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let bad = GOOD.replace("- { name: phase-2, percent: 25 }", "- { name: phase-2, percnt: 25 }");
+        let bad = GOOD.replace(
+            "- { name: phase-2, percent: 25 }",
+            "- { name: phase-2, percnt: 25 }",
+        );
         let e = Config::parse(&bad, "t.yaml").unwrap_err();
         let s = e.to_string();
         assert!(s.contains("percnt"), "{s}");
@@ -787,10 +932,19 @@ migration:
             .replace("api_key_env: NEW_API_KEY", "api_key_env: sk-live-123");
         let e = Config::parse(&bad, "t.yaml").unwrap_err();
         let keys: Vec<_> = e.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
-        assert!(keys.contains(&("migration.phases[2].percent", Some(22))), "{keys:?}");
+        assert!(
+            keys.contains(&("migration.phases[2].percent", Some(22))),
+            "{keys:?}"
+        );
         assert!(keys.contains(&("migration.from", Some(17))), "{keys:?}");
-        assert!(keys.contains(&("providers.old.timeout", Some(10))), "{keys:?}");
-        assert!(keys.contains(&("providers.new.api_key_env", Some(15))), "{keys:?}");
+        assert!(
+            keys.contains(&("providers.old.timeout", Some(10))),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains(&("providers.new.api_key_env", Some(15))),
+            "{keys:?}"
+        );
         // the secret-looking value is echoed as the bad value, which is the point of the message
         assert!(e.to_string().contains("not an environment variable name"));
     }
@@ -811,9 +965,17 @@ migration:
 
     #[test]
     fn bad_base_urls() {
-        for (u, _) in [("ftp://x", 0), ("https://", 0), ("http://u:p@host/v1", 0), ("http://h:99999/v1", 0)] {
+        for (u, _) in [
+            ("ftp://x", 0),
+            ("https://", 0),
+            ("http://u:p@host/v1", 0),
+            ("http://h:99999/v1", 0),
+        ] {
             assert!(parse_base_url(u).is_err(), "{u}");
         }
-        assert_eq!(parse_base_url("https://h/api/v3/").unwrap(), (true, "h".into(), "/api/v3".into()));
+        assert_eq!(
+            parse_base_url("https://h/api/v3/").unwrap(),
+            (true, "h".into(), "/api/v3".into())
+        );
     }
 }

@@ -146,6 +146,9 @@ mod tests {
         let back = r.set(&ph, "p2").unwrap();
         assert!(!back.rolled_back);
         assert_eq!(back.to_buckets(&ph), 2500);
-        assert!(matches!(r.set(&ph, "nope"), Err(TransitionError::UnknownPhase(_))));
+        assert!(matches!(
+            r.set(&ph, "nope"),
+            Err(TransitionError::UnknownPhase(_))
+        ));
     }
 }

@@ -28,7 +28,13 @@ mod tests {
     #[test]
     fn cost_per_million() {
         let mut t = PriceTable::default();
-        t.models.insert("deepseek-chat".into(), Price { input: 0.27, output: 1.10 });
+        t.models.insert(
+            "deepseek-chat".into(),
+            Price {
+                input: 0.27,
+                output: 1.10,
+            },
+        );
         let c = t.cost("deepseek-chat", 1_000_000, 500_000).unwrap();
         assert!((c - (0.27 + 0.55)).abs() < 1e-12);
         assert_eq!(t.cost("other", 1, 1), None);

@@ -82,7 +82,9 @@ mod tests {
         let a = Router::new("old", "new");
         let b = Router::new("new", "old");
         let differ = (0..1000)
-            .filter(|i| a.bucket(format!("k{i}").as_bytes()) != b.bucket(format!("k{i}").as_bytes()))
+            .filter(|i| {
+                a.bucket(format!("k{i}").as_bytes()) != b.bucket(format!("k{i}").as_bytes())
+            })
             .count();
         assert!(differ > 900, "only {differ} of 1000 keys changed bucket");
     }

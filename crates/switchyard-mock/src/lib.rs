@@ -130,7 +130,9 @@ impl Mock {
         let task = tokio::spawn(async move {
             let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let st = st.clone();
                 let builder = builder.clone();
@@ -153,7 +155,12 @@ impl Mock {
                 });
             }
         });
-        Ok(Mock { addr, https, state, task })
+        Ok(Mock {
+            addr,
+            https,
+            state,
+            task,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -167,15 +174,27 @@ impl Mock {
     }
 
     pub fn received(&self) -> Vec<Received> {
-        self.state.received.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.state
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn request_count(&self) -> usize {
-        self.state.received.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.state
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     pub fn clear(&self) {
-        self.state.received.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.state
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Requests whose client went away before the answer was complete.
@@ -190,12 +209,16 @@ impl Mock {
 
     /// Answer every request with this status (None: normal answers).
     pub fn set_status(&self, status: Option<u16>) {
-        self.state.status_override.store(status.unwrap_or(0), Ordering::SeqCst);
+        self.state
+            .status_override
+            .store(status.unwrap_or(0), Ordering::SeqCst);
     }
 
     /// Extra delay before every response head.
     pub fn set_delay(&self, d: Duration) {
-        self.state.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+        self.state
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 }
 
@@ -226,19 +249,32 @@ fn header_num(h: &HeaderMap, name: &str) -> Option<u64> {
 
 async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    st.received.lock().unwrap_or_else(|e| e.into_inner()).push(Received {
-        method: parts.method.clone(),
-        path: path.clone(),
-        headers: parts.headers.clone(),
-        body: body.clone(),
-        at: Instant::now(),
-    });
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    st.received
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Received {
+            method: parts.method.clone(),
+            path: path.clone(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+            at: Instant::now(),
+        });
     let guard = Guard(Some(st.clone()));
     let h = &parts.headers;
 
-    let delay = Duration::from_millis(header_num(h, "x-mock-delay-ms").unwrap_or(0) + st.delay_ms.load(Ordering::SeqCst)) + st.cfg.latency;
+    let delay = Duration::from_millis(
+        header_num(h, "x-mock-delay-ms").unwrap_or(0) + st.delay_ms.load(Ordering::SeqCst),
+    ) + st.cfg.latency;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -246,10 +282,12 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
         std::future::pending::<()>().await;
     }
 
-    let forced = header_num(h, "x-mock-status").map(|s| s as u16).or(match st.status_override.load(Ordering::SeqCst) {
-        0 => None,
-        s => Some(s),
-    });
+    let forced = header_num(h, "x-mock-status").map(|s| s as u16).or(
+        match st.status_override.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        },
+    );
     let n = st.seq.fetch_add(1, Ordering::SeqCst);
     let by_rate = st.cfg.error_rate > 0.0 && {
         // Golden-ratio sequence: spreads errors evenly, same run every time.
@@ -261,16 +299,27 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
     if let Some(s) = status.filter(|s| *s >= 300) {
         let body = json!({"error": {"message": format!("mock {name} answers {s}"), "type": "mock_error", "code": s}});
         guard.done();
-        return json_response(StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body, name);
+        return json_response(
+            StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &body,
+            name,
+        );
     }
 
     let p = parts.uri.path();
     let req_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let model = req_json.get("model").and_then(Value::as_str).unwrap_or("mock-model").to_string();
+    let model = req_json
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock-model")
+        .to_string();
     let prompt_tokens = (body.len() as u64 / 4).max(1);
 
     if p.ends_with("/chat/completions") && parts.method == Method::POST {
-        let stream = req_json.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let stream = req_json
+            .get("stream")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let chunks = header_num(h, "x-mock-chunks").map_or(st.cfg.chunks, |v| v as usize);
         if !stream {
             let content = format!("Hello from {name}");
@@ -290,7 +339,8 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let chunk_delay = header_num(h, "x-mock-chunk-delay-ms").map_or(st.cfg.chunk_delay, Duration::from_millis);
+        let chunk_delay = header_num(h, "x-mock-chunk-delay-ms")
+            .map_or(st.cfg.chunk_delay, Duration::from_millis);
         let cut_after = header_num(h, "x-mock-cut-after").map(|v| v as usize);
         let (mut tx, rx) = Channel::<Bytes, std::io::Error>::new(4);
         let id = format!("chatcmpl-{name}-{n}");
@@ -300,7 +350,14 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
                 Bytes::from(format!("data: {v}\n\n"))
             };
-            if tx.send_data(chunk(json!({"role": "assistant", "content": ""}), Value::Null)).await.is_err() {
+            if tx
+                .send_data(chunk(
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null,
+                ))
+                .await
+                .is_err()
+            {
                 return; // guard drops: cancelled
             }
             for i in 0..chunks {
@@ -317,7 +374,11 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
                 if !chunk_delay.is_zero() {
                     tokio::time::sleep(chunk_delay).await;
                 }
-                if tx.send_data(chunk(json!({"content": format!("tok{i} ")}), Value::Null)).await.is_err() {
+                if tx
+                    .send_data(chunk(json!({"content": format!("tok{i} ")}), Value::Null))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -333,8 +394,12 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
             }
         });
         let mut r = Response::new(Either::Right(rx));
-        r.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
-        r.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache"));
+        r.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        r.headers_mut()
+            .insert("cache-control", HeaderValue::from_static("no-cache"));
         if let Ok(v) = HeaderValue::from_str(name) {
             r.headers_mut().insert("x-mock-provider", v);
         }
@@ -342,22 +407,35 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
     }
     if p.ends_with("/models") && parts.method == Method::GET {
         guard.done();
-        return json_response(StatusCode::OK, &json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "owned_by": name}, {"id": "deepseek-chat", "object": "model", "owned_by": name}]}), name);
+        return json_response(
+            StatusCode::OK,
+            &json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "owned_by": name}, {"id": "deepseek-chat", "object": "model", "owned_by": name}]}),
+            name,
+        );
     }
     if p.ends_with("/embeddings") && parts.method == Method::POST {
         guard.done();
-        return json_response(StatusCode::OK, &json!({"object": "list", "model": model,
+        return json_response(
+            StatusCode::OK,
+            &json!({"object": "list", "model": model,
             "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3, 0.4]}],
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}), name);
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}),
+            name,
+        );
     }
     guard.done();
-    json_response(StatusCode::NOT_FOUND, &json!({"error": {"message": format!("mock {name}: no route for {} {path}", parts.method), "type": "invalid_request_error", "code": "not_found"}}), name)
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"error": {"message": format!("mock {name}: no route for {} {path}", parts.method), "type": "invalid_request_error", "code": "not_found"}}),
+        name,
+    )
 }
 
 fn json_response(status: StatusCode, body: &Value, name: &str) -> Response<MockBody> {
     let mut r = Response::new(Either::Left(Full::new(Bytes::from(body.to_string()))));
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
     if let Ok(v) = HeaderValue::from_str(name) {
         r.headers_mut().insert("x-mock-provider", v);
     }
@@ -372,12 +450,13 @@ fn tls_acceptor(cert: &str, key: &str) -> std::io::Result<tokio_rustls::TlsAccep
         .collect::<Result<_, _>>()
         .map_err(|e| bad(e.to_string()))?;
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| bad(e.to_string()))?;
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| bad(e.to_string()))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| bad(e.to_string()))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
-

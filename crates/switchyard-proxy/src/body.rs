@@ -61,26 +61,53 @@ impl RequestBody {
         let hint = incoming.size_hint();
         if incoming.is_end_stream() {
             // Nothing to send, nothing to reclaim: failover is always possible.
-            return (RequestBody { slot: None, inner: None, hint, limit, seen: 0 }, None);
+            return (
+                RequestBody {
+                    slot: None,
+                    inner: None,
+                    hint,
+                    limit,
+                    seen: 0,
+                },
+                None,
+            );
         }
         let slot: BodySlot = Arc::new(Mutex::new(Some(incoming)));
         (
-            RequestBody { slot: Some(slot.clone()), inner: None, hint, limit, seen: 0 },
+            RequestBody {
+                slot: Some(slot.clone()),
+                inner: None,
+                hint,
+                limit,
+                seen: 0,
+            },
             Some(slot),
         )
     }
 
     /// A body for a retry: the reclaimed original, or nothing.
     pub fn from_slot(slot: Option<BodySlot>, hint: SizeHint, limit: u64) -> Self {
-        RequestBody { slot, inner: None, hint, limit, seen: 0 }
+        RequestBody {
+            slot,
+            inner: None,
+            hint,
+            limit,
+            seen: 0,
+        }
     }
 
     pub fn hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 
     pub fn empty() -> Self {
-        RequestBody { slot: None, inner: None, hint: SizeHint::with_exact(0), limit: 0, seen: 0 }
+        RequestBody {
+            slot: None,
+            inner: None,
+            hint: SizeHint::with_exact(0),
+            limit: 0,
+            seen: 0,
+        }
     }
 }
 
@@ -88,7 +115,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if this.inner.is_none() {
             match this.slot.take() {
@@ -122,7 +152,7 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -188,7 +218,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -247,7 +280,9 @@ pin_project! {
 
 impl GatewayBody {
     pub fn full(data: impl Into<Bytes>) -> Self {
-        GatewayBody::Full { data: Some(data.into()) }
+        GatewayBody::Full {
+            data: Some(data.into()),
+        }
     }
 }
 
@@ -255,7 +290,10 @@ impl Body for GatewayBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             GatewayBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             GatewayBodyProj::Upstream { body } => body.poll_frame(cx),
@@ -271,7 +309,9 @@ impl Body for GatewayBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            GatewayBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            GatewayBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             GatewayBody::Upstream { body } => body.size_hint(),
         }
     }

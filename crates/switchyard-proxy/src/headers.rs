@@ -63,8 +63,14 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(upstream_path("/v1", "/v1/chat/completions"), "/v1/chat/completions");
-        assert_eq!(upstream_path("/api/v3", "/v1/chat/completions?a=1"), "/api/v3/chat/completions?a=1");
+        assert_eq!(
+            upstream_path("/v1", "/v1/chat/completions"),
+            "/v1/chat/completions"
+        );
+        assert_eq!(
+            upstream_path("/api/v3", "/v1/chat/completions?a=1"),
+            "/api/v3/chat/completions?a=1"
+        );
         assert_eq!(upstream_path("/v1", "/v1?x=1"), "/v1/?x=1");
         assert_eq!(upstream_path("/v1", "/models"), "/v1/models");
         assert_eq!(upstream_path("/v1", "/v10/x"), "/v1/v10/x");
@@ -74,13 +80,22 @@ mod tests {
     #[test]
     fn hop_by_hop() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-keep", HeaderValue::from_static("1"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 2, "{h:?}");
         assert!(h.contains_key("x-keep"));

@@ -15,11 +15,28 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 pub fn describe() {
-    metrics::describe_counter!(REQUESTS_TOTAL, "Requests by provider and outcome (2xx, 4xx, 5xx, timeout, error)");
-    metrics::describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "Whole request duration, to the end of the response body");
-    metrics::describe_histogram!(FIRST_BYTE, metrics::Unit::Seconds, "Time until the provider's response head");
-    metrics::describe_counter!(REJECTED_TOTAL, "Requests the gateway refused before choosing a provider, by reason");
-    metrics::describe_counter!(FAILOVERS_TOTAL, "Requests sent to the other provider because the chosen one could not be connected to");
+    metrics::describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests by provider and outcome (2xx, 4xx, 5xx, timeout, error)"
+    );
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Whole request duration, to the end of the response body"
+    );
+    metrics::describe_histogram!(
+        FIRST_BYTE,
+        metrics::Unit::Seconds,
+        "Time until the provider's response head"
+    );
+    metrics::describe_counter!(
+        REJECTED_TOTAL,
+        "Requests the gateway refused before choosing a provider, by reason"
+    );
+    metrics::describe_counter!(
+        FAILOVERS_TOTAL,
+        "Requests sent to the other provider because the chosen one could not be connected to"
+    );
 }
 
 /// Outcome classes, the `status` label of `switchyard_requests_total`.

@@ -101,7 +101,8 @@ pub async fn serve(
         match &tls {
             None => {
                 let io = TokioIo::new(FramingGuard::new(stream, conn_info));
-                let conn = graceful.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
+                let conn =
+                    graceful.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%remote, error = %e, "connection ended with an error");
@@ -114,16 +115,18 @@ pub async fn serve(
                 let graceful_conn = graceful.watcher();
                 let header_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    let tls_stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
+                    let tls_stream =
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
                     let io = TokioIo::new(FramingGuard::new(tls_stream, conn_info));
-                    let conn = graceful_conn.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
+                    let conn = graceful_conn
+                        .watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
                     if let Err(e) = conn.await {
                         tracing::debug!(%remote, error = %e, "connection ended with an error");
                     }
@@ -138,7 +141,10 @@ pub async fn serve(
     match tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await {
         Ok(()) => 0,
         Err(_) => {
-            tracing::warn!(open, "grace period over; closing the connections still open");
+            tracing::warn!(
+                open,
+                "grace period over; closing the connections still open"
+            );
             open.max(1)
         }
     }
@@ -192,7 +198,11 @@ impl<T> FramingGuard<T> {
                 GuardState::Skip(n) => {
                     let take = (data.len() as u64).min(n);
                     data = &data[take as usize..];
-                    self.state = if n == take { GuardState::Head } else { GuardState::Skip(n - take) };
+                    self.state = if n == take {
+                        GuardState::Head
+                    } else {
+                        GuardState::Skip(n - take)
+                    };
                 }
                 GuardState::Head => {
                     let b = data[0];
@@ -205,8 +215,14 @@ impl<T> FramingGuard<T> {
                         }
                         self.line_len += 1;
                         // Parse the Content-Length value digit by digit as it goes by.
-                        if self.line_len > 15 && self.line.starts_with(b"content-length:") && b.is_ascii_digit() {
-                            self.cl = self.cl.saturating_mul(10).saturating_add(u64::from(b - b'0'));
+                        if self.line_len > 15
+                            && self.line.starts_with(b"content-length:")
+                            && b.is_ascii_digit()
+                        {
+                            self.cl = self
+                                .cl
+                                .saturating_mul(10)
+                                .saturating_add(u64::from(b - b'0'));
                             self.cl_digits = true;
                         }
                     }
@@ -237,7 +253,11 @@ impl<T> FramingGuard<T> {
             } else if self.has_te {
                 self.state = GuardState::Off;
             } else {
-                self.state = if self.cl_digits && self.cl > 0 { GuardState::Skip(self.cl) } else { GuardState::Head };
+                self.state = if self.cl_digits && self.cl > 0 {
+                    GuardState::Skip(self.cl)
+                } else {
+                    GuardState::Head
+                };
             }
             self.first_line = true;
             self.has_cl = false;
@@ -255,7 +275,11 @@ impl<T> FramingGuard<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
@@ -271,7 +295,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -283,7 +311,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -308,20 +340,35 @@ mod tests {
     #[test]
     fn flags_cl_with_te() {
         assert!(flagged(&[b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"]));
-        assert!(flagged(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-LENGTH: 4\r\n\r\n"]));
+        assert!(flagged(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-LENGTH: 4\r\n\r\n"
+        ]));
     }
 
     #[test]
     fn split_across_reads_and_second_request() {
-        assert!(flagged(&[b"POST / HTTP/1.1\r\nContent-Len", b"gth: 5\r\nTransf", b"er-Encoding: chunked\r\n", b"\r\n"]));
+        assert!(flagged(&[
+            b"POST / HTTP/1.1\r\nContent-Len",
+            b"gth: 5\r\nTransf",
+            b"er-Encoding: chunked\r\n",
+            b"\r\n"
+        ]));
         // first request has a body of 5 bytes containing a fake header line; second is bad
-        assert!(flagged(&[b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]));
+        assert!(flagged(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ]));
     }
 
     #[test]
     fn clean_requests_pass() {
-        assert!(!flagged(&[b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\n", b"Transfer-Encoding: chunked\r\n\r\nContent-Length: 1\r\n\r\n"]));
-        assert!(!flagged(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"]));
+        assert!(!flagged(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\n",
+            b"Transfer-Encoding: chunked\r\n\r\nContent-Length: 1\r\n\r\n"
+        ]));
+        assert!(!flagged(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        ]));
         assert!(!flagged(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00content-length:1\r\ntransfer-encoding:x\r\n\r\n"]));
     }
 }

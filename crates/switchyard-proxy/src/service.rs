@@ -56,14 +56,24 @@ pub struct ConnInfo {
     pub framing_violation: AtomicBool,
 }
 
-pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Response<GatewayBody> {
+pub async fn handle(
+    gw: &Gateway,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Response<GatewayBody> {
     let snap = gw.load();
     let start = Instant::now();
 
     if conn.framing_violation.load(Ordering::Relaxed) {
         let id = request_id(&req);
-        let mut r = reject(ErrorKind::BadRequest, "Content-Length together with Transfer-Encoding is not allowed", &id, "framing");
-        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let mut r = reject(
+            ErrorKind::BadRequest,
+            "Content-Length together with Transfer-Encoding is not allowed",
+            &id,
+            "framing",
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return r;
     }
 
@@ -71,7 +81,12 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
 
     if let Some(keys) = &snap.client_keys {
         if !authorized(req.headers(), keys) {
-            return reject(ErrorKind::Unauthorized, "missing or unknown API key for this gateway", &request_id, "auth");
+            return reject(
+                ErrorKind::Unauthorized,
+                "missing or unknown API key for this gateway",
+                &request_id,
+                "auth",
+            );
         }
     }
 
@@ -98,7 +113,9 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     parts.headers.remove(header::AUTHORIZATION);
-    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     let method = parts.method.clone();
     let client_uri = parts.uri.clone();
 
@@ -109,27 +126,63 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
     let mut index = first;
     loop {
         let up = &snap.upstreams[index];
-        let upstream_req = match build_upstream_request(&parts, up, body.take().unwrap_or_else(RequestBody::empty)) {
+        let upstream_req = match build_upstream_request(
+            &parts,
+            up,
+            body.take().unwrap_or_else(RequestBody::empty),
+        ) {
             Ok(r) => r,
             Err(e) => {
-                return gateway_error(up, &request_id, start, ErrorKind::BadRequest, &format!("cannot forward this request: {e}"), &snap, &method, &client_uri);
+                return gateway_error(
+                    up,
+                    &request_id,
+                    start,
+                    ErrorKind::BadRequest,
+                    &format!("cannot forward this request: {e}"),
+                    &snap,
+                    &method,
+                    &client_uri,
+                );
             }
         };
         let sent = tokio::time::timeout(up.config.timeout, up.client.request(upstream_req)).await;
         match sent {
             Ok(Ok(resp)) => {
-                return respond(resp, up, &snap, request_id, start, failed_over_from, method, client_uri);
+                return respond(
+                    resp,
+                    up,
+                    &snap,
+                    request_id,
+                    start,
+                    failed_over_from,
+                    method,
+                    client_uri,
+                );
             }
             Err(_elapsed) => {
-                let msg = format!("provider `{}` sent no response within {:?}", up.name, up.config.timeout);
-                return gateway_error(up, &request_id, start, ErrorKind::UpstreamTimeout, &msg, &snap, &method, &client_uri);
+                let msg = format!(
+                    "provider `{}` sent no response within {:?}",
+                    up.name, up.config.timeout
+                );
+                return gateway_error(
+                    up,
+                    &request_id,
+                    start,
+                    ErrorKind::UpstreamTimeout,
+                    &msg,
+                    &snap,
+                    &method,
+                    &client_uri,
+                );
             }
             Ok(Err(e)) => {
                 if has_source::<BodyTooLarge>(&e) {
                     let msg = format!("request body is larger than the limit of {limit} bytes");
                     up.metrics.count(Outcome::S4xx);
-                    let mut r = reject(ErrorKind::BodyTooLarge, &msg, &request_id, "body_too_large");
-                    r.headers_mut().insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
+                    let mut r =
+                        reject(ErrorKind::BodyTooLarge, &msg, &request_id, "body_too_large");
+                    r.headers_mut()
+                        .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
                     return r;
                 }
                 if e.is_connect() && failed_over_from.is_none() && other != index {
@@ -143,15 +196,28 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
                         up.metrics.count(Outcome::Error);
                         up.metrics.failovers.increment(1);
                         failed_over_from = Some(up);
-                        body = Some(RequestBody::from_slot(slot.clone(), hint.clone(), limit));
+                        body = Some(RequestBody::from_slot(slot.clone(), hint, limit));
                         index = other;
                         continue;
                     }
                 }
-                let (kind, what) = if e.is_connect() { (ErrorKind::UpstreamConnect, "cannot connect to") } else { (ErrorKind::UpstreamBroken, "broke the exchange with") };
+                let (kind, what) = if e.is_connect() {
+                    (ErrorKind::UpstreamConnect, "cannot connect to")
+                } else {
+                    (ErrorKind::UpstreamBroken, "broke the exchange with")
+                };
                 let msg = format!("gateway {what} provider `{}`", up.name);
                 tracing::warn!(request_id = ?request_id, provider = %up.name, error = %ErrorChain(&e), "{msg}");
-                return gateway_error(up, &request_id, start, kind, &msg, &snap, &method, &client_uri);
+                return gateway_error(
+                    up,
+                    &request_id,
+                    start,
+                    kind,
+                    &msg,
+                    &snap,
+                    &method,
+                    &client_uri,
+                );
             }
         }
     }
@@ -183,7 +249,11 @@ fn authorized(headers: &http::HeaderMap, keys: &[Box<[u8]>]) -> bool {
     ok.into()
 }
 
-fn build_upstream_request(parts: &http::request::Parts, up: &Upstream, body: RequestBody) -> Result<Request<RequestBody>, http::Error> {
+fn build_upstream_request(
+    parts: &http::request::Parts,
+    up: &Upstream,
+    body: RequestBody,
+) -> Result<Request<RequestBody>, http::Error> {
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri = Uri::builder()
         .scheme(up.scheme.clone())
@@ -217,10 +287,16 @@ fn respond(
     up.metrics.first_byte.record(first_byte.as_secs_f64());
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
-    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts
+        .headers
+        .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     if let Some(failed) = failed_over_from {
-        parts.headers.insert(X_SWITCHYARD_FAILOVER.clone(), failed.name_header.clone());
+        parts
+            .headers
+            .insert(X_SWITCHYARD_FAILOVER.clone(), failed.name_header.clone());
     }
     let status = parts.status.as_u16();
     let on_end = Box::new(Finish {
@@ -259,13 +335,33 @@ impl OnEnd for Finish {
         m.count(outcome);
         m.duration.record(elapsed.as_secs_f64());
         if self.access_log {
-            access_log(&self.request_id, &self.method, &self.uri, &self.upstream.name, self.status, outcome, end, elapsed, body_bytes);
+            access_log(
+                &self.request_id,
+                &self.method,
+                &self.uri,
+                &self.upstream.name,
+                self.status,
+                outcome,
+                end,
+                elapsed,
+                body_bytes,
+            );
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn access_log(request_id: &HeaderValue, method: &Method, uri: &Uri, provider: &str, status: u16, outcome: Outcome, end: End, elapsed: std::time::Duration, bytes: u64) {
+fn access_log(
+    request_id: &HeaderValue,
+    method: &Method,
+    uri: &Uri,
+    provider: &str,
+    status: u16,
+    outcome: Outcome,
+    end: End,
+    elapsed: std::time::Duration,
+    bytes: u64,
+) {
     // The path only: query strings can carry secrets.
     tracing::info!(
         target: "switchyard::access",
@@ -283,7 +379,16 @@ fn access_log(request_id: &HeaderValue, method: &Method, uri: &Uri, provider: &s
 
 /// An error the gateway makes after a provider was chosen: counted against that provider.
 #[allow(clippy::too_many_arguments)]
-fn gateway_error(up: &Upstream, request_id: &HeaderValue, start: Instant, kind: ErrorKind, message: &str, snap: &Snapshot, method: &Method, uri: &Uri) -> Response<GatewayBody> {
+fn gateway_error(
+    up: &Upstream,
+    request_id: &HeaderValue,
+    start: Instant,
+    kind: ErrorKind,
+    message: &str,
+    snap: &Snapshot,
+    method: &Method,
+    uri: &Uri,
+) -> Response<GatewayBody> {
     let outcome = match kind {
         ErrorKind::UpstreamTimeout => Outcome::Timeout,
         ErrorKind::UpstreamConnect | ErrorKind::UpstreamBroken => Outcome::Error,
@@ -293,24 +398,46 @@ fn gateway_error(up: &Upstream, request_id: &HeaderValue, start: Instant, kind: 
     up.metrics.count(outcome);
     up.metrics.duration.record(elapsed.as_secs_f64());
     if snap.config.server.access_log {
-        access_log(request_id, method, uri, &up.name, kind.status(), outcome, End::Complete, elapsed, 0);
+        access_log(
+            request_id,
+            method,
+            uri,
+            &up.name,
+            kind.status(),
+            outcome,
+            End::Complete,
+            elapsed,
+            0,
+        );
     }
     let mut r = error_response(kind, message, request_id);
-    r.headers_mut().insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
+    r.headers_mut()
+        .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
     r
 }
 
 /// A refusal before any provider was chosen.
-fn reject(kind: ErrorKind, message: &str, request_id: &HeaderValue, reason: &'static str) -> Response<GatewayBody> {
+fn reject(
+    kind: ErrorKind,
+    message: &str,
+    request_id: &HeaderValue,
+    reason: &'static str,
+) -> Response<GatewayBody> {
     metrics::counter!(REJECTED_TOTAL, "reason" => reason).increment(1);
     let mut r = error_response(kind, message, request_id);
-    r.headers_mut().insert(X_SWITCHYARD_PROVIDER.clone(), GATEWAY_ITSELF.clone());
+    r.headers_mut()
+        .insert(X_SWITCHYARD_PROVIDER.clone(), GATEWAY_ITSELF.clone());
     r
 }
 
-pub fn error_response(kind: ErrorKind, message: &str, request_id: &HeaderValue) -> Response<GatewayBody> {
+pub fn error_response(
+    kind: ErrorKind,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<GatewayBody> {
     let mut r = Response::new(GatewayBody::full(Bytes::from(kind.body(message))));
-    *r.status_mut() = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, JSON.clone());
     h.insert(X_REQUEST_ID.clone(), request_id.clone());

@@ -79,7 +79,15 @@ impl Snapshot {
             .map_err(|e| BuildError(format!("migration.sticky_header: {e}")))?;
         let to_buckets = state.to_buckets(&config.migration.phases);
         Ok((
-            Snapshot { config, config_version, upstreams, state, to_buckets, sticky_header, client_keys },
+            Snapshot {
+                config,
+                config_version,
+                upstreams,
+                state,
+                to_buckets,
+                sticky_header,
+                client_keys,
+            },
             warnings,
         ))
     }
@@ -110,7 +118,9 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(snapshot: Snapshot) -> Self {
         metrics::gauge!("switchyard_migration_percent").set(snapshot.percent());
-        Gateway { current: ArcSwap::from_pointee(snapshot) }
+        Gateway {
+            current: ArcSwap::from_pointee(snapshot),
+        }
     }
 
     #[inline]

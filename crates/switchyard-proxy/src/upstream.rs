@@ -37,7 +37,10 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.name).field("base_url", &self.config.base_url).finish_non_exhaustive()
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("base_url", &self.config.base_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,12 +59,20 @@ impl Upstream {
     /// Builds a provider's client. `key` is the value of its `api_key_env`.
     pub fn build(config: &ProviderConfig, key: Option<String>) -> Result<Upstream, BuildError> {
         let err = |m: String| BuildError(format!("providers.{}: {m}", config.name));
-        let authority: Authority = config.authority.parse().map_err(|e| err(format!("bad host: {e}")))?;
-        let host = HeaderValue::from_str(&config.authority).map_err(|e| err(format!("bad host: {e}")))?;
+        let authority: Authority = config
+            .authority
+            .parse()
+            .map_err(|e| err(format!("bad host: {e}")))?;
+        let host =
+            HeaderValue::from_str(&config.authority).map_err(|e| err(format!("bad host: {e}")))?;
         let auth = match &key {
             Some(k) => {
-                let mut v = HeaderValue::from_str(&format!("Bearer {k}"))
-                    .map_err(|_| err(format!("the key in {} has characters not allowed in a header", config.api_key_env.as_deref().unwrap_or("?"))))?;
+                let mut v = HeaderValue::from_str(&format!("Bearer {k}")).map_err(|_| {
+                    err(format!(
+                        "the key in {} has characters not allowed in a header",
+                        config.api_key_env.as_deref().unwrap_or("?")
+                    ))
+                })?;
                 v.set_sensitive(true);
                 Some(v)
             }
@@ -82,17 +93,24 @@ impl Upstream {
                 .collect::<Result<_, _>>()
                 .map_err(|e| err(format!("ca_file {}: {e}", ca.display())))?;
             if certs.is_empty() {
-                return Err(err(format!("ca_file {}: no PEM certificate in it", ca.display())));
+                return Err(err(format!(
+                    "ca_file {}: no PEM certificate in it",
+                    ca.display()
+                )));
             }
             for c in certs {
-                roots.add(c).map_err(|e| err(format!("ca_file {}: {e}", ca.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| err(format!("ca_file {}: {e}", ca.display())))?;
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| err(format!("tls: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(format!("tls: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         // HTTP/1.1 only: HTTP/2 would multiplex every request onto one capped connection.
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
@@ -108,7 +126,11 @@ impl Upstream {
             name: Arc::from(config.name.as_str()),
             name_header: HeaderValue::from_str(&config.name).map_err(|e| err(e.to_string()))?,
             config: config.clone(),
-            scheme: if config.https { Scheme::HTTPS } else { Scheme::HTTP },
+            scheme: if config.https {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
             authority,
             host,
             auth,

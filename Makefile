@@ -1,0 +1,43 @@
+# switchyard — the commands a newcomer needs are `make run` and `make test`.
+CARGO ?= cargo
+CONFIG ?= config/switchyard.yaml
+BIN := target/release/switchyard
+
+.PHONY: all build run serve test lint fmt bench docker demo clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+# The example config points at two local mock providers (ports 9001, 9002): `run` starts
+# them beside the gateway so that curl and the OpenAI SDK work at once. With real
+# providers in the config, use `make serve`.
+run: build
+	@set -e; \
+	$(BIN) mock --listen 127.0.0.1:9001 --name old --latency 120ms & m1=$$!; \
+	$(BIN) mock --listen 127.0.0.1:9002 --name new --latency 40ms & m2=$$!; \
+	trap 'kill $$m1 $$m2 2>/dev/null' EXIT INT TERM; \
+	OLD_API_KEY=$${OLD_API_KEY:-sk-old-demo} NEW_API_KEY=$${NEW_API_KEY:-sk-new-demo} $(BIN) serve --config $(CONFIG)
+
+serve: build
+	$(BIN) serve --config $(CONFIG)
+
+test:
+	$(CARGO) test --workspace --locked
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench:
+	@echo "make bench: placeholder — the nginx side-by-side benchmark arrives with issue 5; nothing was measured."
+
+docker:
+	docker build -f deploy/Dockerfile -t switchyard:dev .
+
+clean:
+	$(CARGO) clean

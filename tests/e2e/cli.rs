@@ -1,0 +1,99 @@
+//! `switchyard check` and `switchyard phase`, and the shipped config files.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+fn switchyard(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .output()
+        .expect("run switchyard")
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    for path in [
+        "config/switchyard.yaml",
+        "deploy/kubernetes/switchyard.yaml",
+    ] {
+        let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+        let out = switchyard(&["check", "--config", &full]);
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    }
+}
+
+#[test]
+fn check_names_file_line_and_key_of_each_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let yaml = config("http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1", "phase-1")
+        .replace("percent: 25", "percnt: 25");
+    std::fs::write(&path, yaml).unwrap();
+    let out = switchyard(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:25:", path.display())) && err.contains("percnt"),
+        "{err}"
+    );
+
+    let yaml = config("ftp://x", "http://127.0.0.1:2/v1", "phase-9")
+        .replace("timeout: 10s", "timeout: soon");
+    std::fs::write(&path, yaml).unwrap();
+    let out = switchyard(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "providers.old.base_url",
+        "providers.old.timeout",
+        "providers.new.timeout",
+        "migration.phase",
+    ] {
+        assert!(err.contains(key), "{key} missing in:\n{err}");
+    }
+    assert!(err.contains(":6:") && err.contains(":9:"), "{err}");
+
+    let out = switchyard(&["check", "--config", "/nonexistent.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn phase_cli_drives_the_admin_api() {
+    let old = mock("old").await;
+    let new = mock("new").await;
+    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-1")).await;
+    let admin = format!("http://{}", gw.admin);
+    // Blocking is fine here: the admin API is served by the gateway process, not this runtime.
+    let run = |args: &[&str]| {
+        let mut a = vec!["phase"];
+        a.extend_from_slice(args);
+        a.extend(["--admin", admin.as_str()]);
+        switchyard(&a)
+    };
+    let out = run(&["status"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("phase-1 (10"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(&["next"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("phase-2"));
+    let out = run(&["set", "phase-4", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["phase"]["name"], "phase-4");
+    let out = run(&["next"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("409"));
+    let out = run(&["rollback", "--reason", "cli test"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ROLLED BACK cli test"));
+    let out = switchyard(&["phase", "status", "--admin", "http://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+}
