@@ -1,7 +1,6 @@
 //! The client-facing listener: accept, cap connections, guard HTTP/1 framing, serve
 //! HTTP/1.1 and h2c (and TLS when configured), drain on shutdown within a grace period.
 
-use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -9,16 +8,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::service::{handle, ConnInfo};
+use crate::service::{stack, ConnInfo};
 use crate::snapshot::Gateway;
 
 #[derive(Debug, Clone)]
@@ -90,13 +89,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let conn_info = Arc::new(ConnInfo::default());
-        let gw = gateway.clone();
-        let info = conn_info.clone();
-        let svc = service_fn(move |req| {
-            let gw = gw.clone();
-            let info = info.clone();
-            async move { Ok::<_, Infallible>(handle(&gw, &info, req).await) }
-        });
+        let svc = TowerToHyperService::new(stack(gateway.clone(), conn_info.clone()));
         let builder = builder.clone();
         match &tls {
             None => {

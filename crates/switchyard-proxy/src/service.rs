@@ -1,29 +1,37 @@
-//! The request path, top to bottom. Every request runs these steps in this order:
+//! The request path, top to bottom. [`stack`] builds it per connection; every request
+//! passes these layers in this order (outermost first):
 //!
-//! 1. **snapshot**: load the current [`Snapshot`] once; it serves this request to its end,
-//!    so reloads and phase changes never change a request half-way.
-//! 2. **framing**: a request that came with both `Content-Length` and `Transfer-Encoding`
-//!    (seen by the connection's [`crate::server`] guard) is refused with 400 and the
-//!    connection closed: that pair is how requests are smuggled.
-//! 3. **request id**: keep the client's `x-request-id` or make one; it goes upstream, into
-//!    the response and the access log, and is the routing key when no sticky header is set.
-//!    It comes before auth so that even a refused request can be traced.
-//! 4. **client auth**: when client keys are configured, a missing or unknown key is 401
-//!    (compared in constant time). Before the body limit, so strangers cost nothing.
-//! 5. **body limit**: a declared `Content-Length` over the limit is 413 at once; a chunked
-//!    body is counted as it streams and cut at the limit ([`RequestBody`]).
-//! 6. **route**: hash the sticky key into a bucket, pick `from` or `to` by the phase.
-//! 7. **rewrite**: hop-by-hop headers out, `Host` and `Authorization` set to the provider's,
-//!    path mapped onto its `base_url`.
-//! 8. **send** through the provider's pooled client under its first-byte `timeout` (504).
-//!    A connect failure with nothing sent goes once to the other provider
-//!    (`x-switchyard-failover`); after that nothing is retried.
-//! 9. **respond**: hop-by-hop headers out, `x-switchyard-provider` and `x-request-id` in,
-//!    the body streamed through [`ResponseBody`] (idle timeout, metrics and access log at
-//!    its end, however it ends).
+//! 1. **snapshot** (`map_request`): load the current [`Snapshot`] once and carry it in the
+//!    request's extensions; it serves this request to its end, so reloads and phase
+//!    changes never change a request half-way. First, because every later step reads it.
+//! 2. **request id** (tower-http `SetRequestId`): keep the client's `x-request-id` or make
+//!    a UUID; it goes upstream and is the routing key when no sticky header is set.
+//! 3. **request id out** (tower-http `PropagateRequestId`): copy it onto every response,
+//!    including the refusals below — which is why it wraps them.
+//! 4. **framing** (`ValidateRequestHeader`): a request that came with both `Content-Length`
+//!    and `Transfer-Encoding` (seen by the connection's [`crate::server::FramingGuard`]) is
+//!    refused with 400 and the connection closed: that pair is how requests are smuggled.
+//! 5. **client auth** (`ValidateRequestHeader`): when client keys are configured, a missing
+//!    or unknown key is 401 (compared in constant time). Before the body limit, so strangers
+//!    cost nothing.
+//! 6. **declared body limit** (`ValidateRequestHeader`): a `Content-Length` over the limit
+//!    is 413 at once. A chunked body is counted as it streams ([`RequestBody`]) and cut
+//!    at the limit inside step 7.
+//! 7. **forward** ([`Forward`]): route (hash the sticky key into a bucket, pick `from` or
+//!    `to`), rewrite (hop-by-hop headers out, `Host` and `Authorization` set to the
+//!    provider's, path mapped onto its `base_url`), send through the provider's pooled
+//!    client under its first-byte `timeout` (504), fail over once on a connect error with
+//!    nothing sent (`x-switchyard-failover`), then respond: hop-by-hop headers out,
+//!    `x-switchyard-provider` in, the body streamed through [`ResponseBody`] (idle timeout,
+//!    metrics and access log at its end, however it ends). Timeouts and metrics live here
+//!    and not in layers of their own because both depend on the provider chosen here.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -34,6 +42,11 @@ use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 use switchyard_core::router::Side;
 use switchyard_core::ErrorKind;
+use tower::{Service, ServiceBuilder};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 use crate::body::{BodyTooLarge, End, GatewayBody, OnEnd, RequestBody, ResponseBody};
 use crate::headers::{strip_hop_by_hop, upstream_path};
@@ -56,45 +69,120 @@ pub struct ConnInfo {
     pub framing_violation: AtomicBool,
 }
 
-pub async fn handle(
-    gw: &Gateway,
-    conn: &ConnInfo,
-    req: Request<Incoming>,
-) -> Response<GatewayBody> {
-    let snap = gw.load();
+/// The service stack for one connection; see the module docs for the order and why.
+// tower-http's validators answer `Result<(), Response>`: the large Err is its API.
+#[allow(clippy::result_large_err)]
+pub fn stack(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<GatewayBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    ServiceBuilder::new()
+        .map_request(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(gw.load());
+            req
+        })
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), Uuids))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .layer(ValidateRequestHeaderLayer::custom(
+            move |req: &mut Request<Incoming>| {
+                if conn.framing_violation.load(Ordering::Relaxed) {
+                    let mut r = reject(
+                        req,
+                        ErrorKind::BadRequest,
+                        "Content-Length together with Transfer-Encoding is not allowed",
+                        "framing",
+                    );
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return Err(r);
+                }
+                Ok(())
+            },
+        ))
+        .layer(ValidateRequestHeaderLayer::custom(
+            |req: &mut Request<Incoming>| match snapshot(req).client_keys.as_deref() {
+                Some(keys) if !authorized(req.headers(), keys) => Err(reject(
+                    req,
+                    ErrorKind::Unauthorized,
+                    "missing or unknown API key for this gateway",
+                    "auth",
+                )),
+                _ => Ok(()),
+            },
+        ))
+        .layer(ValidateRequestHeaderLayer::custom(
+            |req: &mut Request<Incoming>| {
+                let limit = snapshot(req).config.server.max_body_bytes;
+                if req.body().size_hint().lower() > limit {
+                    let msg = format!("request body is larger than the limit of {limit} bytes");
+                    return Err(reject(req, ErrorKind::BodyTooLarge, &msg, "body_too_large"));
+                }
+                Ok(())
+            },
+        ))
+        .service(Forward)
+}
+
+/// Makes `x-request-id` values: random UUIDs (v4), formatted without a heap string.
+#[derive(Clone, Copy)]
+struct Uuids;
+
+impl MakeRequestId for Uuids {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+        HeaderValue::from_str(s).ok().map(RequestId::new)
+    }
+}
+
+/// The snapshot layer 1 put on the request.
+fn snapshot<B>(req: &Request<B>) -> &Arc<Snapshot> {
+    req.extensions()
+        .get::<Arc<Snapshot>>()
+        .expect("the snapshot layer runs first")
+}
+
+fn request_id_of<B>(req: &Request<B>) -> HeaderValue {
+    match req.extensions().get::<RequestId>() {
+        Some(id) => id.header_value().clone(),
+        None => req
+            .headers()
+            .get(&X_REQUEST_ID)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("-")),
+    }
+}
+
+/// The innermost service: route, rewrite, send, respond.
+#[derive(Clone, Copy)]
+pub struct Forward;
+
+impl Service<Request<Incoming>> for Forward {
+    type Response = Response<GatewayBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(async move { Ok(forward(req).await) })
+    }
+}
+
+async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
     let start = Instant::now();
-
-    if conn.framing_violation.load(Ordering::Relaxed) {
-        let id = request_id(&req);
-        let mut r = reject(
-            ErrorKind::BadRequest,
-            "Content-Length together with Transfer-Encoding is not allowed",
-            &id,
-            "framing",
-        );
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
-    }
-
-    let request_id = request_id(&req);
-
-    if let Some(keys) = &snap.client_keys {
-        if !authorized(req.headers(), keys) {
-            return reject(
-                ErrorKind::Unauthorized,
-                "missing or unknown API key for this gateway",
-                &request_id,
-                "auth",
-            );
-        }
-    }
-
+    let snap = snapshot(&req).clone();
+    let request_id = request_id_of(&req);
     let limit = snap.config.server.max_body_bytes;
-    if req.body().size_hint().lower() > limit {
-        let msg = format!("request body is larger than the limit of {limit} bytes");
-        return reject(ErrorKind::BodyTooLarge, &msg, &request_id, "body_too_large");
-    }
 
     let side = {
         let key = match req.headers().get(&snap.sticky_header) {
@@ -113,12 +201,8 @@ pub async fn handle(
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     parts.headers.remove(header::AUTHORIZATION);
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
     let method = parts.method.clone();
     let client_uri = parts.uri.clone();
-
     let (body, slot) = RequestBody::new(body, limit);
     let hint = body.hint();
     let mut body = Some(body);
@@ -178,12 +262,16 @@ pub async fn handle(
             Ok(Err(e)) => {
                 if has_source::<BodyTooLarge>(&e) {
                     let msg = format!("request body is larger than the limit of {limit} bytes");
-                    up.metrics.count(Outcome::S4xx);
-                    let mut r =
-                        reject(ErrorKind::BodyTooLarge, &msg, &request_id, "body_too_large");
-                    r.headers_mut()
-                        .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
-                    return r;
+                    return gateway_error(
+                        up,
+                        &request_id,
+                        start,
+                        ErrorKind::BodyTooLarge,
+                        &msg,
+                        &snap,
+                        &method,
+                        &client_uri,
+                    );
                 }
                 if e.is_connect() && failed_over_from.is_none() && other != index {
                     // Nothing left the gateway if the body is still in its slot (or there was none).
@@ -219,17 +307,6 @@ pub async fn handle(
                     &client_uri,
                 );
             }
-        }
-    }
-}
-
-fn request_id<B>(req: &Request<B>) -> HeaderValue {
-    match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if !v.is_empty() && v.len() <= 256 => v.clone(),
-        _ => {
-            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-            let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-            HeaderValue::from_str(s).expect("uuid is a valid header value")
         }
     }
 }
@@ -416,15 +493,34 @@ fn gateway_error(
     r
 }
 
-/// A refusal before any provider was chosen.
-fn reject(
+/// A refusal before any provider was chosen: counted by reason, and access-logged.
+fn reject<B>(
+    req: &Request<B>,
     kind: ErrorKind,
     message: &str,
-    request_id: &HeaderValue,
     reason: &'static str,
 ) -> Response<GatewayBody> {
     metrics::counter!(REJECTED_TOTAL, "reason" => reason).increment(1);
-    let mut r = error_response(kind, message, request_id);
+    let request_id = request_id_of(req);
+    if req
+        .extensions()
+        .get::<Arc<Snapshot>>()
+        .is_none_or(|s| s.config.server.access_log)
+    {
+        let outcome = Outcome::from_status(kind.status());
+        access_log(
+            &request_id,
+            req.method(),
+            req.uri(),
+            "-",
+            kind.status(),
+            outcome,
+            End::Complete,
+            std::time::Duration::ZERO,
+            0,
+        );
+    }
+    let mut r = error_response(kind, message, &request_id);
     r.headers_mut()
         .insert(X_SWITCHYARD_PROVIDER.clone(), GATEWAY_ITSELF.clone());
     r
