@@ -456,3 +456,45 @@ async fn h2c_clients_are_served() {
     assert_eq!(r.headers()["x-switchyard-provider"], "old");
     assert!(r.text().await.unwrap().contains("[DONE]"));
 }
+
+#[tokio::test]
+async fn client_hang_up_before_the_response_head_cancels_the_upstream_request() {
+    let old = mock("old").await;
+    let new = mock("new").await;
+    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-hang", "1")
+        .json(&chat_body(false))
+        .send()
+        .await;
+    assert!(r.is_err(), "a hung provider answered");
+    eventually("the hung upstream request was cancelled", || {
+        old.cancelled() == 1
+    })
+    .await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"switchyard_requests_total{provider="old",status="error"}"#
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"switchyard_requests_total{provider="old",status="timeout"}"#
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+}

@@ -245,3 +245,29 @@ async fn a_slow_client_is_cut_at_the_header_deadline() {
     assert!(closed.is_ok(), "a half-sent head kept the connection open");
     assert_eq!(old.request_count(), 0);
 }
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    let old = mock("old").await;
+    let new = mock("new").await;
+    let yaml = format!(
+        "{}server:\n  max_connections: 2\n",
+        config(&old.base_url(), &new.base_url(), "phase-0")
+    );
+    let gw = Gateway::start(&yaml).await;
+    let a = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let b = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // a third connection is not served while two are open
+    let waiting = tokio::spawn(raw_exchange(
+        gw.proxy,
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!waiting.is_finished(), "served a connection over the cap");
+    assert_eq!(old.request_count(), 0);
+    drop(a);
+    let answer = waiting.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(b);
+}
