@@ -34,6 +34,14 @@ struct RawConfig {
     health_check: Option<RawHealthCheck>,
     cluster: Option<RawCluster>,
     server: Option<RawServer>,
+    stats: Option<RawStats>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStats {
+    window_requests: Option<usize>,
+    window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +73,7 @@ struct RawProvider {
     connect_timeout: Option<String>,
     timeout: Option<String>,
     idle_timeout: Option<String>,
+    inject_stream_usage: Option<bool>,
     #[serde(default)]
     pricing: BTreeMap<String, RawPrice>,
 }
@@ -86,6 +95,7 @@ struct RawMigration {
     sticky_header: Option<String>,
     shadow_percent: Option<f64>,
     auto_rollback: Option<RawAutoRollback>,
+    auto_advance: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +128,8 @@ struct RawHealthCheck {
     interval: Option<String>,
     path: Option<String>,
     timeout: Option<String>,
+    unhealthy_threshold: Option<u32>,
+    healthy_threshold: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +176,15 @@ pub struct Config {
     pub health_check: HealthCheckConfig,
     pub cluster: Option<ClusterConfig>,
     pub server: ServerConfig,
+    pub stats: StatsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsConfig {
+    /// The rolling window holds at most this many requests per provider …
+    pub window_requests: usize,
+    /// … none older than this.
+    pub window: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +218,9 @@ pub struct ProviderConfig {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub idle_timeout: Duration,
+    /// Ask for `stream_options.include_usage` upstream and strip that chunk for clients
+    /// that did not ask for it, so every stream's cost is known.
+    pub inject_stream_usage: bool,
     pub pricing: PriceTable,
 }
 
@@ -228,6 +252,8 @@ pub struct MigrationConfig {
     pub sticky_header: String,
     pub shadow_buckets: u16,
     pub auto_rollback: Option<AutoRollbackConfig>,
+    /// Advance by itself when a phase's hold has passed and the window is healthy.
+    pub auto_advance: bool,
     pub router: Router,
 }
 
@@ -250,6 +276,10 @@ pub struct HealthCheckConfig {
     pub interval: Duration,
     pub path: String,
     pub timeout: Duration,
+    /// Consecutive failures that mark a healthy provider unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes that mark an unhealthy provider healthy.
+    pub healthy_threshold: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -583,6 +613,7 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
             connect_timeout,
             timeout,
             idle_timeout,
+            inject_stream_usage: p.inject_stream_usage.unwrap_or(false),
             pricing,
         });
     }
@@ -741,11 +772,14 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         if interval.is_zero() {
             c.err("health_check.interval", "must be longer than 0");
         }
-        HealthCheckConfig {
-            interval,
-            path,
-            timeout,
+        let unhealthy_threshold = h.and_then(|h| h.unhealthy_threshold).unwrap_or(2);
+        let healthy_threshold = h.and_then(|h| h.healthy_threshold).unwrap_or(1);
+        for (k, v) in [("unhealthy_threshold", unhealthy_threshold), ("healthy_threshold", healthy_threshold)] {
+            if v == 0 {
+                c.err(format!("health_check.{k}"), "must be at least 1");
+            }
         }
+        HealthCheckConfig { interval, path, timeout, unhealthy_threshold, healthy_threshold }
     };
 
     let cluster = raw.cluster.map(|cl| {
@@ -837,6 +871,22 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         }
     };
 
+    let stats = {
+        let s = raw.stats.as_ref();
+        let window_requests = s.and_then(|s| s.window_requests).unwrap_or(1000);
+        if window_requests == 0 || window_requests > 1_000_000 {
+            c.err("stats.window_requests", format!("{window_requests} is not between 1 and 1000000"));
+        }
+        let window = c.duration("stats.window", s.and_then(|s| s.window.as_ref()), Duration::from_secs(300));
+        if window.is_zero() {
+            c.err("stats.window", "must be longer than 0");
+        }
+        StatsConfig { window_requests, window }
+    };
+    let auto_advance = m.auto_advance.unwrap_or(false);
+    if auto_advance && auto_rollback.is_none() {
+        c.err("migration.auto_advance", "needs `auto_rollback` thresholds to judge the window by");
+    }
     let router = Router::new(&m.from, &m.to);
     Config {
         listen,
@@ -853,12 +903,14 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
             sticky_header,
             shadow_buckets,
             auto_rollback,
+            auto_advance,
             router,
         },
         alerts,
         health_check,
         cluster,
         server,
+        stats,
     }
 }
 

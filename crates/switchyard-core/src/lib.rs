@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod error;
+pub mod event;
 pub mod locate;
 pub mod migration;
 pub mod pricing;
