@@ -4,19 +4,22 @@
 //! Writers (reloads, phase changes, rollbacks) take one async mutex so that two of them
 //! never interleave; the data plane never takes it: it only loads the snapshot.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use switchyard_admin::{AdminError, AdminHandle, AdminResult};
+use switchyard_core::event::RequestEvent;
 use switchyard_core::migration::TransitionError;
 use switchyard_core::{Config, MigrationState, Trigger};
 use switchyard_proxy::{Gateway, Snapshot};
-use tokio::sync::Mutex;
+use switchyard_watch::{Alert, Alerter, HealthTracker, Stats};
+use tokio::sync::{mpsc, watch, Mutex};
 
 /// `<config>.state.json`: the phase an operator set through the admin API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,6 +33,9 @@ pub struct PersistedState {
     /// load, the operator edited it since, and the file wins.
     pub file_phase: String,
     pub updated_at_unix: u64,
+    /// When the current phase began (holds count from here, across restarts).
+    #[serde(default)]
+    pub entered_at_unix: Option<u64>,
 }
 
 pub fn state_path(config: &Path) -> PathBuf {
@@ -55,6 +61,60 @@ pub struct Control {
     prometheus: PrometheusHandle,
     writer: Mutex<Writer>,
     shutting_down: AtomicBool,
+    pub alerter: Alerter,
+    pub watch: WatchState,
+}
+
+/// What the watchers learned, shared with the admin API.
+pub struct WatchState {
+    pub stats: std::sync::Mutex<Stats>,
+    pub health: std::sync::Mutex<BTreeMap<String, HealthTracker>>,
+    started: Instant,
+    /// When the current phase (or rollback) began.
+    phase_since: std::sync::Mutex<SystemTime>,
+    /// Why the phase gate last waited (auto_advance).
+    gate: std::sync::Mutex<Option<String>>,
+}
+
+impl WatchState {
+    /// Milliseconds on the watchers' clock.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn in_phase_for(&self) -> Duration {
+        let since = *self.phase_since.lock().unwrap_or_else(|e| e.into_inner());
+        SystemTime::now().duration_since(since).unwrap_or_default()
+    }
+
+    fn phase_began(&self, at: SystemTime) {
+        *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.phase_since.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
+    pub fn set_gate(&self, why: String) {
+        *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    fn phase_since_unix(&self) -> u64 {
+        let since = *self.phase_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+}
+
+fn webhook_url(config: &Config) -> Option<String> {
+    config
+        .alerts
+        .as_ref()
+        .and_then(|a| read_env(&a.webhook_url_env))
+        .filter(|u| !u.is_empty())
+}
+
+fn cooldown(config: &Config) -> Duration {
+    config
+        .alerts
+        .as_ref()
+        .map_or(Duration::from_secs(300), |a| a.cooldown)
 }
 
 /// Why a reload happened (log field).
@@ -70,17 +130,30 @@ impl Control {
     pub fn start(
         path: PathBuf,
         prometheus: PrometheusHandle,
+        events: mpsc::Sender<RequestEvent>,
+        stop: watch::Receiver<bool>,
     ) -> Result<(Control, Arc<Config>), String> {
         let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let config = Arc::new(parse(&text, &path).map_err(|e| e.join("\n"))?);
         let state_path = state_path(&path);
-        let state = initial_state(&config, &state_path);
-        let (snapshot, warnings) = Snapshot::build(config.clone(), 1, state, &read_env, None)
+        let (state, entered_at) = initial_state(&config, &state_path);
+        let (snapshot, warnings) = Snapshot::build(config.clone(), 1, state, 0, &read_env, None)
             .map_err(|e| e.to_string())?;
         for w in warnings {
             tracing::warn!("{w}");
         }
-        let gateway = Arc::new(Gateway::new(snapshot));
+        let gateway = Arc::new(Gateway::new(snapshot, Some(events)));
+        let alerter = Alerter::start(webhook_url(&config), cooldown(&config), stop);
+        let watch = WatchState {
+            stats: std::sync::Mutex::new(Stats::new(
+                config.stats.window_requests,
+                config.stats.window,
+            )),
+            health: std::sync::Mutex::new(BTreeMap::new()),
+            started: Instant::now(),
+            phase_since: std::sync::Mutex::new(entered_at.unwrap_or_else(SystemTime::now)),
+            gate: std::sync::Mutex::new(None),
+        };
         let control = Control {
             path,
             state_path,
@@ -91,6 +164,8 @@ impl Control {
                 file_phase: config.migration.file_phase.clone(),
             }),
             shutting_down: AtomicBool::new(false),
+            alerter,
+            watch,
         };
         Ok((control, config))
     }
@@ -143,10 +218,17 @@ impl Control {
             carry_state(&current, &config)
         };
         let version = current.config_version + 1;
+        let state_changed = state != current.state;
+        let epoch = if state_changed {
+            current.epoch + 1
+        } else {
+            current.epoch
+        };
         let (snapshot, warnings) = match Snapshot::build(
             config.clone(),
             version,
             state.clone(),
+            epoch,
             &read_env,
             Some(&current),
         ) {
@@ -155,6 +237,9 @@ impl Control {
         };
         for warning in warnings {
             tracing::warn!("{warning}");
+        }
+        if state_changed {
+            self.watch.phase_began(SystemTime::now());
         }
         if file_changed_phase {
             if let Err(e) = self.persist(&config, &state) {
@@ -166,6 +251,13 @@ impl Control {
         w.last_text = text;
         w.file_phase = config.migration.file_phase.clone();
         metrics::counter!("switchyard_config_reloads_total", "result" => "ok").increment(1);
+        self.alerter
+            .configure(webhook_url(&config), cooldown(&config));
+        self.watch
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_window(config.stats.window_requests, config.stats.window);
         tracing::info!(
             ?cause,
             config_version = version,
@@ -174,11 +266,16 @@ impl Control {
         );
         if rolled_back_now {
             metrics::counter!("switchyard_rollbacks_total", "trigger" => "config").increment(1);
-            tracing::warn!(
-                trigger = "config",
-                "ROLLBACK: 100% of traffic to `{}`",
-                config.providers[config.migration.from].name
-            );
+            let from = &config.providers[config.migration.from].name;
+            self.alerter.send(Alert {
+                event: "rollback",
+                provider: Some(config.providers[config.migration.to].name.clone()),
+                phase: Some("rollback".into()),
+                text: format!("ROLLBACK by config file: 100% of traffic to `{from}`"),
+                ..Alert::default()
+            });
+        } else if state_changed {
+            self.alert_phase(&config, &state, "config file");
         }
         Ok(version)
     }
@@ -207,6 +304,7 @@ impl Control {
             updated_at_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            entered_at_unix: Some(self.watch.phase_since_unix()),
         };
         let body = serde_json::to_vec_pretty(&p).map_err(std::io::Error::other)?;
         // Write beside, then rename: a crash never leaves half a file.
@@ -219,33 +317,132 @@ impl Control {
         std::fs::rename(&tmp, &self.state_path)
     }
 
-    /// Applies a state change from the admin API: persisted first, then live.
+    /// Applies a state change: persisted first, then live, then announced.
+    /// `by` says who asked (`admin`, `auto`), for logs and alerts.
     async fn transition(
         &self,
+        by: &str,
         f: impl FnOnce(&Snapshot) -> Result<MigrationState, AdminError>,
-    ) -> AdminResult {
+    ) -> Result<Arc<Snapshot>, AdminError> {
         let _w = self.writer.lock().await;
         let current = self.gateway.load();
         let next = f(&current)?;
-        self.persist(&current.config, &next).map_err(|e| {
-            AdminError::new(
+        let before = self.watch.phase_since_unix();
+        self.watch.phase_began(SystemTime::now());
+        if let Err(e) = self.persist(&current.config, &next) {
+            self.watch
+                .phase_began(UNIX_EPOCH + Duration::from_secs(before));
+            return Err(AdminError::new(
                 500,
                 format!(
                     "cannot persist the migration state to {}: {e}",
                     self.state_path.display()
                 ),
-            )
-        })?;
-        let snapshot = current.with_state(next);
-        self.gateway.store(snapshot);
+            ));
+        }
+        self.gateway.store(current.with_state(next));
         let s = self.gateway.load();
         tracing::info!(
+            by,
             phase = s.state.phase_name(&s.config.migration.phases),
             percent = s.percent(),
             rolled_back = s.state.rolled_back,
             "migration state changed"
         );
-        Ok(self.status())
+        if !s.state.rolled_back {
+            self.alert_phase(&s.config, &s.state, by);
+        }
+        Ok(s)
+    }
+
+    fn alert_phase(&self, config: &Config, state: &MigrationState, by: &str) {
+        let m = &config.migration;
+        let name = state.phase_name(&m.phases).to_string();
+        let percent = f64::from(state.to_buckets(&m.phases)) / 100.0;
+        self.alerter.send(Alert {
+            event: "phase_change",
+            provider: Some(config.providers[m.to].name.clone()),
+            phase: Some(name.clone()),
+            metric: Some("percent".into()),
+            value: Some(percent),
+            text: format!(
+                "phase {name}: {percent}% of traffic to `{}` (by {by})",
+                config.providers[m.to].name
+            ),
+            ..Alert::default()
+        });
+    }
+
+    async fn rollback_by(
+        &self,
+        trigger: Trigger,
+        reason: String,
+        metric: Option<(&str, f64, f64)>,
+    ) -> Result<Arc<Snapshot>, AdminError> {
+        let s = self
+            .transition(trigger.as_str(), |s| {
+                Ok(s.state.rollback(reason.clone(), trigger))
+            })
+            .await?;
+        metrics::counter!("switchyard_rollbacks_total", "trigger" => trigger.as_str()).increment(1);
+        let m = &s.config.migration;
+        let from = &s.config.providers[m.from].name;
+        self.alerter.send(Alert {
+            event: "rollback",
+            provider: Some(s.config.providers[m.to].name.clone()),
+            phase: Some("rollback".into()),
+            metric: metric.map(|(n, ..)| n.to_string()),
+            value: metric.map(|(_, v, _)| v),
+            threshold: metric.map(|(.., t)| t),
+            text: format!(
+                "ROLLBACK ({}): 100% of traffic to `{from}`: {reason}",
+                trigger.as_str()
+            ),
+        });
+        Ok(s)
+    }
+
+    /// The rollback guard tripped. A no-op when already rolled back.
+    pub async fn auto_rollback(&self, epoch: u64, metric: &str, value: f64, threshold: f64) {
+        let s = self.gateway.load();
+        if s.state.rolled_back || s.epoch != epoch {
+            return;
+        }
+        let to = &s.config.providers[s.config.migration.to].name;
+        let reason = format!(
+            "{metric} of `{to}` at {value:.3} over the limit {threshold:.3} (last {} requests)",
+            s.config
+                .migration
+                .auto_rollback
+                .as_ref()
+                .map_or(0, |a| a.window)
+        );
+        if let Err(e) = self
+            .rollback_by(Trigger::Auto, reason, Some((metric, value, threshold)))
+            .await
+        {
+            tracing::error!(error = %e.message, "automatic rollback could not be persisted; traffic was not moved");
+        }
+    }
+
+    /// The phase gate opened: advance one phase, if the state is still the one judged.
+    pub async fn auto_advance(&self, epoch: u64) {
+        let r = self
+            .transition("auto", |s| {
+                if s.epoch != epoch {
+                    return Err(AdminError::new(
+                        409,
+                        "the state changed while it was judged",
+                    ));
+                }
+                s.state
+                    .next(&s.config.migration.phases)
+                    .map_err(transition_error)
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e.message, "automatic advance skipped");
+        }
     }
 }
 
@@ -256,8 +453,8 @@ fn parse(text: &[u8], path: &Path) -> Result<Config, Vec<String>> {
 }
 
 /// The state to start in: the persisted one, unless the file's `phase:` changed since.
-fn initial_state(config: &Config, state_path: &Path) -> MigrationState {
-    let file_state = config.migration.file_state.clone();
+fn initial_state(config: &Config, state_path: &Path) -> (MigrationState, Option<SystemTime>) {
+    let file_state = (config.migration.file_state.clone(), None);
     let Ok(text) = std::fs::read(state_path) else {
         return file_state;
     };
@@ -294,7 +491,11 @@ fn initial_state(config: &Config, state_path: &Path) -> MigrationState {
         rolled_back = state.rolled_back,
         "restored the migration state set through the admin API"
     );
-    state
+    (
+        state,
+        p.entered_at_unix
+            .map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+    )
 }
 
 /// Keeps the running state across a reload that did not touch `phase:`, following the
@@ -333,29 +534,43 @@ impl AdminHandle for Control {
             let i = s.state.phase.unwrap_or(0);
             json!({"name": m.phases[i].name, "index": i, "percent": m.phases[i].percent()})
         };
+        let health = self.watch.health.lock().unwrap_or_else(|e| e.into_inner());
         let providers: serde_json::Map<String, Value> = s
             .config
             .providers
             .iter()
-            .map(|p| (p.name.clone(), json!({"healthy": true})))
+            .map(|p| {
+                let h = health.get(&p.name);
+                (p.name.clone(), json!({"healthy": h.is_none_or(HealthTracker::healthy), "checked": h.is_some_and(HealthTracker::checked)}))
+            })
             .collect();
         json!({
             "from": name(m.from),
             "to": name(m.to),
             "phase": phase,
             "percent": s.percent(),
+            "phase_since_unix": self.watch.phase_since_unix(),
+            "auto_advance": m.auto_advance,
+            "gate": *self.watch.gate.lock().unwrap_or_else(|e| e.into_inner()),
             "rolled_back": s.state.rolled_back,
             "rollback_reason": s.state.rollback_reason,
             "rollback_trigger": s.state.rollback_trigger,
             "rolled_back_from": if s.state.rolled_back { s.state.phase.map(|i| m.phases[i].name.clone()) } else { None },
-            "phases": m.phases.iter().map(|p| json!({"name": p.name, "percent": p.percent()})).collect::<Vec<_>>(),
+            "phases": m.phases.iter().map(|p| json!({"name": p.name, "percent": p.percent(), "hold_seconds": p.hold.map(|h| h.as_secs())})).collect::<Vec<_>>(),
             "config_version": s.config_version,
             "providers": providers,
         })
     }
 
     fn stats(&self) -> Option<Value> {
-        None
+        let s = self.gateway.load();
+        let names: Vec<&str> = s.config.providers.iter().map(|p| p.name.as_str()).collect();
+        let m = &s.config.migration;
+        let now = self.watch.now_ms();
+        let mut stats = self.watch.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = stats.view(now, names[m.from], names[m.to], &names);
+        v["shadow"] = Value::Null;
+        Some(v)
     }
 
     fn metrics(&self) -> String {
@@ -363,35 +578,40 @@ impl AdminHandle for Control {
     }
 
     fn ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::SeqCst)
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return false;
+        }
+        let health = self.watch.health.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self.gateway.load();
+        s.config
+            .providers
+            .iter()
+            .any(|p| health.get(&p.name).is_none_or(HealthTracker::healthy))
     }
 
     async fn phase_next(&self) -> AdminResult {
-        self.transition(|s| {
+        self.transition("admin", |s| {
             s.state
                 .next(&s.config.migration.phases)
                 .map_err(transition_error)
         })
-        .await
+        .await?;
+        Ok(self.status())
     }
 
     async fn phase_set(&self, name: String) -> AdminResult {
-        self.transition(|s| {
+        self.transition("admin", |s| {
             s.state
                 .set(&s.config.migration.phases, &name)
                 .map_err(transition_error)
         })
-        .await
+        .await?;
+        Ok(self.status())
     }
 
     async fn rollback(&self, reason: String) -> AdminResult {
-        let r = self
-            .transition(|s| Ok(s.state.rollback(reason.clone(), Trigger::Admin)))
-            .await?;
-        metrics::counter!("switchyard_rollbacks_total", "trigger" => "admin").increment(1);
-        let s = self.gateway.load();
-        tracing::warn!(trigger = "admin", %reason, "ROLLBACK: 100% of traffic to `{}`", s.config.providers[s.config.migration.from].name);
-        Ok(r)
+        self.rollback_by(Trigger::Admin, reason, None).await?;
+        Ok(self.status())
     }
 
     async fn reload(&self) -> AdminResult {

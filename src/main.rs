@@ -3,6 +3,7 @@
 mod control;
 mod phase;
 mod serve;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -45,8 +45,11 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
 
 pub async fn run(path: PathBuf) -> Result<(), String> {
     let prometheus = install_metrics()?;
-    let (control, config) = Control::start(path, prometheus.clone())?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (events_tx, events_rx) = mpsc::channel(crate::watch::EVENT_QUEUE);
+    let (control, config) = Control::start(path, prometheus.clone(), events_tx, stop_rx.clone())?;
     let control = Arc::new(control);
+    crate::watch::spawn(control.clone(), events_rx, stop_rx.clone());
 
     let tls = match &config.tls {
         Some(t) => Some(switchyard_proxy::tls::acceptor(&t.cert, &t.key)?),
@@ -66,8 +69,6 @@ pub async fn run(path: PathBuf) -> Result<(), String> {
     if token.is_none() && !admin_addr.ip().is_loopback() {
         tracing::warn!(admin = %admin_addr, "the admin API listens beyond loopback without a token ({} is not set)", config.admin.token_env);
     }
-
-    let (stop_tx, stop_rx) = watch::channel(false);
 
     let upkeep = {
         let mut stop = stop_rx.clone();

@@ -774,12 +774,21 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         }
         let unhealthy_threshold = h.and_then(|h| h.unhealthy_threshold).unwrap_or(2);
         let healthy_threshold = h.and_then(|h| h.healthy_threshold).unwrap_or(1);
-        for (k, v) in [("unhealthy_threshold", unhealthy_threshold), ("healthy_threshold", healthy_threshold)] {
+        for (k, v) in [
+            ("unhealthy_threshold", unhealthy_threshold),
+            ("healthy_threshold", healthy_threshold),
+        ] {
             if v == 0 {
                 c.err(format!("health_check.{k}"), "must be at least 1");
             }
         }
-        HealthCheckConfig { interval, path, timeout, unhealthy_threshold, healthy_threshold }
+        HealthCheckConfig {
+            interval,
+            path,
+            timeout,
+            unhealthy_threshold,
+            healthy_threshold,
+        }
     };
 
     let cluster = raw.cluster.map(|cl| {
@@ -875,17 +884,30 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         let s = raw.stats.as_ref();
         let window_requests = s.and_then(|s| s.window_requests).unwrap_or(1000);
         if window_requests == 0 || window_requests > 1_000_000 {
-            c.err("stats.window_requests", format!("{window_requests} is not between 1 and 1000000"));
+            c.err(
+                "stats.window_requests",
+                format!("{window_requests} is not between 1 and 1000000"),
+            );
         }
-        let window = c.duration("stats.window", s.and_then(|s| s.window.as_ref()), Duration::from_secs(300));
+        let window = c.duration(
+            "stats.window",
+            s.and_then(|s| s.window.as_ref()),
+            Duration::from_secs(300),
+        );
         if window.is_zero() {
             c.err("stats.window", "must be longer than 0");
         }
-        StatsConfig { window_requests, window }
+        StatsConfig {
+            window_requests,
+            window,
+        }
     };
     let auto_advance = m.auto_advance.unwrap_or(false);
     if auto_advance && auto_rollback.is_none() {
-        c.err("migration.auto_advance", "needs `auto_rollback` thresholds to judge the window by");
+        c.err(
+            "migration.auto_advance",
+            "needs `auto_rollback` thresholds to judge the window by",
+        );
     }
     let router = Router::new(&m.from, &m.to);
     Config {

@@ -36,7 +36,10 @@ impl Class {
 
     /// Counts against the provider: 5xx, timeouts, connect errors, cut streams.
     pub fn is_provider_error(self) -> bool {
-        matches!(self, Class::ServerError | Class::Timeout | Class::Connect | Class::StreamCut)
+        matches!(
+            self,
+            Class::ServerError | Class::Timeout | Class::Connect | Class::StreamCut
+        )
     }
 
     pub fn label(self) -> &'static str {

@@ -88,6 +88,8 @@ struct State {
     cfg: MockConfig,
     received: Mutex<Vec<Received>>,
     status_override: AtomicU16,
+    health_checks: AtomicU64,
+    health_status: AtomicU16,
     delay_ms: AtomicU64,
     cancelled: AtomicU64,
     served: AtomicU64,
@@ -121,6 +123,8 @@ impl Mock {
             cfg,
             received: Mutex::new(Vec::new()),
             status_override: AtomicU16::new(0),
+            health_checks: AtomicU64::new(0),
+            health_status: AtomicU16::new(200),
             delay_ms: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             served: AtomicU64::new(0),
@@ -214,6 +218,17 @@ impl Mock {
             .store(status.unwrap_or(0), Ordering::SeqCst);
     }
 
+    /// Health checks received (requests with `user-agent: switchyard-health-check`; they
+    /// are not in [`Mock::received`]).
+    pub fn health_checks(&self) -> u64 {
+        self.state.health_checks.load(Ordering::SeqCst)
+    }
+
+    /// The status health checks get (default 200).
+    pub fn set_health_status(&self, status: u16) {
+        self.state.health_status.store(status, Ordering::SeqCst);
+    }
+
     /// Extra delay before every response head.
     pub fn set_delay(&self, d: Duration) {
         self.state
@@ -247,7 +262,20 @@ fn header_num(h: &HeaderMap, name: &str) -> Option<u64> {
     h.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// The user agent of switchyard's health checks.
+pub const HEALTH_USER_AGENT: &str = "switchyard-health-check";
+
 async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
+    if req
+        .headers()
+        .get("user-agent")
+        .is_some_and(|v| v == HEALTH_USER_AGENT)
+    {
+        st.health_checks.fetch_add(1, Ordering::SeqCst);
+        let status =
+            StatusCode::from_u16(st.health_status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+        return json_response(status, &json!({"object": "list", "data": []}), &st.cfg.name);
+    }
     let (parts, body) = req.into_parts();
     let body = body
         .collect()

@@ -7,15 +7,18 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
+
+use crate::sniff::{usage_of, JsonKey, SseScan};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -43,71 +46,112 @@ impl std::fmt::Display for StreamIdle {
 
 impl std::error::Error for StreamIdle {}
 
-/// Where the client's body waits until the upstream connection takes it. If the connect
-/// fails, it is still here and the request can go to the other provider: nothing was sent.
-pub type BodySlot = Arc<Mutex<Option<Incoming>>>;
+/// Shared between the request body (polled in hyper's connection task) and the request
+/// path: the body waits in `slot` until the upstream connection takes it, so if the
+/// connect fails it is still here and the request can go to the other provider with
+/// nothing sent; and `model` is filled in as the body streams by.
+#[derive(Debug, Default)]
+pub struct RequestShared {
+    slot: Mutex<Option<Incoming>>,
+    empty: bool,
+    pub model: OnceLock<Box<str>>,
+}
+
+impl RequestShared {
+    /// Nothing of the body went upstream (it was empty, or is still in its slot).
+    pub fn untouched(&self) -> bool {
+        self.empty
+            || self
+                .slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+    }
+
+    pub fn model(&self) -> Option<&str> {
+        self.model.get().map(|m| &**m)
+    }
+}
+
+enum Source {
+    /// Still in the shared slot.
+    Pending,
+    Live(Incoming),
+    Buffered(Option<Bytes>),
+    Done,
+}
 
 pub struct RequestBody {
-    slot: Option<BodySlot>,
-    inner: Option<Incoming>,
+    shared: Arc<RequestShared>,
+    source: Source,
     hint: SizeHint,
     limit: u64,
     seen: u64,
+    model_scan: Option<JsonKey>,
 }
 
+const MODEL_MAX: usize = 256;
+
 impl RequestBody {
-    /// Returns the body and, when it is not empty, the slot to reclaim it from.
-    pub fn new(incoming: Incoming, limit: u64) -> (Self, Option<BodySlot>) {
+    /// The client's body, streamed; `model` is read from it as it passes.
+    pub fn streaming(incoming: Incoming, limit: u64) -> (Self, Arc<RequestShared>) {
         let hint = incoming.size_hint();
-        if incoming.is_end_stream() {
-            // Nothing to send, nothing to reclaim: failover is always possible.
-            return (
-                RequestBody {
-                    slot: None,
-                    inner: None,
-                    hint,
-                    limit,
-                    seen: 0,
-                },
-                None,
-            );
-        }
-        let slot: BodySlot = Arc::new(Mutex::new(Some(incoming)));
-        (
-            RequestBody {
-                slot: Some(slot.clone()),
-                inner: None,
-                hint,
-                limit,
-                seen: 0,
-            },
-            Some(slot),
-        )
+        let empty = incoming.is_end_stream();
+        let shared = Arc::new(RequestShared {
+            slot: Mutex::new((!empty).then_some(incoming)),
+            empty,
+            model: OnceLock::new(),
+        });
+        (Self::retry(&shared, hint, limit), shared)
     }
 
-    /// A body for a retry: the reclaimed original, or nothing.
-    pub fn from_slot(slot: Option<BodySlot>, hint: SizeHint, limit: u64) -> Self {
+    /// Another attempt with the same body, valid while [`RequestShared::untouched`].
+    pub fn retry(shared: &Arc<RequestShared>, hint: SizeHint, limit: u64) -> Self {
+        let source = if shared.empty {
+            Source::Done
+        } else {
+            Source::Pending
+        };
         RequestBody {
-            slot,
-            inner: None,
+            shared: shared.clone(),
+            source,
             hint,
             limit,
             seen: 0,
+            model_scan: Some(JsonKey::new("model", MODEL_MAX)),
+        }
+    }
+
+    /// A body the gateway already holds whole (it rewrote it).
+    pub fn buffered(bytes: Bytes, shared: Arc<RequestShared>) -> Self {
+        let hint = SizeHint::with_exact(bytes.len() as u64);
+        RequestBody {
+            shared,
+            source: Source::Buffered(Some(bytes)),
+            hint,
+            limit: u64::MAX,
+            seen: 0,
+            model_scan: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        let shared = Arc::new(RequestShared {
+            empty: true,
+            ..RequestShared::default()
+        });
+        RequestBody {
+            shared,
+            source: Source::Done,
+            hint: SizeHint::with_exact(0),
+            limit: 0,
+            seen: 0,
+            model_scan: None,
         }
     }
 
     pub fn hint(&self) -> SizeHint {
         self.hint
-    }
-
-    pub fn empty() -> Self {
-        RequestBody {
-            slot: None,
-            inner: None,
-            hint: SizeHint::with_exact(0),
-            limit: 0,
-            seen: 0,
-        }
     }
 }
 
@@ -120,14 +164,22 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.inner.is_none() {
-            match this.slot.take() {
-                Some(slot) => this.inner = slot.lock().unwrap_or_else(|e| e.into_inner()).take(),
-                None => return Poll::Ready(None),
-            }
+        if let Source::Pending = this.source {
+            this.source = match this
+                .shared
+                .slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                Some(i) => Source::Live(i),
+                None => Source::Done,
+            };
         }
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
+        let inner = match &mut this.source {
+            Source::Live(i) => i,
+            Source::Buffered(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Source::Pending | Source::Done => return Poll::Ready(None),
         };
         match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
@@ -136,18 +188,32 @@ impl Body for RequestBody {
                     if this.seen > this.limit {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
+                    if let Some(scan) = &mut this.model_scan {
+                        scan.feed(d);
+                        if let Some(m) = scan.value() {
+                            if let Some(m) = m.as_str() {
+                                let _ = this.shared.model.set(m.into());
+                            }
+                            this.model_scan = None;
+                        }
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
-            None => Poll::Ready(None),
+            None => {
+                this.source = Source::Done;
+                Poll::Ready(None)
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Some(i) => i.is_end_stream(),
-            None => self.slot.is_none(),
+        match &self.source {
+            Source::Live(i) => i.is_end_stream(),
+            Source::Buffered(b) => b.is_none(),
+            Source::Pending => self.shared.empty,
+            Source::Done => true,
         }
     }
 
@@ -169,9 +235,63 @@ pub enum End {
     ClientGone,
 }
 
+/// What was learned from a response body by the time it ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BodySummary {
+    pub bytes: u64,
+    /// `(prompt_tokens, completion_tokens)` when the provider reported usage.
+    pub usage: Option<(u64, u64)>,
+    /// SSE: when the first token (or, failing that, the first event) arrived.
+    pub first_token: Option<Instant>,
+    pub stream: bool,
+}
+
 /// Called once when a response body ends, however it ends.
 pub trait OnEnd: Send + 'static {
-    fn on_end(self: Box<Self>, end: End, body_bytes: u64);
+    fn on_end(self: Box<Self>, end: End, summary: BodySummary);
+}
+
+/// How the response body is read as it passes.
+pub enum Sniff {
+    None,
+    /// A JSON body: capture its top-level `usage`.
+    Json(Box<JsonKey>),
+    /// An SSE stream (optionally stripping the usage chunk the gateway asked for).
+    Sse(Box<SseScan>),
+}
+
+impl Sniff {
+    /// Chooses by the response's content type.
+    pub fn for_content_type(content_type: Option<&[u8]>, strip_usage: bool) -> Sniff {
+        let ct = content_type.unwrap_or_default();
+        if ct.starts_with(b"text/event-stream") {
+            Sniff::Sse(Box::new(SseScan::new(strip_usage)))
+        } else if ct.starts_with(b"application/json") {
+            Sniff::Json(Box::new(JsonKey::new("usage", 4096)))
+        } else {
+            Sniff::None
+        }
+    }
+
+    fn summary(&self, bytes: u64) -> BodySummary {
+        match self {
+            Sniff::None => BodySummary {
+                bytes,
+                ..BodySummary::default()
+            },
+            Sniff::Json(j) => BodySummary {
+                bytes,
+                usage: j.value().as_ref().and_then(usage_of),
+                ..BodySummary::default()
+            },
+            Sniff::Sse(s) => BodySummary {
+                bytes,
+                usage: s.usage,
+                first_token: s.first_token.or(s.first_event),
+                stream: true,
+            },
+        }
+    }
 }
 
 pin_project! {
@@ -182,6 +302,8 @@ pin_project! {
         idle: Sleep,
         idle_timeout: Duration,
         bytes: u64,
+        sniff: Sniff,
+        upstream_done: bool,
         on_end: Option<Box<dyn OnEnd>>,
     }
 
@@ -189,19 +311,24 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(cb) = this.on_end.take() {
-                cb.on_end(End::ClientGone, *this.bytes);
+                cb.on_end(End::ClientGone, this.sniff.summary(*this.bytes));
             }
         }
     }
 }
 
 impl ResponseBody {
-    pub fn new(inner: Incoming, idle_timeout: Duration, on_end: Box<dyn OnEnd>) -> Self {
+    pub fn new(
+        inner: Incoming,
+        idle_timeout: Duration,
+        sniff: Sniff,
+        on_end: Box<dyn OnEnd>,
+    ) -> Self {
         let mut on_end = Some(on_end);
         if inner.is_end_stream() {
             // Empty bodies are never polled: account for them now.
             if let Some(cb) = on_end.take() {
-                cb.on_end(End::Complete, 0);
+                cb.on_end(End::Complete, sniff.summary(0));
             }
         }
         ResponseBody {
@@ -209,6 +336,8 @@ impl ResponseBody {
             idle: tokio::time::sleep(idle_timeout),
             idle_timeout,
             bytes: 0,
+            sniff,
+            upstream_done: false,
             on_end,
         }
     }
@@ -223,39 +352,65 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    *this.bytes += d.len() as u64;
-                }
-                if this.inner.is_end_stream() {
-                    if let Some(cb) = this.on_end.take() {
-                        cb.on_end(End::Complete, *this.bytes);
+        loop {
+            if *this.upstream_done {
+                // A stripped stream may hold a last partial event: hand it over, then end.
+                if let Sniff::Sse(scan) = this.sniff {
+                    let rest = scan.finish();
+                    if !rest.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
-                } else {
-                    let deadline = tokio::time::Instant::now() + *this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
                 if let Some(cb) = this.on_end.take() {
-                    cb.on_end(End::Broken, *this.bytes);
+                    cb.on_end(End::Complete, this.sniff.summary(*this.bytes));
                 }
-                Poll::Ready(Some(Err(Box::new(e))))
+                return Poll::Ready(None);
             }
-            Poll::Ready(None) => {
-                if let Some(cb) = this.on_end.take() {
-                    cb.on_end(End::Complete, *this.bytes);
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let frame = match frame.into_data() {
+                        Ok(data) => {
+                            *this.bytes += data.len() as u64;
+                            let out = match this.sniff {
+                                Sniff::None => data,
+                                Sniff::Json(j) => {
+                                    j.feed(&data);
+                                    data
+                                }
+                                Sniff::Sse(s) => s.feed(data),
+                            };
+                            Frame::data(out)
+                        }
+                        Err(frame) => frame,
+                    };
+                    if this.inner.is_end_stream() {
+                        *this.upstream_done = true;
+                    } else {
+                        let deadline = tokio::time::Instant::now() + *this.idle_timeout;
+                        this.idle.as_mut().reset(deadline);
+                    }
+                    // An SSE rewrite may hold a frame back until its event is complete.
+                    if frame.data_ref().is_some_and(Bytes::is_empty) {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                ready!(this.idle.poll(cx));
-                if let Some(cb) = this.on_end.take() {
-                    cb.on_end(End::Idle, *this.bytes);
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(cb) = this.on_end.take() {
+                        cb.on_end(End::Broken, this.sniff.summary(*this.bytes));
+                    }
+                    return Poll::Ready(Some(Err(Box::new(e))));
                 }
-                Poll::Ready(Some(Err(Box::new(StreamIdle(*this.idle_timeout)))))
+                Poll::Ready(None) => {
+                    *this.upstream_done = true;
+                }
+                Poll::Pending => {
+                    ready!(this.idle.as_mut().poll(cx));
+                    if let Some(cb) = this.on_end.take() {
+                        cb.on_end(End::Idle, this.sniff.summary(*this.bytes));
+                    }
+                    return Poll::Ready(Some(Err(Box::new(StreamIdle(*this.idle_timeout)))));
+                }
             }
         }
     }
@@ -265,7 +420,11 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.sniff {
+            // Stripping changes the length.
+            Sniff::Sse(_) => SizeHint::default(),
+            _ => self.inner.size_hint(),
+        }
     }
 }
 

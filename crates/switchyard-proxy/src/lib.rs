@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod snapshot;
+pub mod sniff;
 pub mod tls;
 pub mod upstream;
 

@@ -1,13 +1,16 @@
 //! Metric handles, registered once per provider per snapshot so the hot path
 //! only touches atomics (no label lookups or `String`s per request).
 
-use metrics::{counter, histogram, Counter, Histogram};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 pub const REQUESTS_TOTAL: &str = "switchyard_requests_total";
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
 pub const FIRST_BYTE: &str = "switchyard_upstream_first_byte_seconds";
 pub const REJECTED_TOTAL: &str = "switchyard_rejected_total";
 pub const FAILOVERS_TOTAL: &str = "switchyard_failovers_total";
+pub const TOKENS_TOTAL: &str = "switchyard_tokens_total";
+pub const COST_TOTAL: &str = "switchyard_cost_usd_total";
+pub const EVENTS_DROPPED: &str = "switchyard_events_dropped_total";
 
 /// Buckets (seconds) for both latency histograms: LLM calls run from a few ms to minutes.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -75,6 +78,9 @@ pub struct ProviderMetrics {
     pub duration: Histogram,
     pub first_byte: Histogram,
     pub failovers: Counter,
+    pub prompt_tokens: Counter,
+    pub completion_tokens: Counter,
+    pub cost: Gauge,
 }
 
 impl ProviderMetrics {
@@ -85,6 +91,9 @@ impl ProviderMetrics {
             duration: histogram!(REQUEST_DURATION, "provider" => provider.to_string()),
             first_byte: histogram!(FIRST_BYTE, "provider" => provider.to_string()),
             failovers: counter!(FAILOVERS_TOTAL, "provider" => provider.to_string()),
+            prompt_tokens: counter!(TOKENS_TOTAL, "provider" => provider.to_string(), "kind" => "prompt"),
+            completion_tokens: counter!(TOKENS_TOTAL, "provider" => provider.to_string(), "kind" => "completion"),
+            cost: gauge!(COST_TOTAL, "provider" => provider.to_string()),
         }
     }
 

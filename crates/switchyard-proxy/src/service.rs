@@ -38,8 +38,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
+use switchyard_core::event::{Class, RequestEvent};
 use switchyard_core::router::Side;
 use switchyard_core::ErrorKind;
 use tower::{Service, ServiceBuilder};
@@ -48,9 +50,12 @@ use tower_http::request_id::{
 };
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
-use crate::body::{BodyTooLarge, End, GatewayBody, OnEnd, RequestBody, ResponseBody};
+use crate::body::{
+    BodySummary, BodyTooLarge, End, GatewayBody, OnEnd, RequestBody, RequestShared, ResponseBody,
+    Sniff,
+};
 use crate::headers::{strip_hop_by_hop, upstream_path};
-use crate::metrics::{Outcome, REJECTED_TOTAL};
+use crate::metrics::{Outcome, EVENTS_DROPPED, REJECTED_TOTAL};
 use crate::snapshot::{Gateway, Snapshot};
 use crate::upstream::Upstream;
 
@@ -179,7 +184,6 @@ impl Service<Request<Incoming>> for Forward {
 }
 
 async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
-    let start = Instant::now();
     let snap = snapshot(&req).clone();
     let request_id = request_id_of(&req);
     let limit = snap.config.server.max_body_bytes;
@@ -201,93 +205,117 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     parts.headers.remove(header::AUTHORIZATION);
-    let method = parts.method.clone();
-    let client_uri = parts.uri.clone();
-    let (body, slot) = RequestBody::new(body, limit);
-    let hint = body.hint();
-    let mut body = Some(body);
+    // We read `usage` from response bodies as they pass: ask for them uncompressed.
+    parts.headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+
+    let mut ex = Exchange {
+        snap: snap.clone(),
+        request_id,
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        start: Instant::now(),
+        shared: None,
+        strip_usage: false,
+    };
+
+    let inject = snap.upstreams[first].config.inject_stream_usage
+        && parts.method == Method::POST
+        && parts.uri.path().ends_with("/chat/completions");
+    let mut hint = http_body::SizeHint::default();
+    let mut replay = if inject {
+        let bytes = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                let up = &snap.upstreams[first];
+                return if e.is::<LengthLimitError>() {
+                    ex.fail(
+                        up,
+                        first,
+                        ErrorKind::BodyTooLarge,
+                        &format!("request body is larger than the limit of {limit} bytes"),
+                    )
+                } else {
+                    ex.fail(
+                        up,
+                        first,
+                        ErrorKind::BadRequest,
+                        &format!("cannot read the request body: {e}"),
+                    )
+                };
+            }
+        };
+        let (bytes, model, injected) = inject_stream_usage(bytes);
+        ex.strip_usage = injected;
+        if injected {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        }
+        let shared = Arc::new(RequestShared::default());
+        if let Some(m) = model {
+            let _ = shared.model.set(m.into());
+        }
+        ex.shared = Some(shared.clone());
+        Replay::Bytes(bytes, shared)
+    } else {
+        let (first_body, shared) = RequestBody::streaming(body, limit);
+        hint = first_body.hint();
+        ex.shared = Some(shared.clone());
+        Replay::Shared(shared)
+    };
+
     let mut failed_over_from: Option<&Arc<Upstream>> = None;
     let mut index = first;
     loop {
         let up = &snap.upstreams[index];
-        let upstream_req = match build_upstream_request(
-            &parts,
-            up,
-            body.take().unwrap_or_else(RequestBody::empty),
-        ) {
+        let body = match &mut replay {
+            Replay::Bytes(b, shared) => RequestBody::buffered(b.clone(), shared.clone()),
+            Replay::Shared(shared) => RequestBody::retry(shared, hint, limit),
+        };
+        let upstream_req = match build_upstream_request(&parts, up, body) {
             Ok(r) => r,
             Err(e) => {
-                return gateway_error(
+                return ex.fail(
                     up,
-                    &request_id,
-                    start,
+                    index,
                     ErrorKind::BadRequest,
                     &format!("cannot forward this request: {e}"),
-                    &snap,
-                    &method,
-                    &client_uri,
-                );
+                )
             }
         };
         let sent = tokio::time::timeout(up.config.timeout, up.client.request(upstream_req)).await;
         match sent {
-            Ok(Ok(resp)) => {
-                return respond(
-                    resp,
-                    up,
-                    &snap,
-                    request_id,
-                    start,
-                    failed_over_from,
-                    method,
-                    client_uri,
-                );
-            }
+            Ok(Ok(resp)) => return ex.respond(resp, up, index, failed_over_from),
             Err(_elapsed) => {
                 let msg = format!(
                     "provider `{}` sent no response within {:?}",
                     up.name, up.config.timeout
                 );
-                return gateway_error(
-                    up,
-                    &request_id,
-                    start,
-                    ErrorKind::UpstreamTimeout,
-                    &msg,
-                    &snap,
-                    &method,
-                    &client_uri,
-                );
+                return ex.fail(up, index, ErrorKind::UpstreamTimeout, &msg);
             }
             Ok(Err(e)) => {
                 if has_source::<BodyTooLarge>(&e) {
                     let msg = format!("request body is larger than the limit of {limit} bytes");
-                    return gateway_error(
-                        up,
-                        &request_id,
-                        start,
-                        ErrorKind::BodyTooLarge,
-                        &msg,
-                        &snap,
-                        &method,
-                        &client_uri,
-                    );
+                    return ex.fail(up, index, ErrorKind::BodyTooLarge, &msg);
                 }
-                if e.is_connect() && failed_over_from.is_none() && other != index {
-                    // Nothing left the gateway if the body is still in its slot (or there was none).
-                    let untouched = match &slot {
-                        Some(s) => s.lock().unwrap_or_else(|p| p.into_inner()).is_some(),
-                        None => true,
-                    };
-                    if untouched {
-                        tracing::warn!(request_id = ?request_id, provider = %up.name, error = %ErrorChain(&e), "cannot connect; failing over");
-                        up.metrics.count(Outcome::Error);
-                        up.metrics.failovers.increment(1);
-                        failed_over_from = Some(up);
-                        body = Some(RequestBody::from_slot(slot.clone(), hint, limit));
-                        index = other;
-                        continue;
-                    }
+                let untouched = match &replay {
+                    Replay::Bytes(..) => true,
+                    Replay::Shared(s) => s.untouched(),
+                };
+                // Nothing left the gateway if the body is still in its slot: try the other side once.
+                if e.is_connect() && untouched && failed_over_from.is_none() && other != index {
+                    tracing::warn!(request_id = ?ex.request_id, provider = %up.name, error = %ErrorChain(&e), "cannot connect; failing over");
+                    up.metrics.failovers.increment(1);
+                    ex.account(up, index, 0, Class::Connect, None, BodySummary::default());
+                    failed_over_from = Some(up);
+                    index = other;
+                    continue;
                 }
                 let (kind, what) = if e.is_connect() {
                     (ErrorKind::UpstreamConnect, "cannot connect to")
@@ -295,19 +323,54 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
                     (ErrorKind::UpstreamBroken, "broke the exchange with")
                 };
                 let msg = format!("gateway {what} provider `{}`", up.name);
-                tracing::warn!(request_id = ?request_id, provider = %up.name, error = %ErrorChain(&e), "{msg}");
-                return gateway_error(
-                    up,
-                    &request_id,
-                    start,
-                    kind,
-                    &msg,
-                    &snap,
-                    &method,
-                    &client_uri,
-                );
+                tracing::warn!(request_id = ?ex.request_id, provider = %up.name, error = %ErrorChain(&e), "{msg}");
+                return ex.fail(up, index, kind, &msg);
             }
         }
+    }
+}
+
+/// The client's body, for a retry on the other provider.
+enum Replay {
+    /// Streamed: reclaimable while untouched.
+    Shared(Arc<RequestShared>),
+    /// Read whole because the gateway rewrote it.
+    Bytes(Bytes, Arc<RequestShared>),
+}
+
+/// Adds `stream_options.include_usage` to a streaming chat request that lacks it.
+/// Returns the body to send, the model, and whether the usage chunk must be stripped.
+fn inject_stream_usage(bytes: Bytes) -> (Bytes, Option<String>, bool) {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return (bytes, None, false);
+    };
+    let model = v
+        .get("model")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string);
+    let streaming = v.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
+    let asked = v
+        .pointer("/stream_options/include_usage")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true);
+    if !streaming || asked {
+        return (bytes, model, false);
+    }
+    let Some(obj) = v.as_object_mut() else {
+        return (bytes, model, false);
+    };
+    let opts = obj
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::json!({}));
+    match opts.as_object_mut() {
+        Some(o) => {
+            o.insert("include_usage".into(), serde_json::Value::Bool(true));
+        }
+        None => return (bytes, model, false),
+    }
+    match serde_json::to_vec(&v) {
+        Ok(out) => (Bytes::from(out), model, true),
+        Err(_) => (bytes, model, false),
     }
 }
 
@@ -349,81 +412,215 @@ fn build_upstream_request(
     Ok(req)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn respond(
-    resp: Response<Incoming>,
-    up: &Arc<Upstream>,
-    snap: &Arc<Snapshot>,
-    request_id: HeaderValue,
-    start: Instant,
-    failed_over_from: Option<&Arc<Upstream>>,
-    method: Method,
-    client_uri: Uri,
-) -> Response<GatewayBody> {
-    let first_byte = start.elapsed();
-    up.metrics.first_byte.record(first_byte.as_secs_f64());
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
-    if let Some(failed) = failed_over_from {
-        parts
-            .headers
-            .insert(X_SWITCHYARD_FAILOVER.clone(), failed.name_header.clone());
-    }
-    let status = parts.status.as_u16();
-    let on_end = Box::new(Finish {
-        upstream: up.clone(),
-        start,
-        status,
-        request_id,
-        method,
-        uri: client_uri,
-        access_log: snap.config.server.access_log,
-    });
-    let body = ResponseBody::new(body, up.config.idle_timeout, on_end);
-    Response::from_parts(parts, GatewayBody::Upstream { body })
-}
-
-/// Accounts for one exchange when its response body ends.
-struct Finish {
-    upstream: Arc<Upstream>,
-    start: Instant,
-    status: u16,
+/// One request's context: what every way it can end needs to account for itself.
+struct Exchange {
+    snap: Arc<Snapshot>,
     request_id: HeaderValue,
     method: Method,
     uri: Uri,
-    access_log: bool,
+    start: Instant,
+    shared: Option<Arc<RequestShared>>,
+    /// The gateway asked for stream usage on the client's behalf: strip that chunk.
+    strip_usage: bool,
 }
 
-impl OnEnd for Finish {
-    fn on_end(self: Box<Self>, end: End, body_bytes: u64) {
-        let elapsed = self.start.elapsed();
-        let outcome = match end {
-            End::Complete | End::ClientGone => Outcome::from_status(self.status),
-            End::Broken => Outcome::Error,
-            End::Idle => Outcome::Timeout,
+impl Exchange {
+    fn respond(
+        self,
+        resp: Response<Incoming>,
+        up: &Arc<Upstream>,
+        index: usize,
+        failed_over_from: Option<&Arc<Upstream>>,
+    ) -> Response<GatewayBody> {
+        let first_byte = self.start.elapsed();
+        up.metrics.first_byte.record(first_byte.as_secs_f64());
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        if let Some(failed) = failed_over_from {
+            parts
+                .headers
+                .insert(X_SWITCHYARD_FAILOVER.clone(), failed.name_header.clone());
+        }
+        let sniff = Sniff::for_content_type(
+            parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .map(HeaderValue::as_bytes),
+            self.strip_usage,
+        );
+        if self.strip_usage && matches!(sniff, Sniff::Sse(_)) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let status = parts.status.as_u16();
+        let idle = up.config.idle_timeout;
+        let on_end = Box::new(Finish {
+            ex: self,
+            upstream: up.clone(),
+            index,
+            status,
+            first_byte,
+        });
+        let body = ResponseBody::new(body, idle, sniff, on_end);
+        Response::from_parts(parts, GatewayBody::Upstream { body })
+    }
+
+    /// An error the gateway makes after a provider was chosen: counted against that provider.
+    fn fail(
+        &self,
+        up: &Upstream,
+        index: usize,
+        kind: ErrorKind,
+        message: &str,
+    ) -> Response<GatewayBody> {
+        let class = match kind {
+            ErrorKind::UpstreamTimeout => Class::Timeout,
+            ErrorKind::UpstreamConnect => Class::Connect,
+            ErrorKind::UpstreamBroken => Class::StreamCut,
+            ErrorKind::BodyTooLarge | ErrorKind::BadRequest | ErrorKind::Unauthorized => {
+                Class::ClientError
+            }
+            ErrorKind::Unavailable | ErrorKind::Internal => Class::ServerError,
         };
-        let m = &self.upstream.metrics;
+        self.account(
+            up,
+            index,
+            kind.status(),
+            class,
+            None,
+            BodySummary::default(),
+        );
+        let mut r = error_response(kind, message, &self.request_id);
+        r.headers_mut()
+            .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
+        r
+    }
+
+    /// Metrics, tokens and cost, the watchers' event, the access log: once per attempt.
+    fn account(
+        &self,
+        up: &Upstream,
+        index: usize,
+        status: u16,
+        class: Class,
+        ttfb: Option<std::time::Duration>,
+        summary: BodySummary,
+    ) {
+        let elapsed = self.start.elapsed();
+        let m = &up.metrics;
+        let outcome = match class {
+            Class::Success => Outcome::S2xx,
+            Class::ClientError => Outcome::S4xx,
+            Class::ServerError => Outcome::S5xx,
+            Class::Timeout => Outcome::Timeout,
+            Class::Connect | Class::StreamCut => Outcome::Error,
+            Class::ClientGone => Outcome::from_status(status),
+        };
         m.count(outcome);
         m.duration.record(elapsed.as_secs_f64());
-        if self.access_log {
+
+        let cfg = &self.snap.config;
+        let (prompt, completion) = summary.usage.unwrap_or((0, 0));
+        let model = self.shared.as_ref().and_then(|s| s.model());
+        let (mut cost, mut cost_other) = (None, None);
+        if prompt + completion > 0 {
+            m.prompt_tokens.increment(prompt);
+            m.completion_tokens.increment(completion);
+            if let Some(model) = model {
+                cost = cfg.providers[index].pricing.cost(model, prompt, completion);
+                let mig = &cfg.migration;
+                let other = if index == mig.from {
+                    Some(mig.to)
+                } else if index == mig.to {
+                    Some(mig.from)
+                } else {
+                    None
+                };
+                cost_other =
+                    other.and_then(|o| cfg.providers[o].pricing.cost(model, prompt, completion));
+            }
+            if let Some(c) = cost {
+                m.cost.increment(c);
+            }
+        }
+        let ttfb = if summary.stream {
+            summary
+                .first_token
+                .map(|t| t.duration_since(self.start))
+                .or(ttfb)
+        } else {
+            ttfb
+        };
+        if let Some(events) = &self.snap.events {
+            let event = RequestEvent {
+                provider: up.name.clone(),
+                epoch: self.snap.epoch,
+                class,
+                latency: elapsed,
+                ttfb,
+                stream: summary.stream,
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                cost_usd: cost,
+                cost_if_other_usd: cost_other,
+            };
+            if events.try_send(event).is_err() {
+                metrics::counter!(EVENTS_DROPPED).increment(1);
+            }
+        }
+        if cfg.server.access_log {
             access_log(
                 &self.request_id,
                 &self.method,
                 &self.uri,
-                &self.upstream.name,
-                self.status,
+                &up.name,
+                status,
                 outcome,
-                end,
+                class,
                 elapsed,
-                body_bytes,
+                summary.bytes,
+                model,
+                prompt,
+                completion,
             );
         }
+    }
+}
+
+/// Accounts for one exchange when its response body ends.
+struct Finish {
+    ex: Exchange,
+    upstream: Arc<Upstream>,
+    index: usize,
+    status: u16,
+    first_byte: std::time::Duration,
+}
+
+impl OnEnd for Finish {
+    fn on_end(self: Box<Self>, end: End, summary: BodySummary) {
+        let class = match end {
+            End::Complete => match self.status {
+                500..=599 => Class::ServerError,
+                400..=499 => Class::ClientError,
+                _ => Class::Success,
+            },
+            End::ClientGone => Class::ClientGone,
+            End::Broken => Class::StreamCut,
+            End::Idle => Class::Timeout,
+        };
+        self.ex.account(
+            &self.upstream,
+            self.index,
+            self.status,
+            class,
+            Some(self.first_byte),
+            summary,
+        );
     }
 }
 
@@ -435,9 +632,12 @@ fn access_log(
     provider: &str,
     status: u16,
     outcome: Outcome,
-    end: End,
+    class: Class,
     elapsed: std::time::Duration,
     bytes: u64,
+    model: Option<&str>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
 ) {
     // The path only: query strings can carry secrets.
     tracing::info!(
@@ -448,49 +648,13 @@ fn access_log(
         provider,
         status,
         outcome = outcome.label(),
-        end = ?end,
+        class = class.label(),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         bytes,
+        model = model.unwrap_or("-"),
+        prompt_tokens,
+        completion_tokens,
     );
-}
-
-/// An error the gateway makes after a provider was chosen: counted against that provider.
-#[allow(clippy::too_many_arguments)]
-fn gateway_error(
-    up: &Upstream,
-    request_id: &HeaderValue,
-    start: Instant,
-    kind: ErrorKind,
-    message: &str,
-    snap: &Snapshot,
-    method: &Method,
-    uri: &Uri,
-) -> Response<GatewayBody> {
-    let outcome = match kind {
-        ErrorKind::UpstreamTimeout => Outcome::Timeout,
-        ErrorKind::UpstreamConnect | ErrorKind::UpstreamBroken => Outcome::Error,
-        k => Outcome::from_status(k.status()),
-    };
-    let elapsed = start.elapsed();
-    up.metrics.count(outcome);
-    up.metrics.duration.record(elapsed.as_secs_f64());
-    if snap.config.server.access_log {
-        access_log(
-            request_id,
-            method,
-            uri,
-            &up.name,
-            kind.status(),
-            outcome,
-            End::Complete,
-            elapsed,
-            0,
-        );
-    }
-    let mut r = error_response(kind, message, request_id);
-    r.headers_mut()
-        .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
-    r
 }
 
 /// A refusal before any provider was chosen: counted by reason, and access-logged.
@@ -515,8 +679,11 @@ fn reject<B>(
             "-",
             kind.status(),
             outcome,
-            End::Complete,
+            Class::ClientError,
             std::time::Duration::ZERO,
+            0,
+            None,
+            0,
             0,
         );
     }

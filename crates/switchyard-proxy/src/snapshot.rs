@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::HeaderName;
+use switchyard_core::event::RequestEvent;
 use switchyard_core::{Config, MigrationState};
+use tokio::sync::mpsc;
 
 use crate::upstream::{BuildError, Upstream};
 
@@ -21,6 +23,11 @@ pub struct Snapshot {
     pub to_buckets: u16,
     pub sticky_header: HeaderName,
     pub client_keys: Option<Arc<[Box<[u8]>]>>,
+    /// Changes with every migration state change; events carry it so that judgements
+    /// only use requests of the current phase.
+    pub epoch: u64,
+    /// Where finished requests are reported (set by [`Gateway`]).
+    pub events: Option<mpsc::Sender<RequestEvent>>,
 }
 
 impl Snapshot {
@@ -31,6 +38,7 @@ impl Snapshot {
         config: Arc<Config>,
         config_version: u64,
         state: MigrationState,
+        epoch: u64,
         env: &dyn Fn(&str) -> Option<String>,
         previous: Option<&Snapshot>,
     ) -> Result<(Snapshot, Vec<String>), BuildError> {
@@ -87,6 +95,8 @@ impl Snapshot {
                 to_buckets,
                 sticky_header,
                 client_keys,
+                epoch,
+                events: None,
             },
             warnings,
         ))
@@ -102,6 +112,8 @@ impl Snapshot {
             state,
             sticky_header: self.sticky_header.clone(),
             client_keys: self.client_keys.clone(),
+            epoch: self.epoch + 1,
+            events: self.events.clone(),
         }
     }
 
@@ -113,13 +125,18 @@ impl Snapshot {
 /// What the data plane shares: the current snapshot.
 pub struct Gateway {
     current: ArcSwap<Snapshot>,
+    events: Option<mpsc::Sender<RequestEvent>>,
 }
 
 impl Gateway {
-    pub fn new(snapshot: Snapshot) -> Self {
+    /// `events`: a bounded queue to the watchers; when it is full, events are dropped (and
+    /// counted), never waited for.
+    pub fn new(mut snapshot: Snapshot, events: Option<mpsc::Sender<RequestEvent>>) -> Self {
         metrics::gauge!("switchyard_migration_percent").set(snapshot.percent());
+        snapshot.events = events.clone();
         Gateway {
             current: ArcSwap::from_pointee(snapshot),
+            events,
         }
     }
 
@@ -129,7 +146,8 @@ impl Gateway {
     }
 
     /// The one place a new snapshot goes live.
-    pub fn store(&self, snapshot: Snapshot) {
+    pub fn store(&self, mut snapshot: Snapshot) {
+        snapshot.events = self.events.clone();
         metrics::gauge!("switchyard_migration_percent").set(snapshot.percent());
         self.current.store(Arc::new(snapshot));
     }

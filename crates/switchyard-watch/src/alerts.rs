@@ -76,7 +76,11 @@ impl Alerter {
         let (tx, rx) = mpsc::channel(QUEUE);
         let settings = Arc::new(Mutex::new(Settings { url, cooldown }));
         tokio::spawn(deliver(rx, settings.clone(), stop));
-        Alerter { tx, settings, last: Arc::new(Mutex::new(HashMap::new())) }
+        Alerter {
+            tx,
+            settings,
+            last: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// A reload may change the webhook or the cooldown.
@@ -100,7 +104,10 @@ impl Alerter {
         {
             let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            if last.get(&key).is_some_and(|t| now.duration_since(*t) < cooldown) {
+            if last
+                .get(&key)
+                .is_some_and(|t| now.duration_since(*t) < cooldown)
+            {
                 metrics::counter!("switchyard_alerts_total", "event" => alert.event, "result" => "suppressed").increment(1);
                 return;
             }
@@ -108,7 +115,8 @@ impl Alerter {
         }
         let event = alert.event;
         if self.tx.try_send(alert).is_err() {
-            metrics::counter!("switchyard_alerts_total", "event" => event, "result" => "dropped").increment(1);
+            metrics::counter!("switchyard_alerts_total", "event" => event, "result" => "dropped")
+                .increment(1);
             tracing::warn!("alert queue full: alert dropped");
         }
     }
@@ -119,26 +127,43 @@ type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 fn client() -> WebhookClient {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     Client::builder(TokioExecutor::new()).build(https)
 }
 
-async fn deliver(mut rx: mpsc::Receiver<Alert>, settings: Arc<Mutex<Settings>>, mut stop: watch::Receiver<bool>) {
+async fn deliver(
+    mut rx: mpsc::Receiver<Alert>,
+    settings: Arc<Mutex<Settings>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let client = client();
     loop {
         let alert = tokio::select! {
             _ = stop.changed() => return,
             a = rx.recv() => match a { Some(a) => a, None => return },
         };
-        let Some(url) = settings.lock().unwrap_or_else(|e| e.into_inner()).url.clone() else { continue };
+        let Some(url) = settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .url
+            .clone()
+        else {
+            continue;
+        };
         let body = Bytes::from(alert.body().to_string());
         let mut backoff = Duration::from_millis(250);
         let mut delivered = false;
@@ -159,7 +184,8 @@ async fn deliver(mut rx: mpsc::Receiver<Alert>, settings: Arc<Mutex<Settings>>, 
             }
         }
         let result = if delivered { "sent" } else { "failed" };
-        metrics::counter!("switchyard_alerts_total", "event" => alert.event, "result" => result).increment(1);
+        metrics::counter!("switchyard_alerts_total", "event" => alert.event, "result" => result)
+            .increment(1);
     }
 }
 
@@ -208,11 +234,23 @@ mod tests {
     async fn cooldown_suppresses_repeats_of_the_same_event() {
         let (_stop_tx, stop) = watch::channel(false);
         // A URL is set but nothing listens: delivery fails in the background, which is fine here.
-        let al = Alerter::start(Some("http://127.0.0.1:9/hook".into()), Duration::from_secs(60), stop);
-        let a = Alert { event: "health", provider: Some("new".into()), text: "down".into(), ..Alert::default() };
+        let al = Alerter::start(
+            Some("http://127.0.0.1:9/hook".into()),
+            Duration::from_secs(60),
+            stop,
+        );
+        let a = Alert {
+            event: "health",
+            provider: Some("new".into()),
+            text: "down".into(),
+            ..Alert::default()
+        };
         al.send(a.clone());
         al.send(a.clone());
-        let b = Alert { provider: Some("old".into()), ..a.clone() };
+        let b = Alert {
+            provider: Some("old".into()),
+            ..a.clone()
+        };
         al.send(b);
         let last = al.last.lock().unwrap();
         assert_eq!(last.len(), 2);

@@ -21,14 +21,27 @@ pub struct Guard {
 pub enum Verdict {
     /// Too few requests to judge: never a reason to act either way.
     Inconclusive { seen: usize, need: usize },
-    Healthy { seen: usize, error_rate: f64, p95: Duration },
+    Healthy {
+        seen: usize,
+        error_rate: f64,
+        p95: Duration,
+    },
     /// A threshold is crossed.
-    Breach { seen: usize, metric: &'static str, value: f64, threshold: f64 },
+    Breach {
+        seen: usize,
+        metric: &'static str,
+        value: f64,
+        threshold: f64,
+    },
 }
 
 impl Guard {
     pub fn new(window: usize) -> Self {
-        Guard { window: window.max(1), epoch: 0, samples: VecDeque::new() }
+        Guard {
+            window: window.max(1),
+            epoch: 0,
+            samples: VecDeque::new(),
+        }
     }
 
     /// Starts over when the migration state changes: a new phase is judged on its own traffic.
@@ -51,7 +64,10 @@ impl Guard {
         if e.epoch != self.epoch || e.class == switchyard_core::event::Class::ClientGone {
             return;
         }
-        self.samples.push_back((e.class.is_provider_error(), e.judged_latency().as_micros() as u64));
+        self.samples.push_back((
+            e.class.is_provider_error(),
+            e.judged_latency().as_micros() as u64,
+        ));
         while self.samples.len() > self.window {
             self.samples.pop_front();
         }
@@ -66,14 +82,28 @@ impl Guard {
         let errors = self.samples.iter().filter(|(err, _)| *err).count();
         let error_rate = errors as f64 / seen as f64;
         if error_rate > cfg.max_error_rate {
-            return Verdict::Breach { seen, metric: "error_rate", value: error_rate, threshold: cfg.max_error_rate };
+            return Verdict::Breach {
+                seen,
+                metric: "error_rate",
+                value: error_rate,
+                threshold: cfg.max_error_rate,
+            };
         }
         let p95_ms = latency_of(self.samples.iter().map(|(_, us)| *us)).map_or(0.0, |l| l.p95_ms);
         let max_ms = cfg.max_p95_latency.as_secs_f64() * 1000.0;
         if p95_ms > max_ms {
-            return Verdict::Breach { seen, metric: "p95_latency_ms", value: p95_ms, threshold: max_ms };
+            return Verdict::Breach {
+                seen,
+                metric: "p95_latency_ms",
+                value: p95_ms,
+                threshold: max_ms,
+            };
         }
-        Verdict::Healthy { seen, error_rate, p95: Duration::from_micros((p95_ms * 1000.0) as u64) }
+        Verdict::Healthy {
+            seen,
+            error_rate,
+            p95: Duration::from_micros((p95_ms * 1000.0) as u64),
+        }
     }
 }
 
@@ -87,7 +117,12 @@ pub enum Gate {
 /// A phase may advance when it has a `hold`, the hold has passed, it is not the last
 /// phase, and the window is judged healthy. A phase without `hold` waits for an operator;
 /// an inconclusive window (too little traffic) never advances.
-pub fn gate(hold: Option<Duration>, in_phase_for: Duration, is_last: bool, verdict: &Verdict) -> Gate {
+pub fn gate(
+    hold: Option<Duration>,
+    in_phase_for: Duration,
+    is_last: bool,
+    verdict: &Verdict,
+) -> Gate {
     if is_last {
         return Gate::Wait("at the last phase".into());
     }
@@ -99,8 +134,15 @@ pub fn gate(hold: Option<Duration>, in_phase_for: Duration, is_last: bool, verdi
     }
     match verdict {
         Verdict::Healthy { .. } => Gate::Advance,
-        Verdict::Inconclusive { seen, need } => Gate::Wait(format!("inconclusive: {seen} of {need} requests needed to judge")),
-        Verdict::Breach { metric, value, threshold, .. } => Gate::Wait(format!("{metric} {value:.3} over {threshold:.3}")),
+        Verdict::Inconclusive { seen, need } => Gate::Wait(format!(
+            "inconclusive: {seen} of {need} requests needed to judge"
+        )),
+        Verdict::Breach {
+            metric,
+            value,
+            threshold,
+            ..
+        } => Gate::Wait(format!("{metric} {value:.3} over {threshold:.3}")),
     }
 }
 
@@ -111,7 +153,12 @@ mod tests {
     use switchyard_core::event::Class;
 
     fn cfg() -> AutoRollbackConfig {
-        AutoRollbackConfig { window: 10, min_requests: 5, max_error_rate: 0.2, max_p95_latency: Duration::from_millis(500) }
+        AutoRollbackConfig {
+            window: 10,
+            min_requests: 5,
+            max_error_rate: 0.2,
+            max_p95_latency: Duration::from_millis(500),
+        }
     }
 
     fn ev(class: Class, ms: u64, epoch: u64) -> RequestEvent {
@@ -135,16 +182,29 @@ mod tests {
         for _ in 0..4 {
             g.record(&ev(Class::ServerError, 10, 0));
         }
-        assert_eq!(g.verdict(&cfg()), Verdict::Inconclusive { seen: 4, need: 5 });
+        assert_eq!(
+            g.verdict(&cfg()),
+            Verdict::Inconclusive { seen: 4, need: 5 }
+        );
         g.record(&ev(Class::ServerError, 10, 0));
-        assert!(matches!(g.verdict(&cfg()), Verdict::Breach { metric: "error_rate", .. }));
+        assert!(matches!(
+            g.verdict(&cfg()),
+            Verdict::Breach {
+                metric: "error_rate",
+                ..
+            }
+        ));
     }
 
     #[test]
     fn error_rate_counts_provider_errors_not_client_errors() {
         let mut g = Guard::new(10);
         for i in 0..10 {
-            let class = if i < 5 { Class::ClientError } else { Class::Success };
+            let class = if i < 5 {
+                Class::ClientError
+            } else {
+                Class::Success
+            };
             g.record(&ev(class, 10, 0));
         }
         assert!(matches!(g.verdict(&cfg()), Verdict::Healthy { .. }));
@@ -152,7 +212,11 @@ mod tests {
         for class in [Class::Timeout, Class::StreamCut] {
             g.record(&ev(class, 10, 0));
         }
-        assert!(matches!(g.verdict(&cfg()), Verdict::Healthy { .. }), "{:?}", g.verdict(&cfg()));
+        assert!(
+            matches!(g.verdict(&cfg()), Verdict::Healthy { .. }),
+            "{:?}",
+            g.verdict(&cfg())
+        );
         g.record(&ev(Class::Connect, 10, 0));
         match g.verdict(&cfg()) {
             Verdict::Breach { value, .. } => assert!((value - 0.3).abs() < 1e-9),
@@ -168,7 +232,13 @@ mod tests {
         }
         g.record(&ev(Class::Success, 900, 0));
         // 1 slow of 10: p95 is the slow one
-        assert!(matches!(g.verdict(&cfg()), Verdict::Breach { metric: "p95_latency_ms", .. }));
+        assert!(matches!(
+            g.verdict(&cfg()),
+            Verdict::Breach {
+                metric: "p95_latency_ms",
+                ..
+            }
+        ));
         for _ in 0..10 {
             g.record(&ev(Class::Success, 100, 0));
         }
@@ -190,13 +260,31 @@ mod tests {
 
     #[test]
     fn gates() {
-        let healthy = Verdict::Healthy { seen: 10, error_rate: 0.0, p95: Duration::ZERO };
+        let healthy = Verdict::Healthy {
+            seen: 10,
+            error_rate: 0.0,
+            p95: Duration::ZERO,
+        };
         let h = Some(Duration::from_secs(60));
-        assert_eq!(gate(h, Duration::from_secs(61), false, &healthy), Gate::Advance);
-        assert!(matches!(gate(h, Duration::from_secs(59), false, &healthy), Gate::Wait(_)));
-        assert!(matches!(gate(h, Duration::from_secs(61), true, &healthy), Gate::Wait(_)));
-        assert!(matches!(gate(None, Duration::from_secs(1000), false, &healthy), Gate::Wait(_)));
+        assert_eq!(
+            gate(h, Duration::from_secs(61), false, &healthy),
+            Gate::Advance
+        );
+        assert!(matches!(
+            gate(h, Duration::from_secs(59), false, &healthy),
+            Gate::Wait(_)
+        ));
+        assert!(matches!(
+            gate(h, Duration::from_secs(61), true, &healthy),
+            Gate::Wait(_)
+        ));
+        assert!(matches!(
+            gate(None, Duration::from_secs(1000), false, &healthy),
+            Gate::Wait(_)
+        ));
         let inconclusive = Verdict::Inconclusive { seen: 1, need: 20 };
-        assert!(matches!(gate(h, Duration::from_secs(1000), false, &inconclusive), Gate::Wait(r) if r.contains("inconclusive")));
+        assert!(
+            matches!(gate(h, Duration::from_secs(1000), false, &inconclusive), Gate::Wait(r) if r.contains("inconclusive"))
+        );
     }
 }

@@ -12,7 +12,11 @@ pub struct HealthTracker {
 
 impl Default for HealthTracker {
     fn default() -> Self {
-        HealthTracker { healthy: true, streak: 0, checked: false }
+        HealthTracker {
+            healthy: true,
+            streak: 0,
+            checked: false,
+        }
     }
 }
 
@@ -27,14 +31,23 @@ impl HealthTracker {
     }
 
     /// Feeds one check result; returns the new state when it changed.
-    pub fn observe(&mut self, ok: bool, unhealthy_threshold: u32, healthy_threshold: u32) -> Option<bool> {
+    pub fn observe(
+        &mut self,
+        ok: bool,
+        unhealthy_threshold: u32,
+        healthy_threshold: u32,
+    ) -> Option<bool> {
         self.checked = true;
         if ok == self.healthy {
             self.streak = 0;
             return None;
         }
         self.streak += 1;
-        let need = if self.healthy { unhealthy_threshold } else { healthy_threshold };
+        let need = if self.healthy {
+            unhealthy_threshold
+        } else {
+            healthy_threshold
+        };
         if self.streak >= need.max(1) {
             self.healthy = ok;
             self.streak = 0;

@@ -66,7 +66,8 @@ fn round3(v: f64) -> f64 {
 
 /// Percentiles of microsecond samples (HDR, 3 significant digits).
 pub fn latency_of(samples: impl Iterator<Item = u64>) -> Option<Latency> {
-    let mut h = Histogram::<u64>::new_with_bounds(1, 24 * 3_600 * 1_000_000, 3).expect("static bounds are valid");
+    let mut h = Histogram::<u64>::new_with_bounds(1, 24 * 3_600 * 1_000_000, 3)
+        .expect("static bounds are valid");
     for s in samples {
         h.saturating_record(s.max(1));
     }
@@ -85,7 +86,12 @@ pub fn latency_of(samples: impl Iterator<Item = u64>) -> Option<Latency> {
 
 impl Stats {
     pub fn new(window_requests: usize, window: Duration) -> Self {
-        Stats { window_requests, window, providers: BTreeMap::new(), first_ms: None }
+        Stats {
+            window_requests,
+            window,
+            providers: BTreeMap::new(),
+            first_ms: None,
+        }
     }
 
     /// A reload may change the window; samples already held are trimmed to it.
@@ -147,14 +153,26 @@ impl Stats {
             let p = self.providers.get(*name).unwrap_or(&empty);
             providers.insert(name.to_string(), provider_view(p));
         }
-        let observed_s = self.first_ms.map_or(0.0, |f| (now_ms.saturating_sub(f)) as f64 / 1000.0);
-        let cost = |n: &str| self.providers.get(n).map_or((0.0, 0.0), |p| (p.totals.cost_usd, p.totals.cost_if_other_usd));
+        let observed_s = self
+            .first_ms
+            .map_or(0.0, |f| (now_ms.saturating_sub(f)) as f64 / 1000.0);
+        let cost = |n: &str| {
+            self.providers.get(n).map_or((0.0, 0.0), |p| {
+                (p.totals.cost_usd, p.totals.cost_if_other_usd)
+            })
+        };
         let (from_cost, from_on_to) = cost(from);
         let (to_cost, to_on_from) = cost(to);
         let all_on_from = from_cost + to_on_from;
         let all_on_to = to_cost + from_on_to;
         let actual = from_cost + to_cost;
-        let per_month = |usd: f64| if observed_s >= 1.0 { usd / observed_s * 30.0 * 86_400.0 } else { 0.0 };
+        let per_month = |usd: f64| {
+            if observed_s >= 1.0 {
+                usd / observed_s * 30.0 * 86_400.0
+            } else {
+                0.0
+            }
+        };
         json!({
             "window": {"requests": self.window_requests, "seconds": self.window.as_secs_f64()},
             "providers": providers,
@@ -176,15 +194,31 @@ impl Stats {
 fn provider_view(p: &ProviderStats) -> Value {
     let t = &p.totals;
     let n = p.window.len() as f64;
-    let mut window_class: BTreeMap<&'static str, u64> = Class::ALL.iter().map(|c| (c.label(), 0)).collect();
+    let mut window_class: BTreeMap<&'static str, u64> =
+        Class::ALL.iter().map(|c| (c.label(), 0)).collect();
     for s in &p.window {
         *window_class.entry(s.class.label()).or_default() += 1;
     }
-    let rate = |k: &str| if n > 0.0 { window_class[k] as f64 / n } else { 0.0 };
-    let provider_errors = p.window.iter().filter(|s| s.class.is_provider_error()).count() as f64;
-    let lat = latency_of(p.window.iter().map(|s| s.latency_us)).map_or(Value::Null, Latency::to_json);
-    let ttfb = latency_of(p.window.iter().filter_map(|s| s.ttfb_us)).map_or(Value::Null, Latency::to_json);
-    let totals: BTreeMap<&str, u64> = Class::ALL.iter().map(|c| (c.label(), t.by_class.get(c.label()).copied().unwrap_or(0))).collect();
+    let rate = |k: &str| {
+        if n > 0.0 {
+            window_class[k] as f64 / n
+        } else {
+            0.0
+        }
+    };
+    let provider_errors = p
+        .window
+        .iter()
+        .filter(|s| s.class.is_provider_error())
+        .count() as f64;
+    let lat =
+        latency_of(p.window.iter().map(|s| s.latency_us)).map_or(Value::Null, Latency::to_json);
+    let ttfb =
+        latency_of(p.window.iter().filter_map(|s| s.ttfb_us)).map_or(Value::Null, Latency::to_json);
+    let totals: BTreeMap<&str, u64> = Class::ALL
+        .iter()
+        .map(|c| (c.label(), t.by_class.get(c.label()).copied().unwrap_or(0)))
+        .collect();
     json!({
         "requests": t.requests,
         "outcomes": totals,
@@ -230,7 +264,11 @@ mod tests {
     fn percentiles_and_rates_over_the_window() {
         let mut s = Stats::new(100, Duration::from_secs(60));
         for i in 1..=100 {
-            let class = if i % 10 == 0 { Class::ServerError } else { Class::Success };
+            let class = if i % 10 == 0 {
+                Class::ServerError
+            } else {
+                Class::Success
+            };
             s.record(&ev("new", class, i), 1000);
         }
         let v = s.view(2000, "old", "new", &["old", "new"]);
@@ -278,6 +316,9 @@ mod tests {
         assert!((all_on_from - 0.00164).abs() < 1e-12);
         assert!((all_on_to - 0.00070).abs() < 1e-12);
         let monthly = roi["monthly_savings_at_100_percent_usd"].as_f64().unwrap();
-        assert!((monthly - 0.00094 / 10.0 * 2_592_000.0).abs() < 1e-6, "{monthly}");
+        assert!(
+            (monthly - 0.00094 / 10.0 * 2_592_000.0).abs() < 1e-6,
+            "{monthly}"
+        );
     }
 }

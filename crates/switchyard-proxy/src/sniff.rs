@@ -1,0 +1,414 @@
+//! Reading what passes without holding it: the request's `model`, the response's
+//! `usage` (JSON bodies and SSE streams), and the time of a stream's first token.
+//! Everything here looks at bytes as they stream by and keeps at most a few KiB.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+
+/// Captures the raw JSON value of one top-level key of a JSON object streaming by.
+#[derive(Debug)]
+pub struct JsonKey {
+    target: &'static [u8],
+    depth: u32,
+    in_str: bool,
+    esc: bool,
+    expecting_key: bool,
+    key: [u8; 16],
+    key_len: usize,
+    key_in_progress: bool,
+    after_key: bool,
+    capturing: bool,
+    captured: Vec<u8>,
+    found: bool,
+    max: usize,
+}
+
+impl JsonKey {
+    pub fn new(target: &'static str, max: usize) -> Self {
+        JsonKey {
+            target: target.as_bytes(),
+            depth: 0,
+            in_str: false,
+            esc: false,
+            expecting_key: false,
+            key: [0; 16],
+            key_len: 0,
+            key_in_progress: false,
+            after_key: false,
+            capturing: false,
+            captured: Vec::new(),
+            found: false,
+            max,
+        }
+    }
+
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.found {
+            return;
+        }
+        for &b in data {
+            if self.capturing {
+                if self.captured.len() >= self.max {
+                    // Too large to be what we look for: give up on this value.
+                    self.capturing = false;
+                    self.captured.clear();
+                } else {
+                    self.captured.push(b);
+                }
+            }
+            if self.in_str {
+                if self.esc {
+                    self.esc = false;
+                } else if b == b'\\' {
+                    self.esc = true;
+                } else if b == b'"' {
+                    self.in_str = false;
+                    if self.key_in_progress {
+                        self.key_in_progress = false;
+                        self.after_key = true;
+                    }
+                } else if self.key_in_progress {
+                    if self.key_len < self.key.len() {
+                        self.key[self.key_len] = b;
+                    }
+                    self.key_len += 1;
+                }
+                continue;
+            }
+            match b {
+                b'"' => {
+                    self.in_str = true;
+                    if self.depth == 1 && self.expecting_key {
+                        self.expecting_key = false;
+                        self.key_in_progress = true;
+                        self.key_len = 0;
+                    }
+                }
+                b'{' | b'[' => {
+                    self.depth += 1;
+                    if self.depth == 1 && b == b'{' {
+                        self.expecting_key = true;
+                    }
+                }
+                b'}' | b']' => {
+                    if self.depth == 1 {
+                        self.end_value(true);
+                    }
+                    self.depth = self.depth.saturating_sub(1);
+                }
+                b',' if self.depth == 1 => {
+                    self.end_value(true);
+                    self.expecting_key = true;
+                }
+                b':' if self.depth == 1 && self.after_key => {
+                    self.after_key = false;
+                    if self.key_len == self.target.len()
+                        && &self.key[..self.key_len.min(16)] == self.target
+                    {
+                        self.capturing = true;
+                        self.captured.clear();
+                    }
+                }
+                _ => {}
+            }
+            if self.found {
+                return;
+            }
+        }
+    }
+
+    fn end_value(&mut self, drop_last: bool) {
+        if self.capturing {
+            self.capturing = false;
+            if drop_last {
+                self.captured.pop(); // the `,` or `}` that ended it
+            }
+            self.found = !self.captured.is_empty();
+        }
+    }
+
+    /// The captured value, parsed.
+    pub fn value(&self) -> Option<Value> {
+        if !self.found {
+            return None;
+        }
+        serde_json::from_slice(&self.captured).ok()
+    }
+}
+
+/// `(prompt_tokens, completion_tokens)` from a `usage` object.
+pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
+    let u = v.as_object()?;
+    let p = u
+        .get("prompt_tokens")
+        .and_then(Value::as_u64)
+        .or_else(|| u.get("input_tokens").and_then(Value::as_u64))?;
+    let c = u
+        .get("completion_tokens")
+        .and_then(Value::as_u64)
+        .or_else(|| u.get("output_tokens").and_then(Value::as_u64))
+        .unwrap_or(0);
+    Some((p, c))
+}
+
+/// Watches an SSE stream: usage from any event that carries it, the first token's time,
+/// and (when `strip`) removes the usage-only chunk the gateway asked for on the client's
+/// behalf. Without `strip` frames pass untouched; with it, only whole events are passed on.
+#[derive(Debug)]
+pub struct SseScan {
+    strip: bool,
+    /// Without strip: the incomplete last line. With strip: the incomplete last event.
+    carry: BytesMut,
+    pub usage: Option<(u64, u64)>,
+    pub first_event: Option<Instant>,
+    pub first_token: Option<Instant>,
+    overflow: bool,
+}
+
+const MAX_CARRY: usize = 256 * 1024;
+
+impl SseScan {
+    pub fn new(strip: bool) -> Self {
+        SseScan {
+            strip,
+            carry: BytesMut::new(),
+            usage: None,
+            first_event: None,
+            first_token: None,
+            overflow: false,
+        }
+    }
+
+    /// Returns what to pass to the client for this frame (possibly empty).
+    pub fn feed(&mut self, data: Bytes) -> Bytes {
+        if self.overflow {
+            return data;
+        }
+        if !self.strip {
+            let mut start = 0;
+            let mut carry = std::mem::take(&mut self.carry);
+            while let Some(nl) = data[start..].iter().position(|&b| b == b'\n') {
+                let end = start + nl;
+                if carry.is_empty() {
+                    self.line(&data[start..end]);
+                } else {
+                    carry.extend_from_slice(&data[start..end]);
+                    self.line(&carry);
+                    carry.clear();
+                }
+                start = end + 1;
+            }
+            carry.extend_from_slice(&data[start..]);
+            if carry.len() > MAX_CARRY {
+                self.overflow = true;
+                carry.clear();
+            }
+            self.carry = carry;
+            return data;
+        }
+        self.carry.extend_from_slice(&data);
+        let Some(cut) = last_event_end(&self.carry) else {
+            if self.carry.len() > MAX_CARRY {
+                // Not SSE as we know it: stop rewriting, pass everything on.
+                self.overflow = true;
+                return self.carry.split().freeze();
+            }
+            return Bytes::new();
+        };
+        let complete = self.carry.split_to(cut).freeze();
+        let mut out = BytesMut::with_capacity(complete.len());
+        for event in split_events(&complete) {
+            let mut usage_only = false;
+            for line in event.split(|&b| b == b'\n') {
+                usage_only |= self.line(line);
+            }
+            if !usage_only {
+                out.extend_from_slice(event);
+            }
+        }
+        out.freeze()
+    }
+
+    /// Whatever is left when the stream ends (an event without its blank line).
+    pub fn finish(&mut self) -> Bytes {
+        if self.strip && !self.carry.is_empty() {
+            let rest = self.carry.split().freeze();
+            for line in rest.split(|&b| b == b'\n') {
+                self.line(line);
+            }
+            return rest;
+        }
+        if !self.carry.is_empty() {
+            let rest = std::mem::take(&mut self.carry);
+            self.line(&rest);
+        }
+        Bytes::new()
+    }
+
+    /// Looks at one line; true when it is a usage-only chunk (`choices: []` with usage).
+    fn line(&mut self, line: &[u8]) -> bool {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(payload) = line.strip_prefix(b"data:") else {
+            return false;
+        };
+        let payload = payload.trim_ascii_start();
+        if payload == b"[DONE]" {
+            return false;
+        }
+        let now = Instant::now();
+        self.first_event.get_or_insert(now);
+        if self.first_token.is_none() && has_token(payload) {
+            self.first_token = Some(now);
+        }
+        if !contains(payload, b"\"usage\"") {
+            return false;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(payload) else {
+            return false;
+        };
+        if let Some(u) = v.get("usage").and_then(usage_of) {
+            self.usage = Some(u);
+            return v
+                .get("choices")
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty);
+        }
+        false
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A delta with text in it: `"content":"x` (or the legacy completions' `"text":"x`).
+fn has_token(payload: &[u8]) -> bool {
+    for key in [&b"\"content\":"[..], b"\"text\":"] {
+        let mut rest = payload;
+        while let Some(i) = rest.windows(key.len()).position(|w| w == key) {
+            let after = rest[i + key.len()..].trim_ascii_start();
+            if after.len() >= 2 && after[0] == b'"' && after[1] != b'"' {
+                return true;
+            }
+            rest = &rest[i + key.len()..];
+        }
+    }
+    false
+}
+
+/// End of the last complete event (after its blank line), if any.
+fn last_event_end(buf: &[u8]) -> Option<usize> {
+    let a = buf.windows(2).rposition(|w| w == b"\n\n").map(|i| i + 2);
+    let b = buf
+        .windows(4)
+        .rposition(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    a.max(b)
+}
+
+/// Splits complete events, each keeping its terminating blank line.
+fn split_events(buf: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i..].starts_with(b"\n\n") {
+            out.push(&buf[start..i + 2]);
+            i += 2;
+            start = i;
+        } else if buf[i..].starts_with(b"\r\n\r\n") {
+            out.push(&buf[start..i + 4]);
+            i += 4;
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+    if start < buf.len() {
+        out.push(&buf[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(key: &'static str, chunks: &[&str]) -> Option<Value> {
+        let mut s = JsonKey::new(key, 4096);
+        for c in chunks {
+            s.feed(c.as_bytes());
+        }
+        s.value()
+    }
+
+    #[test]
+    fn finds_top_level_keys_across_chunks() {
+        let body = r#"{"messages":[{"role":"user","content":"say \"model\": \"x\" {"}],"model" : "deepseek-chat","stream":true}"#;
+        assert_eq!(scan("model", &[body]), Some(Value::from("deepseek-chat")));
+        let (a, b) = body.split_at(60);
+        assert_eq!(scan("model", &[a, b]), Some(Value::from("deepseek-chat")));
+        let parts: Vec<String> = body.chars().map(|c| c.to_string()).collect();
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        assert_eq!(scan("model", &refs), Some(Value::from("deepseek-chat")));
+        // nested "model" keys are not top-level
+        assert_eq!(
+            scan("model", &[r#"{"tools":[{"model":"no"}],"x":1}"#]),
+            None
+        );
+        let resp = r#"{"id":"c","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}"#;
+        let u = scan("usage", &[resp]).unwrap();
+        assert_eq!(usage_of(&u), Some((12, 5)));
+        assert_eq!(
+            scan(
+                "usage",
+                &[r#"{"usage": {"prompt_tokens": 3, "completion_tokens": 4}}"#]
+            )
+            .and_then(|v| usage_of(&v)),
+            Some((3, 4))
+        );
+    }
+
+    const STREAM: &str = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+
+    #[test]
+    fn sse_usage_and_first_token_without_touching_frames() {
+        let mut s = SseScan::new(false);
+        let mut out = Vec::new();
+        for chunk in STREAM.as_bytes().chunks(7) {
+            out.extend_from_slice(&s.feed(Bytes::copy_from_slice(chunk)));
+        }
+        out.extend_from_slice(&s.finish());
+        assert_eq!(out, STREAM.as_bytes());
+        assert_eq!(s.usage, Some((7, 2)));
+        assert!(s.first_token.is_some() && s.first_event.is_some());
+        assert!(s.first_token >= s.first_event);
+    }
+
+    #[test]
+    fn sse_strip_removes_only_the_usage_chunk() {
+        let mut s = SseScan::new(true);
+        let mut out = Vec::new();
+        for chunk in STREAM.as_bytes().chunks(5) {
+            out.extend_from_slice(&s.feed(Bytes::copy_from_slice(chunk)));
+        }
+        out.extend_from_slice(&s.finish());
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("usage"), "{text}");
+        assert!(
+            text.contains("\"Hi\"") && text.ends_with("data: [DONE]\n\n"),
+            "{text}"
+        );
+        assert_eq!(s.usage, Some((7, 2)));
+    }
+
+    #[test]
+    fn token_detection() {
+        assert!(!has_token(br#"{"delta":{"content":""}}"#));
+        assert!(has_token(br#"{"delta":{"content": "a"}}"#));
+        assert!(has_token(br#"{"choices":[{"text":"a"}]}"#));
+        assert!(!has_token(br#"{"delta":{"role":"assistant"}}"#));
+    }
+}

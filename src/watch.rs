@@ -1,0 +1,191 @@
+//! The watcher tasks: feed request events into the stats and the guards, roll back or
+//! advance when the judgement says so, and probe provider health. All off the request
+//! path: the data plane only `try_send`s events into a bounded queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, Request, Uri};
+use switchyard_core::event::RequestEvent;
+use switchyard_proxy::body::RequestBody;
+use switchyard_proxy::upstream::Upstream;
+use switchyard_watch::{gate, Alert, Gate, Guard, Verdict};
+use tokio::sync::{mpsc, watch};
+
+use crate::control::Control;
+
+/// Room for bursts while the watcher is busy (e.g. persisting a rollback).
+pub const EVENT_QUEUE: usize = 8192;
+
+pub fn spawn(
+    control: Arc<Control>,
+    events: mpsc::Receiver<RequestEvent>,
+    stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(judge(control.clone(), events, stop.clone()));
+    tokio::spawn(health(control, stop));
+}
+
+async fn judge(
+    control: Arc<Control>,
+    mut events: mpsc::Receiver<RequestEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut to_guard = Guard::new(100);
+    let mut from_guard = Guard::new(100);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            _ = stop.changed() => return,
+            e = events.recv() => match e { Some(e) => Some(e), None => return },
+            _ = tick.tick() => None,
+        };
+        let snap = control.gateway().load();
+        let cfg = &snap.config;
+        let m = &cfg.migration;
+        let window = m.auto_rollback.as_ref().map_or(100, |a| a.window as usize);
+        if to_guard.epoch() != snap.epoch {
+            to_guard.reset(snap.epoch, window);
+            from_guard.reset(snap.epoch, window);
+        }
+        let to_name = cfg.providers[m.to].name.as_str();
+        let from_name = cfg.providers[m.from].name.as_str();
+        if let Some(e) = &event {
+            let now = control.watch.now_ms();
+            control
+                .watch
+                .stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(e, now);
+            if &*e.provider == to_name {
+                to_guard.record(e);
+            } else if &*e.provider == from_name {
+                from_guard.record(e);
+            }
+        }
+        let Some(ar) = &m.auto_rollback else { continue };
+        let to_verdict = to_guard.verdict(ar);
+        if event.is_some() {
+            if let Verdict::Breach {
+                metric,
+                value,
+                threshold,
+                ..
+            } = to_verdict
+            {
+                if !snap.state.rolled_back {
+                    control
+                        .auto_rollback(snap.epoch, metric, value, threshold)
+                        .await;
+                    continue;
+                }
+            }
+            if let Verdict::Breach {
+                metric,
+                value,
+                threshold,
+                seen,
+            } = from_guard.verdict(ar)
+            {
+                control.alerter.send(Alert {
+                    event: "threshold_breach",
+                    provider: Some(from_name.to_string()),
+                    phase: Some(snap.state.phase_name(&m.phases).to_string()),
+                    metric: Some(metric.to_string()),
+                    value: Some(value),
+                    threshold: Some(threshold),
+                    text: format!("`{from_name}` {metric} at {value:.3} over {threshold:.3} (last {seen} requests); no rollback: it is the `from` side"),
+                });
+            }
+        } else if m.auto_advance && !snap.state.rolled_back {
+            let Some(i) = snap.state.phase else { continue };
+            let decision = gate(
+                m.phases[i].hold,
+                control.watch.in_phase_for(),
+                i + 1 >= m.phases.len(),
+                &to_verdict,
+            );
+            match decision {
+                Gate::Advance => {
+                    tracing::info!(phase = %m.phases[i].name, "phase gate open: advancing");
+                    control.auto_advance(snap.epoch).await;
+                }
+                Gate::Wait(why) => control.watch.set_gate(why),
+            }
+        }
+    }
+}
+
+async fn health(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let snap = control.gateway().load();
+        let hc = snap.config.health_check.clone();
+        for up in &snap.upstreams {
+            let ok = probe(up, &hc.path, hc.timeout).await;
+            let changed = {
+                let mut health = control
+                    .watch
+                    .health
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let tracker = health.entry(up.name.to_string()).or_default();
+                let changed =
+                    tracker.observe(ok.is_ok(), hc.unhealthy_threshold, hc.healthy_threshold);
+                metrics::gauge!("switchyard_provider_healthy", "provider" => up.name.to_string())
+                    .set(if tracker.healthy() { 1.0 } else { 0.0 });
+                changed
+            };
+            if let Some(healthy) = changed {
+                let what = if healthy {
+                    "healthy again".to_string()
+                } else {
+                    format!("UNHEALTHY ({})", ok.err().unwrap_or_default())
+                };
+                control.alerter.send(Alert {
+                    event: "health",
+                    provider: Some(up.name.to_string()),
+                    metric: Some("healthy".into()),
+                    value: Some(if healthy { 1.0 } else { 0.0 }),
+                    text: format!("provider `{}` is {what}", up.name),
+                    ..Alert::default()
+                });
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(hc.interval) => {}
+        }
+    }
+}
+
+/// Sent by health checks, so providers' logs (and the test mock) can tell them apart.
+pub const HEALTH_USER_AGENT: &str = "switchyard-health-check";
+
+/// `GET base_url + path` with the provider key; 2xx is healthy.
+async fn probe(up: &Upstream, path: &str, timeout: Duration) -> Result<(), String> {
+    let uri = Uri::builder()
+        .scheme(up.scheme.clone())
+        .authority(up.authority.clone())
+        .path_and_query(format!("{}{}", up.config.base_path, path))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut req = Request::get(uri)
+        .body(RequestBody::empty())
+        .map_err(|e| e.to_string())?;
+    req.headers_mut().insert(header::HOST, up.host.clone());
+    req.headers_mut().insert(
+        header::USER_AGENT,
+        http::HeaderValue::from_static(HEALTH_USER_AGENT),
+    );
+    if let Some(a) = &up.auth {
+        req.headers_mut().insert(header::AUTHORIZATION, a.clone());
+    }
+    match tokio::time::timeout(timeout, up.client.request(req)).await {
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Ok(Err(e)) => Err(format!("cannot reach it: {e}")),
+        Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+        Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
+    }
+}
