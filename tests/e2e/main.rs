@@ -9,3 +9,4 @@ mod phases;
 mod proxy;
 mod routing;
 mod security;
+mod watch;

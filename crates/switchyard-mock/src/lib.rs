@@ -15,6 +15,8 @@
 //! | `x-mock-chunk-delay-ms: 10` | pause before each SSE chunk |
 //! | `x-mock-cut-after: 2` | abort the SSE stream after that many chunks |
 //!
+//! `POST …/webhook` answers 200 and is recorded: a mock can receive alerts too.
+//!
 //! Every request is recorded ([`Mock::received`]); requests whose client went away before
 //! the answer was complete are counted ([`Mock::cancelled`]).
 
@@ -432,6 +434,11 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
             r.headers_mut().insert("x-mock-provider", v);
         }
         return r;
+    }
+    if p.ends_with("/webhook") && parts.method == Method::POST {
+        // Lets one mock stand in as an alert receiver too.
+        guard.done();
+        return json_response(StatusCode::OK, &json!({"ok": true}), name);
     }
     if p.ends_with("/models") && parts.method == Method::GET {
         guard.done();

@@ -355,7 +355,7 @@ impl Body for ResponseBody {
         loop {
             if *this.upstream_done {
                 // A stripped stream may hold a last partial event: hand it over, then end.
-                if let Sniff::Sse(scan) = this.sniff {
+                if let (Sniff::Sse(scan), Some(_)) = (&mut *this.sniff, this.on_end.as_ref()) {
                     let rest = scan.finish();
                     if !rest.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(rest))));
@@ -368,6 +368,7 @@ impl Body for ResponseBody {
             }
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
+                    let last = this.inner.is_end_stream();
                     let frame = match frame.into_data() {
                         Ok(data) => {
                             *this.bytes += data.len() as u64;
@@ -377,14 +378,31 @@ impl Body for ResponseBody {
                                     j.feed(&data);
                                     data
                                 }
-                                Sniff::Sse(s) => s.feed(data),
+                                Sniff::Sse(s) => {
+                                    let out = s.feed(data);
+                                    if last {
+                                        let rest = s.finish();
+                                        if rest.is_empty() {
+                                            out
+                                        } else {
+                                            [out, rest].concat().into()
+                                        }
+                                    } else {
+                                        out
+                                    }
+                                }
                             };
                             Frame::data(out)
                         }
                         Err(frame) => frame,
                     };
-                    if this.inner.is_end_stream() {
+                    if last {
+                        // hyper stops polling once a body says it ended (e.g. content-length
+                        // reached): account now, not on a poll that never comes.
                         *this.upstream_done = true;
+                        if let Some(cb) = this.on_end.take() {
+                            cb.on_end(End::Complete, this.sniff.summary(*this.bytes));
+                        }
                     } else {
                         let deadline = tokio::time::Instant::now() + *this.idle_timeout;
                         this.idle.as_mut().reset(deadline);
@@ -416,7 +434,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.on_end.is_none() && self.inner.is_end_stream()
+        self.upstream_done && self.on_end.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

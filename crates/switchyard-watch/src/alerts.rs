@@ -43,9 +43,16 @@ impl Alert {
         })
     }
 
+    /// Same event, provider, phase and metric: a repeat. Health keeps its direction in
+    /// the key, so "down" never hides the "up" that follows.
     fn cooldown_key(&self) -> String {
+        let direction = if self.event == "health" {
+            self.value.map_or(String::new(), |v| v.to_string())
+        } else {
+            String::new()
+        };
         format!(
-            "{}|{}|{}|{}",
+            "{}|{}|{}|{}|{direction}",
             self.event,
             self.provider.as_deref().unwrap_or(""),
             self.phase.as_deref().unwrap_or(""),
