@@ -403,7 +403,14 @@ impl Control {
     }
 
     /// The rollback guard tripped. A no-op when already rolled back.
-    pub async fn auto_rollback(&self, epoch: u64, metric: &str, value: f64, threshold: f64) {
+    pub async fn auto_rollback(
+        &self,
+        epoch: u64,
+        metric: &str,
+        value: f64,
+        threshold: f64,
+        seen: usize,
+    ) {
         let s = self.gateway.load();
         if s.state.rolled_back || s.epoch != epoch {
             return;
