@@ -72,12 +72,12 @@ async fn judge(
                 metric,
                 value,
                 threshold,
-                ..
+                seen,
             } = to_verdict
             {
                 if !snap.state.rolled_back {
                     control
-                        .auto_rollback(snap.epoch, metric, value, threshold)
+                        .auto_rollback(snap.epoch, metric, value, threshold, seen)
                         .await;
                     continue;
                 }
