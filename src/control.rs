@@ -417,12 +417,7 @@ impl Control {
         }
         let to = &s.config.providers[s.config.migration.to].name;
         let reason = format!(
-            "{metric} of `{to}` at {value:.3} over the limit {threshold:.3} (last {} requests)",
-            s.config
-                .migration
-                .auto_rollback
-                .as_ref()
-                .map_or(0, |a| a.window)
+            "{metric} of `{to}` at {value:.3} over the limit {threshold:.3} (last {seen} requests)"
         );
         if let Err(e) = self
             .rollback_by(Trigger::Auto, reason, Some((metric, value, threshold)))
