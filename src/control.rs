@@ -14,11 +14,13 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use switchyard_admin::{AdminError, AdminHandle, AdminResult};
-use switchyard_core::event::RequestEvent;
+use switchyard_core::event::{RequestEvent, ShadowEvent};
 use switchyard_core::migration::TransitionError;
 use switchyard_core::{Config, MigrationState, Trigger};
+use switchyard_proxy::shadow::ShadowRuntime;
+use switchyard_proxy::Sinks;
 use switchyard_proxy::{Gateway, Snapshot};
-use switchyard_watch::{Alert, Alerter, HealthTracker, Stats};
+use switchyard_watch::{Alert, Alerter, HealthTracker, ShadowStats, Stats};
 use tokio::sync::{mpsc, watch, Mutex};
 
 /// `<config>.state.json`: the phase an operator set through the admin API.
@@ -68,6 +70,7 @@ pub struct Control {
 /// What the watchers learned, shared with the admin API.
 pub struct WatchState {
     pub stats: std::sync::Mutex<Stats>,
+    pub shadow: std::sync::Mutex<ShadowStats>,
     pub health: std::sync::Mutex<BTreeMap<String, HealthTracker>>,
     started: Instant,
     /// When the current phase (or rollback) began.
@@ -131,6 +134,7 @@ impl Control {
         path: PathBuf,
         prometheus: PrometheusHandle,
         events: mpsc::Sender<RequestEvent>,
+        shadow_events: mpsc::Sender<ShadowEvent>,
         stop: watch::Receiver<bool>,
     ) -> Result<(Control, Arc<Config>), String> {
         let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -142,7 +146,14 @@ impl Control {
         for w in warnings {
             tracing::warn!("{w}");
         }
-        let gateway = Arc::new(Gateway::new(snapshot, Some(events)));
+        let shadow = ShadowRuntime::new(config.shadow.max_concurrent, shadow_events);
+        let gateway = Arc::new(Gateway::new(
+            snapshot,
+            Sinks {
+                events: Some(events),
+                shadow: Some(Arc::new(shadow)),
+            },
+        ));
         let alerter = Alerter::start(webhook_url(&config), cooldown(&config), stop);
         let watch = WatchState {
             stats: std::sync::Mutex::new(Stats::new(
@@ -150,6 +161,7 @@ impl Control {
                 config.stats.window,
             )),
             health: std::sync::Mutex::new(BTreeMap::new()),
+            shadow: std::sync::Mutex::new(ShadowStats::new(config.stats.window_requests)),
             started: Instant::now(),
             phase_since: std::sync::Mutex::new(entered_at.unwrap_or_else(SystemTime::now)),
             gate: std::sync::Mutex::new(None),
@@ -571,7 +583,13 @@ impl AdminHandle for Control {
         let now = self.watch.now_ms();
         let mut stats = self.watch.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut v = stats.view(now, names[m.from], names[m.to], &names);
-        v["shadow"] = Value::Null;
+        v["shadow"] = self
+            .watch
+            .shadow
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .view()
+            .unwrap_or(Value::Null);
         Some(v)
     }
 

@@ -21,6 +21,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     switchyard_proxy::metrics::describe();
+    switchyard_proxy::shadow::describe();
     metrics::describe_gauge!(
         "switchyard_migration_percent",
         "Percent of routing keys sent to the `to` provider now"
@@ -47,9 +48,16 @@ pub async fn run(path: PathBuf) -> Result<(), String> {
     let prometheus = install_metrics()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (events_tx, events_rx) = mpsc::channel(crate::watch::EVENT_QUEUE);
-    let (control, config) = Control::start(path, prometheus.clone(), events_tx, stop_rx.clone())?;
+    let (shadow_tx, shadow_rx) = mpsc::channel(crate::watch::EVENT_QUEUE);
+    let (control, config) = Control::start(
+        path,
+        prometheus.clone(),
+        events_tx,
+        shadow_tx,
+        stop_rx.clone(),
+    )?;
     let control = Arc::new(control);
-    crate::watch::spawn(control.clone(), events_rx, stop_rx.clone());
+    crate::watch::spawn(control.clone(), events_rx, shadow_rx, stop_rx.clone());
 
     let tls = match &config.tls {
         Some(t) => Some(switchyard_proxy::tls::acceptor(&t.cert, &t.key)?),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, Request, Uri};
-use switchyard_core::event::RequestEvent;
+use switchyard_core::event::{RequestEvent, ShadowEvent};
 use switchyard_proxy::body::RequestBody;
 use switchyard_proxy::upstream::Upstream;
 use switchyard_watch::{gate, Alert, Gate, Guard, Verdict};
@@ -20,9 +20,11 @@ pub const EVENT_QUEUE: usize = 8192;
 pub fn spawn(
     control: Arc<Control>,
     events: mpsc::Receiver<RequestEvent>,
+    shadows: mpsc::Receiver<ShadowEvent>,
     stop: watch::Receiver<bool>,
 ) {
     tokio::spawn(judge(control.clone(), events, stop.clone()));
+    tokio::spawn(compare(control.clone(), shadows, stop.clone()));
     tokio::spawn(health(control, stop));
 }
 
@@ -115,6 +117,25 @@ async fn judge(
                 Gate::Wait(why) => control.watch.set_gate(why),
             }
         }
+    }
+}
+
+async fn compare(
+    control: Arc<Control>,
+    mut shadows: mpsc::Receiver<ShadowEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let e = tokio::select! {
+            _ = stop.changed() => return,
+            e = shadows.recv() => match e { Some(e) => e, None => return },
+        };
+        control
+            .watch
+            .shadow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(&e);
     }
 }
 

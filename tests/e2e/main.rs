@@ -9,4 +9,5 @@ mod phases;
 mod proxy;
 mod routing;
 mod security;
+mod shadow;
 mod watch;

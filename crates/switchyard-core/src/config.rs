@@ -35,6 +35,15 @@ struct RawConfig {
     cluster: Option<RawCluster>,
     server: Option<RawServer>,
     stats: Option<RawStats>,
+    shadow: Option<RawShadow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    max_body_size: Option<String>,
+    max_concurrent: Option<usize>,
+    max_response_size: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +186,17 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     pub server: ServerConfig,
     pub stats: StatsConfig,
+    pub shadow: ShadowConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowConfig {
+    /// Requests with larger bodies are not mirrored (counted as `too_large`).
+    pub max_body_bytes: u64,
+    /// Mirrored requests in flight at once; more are dropped (counted).
+    pub max_concurrent: usize,
+    /// A shadow answer is read up to this size for the comparison.
+    pub max_response_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -902,6 +922,40 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
             window,
         }
     };
+    let shadow = {
+        let s = raw.shadow.as_ref();
+        let size = |c: &mut Collector, key: &str, v: Option<&String>, default: u64| match v
+            .map(|v| parse_size(v))
+        {
+            None => default,
+            Some(Ok(n)) => n,
+            Some(Err(e)) => {
+                c.err(key, e);
+                default
+            }
+        };
+        let max_body_bytes = size(
+            c,
+            "shadow.max_body_size",
+            s.and_then(|s| s.max_body_size.as_ref()),
+            1 << 20,
+        );
+        let max_response_bytes = size(
+            c,
+            "shadow.max_response_size",
+            s.and_then(|s| s.max_response_size.as_ref()),
+            4 << 20,
+        );
+        let max_concurrent = s.and_then(|s| s.max_concurrent).unwrap_or(64);
+        if max_concurrent == 0 {
+            c.err("shadow.max_concurrent", "must be at least 1");
+        }
+        ShadowConfig {
+            max_body_bytes,
+            max_concurrent,
+            max_response_bytes,
+        }
+    };
     let auto_advance = m.auto_advance.unwrap_or(false);
     if auto_advance && auto_rollback.is_none() {
         c.err(
@@ -933,6 +987,7 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         cluster,
         server,
         stats,
+        shadow,
     }
 }
 

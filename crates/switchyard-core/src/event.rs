@@ -87,3 +87,34 @@ impl RequestEvent {
         }
     }
 }
+
+/// One mirrored request: the primary's answer and the shadow's, side by side.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowEvent {
+    /// `completed`, or why there is no comparison: `error`, `timeout`, `dropped`
+    /// (too many in flight), `too_large` (body over the shadow limit), `aborted`
+    /// (the primary request never finished sending its body).
+    pub result: &'static str,
+    pub comparison: Option<ShadowComparison>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowComparison {
+    pub primary_status: u16,
+    pub shadow_status: u16,
+    pub primary_latency: Duration,
+    pub shadow_latency: Duration,
+    pub primary_ttft: Option<Duration>,
+    pub shadow_ttft: Option<Duration>,
+    pub primary_tokens: (u64, u64),
+    pub shadow_tokens: (u64, u64),
+    pub primary_cost_usd: Option<f64>,
+    pub shadow_cost_usd: Option<f64>,
+    /// Both answers had text and it is the same.
+    pub exact_match: bool,
+    /// Sørensen–Dice similarity of the two texts (0..1), when both had text.
+    pub similarity: Option<f64>,
+    /// When the request asked for JSON (`response_format`): whether each answer's text parses.
+    pub primary_json_valid: Option<bool>,
+    pub shadow_json_valid: Option<bool>,
+}

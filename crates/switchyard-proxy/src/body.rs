@@ -18,7 +18,8 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use crate::sniff::{usage_of, JsonKey, SseScan};
+use crate::sniff::{text_of_json, usage_of, JsonKey, SseScan, MAX_TEXT};
+use bytes::BytesMut;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -88,6 +89,51 @@ pub struct RequestBody {
     limit: u64,
     seen: u64,
     model_scan: Option<JsonKey>,
+    tee: Option<Tee>,
+}
+
+/// Why a mirrored copy of the body could not be made.
+pub type TeeResult = Result<Bytes, &'static str>;
+
+/// Copies the body for a shadow request as it streams upstream (bounded); the copy is
+/// handed over when the body ends. Dropped before the end: the shadow is aborted.
+pub struct Tee {
+    buf: BytesMut,
+    max: u64,
+    tx: tokio::sync::oneshot::Sender<TeeResult>,
+}
+
+impl Tee {
+    pub fn new(max: u64) -> (Tee, tokio::sync::oneshot::Receiver<TeeResult>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            Tee {
+                buf: BytesMut::new(),
+                max,
+                tx,
+            },
+            rx,
+        )
+    }
+
+    /// Hands over a body the gateway already holds whole.
+    pub fn complete_with(self, bytes: Bytes) {
+        let r = if bytes.len() as u64 > self.max {
+            Err("too_large")
+        } else {
+            Ok(bytes)
+        };
+        let _ = self.tx.send(r);
+    }
+
+    /// Copies `data`; false when the copy went over its limit (and was given up).
+    fn push(&mut self, data: &[u8]) -> bool {
+        if self.buf.len() as u64 + data.len() as u64 > self.max {
+            return false;
+        }
+        self.buf.extend_from_slice(data);
+        true
+    }
 }
 
 const MODEL_MAX: usize = 256;
@@ -119,7 +165,18 @@ impl RequestBody {
             limit,
             seen: 0,
             model_scan: Some(JsonKey::new("model", MODEL_MAX)),
+            tee: None,
         }
+    }
+
+    /// Mirrors the body into `tee` as it streams.
+    pub fn with_tee(mut self, tee: Tee) -> Self {
+        if matches!(self.source, Source::Done) {
+            tee.complete_with(Bytes::new());
+        } else {
+            self.tee = Some(tee);
+        }
+        self
     }
 
     /// A body the gateway already holds whole (it rewrote it).
@@ -132,6 +189,7 @@ impl RequestBody {
             limit: u64::MAX,
             seen: 0,
             model_scan: None,
+            tee: None,
         }
     }
 
@@ -147,6 +205,7 @@ impl RequestBody {
             limit: 0,
             seen: 0,
             model_scan: None,
+            tee: None,
         }
     }
 
@@ -188,6 +247,13 @@ impl Body for RequestBody {
                     if this.seen > this.limit {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
+                    if let Some(tee) = &mut this.tee {
+                        if !tee.push(d) {
+                            if let Some(t) = this.tee.take() {
+                                let _ = t.tx.send(Err("too_large"));
+                            }
+                        }
+                    }
                     if let Some(scan) = &mut this.model_scan {
                         scan.feed(d);
                         if let Some(m) = scan.value() {
@@ -198,11 +264,20 @@ impl Body for RequestBody {
                         }
                     }
                 }
+                // hyper stops polling once a sized body is complete: hand the copy over now.
+                if matches!(&this.source, Source::Live(i) if i.is_end_stream()) {
+                    if let Some(t) = this.tee.take() {
+                        let _ = t.tx.send(Ok(t.buf.freeze()));
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
             None => {
                 this.source = Source::Done;
+                if let Some(t) = this.tee.take() {
+                    let _ = t.tx.send(Ok(t.buf.freeze()));
+                }
                 Poll::Ready(None)
             }
         }
@@ -236,7 +311,7 @@ pub enum End {
 }
 
 /// What was learned from a response body by the time it ended.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BodySummary {
     pub bytes: u64,
     /// `(prompt_tokens, completion_tokens)` when the provider reported usage.
@@ -244,6 +319,8 @@ pub struct BodySummary {
     /// SSE: when the first token (or, failing that, the first event) arrived.
     pub first_token: Option<Instant>,
     pub stream: bool,
+    /// The answer's text, when it was captured (shadowed requests).
+    pub content: Option<String>,
 }
 
 /// Called once when a response body ends, however it ends.
@@ -254,20 +331,29 @@ pub trait OnEnd: Send + 'static {
 /// How the response body is read as it passes.
 pub enum Sniff {
     None,
-    /// A JSON body: capture its top-level `usage`.
-    Json(Box<JsonKey>),
+    /// A JSON body: capture its top-level `usage` (and, for a comparison, a bounded copy).
+    Json(Box<JsonKey>, Option<BytesMut>),
     /// An SSE stream (optionally stripping the usage chunk the gateway asked for).
     Sse(Box<SseScan>),
 }
 
 impl Sniff {
     /// Chooses by the response's content type.
-    pub fn for_content_type(content_type: Option<&[u8]>, strip_usage: bool) -> Sniff {
+    /// `capture`: also keep the answer's text, for a shadow comparison.
+    pub fn for_content_type(
+        content_type: Option<&[u8]>,
+        strip_usage: bool,
+        capture: bool,
+    ) -> Sniff {
         let ct = content_type.unwrap_or_default();
         if ct.starts_with(b"text/event-stream") {
-            Sniff::Sse(Box::new(SseScan::new(strip_usage)))
+            let scan = SseScan::new(strip_usage);
+            Sniff::Sse(Box::new(if capture { scan.capturing() } else { scan }))
         } else if ct.starts_with(b"application/json") {
-            Sniff::Json(Box::new(JsonKey::new("usage", 4096)))
+            Sniff::Json(
+                Box::new(JsonKey::new("usage", 4096)),
+                capture.then(BytesMut::new),
+            )
         } else {
             Sniff::None
         }
@@ -279,9 +365,10 @@ impl Sniff {
                 bytes,
                 ..BodySummary::default()
             },
-            Sniff::Json(j) => BodySummary {
+            Sniff::Json(j, copy) => BodySummary {
                 bytes,
                 usage: j.value().as_ref().and_then(usage_of),
+                content: copy.as_ref().and_then(|c| text_of_json(c)),
                 ..BodySummary::default()
             },
             Sniff::Sse(s) => BodySummary {
@@ -289,6 +376,7 @@ impl Sniff {
                 usage: s.usage,
                 first_token: s.first_token.or(s.first_event),
                 stream: true,
+                content: s.content.clone(),
             },
         }
     }
@@ -374,8 +462,13 @@ impl Body for ResponseBody {
                             *this.bytes += data.len() as u64;
                             let out = match this.sniff {
                                 Sniff::None => data,
-                                Sniff::Json(j) => {
+                                Sniff::Json(j, copy) => {
                                     j.feed(&data);
+                                    if let Some(c) = copy {
+                                        if c.len() + data.len() <= MAX_TEXT {
+                                            c.extend_from_slice(&data);
+                                        }
+                                    }
                                     data
                                 }
                                 Sniff::Sse(s) => {

@@ -6,10 +6,11 @@ pub mod headers;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod shadow;
 pub mod snapshot;
 pub mod sniff;
 pub mod tls;
 pub mod upstream;
 
 pub use server::{serve, ServerLimits};
-pub use snapshot::{Gateway, Snapshot};
+pub use snapshot::{Gateway, Sinks, Snapshot};

@@ -41,7 +41,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
-use switchyard_core::event::{Class, RequestEvent};
+use switchyard_core::event::{Class, RequestEvent, ShadowEvent};
 use switchyard_core::router::Side;
 use switchyard_core::ErrorKind;
 use tower::{Service, ServiceBuilder};
@@ -52,10 +52,11 @@ use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 use crate::body::{
     BodySummary, BodyTooLarge, End, GatewayBody, OnEnd, RequestBody, RequestShared, ResponseBody,
-    Sniff,
+    Sniff, Tee,
 };
 use crate::headers::{strip_hop_by_hop, upstream_path};
 use crate::metrics::{Outcome, EVENTS_DROPPED, REJECTED_TOTAL};
+use crate::shadow::{self, Mirror, Pair, SideResult};
 use crate::snapshot::{Gateway, Snapshot};
 use crate::upstream::Upstream;
 
@@ -188,14 +189,20 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
     let request_id = request_id_of(&req);
     let limit = snap.config.server.max_body_bytes;
 
-    let side = {
+    let m = &snap.config.migration;
+    let bucket = {
         let key = match req.headers().get(&snap.sticky_header) {
             Some(v) if !v.is_empty() => v.as_bytes(),
             _ => request_id.as_bytes(),
         };
-        snap.config.migration.router.side(key, snap.to_buckets)
+        m.router.bucket(key)
     };
-    let m = &snap.config.migration;
+    // The documented rule (router.rs): buckets below `percent × 100` go to `to`.
+    let side = if bucket < snap.to_buckets {
+        Side::To
+    } else {
+        Side::From
+    };
     let (first, other) = match side {
         Side::To => (m.to, m.from),
         Side::From => (m.from, m.to),
@@ -219,7 +226,36 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
         start: Instant::now(),
         shared: None,
         strip_usage: false,
+        shadow: None,
     };
+
+    // A stable share of what `from` serves is mirrored to `to`.
+    let mut tee = None;
+    if side == Side::From
+        && m.from != m.to
+        && shadow::mirrored(bucket, snap.to_buckets, m.shadow_buckets)
+    {
+        if let Some(rt) = &snap.shadow {
+            match rt.permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let (t, rx) = Tee::new(snap.config.shadow.max_body_bytes);
+                    let pair = Pair::new(rt.clone());
+                    let mirror = Mirror {
+                        method: parts.method.clone(),
+                        uri: parts.uri.clone(),
+                        headers: parts.headers.clone(),
+                    };
+                    tokio::spawn(shadow::run(snap.clone(), mirror, rx, pair.clone(), permit));
+                    ex.shadow = Some(pair);
+                    tee = Some(t);
+                }
+                Err(_) => rt.report(ShadowEvent {
+                    result: "dropped",
+                    comparison: None,
+                }),
+            }
+        }
+    }
 
     let inject = snap.upstreams[first].config.inject_stream_usage
         && parts.method == Method::POST
@@ -262,6 +298,9 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
             let _ = shared.model.set(m.into());
         }
         ex.shared = Some(shared.clone());
+        if let Some(t) = tee.take() {
+            t.complete_with(bytes.clone());
+        }
         Replay::Bytes(bytes, shared)
     } else {
         let (first_body, shared) = RequestBody::streaming(body, limit);
@@ -276,7 +315,10 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
         let up = &snap.upstreams[index];
         let body = match &mut replay {
             Replay::Bytes(b, shared) => RequestBody::buffered(b.clone(), shared.clone()),
-            Replay::Shared(shared) => RequestBody::retry(shared, hint, limit),
+            Replay::Shared(shared) => match tee.take() {
+                Some(t) => RequestBody::retry(shared, hint, limit).with_tee(t),
+                None => RequestBody::retry(shared, hint, limit),
+            },
         };
         let upstream_req = match build_upstream_request(&parts, up, body) {
             Ok(r) => r,
@@ -312,7 +354,15 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
                 if e.is_connect() && untouched && failed_over_from.is_none() && other != index {
                     tracing::warn!(request_id = ?ex.request_id, provider = %up.name, error = %ErrorChain(&e), "cannot connect; failing over");
                     up.metrics.failovers.increment(1);
-                    ex.account(up, index, 0, Class::Connect, None, BodySummary::default());
+                    ex.account(
+                        up,
+                        index,
+                        0,
+                        Class::Connect,
+                        None,
+                        BodySummary::default(),
+                        false,
+                    );
                     failed_over_from = Some(up);
                     index = other;
                     continue;
@@ -422,6 +472,8 @@ struct Exchange {
     shared: Option<Arc<RequestShared>>,
     /// The gateway asked for stream usage on the client's behalf: strip that chunk.
     strip_usage: bool,
+    /// This request is mirrored: its answer meets the shadow's here.
+    shadow: Option<Arc<Pair>>,
 }
 
 impl Exchange {
@@ -453,6 +505,7 @@ impl Exchange {
                 .get(header::CONTENT_TYPE)
                 .map(HeaderValue::as_bytes),
             self.strip_usage,
+            self.shadow.is_some(),
         );
         if self.strip_usage && matches!(sniff, Sniff::Sse(_)) {
             parts.headers.remove(header::CONTENT_LENGTH);
@@ -494,6 +547,7 @@ impl Exchange {
             class,
             None,
             BodySummary::default(),
+            true,
         );
         let mut r = error_response(kind, message, &self.request_id);
         r.headers_mut()
@@ -502,6 +556,8 @@ impl Exchange {
     }
 
     /// Metrics, tokens and cost, the watchers' event, the access log: once per attempt.
+    /// `last`: this attempt is the answer (not one that failed over), which a shadow meets.
+    #[allow(clippy::too_many_arguments)]
     fn account(
         &self,
         up: &Upstream,
@@ -509,7 +565,8 @@ impl Exchange {
         status: u16,
         class: Class,
         ttfb: Option<std::time::Duration>,
-        summary: BodySummary,
+        mut summary: BodySummary,
+        last: bool,
     ) {
         let elapsed = self.start.elapsed();
         let m = &up.metrics;
@@ -589,6 +646,16 @@ impl Exchange {
                 completion,
             );
         }
+        if let (true, Some(pair)) = (last, &self.shadow) {
+            pair.primary(SideResult {
+                status,
+                latency: elapsed,
+                ttft: ttfb,
+                tokens: (prompt, completion),
+                cost,
+                content: summary.content.take(),
+            });
+        }
     }
 }
 
@@ -620,6 +687,7 @@ impl OnEnd for Finish {
             class,
             Some(self.first_byte),
             summary,
+            true,
         );
     }
 }

@@ -10,6 +10,7 @@ use switchyard_core::event::RequestEvent;
 use switchyard_core::{Config, MigrationState};
 use tokio::sync::mpsc;
 
+use crate::shadow::ShadowRuntime;
 use crate::upstream::{BuildError, Upstream};
 
 pub struct Snapshot {
@@ -28,6 +29,15 @@ pub struct Snapshot {
     pub epoch: u64,
     /// Where finished requests are reported (set by [`Gateway`]).
     pub events: Option<mpsc::Sender<RequestEvent>>,
+    /// Shadow traffic's cap and result queue (set by [`Gateway`]).
+    pub shadow: Option<Arc<ShadowRuntime>>,
+}
+
+/// Where the data plane reports to: finished requests and shadow comparisons.
+#[derive(Default)]
+pub struct Sinks {
+    pub events: Option<mpsc::Sender<RequestEvent>>,
+    pub shadow: Option<Arc<ShadowRuntime>>,
 }
 
 impl Snapshot {
@@ -97,6 +107,7 @@ impl Snapshot {
                 client_keys,
                 epoch,
                 events: None,
+                shadow: None,
             },
             warnings,
         ))
@@ -114,6 +125,7 @@ impl Snapshot {
             client_keys: self.client_keys.clone(),
             epoch: self.epoch + 1,
             events: self.events.clone(),
+            shadow: self.shadow.clone(),
         }
     }
 
@@ -125,18 +137,19 @@ impl Snapshot {
 /// What the data plane shares: the current snapshot.
 pub struct Gateway {
     current: ArcSwap<Snapshot>,
-    events: Option<mpsc::Sender<RequestEvent>>,
+    sinks: Sinks,
 }
 
 impl Gateway {
-    /// `events`: a bounded queue to the watchers; when it is full, events are dropped (and
-    /// counted), never waited for.
-    pub fn new(mut snapshot: Snapshot, events: Option<mpsc::Sender<RequestEvent>>) -> Self {
+    /// `sinks.events`: a bounded queue to the watchers; when it is full, events are dropped
+    /// (and counted), never waited for.
+    pub fn new(mut snapshot: Snapshot, sinks: Sinks) -> Self {
         metrics::gauge!("switchyard_migration_percent").set(snapshot.percent());
-        snapshot.events = events.clone();
+        snapshot.events = sinks.events.clone();
+        snapshot.shadow = sinks.shadow.clone();
         Gateway {
             current: ArcSwap::from_pointee(snapshot),
-            events,
+            sinks,
         }
     }
 
@@ -147,7 +160,8 @@ impl Gateway {
 
     /// The one place a new snapshot goes live.
     pub fn store(&self, mut snapshot: Snapshot) {
-        snapshot.events = self.events.clone();
+        snapshot.events = self.sinks.events.clone();
+        snapshot.shadow = self.sinks.shadow.clone();
         metrics::gauge!("switchyard_migration_percent").set(snapshot.percent());
         self.current.store(Arc::new(snapshot));
     }

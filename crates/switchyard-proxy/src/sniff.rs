@@ -165,9 +165,23 @@ pub struct SseScan {
     pub first_event: Option<Instant>,
     pub first_token: Option<Instant>,
     overflow: bool,
+    /// The answer's text (delta contents), collected only when asked for (shadow comparisons).
+    pub content: Option<String>,
 }
 
 const MAX_CARRY: usize = 256 * 1024;
+/// Text kept for a comparison.
+pub const MAX_TEXT: usize = 1 << 20;
+
+/// The answer's text in a JSON body: chat `message.content`, or legacy `text`.
+pub fn text_of_json(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let c = &v["choices"][0];
+    c["message"]["content"]
+        .as_str()
+        .or_else(|| c["text"].as_str())
+        .map(str::to_string)
+}
 
 impl SseScan {
     pub fn new(strip: bool) -> Self {
@@ -178,7 +192,14 @@ impl SseScan {
             first_event: None,
             first_token: None,
             overflow: false,
+            content: None,
         }
+    }
+
+    /// Also collect the text of the answer (bounded), for a shadow comparison.
+    pub fn capturing(mut self) -> Self {
+        self.content = Some(String::new());
+        self
     }
 
     /// Returns what to pass to the client for this frame (possibly empty).
@@ -259,8 +280,24 @@ impl SseScan {
         }
         let now = Instant::now();
         self.first_event.get_or_insert(now);
-        if self.first_token.is_none() && has_token(payload) {
+        let token = has_token(payload);
+        if self.first_token.is_none() && token {
             self.first_token = Some(now);
+        }
+        if token {
+            if let Some(text) = &mut self.content {
+                if text.len() < MAX_TEXT {
+                    if let Ok(v) = serde_json::from_slice::<Value>(payload) {
+                        let c = &v["choices"][0];
+                        if let Some(t) = c["delta"]["content"]
+                            .as_str()
+                            .or_else(|| c["text"].as_str())
+                        {
+                            text.push_str(t);
+                        }
+                    }
+                }
+            }
         }
         if !contains(payload, b"\"usage\"") {
             return false;

@@ -8,9 +8,11 @@
 pub mod alerts;
 pub mod guard;
 pub mod health;
+pub mod shadow;
 pub mod stats;
 
 pub use alerts::{Alert, Alerter};
 pub use guard::{gate, Gate, Guard, Verdict};
 pub use health::HealthTracker;
+pub use shadow::ShadowStats;
 pub use stats::Stats;

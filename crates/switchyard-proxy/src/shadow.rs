@@ -1,0 +1,354 @@
+//! Shadow traffic: a stable share of the requests `from` serves is mirrored to `to`
+//! (`x-switchyard-shadow: 1`), fire-and-forget. The copy never delays, alters or fails the
+//! primary: its body is teed as the primary's streams upstream (bounded), it runs on its own
+//! task under a concurrency cap (excess is dropped and counted), and its answer is read
+//! whole and compared with the primary's when both are done.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use switchyard_core::event::{ShadowComparison, ShadowEvent};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::body::{RequestBody, RequestShared, TeeResult};
+use crate::headers::upstream_path;
+use crate::snapshot::Snapshot;
+use crate::sniff::{text_of_json, usage_of, JsonKey, SseScan};
+
+pub static X_SWITCHYARD_SHADOW: HeaderName = HeaderName::from_static("x-switchyard-shadow");
+
+pub const SHADOW_REQUESTS: &str = "switchyard_shadow_requests_total";
+pub const SHADOW_COST: &str = "switchyard_shadow_cost_usd_total";
+pub const SHADOW_DURATION: &str = "switchyard_shadow_duration_seconds";
+
+pub fn describe() {
+    metrics::describe_counter!(
+        SHADOW_REQUESTS,
+        "Mirrored requests by result (completed, error, timeout, dropped, too_large, aborted)"
+    );
+    metrics::describe_gauge!(
+        SHADOW_COST,
+        "USD the shadow answers cost, apart from served cost (only grows)"
+    );
+    metrics::describe_histogram!(
+        SHADOW_DURATION,
+        metrics::Unit::Seconds,
+        "Whole duration of shadow requests"
+    );
+}
+
+/// Lives as long as the gateway: the cap on shadows in flight and where results go.
+pub struct ShadowRuntime {
+    pub permits: Arc<Semaphore>,
+    pub events: mpsc::Sender<ShadowEvent>,
+}
+
+impl ShadowRuntime {
+    pub fn new(max_concurrent: usize, events: mpsc::Sender<ShadowEvent>) -> Self {
+        ShadowRuntime {
+            permits: Arc::new(Semaphore::new(max_concurrent)),
+            events,
+        }
+    }
+
+    pub fn report(&self, event: ShadowEvent) {
+        metrics::counter!(SHADOW_REQUESTS, "result" => event.result).increment(1);
+        let _ = self.events.try_send(event);
+    }
+}
+
+/// One side's answer, as the comparison needs it.
+#[derive(Debug, Clone, Default)]
+pub struct SideResult {
+    pub status: u16,
+    pub latency: Duration,
+    pub ttft: Option<Duration>,
+    pub tokens: (u64, u64),
+    pub cost: Option<f64>,
+    pub content: Option<String>,
+}
+
+#[derive(Default)]
+struct PairState {
+    primary: Option<SideResult>,
+    shadow: Option<SideResult>,
+    json_asked: bool,
+    done: bool,
+}
+
+/// Where the primary and its shadow meet; whichever finishes second compares.
+pub struct Pair {
+    state: Mutex<PairState>,
+    runtime: Arc<ShadowRuntime>,
+}
+
+impl Pair {
+    pub fn new(runtime: Arc<ShadowRuntime>) -> Arc<Pair> {
+        Arc::new(Pair {
+            state: Mutex::new(PairState::default()),
+            runtime,
+        })
+    }
+
+    pub fn primary(&self, r: SideResult) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.primary = Some(r);
+        self.compare_if_ready(&mut s);
+    }
+
+    fn shadow(&self, r: SideResult, json_asked: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.shadow = Some(r);
+        s.json_asked = json_asked;
+        self.compare_if_ready(&mut s);
+    }
+
+    fn failed(&self, why: &'static str) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.done {
+            s.done = true;
+            self.runtime.report(ShadowEvent {
+                result: why,
+                comparison: None,
+            });
+        }
+    }
+
+    fn compare_if_ready(&self, s: &mut PairState) {
+        if s.done {
+            return;
+        }
+        let (Some(p), Some(sh)) = (&s.primary, &s.shadow) else {
+            return;
+        };
+        s.done = true;
+        self.runtime.report(ShadowEvent {
+            result: "completed",
+            comparison: Some(compare(p, sh, s.json_asked)),
+        });
+    }
+}
+
+pub fn compare(p: &SideResult, s: &SideResult, json_asked: bool) -> ShadowComparison {
+    let (exact_match, similarity) = match (&p.content, &s.content) {
+        (Some(a), Some(b)) => (a == b, Some(strsim::sorensen_dice(a, b))),
+        _ => (false, None),
+    };
+    let valid = |c: &Option<String>| {
+        json_asked.then(|| {
+            c.as_deref()
+                .is_some_and(|t| serde_json::from_str::<Value>(t).is_ok())
+        })
+    };
+    ShadowComparison {
+        primary_status: p.status,
+        shadow_status: s.status,
+        primary_latency: p.latency,
+        shadow_latency: s.latency,
+        primary_ttft: p.ttft,
+        shadow_ttft: s.ttft,
+        primary_tokens: p.tokens,
+        shadow_tokens: s.tokens,
+        primary_cost_usd: p.cost,
+        shadow_cost_usd: s.cost,
+        exact_match,
+        similarity,
+        primary_json_valid: valid(&p.content),
+        shadow_json_valid: valid(&s.content),
+    }
+}
+
+/// The request asked for JSON output (`response_format` json_object / json_schema).
+fn asks_json(body: &Value) -> bool {
+    body.pointer("/response_format/type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.starts_with("json"))
+}
+
+/// What the shadow request needs from the primary.
+pub struct Mirror {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+/// Sends the copy to `to` once the primary's body has been teed whole, reads the answer,
+/// and hands it to the pair. Holds its concurrency permit until it is done.
+pub async fn run(
+    snap: Arc<Snapshot>,
+    mirror: Mirror,
+    body: tokio::sync::oneshot::Receiver<TeeResult>,
+    pair: Arc<Pair>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let body = match body.await {
+        Ok(Ok(b)) => b,
+        Ok(Err(why)) => return pair.failed(why),
+        Err(_) => return pair.failed("aborted"),
+    };
+    let request_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = request_json
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let cfg = &snap.config;
+    let to = cfg.migration.to;
+    let up = &snap.upstreams[to];
+    let pq = mirror.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = match Uri::builder()
+        .scheme(up.scheme.clone())
+        .authority(up.authority.clone())
+        .path_and_query(upstream_path(&up.config.base_path, pq))
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => return pair.failed("error"),
+    };
+    let mut req = Request::new(RequestBody::buffered(
+        body,
+        Arc::new(RequestShared::default()),
+    ));
+    *req.method_mut() = mirror.method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = mirror.headers;
+    let h = req.headers_mut();
+    h.insert(header::HOST, up.host.clone());
+    h.insert(X_SWITCHYARD_SHADOW.clone(), HeaderValue::from_static("1"));
+    match &up.auth {
+        Some(a) => {
+            h.insert(header::AUTHORIZATION, a.clone());
+        }
+        None => {
+            h.remove(header::AUTHORIZATION);
+        }
+    }
+
+    let start = Instant::now();
+    let resp = match tokio::time::timeout(up.config.timeout, up.client.request(req)).await {
+        Err(_) => return pair.failed("timeout"),
+        Ok(Err(_)) => return pair.failed("error"),
+        Ok(Ok(r)) => r,
+    };
+    let head_at = start.elapsed();
+    let status = resp.status().as_u16();
+    let sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut scan = SseScan::new(false).capturing();
+    let mut json = Vec::new();
+    let mut body = resp.into_body();
+    let mut read: u64 = 0;
+    loop {
+        match tokio::time::timeout(up.config.idle_timeout, body.frame()).await {
+            Err(_) => return pair.failed("timeout"),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return pair.failed("error"),
+            Ok(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                read += data.len() as u64;
+                if read > cfg.shadow.max_response_bytes {
+                    return pair.failed("too_large");
+                }
+                if sse {
+                    scan.feed(data);
+                } else {
+                    json.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    let latency = start.elapsed();
+    let (tokens, content, ttft) = if sse {
+        let _ = scan.finish();
+        (
+            scan.usage.unwrap_or((0, 0)),
+            scan.content.take(),
+            scan.first_token
+                .or(scan.first_event)
+                .map(|t| t.duration_since(start)),
+        )
+    } else {
+        let mut usage = JsonKey::new("usage", 4096);
+        usage.feed(&json);
+        (
+            usage.value().as_ref().and_then(usage_of).unwrap_or((0, 0)),
+            text_of_json(&json),
+            Some(head_at),
+        )
+    };
+    let cost = model
+        .as_deref()
+        .and_then(|m| cfg.providers[to].pricing.cost(m, tokens.0, tokens.1));
+    if let Some(c) = cost {
+        metrics::gauge!(SHADOW_COST, "provider" => up.name.to_string()).increment(c);
+    }
+    metrics::histogram!(SHADOW_DURATION, "provider" => up.name.to_string())
+        .record(latency.as_secs_f64());
+    pair.shadow(
+        SideResult {
+            status,
+            latency,
+            ttft,
+            tokens,
+            cost,
+            content,
+        },
+        asks_json(&request_json),
+    );
+}
+
+/// The part of the bucket space `from` serves that is mirrored: its top `shadow_buckets`
+/// per 10000, so the shadow cohort is stable for a phase and shrinks as keys move to `to`.
+pub fn mirrored(bucket: u16, to_buckets: u16, shadow_buckets: u16) -> bool {
+    let from_span = 10_000u32 - u32::from(to_buckets);
+    let threshold = 10_000u32 - from_span * u32::from(shadow_buckets) / 10_000;
+    shadow_buckets > 0 && bucket >= to_buckets && u32::from(bucket) >= threshold
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrored_share_of_the_from_side() {
+        let count = |to, sh| (0..10_000u16).filter(|b| mirrored(*b, to, sh)).count();
+        assert_eq!(count(0, 1000), 1000);
+        assert_eq!(count(5000, 1000), 500);
+        assert_eq!(count(5000, 10_000), 5000);
+        assert_eq!(count(10_000, 10_000), 0);
+        assert_eq!(count(2500, 0), 0);
+        // never a bucket that goes to `to`
+        assert!((0..2500u16).all(|b| !mirrored(b, 2500, 10_000)));
+    }
+
+    #[test]
+    fn comparison() {
+        let p = SideResult {
+            status: 200,
+            content: Some("{\"a\": 1}".into()),
+            latency: Duration::from_millis(100),
+            ..SideResult::default()
+        };
+        let s = SideResult {
+            status: 200,
+            content: Some("{\"a\": 2}".into()),
+            latency: Duration::from_millis(300),
+            ..SideResult::default()
+        };
+        let c = compare(&p, &s, true);
+        assert!(!c.exact_match);
+        assert!(c.similarity.unwrap() > 0.5 && c.similarity.unwrap() < 1.0);
+        assert_eq!(c.primary_json_valid, Some(true));
+        let same = compare(&p, &p, false);
+        assert!(same.exact_match);
+        assert_eq!(same.similarity, Some(1.0));
+        assert_eq!(same.shadow_json_valid, None);
+    }
+}
