@@ -36,6 +36,10 @@ fmt:
 bench:
 	@echo "make bench: placeholder — the nginx side-by-side benchmark arrives with issue 5; nothing was measured."
 
+# A migration in about a minute: mock providers, phases, stats, an automatic rollback.
+demo: build
+	bash scripts/demo.sh
+
 docker:
 	docker build -f deploy/Dockerfile -t switchyard:dev .
 

@@ -1,6 +1,8 @@
 //! switchyard: moves LLM API traffic from one provider to another in phases.
 
 mod control;
+mod cost;
+mod loadtest;
 mod phase;
 mod serve;
 mod watch;
@@ -38,6 +40,12 @@ enum Command {
     },
     /// Show or change the migration phase through a running gateway's admin API.
     Phase(phase::PhaseArgs),
+    /// Load-test an OpenAI-compatible endpoint: sequential, concurrent or sustained.
+    Loadtest(loadtest::LoadtestArgs),
+    /// Per-provider stats side by side, from a running gateway's admin API.
+    Stats(phase::StatsArgs),
+    /// Monthly and yearly cost per provider from the config's pricing, and the savings.
+    Cost(cost::CostArgs),
     /// Run an OpenAI-shaped mock provider (for demos and trying a config without keys).
     Mock {
         /// Address to listen on.
@@ -91,6 +99,9 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => check(&config),
         Command::Phase(args) => phase::run(args),
+        Command::Loadtest(args) => loadtest::run(args),
+        Command::Cost(args) => cost::run(args),
+        Command::Stats(args) => phase::stats(args),
         Command::Mock {
             listen,
             name,

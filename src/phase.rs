@@ -161,3 +161,107 @@ fn print_status(v: &Value) {
         }
     }
 }
+
+/// GET a JSON document from the admin API (used by `switchyard cost --admin`).
+pub fn get_json(url: &str, token: Option<&str>) -> Result<Value, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    match rt.block_on(call("GET", url, token, None))? {
+        (200, v) => Ok(v),
+        (status, v) => Err(format!(
+            "{status}: {}",
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("(no message)")
+        )),
+    }
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    /// Admin API base URL.
+    #[arg(long, default_value = "http://127.0.0.1:9090")]
+    admin: String,
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the raw JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `switchyard stats`: the two providers side by side, from `/admin/stats`.
+pub fn stats(args: StatsArgs) -> ExitCode {
+    let url = format!("{}/admin/stats", args.admin.trim_end_matches('/'));
+    let v = match get_json(&url, args.token.as_deref()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("switchyard: {url}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let num = |x: &Value| {
+        x.as_f64().map_or("-".to_string(), |f| {
+            if f.fract() == 0.0 {
+                format!("{f:.0}")
+            } else {
+                format!("{f:.3}")
+            }
+        })
+    };
+    println!(
+        "{:<10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>12} {:>11}",
+        "provider",
+        "requests",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "5xx rate",
+        "errors",
+        "tokens",
+        "cost $"
+    );
+    if let Some(p) = v["providers"].as_object() {
+        for (name, s) in p {
+            println!(
+                "{:<10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>12} {:>11}",
+                name,
+                num(&s["requests"]),
+                num(&s["latency"]["p50_ms"]),
+                num(&s["latency"]["p95_ms"]),
+                num(&s["latency"]["p99_ms"]),
+                num(&s["error_rate"]["5xx"]),
+                num(&s["error_rate"]["provider_errors"]),
+                num(&s["tokens"]["total"]),
+                s["cost_usd"]
+                    .as_f64()
+                    .map_or("-".into(), |c| format!("{c:.6}")),
+            );
+        }
+    }
+    let roi = &v["roi"];
+    println!(
+        "ROI: all on from ${:.6}, all on to ${:.6}; at this rate moving fully saves ${:.2}/month",
+        roi["all_on_from_usd"].as_f64().unwrap_or(0.0),
+        roi["all_on_to_usd"].as_f64().unwrap_or(0.0),
+        roi["monthly_savings_at_100_percent_usd"]
+            .as_f64()
+            .unwrap_or(0.0)
+    );
+    if let Some(sh) = v["shadow"].as_object() {
+        println!(
+            "shadow: {} compared, status match {}, exact match {}, similarity {}, p50 delta {} ms",
+            num(&sh["compared"]),
+            num(&sh["status_match_rate"]),
+            num(&sh["exact_match_rate"]),
+            num(&sh["similarity_avg"]),
+            num(&sh["latency"]["delta_p50_ms"])
+        );
+    }
+    ExitCode::SUCCESS
+}

@@ -97,3 +97,158 @@ async fn phase_cli_drives_the_admin_api() {
     let out = switchyard(&["phase", "status", "--admin", "http://127.0.0.1:1"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn loadtest_reports_percentiles_as_json() {
+    let m = mock("lt").await;
+    let url = m.base_url();
+    let out = tokio::task::spawn_blocking(move || {
+        switchyard(&[
+            "loadtest",
+            "--url",
+            &url,
+            "--mode",
+            "concurrent",
+            "--requests",
+            "40",
+            "--concurrency",
+            "4",
+            "--stream",
+            "--json",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["requests"], 40);
+    assert_eq!(v["succeeded"], 40);
+    assert_eq!(v["success_rate"], 1.0);
+    assert_eq!(v["status"]["200"], 40);
+    for k in ["avg_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms"] {
+        assert!(v["latency_ms"][k].as_f64().unwrap() > 0.0, "{k}: {v}");
+        assert!(v["ttft_ms"][k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    assert_eq!(m.request_count(), 40);
+    let ids: std::collections::HashSet<String> = m
+        .received()
+        .iter()
+        .map(|r| r.header("x-request-id").unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 40, "each request has its own id");
+
+    let url = m.base_url();
+    let out = tokio::task::spawn_blocking(move || {
+        switchyard(&[
+            "loadtest",
+            "--url",
+            &url,
+            "--mode",
+            "sustained",
+            "--rate",
+            "20",
+            "--duration",
+            "500ms",
+            "--json",
+        ])
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mode"], "sustained");
+    assert_eq!(v["requests"], 10);
+
+    let out = switchyard(&[
+        "loadtest",
+        "--url",
+        "http://127.0.0.1:1/v1",
+        "--mode",
+        "sequential",
+        "--requests",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "nothing succeeded");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"]["error"], 2);
+}
+
+#[test]
+fn cost_prints_the_roi_table() {
+    let full = format!("{}/config/switchyard.yaml", env!("CARGO_MANIFEST_DIR"));
+    let out = switchyard(&[
+        "cost",
+        "--config",
+        &full,
+        "--tokens-per-month",
+        "1000000000",
+        "--input-share",
+        "0.3",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &v["pricing"][0];
+    assert_eq!(t["model"], "deepseek-chat");
+    assert!(
+        (t["savings"]["monthly_usd"].as_f64().unwrap() - 515.0).abs() < 1e-9,
+        "{t}"
+    );
+    let out = switchyard(&[
+        "cost",
+        "--config",
+        &full,
+        "--tokens-per-month",
+        "1000",
+        "--input-share",
+        "1.5",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn cost_and_stats_read_a_running_gateway() {
+    let old = mock("old").await;
+    let new = mock("new").await;
+    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-3")).await;
+    for i in 0..10 {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("x-request-id", format!("c{i}"))
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+    }
+    let admin = format!("http://{}", gw.admin);
+    let cfg = gw.config_path.to_str().unwrap().to_string();
+    let out = switchyard(&[
+        "cost",
+        "--config",
+        &cfg,
+        "--tokens-per-month",
+        "1000000",
+        "--admin",
+        &admin,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("observed traffic"));
+    let out = switchyard(&["stats", "--admin", &admin]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("old") && text.contains("new") && text.contains("ROI"),
+        "{text}"
+    );
+}
