@@ -33,8 +33,9 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-bench:
-	@echo "make bench: placeholder — the nginx side-by-side benchmark arrives with issue 5; nothing was measured."
+# switchyard vs nginx vs direct, SSE overhead, memory, reload cost (installs nginx-light and wrk if missing).
+bench: build
+	bash benches/bench.sh
 
 # A migration in about a minute: mock providers, phases, stats, an automatic rollback.
 demo: build
