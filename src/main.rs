@@ -78,7 +78,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => {
             init_logging();
+            let workers = serve::worker_count();
+            switchyard_proxy::upstream::set_workers(workers);
+            // The control plane (admin API, watchers, reloads) gets a small runtime of its own;
+            // the proxy workers run beside it, one per core.
             let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("switchyard-ctl")
                 .enable_all()
                 .build()
             {
@@ -88,7 +94,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve::run(config)) {
+            match rt.block_on(serve::run(config, workers)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

@@ -44,7 +44,46 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-pub async fn run(path: PathBuf) -> Result<(), String> {
+/// Proxy workers: one single-threaded runtime per core, each accepting on its own
+/// SO_REUSEPORT socket, like nginx's worker processes. A request and the upstream
+/// connection it uses stay on one thread: no cross-thread wake-ups on the hot path.
+/// `SWITCHYARD_WORKERS` overrides the count.
+pub fn worker_count() -> usize {
+    std::env::var("SWITCHYARD_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n: &usize| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// One listening socket per worker on the same address (port 0: the first one's port).
+fn bind_reuseport(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Result<Vec<std::net::TcpListener>, String> {
+    use socket2::{Domain, Socket, Type};
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+            .map_err(|e| format!("listen {addr}: {e}"))?;
+        sock.set_reuse_address(true).map_err(|e| e.to_string())?;
+        sock.set_reuse_port(true).map_err(|e| e.to_string())?;
+        sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+        sock.bind(&addr.into())
+            .map_err(|e| format!("listen {addr}: {e}"))?;
+        sock.listen(4096)
+            .map_err(|e| format!("listen {addr}: {e}"))?;
+        let l: std::net::TcpListener = sock.into();
+        if addr.port() == 0 {
+            addr = l.local_addr().map_err(|e| e.to_string())?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
+pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
     let prometheus = install_metrics()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (events_tx, events_rx) = mpsc::channel(crate::watch::EVENT_QUEUE);
@@ -63,13 +102,11 @@ pub async fn run(path: PathBuf) -> Result<(), String> {
         Some(t) => Some(switchyard_proxy::tls::acceptor(&t.cert, &t.key)?),
         None => None,
     };
-    let proxy_listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("listen {}: {e}", config.listen))?;
+    let proxy_listeners = bind_reuseport(config.listen, workers)?;
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .map_err(|e| format!("admin.listen {}: {e}", config.admin.listen))?;
-    let proxy_addr = proxy_listener.local_addr().map_err(|e| e.to_string())?;
+    let proxy_addr = proxy_listeners[0].local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
     let token = std::env::var(&config.admin.token_env)
         .ok()
@@ -99,10 +136,55 @@ pub async fn run(path: PathBuf) -> Result<(), String> {
     let _watcher = watch_file(control.clone(), stop_rx.clone());
     let signals = tokio::spawn(signals(control.clone(), stop_tx));
 
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, config = %control.path().display(), tls = tls.is_some(), "listening");
     let limits = switchyard_proxy::ServerLimits::from_config(&config.server);
-    let left =
-        switchyard_proxy::serve(proxy_listener, tls, control.gateway(), limits, stop_rx).await;
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut threads = Vec::with_capacity(workers);
+    for (i, listener) in proxy_listeners.into_iter().enumerate() {
+        let (tls, gateway, limits, permits, stop) = (
+            tls.clone(),
+            control.gateway(),
+            limits.clone(),
+            permits.clone(),
+            stop_rx.clone(),
+        );
+        let t = std::thread::Builder::new()
+            .name(format!("switchyard-w{i}"))
+            .spawn(move || -> Result<usize, String> {
+                switchyard_proxy::upstream::enter_worker(i);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+                    Ok(
+                        switchyard_proxy::serve(listener, tls, gateway, limits, permits, stop)
+                            .await,
+                    )
+                })
+            })
+            .map_err(|e| format!("cannot start proxy worker {i}: {e}"))?;
+        threads.push(t);
+    }
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, config = %control.path().display(), tls = tls.is_some(), workers, "listening");
+    let left = tokio::task::spawn_blocking(move || {
+        threads
+            .into_iter()
+            .map(|t| match t.join() {
+                Ok(Ok(left)) => left,
+                Ok(Err(e)) => {
+                    tracing::error!("proxy worker failed: {e}");
+                    0
+                }
+                Err(_) => {
+                    tracing::error!("proxy worker panicked");
+                    0
+                }
+            })
+            .sum::<usize>()
+    })
+    .await
+    .unwrap_or(0);
     signals.abort();
     let _ = admin.await;
     upkeep.abort();

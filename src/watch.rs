@@ -223,7 +223,7 @@ async fn probe(up: &Upstream, path: &str, timeout: Duration) -> Result<(), Strin
     if let Some(a) = &up.auth {
         req.headers_mut().insert(header::AUTHORIZATION, a.clone());
     }
-    match tokio::time::timeout(timeout, up.client.request(req)).await {
+    match tokio::time::timeout(timeout, up.client().request(req)).await {
         Err(_) => Err(format!("no answer within {timeout:?}")),
         Ok(Err(e)) => Err(format!("cannot reach it: {e}")),
         Ok(Ok(resp)) if resp.status().is_success() => Ok(()),

@@ -41,6 +41,7 @@ impl ServerLimits {
     }
 }
 
+/// `permits` caps open connections; workers sharing one listener port share it.
 /// Serves until `shutdown` turns true, then stops accepting at once and lets open
 /// requests and streams finish for up to `limits.shutdown_grace`.
 /// Returns how many connections were still open when the grace period ran out.
@@ -49,6 +50,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     gateway: Arc<Gateway>,
     limits: ServerLimits,
+    permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) -> usize {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -66,14 +68,8 @@ pub async fn serve(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
 
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.changed() => break,
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
-        };
         let (stream, remote) = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
@@ -86,6 +82,14 @@ pub async fn serve(
                     continue;
                 }
             },
+        };
+        // Accept first, then wait for a slot: the permits are shared by workers whose
+        // listeners each hold their own queue, so a worker must only wait for a slot once it
+        // has a connection to serve with it. A worker holds at most one waiting connection.
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
         };
         let _ = stream.set_nodelay(true);
         let conn_info = Arc::new(ConnInfo::default());

@@ -331,7 +331,7 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
                 )
             }
         };
-        let sent = tokio::time::timeout(up.config.timeout, up.client.request(upstream_req)).await;
+        let sent = tokio::time::timeout(up.config.timeout, up.client().request(upstream_req)).await;
         match sent {
             Ok(Ok(resp)) => return ex.respond(resp, up, index, failed_over_from),
             Err(_elapsed) => {

@@ -228,7 +228,7 @@ pub async fn run(
     }
 
     let start = Instant::now();
-    let resp = match tokio::time::timeout(up.config.timeout, up.client.request(req)).await {
+    let resp = match tokio::time::timeout(up.config.timeout, up.client().request(req)).await {
         Err(_) => return pair.failed("timeout"),
         Ok(Err(_)) => return pair.failed("error"),
         Ok(Ok(r)) => r,

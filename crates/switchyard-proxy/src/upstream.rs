@@ -1,5 +1,7 @@
 //! One pooled HTTP/1.1 client per provider (hyper-util legacy client over rustls).
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,26 @@ use crate::metrics::ProviderMetrics;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
+static WORKERS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// How many proxy workers there are: set once at start, before any upstream is built.
+pub fn set_workers(n: usize) {
+    WORKERS.store(n.max(1), Ordering::Relaxed);
+}
+
+pub fn workers() -> usize {
+    WORKERS.load(Ordering::Relaxed)
+}
+
+/// Marks the calling thread as proxy worker `i` (its requests use pool `i`).
+pub fn enter_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
 pub struct Upstream {
     pub name: Arc<str>,
     /// Value of `x-switchyard-provider`.
@@ -31,7 +53,9 @@ pub struct Upstream {
     pub auth: Option<HeaderValue>,
     /// The key as read, to tell on reload whether the client can be kept.
     key: Option<String>,
-    pub client: UpstreamClient,
+    /// One pool per proxy worker (each a single-threaded runtime) plus one for the control
+    /// plane, so a connection is only ever driven by the thread that uses it.
+    clients: Box<[UpstreamClient]>,
     pub metrics: ProviderMetrics,
 }
 
@@ -117,11 +141,15 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            // Without a timer the pool never expires idle connections.
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+        let clients = (0..=workers())
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    // Without a timer the pool never expires idle connections.
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .build(connector.clone())
+            })
+            .collect();
         Ok(Upstream {
             name: Arc::from(config.name.as_str()),
             name_header: HeaderValue::from_str(&config.name).map_err(|e| err(e.to_string()))?,
@@ -135,9 +163,16 @@ impl Upstream {
             host,
             auth,
             key,
-            client,
+            clients,
             metrics: ProviderMetrics::new(&config.name),
         })
+    }
+
+    /// The pool of the calling thread's worker (the control plane's on other threads).
+    #[inline]
+    pub fn client(&self) -> &UpstreamClient {
+        let i = WORKER.with(Cell::get).min(self.clients.len() - 1);
+        &self.clients[i]
     }
 
     /// Whether this upstream serves `config` with `key` unchanged (so its pool can be kept).
