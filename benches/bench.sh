@@ -15,7 +15,11 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-64}
-STREAMS=${STREAMS:-10000}
+# 10,000 streams need 20,000+ sockets in the gateway (client side + upstream side); where the
+# open-files hard limit is 20000 (as on this project's machines) the default stays under it.
+hard=$(ulimit -Hn); [ "$hard" = unlimited ] && hard=1048576
+default_streams=$(( hard >= 20600 ? 10000 : (hard - 600) / 2 ))
+STREAMS=${STREAMS:-$default_streams}
 BIN=target/release/switchyard
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -172,6 +176,7 @@ awk -v d50="$d50" -v d99="$d99" -v s50="$s50" -v s99="$s99" 'BEGIN {
 peak=0
 # Streams that stay open: the mock paces 20 chunks 500 ms apart.
 kill "${pids[-1]}" 2>/dev/null || true
+wait "${pids[-1]}" 2>/dev/null || true
 "$BIN" mock --listen 127.0.0.1:$MOCK --name sse --chunks 20 --chunk-delay 500ms >/dev/null 2>&1 & pids+=($!)
 sleep 0.3
 "$BIN" loadtest --url "http://127.0.0.1:$SY/v1/chat/completions" --mode concurrent --requests "$STREAMS" --concurrency "$STREAMS" --stream --timeout 120s --json >"$dir/streams.json" 2>/dev/null &
