@@ -23,12 +23,13 @@ run: build
 serve: build
 	$(BIN) serve --config $(CONFIG)
 
+# The criterion micro-benchmarks (benches/micro) build only for `make bench`.
 test:
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --exclude switchyard-bench
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked --exclude switchyard-bench -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -36,6 +37,7 @@ fmt:
 # switchyard vs nginx vs direct, SSE overhead, memory, reload cost (installs nginx-light and wrk if missing).
 bench: build
 	bash benches/bench.sh
+	$(CARGO) bench --locked -p switchyard-bench
 
 # A migration in about a minute: mock providers, phases, stats, an automatic rollback.
 demo: build
