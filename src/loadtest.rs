@@ -13,13 +13,10 @@ use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use switchyard_proxy::sniff::SseScan;
+use switchyard_watch::alerts::{http_client, HttpClient};
 use switchyard_watch::stats::{latency_of, Latency};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -124,34 +121,8 @@ pub fn report(
     v
 }
 
-type LtClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-fn client(pool: usize) -> LtClient {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_max_idle_per_host(pool)
-        .build(https)
-}
-
 struct Shot {
-    client: LtClient,
+    client: HttpClient,
     url: String,
     body: Bytes,
     auth: Option<String>,
@@ -223,15 +194,9 @@ pub fn run(args: LoadtestArgs) -> ExitCode {
         eprintln!("switchyard: --url must start with http:// or https://");
         return ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime(true) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("switchyard: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let mut body = json!({"model": args.model, "messages": [{"role": "user", "content": args.prompt}], "stream": args.stream});
     if args.stream {
@@ -241,7 +206,7 @@ pub fn run(args: LoadtestArgs) -> ExitCode {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let shot = Arc::new(Shot {
-        client: client(args.concurrency),
+        client: http_client(args.concurrency),
         url,
         body: Bytes::from(body.to_string()),
         auth: args.api_key.clone().filter(|k| !k.is_empty()),

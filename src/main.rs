@@ -129,15 +129,9 @@ fn main() -> ExitCode {
                 chunk_delay,
                 tls: None,
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match crate::runtime(true) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("switchyard: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             rt.block_on(async move {
                 match switchyard_mock::Mock::start(cfg).await {
@@ -158,6 +152,19 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// A runtime for a CLI command, or the exit code after saying why there is none.
+fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut b = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build().map_err(|e| {
+        eprintln!("switchyard: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

@@ -52,15 +52,9 @@ pub fn run(args: PhaseArgs) -> ExitCode {
         Action::Set { name } => ("POST", "/admin/phase", Some(json!({"phase": name}))),
         Action::Rollback { reason } => ("POST", "/admin/rollback", Some(json!({"reason": reason}))),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("switchyard: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let url = format!("{}{}", args.admin.trim_end_matches('/'), path);
     let result = rt.block_on(call(method, &url, args.token.as_deref(), body));

@@ -21,6 +21,11 @@ pub async fn mock(name: &str) -> Mock {
     .expect("mock starts")
 }
 
+/// The two mock providers most tests migrate between.
+pub async fn pair() -> (Mock, Mock) {
+    (mock("old").await, mock("new").await)
+}
+
 /// A config with two providers `old` and `new`, phases 10/25/50/100, listening on port 0.
 pub fn config(old_url: &str, new_url: &str, phase: &str) -> String {
     format!(

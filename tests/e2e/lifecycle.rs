@@ -8,8 +8,7 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn sigterm_lets_a_live_stream_finish_and_refuses_new_connections() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let mut gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
     let resp = client()
         .post(gw.url("/v1/chat/completions"))
@@ -49,8 +48,7 @@ async fn sigterm_lets_a_live_stream_finish_and_refuses_new_connections() {
 
 #[tokio::test]
 async fn shutdown_grace_bounds_the_drain() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = format!(
         "{}server:\n  shutdown_grace: 500ms\n",
         config(&old.base_url(), &new.base_url(), "phase-0")
@@ -74,8 +72,7 @@ async fn shutdown_grace_bounds_the_drain() {
 
 #[tokio::test]
 async fn metrics_use_the_spec_names_with_histogram_buckets() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-2")).await;
     for i in 0..20 {
         let r = client()
@@ -117,8 +114,7 @@ async fn metrics_use_the_spec_names_with_histogram_buckets() {
 
 #[tokio::test]
 async fn json_logs_carry_one_access_line_per_request() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start_with(
         &config(&old.base_url(), &new.base_url(), "phase-0"),
         &[("SWITCHYARD_LOG_FORMAT", "json")],

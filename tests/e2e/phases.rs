@@ -31,8 +31,7 @@ async fn who(gw: &Gateway, key: &str) -> String {
 
 #[tokio::test]
 async fn status_next_set_and_rollback_by_admin() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-3")).await;
 
     let s = gw.status().await;
@@ -115,8 +114,7 @@ async fn status_next_set_and_rollback_by_admin() {
 
 #[tokio::test]
 async fn admin_phase_survives_a_restart_until_the_file_phase_is_edited() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = config(&old.base_url(), &new.base_url(), "phase-1");
     let gw = Gateway::start(&yaml).await;
     let (code, _) = post(&gw, "/admin/phase", Some(json!({"phase": "phase-3"}))).await;
@@ -140,8 +138,7 @@ async fn admin_phase_survives_a_restart_until_the_file_phase_is_edited() {
 
 #[tokio::test]
 async fn rollback_through_the_config_file_and_sighup() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = config(&old.base_url(), &new.base_url(), "phase-4");
     let gw = Gateway::start(&yaml).await;
     assert_eq!(who(&gw, "a").await, "new");
@@ -176,8 +173,7 @@ async fn rollback_through_the_config_file_and_sighup() {
 
 #[tokio::test]
 async fn invalid_reload_is_refused_whole_and_the_old_config_keeps_serving() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = config(&old.base_url(), &new.base_url(), "phase-0");
     let gw = Gateway::start(&yaml).await;
 
@@ -226,8 +222,7 @@ async fn invalid_reload_is_refused_whole_and_the_old_config_keeps_serving() {
 
 #[tokio::test]
 async fn file_watch_follows_editor_renames_and_configmap_symlink_swaps() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = config(&old.base_url(), &new.base_url(), "phase-0");
 
     // Kubernetes layout: switchyard.yaml -> ..data/switchyard.yaml, ..data -> ..v1
@@ -268,8 +263,7 @@ async fn file_watch_follows_editor_renames_and_configmap_symlink_swaps() {
 
 #[tokio::test]
 async fn thirty_reloads_under_concurrent_load_lose_nothing() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = config(&old.base_url(), &new.base_url(), "phase-2");
     let gw = std::sync::Arc::new(Gateway::start(&yaml).await);
 
@@ -332,8 +326,7 @@ async fn thirty_reloads_under_concurrent_load_lose_nothing() {
 async fn file_watch_follows_a_link_into_a_configmap_mount() {
     // deploy/kubernetes layout: /etc/switchyard/switchyard.yaml -> config/switchyard.yaml,
     // where config/ is the ConfigMap mount with its ..data symlink.
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = config(&old.base_url(), &new.base_url(), "phase-0");
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path().join("config");

@@ -7,8 +7,7 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn chat_passes_through_with_provider_key_host_and_request_id() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
 
     let resp = client()
@@ -41,8 +40,7 @@ async fn chat_passes_through_with_provider_key_host_and_request_id() {
 
 #[tokio::test]
 async fn client_request_id_is_kept_and_models_and_embeddings_pass() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
 
     let r = client()
@@ -71,8 +69,7 @@ async fn client_request_id_is_kept_and_models_and_embeddings_pass() {
 
 #[tokio::test]
 async fn base_url_path_replaces_v1() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let old_url = format!("http://{}/api/v3", old.addr());
     let gw = Gateway::start(&config(&old_url, &new.base_url(), "phase-0")).await;
     let r = client()
@@ -87,8 +84,7 @@ async fn base_url_path_replaces_v1() {
 
 #[tokio::test]
 async fn sse_chunks_arrive_as_the_provider_sends_them() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
 
     let resp = client()
@@ -122,8 +118,7 @@ async fn sse_chunks_arrive_as_the_provider_sends_them() {
 
 #[tokio::test]
 async fn provider_errors_pass_through_unchanged() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
     let r = client()
         .post(gw.url("/v1/chat/completions"))
@@ -141,8 +136,7 @@ async fn provider_errors_pass_through_unchanged() {
 
 #[tokio::test]
 async fn no_response_head_in_time_is_504_openai_shaped() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = config(&old.base_url(), &new.base_url(), "phase-0")
         .replace("timeout: 10s", "timeout: 300ms");
     let gw = Gateway::start(&yaml).await;
@@ -220,8 +214,7 @@ async fn both_unreachable_is_502() {
 
 #[tokio::test]
 async fn a_cut_stream_aborts_the_client_stream_and_counts_as_an_error() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
     let resp = client()
         .post(gw.url("/v1/chat/completions"))
@@ -259,8 +252,7 @@ async fn a_cut_stream_aborts_the_client_stream_and_counts_as_an_error() {
 
 #[tokio::test]
 async fn client_hang_up_cancels_the_upstream_request_and_is_not_an_error() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
     let resp = client()
         .post(gw.url("/v1/chat/completions"))
@@ -300,8 +292,7 @@ async fn client_hang_up_cancels_the_upstream_request_and_is_not_an_error() {
 
 #[tokio::test]
 async fn a_silent_stream_is_aborted_after_idle_timeout_but_long_streams_are_not_cut() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = config(&old.base_url(), &new.base_url(), "phase-0").replacen(
         "timeout: 10s",
         "timeout: 10s\n    idle_timeout: 400ms",
@@ -343,8 +334,7 @@ async fn a_silent_stream_is_aborted_after_idle_timeout_but_long_streams_are_not_
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_stripped_both_ways() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
     let req = "GET /v1/models HTTP/1.1\r\nHost: gateway.example\r\nConnection: close, x-hop\r\nx-hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic Zm9v\r\nTE: trailers\r\nx-end: 1\r\n\r\n";
     let answer = raw_exchange(gw.proxy, req.as_bytes()).await;
@@ -437,8 +427,7 @@ async fn https_provider_behind_a_private_ca() {
 
 #[tokio::test]
 async fn h2c_clients_are_served() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
     let h2 = reqwest::Client::builder()
         .no_proxy()
@@ -459,8 +448,7 @@ async fn h2c_clients_are_served() {
 
 #[tokio::test]
 async fn client_hang_up_before_the_response_head_cancels_the_upstream_request() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
     let impatient = reqwest::Client::builder()
         .no_proxy()

@@ -22,8 +22,7 @@ async fn provider_for(gw: &Gateway, header: &str, key: &str) -> String {
 
 #[tokio::test]
 async fn split_matches_the_documented_hash_and_is_sticky_and_monotone() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-2")).await;
     let router = Router::new("old", "new");
 
@@ -75,8 +74,7 @@ async fn split_matches_the_documented_hash_and_is_sticky_and_monotone() {
 
 #[tokio::test]
 async fn sticky_header_keeps_a_user_on_one_provider() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = config(&old.base_url(), &new.base_url(), "phase-3").replace(
         "  phase: phase-3\n",
         "  phase: phase-3\n  sticky_header: X-User-Id\n",
@@ -105,8 +103,7 @@ async fn sticky_header_keeps_a_user_on_one_provider() {
 
 #[tokio::test]
 async fn without_a_key_the_generated_request_id_routes_and_goes_upstream() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-3")).await;
     let router = Router::new("old", "new");
     for _ in 0..50 {

@@ -15,8 +15,7 @@ fn with_clients(yaml: &str) -> String {
 
 #[tokio::test]
 async fn client_keys_are_required_and_never_forwarded_or_logged() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = with_clients(&config(&old.base_url(), &new.base_url(), "phase-0"));
     let gw = Gateway::start_with(
         &yaml,
@@ -96,8 +95,7 @@ async fn client_keys_configured_but_unset_refuses_to_start() {
 
 #[tokio::test]
 async fn admin_calls_need_the_token_when_it_is_set() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start_with(
         &config(&old.base_url(), &new.base_url(), "phase-0"),
         &[("SWITCHYARD_ADMIN_TOKEN", "adm-token-xyz")],
@@ -147,8 +145,7 @@ async fn admin_calls_need_the_token_when_it_is_set() {
 
 #[tokio::test]
 async fn request_bodies_over_the_limit_get_413() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = format!(
         "{}server:\n  max_body_size: 1KiB\n",
         config(&old.base_url(), &new.base_url(), "phase-0")
@@ -191,8 +188,7 @@ async fn request_bodies_over_the_limit_get_413() {
 
 #[tokio::test]
 async fn oversized_or_too_many_headers_get_431() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
     let big = format!(
         "GET /v1/models HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
@@ -212,8 +208,7 @@ async fn oversized_or_too_many_headers_get_431() {
 
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_refused() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
     let req = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
     let answer = raw_exchange(gw.proxy, req.as_bytes()).await;
@@ -229,8 +224,7 @@ async fn content_length_with_transfer_encoding_is_refused() {
 
 #[tokio::test]
 async fn a_slow_client_is_cut_at_the_header_deadline() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = format!(
         "{}server:\n  header_read_timeout: 1s\n",
         config(&old.base_url(), &new.base_url(), "phase-0")
@@ -248,8 +242,7 @@ async fn a_slow_client_is_cut_at_the_header_deadline() {
 
 #[tokio::test]
 async fn connections_over_the_cap_wait_for_a_free_slot() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = format!(
         "{}server:\n  max_connections: 2\n",
         config(&old.base_url(), &new.base_url(), "phase-0")

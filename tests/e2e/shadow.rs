@@ -133,8 +133,7 @@ async fn a_slow_shadow_never_delays_the_primary_and_every_mirrored_id_arrives() 
 
 #[tokio::test]
 async fn hung_shadows_time_out_and_excess_is_dropped_without_touching_primaries() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     new.set_delay(Duration::from_secs(3600));
     let extra = "shadow:\n  max_concurrent: 2\n";
     let yaml = shadowing(&old, &new, extra).replace(
@@ -162,8 +161,7 @@ async fn hung_shadows_time_out_and_excess_is_dropped_without_touching_primaries(
 
 #[tokio::test]
 async fn large_bodies_are_not_shadowed_and_streams_are_compared() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&shadowing(&old, &new, "shadow:\n  max_body_size: 200\n")).await;
     let mut big = chat_body(false);
     big["messages"][0]["content"] = json!("x".repeat(500));

@@ -56,8 +56,7 @@ fn mock_usage(body: &[u8], chunks: u64) -> (u64, u64) {
 
 #[tokio::test]
 async fn stats_count_tokens_and_cost_to_the_microdollar() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-3")).await;
     let c = client();
     let mut sent = 0;
@@ -157,8 +156,7 @@ async fn stats_count_tokens_and_cost_to_the_microdollar() {
 
 #[tokio::test]
 async fn injected_stream_usage_is_counted_and_hidden_from_the_client() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = config(&old.base_url(), &new.base_url(), "phase-4").replace(
         "api_key_env: TEST_NEW_KEY",
         "api_key_env: TEST_NEW_KEY\n    inject_stream_usage: true",
@@ -344,8 +342,7 @@ async fn a_slow_new_side_rolls_back_on_p95() {
 
 #[tokio::test]
 async fn client_errors_never_trip_the_guard() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = guarded(&config(&old.base_url(), &new.base_url(), "phase-4"), "");
     let gw = Gateway::start_with(&yaml, &[("TEST_WEBHOOK", "")]).await;
     for i in 0..25 {
@@ -365,8 +362,7 @@ async fn client_errors_never_trip_the_guard() {
 
 #[tokio::test]
 async fn health_checks_mark_a_provider_down_and_up_and_alert() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let hook = mock("hook").await;
     let yaml = config(&old.base_url(), &new.base_url(), "phase-1")
         + "health_check:\n  interval: 100ms\n  timeout: 1s\n  unhealthy_threshold: 2\n  healthy_threshold: 1\nalerts:\n  webhook_url_env: TEST_WEBHOOK\n  cooldown: 1s\n";
@@ -451,8 +447,7 @@ async fn health_checks_mark_a_provider_down_and_up_and_alert() {
 
 #[tokio::test]
 async fn auto_advance_waits_for_the_hold_and_enough_healthy_traffic() {
-    let old = mock("old").await;
-    let new = mock("new").await;
+    let (old, new) = pair().await;
     let yaml = config(&old.base_url(), &new.base_url(), "phase-3")
         .replace("{ name: phase-3, percent: 50 }", "{ name: phase-3, percent: 50, hold: 1s }")
         .replace(

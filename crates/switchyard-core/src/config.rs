@@ -404,6 +404,17 @@ impl Collector<'_> {
         }
     }
 
+    fn size(&mut self, key: &str, v: Option<&String>, default: u64) -> u64 {
+        match v.map(|s| parse_size(s)) {
+            None => default,
+            Some(Ok(n)) => n,
+            Some(Err(e)) => {
+                self.err(key, e);
+                default
+            }
+        }
+    }
+
     fn addr(&mut self, key: &str, v: Option<&String>, default: &str) -> SocketAddr {
         let s = v.map_or(default, |s| s.as_str());
         match s.parse() {
@@ -848,24 +859,12 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
 
     let server = {
         let s = raw.server.as_ref();
-        let size = |c: &mut Collector, key: &str, v: Option<&String>, default: u64| match v
-            .map(|v| parse_size(v))
-        {
-            None => default,
-            Some(Ok(n)) => n,
-            Some(Err(e)) => {
-                c.err(key, e);
-                default
-            }
-        };
-        let max_body_bytes = size(
-            c,
+        let max_body_bytes = c.size(
             "server.max_body_size",
             s.and_then(|s| s.max_body_size.as_ref()),
             10 << 20,
         );
-        let max_header_bytes = size(
-            c,
+        let max_header_bytes = c.size(
             "server.max_header_size",
             s.and_then(|s| s.max_header_size.as_ref()),
             64 << 10,
@@ -924,24 +923,12 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
     };
     let shadow = {
         let s = raw.shadow.as_ref();
-        let size = |c: &mut Collector, key: &str, v: Option<&String>, default: u64| match v
-            .map(|v| parse_size(v))
-        {
-            None => default,
-            Some(Ok(n)) => n,
-            Some(Err(e)) => {
-                c.err(key, e);
-                default
-            }
-        };
-        let max_body_bytes = size(
-            c,
+        let max_body_bytes = c.size(
             "shadow.max_body_size",
             s.and_then(|s| s.max_body_size.as_ref()),
             1 << 20,
         );
-        let max_response_bytes = size(
-            c,
+        let max_response_bytes = c.size(
             "shadow.max_response_size",
             s.and_then(|s| s.max_response_size.as_ref()),
             4 << 20,

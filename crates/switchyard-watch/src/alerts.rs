@@ -129,9 +129,11 @@ impl Alerter {
     }
 }
 
-type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// A small HTTP(S) client with public roots: for webhooks here, and for `switchyard loadtest`.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-fn client() -> WebhookClient {
+/// `pool_max_idle` connections per host are kept for reuse.
+pub fn http_client(pool_max_idle: usize) -> HttpClient {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -143,13 +145,17 @@ fn client() -> WebhookClient {
     .with_no_client_auth();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
+    http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new()).build(https)
+    Client::builder(TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_max_idle_per_host(pool_max_idle)
+        .build(https)
 }
 
 async fn deliver(
@@ -157,7 +163,7 @@ async fn deliver(
     settings: Arc<Mutex<Settings>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let client = client();
+    let client = http_client(4);
     loop {
         let alert = tokio::select! {
             _ = stop.changed() => return,
@@ -196,7 +202,7 @@ async fn deliver(
     }
 }
 
-async fn post(client: &WebhookClient, url: &str, body: Bytes) -> Result<(), String> {
+async fn post(client: &HttpClient, url: &str, body: Bytes) -> Result<(), String> {
     let req = Request::post(url)
         .header("content-type", "application/json")
         .body(Full::new(body))
