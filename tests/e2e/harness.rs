@@ -231,6 +231,12 @@ impl Gateway {
             .expect("metrics text")
     }
 
+    /// Asserts one series of `/metrics` (`name{labels}` as rendered) has this value.
+    pub async fn assert_metric(&self, series: &str, want: f64) {
+        let m = self.metrics().await;
+        assert_eq!(metric_value(&m, series), Some(want), "{series} in:\n{m}");
+    }
+
     /// Polls `/admin/status` until `pred` holds.
     pub async fn wait_status(
         &self,

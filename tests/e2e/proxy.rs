@@ -156,15 +156,11 @@ async fn no_response_head_in_time_is_504_openai_shaped() {
     assert!(v["error"]["message"].as_str().unwrap().contains("old"));
     // the hung upstream request is abandoned, not left running
     eventually("upstream request cancelled", || old.cancelled() == 1).await;
-    let m = gw.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            r#"switchyard_requests_total{provider="old",status="timeout"}"#
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    gw.assert_metric(
+        r#"switchyard_requests_total{provider="old",status="timeout"}"#,
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -239,15 +235,11 @@ async fn a_cut_stream_aborts_the_client_stream_and_counts_as_an_error() {
     }
     assert!(errored, "stream ended cleanly after a cut: {text}");
     assert!(text.contains("tok1") && !text.contains("[DONE]"));
-    let m = gw.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            r#"switchyard_requests_total{provider="old",status="error"}"#
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    gw.assert_metric(
+        r#"switchyard_requests_total{provider="old",status="error"}"#,
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -321,15 +313,11 @@ async fn a_silent_stream_is_aborted_after_idle_timeout_but_long_streams_are_not_
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.is_err(), "silent stream was not aborted");
-    let m = gw.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            r#"switchyard_requests_total{provider="old",status="timeout"}"#
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    gw.assert_metric(
+        r#"switchyard_requests_total{provider="old",status="timeout"}"#,
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -120,15 +120,11 @@ async fn a_slow_shadow_never_delays_the_primary_and_every_mirrored_id_arrives() 
             && sh["cost_usd"]["delta"].as_f64().unwrap() < 0.0,
         "{sh}"
     );
-    let m = gw.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            r#"switchyard_shadow_requests_total{result="completed"}"#
-        ),
-        Some(10.0),
-        "{m}"
-    );
+    gw.assert_metric(
+        r#"switchyard_shadow_requests_total{result="completed"}"#,
+        10.0,
+    )
+    .await;
 }
 
 #[tokio::test]
