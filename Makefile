@@ -3,7 +3,7 @@ CARGO ?= cargo
 CONFIG ?= config/switchyard.yaml
 BIN := target/release/switchyard
 
-.PHONY: all build run serve test lint fmt bench docker demo clean
+.PHONY: all build run serve test test-tools lint fmt bench docker demo clean
 
 all: build
 
@@ -24,8 +24,16 @@ serve: build
 	$(BIN) serve --config $(CONFIG)
 
 # The criterion micro-benchmarks (benches/micro) build only for `make bench`.
-test:
+test: test-tools
 	$(CARGO) test --workspace --locked --exclude switchyard-bench
+
+# The etcd client's tests run a real etcd server (Debian's etcd-server).
+test-tools:
+	@command -v etcd >/dev/null 2>&1 || { \
+	  echo "installing etcd-server (Debian package) for the etcd tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q etcd-server >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q etcd-server >/dev/null; }; \
+	}
 
 lint:
 	$(CARGO) fmt --all -- --check

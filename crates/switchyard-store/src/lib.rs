@@ -1,0 +1,258 @@
+//! A small etcd v3 client over etcd's JSON gateway (`/v3/kv/*`, `/v3/lease/*`): the
+//! operations cluster mode needs — get, prefix range, put, compare-and-put on a key's
+//! revision, leases — without pulling a gRPC stack into a gateway that speaks HTTP anyway.
+//!
+//! Keys and values are base64 in the wire format and int64s are JSON strings; both are
+//! handled here. Endpoints are tried in turn; each call has a short deadline so that a
+//! dead etcd is noticed quickly (callers then fail static).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use serde_json::{json, Value};
+use switchyard_watch::alerts::{http_client, HttpClient};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtcdError {
+    /// No endpoint answered: fail static.
+    Unreachable(String),
+    /// etcd answered, but not with what we asked for.
+    Refused(String),
+}
+
+impl std::fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EtcdError::Unreachable(e) => write!(f, "etcd unreachable: {e}"),
+            EtcdError::Refused(e) => write!(f, "etcd refused: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for EtcdError {}
+
+/// One key with its value and revisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+pub struct Etcd {
+    client: HttpClient,
+    endpoints: Vec<String>,
+    current: AtomicUsize,
+    timeout: Duration,
+}
+
+fn b64(s: &[u8]) -> String {
+    B64.encode(s)
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn kv_of(v: &Value) -> Option<Kv> {
+    let key = String::from_utf8(B64.decode(v.get("key")?.as_str()?).ok()?).ok()?;
+    let value = match v.get("value").and_then(Value::as_str) {
+        Some(s) => B64.decode(s).ok()?,
+        None => Vec::new(),
+    };
+    Some(Kv {
+        key,
+        value,
+        mod_revision: int(&v["mod_revision"]),
+        lease: int(&v["lease"]),
+    })
+}
+
+/// The end of the range of keys starting with `prefix` (etcd's "prefix + 1").
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Etcd {
+    /// `endpoints`: `http://host:port` URLs of the etcd cluster.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Etcd {
+            client: http_client(4),
+            endpoints,
+            current: AtomicUsize::new(0),
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    async fn call(&self, path: &str, body: Value) -> Result<Value, EtcdError> {
+        let body = Bytes::from(body.to_string());
+        let n = self.endpoints.len().max(1);
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = String::from("no endpoint configured");
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let Some(base) = self.endpoints.get(idx) else {
+                break;
+            };
+            let url = format!("{}{path}", base.trim_end_matches('/'));
+            let req = Request::post(&url)
+                .header("content-type", "application/json")
+                .body(Full::new(body.clone()));
+            let Ok(req) = req else {
+                last = format!("bad endpoint {base}");
+                continue;
+            };
+            let sent = tokio::time::timeout(self.timeout, async {
+                let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let bytes = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                Ok::<_, String>((status, bytes))
+            })
+            .await;
+            match sent {
+                Ok(Ok((status, bytes))) => {
+                    self.current.store(idx, Ordering::Relaxed);
+                    let v: Value = serde_json::from_slice(&bytes)
+                        .map_err(|e| EtcdError::Refused(format!("{path}: {e}")))?;
+                    if !status.is_success() {
+                        return Err(EtcdError::Refused(format!(
+                            "{path}: {status}: {}",
+                            v["error"].as_str().or(v["message"].as_str()).unwrap_or("")
+                        )));
+                    }
+                    return Ok(v);
+                }
+                Ok(Err(e)) => last = format!("{base}: {e}"),
+                Err(_) => last = format!("{base}: no answer within {:?}", self.timeout),
+            }
+        }
+        Err(EtcdError::Unreachable(last))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
+        let v = self
+            .call("/v3/kv/range", json!({"key": b64(key.as_bytes())}))
+            .await?;
+        Ok(v["kvs"].as_array().and_then(|a| a.first()).and_then(kv_of))
+    }
+
+    /// Every key under `prefix`, in key order.
+    pub async fn prefix(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
+        let v = self
+            .call(
+                "/v3/kv/range",
+                json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}),
+            )
+            .await?;
+        Ok(v["kvs"]
+            .as_array()
+            .map(|a| a.iter().filter_map(kv_of).collect())
+            .unwrap_or_default())
+    }
+
+    pub async fn put(&self, key: &str, value: &[u8], lease: Option<i64>) -> Result<(), EtcdError> {
+        let mut body = json!({"key": b64(key.as_bytes()), "value": b64(value)});
+        if let Some(l) = lease {
+            body["lease"] = json!(l.to_string());
+        }
+        self.call("/v3/kv/put", body).await.map(|_| ())
+    }
+
+    /// Writes `value` only if the key's `mod_revision` is still `expected` (0: the key must
+    /// not exist). False when another writer got there first.
+    pub async fn compare_and_put(
+        &self,
+        key: &str,
+        expected: i64,
+        value: &[u8],
+        lease: Option<i64>,
+    ) -> Result<bool, EtcdError> {
+        let k = b64(key.as_bytes());
+        let mut put = json!({"key": k, "value": b64(value)});
+        if let Some(l) = lease {
+            put["lease"] = json!(l.to_string());
+        }
+        let v = self
+            .call(
+                "/v3/kv/txn",
+                json!({
+                    "compare": [{"key": k, "target": "MOD", "result": "EQUAL", "mod_revision": expected.to_string()}],
+                    "success": [{"request_put": put}],
+                }),
+            )
+            .await?;
+        // grpc-gateway leaves `succeeded` out when it is false.
+        Ok(v["succeeded"].as_bool().unwrap_or(false))
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), EtcdError> {
+        self.call("/v3/kv/deleterange", json!({"key": b64(key.as_bytes())}))
+            .await
+            .map(|_| ())
+    }
+
+    /// A lease that expires `ttl` seconds after its last keep-alive.
+    pub async fn grant(&self, ttl: u64) -> Result<i64, EtcdError> {
+        let v = self
+            .call("/v3/lease/grant", json!({"TTL": ttl.to_string()}))
+            .await?;
+        match int(&v["ID"]) {
+            0 => Err(EtcdError::Refused(format!("lease grant: {v}"))),
+            id => Ok(id),
+        }
+    }
+
+    /// Refreshes a lease; false when it already expired.
+    pub async fn keepalive(&self, id: i64) -> Result<bool, EtcdError> {
+        let v = self
+            .call("/v3/lease/keepalive", json!({"ID": id.to_string()}))
+            .await?;
+        Ok(int(&v["result"]["TTL"]) > 0)
+    }
+
+    pub async fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        self.call("/v3/lease/revoke", json!({"ID": id.to_string()}))
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end("ab"), b"ac".to_vec());
+    }
+
+    #[test]
+    fn ints_come_as_strings_or_numbers() {
+        assert_eq!(int(&json!("42")), 42);
+        assert_eq!(int(&json!(7)), 7);
+        assert_eq!(int(&Value::Null), 0);
+    }
+}
