@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use switchyard_admin::{AdminError, AdminHandle, AdminResult};
 use switchyard_core::event::{RequestEvent, ShadowEvent};
+
+use crate::cluster::{Cluster, SharedState, WriteError};
 use switchyard_core::migration::TransitionError;
 use switchyard_core::{Config, MigrationState, Trigger};
 use switchyard_proxy::shadow::ShadowRuntime;
@@ -65,6 +67,8 @@ pub struct Control {
     shutting_down: AtomicBool,
     pub alerter: Alerter,
     pub watch: WatchState,
+    /// Cluster mode: the shared migration state in etcd.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// What the watchers learned, shared with the admin API.
@@ -178,6 +182,7 @@ impl Control {
             shutting_down: AtomicBool::new(false),
             alerter,
             watch,
+            cluster: config.cluster.as_ref().map(|c| Arc::new(Cluster::new(c))),
         };
         Ok((control, config))
     }
@@ -252,6 +257,12 @@ impl Control {
         }
         if state_changed {
             self.watch.phase_began(SystemTime::now());
+        }
+        if let (true, Some(c)) = (file_changed_phase, &self.cluster) {
+            let shared = SharedState::of(&state, &config.migration.phases, &c.replica_id);
+            if let Err(e) = c.write(&shared).await {
+                tracing::warn!(error = ?e, "the config file's phase could not be shared through etcd");
+            }
         }
         if file_changed_phase {
             if let Err(e) = self.persist(&config, &state) {
@@ -339,6 +350,18 @@ impl Control {
         let _w = self.writer.lock().await;
         let current = self.gateway.load();
         let next = f(&current)?;
+        if let Some(c) = &self.cluster {
+            let shared = SharedState::of(&next, &current.config.migration.phases, &c.replica_id);
+            match c.write(&shared).await {
+                Ok(()) => {}
+                Err(WriteError::Conflict) => {
+                    return Err(AdminError::new(409, "another replica changed the migration state first; look at /admin/status and try again"));
+                }
+                Err(WriteError::Unavailable(e)) => {
+                    return Err(AdminError::new(503, format!("the shared migration state cannot be changed now ({e}); this replica keeps serving on the last state it knew")));
+                }
+            }
+        }
         let before = self.watch.phase_since_unix();
         self.watch.phase_began(SystemTime::now());
         if let Err(e) = self.persist(&current.config, &next) {
@@ -365,6 +388,89 @@ impl Control {
             self.alert_phase(&s.config, &s.state, by);
         }
         Ok(s)
+    }
+
+    /// Cluster mode at start: adopt the shared state, or publish ours when there is none.
+    pub async fn join_cluster(&self) {
+        let Some(c) = &self.cluster else { return };
+        match c.read().await {
+            Ok(Some(_)) => {
+                self.sync_from_cluster(c).await;
+            }
+            Ok(None) => {
+                let s = self.gateway.load();
+                let shared = SharedState::of(&s.state, &s.config.migration.phases, &c.replica_id);
+                match c.write(&shared).await {
+                    Ok(()) => {
+                        c.set_healthy(true);
+                        tracing::info!(replica = %c.replica_id, "published the migration state to etcd (first replica)");
+                    }
+                    Err(_) => {
+                        self.sync_from_cluster(c).await;
+                    }
+                }
+            }
+            Err(e) => {
+                c.set_healthy(false);
+                tracing::warn!(error = %e, "etcd unreachable at start: serving on the config file's phase until it answers");
+                self.alerter.send(Alert { event: "cluster", metric: Some("etcd".into()), value: Some(0.0), text: format!("replica `{}` started while etcd was unreachable: serving on the file's phase", c.replica_id), ..Alert::default() });
+            }
+        }
+    }
+
+    /// Applies the shared state if it changed; false while etcd cannot be reached.
+    pub async fn sync_from_cluster(&self, c: &Cluster) -> bool {
+        let read = c.read().await;
+        let (shared, revision) = match read {
+            Err(e) => {
+                if c.set_healthy(false) {
+                    tracing::warn!(error = %e, "etcd unreachable: serving on the last known migration state");
+                    self.alerter.send(Alert { event: "cluster", metric: Some("etcd".into()), value: Some(0.0), text: format!("replica `{}` lost etcd: serving on the last known state; admin writes answer 503", c.replica_id), ..Alert::default() });
+                }
+                return false;
+            }
+            Ok(None) => {
+                c.set_healthy(true);
+                return true;
+            }
+            Ok(Some(x)) => x,
+        };
+        if c.set_healthy(true) {
+            tracing::info!("etcd reachable again: resynced the migration state");
+            self.alerter.send(Alert {
+                event: "cluster",
+                metric: Some("etcd".into()),
+                value: Some(1.0),
+                text: format!("replica `{}` reached etcd again", c.replica_id),
+                ..Alert::default()
+            });
+        }
+        if revision == c.revision.load(std::sync::atomic::Ordering::SeqCst) {
+            return true;
+        }
+        let _w = self.writer.lock().await;
+        let current = self.gateway.load();
+        match shared.to_state(&current.config.migration.phases) {
+            Some(state) if state != current.state => {
+                let was_rolled_back = current.state.rolled_back;
+                self.watch.phase_began(SystemTime::now());
+                if let Err(e) = self.persist(&current.config, &state) {
+                    tracing::warn!(error = %e, "cannot persist the shared migration state locally");
+                }
+                self.gateway.store(current.with_state(state.clone()));
+                tracing::info!(from_replica = %shared.changed_by, phase = state.phase_name(&current.config.migration.phases), rolled_back = state.rolled_back, "applied the shared migration state");
+                if state.rolled_back && !was_rolled_back {
+                    tracing::warn!(from_replica = %shared.changed_by, "ROLLBACK through the cluster: 100% of traffic to `from`");
+                }
+            }
+            Some(_) => {}
+            None => {
+                tracing::warn!(phase = ?shared.phase, "the shared phase does not exist in this replica's config; keeping the current state")
+            }
+        }
+        c.revision
+            .store(revision, std::sync::atomic::Ordering::SeqCst);
+        true
     }
 
     fn alert_phase(&self, config: &Config, state: &MigrationState, by: &str) {
@@ -573,6 +679,7 @@ impl AdminHandle for Control {
             "phases": m.phases.iter().map(|p| json!({"name": p.name, "percent": p.percent(), "hold_seconds": p.hold.map(|h| h.as_secs())})).collect::<Vec<_>>(),
             "config_version": s.config_version,
             "providers": providers,
+            "cluster": self.cluster.as_ref().map(|c| c.status()),
         })
     }
 

@@ -1,5 +1,6 @@
 //! switchyard: moves LLM API traffic from one provider to another in phases.
 
+mod cluster;
 mod control;
 mod cost;
 mod loadtest;

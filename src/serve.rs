@@ -96,8 +96,9 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
         stop_rx.clone(),
     )?;
     let control = Arc::new(control);
-    if config.cluster.is_some() {
-        tracing::warn!("`cluster:` is validated but cluster mode is not built yet: this replica keeps its migration state to itself (single mode)");
+    if let Some(c) = control.cluster.clone() {
+        control.join_cluster().await;
+        tokio::spawn(crate::cluster::run(control.clone(), c, stop_rx.clone()));
     }
     crate::watch::spawn(control.clone(), events_rx, shadow_rx, stop_rx.clone());
 

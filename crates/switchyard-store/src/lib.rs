@@ -239,6 +239,92 @@ impl Etcd {
     }
 }
 
+/// A real etcd server for tests: Debian's `etcd` binary on free loopback ports.
+pub mod testing {
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::Etcd;
+
+    pub struct EtcdServer {
+        child: Option<Child>,
+        pub url: String,
+        peer_url: String,
+        data: std::path::PathBuf,
+    }
+
+    impl Drop for EtcdServer {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0)
+    }
+
+    impl EtcdServer {
+        /// Starts etcd with its data under `dir` and waits until it answers.
+        pub async fn start(dir: &Path) -> EtcdServer {
+            let url = format!("http://127.0.0.1:{}", free_port());
+            let peer_url = format!("http://127.0.0.1:{}", free_port());
+            let mut s = EtcdServer {
+                child: None,
+                url,
+                peer_url,
+                data: dir.join("etcd-data"),
+            };
+            s.resume().await;
+            s
+        }
+
+        /// Stops the server, keeping its data (for a later `resume`).
+        pub fn stop(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        /// Starts it again on the same ports and data.
+        pub async fn resume(&mut self) {
+            let child = Command::new("etcd")
+                .arg("--data-dir")
+                .arg(&self.data)
+                .args([
+                    "--listen-client-urls",
+                    &self.url,
+                    "--advertise-client-urls",
+                    &self.url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &self.peer_url,
+                    "--initial-advertise-peer-urls",
+                    &self.peer_url,
+                ])
+                .args(["--initial-cluster", &format!("default={}", self.peer_url)])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect(
+                    "etcd must be installed (Debian package etcd-server; `make test` installs it)",
+                );
+            self.child = Some(child);
+            let probe = Etcd::new(vec![self.url.clone()]);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while probe.get("/probe").await.is_err() {
+                assert!(Instant::now() < deadline, "etcd did not start");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,73 +1,19 @@
 //! Against a real etcd server (Debian's `etcd-server`, which `make test` installs),
 //! started here on free loopback ports with its data in a temp dir.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use switchyard_store::testing::EtcdServer;
 use switchyard_store::{Etcd, EtcdError};
 
-struct EtcdServer {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn etcd() -> EtcdServer {
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("default={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd must be installed (Debian package etcd-server; `make test` installs it)");
-    let server = EtcdServer {
-        child,
-        url,
-        _dir: dir,
-    };
-    let probe = Etcd::new(vec![server.url.clone()]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while probe.get("/probe").await.is_err() {
-        assert!(Instant::now() < deadline, "etcd did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    server
+async fn etcd(dir: &tempfile::TempDir) -> EtcdServer {
+    EtcdServer::start(dir.path()).await
 }
 
 #[tokio::test]
 async fn get_put_prefix_and_compare_and_put() {
-    let server = etcd().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = etcd(&dir).await;
     // the first endpoint is dead: calls move on to the next
     let e = Etcd::new(vec!["http://127.0.0.1:1".into(), server.url.clone()]);
     assert_eq!(e.get("/sy/state").await.unwrap(), None);
@@ -108,7 +54,8 @@ async fn get_put_prefix_and_compare_and_put() {
 
 #[tokio::test]
 async fn leased_keys_disappear_when_the_lease_is_not_kept_alive() {
-    let server = etcd().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = etcd(&dir).await;
     let e = Etcd::new(vec![server.url.clone()]);
     let lease = e.grant(2).await.unwrap();
     e.put("/sy/windows/a", b"{}", Some(lease)).await.unwrap();

@@ -1,0 +1,242 @@
+//! Cluster mode: replicas share one migration state through etcd.
+//!
+//! Keys under `cluster.key_prefix`: `state` (the phase, rollback flag, reason, trigger, and
+//! who changed it when), `replicas/<id>` (each replica's heartbeat, on a lease, gone when it
+//! dies). Every replica polls `state` and applies a change within a second; admin writes on
+//! any replica are a compare-and-put on the revision it last saw, so a writer that lost a
+//! race gets 409 instead of silently overwriting. When etcd cannot be reached the replica
+//! keeps serving on the last state it knew (fail static), says so in `/admin/status`, alerts,
+//! answers admin writes with 503, and resyncs before applying anything once etcd is back.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use switchyard_core::config::{ClusterConfig, Phase};
+use switchyard_core::{MigrationState, Trigger};
+use switchyard_store::{Etcd, EtcdError};
+
+/// What is stored under `<prefix>/state`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SharedState {
+    pub phase: Option<String>,
+    pub rolled_back: bool,
+    pub rollback_reason: Option<String>,
+    pub rollback_trigger: Option<Trigger>,
+    pub changed_by: String,
+    pub changed_at_unix: u64,
+}
+
+impl SharedState {
+    pub fn of(state: &MigrationState, phases: &[Phase], by: &str) -> Self {
+        SharedState {
+            phase: state
+                .phase
+                .and_then(|i| phases.get(i))
+                .map(|p| p.name.clone()),
+            rolled_back: state.rolled_back,
+            rollback_reason: state.rollback_reason.clone(),
+            rollback_trigger: state.rollback_trigger,
+            changed_by: by.to_string(),
+            changed_at_unix: now_unix(),
+        }
+    }
+
+    /// The state for this config's phases; None when the named phase does not exist here.
+    pub fn to_state(&self, phases: &[Phase]) -> Option<MigrationState> {
+        let phase = match &self.phase {
+            Some(name) => Some(phases.iter().position(|p| &p.name == name)?),
+            None => None,
+        };
+        Some(MigrationState {
+            phase,
+            rolled_back: self.rolled_back,
+            rollback_reason: self.rollback_reason.clone(),
+            rollback_trigger: self.rollback_trigger,
+        })
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[derive(Debug)]
+pub enum WriteError {
+    /// Another replica changed the state since we last saw it.
+    Conflict,
+    Unavailable(String),
+}
+
+pub struct Cluster {
+    pub etcd: Etcd,
+    pub replica_id: String,
+    prefix: String,
+    /// Revision of `state` this replica last applied or wrote (0: none yet).
+    pub revision: AtomicI64,
+    healthy: AtomicBool,
+    replicas: Mutex<Vec<Value>>,
+}
+
+impl Cluster {
+    pub fn new(cfg: &ClusterConfig) -> Cluster {
+        let replica_id = cfg
+            .replica_id
+            .clone()
+            .or_else(|| {
+                std::env::var("SWITCHYARD_REPLICA_ID")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .unwrap_or_else(|| "switchyard".to_string());
+        Cluster {
+            etcd: Etcd::new(cfg.endpoints.clone()),
+            replica_id,
+            prefix: cfg.key_prefix.trim_end_matches('/').to_string(),
+            revision: AtomicI64::new(0),
+            healthy: AtomicBool::new(false),
+            replicas: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn state_key(&self) -> String {
+        format!("{}/state", self.prefix)
+    }
+
+    fn replica_key(&self) -> String {
+        format!("{}/replicas/{}", self.prefix, self.replica_id)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Records whether etcd answered; returns true when this flips the state.
+    pub fn set_healthy(&self, ok: bool) -> bool {
+        self.healthy.swap(ok, Ordering::SeqCst) != ok
+    }
+
+    /// The shared state and its revision, if any was written.
+    pub async fn read(&self) -> Result<Option<(SharedState, i64)>, EtcdError> {
+        let Some(kv) = self.etcd.get(&self.state_key()).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<SharedState>(&kv.value) {
+            Ok(s) => Ok(Some((s, kv.mod_revision))),
+            Err(e) => Err(EtcdError::Refused(format!(
+                "{}: not a switchyard state: {e}",
+                self.state_key()
+            ))),
+        }
+    }
+
+    /// Compare-and-put on the revision last seen; on success that becomes the revision seen.
+    pub async fn write(&self, state: &SharedState) -> Result<(), WriteError> {
+        let expected = self.revision.load(Ordering::SeqCst);
+        let body = serde_json::to_vec(state).map_err(|e| WriteError::Unavailable(e.to_string()))?;
+        match self
+            .etcd
+            .compare_and_put(&self.state_key(), expected, &body, None)
+            .await
+        {
+            Ok(true) => {
+                // Learn the new revision so our own write is not re-applied as a remote one.
+                if let Ok(Some(kv)) = self.etcd.get(&self.state_key()).await {
+                    self.revision.store(kv.mod_revision, Ordering::SeqCst);
+                }
+                Ok(())
+            }
+            Ok(false) => Err(WriteError::Conflict),
+            Err(e) => {
+                self.set_healthy(false);
+                Err(WriteError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// Publishes this replica's heartbeat on `lease` and refreshes the list of live replicas.
+    pub async fn heartbeat(&self, lease: i64, phase: &str) -> Result<(), EtcdError> {
+        let me = json!({"id": self.replica_id, "phase": phase, "last_seen_unix": now_unix()});
+        self.etcd
+            .put(&self.replica_key(), me.to_string().as_bytes(), Some(lease))
+            .await?;
+        let list = self
+            .etcd
+            .prefix(&format!("{}/replicas/", self.prefix))
+            .await?;
+        let replicas: Vec<Value> = list
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        *self.replicas.lock().unwrap_or_else(|e| e.into_inner()) = replicas;
+        Ok(())
+    }
+
+    pub fn status(&self) -> Value {
+        let replicas = self
+            .replicas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let replicas: Vec<Value> = replicas
+            .into_iter()
+            .map(|r| json!({"id": r["id"], "phase": r["phase"], "last_seen": r["last_seen_unix"]}))
+            .collect();
+        json!({"store": "etcd", "healthy": self.healthy(), "replica_id": self.replica_id, "replicas": replicas})
+    }
+}
+
+/// Polls the shared state and keeps the heartbeat, until `stop`.
+pub async fn run(
+    control: Arc<crate::control::Control>,
+    cluster: Arc<Cluster>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lease: Option<i64> = None;
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => {
+                if let Some(l) = lease {
+                    let _ = cluster.etcd.revoke(l).await;
+                }
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let synced = control.sync_from_cluster(&cluster).await;
+        if n % 4 == 0 && synced {
+            let phase = {
+                let s = control.gateway().load();
+                s.state.phase_name(&s.config.migration.phases).to_string()
+            };
+            let l = match lease {
+                Some(l) => match cluster.etcd.keepalive(l).await {
+                    Ok(true) => Some(l),
+                    _ => None,
+                },
+                None => None,
+            };
+            let l = match l {
+                Some(l) => Some(l),
+                None => cluster.etcd.grant(3).await.ok(),
+            };
+            lease = l;
+            if let Some(l) = lease {
+                let _ = cluster.heartbeat(l, &phase).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Issue 6 (in part): replicas share the migration state through a real etcd.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use switchyard_store::testing::EtcdServer;
+
+use crate::harness::*;
+
+fn clustered(old: &Mock, new: &Mock, etcd: &str, id: &str) -> String {
+    config(&old.base_url(), &new.base_url(), "phase-1")
+        + &format!("cluster:\n  etcd:\n    endpoints: [{etcd}]\n  key_prefix: /switchyard/test\n  replica_id: {id}\n")
+}
+
+async fn set_phase(gw: &Gateway, phase: &str) -> (u16, Value) {
+    let r = client()
+        .post(gw.admin_url("/admin/phase"))
+        .json(&json!({"phase": phase}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn replicas_follow_one_shared_phase_and_racing_writes_get_409() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start(dir.path()).await;
+    let (old, new) = pair().await;
+    let a = Gateway::start(&clustered(&old, &new, &etcd.url, "a")).await;
+    let b = Gateway::start(&clustered(&old, &new, &etcd.url, "b")).await;
+    let c = Gateway::start(&clustered(&old, &new, &etcd.url, "c")).await;
+
+    let (code, _) = set_phase(&a, "phase-3").await;
+    assert_eq!(code, 200);
+    for gw in [&b, &c] {
+        gw.wait_status("phase-3 from replica a", |s| {
+            s["phase"]["name"] == "phase-3"
+        })
+        .await;
+    }
+    let s = a
+        .wait_status("three live replicas", |s| {
+            s["cluster"]["replicas"]
+                .as_array()
+                .is_some_and(|r| r.len() == 3)
+        })
+        .await;
+    assert_eq!(s["cluster"]["store"], "etcd");
+    assert_eq!(s["cluster"]["healthy"], true);
+
+    // a rollback on c reaches everyone
+    let r = client()
+        .post(c.admin_url("/admin/rollback"))
+        .json(&json!({"reason": "c saw errors"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for gw in [&a, &b] {
+        let s = gw
+            .wait_status("the rollback from c", |s| s["rolled_back"] == true)
+            .await;
+        assert_eq!(s["rollback_reason"], "c saw errors");
+    }
+
+    // two operators racing on the same revision: one wins, the other is told (409)
+    let mut seen_conflict = false;
+    for attempt in 0..5 {
+        let (p1, p2) = if attempt % 2 == 0 {
+            ("phase-2", "phase-4")
+        } else {
+            ("phase-4", "phase-2")
+        };
+        a.wait_status("a caught up", |_| true).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let ((c1, _), (c2, v2)) = tokio::join!(set_phase(&a, p1), set_phase(&b, p2));
+        assert!(c1 == 200 || c1 == 409, "{c1}");
+        assert!(c2 == 200 || c2 == 409, "{c2} {v2}");
+        if c1 == 409 || c2 == 409 {
+            assert!(c1 == 200 || c2 == 200, "someone must win");
+            seen_conflict = true;
+            break;
+        }
+    }
+    assert!(seen_conflict, "racing writes never conflicted");
+}
+
+#[tokio::test]
+async fn replicas_fail_static_while_etcd_is_down_and_resync_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = EtcdServer::start(dir.path()).await;
+    let (old, new) = pair().await;
+    let a = Gateway::start(&clustered(&old, &new, &etcd.url, "a")).await;
+    let b = Gateway::start(&clustered(&old, &new, &etcd.url, "b")).await;
+    let (code, _) = set_phase(&a, "phase-4").await;
+    assert_eq!(code, 200);
+    b.wait_status("phase-4", |s| s["phase"]["name"] == "phase-4")
+        .await;
+
+    etcd.stop();
+    for gw in [&a, &b] {
+        gw.wait_status("cluster degraded", |s| s["cluster"]["healthy"] == false)
+            .await;
+    }
+    // still serving, on the last known state
+    for i in 0..20 {
+        let r = client()
+            .get(a.url("/v1/models"))
+            .header("x-request-id", format!("fs-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-switchyard-provider"], "new");
+    }
+    let (code, e) = set_phase(&b, "phase-1").await;
+    assert_eq!(code, 503, "{e}");
+    assert_eq!(
+        b.status().await["phase"]["name"],
+        "phase-4",
+        "a refused write changes nothing"
+    );
+
+    etcd.resume().await;
+    for gw in [&a, &b] {
+        gw.wait_status("cluster healthy again", |s| s["cluster"]["healthy"] == true)
+            .await;
+    }
+    let (code, _) = set_phase(&b, "phase-2").await;
+    assert_eq!(code, 200);
+    a.wait_status("phase-2 after the resync", |s| {
+        s["phase"]["name"] == "phase-2"
+    })
+    .await;
+}
