@@ -80,6 +80,11 @@ pub struct Cluster {
     pub revision: AtomicI64,
     healthy: AtomicBool,
     replicas: Mutex<Vec<Value>>,
+    /// This replica's `to` window counts, published each second.
+    pub local_window: Mutex<(usize, usize, usize)>,
+    /// The sum over live replicas' published windows, and how many published.
+    fleet_window: Mutex<Option<(usize, usize, usize, usize)>>,
+    leader: AtomicBool,
 }
 
 impl Cluster {
@@ -105,6 +110,9 @@ impl Cluster {
             revision: AtomicI64::new(0),
             healthy: AtomicBool::new(false),
             replicas: Mutex::new(Vec::new()),
+            local_window: Mutex::new((0, 0, 0)),
+            fleet_window: Mutex::new(None),
+            leader: AtomicBool::new(false),
         }
     }
 
@@ -114,6 +122,19 @@ impl Cluster {
 
     fn replica_key(&self) -> String {
         format!("{}/replicas/{}", self.prefix, self.replica_id)
+    }
+
+    /// `(seen, errors, slow, replicas)` summed over the fleet, while etcd answers.
+    pub fn fleet_window(&self) -> Option<(usize, usize, usize, usize)> {
+        if !self.healthy() {
+            return None;
+        }
+        *self.fleet_window.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The one replica that runs the phase gates (`auto_advance`).
+    pub fn is_leader(&self) -> bool {
+        self.healthy() && self.leader.load(Ordering::SeqCst)
     }
 
     pub fn healthy(&self) -> bool {
@@ -151,7 +172,7 @@ impl Cluster {
             Ok(true) => {
                 // Learn the new revision so our own write is not re-applied as a remote one.
                 if let Ok(Some(kv)) = self.etcd.get(&self.state_key()).await {
-                    self.revision.store(kv.mod_revision, Ordering::SeqCst);
+                    self.set_revision(kv.mod_revision);
                 }
                 Ok(())
             }
@@ -161,6 +182,13 @@ impl Cluster {
                 Err(WriteError::Unavailable(e.to_string()))
             }
         }
+    }
+
+    /// The shared state's revision now applied here. The local window restarts with it:
+    /// counts of the previous state must not be published under the new revision.
+    pub fn set_revision(&self, rev: i64) {
+        self.revision.store(rev, Ordering::SeqCst);
+        *self.local_window.lock().unwrap_or_else(|e| e.into_inner()) = (0, 0, 0);
     }
 
     /// Publishes this replica's heartbeat on `lease` and refreshes the list of live replicas.
@@ -178,6 +206,52 @@ impl Cluster {
             .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
             .collect();
         *self.replicas.lock().unwrap_or_else(|e| e.into_inner()) = replicas;
+
+        // The rollback guard's window, summed over the replicas alive (their leases).
+        // Tagged with the shared state's revision: after a phase change or a rollback, windows
+        // still counting the previous state are left out of the sum.
+        let rev = self.revision.load(Ordering::SeqCst);
+        let (seen, errors, slow) = *self.local_window.lock().unwrap_or_else(|e| e.into_inner());
+        let w = json!({"seen": seen, "errors": errors, "slow": slow, "rev": rev});
+        self.etcd
+            .put(
+                &format!("{}/windows/{}", self.prefix, self.replica_id),
+                w.to_string().as_bytes(),
+                Some(lease),
+            )
+            .await?;
+        let mut sum = (0, 0, 0, 0);
+        for kv in self
+            .etcd
+            .prefix(&format!("{}/windows/", self.prefix))
+            .await?
+        {
+            if let Ok(v) = serde_json::from_slice::<Value>(&kv.value) {
+                if v["rev"].as_i64() != Some(rev) {
+                    continue;
+                }
+                let n = |k: &str| v[k].as_u64().unwrap_or(0) as usize;
+                sum = (
+                    sum.0 + n("seen"),
+                    sum.1 + n("errors"),
+                    sum.2 + n("slow"),
+                    sum.3 + 1,
+                );
+            }
+        }
+        *self.fleet_window.lock().unwrap_or_else(|e| e.into_inner()) = Some(sum);
+
+        // Leader election: whoever creates the leader key on its lease holds it while alive.
+        let key = format!("{}/leader", self.prefix);
+        let leader = match self.etcd.get(&key).await? {
+            Some(kv) => kv.value == self.replica_id.as_bytes(),
+            None => {
+                self.etcd
+                    .compare_and_put(&key, 0, self.replica_id.as_bytes(), Some(lease))
+                    .await?
+            }
+        };
+        self.leader.store(leader, Ordering::SeqCst);
         Ok(())
     }
 
@@ -191,7 +265,8 @@ impl Cluster {
             .into_iter()
             .map(|r| json!({"id": r["id"], "phase": r["phase"], "last_seen": r["last_seen_unix"]}))
             .collect();
-        json!({"store": "etcd", "healthy": self.healthy(), "replica_id": self.replica_id, "replicas": replicas})
+        let fleet = self.fleet_window().map(|(seen, errors, slow, n)| json!({"requests": seen, "provider_errors": errors, "over_p95_limit": slow, "replicas": n}));
+        json!({"store": "etcd", "healthy": self.healthy(), "replica_id": self.replica_id, "leader": self.is_leader(), "replicas": replicas, "to_window": fleet})
     }
 }
 

@@ -468,8 +468,7 @@ impl Control {
                 tracing::warn!(phase = ?shared.phase, "the shared phase does not exist in this replica's config; keeping the current state")
             }
         }
-        c.revision
-            .store(revision, std::sync::atomic::Ordering::SeqCst);
+        c.set_revision(revision);
         true
     }
 

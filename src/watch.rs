@@ -9,7 +9,7 @@ use http::{header, Request, Uri};
 use switchyard_core::event::{RequestEvent, ShadowEvent};
 use switchyard_proxy::body::RequestBody;
 use switchyard_proxy::upstream::Upstream;
-use switchyard_watch::{gate, Alert, Gate, Guard, Verdict};
+use switchyard_watch::{gate, verdict_of_counts, Alert, Gate, Guard, Verdict};
 use tokio::sync::{mpsc, watch};
 
 use crate::control::Control;
@@ -88,8 +88,22 @@ async fn judge(
         }
         let event = got_events.then_some(());
         let Some(ar) = &m.auto_rollback else { continue };
-        let to_verdict = to_guard.verdict(ar);
-        if event.is_some() {
+        // In cluster mode the guard judges the whole fleet's window: every replica publishes
+        // its counts, and any replica may trip the (idempotent) rollback.
+        let to_verdict = match &control.cluster {
+            Some(c) => {
+                let slow_us = ar.max_p95_latency.as_micros() as u64;
+                *c.local_window.lock().unwrap_or_else(|p| p.into_inner()) =
+                    to_guard.counts(slow_us);
+                match c.fleet_window() {
+                    Some((seen, errors, slow, _)) => verdict_of_counts(seen, errors, slow, ar),
+                    None => to_guard.verdict(ar),
+                }
+            }
+            None => to_guard.verdict(ar),
+        };
+        // In cluster mode the fleet's window changes without local events: judge every tick.
+        if event.is_some() || control.cluster.is_some() {
             if let Verdict::Breach {
                 metric,
                 value,
@@ -104,12 +118,15 @@ async fn judge(
                     continue;
                 }
             }
-            if let Verdict::Breach {
-                metric,
-                value,
-                threshold,
-                seen,
-            } = from_guard.verdict(ar)
+            if let (
+                true,
+                Verdict::Breach {
+                    metric,
+                    value,
+                    threshold,
+                    seen,
+                },
+            ) = (event.is_some(), from_guard.verdict(ar))
             {
                 control.alerter.send(Alert {
                     event: "threshold_breach",
@@ -121,7 +138,12 @@ async fn judge(
                     text: format!("`{from_name}` {metric} at {value:.3} over {threshold:.3} (last {seen} requests); no rollback: it is the `from` side"),
                 });
             }
-        } else if m.auto_advance && !snap.state.rolled_back {
+        }
+        if event.is_none()
+            && m.auto_advance
+            && !snap.state.rolled_back
+            && control.cluster.as_ref().is_none_or(|c| c.is_leader())
+        {
             let Some(i) = snap.state.phase else { continue };
             let decision = gate(
                 m.phases[i].hold,

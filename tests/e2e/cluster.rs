@@ -135,3 +135,66 @@ async fn replicas_fail_static_while_etcd_is_down_and_resync_after() {
     })
     .await;
 }
+
+fn guarded_cluster(old: &Mock, new: &Mock, etcd: &str, id: &str) -> String {
+    clustered(old, new, etcd, id).replace("phase: phase-1", "phase: phase-4").replace(
+        "  phase: phase-4\n",
+        "  phase: phase-4\n  auto_rollback:\n    window: 20\n    min_requests: 10\n    max_error_rate: 0.2\n    max_p95_latency: 5s\n",
+    )
+}
+
+#[tokio::test]
+async fn errors_spread_over_replicas_trip_one_fleet_wide_rollback_and_dead_replicas_drop_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start(dir.path()).await;
+    let (old, new) = pair().await;
+    let a = Gateway::start(&guarded_cluster(&old, &new, &etcd.url, "a")).await;
+    let b = Gateway::start(&guarded_cluster(&old, &new, &etcd.url, "b")).await;
+    let c = Gateway::start(&guarded_cluster(&old, &new, &etcd.url, "c")).await;
+    a.wait_status("three replicas", |s| {
+        s["cluster"]["replicas"]
+            .as_array()
+            .is_some_and(|r| r.len() == 3)
+    })
+    .await;
+
+    // 6 errors behind b and 6 behind c: fewer than min_requests on each, 12 of 12 for the fleet.
+    for (gw, name) in [(&b, "b"), (&c, "c")] {
+        for i in 0..6 {
+            let r = client()
+                .get(gw.url("/v1/models"))
+                .header("x-request-id", format!("{name}-{i}"))
+                .header("x-mock-status", "503")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 503);
+        }
+    }
+    for gw in [&a, &b, &c] {
+        let s = gw
+            .wait_status("the fleet-wide rollback", |s| s["rolled_back"] == true)
+            .await;
+        assert_eq!(s["rollback_trigger"], "auto");
+    }
+    let leaders: usize = {
+        let mut n = 0;
+        for gw in [&a, &b, &c] {
+            if gw.status().await["cluster"]["leader"] == true {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(leaders, 1, "exactly one replica leads the phase gates");
+
+    // a replica that dies leaves the judgement when its lease runs out
+    drop(c);
+    a.wait_status("two replicas left", |s| {
+        s["cluster"]["replicas"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)
+            && s["cluster"]["to_window"]["replicas"] == 2
+    })
+    .await;
+}

@@ -107,6 +107,54 @@ impl Guard {
     }
 }
 
+/// Counts of the window: `(seen, provider errors, slower than slow_us)`. Replicas publish
+/// these so that a fleet can be judged on the sum of its windows.
+impl Guard {
+    pub fn counts(&self, slow_us: u64) -> (usize, usize, usize) {
+        let errors = self.samples.iter().filter(|(e, _)| *e).count();
+        let slow = self.samples.iter().filter(|(_, us)| *us > slow_us).count();
+        (self.samples.len(), errors, slow)
+    }
+}
+
+/// The guard's judgement from summed counts: p95 is over the limit exactly when more than
+/// 5% of the requests took longer than it.
+pub fn verdict_of_counts(
+    seen: usize,
+    errors: usize,
+    slow: usize,
+    cfg: &AutoRollbackConfig,
+) -> Verdict {
+    let need = cfg.min_requests as usize;
+    if seen < need.max(1) {
+        return Verdict::Inconclusive { seen, need };
+    }
+    let error_rate = errors as f64 / seen as f64;
+    if error_rate > cfg.max_error_rate {
+        return Verdict::Breach {
+            seen,
+            metric: "error_rate",
+            value: error_rate,
+            threshold: cfg.max_error_rate,
+        };
+    }
+    let slow_share = slow as f64 / seen as f64;
+    if slow_share > 0.05 {
+        let max_ms = cfg.max_p95_latency.as_secs_f64() * 1000.0;
+        return Verdict::Breach {
+            seen,
+            metric: "p95_latency_ms",
+            value: max_ms * (1.0 + slow_share),
+            threshold: max_ms,
+        };
+    }
+    Verdict::Healthy {
+        seen,
+        error_rate,
+        p95: Duration::ZERO,
+    }
+}
+
 /// What the phase gate says about advancing.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Gate {
@@ -256,6 +304,40 @@ mod tests {
         assert_eq!(g.seen(), 0);
         g.record(&ev(Class::Success, 10, 1));
         assert_eq!(g.seen(), 1);
+    }
+
+    #[test]
+    fn fleet_counts() {
+        let c = cfg();
+        assert!(matches!(
+            verdict_of_counts(4, 4, 0, &c),
+            Verdict::Inconclusive { .. }
+        ));
+        // two replicas, 10 requests each, 3 + 2 errors: 25% > 20%
+        assert!(matches!(
+            verdict_of_counts(20, 5, 0, &c),
+            Verdict::Breach {
+                metric: "error_rate",
+                ..
+            }
+        ));
+        assert!(matches!(
+            verdict_of_counts(20, 4, 1, &c),
+            Verdict::Healthy { .. }
+        ));
+        assert!(matches!(
+            verdict_of_counts(20, 0, 2, &c),
+            Verdict::Breach {
+                metric: "p95_latency_ms",
+                ..
+            }
+        ));
+        let mut g = Guard::new(10);
+        for ms in [100, 100, 900] {
+            g.record(&ev(Class::Success, ms, 0));
+        }
+        g.record(&ev(Class::Timeout, 10, 0));
+        assert_eq!(g.counts(500_000), (4, 1, 1));
     }
 
     #[test]

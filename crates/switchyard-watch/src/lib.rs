@@ -12,7 +12,7 @@ pub mod shadow;
 pub mod stats;
 
 pub use alerts::{Alert, Alerter};
-pub use guard::{gate, Gate, Guard, Verdict};
+pub use guard::{gate, verdict_of_counts, Gate, Guard, Verdict};
 pub use health::HealthTracker;
 pub use shadow::ShadowStats;
 pub use stats::Stats;
