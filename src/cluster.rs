@@ -88,7 +88,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(cfg: &ClusterConfig) -> Cluster {
+    pub fn new(cfg: &ClusterConfig) -> Result<Cluster, String> {
         let replica_id = cfg
             .replica_id
             .clone()
@@ -103,8 +103,23 @@ impl Cluster {
                     .map(|h| h.trim().to_string())
             })
             .unwrap_or_else(|| "switchyard".to_string());
-        Cluster {
-            etcd: Etcd::new(cfg.endpoints.clone()),
+        let env = |v: &Option<String>| {
+            v.as_ref()
+                .and_then(|name| std::env::var(name).ok())
+                .filter(|s| !s.is_empty())
+        };
+        let auth = match (env(&cfg.username_env), env(&cfg.password_env)) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) if cfg.username_env.is_none() && cfg.password_env.is_none() => None,
+            _ => return Err(
+                "cluster.etcd: username_env and password_env must both name variables that are set"
+                    .into(),
+            ),
+        };
+        let etcd = Etcd::with_options(cfg.endpoints.clone(), auth, cfg.ca_file.as_deref())
+            .map_err(|e| format!("cluster.etcd.ca_file: {e}"))?;
+        Ok(Cluster {
+            etcd,
             replica_id,
             prefix: cfg.key_prefix.trim_end_matches('/').to_string(),
             revision: AtomicI64::new(0),
@@ -113,7 +128,7 @@ impl Cluster {
             local_window: Mutex::new((0, 0, 0)),
             fleet_window: Mutex::new(None),
             leader: AtomicBool::new(false),
-        }
+        })
     }
 
     pub fn state_key(&self) -> String {

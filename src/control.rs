@@ -182,7 +182,10 @@ impl Control {
             shutting_down: AtomicBool::new(false),
             alerter,
             watch,
-            cluster: config.cluster.as_ref().map(|c| Arc::new(Cluster::new(c))),
+            cluster: match &config.cluster {
+                Some(c) => Some(Arc::new(Cluster::new(c)?)),
+                None => None,
+            },
         };
         Ok((control, config))
     }

@@ -198,3 +198,28 @@ async fn errors_spread_over_replicas_trip_one_fleet_wide_rollback_and_dead_repli
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_replica_started_while_etcd_is_down_serves_the_files_phase_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = EtcdServer::start(dir.path()).await;
+    etcd.stop();
+    let (old, new) = pair().await;
+    let a = Gateway::start(
+        &clustered(&old, &new, &etcd.url, "a").replace("phase: phase-1", "phase: phase-4"),
+    )
+    .await;
+    let s = a.status().await;
+    assert_eq!(s["cluster"]["healthy"], false);
+    assert_eq!(s["phase"]["name"], "phase-4", "the file's phase");
+    assert!(
+        a.logs().contains("etcd unreachable at start"),
+        "{}",
+        a.logs()
+    );
+    let r = client().get(a.url("/v1/models")).send().await.unwrap();
+    assert_eq!(r.headers()["x-switchyard-provider"], "new");
+    etcd.resume().await;
+    a.wait_status("etcd reachable", |s| s["cluster"]["healthy"] == true)
+        .await;
+}

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use serde_json::{json, Value};
-use switchyard_watch::alerts::{http_client, HttpClient};
+use switchyard_watch::alerts::{http_client, http_client_with_ca, HttpClient};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EtcdError {
@@ -50,6 +50,9 @@ pub struct Etcd {
     endpoints: Vec<String>,
     current: AtomicUsize,
     timeout: Duration,
+    /// User and password when etcd has auth on; the token they buy is cached.
+    auth: Option<(String, String)>,
+    token: std::sync::Mutex<Option<String>>,
 }
 
 fn b64(s: &[u8]) -> String {
@@ -98,10 +101,69 @@ impl Etcd {
             endpoints,
             current: AtomicUsize::new(0),
             timeout: Duration::from_secs(2),
+            auth: None,
+            token: std::sync::Mutex::new(None),
         }
     }
 
-    async fn call(&self, path: &str, body: Value) -> Result<Value, EtcdError> {
+    /// With etcd auth (`user`, `password`) and/or an extra CA for `https://` endpoints.
+    pub fn with_options(
+        endpoints: Vec<String>,
+        auth: Option<(String, String)>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, String> {
+        Ok(Etcd {
+            client: http_client_with_ca(4, ca_file)?,
+            auth,
+            ..Etcd::new(endpoints)
+        })
+    }
+
+    /// Any JSON-gateway call (`/v3/...`), with auth when configured.
+    pub async fn call(&self, path: &str, body: Value) -> Result<Value, EtcdError> {
+        if self.auth.is_none() {
+            return self.send(path, &body, None).await;
+        }
+        let token = self.token().await?;
+        match self.send(path, &body, Some(&token)).await {
+            // Simple tokens expire: buy a new one once and try again.
+            Err(EtcdError::Refused(e)) if e.contains("token") => {
+                *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                let token = self.token().await?;
+                self.send(path, &body, Some(&token)).await
+            }
+            r => r,
+        }
+    }
+
+    async fn token(&self) -> Result<String, EtcdError> {
+        if let Some(t) = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(t);
+        }
+        let Some((user, password)) = &self.auth else {
+            return Err(EtcdError::Refused("no credentials".into()));
+        };
+        let v = self
+            .send(
+                "/v3/auth/authenticate",
+                &json!({"name": user, "password": password}),
+                None,
+            )
+            .await?;
+        let token = v["token"]
+            .as_str()
+            .ok_or_else(|| EtcdError::Refused(format!("authenticate: {v}")))?
+            .to_string();
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
+        Ok(token)
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> Result<Value, EtcdError> {
         let body = Bytes::from(body.to_string());
         let n = self.endpoints.len().max(1);
         let start = self.current.load(Ordering::Relaxed);
@@ -112,9 +174,11 @@ impl Etcd {
                 break;
             };
             let url = format!("{}{path}", base.trim_end_matches('/'));
-            let req = Request::post(&url)
-                .header("content-type", "application/json")
-                .body(Full::new(body.clone()));
+            let mut req = Request::post(&url).header("content-type", "application/json");
+            if let Some(t) = token {
+                req = req.header("authorization", t);
+            }
+            let req = req.body(Full::new(body.clone()));
             let Ok(req) = req else {
                 last = format!("bad endpoint {base}");
                 continue;

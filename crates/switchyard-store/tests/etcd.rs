@@ -79,3 +79,51 @@ async fn a_dead_etcd_is_reported_unreachable_quickly() {
     assert!(matches!(e.get("/x").await, Err(EtcdError::Unreachable(_))));
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn user_and_password_when_etcd_has_auth_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = etcd(&dir).await;
+    let admin = Etcd::new(vec![server.url.clone()]);
+    for (path, body) in [
+        (
+            "/v3/auth/user/add",
+            serde_json::json!({"name": "root", "password": "s3cret"}),
+        ),
+        ("/v3/auth/role/add", serde_json::json!({"name": "root"})),
+        (
+            "/v3/auth/user/grant",
+            serde_json::json!({"user": "root", "role": "root"}),
+        ),
+        ("/v3/auth/enable", serde_json::json!({})),
+    ] {
+        admin
+            .call(path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+    assert!(
+        matches!(
+            Etcd::new(vec![server.url.clone()])
+                .put("/k", b"v", None)
+                .await,
+            Err(EtcdError::Refused(_))
+        ),
+        "auth is on"
+    );
+    let wrong = Etcd::with_options(
+        vec![server.url.clone()],
+        Some(("root".into(), "nope".into())),
+        None,
+    )
+    .unwrap();
+    assert!(wrong.get("/k").await.is_err());
+    let e = Etcd::with_options(
+        vec![server.url.clone()],
+        Some(("root".into(), "s3cret".into())),
+        None,
+    )
+    .unwrap();
+    e.put("/k", b"v", None).await.unwrap();
+    assert_eq!(e.get("/k").await.unwrap().unwrap().value, b"v");
+}

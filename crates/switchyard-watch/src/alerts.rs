@@ -134,13 +134,31 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// `pool_max_idle` connections per host are kept for reuse.
 pub fn http_client(pool_max_idle: usize) -> HttpClient {
+    http_client_with_ca(pool_max_idle, None).expect("public roots alone always make a client")
+}
+
+/// The same, trusting the PEM certificates in `ca_file` beside the public roots.
+pub fn http_client_with_ca(
+    pool_max_idle: usize,
+    ca_file: Option<&std::path::Path>,
+) -> Result<HttpClient, String> {
+    use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = ca_file {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+        for c in certs {
+            roots
+                .add(c.map_err(|e| format!("{}: {e}", ca.display()))?)
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+        }
+    }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
+    .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
     let mut http = HttpConnector::new();
@@ -152,10 +170,10 @@ pub fn http_client(pool_max_idle: usize) -> HttpClient {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
+    Ok(Client::builder(TokioExecutor::new())
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_max_idle_per_host(pool_max_idle)
-        .build(https)
+        .build(https))
 }
 
 async fn deliver(
