@@ -539,11 +539,29 @@ impl Control {
         let reason = format!(
             "{metric} of `{to}` at {value:.3} over the limit {threshold:.3} (last {seen} requests)"
         );
-        if let Err(e) = self
-            .rollback_by(Trigger::Auto, reason, Some((metric, value, threshold)))
-            .await
-        {
-            tracing::error!(error = %e.message, "automatic rollback could not be persisted; traffic was not moved");
+        let mut result = self
+            .rollback_by(
+                Trigger::Auto,
+                reason.clone(),
+                Some((metric, value, threshold)),
+            )
+            .await;
+        // Cluster mode: another replica changed the state first. Fail safe: take its state,
+        // and roll back on top of it unless it already is a rollback.
+        if let (Err(e), Some(c)) = (&result, &self.cluster) {
+            if e.status == 409 {
+                self.sync_from_cluster(c).await;
+                if !self.gateway.load().state.rolled_back {
+                    result = self
+                        .rollback_by(Trigger::Auto, reason, Some((metric, value, threshold)))
+                        .await;
+                } else {
+                    result = Ok(self.gateway.load());
+                }
+            }
+        }
+        if let Err(e) = result {
+            tracing::error!(error = %e.message, "automatic rollback could not be applied; traffic was not moved");
         }
     }
 

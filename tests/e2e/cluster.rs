@@ -223,3 +223,48 @@ async fn a_replica_started_while_etcd_is_down_serves_the_files_phase_and_says_so
     a.wait_status("etcd reachable", |s| s["cluster"]["healthy"] == true)
         .await;
 }
+
+#[tokio::test]
+async fn only_the_leader_advances_phases_and_everyone_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start(dir.path()).await;
+    let (old, new) = pair().await;
+    let yaml = |id: &str| {
+        clustered(&old, &new, &etcd.url, id)
+            .replace("phase: phase-1", "phase: phase-3")
+            .replace("{ name: phase-3, percent: 50 }", "{ name: phase-3, percent: 50, hold: 1s }")
+            .replace(
+                "  phase: phase-3\n",
+                "  phase: phase-3\n  auto_advance: true\n  auto_rollback:\n    window: 20\n    min_requests: 6\n    max_error_rate: 0.2\n    max_p95_latency: 5s\n",
+            )
+    };
+    let a = Gateway::start(&yaml("a")).await;
+    let b = Gateway::start(&yaml("b")).await;
+    a.wait_status("two replicas", |s| {
+        s["cluster"]["replicas"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    // healthy traffic, spread over both replicas; the leader judges the fleet's summed window
+    for i in 0..40 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        client()
+            .get(gw.url("/v1/models"))
+            .header("x-request-id", format!("adv-{i}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    for gw in [&a, &b] {
+        gw.wait_status("phase-4 by the leader's gate", |s| {
+            s["phase"]["name"] == "phase-4"
+        })
+        .await;
+    }
+    let leaders = [a.status().await, b.status().await]
+        .iter()
+        .filter(|s| s["cluster"]["leader"] == true)
+        .count();
+    assert_eq!(leaders, 1);
+}
