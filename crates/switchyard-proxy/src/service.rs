@@ -25,6 +25,8 @@
 //!    `x-switchyard-provider` in, the body streamed through [`ResponseBody`] (idle timeout,
 //!    metrics and access log at its end, however it ends). Timeouts and metrics live here
 //!    and not in layers of their own because both depend on the provider chosen here.
+//!    A request `from` serves that falls in the shadow cohort is also mirrored to `to`
+//!    ([`crate::shadow`]): its body is teed as it streams, the copy goes from its own task.
 
 use std::convert::Infallible;
 use std::future::Future;
