@@ -15,16 +15,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use switchyard_core::config::{ClusterConfig, Phase};
-use switchyard_core::{MigrationState, Trigger};
+use switchyard_core::migration::NamedState;
+use switchyard_core::MigrationState;
 use switchyard_store::{Etcd, EtcdError};
 
 /// What is stored under `<prefix>/state`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SharedState {
-    pub phase: Option<String>,
-    pub rolled_back: bool,
-    pub rollback_reason: Option<String>,
-    pub rollback_trigger: Option<Trigger>,
+    #[serde(flatten)]
+    pub state: NamedState,
     pub changed_by: String,
     pub changed_at_unix: u64,
 }
@@ -32,30 +31,10 @@ pub struct SharedState {
 impl SharedState {
     pub fn of(state: &MigrationState, phases: &[Phase], by: &str) -> Self {
         SharedState {
-            phase: state
-                .phase
-                .and_then(|i| phases.get(i))
-                .map(|p| p.name.clone()),
-            rolled_back: state.rolled_back,
-            rollback_reason: state.rollback_reason.clone(),
-            rollback_trigger: state.rollback_trigger,
+            state: NamedState::of(state, phases),
             changed_by: by.to_string(),
             changed_at_unix: now_unix(),
         }
-    }
-
-    /// The state for this config's phases; None when the named phase does not exist here.
-    pub fn to_state(&self, phases: &[Phase]) -> Option<MigrationState> {
-        let phase = match &self.phase {
-            Some(name) => Some(phases.iter().position(|p| &p.name == name)?),
-            None => None,
-        };
-        Some(MigrationState {
-            phase,
-            rolled_back: self.rolled_back,
-            rollback_reason: self.rollback_reason.clone(),
-            rollback_trigger: self.rollback_trigger,
-        })
     }
 }
 

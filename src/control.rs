@@ -17,7 +17,7 @@ use switchyard_admin::{AdminError, AdminHandle, AdminResult};
 use switchyard_core::event::{RequestEvent, ShadowEvent};
 
 use crate::cluster::{Cluster, SharedState, WriteError};
-use switchyard_core::migration::TransitionError;
+use switchyard_core::migration::{NamedState, TransitionError};
 use switchyard_core::{Config, MigrationState, Trigger};
 use switchyard_proxy::shadow::ShadowRuntime;
 use switchyard_proxy::Sinks;
@@ -28,11 +28,8 @@ use tokio::sync::{mpsc, watch, Mutex};
 /// `<config>.state.json`: the phase an operator set through the admin API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PersistedState {
-    /// Phase name; None while rolled back from a config that started in `rollback`.
-    pub phase: Option<String>,
-    pub rolled_back: bool,
-    pub rollback_reason: Option<String>,
-    pub rollback_trigger: Option<Trigger>,
+    #[serde(flatten)]
+    pub state: NamedState,
     /// The file's `phase:` when this was written: if the file's value differs at the next
     /// load, the operator edited it since, and the file wins.
     pub file_phase: String,
@@ -319,13 +316,7 @@ impl Control {
 
     fn persist(&self, config: &Config, state: &MigrationState) -> std::io::Result<()> {
         let p = PersistedState {
-            phase: state
-                .phase
-                .and_then(|i| config.migration.phases.get(i))
-                .map(|p| p.name.clone()),
-            rolled_back: state.rolled_back,
-            rollback_reason: state.rollback_reason.clone(),
-            rollback_trigger: state.rollback_trigger,
+            state: NamedState::of(state, &config.migration.phases),
             file_phase: config.migration.file_phase.clone(),
             updated_at_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -453,7 +444,7 @@ impl Control {
         }
         let _w = self.writer.lock().await;
         let current = self.gateway.load();
-        match shared.to_state(&current.config.migration.phases) {
+        match shared.state.resolve(&current.config.migration.phases) {
             Some(state) if state != current.state => {
                 let was_rolled_back = current.state.rolled_back;
                 self.watch.phase_began(SystemTime::now());
@@ -468,7 +459,7 @@ impl Control {
             }
             Some(_) => {}
             None => {
-                tracing::warn!(phase = ?shared.phase, "the shared phase does not exist in this replica's config; keeping the current state")
+                tracing::warn!(phase = ?shared.state.phase, "the shared phase does not exist in this replica's config; keeping the current state")
             }
         }
         c.set_revision(revision);
@@ -610,21 +601,9 @@ fn initial_state(config: &Config, state_path: &Path) -> (MigrationState, Option<
         return file_state;
     }
     let phases = &config.migration.phases;
-    let index = match &p.phase {
-        Some(name) => match phases.iter().position(|ph| &ph.name == name) {
-            Some(i) => Some(i),
-            None => {
-                tracing::warn!(phase = %name, "the persisted phase no longer exists; using the config's phase");
-                return file_state;
-            }
-        },
-        None => None,
-    };
-    let state = MigrationState {
-        phase: index,
-        rolled_back: p.rolled_back,
-        rollback_reason: p.rollback_reason,
-        rollback_trigger: p.rollback_trigger,
+    let Some(state) = p.state.resolve(phases) else {
+        tracing::warn!(phase = ?p.state.phase, "the persisted phase no longer exists; using the config's phase");
+        return file_state;
     };
     tracing::info!(
         phase = state.phase_name(phases),
@@ -641,18 +620,11 @@ fn initial_state(config: &Config, state_path: &Path) -> (MigrationState, Option<
 /// Keeps the running state across a reload that did not touch `phase:`, following the
 /// phase by name (indices may have moved).
 fn carry_state(current: &Snapshot, config: &Config) -> MigrationState {
-    let mut state = current.state.clone();
-    if let Some(i) = state.phase {
-        let name = &current.config.migration.phases[i].name;
-        match config.migration.phases.iter().position(|p| &p.name == name) {
-            Some(j) => state.phase = Some(j),
-            None => {
-                tracing::warn!(phase = %name, "the running phase is gone from the new config; using the config's phase");
-                return config.migration.file_state.clone();
-            }
-        }
-    }
-    state
+    let named = NamedState::of(&current.state, &current.config.migration.phases);
+    named.resolve(&config.migration.phases).unwrap_or_else(|| {
+        tracing::warn!(phase = ?named.phase, "the running phase is gone from the new config; using the config's phase");
+        config.migration.file_state.clone()
+    })
 }
 
 fn transition_error(e: TransitionError) -> AdminError {

@@ -36,6 +36,44 @@ pub struct MigrationState {
     pub rollback_trigger: Option<Trigger>,
 }
 
+/// A migration state with its phase by name, as kept outside the process (the state file,
+/// etcd) and across reloads: names survive a config that reorders phases, indices do not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedState {
+    pub phase: Option<String>,
+    pub rolled_back: bool,
+    pub rollback_reason: Option<String>,
+    pub rollback_trigger: Option<Trigger>,
+}
+
+impl NamedState {
+    pub fn of(state: &MigrationState, phases: &[Phase]) -> Self {
+        NamedState {
+            phase: state
+                .phase
+                .and_then(|i| phases.get(i))
+                .map(|p| p.name.clone()),
+            rolled_back: state.rolled_back,
+            rollback_reason: state.rollback_reason.clone(),
+            rollback_trigger: state.rollback_trigger,
+        }
+    }
+
+    /// The state for `phases`; None when the named phase is not among them.
+    pub fn resolve(&self, phases: &[Phase]) -> Option<MigrationState> {
+        let phase = match &self.phase {
+            Some(name) => Some(phases.iter().position(|p| &p.name == name)?),
+            None => None,
+        };
+        Some(MigrationState {
+            phase,
+            rolled_back: self.rolled_back,
+            rollback_reason: self.rollback_reason.clone(),
+            rollback_trigger: self.rollback_trigger,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransitionError {
     /// Already at the last phase.
@@ -150,5 +188,18 @@ mod tests {
             r.set(&ph, "nope"),
             Err(TransitionError::UnknownPhase(_))
         ));
+    }
+
+    #[test]
+    fn named_states_follow_phases_by_name() {
+        let ph = phases();
+        let s = MigrationState::at(2).rollback("slow", Trigger::Auto);
+        let named = NamedState::of(&s, &ph);
+        assert_eq!(named.phase.as_deref(), Some("p3"));
+        let reordered: Vec<Phase> = ph.iter().rev().cloned().collect();
+        let back = named.resolve(&reordered).unwrap();
+        assert_eq!(back.phase, Some(1));
+        assert_eq!(back.rollback_reason.as_deref(), Some("slow"));
+        assert_eq!(named.resolve(&ph[..2]), None);
     }
 }
