@@ -66,8 +66,7 @@ fn check_names_file_line_and_key_of_each_error() {
 
 #[tokio::test]
 async fn phase_cli_drives_the_admin_api() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-1")).await;
+    let (_old, _new, gw) = pair_behind_gateway("phase-1").await;
     let admin = format!("http://{}", gw.admin);
     // Blocking is fine here: the admin API is served by the gateway process, not this runtime.
     let run = |args: &[&str]| {
@@ -215,8 +214,7 @@ fn cost_prints_the_roi_table() {
 
 #[tokio::test]
 async fn cost_and_stats_read_a_running_gateway() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-3")).await;
+    let (_old, _new, gw) = pair_behind_gateway("phase-3").await;
     for i in 0..10 {
         client()
             .post(gw.url("/v1/chat/completions"))

@@ -26,6 +26,13 @@ pub async fn pair() -> (Mock, Mock) {
     (mock("old").await, mock("new").await)
 }
 
+/// The pair, and a gateway in front of them at `phase` (of [`config`]).
+pub async fn pair_behind_gateway(phase: &str) -> (Mock, Mock, Gateway) {
+    let (old, new) = pair().await;
+    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), phase)).await;
+    (old, new, gw)
+}
+
 /// A config with two providers `old` and `new`, phases 10/25/50/100, listening on port 0.
 pub fn config(old_url: &str, new_url: &str, phase: &str) -> String {
     format!(

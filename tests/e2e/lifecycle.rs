@@ -72,8 +72,7 @@ async fn shutdown_grace_bounds_the_drain() {
 
 #[tokio::test]
 async fn metrics_use_the_spec_names_with_histogram_buckets() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-2")).await;
+    let (_old, _new, gw) = pair_behind_gateway("phase-2").await;
     for i in 0..20 {
         let r = client()
             .post(gw.url("/v1/chat/completions"))

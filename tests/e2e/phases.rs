@@ -31,8 +31,7 @@ async fn who(gw: &Gateway, key: &str) -> String {
 
 #[tokio::test]
 async fn status_next_set_and_rollback_by_admin() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-3")).await;
+    let (_old, _new, gw) = pair_behind_gateway("phase-3").await;
 
     let s = gw.status().await;
     assert_eq!(s["from"], "old");

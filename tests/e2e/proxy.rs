@@ -7,8 +7,7 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn chat_passes_through_with_provider_key_host_and_request_id() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let (old, new, gw) = pair_behind_gateway("phase-0").await;
 
     let resp = client()
         .post(gw.url("/v1/chat/completions?api-version=2024"))
@@ -40,8 +39,7 @@ async fn chat_passes_through_with_provider_key_host_and_request_id() {
 
 #[tokio::test]
 async fn client_request_id_is_kept_and_models_and_embeddings_pass() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let (old, _new, gw) = pair_behind_gateway("phase-0").await;
 
     let r = client()
         .get(gw.url("/v1/models"))
@@ -84,8 +82,7 @@ async fn base_url_path_replaces_v1() {
 
 #[tokio::test]
 async fn sse_chunks_arrive_as_the_provider_sends_them() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let (old, _new, gw) = pair_behind_gateway("phase-0").await;
 
     let resp = client()
         .post(gw.url("/v1/chat/completions"))
@@ -118,8 +115,7 @@ async fn sse_chunks_arrive_as_the_provider_sends_them() {
 
 #[tokio::test]
 async fn provider_errors_pass_through_unchanged() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let (_old, _new, gw) = pair_behind_gateway("phase-0").await;
     let r = client()
         .post(gw.url("/v1/chat/completions"))
         .header("x-mock-status", "429")
@@ -210,8 +206,7 @@ async fn both_unreachable_is_502() {
 
 #[tokio::test]
 async fn a_cut_stream_aborts_the_client_stream_and_counts_as_an_error() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let (_old, _new, gw) = pair_behind_gateway("phase-0").await;
     let resp = client()
         .post(gw.url("/v1/chat/completions"))
         .header("x-mock-chunks", "5")
@@ -244,8 +239,7 @@ async fn a_cut_stream_aborts_the_client_stream_and_counts_as_an_error() {
 
 #[tokio::test]
 async fn client_hang_up_cancels_the_upstream_request_and_is_not_an_error() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let (old, _new, gw) = pair_behind_gateway("phase-0").await;
     let resp = client()
         .post(gw.url("/v1/chat/completions"))
         .header("x-mock-chunks", "50")
@@ -322,8 +316,7 @@ async fn a_silent_stream_is_aborted_after_idle_timeout_but_long_streams_are_not_
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_stripped_both_ways() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let (old, _new, gw) = pair_behind_gateway("phase-0").await;
     let req = "GET /v1/models HTTP/1.1\r\nHost: gateway.example\r\nConnection: close, x-hop\r\nx-hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic Zm9v\r\nTE: trailers\r\nx-end: 1\r\n\r\n";
     let answer = raw_exchange(gw.proxy, req.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -415,8 +408,7 @@ async fn https_provider_behind_a_private_ca() {
 
 #[tokio::test]
 async fn h2c_clients_are_served() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let (_old, _new, gw) = pair_behind_gateway("phase-0").await;
     let h2 = reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
@@ -436,8 +428,7 @@ async fn h2c_clients_are_served() {
 
 #[tokio::test]
 async fn client_hang_up_before_the_response_head_cancels_the_upstream_request() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let (old, _new, gw) = pair_behind_gateway("phase-0").await;
     let impatient = reqwest::Client::builder()
         .no_proxy()
         .timeout(std::time::Duration::from_millis(300))

@@ -22,8 +22,7 @@ async fn provider_for(gw: &Gateway, header: &str, key: &str) -> String {
 
 #[tokio::test]
 async fn split_matches_the_documented_hash_and_is_sticky_and_monotone() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-2")).await;
+    let (_old, _new, gw) = pair_behind_gateway("phase-2").await;
     let router = Router::new("old", "new");
 
     let keys: Vec<String> = (0..1000).map(|i| format!("req-{i:05}")).collect();
@@ -103,8 +102,7 @@ async fn sticky_header_keeps_a_user_on_one_provider() {
 
 #[tokio::test]
 async fn without_a_key_the_generated_request_id_routes_and_goes_upstream() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-3")).await;
+    let (old, new, gw) = pair_behind_gateway("phase-3").await;
     let router = Router::new("old", "new");
     for _ in 0..50 {
         let r = client().get(gw.url("/v1/models")).send().await.unwrap();

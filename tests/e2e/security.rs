@@ -188,8 +188,7 @@ async fn request_bodies_over_the_limit_get_413() {
 
 #[tokio::test]
 async fn oversized_or_too_many_headers_get_431() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let (old, _new, gw) = pair_behind_gateway("phase-0").await;
     let big = format!(
         "GET /v1/models HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
         "a".repeat(80 * 1024)
@@ -208,8 +207,7 @@ async fn oversized_or_too_many_headers_get_431() {
 
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_refused() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let (old, _new, gw) = pair_behind_gateway("phase-0").await;
     let req = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
     let answer = raw_exchange(gw.proxy, req.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");

@@ -56,8 +56,7 @@ fn mock_usage(body: &[u8], chunks: u64) -> (u64, u64) {
 
 #[tokio::test]
 async fn stats_count_tokens_and_cost_to_the_microdollar() {
-    let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-3")).await;
+    let (old, new, gw) = pair_behind_gateway("phase-3").await;
     let c = client();
     let mut sent = 0;
     for i in 0..30 {
