@@ -61,6 +61,10 @@ async fn judge(
             continue;
         }
         let snap = control.gateway().load();
+        if ticks % 200 == 0 {
+            // Every 10 s: a quiet gateway should not hold provider connections forever.
+            snap.upstreams.iter().for_each(|up| up.close_idle());
+        }
         let cfg = &snap.config;
         let m = &cfg.migration;
         let window = m.auto_rollback.as_ref().map_or(100, |a| a.window as usize);
@@ -228,12 +232,8 @@ pub const HEALTH_USER_AGENT: &str = "switchyard-health-check";
 
 /// `GET base_url + path` with the provider key; 2xx is healthy.
 async fn probe(up: &Upstream, path: &str, timeout: Duration) -> Result<(), String> {
-    let uri = Uri::builder()
-        .scheme(up.scheme.clone())
-        .authority(up.authority.clone())
-        .path_and_query(format!("{}{}", up.config.base_path, path))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let uri =
+        Uri::try_from(format!("{}{}", up.config.base_path, path)).map_err(|e| e.to_string())?;
     let mut req = Request::get(uri)
         .body(RequestBody::empty())
         .map_err(|e| e.to_string())?;
@@ -245,10 +245,11 @@ async fn probe(up: &Upstream, path: &str, timeout: Duration) -> Result<(), Strin
     if let Some(a) = &up.auth {
         req.headers_mut().insert(header::AUTHORIZATION, a.clone());
     }
-    match tokio::time::timeout(timeout, up.client().request(req)).await {
+    // The answer's body is not read, so its connection is not reused (hyper closes it).
+    match tokio::time::timeout(timeout, up.send(req)).await {
         Err(_) => Err(format!("no answer within {timeout:?}")),
         Ok(Err(e)) => Err(format!("cannot reach it: {e}")),
-        Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
-        Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
+        Ok(Ok((resp, _))) if resp.status().is_success() => Ok(()),
+        Ok(Ok((resp, _))) => Err(format!("answered {}", resp.status())),
     }
 }

@@ -465,3 +465,48 @@ async fn client_hang_up_before_the_response_head_cancels_the_upstream_request() 
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn provider_connections_are_kept_alive_and_closed_ones_are_not_reused() {
+    let (old, _new, gw) = pair_behind_gateway("phase-0").await;
+    let c = client();
+    let logs = || gw.logs();
+    let send = |close: bool| {
+        let mut req = c
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat_body(false));
+        if close {
+            req = req.header("x-mock-close", "1");
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let body = resp.text().await.unwrap();
+            assert_eq!(status, 200, "{body}\n{}", logs());
+        }
+    };
+    send(false).await;
+    let before = old.connections();
+    for _ in 0..20 {
+        send(false).await;
+    }
+    // One connection per proxy worker at most; health checks open their own.
+    assert!(
+        old.connections() - before <= 2,
+        "20 sequential requests opened {} connections",
+        old.connections() - before
+    );
+
+    // The provider closes its idle connections (a while before the next request: one closed
+    // just as a request is written is lost, as with any HTTP/1.1 keep-alive client).
+    old.close_connections();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for _ in 0..5 {
+        send(false).await;
+    }
+    // The provider answers `Connection: close` each time: never reused, never an error.
+    for _ in 0..5 {
+        send(true).await;
+    }
+    assert_eq!(old.served(), 31);
+}

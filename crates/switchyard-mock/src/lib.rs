@@ -14,6 +14,7 @@
 //! | `x-mock-chunks: 5` | SSE content chunks |
 //! | `x-mock-chunk-delay-ms: 10` | pause before each SSE chunk |
 //! | `x-mock-cut-after: 2` | abort the SSE stream after that many chunks |
+//! | `x-mock-close: 1` | answer with `Connection: close` and close the connection |
 //!
 //! `POST …/webhook` answers 200 and is recorded: a mock can receive alerts too.
 //!
@@ -96,6 +97,8 @@ struct State {
     cancelled: AtomicU64,
     served: AtomicU64,
     seq: AtomicU64,
+    connections: AtomicU64,
+    open: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// A running mock; stops when dropped.
@@ -131,6 +134,8 @@ impl Mock {
             cancelled: AtomicU64::new(0),
             served: AtomicU64::new(0),
             seq: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            open: Mutex::new(Vec::new()),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -140,13 +145,23 @@ impl Mock {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let st = st.clone();
+                st.connections.fetch_add(1, Ordering::SeqCst);
+                let conn_state = st.clone();
                 let builder = builder.clone();
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                let st = conn_state.clone();
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let st = st.clone();
-                        async move { Ok::<_, Infallible>(serve(st, req).await) }
+                        async move {
+                            let close = req.headers().contains_key("x-mock-close");
+                            let mut resp = serve(st, req).await;
+                            if close {
+                                resp.headers_mut()
+                                    .insert("connection", HeaderValue::from_static("close"));
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
                     });
                     match tls {
                         Some(acc) => {
@@ -159,6 +174,9 @@ impl Mock {
                         }
                     }
                 });
+                let mut open = conn_state.open.lock().unwrap_or_else(|e| e.into_inner());
+                open.retain(|h| !h.is_finished());
+                open.push(conn.abort_handle());
             }
         });
         Ok(Mock {
@@ -171,6 +189,17 @@ impl Mock {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Closes every open connection, as a provider does with idle keep-alive ones.
+    pub fn close_connections(&self) {
+        let open = std::mem::take(&mut *self.state.open.lock().unwrap_or_else(|e| e.into_inner()));
+        open.iter().for_each(tokio::task::AbortHandle::abort);
     }
 
     /// `http://127.0.0.1:PORT/v1` (or https).

@@ -1,13 +1,14 @@
 //! Bodies that stream through the gateway without being buffered.
 //!
-//! [`RequestBody`] carries the client's body upstream, enforces the size limit as bytes pass,
-//! and can be handed back untouched when the connect attempt failed (for failover).
+//! [`RequestBody`] carries the client's body upstream and enforces the size limit as bytes
+//! pass. It is first polled once a connection is up, so a request whose connect failed
+//! still holds all of it (for failover).
 //! [`ResponseBody`] carries the provider's body to the client, aborts a stream that goes
 //! silent for `idle_timeout`, and reports how the exchange ended exactly once.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use std::time::Instant;
@@ -18,7 +19,8 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use crate::sniff::{text_of_json, usage_of, JsonKey, SseScan, MAX_TEXT};
+use crate::sniff::{text_of_json, JsonKey, SseScan, MAX_TEXT};
+use crate::upstream::Lease;
 use bytes::BytesMut;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -47,36 +49,20 @@ impl std::fmt::Display for StreamIdle {
 
 impl std::error::Error for StreamIdle {}
 
-/// Shared between the request body (polled in hyper's connection task) and the request
-/// path: the body waits in `slot` until the upstream connection takes it, so if the
-/// connect fails it is still here and the request can go to the other provider with
-/// nothing sent; and `model` is filled in as the body streams by.
+/// What the request path learns from the body as it streams upstream (it is polled in
+/// hyper's connection task): read when the exchange is accounted.
 #[derive(Debug, Default)]
 pub struct RequestShared {
-    slot: Mutex<Option<Incoming>>,
-    empty: bool,
     pub model: OnceLock<Box<str>>,
 }
 
 impl RequestShared {
-    /// Nothing of the body went upstream (it was empty, or is still in its slot).
-    pub fn untouched(&self) -> bool {
-        self.empty
-            || self
-                .slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some()
-    }
-
     pub fn model(&self) -> Option<&str> {
         self.model.get().map(|m| &**m)
     }
 }
 
 enum Source {
-    /// Still in the shared slot.
-    Pending,
     Live(Incoming),
     Buffered(Option<Bytes>),
     Done,
@@ -142,23 +128,13 @@ impl RequestBody {
     /// The client's body, streamed; `model` is read from it as it passes.
     pub fn streaming(incoming: Incoming, limit: u64) -> (Self, Arc<RequestShared>) {
         let hint = incoming.size_hint();
-        let empty = incoming.is_end_stream();
-        let shared = Arc::new(RequestShared {
-            slot: Mutex::new((!empty).then_some(incoming)),
-            empty,
-            model: OnceLock::new(),
-        });
-        (Self::retry(&shared, hint, limit), shared)
-    }
-
-    /// Another attempt with the same body, valid while [`RequestShared::untouched`].
-    pub fn retry(shared: &Arc<RequestShared>, hint: SizeHint, limit: u64) -> Self {
-        let source = if shared.empty {
+        let source = if incoming.is_end_stream() {
             Source::Done
         } else {
-            Source::Pending
+            Source::Live(incoming)
         };
-        RequestBody {
+        let shared = Arc::new(RequestShared::default());
+        let body = RequestBody {
             shared: shared.clone(),
             source,
             hint,
@@ -166,7 +142,8 @@ impl RequestBody {
             seen: 0,
             model_scan: Some(JsonKey::new("model", MODEL_MAX)),
             tee: None,
-        }
+        };
+        (body, shared)
     }
 
     /// Mirrors the body into `tee` as it streams.
@@ -194,12 +171,8 @@ impl RequestBody {
     }
 
     pub fn empty() -> Self {
-        let shared = Arc::new(RequestShared {
-            empty: true,
-            ..RequestShared::default()
-        });
         RequestBody {
-            shared,
+            shared: Arc::default(),
             source: Source::Done,
             hint: SizeHint::with_exact(0),
             limit: 0,
@@ -207,10 +180,6 @@ impl RequestBody {
             model_scan: None,
             tee: None,
         }
-    }
-
-    pub fn hint(&self) -> SizeHint {
-        self.hint
     }
 }
 
@@ -223,22 +192,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Source::Pending = this.source {
-            this.source = match this
-                .shared
-                .slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-            {
-                Some(i) => Source::Live(i),
-                None => Source::Done,
-            };
-        }
         let inner = match &mut this.source {
             Source::Live(i) => i,
             Source::Buffered(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Source::Pending | Source::Done => return Poll::Ready(None),
+            Source::Done => return Poll::Ready(None),
         };
         match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
@@ -256,9 +213,9 @@ impl Body for RequestBody {
                     }
                     if let Some(scan) = &mut this.model_scan {
                         scan.feed(d);
-                        if let Some(m) = scan.value() {
-                            if let Some(m) = m.as_str() {
-                                let _ = this.shared.model.set(m.into());
+                        if scan.found() {
+                            if let Some(m) = scan.parse::<Box<str>>() {
+                                let _ = this.shared.model.set(m);
                             }
                             this.model_scan = None;
                         }
@@ -287,7 +244,6 @@ impl Body for RequestBody {
         match &self.source {
             Source::Live(i) => i.is_end_stream(),
             Source::Buffered(b) => b.is_none(),
-            Source::Pending => self.shared.empty,
             Source::Done => true,
         }
     }
@@ -367,7 +323,7 @@ impl Sniff {
             },
             Sniff::Json(j, copy) => BodySummary {
                 bytes,
-                usage: j.value().as_ref().and_then(usage_of),
+                usage: j.usage(),
                 content: copy.as_ref().and_then(|c| text_of_json(c)),
                 ..BodySummary::default()
             },
@@ -393,6 +349,8 @@ pin_project! {
         sniff: Sniff,
         upstream_done: bool,
         on_end: Option<Box<dyn OnEnd>>,
+        // The connection the body comes on: back to its pool once the body is read whole.
+        lease: Option<Lease>,
     }
 
     impl PinnedDrop for ResponseBody {
@@ -408,15 +366,20 @@ pin_project! {
 impl ResponseBody {
     pub fn new(
         inner: Incoming,
+        lease: Lease,
         idle_timeout: Duration,
         sniff: Sniff,
         on_end: Box<dyn OnEnd>,
     ) -> Self {
         let mut on_end = Some(on_end);
+        let mut lease = Some(lease);
         if inner.is_end_stream() {
             // Empty bodies are never polled: account for them now.
             if let Some(cb) = on_end.take() {
                 cb.on_end(End::Complete, sniff.summary(0));
+            }
+            if let Some(l) = lease.take() {
+                l.release();
             }
         }
         ResponseBody {
@@ -427,6 +390,7 @@ impl ResponseBody {
             sniff,
             upstream_done: false,
             on_end,
+            lease,
         }
     }
 }
@@ -493,6 +457,9 @@ impl Body for ResponseBody {
                         // hyper stops polling once a body says it ended (e.g. content-length
                         // reached): account now, not on a poll that never comes.
                         *this.upstream_done = true;
+                        if let Some(l) = this.lease.take() {
+                            l.release();
+                        }
                         if let Some(cb) = this.on_end.take() {
                             cb.on_end(End::Complete, this.sniff.summary(*this.bytes));
                         }
@@ -514,6 +481,9 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(None) => {
                     *this.upstream_done = true;
+                    if let Some(l) = this.lease.take() {
+                        l.release();
+                    }
                 }
                 Poll::Pending => {
                     ready!(this.idle.as_mut().poll(cx));

@@ -163,7 +163,11 @@ pub struct FramingGuard<T> {
     has_te: bool,
     cl: u64,
     cl_digits: bool,
+    /// The line being read is a Content-Length header.
+    cl_line: bool,
 }
+
+const CONTENT_LENGTH: &[u8] = b"content-length:";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum GuardState {
@@ -185,6 +189,7 @@ impl<T> FramingGuard<T> {
             has_te: false,
             cl: 0,
             cl_digits: false,
+            cl_line: false,
         }
     }
 
@@ -202,25 +207,17 @@ impl<T> FramingGuard<T> {
                     };
                 }
                 GuardState::Head => {
-                    let b = data[0];
-                    data = &data[1..];
-                    if b == b'\n' {
-                        self.end_line();
-                    } else if b != b'\r' {
-                        if self.line_len < self.line.len() {
-                            self.line[self.line_len] = b.to_ascii_lowercase();
+                    // Line by line: only a line's first bytes (its name) and a
+                    // Content-Length's digits are looked at.
+                    match memchr::memchr(b'\n', data) {
+                        Some(i) => {
+                            self.push_line(&data[..i]);
+                            data = &data[i + 1..];
+                            self.end_line();
                         }
-                        self.line_len += 1;
-                        // Parse the Content-Length value digit by digit as it goes by.
-                        if self.line_len > 15
-                            && self.line.starts_with(b"content-length:")
-                            && b.is_ascii_digit()
-                        {
-                            self.cl = self
-                                .cl
-                                .saturating_mul(10)
-                                .saturating_add(u64::from(b - b'0'));
-                            self.cl_digits = true;
+                        None => {
+                            self.push_line(data);
+                            return;
                         }
                     }
                 }
@@ -228,10 +225,45 @@ impl<T> FramingGuard<T> {
         }
     }
 
+    fn push_line(&mut self, part: &[u8]) {
+        let mut rest = part;
+        while self.line_len < self.line.len() {
+            let Some((&b, tail)) = rest.split_first() else {
+                return;
+            };
+            rest = tail;
+            if b == b'\r' {
+                continue;
+            }
+            self.line[self.line_len] = b.to_ascii_lowercase();
+            self.line_len += 1;
+            if self.line_len == CONTENT_LENGTH.len() {
+                self.cl_line = self.line.starts_with(CONTENT_LENGTH);
+            } else if self.cl_line {
+                self.cl_digit(b);
+            }
+        }
+        if self.cl_line {
+            rest.iter().for_each(|&b| self.cl_digit(b));
+        }
+        self.line_len += rest.len();
+    }
+
+    fn cl_digit(&mut self, b: u8) {
+        if b.is_ascii_digit() {
+            self.cl = self
+                .cl
+                .saturating_mul(10)
+                .saturating_add(u64::from(b - b'0'));
+            self.cl_digits = true;
+        }
+    }
+
     fn end_line(&mut self) {
         let len = self.line_len.min(self.line.len());
         let line = &self.line[..len];
         self.line_len = 0;
+        self.cl_line = false;
         if self.first_line {
             if line.is_empty() {
                 return; // tolerated leading CRLF
@@ -263,7 +295,7 @@ impl<T> FramingGuard<T> {
             self.cl_digits = false;
             return;
         }
-        if line.starts_with(b"content-length:") {
+        if line.starts_with(CONTENT_LENGTH) {
             self.has_cl = true;
         } else if line.starts_with(b"transfer-encoding:") {
             self.has_te = true;

@@ -60,7 +60,7 @@ use crate::headers::{strip_hop_by_hop, upstream_path};
 use crate::metrics::{Outcome, EVENTS_DROPPED, REJECTED_TOTAL};
 use crate::shadow::{self, Mirror, Pair, SideResult};
 use crate::snapshot::{Gateway, Snapshot};
-use crate::upstream::Upstream;
+use crate::upstream::{Lease, SendError, Upstream};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_SWITCHYARD_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
@@ -212,8 +212,6 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
 
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::HOST);
-    parts.headers.remove(header::AUTHORIZATION);
     // We read `usage` from response bodies as they pass: ask for them uncompressed.
     parts.headers.insert(
         header::ACCEPT_ENCODING,
@@ -262,8 +260,7 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
     let inject = snap.upstreams[first].config.inject_stream_usage
         && parts.method == Method::POST
         && parts.uri.path().ends_with("/chat/completions");
-    let mut hint = http_body::SizeHint::default();
-    let mut replay = if inject {
+    let body = if inject {
         let bytes = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
             .collect()
             .await
@@ -303,39 +300,34 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
         if let Some(t) = tee.take() {
             t.complete_with(bytes.clone());
         }
-        Replay::Bytes(bytes, shared)
+        RequestBody::buffered(bytes, shared)
     } else {
-        let (first_body, shared) = RequestBody::streaming(body, limit);
-        hint = first_body.hint();
-        ex.shared = Some(shared.clone());
-        Replay::Shared(shared)
+        let (body, shared) = RequestBody::streaming(body, limit);
+        ex.shared = Some(shared);
+        match tee.take() {
+            Some(t) => body.with_tee(t),
+            None => body,
+        }
     };
 
-    let mut failed_over_from: Option<&Arc<Upstream>> = None;
     let mut index = first;
+    let mut upstream_req = match upstream_request(parts, &snap.upstreams[first], body) {
+        Ok(r) => r,
+        Err(e) => {
+            return ex.fail(
+                &snap.upstreams[first],
+                first,
+                ErrorKind::BadRequest,
+                &format!("cannot forward this request: {e}"),
+            )
+        }
+    };
+    let mut failed_over_from: Option<&Arc<Upstream>> = None;
     loop {
         let up = &snap.upstreams[index];
-        let body = match &mut replay {
-            Replay::Bytes(b, shared) => RequestBody::buffered(b.clone(), shared.clone()),
-            Replay::Shared(shared) => match tee.take() {
-                Some(t) => RequestBody::retry(shared, hint, limit).with_tee(t),
-                None => RequestBody::retry(shared, hint, limit),
-            },
-        };
-        let upstream_req = match build_upstream_request(&parts, up, body) {
-            Ok(r) => r,
-            Err(e) => {
-                return ex.fail(
-                    up,
-                    index,
-                    ErrorKind::BadRequest,
-                    &format!("cannot forward this request: {e}"),
-                )
-            }
-        };
-        let sent = tokio::time::timeout(up.config.timeout, up.client().request(upstream_req)).await;
+        let sent = tokio::time::timeout(up.config.timeout, up.send(upstream_req)).await;
         match sent {
-            Ok(Ok(resp)) => return ex.respond(resp, up, index, failed_over_from),
+            Ok(Ok((resp, lease))) => return ex.respond(resp, lease, up, index, failed_over_from),
             Err(_elapsed) => {
                 let msg = format!(
                     "provider `{}` sent no response within {:?}",
@@ -343,51 +335,51 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
                 );
                 return ex.fail(up, index, ErrorKind::UpstreamTimeout, &msg);
             }
-            Ok(Err(e)) => {
+            // Nothing left the gateway: try the other side once.
+            Ok(Err(SendError::Connect(e, back)))
+                if failed_over_from.is_none() && other != index =>
+            {
+                tracing::warn!(request_id = ?ex.request_id, provider = %up.name, error = %ErrorChain(&*e), "cannot connect; failing over");
+                up.metrics.failovers.increment(1);
+                ex.account(
+                    up,
+                    index,
+                    0,
+                    Class::Connect,
+                    None,
+                    BodySummary::default(),
+                    false,
+                );
+                failed_over_from = Some(up);
+                index = other;
+                upstream_req = match retarget(*back, &ex.uri, &snap.upstreams[index]) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return ex.fail(
+                            &snap.upstreams[index],
+                            index,
+                            ErrorKind::BadRequest,
+                            &format!("cannot forward this request: {e}"),
+                        )
+                    }
+                };
+            }
+            Ok(Err(SendError::Connect(e, _))) => {
+                let msg = format!("gateway cannot connect to provider `{}`", up.name);
+                tracing::warn!(request_id = ?ex.request_id, provider = %up.name, error = %ErrorChain(&*e), "{msg}");
+                return ex.fail(up, index, ErrorKind::UpstreamConnect, &msg);
+            }
+            Ok(Err(SendError::Exchange(e))) => {
                 if has_source::<BodyTooLarge>(&e) {
                     let msg = format!("request body is larger than the limit of {limit} bytes");
                     return ex.fail(up, index, ErrorKind::BodyTooLarge, &msg);
                 }
-                let untouched = match &replay {
-                    Replay::Bytes(..) => true,
-                    Replay::Shared(s) => s.untouched(),
-                };
-                // Nothing left the gateway if the body is still in its slot: try the other side once.
-                if e.is_connect() && untouched && failed_over_from.is_none() && other != index {
-                    tracing::warn!(request_id = ?ex.request_id, provider = %up.name, error = %ErrorChain(&e), "cannot connect; failing over");
-                    up.metrics.failovers.increment(1);
-                    ex.account(
-                        up,
-                        index,
-                        0,
-                        Class::Connect,
-                        None,
-                        BodySummary::default(),
-                        false,
-                    );
-                    failed_over_from = Some(up);
-                    index = other;
-                    continue;
-                }
-                let (kind, what) = if e.is_connect() {
-                    (ErrorKind::UpstreamConnect, "cannot connect to")
-                } else {
-                    (ErrorKind::UpstreamBroken, "broke the exchange with")
-                };
-                let msg = format!("gateway {what} provider `{}`", up.name);
+                let msg = format!("gateway broke the exchange with provider `{}`", up.name);
                 tracing::warn!(request_id = ?ex.request_id, provider = %up.name, error = %ErrorChain(&e), "{msg}");
-                return ex.fail(up, index, kind, &msg);
+                return ex.fail(up, index, ErrorKind::UpstreamBroken, &msg);
             }
         }
     }
-}
-
-/// The client's body, for a retry on the other provider.
-enum Replay {
-    /// Streamed: reclaimable while untouched.
-    Shared(Arc<RequestShared>),
-    /// Read whole because the gateway rewrote it.
-    Bytes(Bytes, Arc<RequestShared>),
 }
 
 /// Adds `stream_options.include_usage` to a streaming chat request that lacks it.
@@ -441,27 +433,43 @@ fn authorized(headers: &http::HeaderMap, keys: &[Box<[u8]>]) -> bool {
     ok.into()
 }
 
-fn build_upstream_request(
-    parts: &http::request::Parts,
+/// The client's request, rewritten for provider `up`: its path mapped onto `base_url`
+/// (origin-form: the connection already goes to the provider), its `Host` and key.
+/// The client's headers move over; nothing is copied.
+fn upstream_request(
+    parts: http::request::Parts,
     up: &Upstream,
     body: RequestBody,
 ) -> Result<Request<RequestBody>, http::Error> {
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = Uri::builder()
-        .scheme(up.scheme.clone())
-        .authority(up.authority.clone())
-        .path_and_query(upstream_path(&up.config.base_path, pq))
-        .build()?;
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
+    let uri = origin_form(up, &parts.uri)?;
+    let mut req = Request::from_parts(parts, body);
     *req.uri_mut() = uri;
-    let headers = req.headers_mut();
-    headers.clone_from(&parts.headers);
-    headers.insert(header::HOST, up.host.clone());
-    if let Some(auth) = &up.auth {
-        headers.insert(header::AUTHORIZATION, auth.clone());
-    }
+    set_provider_headers(req.headers_mut(), up);
     Ok(req)
+}
+
+/// A request that could not reach one provider, pointed at another.
+fn retarget(
+    mut req: Request<RequestBody>,
+    client_uri: &Uri,
+    up: &Upstream,
+) -> Result<Request<RequestBody>, http::Error> {
+    *req.uri_mut() = origin_form(up, client_uri)?;
+    set_provider_headers(req.headers_mut(), up);
+    Ok(req)
+}
+
+fn origin_form(up: &Upstream, client_uri: &Uri) -> Result<Uri, http::Error> {
+    let pq = client_uri.path_and_query().map_or("/", |p| p.as_str());
+    Ok(Uri::try_from(upstream_path(&up.config.base_path, pq))?)
+}
+
+fn set_provider_headers(headers: &mut http::HeaderMap, up: &Upstream) {
+    headers.insert(header::HOST, up.host.clone());
+    match &up.auth {
+        Some(auth) => headers.insert(header::AUTHORIZATION, auth.clone()),
+        None => headers.remove(header::AUTHORIZATION),
+    };
 }
 
 /// One request's context: what every way it can end needs to account for itself.
@@ -482,6 +490,7 @@ impl Exchange {
     fn respond(
         self,
         resp: Response<Incoming>,
+        lease: Lease,
         up: &Arc<Upstream>,
         index: usize,
         failed_over_from: Option<&Arc<Upstream>>,
@@ -521,7 +530,7 @@ impl Exchange {
             status,
             first_byte,
         });
-        let body = ResponseBody::new(body, idle, sniff, on_end);
+        let body = ResponseBody::new(body, lease, idle, sniff, on_end);
         Response::from_parts(parts, GatewayBody::Upstream { body })
     }
 

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use crate::body::{RequestBody, RequestShared, TeeResult};
 use crate::headers::upstream_path;
 use crate::snapshot::Snapshot;
-use crate::sniff::{text_of_json, usage_of, JsonKey, SseScan};
+use crate::sniff::{text_of_json, JsonKey, SseScan};
 
 pub static X_SWITCHYARD_SHADOW: HeaderName = HeaderName::from_static("x-switchyard-shadow");
 
@@ -199,14 +199,8 @@ pub async fn run(
     let to = cfg.migration.to;
     let up = &snap.upstreams[to];
     let pq = mirror.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = match Uri::builder()
-        .scheme(up.scheme.clone())
-        .authority(up.authority.clone())
-        .path_and_query(upstream_path(&up.config.base_path, pq))
-        .build()
-    {
-        Ok(u) => u,
-        Err(_) => return pair.failed("error"),
+    let Ok(uri) = Uri::try_from(upstream_path(&up.config.base_path, pq)) else {
+        return pair.failed("error");
     };
     let mut req = Request::new(RequestBody::buffered(
         body,
@@ -228,7 +222,7 @@ pub async fn run(
     }
 
     let start = Instant::now();
-    let resp = match tokio::time::timeout(up.config.timeout, up.client().request(req)).await {
+    let (resp, lease) = match tokio::time::timeout(up.config.timeout, up.send(req)).await {
         Err(_) => return pair.failed("timeout"),
         Ok(Err(_)) => return pair.failed("error"),
         Ok(Ok(r)) => r,
@@ -246,7 +240,10 @@ pub async fn run(
     loop {
         match tokio::time::timeout(up.config.idle_timeout, body.frame()).await {
             Err(_) => return pair.failed("timeout"),
-            Ok(None) => break,
+            Ok(None) => {
+                lease.release();
+                break;
+            }
             Ok(Some(Err(_))) => return pair.failed("error"),
             Ok(Some(Ok(frame))) => {
                 let Ok(data) = frame.into_data() else {
@@ -278,7 +275,7 @@ pub async fn run(
         let mut usage = JsonKey::new("usage", 4096);
         usage.feed(&json);
         (
-            usage.value().as_ref().and_then(usage_of).unwrap_or((0, 0)),
+            usage.usage().unwrap_or((0, 0)),
             text_of_json(&json),
             Some(head_at),
         )

@@ -48,36 +48,38 @@ impl JsonKey {
         if self.found {
             return;
         }
-        for &b in data {
-            if self.capturing {
-                if self.captured.len() >= self.max {
-                    // Too large to be what we look for: give up on this value.
-                    self.capturing = false;
-                    self.captured.clear();
-                } else {
-                    self.captured.push(b);
-                }
-            }
+        // Where the value being captured starts in this chunk: copied as one slice when it
+        // ends or the chunk does, not byte by byte.
+        let mut cap_from = 0;
+        let mut i = 0;
+        while i < data.len() {
             if self.in_str {
                 if self.esc {
                     self.esc = false;
-                } else if b == b'\\' {
+                    self.key_bytes(&data[i..=i]);
+                    i += 1;
+                    continue;
+                }
+                // Strings are most of a body: jump to where one can end.
+                let Some(off) = memchr::memchr2(b'"', b'\\', &data[i..]) else {
+                    self.key_bytes(&data[i..]);
+                    break;
+                };
+                let j = i + off;
+                self.key_bytes(&data[i..j]);
+                if data[j] == b'\\' {
                     self.esc = true;
-                } else if b == b'"' {
+                } else {
                     self.in_str = false;
                     if self.key_in_progress {
                         self.key_in_progress = false;
                         self.after_key = true;
                     }
-                } else if self.key_in_progress {
-                    if self.key_len < self.key.len() {
-                        self.key[self.key_len] = b;
-                    }
-                    self.key_len += 1;
                 }
+                i = j + 1;
                 continue;
             }
-            match b {
+            match data[i] {
                 b'"' => {
                     self.in_str = true;
                     if self.depth == 1 && self.expecting_key {
@@ -86,29 +88,31 @@ impl JsonKey {
                         self.key_len = 0;
                     }
                 }
-                b'{' | b'[' => {
+                b'{' => {
                     self.depth += 1;
-                    if self.depth == 1 && b == b'{' {
+                    if self.depth == 1 {
                         self.expecting_key = true;
                     }
                 }
+                b'[' => self.depth += 1,
                 b'}' | b']' => {
                     if self.depth == 1 {
-                        self.end_value(true);
+                        self.end_value(&data[cap_from..i]);
                     }
                     self.depth = self.depth.saturating_sub(1);
                 }
                 b',' if self.depth == 1 => {
-                    self.end_value(true);
+                    self.end_value(&data[cap_from..i]);
                     self.expecting_key = true;
                 }
                 b':' if self.depth == 1 && self.after_key => {
                     self.after_key = false;
                     if self.key_len == self.target.len()
-                        && &self.key[..self.key_len.min(16)] == self.target
+                        && &self.key[..self.key_len.min(self.key.len())] == self.target
                     {
                         self.capturing = true;
                         self.captured.clear();
+                        cap_from = i + 1;
                     }
                 }
                 _ => {}
@@ -116,41 +120,92 @@ impl JsonKey {
             if self.found {
                 return;
             }
+            i += 1;
+        }
+        if self.capturing {
+            self.take(&data[cap_from..]);
         }
     }
 
-    fn end_value(&mut self, drop_last: bool) {
-        if self.capturing {
-            self.capturing = false;
-            if drop_last {
-                self.captured.pop(); // the `,` or `}` that ended it
-            }
-            self.found = !self.captured.is_empty();
+    /// Bytes of the key being read; only its first 16 are kept, enough to compare.
+    fn key_bytes(&mut self, bytes: &[u8]) {
+        if self.key_in_progress {
+            let from = self.key_len.min(self.key.len());
+            let to = (self.key_len + bytes.len()).min(self.key.len());
+            self.key[from..to].copy_from_slice(&bytes[..to - from]);
+            self.key_len += bytes.len();
         }
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        if self.captured.len() + bytes.len() > self.max {
+            // Too large to be what we look for: give up on this value.
+            self.capturing = false;
+            self.captured.clear();
+        } else {
+            self.captured.extend_from_slice(bytes);
+        }
+    }
+
+    /// The value ended just before `rest_of_value`'s end (a `,` or `}` at the top level).
+    fn end_value(&mut self, rest_of_value: &[u8]) {
+        if self.capturing {
+            self.take(rest_of_value);
+            if self.capturing {
+                self.capturing = false;
+                self.found = !self.captured.trim_ascii().is_empty();
+            }
+        }
+    }
+
+    /// The key's value has been seen whole.
+    pub fn found(&self) -> bool {
+        self.found
     }
 
     /// The captured value, parsed.
     pub fn value(&self) -> Option<Value> {
+        self.parse()
+    }
+
+    /// The captured value, parsed into `T` (no intermediate `Value`).
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
         if !self.found {
             return None;
         }
         serde_json::from_slice(&self.captured).ok()
     }
+
+    /// The captured value read as a `usage` object.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        self.parse::<Usage>().and_then(Usage::tokens)
+    }
 }
 
-/// `(prompt_tokens, completion_tokens)` from a `usage` object.
-pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
-    let u = v.as_object()?;
-    let p = u
-        .get("prompt_tokens")
-        .and_then(Value::as_u64)
-        .or_else(|| u.get("input_tokens").and_then(Value::as_u64))?;
-    let c = u
-        .get("completion_tokens")
-        .and_then(Value::as_u64)
-        .or_else(|| u.get("output_tokens").and_then(Value::as_u64))
-        .unwrap_or(0);
-    Some((p, c))
+/// The token counts of a `usage` object, in OpenAI's names or Anthropic's.
+#[derive(Debug, serde::Deserialize)]
+struct Usage {
+    prompt_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+impl Usage {
+    fn tokens(self) -> Option<(u64, u64)> {
+        let p = self.prompt_tokens.or(self.input_tokens)?;
+        Some((
+            p,
+            self.completion_tokens.or(self.output_tokens).unwrap_or(0),
+        ))
+    }
+}
+
+/// The parts of one streamed chunk that matter for accounting.
+#[derive(Debug, serde::Deserialize)]
+struct UsageChunk {
+    usage: Option<Usage>,
+    choices: Option<Vec<serde::de::IgnoredAny>>,
 }
 
 /// Watches an SSE stream: usage from any event that carries it, the first token's time,
@@ -302,29 +357,26 @@ impl SseScan {
         if !contains(payload, b"\"usage\"") {
             return false;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(payload) else {
+        let Ok(chunk) = serde_json::from_slice::<UsageChunk>(payload) else {
             return false;
         };
-        if let Some(u) = v.get("usage").and_then(usage_of) {
+        if let Some(u) = chunk.usage.and_then(Usage::tokens) {
             self.usage = Some(u);
-            return v
-                .get("choices")
-                .and_then(Value::as_array)
-                .is_some_and(Vec::is_empty);
+            return chunk.choices.is_some_and(|c| c.is_empty());
         }
         false
     }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// A delta with text in it: `"content":"x` (or the legacy completions' `"text":"x`).
 fn has_token(payload: &[u8]) -> bool {
     for key in [&b"\"content\":"[..], b"\"text\":"] {
         let mut rest = payload;
-        while let Some(i) = rest.windows(key.len()).position(|w| w == key) {
+        while let Some(i) = memchr::memmem::find(rest, key) {
             let after = rest[i + key.len()..].trim_ascii_start();
             if after.len() >= 2 && after[0] == b'"' && after[1] != b'"' {
                 return true;
@@ -395,17 +447,33 @@ mod tests {
             scan("model", &[r#"{"tools":[{"model":"no"}],"x":1}"#]),
             None
         );
+        let usage = |chunks: &[&str]| {
+            let mut s = JsonKey::new("usage", 4096);
+            chunks.iter().for_each(|c| s.feed(c.as_bytes()));
+            s.usage()
+        };
         let resp = r#"{"id":"c","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}"#;
-        let u = scan("usage", &[resp]).unwrap();
-        assert_eq!(usage_of(&u), Some((12, 5)));
+        assert_eq!(usage(&[resp]), Some((12, 5)));
+        let (a, b) = resp.split_at(40);
+        assert_eq!(usage(&[a, b]), Some((12, 5)));
         assert_eq!(
-            scan(
-                "usage",
-                &[r#"{"usage": {"prompt_tokens": 3, "completion_tokens": 4}}"#]
-            )
-            .and_then(|v| usage_of(&v)),
+            usage(&[r#"{"usage": {"prompt_tokens": 3, "completion_tokens": 4}}"#]),
             Some((3, 4))
         );
+        assert_eq!(
+            usage(&[r#"{"usage":{"input_tokens":9,"output_tokens":1,"x":{"y":[1]}}}"#]),
+            Some((9, 1))
+        );
+        // escaped quotes and backslashes inside strings, split at every byte
+        let tricky = r#"{"a":"\\","b":"q\"}","usage":{"prompt_tokens":2},"c":"\\\""}"#;
+        assert_eq!(usage(&[tricky]), Some((2, 0)));
+        let parts: Vec<String> = tricky.chars().map(|c| c.to_string()).collect();
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        assert_eq!(usage(&refs), Some((2, 0)));
+        // a value over the limit is given up, not truncated
+        let mut s = JsonKey::new("usage", 8);
+        s.feed(br#"{"usage":{"prompt_tokens":12345}}"#);
+        assert_eq!(s.usage(), None);
     }
 
     const STREAM: &str = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";

@@ -1,25 +1,35 @@
-//! One pooled HTTP/1.1 client per provider (hyper-util legacy client over rustls).
+//! One pool of HTTP/1.1 keep-alive connections per provider and proxy worker (hyper's
+//! connection API over rustls).
+//!
+//! Each worker is a single-threaded runtime, so its pool is only ever used by one thread:
+//! the lock around it is never contended, and a connection is driven by the thread that
+//! uses it. A connection goes back to its pool when the response body has been read to its
+//! end ([`Lease::release`]); one dropped part-way is closed by hyper. This replaces
+//! hyper-util's general client, whose per-request key hashing, shared pool and spawned
+//! "ready again" task cost more than the rest of the exchange.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
-use http::HeaderValue;
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use switchyard_core::config::ProviderConfig;
 
-use crate::body::RequestBody;
+use crate::body::{BoxError, RequestBody};
 use crate::metrics::ProviderMetrics;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+/// How long an unused keep-alive connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 static WORKERS: AtomicUsize = AtomicUsize::new(1);
 
@@ -53,9 +63,12 @@ pub struct Upstream {
     pub auth: Option<HeaderValue>,
     /// The key as read, to tell on reload whether the client can be kept.
     key: Option<String>,
+    connector: HttpsConnector<HttpConnector>,
+    /// Where connections go: scheme and authority of `base_url`.
+    origin: Uri,
     /// One pool per proxy worker (each a single-threaded runtime) plus one for the control
     /// plane, so a connection is only ever driven by the thread that uses it.
-    clients: Box<[UpstreamClient]>,
+    pools: Box<[Arc<Pool>]>,
     pub metrics: ProviderMetrics,
 }
 
@@ -141,42 +154,178 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let clients = (0..=workers())
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    // Without a timer the pool never expires idle connections.
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .build(connector.clone())
-            })
-            .collect();
+        let scheme = if config.https {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let origin = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| err(format!("bad base_url: {e}")))?;
         Ok(Upstream {
             name: Arc::from(config.name.as_str()),
             name_header: HeaderValue::from_str(&config.name).map_err(|e| err(e.to_string()))?,
             config: config.clone(),
-            scheme: if config.https {
-                Scheme::HTTPS
-            } else {
-                Scheme::HTTP
-            },
+            scheme,
             authority,
             host,
             auth,
             key,
-            clients,
+            connector,
+            origin,
+            pools: (0..=workers()).map(|_| Arc::default()).collect(),
             metrics: ProviderMetrics::new(&config.name),
         })
     }
 
     /// The pool of the calling thread's worker (the control plane's on other threads).
     #[inline]
-    pub fn client(&self) -> &UpstreamClient {
-        let i = WORKER.with(Cell::get).min(self.clients.len() - 1);
-        &self.clients[i]
+    fn pool(&self) -> &Arc<Pool> {
+        let i = WORKER.with(Cell::get).min(self.pools.len() - 1);
+        &self.pools[i]
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) on a pooled connection or a new one.
+    /// Release the [`Lease`] once the response body has been read to its end.
+    pub async fn send(
+        &self,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let pool = self.pool();
+        loop {
+            let (mut conn, fresh) = match pool.take() {
+                Some(c) => (c, false),
+                None => match self.connect().await {
+                    Ok(c) => (c, true),
+                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                },
+            };
+            // A pooled connection the provider has closed since is skipped; a pooled one
+            // that fails before the request is written gives it back to try the next.
+            if let Err(e) = conn.ready().await {
+                if fresh {
+                    return Err(SendError::Connect(e.into(), Box::new(req)));
+                }
+                continue;
+            }
+            match conn.try_send_request(req).await {
+                Ok(resp) => {
+                    let lease = Lease {
+                        conn,
+                        pool: pool.clone(),
+                    };
+                    return Ok((resp, lease));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) if !fresh => req = back,
+                    Some(back) => {
+                        return Err(SendError::Connect(e.into_error().into(), Box::new(back)))
+                    }
+                    None => return Err(SendError::Exchange(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, BoxError> {
+        use tower::ServiceExt;
+        let io = self.connector.clone().oneshot(self.origin.clone()).await?;
+        let (tx, conn) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// Closes connections idle for longer than the idle timeout (called now and then from
+    /// the control plane, so a quiet gateway does not hold them forever).
+    pub fn close_idle(&self) {
+        let now = Instant::now();
+        for pool in &self.pools {
+            pool.lock()
+                .retain(|(c, since)| !c.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
+        }
     }
 
     /// Whether this upstream serves `config` with `key` unchanged (so its pool can be kept).
     pub fn same(&self, config: &ProviderConfig, key: &Option<String>) -> bool {
         &self.config == config && &self.key == key
+    }
+}
+
+/// Idle keep-alive connections, most recently used last.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<VecDeque<(SendRequest<RequestBody>, Instant)>>,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(SendRequest<RequestBody>, Instant)>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used open connection: the one most likely still warm.
+    fn take(&self) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.lock();
+        while let Some((c, since)) = idle.pop_back() {
+            if since.elapsed() >= IDLE_TIMEOUT {
+                // The freshest is too old, so all are: the provider may be closing them.
+                idle.clear();
+                return None;
+            }
+            if !c.is_closed() {
+                return Some(c);
+            }
+        }
+        None
+    }
+}
+
+/// A connection carrying one exchange.
+pub struct Lease {
+    conn: SendRequest<RequestBody>,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    /// The response was read to its end: the connection can carry the next request.
+    pub fn release(self) {
+        if !self.conn.is_closed() {
+            self.pool.lock().push_back((self.conn, Instant::now()));
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
+}
+
+/// Why [`Upstream::send`] failed.
+pub enum SendError {
+    /// No connection could be made; nothing was sent, and the request comes back.
+    Connect(BoxError, Box<Request<RequestBody>>),
+    /// The exchange failed once the request was on its way.
+    Exchange(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e, _) => write!(f, "cannot connect: {e}"),
+            SendError::Exchange(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::fmt::Debug for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
