@@ -2,8 +2,9 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
-/// The fixed hop-by-hop set (RFC 9110 §7.6.1 plus the historical ones).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// The fixed hop-by-hop set (RFC 9110 §7.6.1 plus the historical ones). `Connection`
+/// first: [`strip_hop_by_hop`] relies on it.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -12,26 +13,42 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
-/// Drops hop-by-hop headers: the fixed set, `Upgrade`, and every header `Connection` names.
+/// Drops hop-by-hop headers: the fixed set and every header `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection must go too; collect only when there are some.
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            let named: Vec<HeaderName> = list
-                .split(',')
-                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-                .collect();
-            for n in named {
-                headers.remove(n);
-            }
+    // One pass over the names to see which are present (usually none, or `Connection`),
+    // instead of a hashed removal per hop-by-hop name on every message.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    if present == 0 {
+        return;
     }
-    headers.remove(header::UPGRADE);
+    if present & 1 != 0 {
+        // Its options `close` and `keep-alive` name nothing to keep: no need to look them up.
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|list| list.split(','))
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
 }
 
 /// Maps the client's path onto the provider's `base_url` path.
@@ -92,6 +109,8 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-keep", HeaderValue::from_static("1"));
+        h.append(header::CONNECTION, HeaderValue::from_static("X-Second-Hop"));
+        h.insert("x-second-hop", HeaderValue::from_static("1"));
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -99,5 +118,12 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 2, "{h:?}");
         assert!(h.contains_key("x-keep"));
+
+        let mut clean = HeaderMap::new();
+        clean.insert(header::HOST, HeaderValue::from_static("a"));
+        clean.insert("x-keep", HeaderValue::from_static("1"));
+        let before = clean.clone();
+        strip_hop_by_hop(&mut clean);
+        assert_eq!(clean, before);
     }
 }

@@ -165,6 +165,8 @@ pub struct FramingGuard<T> {
     cl_digits: bool,
     /// The line being read is a Content-Length header.
     cl_line: bool,
+    /// The line being read names a header that cannot matter.
+    skip_line: bool,
 }
 
 const CONTENT_LENGTH: &[u8] = b"content-length:";
@@ -190,6 +192,7 @@ impl<T> FramingGuard<T> {
             cl: 0,
             cl_digits: false,
             cl_line: false,
+            skip_line: false,
         }
     }
 
@@ -226,6 +229,9 @@ impl<T> FramingGuard<T> {
     }
 
     fn push_line(&mut self, part: &[u8]) {
+        if self.skip_line {
+            return;
+        }
         let mut rest = part;
         while self.line_len < self.line.len() {
             let Some((&b, tail)) = rest.split_first() else {
@@ -234,6 +240,11 @@ impl<T> FramingGuard<T> {
             rest = tail;
             if b == b'\r' {
                 continue;
+            }
+            if self.line_len == 0 && !self.first_line && !matches!(b | 0x20, b'c' | b't') {
+                // Only Content-Length and Transfer-Encoding matter.
+                self.skip_line = true;
+                return;
             }
             self.line[self.line_len] = b.to_ascii_lowercase();
             self.line_len += 1;
@@ -260,6 +271,10 @@ impl<T> FramingGuard<T> {
     }
 
     fn end_line(&mut self) {
+        if self.skip_line {
+            self.skip_line = false;
+            return;
+        }
         let len = self.line_len.min(self.line.len());
         let line = &self.line[..len];
         self.line_len = 0;
@@ -386,6 +401,21 @@ mod tests {
         assert!(flagged(&[
             b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ]));
+    }
+
+    #[test]
+    fn only_the_two_headers_count_wherever_reads_split() {
+        let head: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nUser-Agent: content-length: 9\r\nContent-Length: 4\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(flagged(&[head]));
+        for cut in 1..head.len() {
+            assert!(flagged(&[&head[..cut], &head[cut..]]), "cut at {cut}");
+        }
+        assert!(!flagged(&[
+            b"POST / HTTP/1.1\r\nUser-Agent: x\r\nX-Transfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n"
+        ]));
+        assert!(!flagged(&[
+            b"POST / HTTP/1.1\r\nCookie: transfer-encoding: chunked\r\nContent-Length: 0\r\n\r\n"
         ]));
     }
 

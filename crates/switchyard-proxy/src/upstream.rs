@@ -198,7 +198,9 @@ impl Upstream {
         loop {
             let (mut conn, fresh) = match pool.take() {
                 Some(c) => (c, false),
-                None => match self.connect().await {
+                // Boxed: connecting is rare, and its large future would otherwise be
+                // part of (and copied with) every request's.
+                None => match Box::pin(self.connect()).await {
                     Ok(c) => (c, true),
                     Err(e) => return Err(SendError::Connect(e, Box::new(req))),
                 },
