@@ -98,8 +98,7 @@ pub async fn serve(
         match &tls {
             None => {
                 let io = TokioIo::new(FramingGuard::new(stream, conn_info));
-                let conn =
-                    graceful.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
+                let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%remote, error = %e, "connection ended with an error");
@@ -122,8 +121,7 @@ pub async fn serve(
                             Err(_) => return,
                         };
                     let io = TokioIo::new(FramingGuard::new(tls_stream, conn_info));
-                    let conn = graceful_conn
-                        .watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
+                    let conn = graceful_conn.watch(builder.serve_connection(io, svc).into_owned());
                     if let Err(e) = conn.await {
                         tracing::debug!(%remote, error = %e, "connection ended with an error");
                     }

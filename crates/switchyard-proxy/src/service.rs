@@ -186,8 +186,12 @@ impl Service<Request<Incoming>> for Forward {
     }
 }
 
-async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
-    let snap = snapshot(&req).clone();
+async fn forward(mut req: Request<Incoming>) -> Response<GatewayBody> {
+    // Taken, not cloned: every count change of the shared snapshot crosses cores.
+    let snap = req
+        .extensions_mut()
+        .remove::<Arc<Snapshot>>()
+        .expect("the snapshot layer runs first");
     let request_id = request_id_of(&req);
     let limit = snap.config.server.max_body_bytes;
 
@@ -218,8 +222,9 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
         HeaderValue::from_static("identity"),
     );
 
+    // The exchange holds the request's only reference to the snapshot; `snap` borrows it.
     let mut ex = Exchange {
-        snap: snap.clone(),
+        snap,
         request_id,
         method: parts.method.clone(),
         uri: parts.uri.clone(),
@@ -228,6 +233,8 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
         strip_usage: false,
         shadow: None,
     };
+    let snap = &ex.snap;
+    let m = &snap.config.migration;
 
     // A stable share of what `from` serves is mirrored to `to`.
     let mut tee = None;
@@ -322,12 +329,12 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
             )
         }
     };
-    let mut failed_over_from: Option<&Arc<Upstream>> = None;
+    let mut failed_over_from: Option<usize> = None;
     loop {
         let up = &snap.upstreams[index];
         let sent = tokio::time::timeout(up.config.timeout, up.send(upstream_req)).await;
         match sent {
-            Ok(Ok((resp, lease))) => return ex.respond(resp, lease, up, index, failed_over_from),
+            Ok(Ok((resp, lease))) => return ex.respond(resp, lease, index, failed_over_from),
             Err(_elapsed) => {
                 let msg = format!(
                     "provider `{}` sent no response within {:?}",
@@ -350,7 +357,7 @@ async fn forward(req: Request<Incoming>) -> Response<GatewayBody> {
                     BodySummary::default(),
                     false,
                 );
-                failed_over_from = Some(up);
+                failed_over_from = Some(index);
                 index = other;
                 upstream_req = match retarget(*back, &ex.uri, &snap.upstreams[index]) {
                     Ok(r) => r,
@@ -491,10 +498,10 @@ impl Exchange {
         self,
         resp: Response<Incoming>,
         lease: Lease,
-        up: &Arc<Upstream>,
         index: usize,
-        failed_over_from: Option<&Arc<Upstream>>,
+        failed_over_from: Option<usize>,
     ) -> Response<GatewayBody> {
+        let up = &self.snap.upstreams[index];
         let first_byte = self.start.elapsed();
         up.metrics.first_byte.record(first_byte.as_secs_f64());
         let (mut parts, body) = resp.into_parts();
@@ -506,9 +513,10 @@ impl Exchange {
             .headers
             .insert(X_REQUEST_ID.clone(), self.request_id.clone());
         if let Some(failed) = failed_over_from {
-            parts
-                .headers
-                .insert(X_SWITCHYARD_FAILOVER.clone(), failed.name_header.clone());
+            parts.headers.insert(
+                X_SWITCHYARD_FAILOVER.clone(),
+                self.snap.upstreams[failed].name_header.clone(),
+            );
         }
         let sniff = Sniff::for_content_type(
             parts
@@ -525,7 +533,6 @@ impl Exchange {
         let idle = up.config.idle_timeout;
         let on_end = Box::new(Finish {
             ex: self,
-            upstream: up.clone(),
             index,
             status,
             first_byte,
@@ -673,7 +680,8 @@ impl Exchange {
 /// Accounts for one exchange when its response body ends.
 struct Finish {
     ex: Exchange,
-    upstream: Arc<Upstream>,
+    // An index into the exchange's snapshot, not an `Arc`: cloning one shared by all
+    // workers would bounce its count between cores on every request.
     index: usize,
     status: u16,
     first_byte: std::time::Duration,
@@ -691,8 +699,9 @@ impl OnEnd for Finish {
             End::Broken => Class::StreamCut,
             End::Idle => Class::Timeout,
         };
+        let up = &self.ex.snap.upstreams[self.index];
         self.ex.account(
-            &self.upstream,
+            up,
             self.index,
             self.status,
             class,
