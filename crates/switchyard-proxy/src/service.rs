@@ -320,14 +320,7 @@ async fn forward(mut req: Request<Incoming>) -> Response<GatewayBody> {
     let mut index = first;
     let mut upstream_req = match upstream_request(parts, &snap.upstreams[first], body) {
         Ok(r) => r,
-        Err(e) => {
-            return ex.fail(
-                &snap.upstreams[first],
-                first,
-                ErrorKind::BadRequest,
-                &format!("cannot forward this request: {e}"),
-            )
-        }
+        Err(e) => return ex.unforwardable(first, &e),
     };
     let mut failed_over_from: Option<usize> = None;
     loop {
@@ -361,14 +354,7 @@ async fn forward(mut req: Request<Incoming>) -> Response<GatewayBody> {
                 index = other;
                 upstream_req = match retarget(*back, &ex.uri, &snap.upstreams[index]) {
                     Ok(r) => r,
-                    Err(e) => {
-                        return ex.fail(
-                            &snap.upstreams[index],
-                            index,
-                            ErrorKind::BadRequest,
-                            &format!("cannot forward this request: {e}"),
-                        )
-                    }
+                    Err(e) => return ex.unforwardable(index, &e),
                 };
             }
             Ok(Err(SendError::Connect(e, _))) => {
@@ -539,6 +525,17 @@ impl Exchange {
         });
         let body = ResponseBody::new(body, lease, idle, sniff, on_end);
         Response::from_parts(parts, GatewayBody::Upstream { body })
+    }
+
+    /// The request cannot be written for provider `index` (e.g. its path is not a valid URI).
+    fn unforwardable(&self, index: usize, e: &http::Error) -> Response<GatewayBody> {
+        let msg = format!("cannot forward this request: {e}");
+        self.fail(
+            &self.snap.upstreams[index],
+            index,
+            ErrorKind::BadRequest,
+            &msg,
+        )
     }
 
     /// An error the gateway makes after a provider was chosen: counted against that provider.
