@@ -3,6 +3,8 @@
 #
 #   direct      wrk -> upstream (nginx `return 200` with a chat-completion JSON)
 #   nginx       wrk -> nginx reverse proxy (keep-alive upstream pool) -> upstream
+#   hyper-floor wrk -> a bare hyper proxy (benches/micro/hyper_floor.rs: hyper server in,
+#                      hyper client out, nothing else) -> upstream: what hyper alone costs
 #   switchyard  wrk -> switchyard (two providers on that upstream, 50/50 split, metrics,
 #                      usage accounting and request events on) -> upstream
 #
@@ -30,6 +32,8 @@ if ! need nginx || ! need wrk; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$BIN" ] || cargo build --release --locked
+FLOOR=target/release/hyper-floor
+cargo build --release --locked -q -p switchyard-bench --bin hyper-floor
 
 dir=$(mktemp -d)
 pids=()
@@ -43,7 +47,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-UP=17001 PX=17002 SY=17003 SYA=17004 MOCK=17005
+UP=17001 PX=17002 SY=17003 SYA=17004 MOCK=17005 FL=17006
 body='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}'
 
 common="worker_processes auto; error_log $dir/nginx-error.log warn; events { worker_connections 20000; }"
@@ -112,6 +116,7 @@ LUA
 
 "$NGINX" -c "$dir/upstream.conf" -p "$dir" 2>/dev/null
 "$NGINX" -c "$dir/proxy.conf" -p "$dir" 2>/dev/null
+"$FLOOR" "127.0.0.1:$FL" "127.0.0.1:$UP" & pids+=($!)
 SWITCHYARD_LOG=warn "$BIN" serve --config "$dir/switchyard.yaml" 2>"$dir/switchyard.log" & sy=$!; pids+=($sy)
 for _ in $(seq 100); do curl -fs "127.0.0.1:$SYA/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 sleep 1
@@ -134,8 +139,8 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t2 -c$CONNECTIONS -d$DURATION; $ROUNDS interleaved rounds" >&2
 declare -A RPS P50 P99 ERR
 for r in $(seq "$ROUNDS"); do
-  for target in direct nginx switchyard; do
-    case $target in direct) port=$UP;; nginx) port=$PX;; switchyard) port=$SY;; esac
+  for target in direct nginx hyper-floor switchyard; do
+    case $target in direct) port=$UP;; nginx) port=$PX;; hyper-floor) port=$FL;; switchyard) port=$SY;; esac
     read -r rps p50 p99 errs < <(run_wrk $port)
     RPS[$target]+="$rps "; P50[$target]+="$p50 "; P99[$target]+="$p99 "; ERR[$target]=$(( ${ERR[$target]:-0} + errs ))
     echo "round $r $target: $rps req/s p50 ${p50}ms p99 ${p99}ms errors $errs" >&2
@@ -143,13 +148,15 @@ for r in $(seq "$ROUNDS"); do
 done
 med() { tr ' ' '\n' <<<"$1" | grep -v '^$' | median; }
 printf '\n| target | requests/s | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|\n'
-for t in direct nginx switchyard; do
+for t in direct nginx hyper-floor switchyard; do
   printf '| %s | %s | %s | %s | %s |\n' "$t" "$(med "${RPS[$t]}")" "$(med "${P50[$t]}")" "$(med "${P99[$t]}")" "${ERR[$t]}"
 done
 sy_rps=$(med "${RPS[switchyard]}"); ng_rps=$(med "${RPS[nginx]}"); di_rps=$(med "${RPS[direct]}")
 sy_p99=$(med "${P99[switchyard]}"); ng_p99=$(med "${P99[nginx]}")
-awk -v s="$sy_rps" -v n="$ng_rps" -v d="$di_rps" -v sp="$sy_p99" -v np="$ng_p99" 'BEGIN {
-  printf "\nswitchyard/nginx throughput %.2fx (target >= 1.10x), p99 %.2fx (target <= 1.00x); switchyard/direct %.2fx\n", s/n, sp/np, s/d }'
+fl_rps=$(med "${RPS[hyper-floor]}"); fl_p99=$(med "${P99[hyper-floor]}")
+awk -v s="$sy_rps" -v n="$ng_rps" -v d="$di_rps" -v sp="$sy_p99" -v np="$ng_p99" -v f="$fl_rps" -v fp="$fl_p99" 'BEGIN {
+  printf "\nswitchyard/nginx throughput %.2fx (target >= 1.10x), p99 %.2fx (target <= 1.00x); switchyard/direct %.2fx\n", s/n, sp/np, s/d
+  printf "hyper-floor/nginx throughput %.2fx, p99 %.2fx; switchyard/hyper-floor throughput %.2fx\n", f/n, fp/np, s/f }'
 
 # Reload cost: 100 reloads during one switchyard run.
 (
