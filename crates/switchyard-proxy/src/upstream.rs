@@ -248,10 +248,7 @@ impl Upstream {
     /// the control plane, so a quiet gateway does not hold them forever).
     pub fn close_idle(&self) {
         let now = Instant::now();
-        for pool in &self.pools {
-            pool.lock()
-                .retain(|(c, since)| !c.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
-        }
+        self.pools.iter().for_each(|pool| pool.close_idle(now));
     }
 
     /// Whether this upstream serves `config` with `key` unchanged (so its pool can be kept).
@@ -273,9 +270,13 @@ impl Pool {
 
     /// The most recently used open connection: the one most likely still warm.
     fn take(&self) -> Option<SendRequest<RequestBody>> {
+        self.take_at(Instant::now())
+    }
+
+    fn take_at(&self, now: Instant) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.lock();
         while let Some((c, since)) = idle.pop_back() {
-            if since.elapsed() >= IDLE_TIMEOUT {
+            if now.saturating_duration_since(since) >= IDLE_TIMEOUT {
                 // The freshest is too old, so all are: the provider may be closing them.
                 idle.clear();
                 return None;
@@ -285,6 +286,12 @@ impl Pool {
             }
         }
         None
+    }
+
+    fn close_idle(&self, now: Instant) {
+        self.lock().retain(|(c, since)| {
+            !c.is_closed() && now.saturating_duration_since(*since) < IDLE_TIMEOUT
+        });
     }
 }
 
@@ -329,5 +336,55 @@ impl std::fmt::Display for SendError {
 impl std::fmt::Debug for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::rt::TokioIo;
+
+    /// A connection over an in-memory pipe; `keep` holds the far end open.
+    async fn conn() -> (SendRequest<RequestBody>, tokio::io::DuplexStream) {
+        let (near, far) = tokio::io::duplex(1024);
+        let (tx, conn) = http1::handshake(TokioIo::new(near)).await.unwrap();
+        tokio::spawn(conn);
+        (tx, far)
+    }
+
+    #[tokio::test]
+    async fn most_recent_first_and_expired_or_closed_ones_are_dropped() {
+        let pool = Pool::default();
+        let t0 = Instant::now();
+        let (a, _keep_a) = conn().await;
+        let (b, _keep_b) = conn().await;
+        let (c, far_c) = conn().await;
+        pool.lock().push_back((a, t0));
+        pool.lock().push_back((b, t0 + Duration::from_secs(10)));
+        pool.lock().push_back((c, t0 + Duration::from_secs(20)));
+
+        // The provider closed `c`: skipped once hyper has seen it.
+        drop(far_c);
+        for _ in 0..100 {
+            if pool.lock().back().is_some_and(|(c, _)| c.is_closed()) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let taken = pool.take_at(t0 + Duration::from_secs(30)).unwrap();
+        assert!(!taken.is_closed());
+        assert_eq!(pool.lock().len(), 1, "c dropped, b taken, a left");
+
+        // `a` is over the idle timeout: the sweep closes it, and a take finds nothing.
+        pool.lock().push_back((taken, t0 + Duration::from_secs(30)));
+        pool.close_idle(t0 + IDLE_TIMEOUT + Duration::from_secs(1));
+        assert_eq!(pool.lock().len(), 1);
+        assert!(pool.take_at(t0 + Duration::from_secs(31)).is_some());
+
+        // The freshest over the timeout means all are: the pool empties.
+        let (d, _keep_d) = conn().await;
+        pool.lock().push_back((d, t0));
+        assert!(pool.take_at(t0 + IDLE_TIMEOUT).is_none());
+        assert!(pool.lock().is_empty());
     }
 }
