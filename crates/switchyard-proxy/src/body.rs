@@ -288,7 +288,7 @@ pub trait OnEnd: Send + 'static {
 pub enum Sniff {
     None,
     /// A JSON body: capture its top-level `usage` (and, for a comparison, a bounded copy).
-    Json(Box<JsonKey>, Option<BytesMut>),
+    Json(JsonKey, Option<BytesMut>),
     /// An SSE stream (optionally stripping the usage chunk the gateway asked for).
     Sse(Box<SseScan>),
 }
@@ -306,10 +306,7 @@ impl Sniff {
             let scan = SseScan::new(strip_usage);
             Sniff::Sse(Box::new(if capture { scan.capturing() } else { scan }))
         } else if ct.starts_with(b"application/json") {
-            Sniff::Json(
-                Box::new(JsonKey::new("usage", 4096)),
-                capture.then(BytesMut::new),
-            )
+            Sniff::Json(JsonKey::new("usage", 4096), capture.then(BytesMut::new))
         } else {
             Sniff::None
         }

@@ -73,6 +73,11 @@ pub fn upstream_path(base_path: &str, path_and_query: &str) -> String {
     out
 }
 
+/// [`upstream_path`] would return `path_and_query` unchanged (so it need not be rebuilt).
+pub fn maps_to_itself(base_path: &str, path_and_query: &str) -> bool {
+    base_path.is_empty() || (base_path == "/v1" && path_and_query.starts_with("/v1/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +97,21 @@ mod tests {
         assert_eq!(upstream_path("/v1", "/models"), "/v1/models");
         assert_eq!(upstream_path("/v1", "/v10/x"), "/v1/v10/x");
         assert_eq!(upstream_path("", "/v1/models"), "/v1/models");
+        for base in ["", "/v1", "/api/v3", "/v1/x"] {
+            for pq in [
+                "/v1/chat/completions?a=1",
+                "/v1",
+                "/v1?x=1",
+                "/v10/x",
+                "/models",
+                "/",
+            ] {
+                if maps_to_itself(base, pq) {
+                    assert_eq!(upstream_path(base, pq), pq, "{base} {pq}");
+                }
+            }
+        }
+        assert!(maps_to_itself("/v1", "/v1/chat/completions"));
     }
 
     #[test]

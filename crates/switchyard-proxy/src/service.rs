@@ -56,7 +56,7 @@ use crate::body::{
     BodySummary, BodyTooLarge, End, GatewayBody, OnEnd, RequestBody, RequestShared, ResponseBody,
     Sniff, Tee,
 };
-use crate::headers::{strip_hop_by_hop, upstream_path};
+use crate::headers::{maps_to_itself, strip_hop_by_hop, upstream_path};
 use crate::metrics::{Outcome, EVENTS_DROPPED, REJECTED_TOTAL};
 use crate::shadow::{self, Mirror, Pair, SideResult};
 use crate::snapshot::{Gateway, Snapshot};
@@ -453,8 +453,14 @@ fn retarget(
 }
 
 fn origin_form(up: &Upstream, client_uri: &Uri) -> Result<Uri, http::Error> {
-    let pq = client_uri.path_and_query().map_or("/", |p| p.as_str());
-    Ok(Uri::try_from(upstream_path(&up.config.base_path, pq))?)
+    match client_uri.path_and_query() {
+        // The usual case (`/v1/…` onto a base path of `/v1`): the client's bytes, shared.
+        Some(pq) if maps_to_itself(&up.config.base_path, pq.as_str()) => Ok(Uri::from(pq.clone())),
+        pq => {
+            let pq = pq.map_or("/", |p| p.as_str());
+            Ok(Uri::try_from(upstream_path(&up.config.base_path, pq))?)
+        }
+    }
 }
 
 fn set_provider_headers(headers: &mut http::HeaderMap, up: &Upstream) {
