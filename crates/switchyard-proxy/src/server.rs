@@ -211,6 +211,10 @@ impl<T> FramingGuard<T> {
                     // Line by line: only a line's first bytes (its name) and a
                     // Content-Length's digits are looked at.
                     match memchr::memchr(b'\n', data) {
+                        Some(i) if self.line_len == 0 && !self.skip_line => {
+                            self.whole_line(&data[..i]);
+                            data = &data[i + 1..];
+                        }
                         Some(i) => {
                             self.push_line(&data[..i]);
                             data = &data[i + 1..];
@@ -224,6 +228,25 @@ impl<T> FramingGuard<T> {
                 }
             }
         }
+    }
+
+    /// A line that arrived whole in one read (the usual case): no byte-by-byte carry.
+    fn whole_line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !self.first_line && !line.is_empty() && !matches!(line[0] | 0x20, b'c' | b't') {
+            return; // Only Content-Length and Transfer-Encoding matter.
+        }
+        let kept = line.len().min(self.line.len());
+        for (to, from) in self.line[..kept].iter_mut().zip(line) {
+            *to = from.to_ascii_lowercase();
+        }
+        self.line_len = line.len();
+        if self.line[..kept].starts_with(CONTENT_LENGTH) {
+            line[CONTENT_LENGTH.len()..]
+                .iter()
+                .for_each(|&b| self.cl_digit(b));
+        }
+        self.end_line();
     }
 
     fn push_line(&mut self, part: &[u8]) {
