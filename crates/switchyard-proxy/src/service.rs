@@ -19,8 +19,9 @@
 //!    at the limit inside step 7.
 //! 7. **forward** ([`Forward`]): route (hash the sticky key into a bucket, pick `from` or
 //!    `to`), rewrite (hop-by-hop headers out, `Host` and `Authorization` set to the
-//!    provider's, path mapped onto its `base_url`), send through the provider's pooled
-//!    client under its first-byte `timeout` (504), fail over once on a connect error with
+//!    provider's, path mapped onto its `base_url`), send on one of this worker's pooled
+//!    connections to the provider ([`crate::upstream`]) under its first-byte `timeout`
+//!    (504), fail over once on a connect error with
 //!    nothing sent (`x-switchyard-failover`), then respond: hop-by-hop headers out,
 //!    `x-switchyard-provider` in, the body streamed through [`ResponseBody`] (idle timeout,
 //!    metrics and access log at its end, however it ends). Timeouts and metrics live here
@@ -812,7 +813,7 @@ fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stat
     false
 }
 
-/// Prints an error with its causes: hyper-util's top-level message alone says little.
+/// Prints an error with its causes: the top-level message alone says little.
 struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
