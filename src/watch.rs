@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, Request, Uri};
+use http_body_util::{BodyExt, Limited};
 use switchyard_core::event::{RequestEvent, ShadowEvent};
 use switchyard_proxy::body::RequestBody;
 use switchyard_proxy::upstream::Upstream;
@@ -245,11 +246,29 @@ async fn probe(up: &Upstream, path: &str, timeout: Duration) -> Result<(), Strin
     if let Some(a) = &up.auth {
         req.headers_mut().insert(header::AUTHORIZATION, a.clone());
     }
-    // The answer's body is not read, so its connection is not reused (hyper closes it).
-    match tokio::time::timeout(timeout, up.send(req)).await {
-        Err(_) => Err(format!("no answer within {timeout:?}")),
-        Ok(Err(e)) => Err(format!("cannot reach it: {e}")),
-        Ok(Ok((resp, _))) if resp.status().is_success() => Ok(()),
-        Ok(Ok((resp, _))) => Err(format!("answered {}", resp.status())),
-    }
+    let exchange = async {
+        let (resp, lease) = up
+            .send(req)
+            .await
+            .map_err(|e| format!("cannot reach it: {e}"))?;
+        let status = resp.status();
+        // Read the (small) answer so the connection can serve the next probe or request: a
+        // new connection per probe would be a TLS handshake every interval. One over the
+        // cap is dropped, and hyper closes its connection.
+        let body = Limited::new(resp.into_body(), PROBE_BODY_MAX);
+        if body.collect().await.is_ok() {
+            lease.release();
+        }
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {status}"))
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
 }
+
+/// The most of a health answer read to keep its connection.
+const PROBE_BODY_MAX: usize = 256 << 10;

@@ -376,6 +376,15 @@ async fn health_checks_mark_a_provider_down_and_up_and_alert() {
     let probe = new.received().into_iter().next();
     assert!(probe.is_none(), "health checks are not client traffic");
     assert!(new.health_checks() >= 1);
+    // Probes share a kept-alive connection rather than opening one each.
+    let until = new.health_checks() + 5;
+    eventually("five more health checks", || new.health_checks() >= until).await;
+    assert!(
+        new.connections() <= 2,
+        "{} connections for {} health checks",
+        new.connections(),
+        new.health_checks()
+    );
 
     new.set_health_status(503);
     gw.wait_status("new unhealthy", |s| {
