@@ -497,6 +497,22 @@ async fn provider_connections_are_kept_alive_and_closed_ones_are_not_reused() {
         old.connections() - before
     );
 
+    // HTTP/1.0 clients too: the provider is spoken to in keep-alive HTTP/1.1.
+    let before = old.connections();
+    for _ in 0..3 {
+        let answer = raw_exchange(
+            gw.proxy,
+            b"GET /v1/models HTTP/1.0\r\nHost: gateway.example\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    }
+    assert!(
+        old.connections() - before <= 2,
+        "3 HTTP/1.0 requests opened {} provider connections",
+        old.connections() - before
+    );
+
     // The provider closes its idle connections (a while before the next request: one closed
     // just as a request is written is lost, as with any HTTP/1.1 keep-alive client).
     old.close_connections();
@@ -508,5 +524,5 @@ async fn provider_connections_are_kept_alive_and_closed_ones_are_not_reused() {
     for _ in 0..5 {
         send(true).await;
     }
-    assert_eq!(old.served(), 31);
+    assert_eq!(old.served(), 34);
 }

@@ -360,6 +360,13 @@ pin_project! {
     }
 }
 
+/// The body was read to its end: its connection can carry the next request.
+fn give_back(lease: &mut Option<Lease>) {
+    if let Some(l) = lease.take() {
+        l.release();
+    }
+}
+
 impl ResponseBody {
     pub fn new(
         inner: Incoming,
@@ -375,9 +382,7 @@ impl ResponseBody {
             if let Some(cb) = on_end.take() {
                 cb.on_end(End::Complete, sniff.summary(0));
             }
-            if let Some(l) = lease.take() {
-                l.release();
-            }
+            give_back(&mut lease);
         }
         ResponseBody {
             inner,
@@ -454,9 +459,7 @@ impl Body for ResponseBody {
                         // hyper stops polling once a body says it ended (e.g. content-length
                         // reached): account now, not on a poll that never comes.
                         *this.upstream_done = true;
-                        if let Some(l) = this.lease.take() {
-                            l.release();
-                        }
+                        give_back(this.lease);
                         if let Some(cb) = this.on_end.take() {
                             cb.on_end(End::Complete, this.sniff.summary(*this.bytes));
                         }
@@ -478,9 +481,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(None) => {
                     *this.upstream_done = true;
-                    if let Some(l) = this.lease.take() {
-                        l.release();
-                    }
+                    give_back(this.lease);
                 }
                 Poll::Pending => {
                     ready!(this.idle.as_mut().poll(cx));

@@ -438,6 +438,8 @@ fn upstream_request(
     let uri = origin_form(up, &parts.uri)?;
     let mut req = Request::from_parts(parts, body);
     *req.uri_mut() = uri;
+    // Whatever the client spoke (HTTP/1.0, h2c), providers get keep-alive HTTP/1.1.
+    *req.version_mut() = http::Version::HTTP_11;
     set_provider_headers(req.headers_mut(), up);
     Ok(req)
 }

@@ -56,8 +56,6 @@ pub struct Upstream {
     /// Value of `x-switchyard-provider`.
     pub name_header: HeaderValue,
     pub config: ProviderConfig,
-    pub scheme: Scheme,
-    pub authority: Authority,
     pub host: HeaderValue,
     /// `Bearer <key>`, marked sensitive so hyper and our logs never print it.
     pub auth: Option<HeaderValue>,
@@ -160,8 +158,8 @@ impl Upstream {
             Scheme::HTTP
         };
         let origin = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority.clone())
+            .scheme(scheme)
+            .authority(authority)
             .path_and_query("/")
             .build()
             .map_err(|e| err(format!("bad base_url: {e}")))?;
@@ -169,8 +167,6 @@ impl Upstream {
             name: Arc::from(config.name.as_str()),
             name_header: HeaderValue::from_str(&config.name).map_err(|e| err(e.to_string()))?,
             config: config.clone(),
-            scheme,
-            authority,
             host,
             auth,
             key,
