@@ -169,6 +169,12 @@ pub struct FramingGuard<T> {
 
 const CONTENT_LENGTH: &[u8] = b"content-length:";
 
+/// Whether a header line starting with `first` can be one that matters: only
+/// Content-Length and Transfer-Encoding do.
+fn may_matter(first: u8) -> bool {
+    matches!(first | 0x20, b'c' | b't')
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum GuardState {
     Head,
@@ -233,8 +239,8 @@ impl<T> FramingGuard<T> {
     /// A line that arrived whole in one read (the usual case): no byte-by-byte carry.
     fn whole_line(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if !self.first_line && !line.is_empty() && !matches!(line[0] | 0x20, b'c' | b't') {
-            return; // Only Content-Length and Transfer-Encoding matter.
+        if !self.first_line && line.first().is_some_and(|&b| !may_matter(b)) {
+            return;
         }
         let kept = line.len().min(self.line.len());
         for (to, from) in self.line[..kept].iter_mut().zip(line) {
@@ -262,8 +268,7 @@ impl<T> FramingGuard<T> {
             if b == b'\r' {
                 continue;
             }
-            if self.line_len == 0 && !self.first_line && !matches!(b | 0x20, b'c' | b't') {
-                // Only Content-Length and Transfer-Encoding matter.
+            if self.line_len == 0 && !self.first_line && !may_matter(b) {
                 self.skip_line = true;
                 return;
             }

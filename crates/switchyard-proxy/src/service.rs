@@ -57,7 +57,7 @@ use crate::body::{
     BodySummary, BodyTooLarge, End, GatewayBody, OnEnd, RequestBody, RequestShared, ResponseBody,
     Sniff, Tee,
 };
-use crate::headers::{maps_to_itself, strip_hop_by_hop, upstream_path};
+use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Outcome, EVENTS_DROPPED, REJECTED_TOTAL};
 use crate::shadow::{self, Mirror, Pair, SideResult};
 use crate::snapshot::{Gateway, Snapshot};
@@ -435,7 +435,7 @@ fn upstream_request(
     up: &Upstream,
     body: RequestBody,
 ) -> Result<Request<RequestBody>, http::Error> {
-    let uri = origin_form(up, &parts.uri)?;
+    let uri = up.uri_for(&parts.uri)?;
     let mut req = Request::from_parts(parts, body);
     *req.uri_mut() = uri;
     // Whatever the client spoke (HTTP/1.0, h2c), providers get keep-alive HTTP/1.1.
@@ -450,20 +450,9 @@ fn retarget(
     client_uri: &Uri,
     up: &Upstream,
 ) -> Result<Request<RequestBody>, http::Error> {
-    *req.uri_mut() = origin_form(up, client_uri)?;
+    *req.uri_mut() = up.uri_for(client_uri)?;
     set_provider_headers(req.headers_mut(), up);
     Ok(req)
-}
-
-fn origin_form(up: &Upstream, client_uri: &Uri) -> Result<Uri, http::Error> {
-    match client_uri.path_and_query() {
-        // The usual case (`/v1/…` onto a base path of `/v1`): the client's bytes, shared.
-        Some(pq) if maps_to_itself(&up.config.base_path, pq.as_str()) => Ok(Uri::from(pq.clone())),
-        pq => {
-            let pq = pq.map_or("/", |p| p.as_str());
-            Ok(Uri::try_from(upstream_path(&up.config.base_path, pq))?)
-        }
-    }
 }
 
 fn set_provider_headers(headers: &mut http::HeaderMap, up: &Upstream) {

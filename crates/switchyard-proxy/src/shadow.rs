@@ -15,7 +15,6 @@ use switchyard_core::event::{ShadowComparison, ShadowEvent};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{RequestBody, RequestShared, TeeResult};
-use crate::headers::upstream_path;
 use crate::snapshot::Snapshot;
 use crate::sniff::{text_of_json, JsonKey, SseScan};
 
@@ -198,8 +197,7 @@ pub async fn run(
     let cfg = &snap.config;
     let to = cfg.migration.to;
     let up = &snap.upstreams[to];
-    let pq = mirror.uri.path_and_query().map_or("/", |p| p.as_str());
-    let Ok(uri) = Uri::try_from(upstream_path(&up.config.base_path, pq)) else {
+    let Ok(uri) = up.uri_for(&mirror.uri) else {
         return pair.failed("error");
     };
     let mut req = Request::new(RequestBody::buffered(

@@ -163,11 +163,6 @@ impl JsonKey {
         self.found
     }
 
-    /// The captured value, parsed.
-    pub fn value(&self) -> Option<Value> {
-        self.parse()
-    }
-
     /// The captured value, parsed into `T` (no intermediate `Value`).
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
         if !self.found {
@@ -430,7 +425,7 @@ mod tests {
         for c in chunks {
             s.feed(c.as_bytes());
         }
-        s.value()
+        s.parse::<Value>()
     }
 
     #[test]

@@ -26,6 +26,7 @@ use rustls_pki_types::CertificateDer;
 use switchyard_core::config::ProviderConfig;
 
 use crate::body::{BoxError, RequestBody};
+use crate::headers::{maps_to_itself, upstream_path};
 use crate::metrics::ProviderMetrics;
 
 /// How long an unused keep-alive connection is kept.
@@ -182,6 +183,20 @@ impl Upstream {
     fn pool(&self) -> &Arc<Pool> {
         let i = WORKER.with(Cell::get).min(self.pools.len() - 1);
         &self.pools[i]
+    }
+
+    /// The origin-form URI for a client's request URI: its path mapped onto `base_url`'s.
+    pub fn uri_for(&self, client_uri: &Uri) -> Result<Uri, http::Error> {
+        match client_uri.path_and_query() {
+            // The usual case (`/v1/…` onto a base path of `/v1`): the client's bytes, shared.
+            Some(pq) if maps_to_itself(&self.config.base_path, pq.as_str()) => {
+                Ok(Uri::from(pq.clone()))
+            }
+            pq => {
+                let pq = pq.map_or("/", |p| p.as_str());
+                Ok(Uri::try_from(upstream_path(&self.config.base_path, pq))?)
+            }
+        }
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on a pooled connection or a new one.
