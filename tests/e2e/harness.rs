@@ -21,6 +21,17 @@ pub async fn mock(name: &str) -> Mock {
     .expect("mock starts")
 }
 
+/// A mock provider that waits `latency` before every answer.
+pub async fn slow_mock(name: &str, latency: Duration) -> Mock {
+    Mock::start(MockConfig {
+        name: name.into(),
+        latency,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock starts")
+}
+
 /// The two mock providers most tests migrate between.
 pub async fn pair() -> (Mock, Mock) {
     (mock("old").await, mock("new").await)
@@ -225,6 +236,28 @@ impl Gateway {
             .json()
             .await
             .expect("status json")
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        client()
+            .get(self.admin_url("/admin/stats"))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+
+    /// The status code of `/readyz`.
+    pub async fn readyz(&self) -> u16 {
+        client()
+            .get(self.admin_url("/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16()
     }
 
     pub async fn metrics(&self) -> String {

@@ -107,8 +107,7 @@ async fn metrics_use_the_spec_names_with_histogram_buckets() {
     }
     let r = client().get(gw.admin_url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = client().get(gw.admin_url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(gw.readyz().await, 200);
 }
 
 #[tokio::test]

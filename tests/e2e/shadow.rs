@@ -16,14 +16,7 @@ fn shadowing(old: &Mock, new: &Mock, extra: &str) -> String {
 async fn shadow_stats(gw: &Gateway, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let s: Value = client()
-            .get(gw.admin_url("/admin/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = gw.stats().await;
         if pred(&s["shadow"]) {
             return s["shadow"].clone();
         }
@@ -39,13 +32,7 @@ async fn shadow_stats(gw: &Gateway, what: &str, pred: impl Fn(&Value) -> bool) -
 #[tokio::test]
 async fn a_slow_shadow_never_delays_the_primary_and_every_mirrored_id_arrives() {
     let old = mock("old").await;
-    let new = Mock::start(MockConfig {
-        name: "new".into(),
-        latency: Duration::from_millis(1500),
-        ..MockConfig::default()
-    })
-    .await
-    .unwrap();
+    let new = slow_mock("new", Duration::from_millis(1500)).await;
     let gw = Gateway::start(&shadowing(&old, &new, "")).await;
     let ids: Vec<String> = (0..10).map(|i| format!("shadow-{i}")).collect();
     for id in &ids {
@@ -103,14 +90,7 @@ async fn a_slow_shadow_never_delays_the_primary_and_every_mirrored_id_arrives() 
     );
     assert_eq!((p, s), (50, 50));
     // shadow cost is counted apart from served cost
-    let st: Value = client()
-        .get(gw.admin_url("/admin/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st = gw.stats().await;
     assert_eq!(
         st["providers"]["new"]["requests"], 0,
         "shadow traffic is not served traffic"

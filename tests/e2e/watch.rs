@@ -7,22 +7,11 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-async fn stats(gw: &Gateway) -> Value {
-    client()
-        .get(gw.admin_url("/admin/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Waits until the stats count `n` requests in all (events reach the watcher asynchronously).
 async fn stats_with(gw: &Gateway, n: u64) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let s = stats(gw).await;
+        let s = gw.stats().await;
         let total: u64 = s["providers"]
             .as_object()
             .unwrap()
@@ -312,13 +301,7 @@ async fn half_the_new_side_failing_rolls_back_by_itself_and_alerts() {
 #[tokio::test]
 async fn a_slow_new_side_rolls_back_on_p95() {
     let old = mock("old").await;
-    let new = Mock::start(MockConfig {
-        name: "new".into(),
-        latency: Duration::from_millis(400),
-        ..MockConfig::default()
-    })
-    .await
-    .unwrap();
+    let new = slow_mock("new", Duration::from_millis(400)).await;
     let yaml = guarded(&config(&old.base_url(), &new.base_url(), "phase-4"), "")
         .replace("max_p95_latency: 2s", "max_p95_latency: 200ms");
     let gw = Gateway::start_with(&yaml, &[("TEST_WEBHOOK", "")]).await;
@@ -397,31 +380,14 @@ async fn health_checks_mark_a_provider_down_and_up_and_alert() {
         Some(0.0),
         "{m}"
     );
-    assert_eq!(
-        client()
-            .get(gw.admin_url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200,
-        "old is still healthy"
-    );
+    assert_eq!(gw.readyz().await, 200, "old is still healthy");
 
     old.set_health_status(500);
     gw.wait_status("old unhealthy", |s| {
         s["providers"]["old"]["healthy"] == false
     })
     .await;
-    assert_eq!(
-        client()
-            .get(gw.admin_url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
+    assert_eq!(gw.readyz().await, 503);
 
     new.set_health_status(200);
     old.set_health_status(200);
@@ -429,15 +395,7 @@ async fn health_checks_mark_a_provider_down_and_up_and_alert() {
         s["providers"]["new"]["healthy"] == true && s["providers"]["old"]["healthy"] == true
     })
     .await;
-    assert_eq!(
-        client()
-            .get(gw.admin_url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.readyz().await, 200);
 
     eventually("down and up alerts for new", || {
         let texts: Vec<String> = hook

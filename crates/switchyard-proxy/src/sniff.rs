@@ -434,9 +434,10 @@ mod tests {
         assert_eq!(scan("model", &[body]), Some(Value::from("deepseek-chat")));
         let (a, b) = body.split_at(60);
         assert_eq!(scan("model", &[a, b]), Some(Value::from("deepseek-chat")));
-        let parts: Vec<String> = body.chars().map(|c| c.to_string()).collect();
-        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
-        assert_eq!(scan("model", &refs), Some(Value::from("deepseek-chat")));
+        assert_eq!(
+            scan("model", &one_char_each(body)),
+            Some(Value::from("deepseek-chat"))
+        );
         // nested "model" keys are not top-level
         assert_eq!(
             scan("model", &[r#"{"tools":[{"model":"no"}],"x":1}"#]),
@@ -462,13 +463,28 @@ mod tests {
         // escaped quotes and backslashes inside strings, split at every byte
         let tricky = r#"{"a":"\\","b":"q\"}","usage":{"prompt_tokens":2},"c":"\\\""}"#;
         assert_eq!(usage(&[tricky]), Some((2, 0)));
-        let parts: Vec<String> = tricky.chars().map(|c| c.to_string()).collect();
-        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
-        assert_eq!(usage(&refs), Some((2, 0)));
+        assert_eq!(usage(&one_char_each(tricky)), Some((2, 0)));
         // a value over the limit is given up, not truncated
         let mut s = JsonKey::new("usage", 8);
         s.feed(br#"{"usage":{"prompt_tokens":12345}}"#);
         assert_eq!(s.usage(), None);
+    }
+
+    /// `text` cut into one-character chunks: every split point at once.
+    fn one_char_each(text: &str) -> Vec<&str> {
+        text.char_indices()
+            .map(|(i, c)| &text[i..i + c.len_utf8()])
+            .collect()
+    }
+
+    /// [`STREAM`] through `scan` in chunks of `size` bytes: what the client gets.
+    fn pass(scan: &mut SseScan, size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in STREAM.as_bytes().chunks(size) {
+            out.extend_from_slice(&scan.feed(Bytes::copy_from_slice(chunk)));
+        }
+        out.extend_from_slice(&scan.finish());
+        out
     }
 
     const STREAM: &str = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
@@ -476,11 +492,7 @@ mod tests {
     #[test]
     fn sse_usage_and_first_token_without_touching_frames() {
         let mut s = SseScan::new(false);
-        let mut out = Vec::new();
-        for chunk in STREAM.as_bytes().chunks(7) {
-            out.extend_from_slice(&s.feed(Bytes::copy_from_slice(chunk)));
-        }
-        out.extend_from_slice(&s.finish());
+        let out = pass(&mut s, 7);
         assert_eq!(out, STREAM.as_bytes());
         assert_eq!(s.usage, Some((7, 2)));
         assert!(s.first_token.is_some() && s.first_event.is_some());
@@ -490,12 +502,7 @@ mod tests {
     #[test]
     fn sse_strip_removes_only_the_usage_chunk() {
         let mut s = SseScan::new(true);
-        let mut out = Vec::new();
-        for chunk in STREAM.as_bytes().chunks(5) {
-            out.extend_from_slice(&s.feed(Bytes::copy_from_slice(chunk)));
-        }
-        out.extend_from_slice(&s.finish());
-        let text = String::from_utf8(out).unwrap();
+        let text = String::from_utf8(pass(&mut s, 5)).unwrap();
         assert!(!text.contains("usage"), "{text}");
         assert!(
             text.contains("\"Hi\"") && text.ends_with("data: [DONE]\n\n"),
