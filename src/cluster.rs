@@ -18,6 +18,37 @@ use switchyard_core::config::{ClusterConfig, Phase};
 use switchyard_core::migration::NamedState;
 use switchyard_core::MigrationState;
 use switchyard_store::{Etcd, EtcdError};
+use switchyard_watch::Summary;
+
+/// A replica's judge windows, published on its lease so that any replica can judge the
+/// fleet: the summaries add up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FleetWindow {
+    pub to: Summary,
+    pub from: Summary,
+    /// `to` requests judged under this state revision (the judge's looks count from it).
+    pub to_seen: u64,
+    /// Replicas whose windows are in the sum.
+    #[serde(default)]
+    pub replicas: usize,
+}
+
+impl FleetWindow {
+    fn merge(&mut self, o: &FleetWindow) {
+        self.to.merge(&o.to);
+        self.from.merge(&o.from);
+        self.to_seen += o.to_seen;
+        self.replicas += 1;
+    }
+}
+
+/// What is stored under `<prefix>/windows/<replica>`.
+#[derive(Debug, Serialize, Deserialize)]
+struct PublishedWindow {
+    rev: i64,
+    #[serde(flatten)]
+    window: FleetWindow,
+}
 
 /// What is stored under `<prefix>/state`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -59,10 +90,10 @@ pub struct Cluster {
     pub revision: AtomicI64,
     healthy: AtomicBool,
     replicas: Mutex<Vec<Value>>,
-    /// This replica's `to` window counts, published each second.
-    pub local_window: Mutex<(usize, usize, usize)>,
-    /// The sum over live replicas' published windows, and how many published.
-    fleet_window: Mutex<Option<(usize, usize, usize, usize)>>,
+    /// This replica's judge windows, published each second.
+    pub local_window: Mutex<FleetWindow>,
+    /// The sum over live replicas' published windows.
+    fleet_window: Mutex<Option<FleetWindow>>,
     leader: AtomicBool,
 }
 
@@ -104,7 +135,7 @@ impl Cluster {
             revision: AtomicI64::new(0),
             healthy: AtomicBool::new(false),
             replicas: Mutex::new(Vec::new()),
-            local_window: Mutex::new((0, 0, 0)),
+            local_window: Mutex::new(FleetWindow::default()),
             fleet_window: Mutex::new(None),
             leader: AtomicBool::new(false),
         })
@@ -118,12 +149,28 @@ impl Cluster {
         format!("{}/replicas/{}", self.prefix, self.replica_id)
     }
 
-    /// `(seen, errors, slow, replicas)` summed over the fleet, while etcd answers.
-    pub fn fleet_window(&self) -> Option<(usize, usize, usize, usize)> {
+    /// Hands this replica's windows over for publishing; answers the fleet's sum (this
+    /// replica's own while etcd cannot be reached or before the first sum).
+    pub fn publish_local(&self, to: Summary, from: Summary, to_seen: u64) -> FleetWindow {
+        let mine = FleetWindow {
+            to,
+            from,
+            to_seen,
+            replicas: 1,
+        };
+        *self.local_window.lock().unwrap_or_else(|e| e.into_inner()) = mine.clone();
+        self.fleet_window().unwrap_or(mine)
+    }
+
+    /// The judge windows summed over the fleet, while etcd answers.
+    pub fn fleet_window(&self) -> Option<FleetWindow> {
         if !self.healthy() {
             return None;
         }
-        *self.fleet_window.lock().unwrap_or_else(|e| e.into_inner())
+        self.fleet_window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The one replica that runs the phase gates (`auto_advance`).
@@ -182,7 +229,7 @@ impl Cluster {
     /// counts of the previous state must not be published under the new revision.
     pub fn set_revision(&self, rev: i64) {
         self.revision.store(rev, Ordering::SeqCst);
-        *self.local_window.lock().unwrap_or_else(|e| e.into_inner()) = (0, 0, 0);
+        *self.local_window.lock().unwrap_or_else(|e| e.into_inner()) = FleetWindow::default();
     }
 
     /// Publishes this replica's heartbeat on `lease` and refreshes the list of live replicas.
@@ -205,32 +252,32 @@ impl Cluster {
         // Tagged with the shared state's revision: after a phase change or a rollback, windows
         // still counting the previous state are left out of the sum.
         let rev = self.revision.load(Ordering::SeqCst);
-        let (seen, errors, slow) = *self.local_window.lock().unwrap_or_else(|e| e.into_inner());
-        let w = json!({"seen": seen, "errors": errors, "slow": slow, "rev": rev});
+        let mine = PublishedWindow {
+            rev,
+            window: self
+                .local_window
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        };
+        let body = serde_json::to_vec(&mine).map_err(|e| EtcdError::Refused(e.to_string()))?;
         self.etcd
             .put(
                 &format!("{}/windows/{}", self.prefix, self.replica_id),
-                w.to_string().as_bytes(),
+                &body,
                 Some(lease),
             )
             .await?;
-        let mut sum = (0, 0, 0, 0);
+        let mut sum = FleetWindow::default();
         for kv in self
             .etcd
             .prefix(&format!("{}/windows/", self.prefix))
             .await?
         {
-            if let Ok(v) = serde_json::from_slice::<Value>(&kv.value) {
-                if v["rev"].as_i64() != Some(rev) {
-                    continue;
+            if let Ok(w) = serde_json::from_slice::<PublishedWindow>(&kv.value) {
+                if w.rev == rev {
+                    sum.merge(&w.window);
                 }
-                let n = |k: &str| v[k].as_u64().unwrap_or(0) as usize;
-                sum = (
-                    sum.0 + n("seen"),
-                    sum.1 + n("errors"),
-                    sum.2 + n("slow"),
-                    sum.3 + 1,
-                );
             }
         }
         *self.fleet_window.lock().unwrap_or_else(|e| e.into_inner()) = Some(sum);
@@ -259,7 +306,7 @@ impl Cluster {
             .into_iter()
             .map(|r| json!({"id": r["id"], "phase": r["phase"], "last_seen": r["last_seen_unix"]}))
             .collect();
-        let fleet = self.fleet_window().map(|(seen, errors, slow, n)| json!({"requests": seen, "provider_errors": errors, "over_p95_limit": slow, "replicas": n}));
+        let fleet = self.fleet_window().map(|w| json!({"requests": w.to.requests(), "from_requests": w.from.requests(), "replicas": w.replicas}));
         json!({"store": "etcd", "healthy": self.healthy(), "replica_id": self.replica_id, "leader": self.is_leader(), "replicas": replicas, "to_window": fleet})
     }
 }

@@ -22,7 +22,9 @@ use switchyard_core::{Config, MigrationState, Trigger};
 use switchyard_proxy::shadow::ShadowRuntime;
 use switchyard_proxy::Sinks;
 use switchyard_proxy::{Gateway, Snapshot};
-use switchyard_watch::{Alert, Alerter, HealthTracker, ShadowStats, Stats};
+use switchyard_watch::{
+    Alert, Alerter, HealthTracker, Judgement, Metric, ShadowStats, Stats, Verdict,
+};
 use tokio::sync::{mpsc, watch, Mutex};
 
 /// `<config>.state.json`: the phase an operator set through the admin API.
@@ -78,6 +80,8 @@ pub struct WatchState {
     phase_since: std::sync::Mutex<SystemTime>,
     /// Why the phase gate last waited (auto_advance).
     gate: std::sync::Mutex<Option<String>>,
+    /// The judge's current verdict on `to` against `from`.
+    verdict: std::sync::Mutex<Option<Verdict>>,
 }
 
 impl WatchState {
@@ -93,6 +97,8 @@ impl WatchState {
 
     fn phase_began(&self, at: SystemTime) {
         *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.verdict.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        set_judgement_gauges(None);
         *self.phase_since.lock().unwrap_or_else(|e| e.into_inner()) = at;
     }
 
@@ -100,9 +106,49 @@ impl WatchState {
         *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
 
+    /// Publishes the judge's verdict (status, stats, and the `switchyard_judgement` gauges).
+    pub fn set_verdict(&self, v: &Verdict) {
+        let mut current = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref() == Some(v) {
+            return;
+        }
+        if current.as_ref().map(|c| c.result) != Some(v.result) {
+            tracing::info!(result = v.result.label(), reason = %v.reason, "judgement");
+        }
+        set_judgement_gauges(Some(v));
+        *current = Some(v.clone());
+    }
+
+    pub fn verdict(&self) -> Option<Verdict> {
+        self.verdict
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn phase_since_unix(&self) -> u64 {
         let since = *self.phase_since.lock().unwrap_or_else(|e| e.into_inner());
         since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+}
+
+pub const JUDGEMENT: &str = "switchyard_judgement";
+
+/// `switchyard_judgement{metric, result}`: 1 for each metric's current result (and for
+/// `metric="overall"`), 0 for the others; all 0 while nothing is judged.
+fn set_judgement_gauges(v: Option<&Verdict>) {
+    let mut rows: Vec<(&'static str, Option<Judgement>)> = vec![("overall", v.map(|v| v.result))];
+    for m in Metric::ALL {
+        rows.push((
+            m.label(),
+            v.and_then(|v| v.metric(m)).map(|mv| mv.result),
+        ));
+    }
+    for (metric, result) in rows {
+        for r in Judgement::ALL {
+            let on = if result == Some(r) { 1.0 } else { 0.0 };
+            metrics::gauge!(JUDGEMENT, "metric" => metric, "result" => r.label()).set(on);
+        }
     }
 }
 
@@ -166,7 +212,9 @@ impl Control {
             started: Instant::now(),
             phase_since: std::sync::Mutex::new(entered_at.unwrap_or_else(SystemTime::now)),
             gate: std::sync::Mutex::new(None),
+            verdict: std::sync::Mutex::new(None),
         };
+        set_judgement_gauges(None);
         let control = Control {
             path,
             state_path,
@@ -513,29 +561,23 @@ impl Control {
         Ok(s)
     }
 
-    /// The rollback guard tripped. A no-op when already rolled back.
-    pub async fn auto_rollback(
-        &self,
-        epoch: u64,
-        metric: &str,
-        value: f64,
-        threshold: f64,
-        seen: usize,
-    ) {
+    /// The judge failed `to`. A no-op when already rolled back.
+    pub async fn auto_rollback(&self, epoch: u64, verdict: &Verdict) {
         let s = self.gateway.load();
         if s.state.rolled_back || s.epoch != epoch {
             return;
         }
-        let to = &s.config.providers[s.config.migration.to].name;
-        let reason = format!(
-            "{metric} of `{to}` at {value:.3} over the limit {threshold:.3} (last {seen} requests)"
-        );
-        let mut result = self
-            .rollback_by(
-                Trigger::Auto,
-                reason.clone(),
-                Some((metric, value, threshold)),
+        let reason = verdict.reason.clone();
+        let failed = verdict.failed();
+        let metric = failed.map(|f| {
+            (
+                f.metric.label(),
+                f.to_value.unwrap_or(0.0),
+                f.absolute_limit.or(f.allowed).unwrap_or(0.0),
             )
+        });
+        let mut result = self
+            .rollback_by(Trigger::Auto, reason.clone(), metric)
             .await;
         // Cluster mode: another replica changed the state first. Fail safe: take its state,
         // and roll back on top of it unless it already is a rollback.
@@ -543,9 +585,7 @@ impl Control {
             if e.status == 409 {
                 self.sync_from_cluster(c).await;
                 if !self.gateway.load().state.rolled_back {
-                    result = self
-                        .rollback_by(Trigger::Auto, reason, Some((metric, value, threshold)))
-                        .await;
+                    result = self.rollback_by(Trigger::Auto, reason, metric).await;
                 } else {
                     result = Ok(self.gateway.load());
                 }
@@ -672,6 +712,7 @@ impl AdminHandle for Control {
             "config_version": s.config_version,
             "providers": providers,
             "cluster": self.cluster.as_ref().map(|c| c.status()),
+            "verdict": self.watch.verdict(),
         })
     }
 
@@ -689,6 +730,7 @@ impl AdminHandle for Control {
             .unwrap_or_else(|e| e.into_inner())
             .view()
             .unwrap_or(Value::Null);
+        v["verdict"] = serde_json::to_value(self.watch.verdict()).unwrap_or(Value::Null);
         Some(v)
     }
 

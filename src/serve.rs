@@ -34,6 +34,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         "switchyard_config_reloads_total",
         "Config reloads by result (ok, error)"
     );
+    metrics::describe_gauge!(
+        crate::control::JUDGEMENT,
+        "The judge's current result per metric (error_rate, 4xx_rate, p95_latency, p95_ttft, overall): 1 for the result it has (pass, fail, inconclusive), 0 for the others"
+    );
     // Show the zero series from the start, so alerts on rate() work before the first event.
     for t in ["admin", "config", "auto"] {
         metrics::counter!("switchyard_rollbacks_total", "trigger" => t).absolute(0);

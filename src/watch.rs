@@ -10,7 +10,11 @@ use http_body_util::{BodyExt, Limited};
 use switchyard_core::event::{RequestEvent, ShadowEvent};
 use switchyard_proxy::body::RequestBody;
 use switchyard_proxy::upstream::Upstream;
-use switchyard_watch::{gate, verdict_of_counts, Alert, Gate, Guard, Verdict};
+use switchyard_core::router::Side;
+use switchyard_watch::judge::look_step;
+use switchyard_watch::{
+    gate, judge as judge_window, Alert, Gate, Judgement, Looks, Sides, Summary, Verdict, Windows,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::control::Control;
@@ -34,8 +38,12 @@ async fn judge(
     mut events: mpsc::Receiver<RequestEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut to_guard = Guard::new(100);
-    let mut from_guard = Guard::new(100);
+    let mut windows = Windows::new(100);
+    let mut looks = Looks::default();
+    // The comparison as judged at the last look; between looks only the absolute limits
+    // are checked on fresh data (the looks are what α is spent on).
+    let mut judged: Option<Verdict> = None;
+    let mut names: (String, String) = Default::default();
     // Drained on a tick rather than woken per event: at thousands of requests a second a
     // wake-up per request would cost the data path more than the watching itself.
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -58,7 +66,7 @@ async fn judge(
         }
         let got_events = !batch.is_empty();
         // Gates only need a look twice a second.
-        if !got_events && ticks % 10 != 0 {
+        if !got_events && ticks % 10 != 0 && control.cluster.is_none() {
             continue;
         }
         let snap = control.gateway().load();
@@ -69,12 +77,18 @@ async fn judge(
         let cfg = &snap.config;
         let m = &cfg.migration;
         let window = m.auto_rollback.as_ref().map_or(100, |a| a.window as usize);
-        if to_guard.epoch() != snap.epoch {
-            to_guard.reset(snap.epoch, window);
-            from_guard.reset(snap.epoch, window);
-        }
         let to_name = cfg.providers[m.to].name.as_str();
         let from_name = cfg.providers[m.from].name.as_str();
+        if names.0 != to_name || names.1 != from_name {
+            // Another pair of providers: nothing seen so far says anything about it.
+            names = (to_name.to_string(), from_name.to_string());
+            windows = Windows::new(window);
+        }
+        if windows.epoch() != snap.epoch {
+            windows.reset(snap.epoch, window);
+            looks = Looks::default();
+            judged = None;
+        }
         if got_events {
             let now = control.watch.now_ms();
             let mut stats = control
@@ -85,66 +99,77 @@ async fn judge(
             for e in &batch {
                 stats.record(e, now);
                 if &*e.provider == to_name {
-                    to_guard.record(e);
+                    windows.record(Side::To, e, now);
                 } else if &*e.provider == from_name {
-                    from_guard.record(e);
+                    windows.record(Side::From, e, now);
                 }
             }
         }
-        let event = got_events.then_some(());
         let Some(ar) = &m.auto_rollback else { continue };
-        // In cluster mode the guard judges the whole fleet's window: every replica publishes
-        // its counts, and any replica may trip the (idempotent) rollback.
-        let to_verdict = match &control.cluster {
-            Some(c) => {
-                let slow_us = ar.max_p95_latency.as_micros() as u64;
-                *c.local_window.lock().unwrap_or_else(|p| p.into_inner()) =
-                    to_guard.counts(slow_us);
-                match c.fleet_window() {
-                    Some((seen, errors, slow, _)) => verdict_of_counts(seen, errors, slow, ar),
-                    None => to_guard.verdict(ar),
-                }
-            }
-            None => to_guard.verdict(ar),
+        // In cluster mode the whole fleet is judged: every replica publishes its windows, and
+        // any replica may trip the (idempotent) rollback.
+        let (mut to, mut from) = windows.summaries();
+        let mut to_seen = windows.to_seen();
+        if let Some(c) = &control.cluster {
+            let fleet = c.publish_local(to, from, to_seen);
+            (to, from, to_seen) = (fleet.to, fleet.from, fleet.to_seen);
+        }
+        let sides = Sides {
+            to_name,
+            from_name,
+            to: &to,
+            from: &from,
         };
-        // In cluster mode the fleet's window changes without local events: judge every tick.
-        if event.is_some() || control.cluster.is_some() {
-            if let Verdict::Breach {
-                metric,
-                value,
-                threshold,
-                seen,
-            } = to_verdict
-            {
-                if !snap.state.rolled_back {
-                    control
-                        .auto_rollback(snap.epoch, metric, value, threshold, seen)
-                        .await;
-                    continue;
+        let min = u64::from(ar.min_requests.max(1));
+        let enough = to.requests() >= min && from.requests() >= min && ar.compare.is_some();
+        let verdict = match looks.due(to_seen, enough, look_step(ar)) {
+            Some(k) => {
+                let v = judge_window(ar, &sides, k);
+                judged = Some(v.clone());
+                v
+            }
+            None => {
+                let fresh = judge_window(ar, &sides, 0);
+                match &judged {
+                    Some(last) if fresh.result != Judgement::Fail => last.clone(),
+                    _ => fresh,
                 }
             }
-            if let (
-                true,
-                Verdict::Breach {
-                    metric,
-                    value,
-                    threshold,
-                    seen,
+        };
+        control.watch.set_verdict(&verdict);
+        if verdict.result == Judgement::Fail && !snap.state.rolled_back && snap.percent() > 0.0 {
+            control.auto_rollback(snap.epoch, &verdict).await;
+            continue;
+        }
+        if got_events && (ar.max_error_rate.is_some() || ar.max_p95_latency.is_some()) {
+            // The absolute limits say something about `from` too: worth an alert, never a
+            // rollback (it is the side traffic goes back to).
+            let mut absolute = ar.clone();
+            absolute.compare = None;
+            let (no_to, mine) = (Summary::default(), windows.summaries().1);
+            let v = judge_window(
+                &absolute,
+                &Sides {
+                    to_name: from_name,
+                    from_name: to_name,
+                    to: &mine,
+                    from: &no_to,
                 },
-            ) = (event.is_some(), from_guard.verdict(ar))
-            {
+                0,
+            );
+            if let Some(f) = v.failed() {
                 control.alerter.send(Alert {
                     event: "threshold_breach",
                     provider: Some(from_name.to_string()),
                     phase: Some(snap.state.phase_name(&m.phases).to_string()),
-                    metric: Some(metric.to_string()),
-                    value: Some(value),
-                    threshold: Some(threshold),
-                    text: format!("`{from_name}` {metric} at {value:.3} over {threshold:.3} (last {seen} requests); no rollback: it is the `from` side"),
+                    metric: Some(f.metric.label().to_string()),
+                    value: f.to_value,
+                    threshold: f.absolute_limit,
+                    text: format!("{}; no rollback: it is the `from` side", v.reason),
                 });
             }
         }
-        if event.is_none()
+        if !got_events
             && m.auto_advance
             && !snap.state.rolled_back
             && control.cluster.as_ref().is_none_or(|c| c.is_leader())
@@ -154,11 +179,11 @@ async fn judge(
                 m.phases[i].hold,
                 control.watch.in_phase_for(),
                 i + 1 >= m.phases.len(),
-                &to_verdict,
+                Some(&verdict),
             );
             match decision {
                 Gate::Advance => {
-                    tracing::info!(phase = %m.phases[i].name, "phase gate open: advancing");
+                    tracing::info!(phase = %m.phases[i].name, verdict = %verdict.reason, "phase gate open: advancing");
                     control.auto_advance(snap.epoch).await;
                 }
                 Gate::Wait(why) => control.watch.set_gate(why),

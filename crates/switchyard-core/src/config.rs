@@ -105,6 +105,14 @@ struct RawMigration {
     shadow_percent: Option<f64>,
     auto_rollback: Option<RawAutoRollback>,
     auto_advance: Option<bool>,
+    preflight: Option<RawPreflight>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPreflight {
+    enabled: Option<bool>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +130,17 @@ struct RawAutoRollback {
     min_requests: Option<u32>,
     max_error_rate: Option<f64>,
     max_p95_latency: Option<String>,
+    count_as_errors: Option<Vec<String>>,
+    compare: Option<RawCompare>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompare {
+    enabled: Option<bool>,
+    max_error_rate_increase: Option<f64>,
+    max_latency_ratio: Option<f64>,
+    confidence: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +293,8 @@ pub struct MigrationConfig {
     pub auto_rollback: Option<AutoRollbackConfig>,
     /// Advance by itself when a phase's hold has passed and the window is healthy.
     pub auto_advance: bool,
+    /// Probe `to` before the first phase that sends it traffic.
+    pub preflight: PreflightConfig,
     pub router: Router,
 }
 
@@ -281,8 +302,32 @@ pub struct MigrationConfig {
 pub struct AutoRollbackConfig {
     pub window: u32,
     pub min_requests: u32,
-    pub max_error_rate: f64,
-    pub max_p95_latency: Duration,
+    /// Absolute backstop on `to`'s provider error rate: only when written in the file.
+    pub max_error_rate: Option<f64>,
+    /// Absolute backstop on `to`'s p95 latency: only when written in the file.
+    pub max_p95_latency: Option<Duration>,
+    /// Whether a provider's 401/403/407 counts as its error.
+    pub count_auth: bool,
+    /// Whether a provider's 402/429 counts as its error.
+    pub count_refused: bool,
+    /// The comparison of `to` with `from`; `None` when switched off.
+    pub compare: Option<CompareConfig>,
+}
+
+/// How much worse than `from` the `to` side may be, and how sure the judge must be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompareConfig {
+    /// In rate units: 0.01 is one percentage point.
+    pub max_error_rate_increase: f64,
+    pub max_latency_ratio: f64,
+    /// 0.95: a failure is called at 5% significance, spent over the looks of a phase.
+    pub confidence: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreflightConfig {
+    pub enabled: bool,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -740,7 +785,6 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
     let auto_rollback = m.auto_rollback.as_ref().map(|a| {
         let window = a.window.unwrap_or(100);
         let min_requests = a.min_requests.unwrap_or(20);
-        let max_error_rate = a.max_error_rate.unwrap_or(0.05);
         if window == 0 {
             c.err("migration.auto_rollback.window", "must be at least 1");
         }
@@ -750,24 +794,90 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
                 format!("{min_requests} is more than the window ({window})"),
             );
         }
-        if !(0.0..=1.0).contains(&max_error_rate) {
-            c.err(
-                "migration.auto_rollback.max_error_rate",
-                format!("{max_error_rate} is not a rate between 0 and 1 (0.05 = 5%)"),
-            );
+        if let Some(r) = a.max_error_rate {
+            if !(0.0..=1.0).contains(&r) {
+                c.err(
+                    "migration.auto_rollback.max_error_rate",
+                    format!("{r} is not a rate between 0 and 1 (0.05 = 5%)"),
+                );
+            }
         }
-        let max_p95_latency = c.duration(
-            "migration.auto_rollback.max_p95_latency",
-            a.max_p95_latency.as_ref(),
-            Duration::from_secs(5),
-        );
+        let max_p95_latency = a.max_p95_latency.as_ref().map(|v| {
+            c.duration(
+                "migration.auto_rollback.max_p95_latency",
+                Some(v),
+                Duration::from_secs(5),
+            )
+        });
+        let (mut count_auth, mut count_refused) = (true, true);
+        if let Some(list) = &a.count_as_errors {
+            (count_auth, count_refused) = (false, false);
+            for v in list {
+                match v.as_str() {
+                    "auth" => count_auth = true,
+                    "refused" => count_refused = true,
+                    other => c.err(
+                        "migration.auto_rollback.count_as_errors",
+                        format!("`{other}` is not one of: auth (401/403/407), refused (402/429)"),
+                    ),
+                }
+            }
+        }
+        let compare = match &a.compare {
+            Some(cmp) if cmp.enabled == Some(false) => None,
+            cmp => {
+                let cmp = cmp.as_ref();
+                let key = "migration.auto_rollback.compare";
+                let inc = cmp.and_then(|x| x.max_error_rate_increase).unwrap_or(0.01);
+                let ratio = cmp.and_then(|x| x.max_latency_ratio).unwrap_or(1.5);
+                let confidence = cmp.and_then(|x| x.confidence).unwrap_or(0.95);
+                if !(0.0..1.0).contains(&inc) {
+                    c.err(
+                        format!("{key}.max_error_rate_increase"),
+                        format!("{inc} is not a rate difference between 0 and 1 (0.01 = one percentage point)"),
+                    );
+                }
+                if ratio.is_nan() || ratio < 1.0 {
+                    c.err(
+                        format!("{key}.max_latency_ratio"),
+                        format!("{ratio} is below 1 (1.5 = `to` may be 50% slower than `from`)"),
+                    );
+                }
+                if !(0.5..1.0).contains(&confidence) {
+                    c.err(
+                        format!("{key}.confidence"),
+                        format!("{confidence} is not a confidence between 0.5 and 1 (0.95 = 95%)"),
+                    );
+                }
+                Some(CompareConfig {
+                    max_error_rate_increase: inc,
+                    max_latency_ratio: ratio,
+                    confidence,
+                })
+            }
+        };
         AutoRollbackConfig {
             window,
             min_requests,
-            max_error_rate,
+            max_error_rate: a.max_error_rate,
             max_p95_latency,
+            count_auth,
+            count_refused,
+            compare,
         }
     });
+    let preflight = PreflightConfig {
+        enabled: m
+            .preflight
+            .as_ref()
+            .and_then(|p| p.enabled)
+            .unwrap_or(true),
+        timeout: c.duration(
+            "migration.preflight.timeout",
+            m.preflight.as_ref().and_then(|p| p.timeout.as_ref()),
+            Duration::from_secs(15),
+        ),
+    };
 
     let alerts = raw.alerts.map(|a| {
         c.env_name("alerts.webhook_url_env", &a.webhook_url_env);
@@ -967,6 +1077,7 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
             shadow_buckets,
             auto_rollback,
             auto_advance,
+            preflight,
             router,
         },
         alerts,

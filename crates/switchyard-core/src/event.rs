@@ -4,13 +4,26 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How a request ended, as the stats and the rollback guard see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How a request ended, and so whose fault it was. This is the one place an outcome is
+/// attributed: stats, the rollback guard, metrics and the access log all read this class.
+///
+/// The gateway supplies the provider's key and checks client keys itself, so a provider's
+/// 401/403/407 is never the client's doing ([`Class::Auth`]), and a 402/429 is the provider's
+/// capacity or billing ([`Class::Refused`]). Other 4xx answers ([`Class::ClientError`]) may be
+/// the client's request or a provider that does not serve it: they are not errors on their own,
+/// but the judge compares how often each side gives them. What the client broke (an upload
+/// that is malformed, abandoned or too large) is [`Class::ClientFault`] or
+/// [`Class::ClientGone`] and never counts against anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
     /// 1xx–3xx from the provider.
     Success,
-    /// 4xx: the client's fault, never counted against the provider.
+    /// A 4xx from the provider other than auth and refusals (400, 404, 422 …).
     ClientError,
+    /// 401, 403, 407 from the provider: its key is wrong or revoked.
+    Auth,
+    /// 402, 429 from the provider: billing or rate limit.
+    Refused,
     /// 5xx from the provider.
     ServerError,
     /// No response head in time, or a stream silent for `idle_timeout`.
@@ -21,36 +34,68 @@ pub enum Class {
     StreamCut,
     /// The client went away first: not the provider's fault.
     ClientGone,
+    /// The client's request could not be forwarded as sent (malformed or oversized body,
+    /// unforwardable path): refused by the gateway, not the provider's fault.
+    ClientFault,
 }
 
 impl Class {
-    pub const ALL: [Class; 7] = [
+    pub const ALL: [Class; 10] = [
         Class::Success,
         Class::ClientError,
+        Class::Auth,
+        Class::Refused,
         Class::ServerError,
         Class::Timeout,
         Class::Connect,
         Class::StreamCut,
         Class::ClientGone,
+        Class::ClientFault,
     ];
 
-    /// Counts against the provider: 5xx, timeouts, connect errors, cut streams.
+    /// The class of an answer the provider completed with `status`.
+    pub fn of_status(status: u16) -> Class {
+        match status {
+            401 | 403 | 407 => Class::Auth,
+            402 | 429 => Class::Refused,
+            400..=499 => Class::ClientError,
+            500..=599 => Class::ServerError,
+            _ => Class::Success,
+        }
+    }
+
+    /// Counts against the provider: 5xx, timeouts, connect errors, cut streams, and its
+    /// refusals (auth, refused). The judge may leave the refusals out by config.
     pub fn is_provider_error(self) -> bool {
         matches!(
             self,
-            Class::ServerError | Class::Timeout | Class::Connect | Class::StreamCut
+            Class::ServerError
+                | Class::Timeout
+                | Class::Connect
+                | Class::StreamCut
+                | Class::Auth
+                | Class::Refused
         )
+    }
+
+    /// Whether the outcome says anything about the provider: false for what the client
+    /// broke or abandoned. Such requests are left out of the judge's windows.
+    pub fn judges_provider(self) -> bool {
+        !matches!(self, Class::ClientGone | Class::ClientFault)
     }
 
     pub fn label(self) -> &'static str {
         match self {
             Class::Success => "2xx",
             Class::ClientError => "4xx",
+            Class::Auth => "auth",
+            Class::Refused => "refused",
             Class::ServerError => "5xx",
             Class::Timeout => "timeout",
             Class::Connect => "connect_error",
             Class::StreamCut => "stream_cut",
             Class::ClientGone => "client_gone",
+            Class::ClientFault => "client_fault",
         }
     }
 }
@@ -117,4 +162,35 @@ pub struct ShadowComparison {
     /// When the request asked for JSON (`response_format`): whether each answer's text parses.
     pub primary_json_valid: Option<bool>,
     pub shadow_json_valid: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Class;
+
+    #[test]
+    fn provider_answers_are_attributed_by_status() {
+        for (status, class) in [
+            (200, Class::Success),
+            (304, Class::Success),
+            (400, Class::ClientError),
+            (404, Class::ClientError),
+            (422, Class::ClientError),
+            (401, Class::Auth),
+            (403, Class::Auth),
+            (407, Class::Auth),
+            (402, Class::Refused),
+            (429, Class::Refused),
+            (500, Class::ServerError),
+            (503, Class::ServerError),
+        ] {
+            assert_eq!(Class::of_status(status), class, "{status}");
+        }
+        assert!(Class::Auth.is_provider_error() && Class::Refused.is_provider_error());
+        assert!(!Class::ClientError.is_provider_error());
+        assert!(!Class::ClientFault.is_provider_error() && !Class::ClientFault.judges_provider());
+        assert!(!Class::ClientGone.judges_provider());
+        let labels: std::collections::BTreeSet<_> = Class::ALL.iter().map(|c| c.label()).collect();
+        assert_eq!(labels.len(), Class::ALL.len(), "labels are distinct");
+    }
 }

@@ -49,16 +49,74 @@ impl std::fmt::Display for StreamIdle {
 
 impl std::error::Error for StreamIdle {}
 
+/// Reading the client's request body failed: the upload was malformed, or the client went
+/// away part-way. The client's doing, never the provider's.
+#[derive(Debug)]
+pub struct ClientBodyError {
+    /// The client hung up (or its connection broke) rather than sending a bad body.
+    pub gone: bool,
+    source: BoxError,
+}
+
+impl ClientBodyError {
+    pub fn of(e: BoxError) -> Self {
+        // hyper reports a malformed chunked body as InvalidInput/InvalidData; an upload cut
+        // short as UnexpectedEof or an incomplete message.
+        let mut malformed = false;
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
+        while let Some(err) = cur {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                malformed = matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                );
+            }
+            cur = err.source();
+        }
+        ClientBodyError {
+            gone: !malformed,
+            source: e,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.gone {
+            write!(f, "the client stopped sending its request body: {}", self.source)
+        } else {
+            write!(f, "the client's request body is malformed: {}", self.source)
+        }
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
 /// What the request path learns from the body as it streams upstream (it is polled in
 /// hyper's connection task): read when the exchange is accounted.
 #[derive(Debug, Default)]
 pub struct RequestShared {
     pub model: OnceLock<Box<str>>,
+    /// When the whole body had been handed to the provider's connection: the provider's
+    /// first-byte timeout counts from here, so a slow upload is not the provider's delay.
+    sent: OnceLock<Instant>,
 }
 
 impl RequestShared {
     pub fn model(&self) -> Option<&str> {
         self.model.get().map(|m| &**m)
+    }
+
+    pub fn sent_at(&self) -> Option<Instant> {
+        self.sent.get().copied()
+    }
+
+    fn mark_sent(&self) {
+        let _ = self.sent.set(Instant::now());
     }
 }
 
@@ -134,6 +192,9 @@ impl RequestBody {
             Source::Live(incoming)
         };
         let shared = Arc::new(RequestShared::default());
+        if matches!(source, Source::Done) {
+            shared.mark_sent();
+        }
         let body = RequestBody {
             shared: shared.clone(),
             source,
@@ -156,8 +217,10 @@ impl RequestBody {
         self
     }
 
-    /// A body the gateway already holds whole (it rewrote it).
+    /// A body the gateway already holds whole (it rewrote it): nothing to wait for, so the
+    /// provider's timeout runs from now.
     pub fn buffered(bytes: Bytes, shared: Arc<RequestShared>) -> Self {
+        shared.mark_sent();
         let hint = SizeHint::with_exact(bytes.len() as u64);
         RequestBody {
             shared,
@@ -171,8 +234,10 @@ impl RequestBody {
     }
 
     pub fn empty() -> Self {
+        let shared = Arc::new(RequestShared::default());
+        shared.mark_sent();
         RequestBody {
-            shared: Arc::default(),
+            shared,
             source: Source::Done,
             hint: SizeHint::with_exact(0),
             limit: 0,
@@ -223,14 +288,16 @@ impl Body for RequestBody {
                 }
                 // hyper stops polling once a sized body is complete: hand the copy over now.
                 if matches!(&this.source, Source::Live(i) if i.is_end_stream()) {
+                    this.shared.mark_sent();
                     if let Some(t) = this.tee.take() {
                         let _ = t.tx.send(Ok(t.buf.freeze()));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBodyError::of(Box::new(e)))))),
             None => {
+                this.shared.mark_sent();
                 this.source = Source::Done;
                 if let Some(t) = this.tee.take() {
                     let _ = t.tx.send(Ok(t.buf.freeze()));

@@ -2,6 +2,7 @@
 //! only touches atomics (no label lookups or `String`s per request).
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use switchyard_core::event::Class;
 
 pub const REQUESTS_TOTAL: &str = "switchyard_requests_total";
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
@@ -11,6 +12,7 @@ pub const FAILOVERS_TOTAL: &str = "switchyard_failovers_total";
 pub const TOKENS_TOTAL: &str = "switchyard_tokens_total";
 pub const COST_TOTAL: &str = "switchyard_cost_usd_total";
 pub const EVENTS_DROPPED: &str = "switchyard_events_dropped_total";
+pub const OUTCOMES_TOTAL: &str = "switchyard_request_outcomes_total";
 
 /// Buckets (seconds) for both latency histograms: LLM calls run from a few ms to minutes.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -35,6 +37,10 @@ pub fn describe() {
     metrics::describe_counter!(
         REJECTED_TOTAL,
         "Requests the gateway refused before choosing a provider, by reason"
+    );
+    metrics::describe_counter!(
+        OUTCOMES_TOTAL,
+        "Requests by provider and outcome class: whose fault it was (2xx, 4xx, auth, refused, 5xx, timeout, connect_error, stream_cut: the provider's answer; client_gone, client_fault: the client's doing)"
     );
     metrics::describe_counter!(
         FAILOVERS_TOTAL,
@@ -75,6 +81,7 @@ impl Outcome {
 #[derive(Clone)]
 pub struct ProviderMetrics {
     requests: [Counter; 5],
+    classes: [Counter; Class::ALL.len()],
     pub duration: Histogram,
     pub first_byte: Histogram,
     pub failovers: Counter,
@@ -88,6 +95,7 @@ impl ProviderMetrics {
         let c = |status: &'static str| counter!(REQUESTS_TOTAL, "provider" => provider.to_string(), "status" => status);
         ProviderMetrics {
             requests: [c("2xx"), c("4xx"), c("5xx"), c("timeout"), c("error")],
+            classes: Class::ALL.map(|class| counter!(OUTCOMES_TOTAL, "provider" => provider.to_string(), "class" => class.label())),
             duration: histogram!(REQUEST_DURATION, "provider" => provider.to_string()),
             first_byte: histogram!(FIRST_BYTE, "provider" => provider.to_string()),
             failovers: counter!(FAILOVERS_TOTAL, "provider" => provider.to_string()),
@@ -98,7 +106,8 @@ impl ProviderMetrics {
     }
 
     #[inline]
-    pub fn count(&self, outcome: Outcome) {
+    pub fn count(&self, outcome: Outcome, class: Class) {
         self.requests[outcome as usize].increment(1);
+        self.classes[class as usize].increment(1);
     }
 }

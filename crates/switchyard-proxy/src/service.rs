@@ -54,8 +54,8 @@ use tower_http::request_id::{
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 use crate::body::{
-    BodySummary, BodyTooLarge, End, GatewayBody, OnEnd, RequestBody, RequestShared, ResponseBody,
-    Sniff, Tee,
+    BodySummary, BodyTooLarge, ClientBodyError, End, GatewayBody, OnEnd, RequestBody,
+    RequestShared, ResponseBody, Sniff, Tee,
 };
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Outcome, EVENTS_DROPPED, REJECTED_TOTAL};
@@ -284,12 +284,7 @@ async fn forward(mut req: Request<Incoming>) -> Response<GatewayBody> {
                         &format!("request body is larger than the limit of {limit} bytes"),
                     )
                 } else {
-                    ex.fail(
-                        up,
-                        first,
-                        ErrorKind::BadRequest,
-                        &format!("cannot read the request body: {e}"),
-                    )
+                    ex.client_broke(up, first, &ClientBodyError::of(e))
                 };
             }
         };
@@ -326,10 +321,15 @@ async fn forward(mut req: Request<Incoming>) -> Response<GatewayBody> {
     let mut failed_over_from: Option<usize> = None;
     loop {
         let up = &snap.upstreams[index];
-        let sent = tokio::time::timeout(up.config.timeout, up.send(upstream_req)).await;
+        let sent = first_byte_within(
+            up.config.timeout,
+            ex.shared.as_deref(),
+            up.send(upstream_req),
+        )
+        .await;
         match sent {
             Ok(Ok((resp, lease))) => return ex.respond(resp, lease, index, failed_over_from),
-            Err(_elapsed) => {
+            Err(FirstByteTimeout) => {
                 let msg = format!(
                     "provider `{}` sent no response within {:?}",
                     up.name, up.config.timeout
@@ -368,11 +368,47 @@ async fn forward(mut req: Request<Incoming>) -> Response<GatewayBody> {
                     let msg = format!("request body is larger than the limit of {limit} bytes");
                     return ex.fail(up, index, ErrorKind::BodyTooLarge, &msg);
                 }
+                if let Some(client) = source_of::<ClientBodyError>(&e) {
+                    return ex.client_broke(up, index, client);
+                }
                 let msg = format!("gateway broke the exchange with provider `{}`", up.name);
                 tracing::warn!(request_id = ?ex.request_id, provider = %up.name, error = %ErrorChain(&e), "{msg}");
                 return ex.fail(up, index, ErrorKind::UpstreamBroken, &msg);
             }
         }
+    }
+}
+
+/// The provider sent no response head within its `timeout` of the request being sent.
+struct FirstByteTimeout;
+
+/// Runs `send` until the provider's response head, for at most `limit` counted from when
+/// the client's whole body had been handed to the provider (not from the request's start:
+/// a client that uploads slowly must not make the provider look slow). The timer is armed
+/// once and re-armed only when it fires while the upload is still going or finished late,
+/// so the common case costs no extra wake-up.
+async fn first_byte_within<F: Future>(
+    limit: std::time::Duration,
+    body: Option<&RequestShared>,
+    send: F,
+) -> Result<F::Output, FirstByteTimeout> {
+    let expired = async {
+        let mut until = tokio::time::Instant::now() + limit;
+        loop {
+            tokio::time::sleep_until(until).await;
+            let now = tokio::time::Instant::now();
+            let Some(body) = body else { return };
+            match body.sent_at() {
+                Some(sent) if now.into_std() >= sent + limit => return,
+                Some(sent) => until = tokio::time::Instant::from_std(sent + limit),
+                None => until = now + limit,
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        r = send => Ok(r),
+        () = expired => Err(FirstByteTimeout),
     }
 }
 
@@ -549,10 +585,38 @@ impl Exchange {
             ErrorKind::UpstreamConnect => Class::Connect,
             ErrorKind::UpstreamBroken => Class::StreamCut,
             ErrorKind::BodyTooLarge | ErrorKind::BadRequest | ErrorKind::Unauthorized => {
-                Class::ClientError
+                Class::ClientFault
             }
             ErrorKind::Unavailable | ErrorKind::Internal => Class::ServerError,
         };
+        self.fail_as(up, index, kind, class, message)
+    }
+
+    /// The client's upload failed: a 400 for a malformed body (whoever still listens), and
+    /// counted as the client's (`client_fault`, or `client_gone` for a hang-up).
+    fn client_broke(
+        &self,
+        up: &Upstream,
+        index: usize,
+        e: &ClientBodyError,
+    ) -> Response<GatewayBody> {
+        let class = if e.gone {
+            Class::ClientGone
+        } else {
+            Class::ClientFault
+        };
+        tracing::debug!(request_id = ?self.request_id, error = %ErrorChain(e), "client request body failed");
+        self.fail_as(up, index, ErrorKind::BadRequest, class, &e.to_string())
+    }
+
+    fn fail_as(
+        &self,
+        up: &Upstream,
+        index: usize,
+        kind: ErrorKind,
+        class: Class,
+        message: &str,
+    ) -> Response<GatewayBody> {
         self.account(
             up,
             index,
@@ -585,13 +649,15 @@ impl Exchange {
         let m = &up.metrics;
         let outcome = match class {
             Class::Success => Outcome::S2xx,
-            Class::ClientError => Outcome::S4xx,
+            Class::ClientError | Class::Auth | Class::Refused | Class::ClientFault => {
+                Outcome::S4xx
+            }
             Class::ServerError => Outcome::S5xx,
             Class::Timeout => Outcome::Timeout,
             Class::Connect | Class::StreamCut => Outcome::Error,
             Class::ClientGone => Outcome::from_status(status),
         };
-        m.count(outcome);
+        m.count(outcome, class);
         m.duration.record(elapsed.as_secs_f64());
 
         let cfg = &self.snap.config;
@@ -685,11 +751,7 @@ struct Finish {
 impl OnEnd for Finish {
     fn on_end(self: Box<Self>, end: End, summary: BodySummary) {
         let class = match end {
-            End::Complete => match self.status {
-                500..=599 => Class::ServerError,
-                400..=499 => Class::ClientError,
-                _ => Class::Success,
-            },
+            End::Complete => Class::of_status(self.status),
             End::ClientGone => Class::ClientGone,
             End::Broken => Class::StreamCut,
             End::Idle => Class::Timeout,
@@ -762,7 +824,7 @@ fn reject<B>(
             "-",
             kind.status(),
             outcome,
-            Class::ClientError,
+            Class::ClientFault,
             std::time::Duration::ZERO,
             0,
             None,
@@ -794,14 +856,20 @@ pub fn error_response(
 }
 
 fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    source_of::<T>(e).is_some()
+}
+
+fn source_of<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<T>() {
-            return true;
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
         }
         cur = err.source();
     }
-    false
+    None
 }
 
 /// Prints an error with its causes: the top-level message alone says little.

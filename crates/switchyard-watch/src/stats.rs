@@ -226,6 +226,8 @@ fn provider_view(p: &ProviderStats) -> Value {
         "ttfb": ttfb,
         "error_rate": {
             "4xx": rate("4xx"),
+            "auth": rate("auth"),
+            "refused": rate("refused"),
             "5xx": rate("5xx"),
             "timeout": rate("timeout"),
             "connect_error": rate("connect_error"),

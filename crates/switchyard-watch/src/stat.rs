@@ -1,0 +1,145 @@
+//! The statistics the judge uses: plain functions over counts, tested against published
+//! values (scipy's, written into the tests).
+
+use statrs::distribution::{ContinuousCDF, Discrete, Hypergeometric, Normal};
+
+/// One-sided Fisher's exact test: the chance of seeing at least `errors_a` errors among
+/// `n_a` requests of side A if both sides shared one error rate (the margins fixed).
+/// Small: A's rate is higher than chance explains. Same as
+/// `scipy.stats.fisher_exact([[errors_a, n_a - errors_a], [errors_b, n_b - errors_b]],
+/// alternative="greater")`.
+///
+/// Exact at any sample size, which matters here: windows are small (tens of requests) and
+/// error counts often zero, where a normal approximation (the two-proportion z-test) is
+/// at its worst.
+pub fn fisher_greater(errors_a: u64, n_a: u64, errors_b: u64, n_b: u64) -> f64 {
+    let population = n_a + n_b;
+    let errors = errors_a + errors_b;
+    if n_a == 0 || n_b == 0 || errors == 0 {
+        return 1.0;
+    }
+    let Ok(h) = Hypergeometric::new(population, errors, n_a) else {
+        return 1.0;
+    };
+    let top = errors.min(n_a);
+    // Summed from the far tail in: the small terms first, so none is lost to rounding.
+    let p: f64 = (errors_a..=top).rev().map(|x| h.ln_pmf(x).exp()).sum();
+    p.clamp(0.0, 1.0)
+}
+
+/// One-sided Mann-Whitney U test that A's values tend to be larger than B's, from values
+/// grouped in ascending order as `(count in A, count in B)` per distinct value (ties share
+/// their average rank). Normal approximation with tie and continuity correction, as
+/// `scipy.stats.mannwhitneyu(a, b, alternative="greater", method="asymptotic")`.
+///
+/// A rank test: a few very slow outliers move it little, a side that is slower across the
+/// board moves it a lot.
+pub fn mann_whitney_greater(groups: impl IntoIterator<Item = (u64, u64)>) -> f64 {
+    let (mut n_a, mut n_b) = (0f64, 0f64);
+    let mut rank_sum_a = 0f64;
+    let mut ties = 0f64;
+    let mut below = 0f64;
+    for (a, b) in groups {
+        let t = (a + b) as f64;
+        if t == 0.0 {
+            continue;
+        }
+        let average_rank = below + (t + 1.0) / 2.0;
+        rank_sum_a += a as f64 * average_rank;
+        ties += t * t * t - t;
+        below += t;
+        n_a += a as f64;
+        n_b += b as f64;
+    }
+    if n_a == 0.0 || n_b == 0.0 {
+        return 1.0;
+    }
+    let n = n_a + n_b;
+    let u = rank_sum_a - n_a * (n_a + 1.0) / 2.0;
+    let mean = n_a * n_b / 2.0;
+    let var = n_a * n_b / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
+    if var <= 0.0 {
+        // Every value the same: nothing tells the sides apart.
+        return 1.0;
+    }
+    let z = (u - mean - 0.5) / var.sqrt();
+    Normal::standard().sf(z).clamp(0.0, 1.0)
+}
+
+/// The significance level of look `k` (1, 2, …) when `alpha` is spent over an unbounded
+/// number of looks: `alpha · 6/(π² k²)`. The levels add up to `alpha` (Σ 1/k² = π²/6), so the
+/// chance of any false alarm over all the looks of a phase stays at most `alpha`, however
+/// long the phase runs (a union bound: it holds whatever the looks' correlation).
+pub fn alpha_at_look(alpha: f64, k: u32) -> f64 {
+    let k = f64::from(k.max(1));
+    alpha * 6.0 / (std::f64::consts::PI * std::f64::consts::PI * k * k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(got: f64, want: f64) {
+        let rel = ((got - want) / want).abs();
+        assert!(rel < 1e-6, "got {got:e}, want {want:e}");
+    }
+
+    /// Reference values: scipy 1.17.1, `scipy.stats.fisher_exact(table, alternative="greater").pvalue`.
+    #[test]
+    fn fisher_matches_scipy() {
+        close(fisher_greater(3, 20, 0, 20), 0.1153846153846154);
+        close(fisher_greater(20, 20, 0, 20), 7.254444551924844e-12);
+        close(fisher_greater(8, 100, 8, 100), 0.6023593458253891);
+        close(fisher_greater(12, 100, 5, 100), 0.06308943063184522);
+        close(fisher_greater(93, 93, 0, 107), 1.79901185184173e-59);
+        close(fisher_greater(1, 10, 0, 10), 0.5);
+        assert_eq!(fisher_greater(0, 10, 0, 10), 1.0);
+        assert_eq!(fisher_greater(0, 0, 3, 10), 1.0);
+    }
+
+    fn groups(a: &[u64], b: &[u64]) -> Vec<(u64, u64)> {
+        let mut values: Vec<u64> = a.iter().chain(b).copied().collect();
+        values.sort_unstable();
+        values.dedup();
+        values
+            .iter()
+            .map(|v| {
+                let count = |s: &[u64]| s.iter().filter(|x| *x == v).count() as u64;
+                (count(a), count(b))
+            })
+            .collect()
+    }
+
+    /// Reference values: scipy 1.17.1, `scipy.stats.mannwhitneyu(a, b, alternative="greater",
+    /// method="asymptotic", use_continuity=True).pvalue`.
+    #[test]
+    fn mann_whitney_matches_scipy() {
+        let old = [120, 130, 125, 140, 118, 122, 135, 128, 131, 126];
+        let new = [240, 250, 245, 260, 238, 242, 255, 248, 251, 246];
+        close(
+            mann_whitney_greater(groups(&new, &old)),
+            9.133589555477501e-05,
+        );
+        // With ties.
+        let a = [1, 2, 2, 3, 3, 3, 4, 5, 9, 9];
+        let b = [1, 1, 2, 2, 3, 4, 4, 5, 5, 6];
+        close(mann_whitney_greater(groups(&a, &b)), 0.3797284371796786);
+        // One slow outlier among equals is no evidence.
+        let mut a = [100; 20];
+        a[19] = 5000;
+        close(
+            mann_whitney_greater(groups(&a, &[100; 20])),
+            0.17105612630848183,
+        );
+        assert_eq!(mann_whitney_greater(groups(&[7; 5], &[7; 5])), 1.0);
+        assert_eq!(mann_whitney_greater(groups(&[], &[7; 5])), 1.0);
+    }
+
+    #[test]
+    fn alpha_spending_sums_to_alpha() {
+        let total: f64 = (1..100_000).map(|k| alpha_at_look(0.05, k)).sum();
+        assert!(total < 0.05 && total > 0.0499, "{total}");
+        close(alpha_at_look(0.05, 1), 0.05 * 6.0 / (std::f64::consts::PI.powi(2)));
+        close(alpha_at_look(0.05, 2), alpha_at_look(0.05, 1) / 4.0);
+    }
+}
