@@ -17,6 +17,7 @@ use switchyard_admin::{AdminError, AdminHandle, AdminResult};
 use switchyard_core::event::{RequestEvent, ShadowEvent};
 
 use crate::cluster::{Cluster, SharedState, WriteError};
+use crate::preflight;
 use switchyard_core::migration::{NamedState, TransitionError};
 use switchyard_core::{Config, MigrationState, Trigger};
 use switchyard_proxy::shadow::ShadowRuntime;
@@ -82,6 +83,8 @@ pub struct WatchState {
     gate: std::sync::Mutex<Option<String>>,
     /// The judge's current verdict on `to` against `from`.
     verdict: std::sync::Mutex<Option<Verdict>>,
+    /// The last preflight of `to`.
+    preflight: std::sync::Mutex<Option<preflight::Report>>,
 }
 
 impl WatchState {
@@ -213,6 +216,7 @@ impl Control {
             phase_since: std::sync::Mutex::new(entered_at.unwrap_or_else(SystemTime::now)),
             gate: std::sync::Mutex::new(None),
             verdict: std::sync::Mutex::new(None),
+            preflight: std::sync::Mutex::new(None),
         };
         set_judgement_gauges(None);
         let control = Control {
@@ -303,6 +307,9 @@ impl Control {
         for warning in warnings {
             tracing::warn!("{warning}");
         }
+        if let Err(e) = self.preflight(&snapshot, &current.state, &state).await {
+            return Err(self.reload_failed(cause, vec![e.message]));
+        }
         if state_changed {
             self.watch.phase_began(SystemTime::now());
         }
@@ -382,16 +389,69 @@ impl Control {
         std::fs::rename(&tmp, &self.state_path)
     }
 
+    /// Probes `to` when `next` is the first state to send it traffic (from a rollback or a
+    /// 0% phase); a refusal stops the move with 409 and is kept in status and alerted.
+    async fn preflight(
+        &self,
+        snap: &Snapshot,
+        current: &MigrationState,
+        next: &MigrationState,
+    ) -> Result<(), AdminError> {
+        let m = &snap.config.migration;
+        if !m.preflight.enabled
+            || current.to_buckets(&m.phases) > 0
+            || next.to_buckets(&m.phases) == 0
+        {
+            return Ok(());
+        }
+        let provider = &snap.config.providers[m.to];
+        let models: Vec<String> = provider.pricing.models.keys().cloned().collect();
+        let report = preflight::run(
+            &snap.upstreams[m.to],
+            &models,
+            &snap.config.health_check.path,
+            m.preflight.timeout,
+        )
+        .await;
+        let summary = report.summary();
+        let ok = report.ok;
+        *self
+            .watch
+            .preflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(report);
+        if ok {
+            tracing::info!("{summary}");
+            return Ok(());
+        }
+        tracing::warn!("{summary}; traffic was not moved");
+        self.alerter.send(Alert {
+            event: "preflight",
+            provider: Some(provider.name.clone()),
+            phase: Some(next.phase_name(&m.phases).to_string()),
+            text: format!("PREFLIGHT refused: {summary}; traffic was not moved"),
+            ..Alert::default()
+        });
+        Err(AdminError::new(
+            409,
+            format!("{summary}; traffic was not moved (fix the provider and try again, or skip the check with \"skip_preflight\": true)"),
+        ))
+    }
+
     /// Applies a state change: persisted first, then live, then announced.
     /// `by` says who asked (`admin`, `auto`), for logs and alerts.
     async fn transition(
         &self,
         by: &str,
+        skip_preflight: bool,
         f: impl FnOnce(&Snapshot) -> Result<MigrationState, AdminError>,
     ) -> Result<Arc<Snapshot>, AdminError> {
         let _w = self.writer.lock().await;
         let current = self.gateway.load();
         let next = f(&current)?;
+        if !skip_preflight {
+            self.preflight(&current, &current.state, &next).await?;
+        }
         if let Some(c) = &self.cluster {
             let shared = SharedState::of(&next, &current.config.migration.phases, &c.replica_id);
             match c.write(&shared).await {
@@ -539,7 +599,7 @@ impl Control {
         metric: Option<(&str, f64, f64)>,
     ) -> Result<Arc<Snapshot>, AdminError> {
         let s = self
-            .transition(trigger.as_str(), |s| {
+            .transition(trigger.as_str(), true, |s| {
                 Ok(s.state.rollback(reason.clone(), trigger))
             })
             .await?;
@@ -599,7 +659,7 @@ impl Control {
     /// The phase gate opened: advance one phase, if the state is still the one judged.
     pub async fn auto_advance(&self, epoch: u64) {
         let r = self
-            .transition("auto", |s| {
+            .transition("auto", false, |s| {
                 if s.epoch != epoch {
                     return Err(AdminError::new(
                         409,
@@ -713,6 +773,7 @@ impl AdminHandle for Control {
             "providers": providers,
             "cluster": self.cluster.as_ref().map(|c| c.status()),
             "verdict": self.watch.verdict(),
+            "preflight": *self.watch.preflight.lock().unwrap_or_else(|e| e.into_inner()),
         })
     }
 
@@ -750,8 +811,8 @@ impl AdminHandle for Control {
             .any(|p| health.get(&p.name).is_none_or(HealthTracker::healthy))
     }
 
-    async fn phase_next(&self) -> AdminResult {
-        self.transition("admin", |s| {
+    async fn phase_next(&self, skip_preflight: bool) -> AdminResult {
+        self.transition("admin", skip_preflight, |s| {
             s.state
                 .next(&s.config.migration.phases)
                 .map_err(transition_error)
@@ -760,8 +821,8 @@ impl AdminHandle for Control {
         Ok(self.status())
     }
 
-    async fn phase_set(&self, name: String) -> AdminResult {
-        self.transition("admin", |s| {
+    async fn phase_set(&self, name: String, skip_preflight: bool) -> AdminResult {
+        self.transition("admin", skip_preflight, |s| {
             s.state
                 .set(&s.config.migration.phases, &name)
                 .map_err(transition_error)

@@ -5,6 +5,7 @@ mod control;
 mod cost;
 mod loadtest;
 mod phase;
+mod preflight;
 mod serve;
 mod watch;
 
@@ -38,6 +39,10 @@ enum Command {
     Check {
         #[arg(long, env = "SWITCHYARD_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Also send one real, minimal request per priced model to both providers of the
+        /// migration (their keys from the environment): exit non-zero when one refuses.
+        #[arg(long)]
+        probe: bool,
     },
     /// Show or change the migration phase through a running gateway's admin API.
     Phase(phase::PhaseArgs),
@@ -67,6 +72,16 @@ enum Command {
         /// Pause before each SSE chunk, e.g. 20ms.
         #[arg(long, default_value = "10ms", value_parser = parse_duration)]
         chunk_delay: std::time::Duration,
+        /// Answer every request with this status (e.g. 401, 429, 503), as a provider that
+        /// refuses everything.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(200..600))]
+        status: Option<u16>,
+        /// Serve only requests with `Authorization: Bearer <KEY>`; others get 401.
+        #[arg(long, value_name = "KEY")]
+        api_key: Option<String>,
+        /// Comma-separated models it serves; others get 404 model_not_found.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
     },
 }
 
@@ -104,7 +119,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => check(&config),
+        Command::Check { config, probe } => check(&config, probe),
         Command::Phase(args) => phase::run(args),
         Command::Loadtest(args) => loadtest::run(args),
         Command::Cost(args) => cost::run(args),
@@ -116,6 +131,9 @@ fn main() -> ExitCode {
             error_rate,
             chunks,
             chunk_delay,
+            status,
+            api_key,
+            models,
         } => {
             if !(0.0..=1.0).contains(&error_rate) {
                 eprintln!("switchyard: --error-rate {error_rate} is not between 0 and 1");
@@ -129,6 +147,9 @@ fn main() -> ExitCode {
                 chunks,
                 chunk_delay,
                 tls: None,
+                status,
+                api_key,
+                models,
             };
             let rt = match crate::runtime(true) {
                 Ok(rt) => rt,
@@ -168,7 +189,7 @@ fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
     })
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, probe: bool) -> ExitCode {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
@@ -188,6 +209,9 @@ fn check(path: &std::path::Path) -> ExitCode {
                 m.phases.len(),
                 m.file_phase
             );
+            if probe {
+                return probe_providers(&c);
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -197,6 +221,64 @@ fn check(path: &std::path::Path) -> ExitCode {
             eprintln!("{} error(s)", errors.0.len());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `check --probe`: the preflight of both providers of the migration, from here.
+fn probe_providers(c: &switchyard_core::Config) -> ExitCode {
+    let rt = match runtime(false) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let m = &c.migration;
+    let mut ok = true;
+    for i in [m.from, m.to] {
+        let p = &c.providers[i];
+        let key = p
+            .api_key_env
+            .as_ref()
+            .and_then(|v| std::env::var(v).ok())
+            .filter(|k| !k.is_empty());
+        if let (Some(var), None) = (&p.api_key_env, &key) {
+            eprintln!("warning: {var} is not set: `{}` is probed without a key", p.name);
+        }
+        let up = match switchyard_proxy::upstream::Upstream::build(p, key) {
+            Ok(up) => up,
+            Err(e) => {
+                eprintln!("{e}");
+                ok = false;
+                continue;
+            }
+        };
+        let models: Vec<String> = p.pricing.models.keys().cloned().collect();
+        let report = rt.block_on(preflight::run(
+            &up,
+            &models,
+            &c.health_check.path,
+            m.preflight.timeout,
+        ));
+        for probe in &report.probes {
+            let what = probe.model.as_deref().unwrap_or("GET models");
+            let status = probe.status.map_or("-".to_string(), |s| s.to_string());
+            println!(
+                "{:<8} {:<10} {what}: {status} in {} ms{}",
+                if probe.ok { "ok" } else { "REFUSED" },
+                p.name,
+                probe.latency_ms,
+                if probe.ok {
+                    String::new()
+                } else {
+                    format!(" ({})", probe.detail)
+                }
+            );
+        }
+        ok &= report.ok;
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("a provider refused the probe: moving traffic onto it would fail users");
+        ExitCode::FAILURE
     }
 }
 

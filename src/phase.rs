@@ -35,9 +35,18 @@ enum Action {
     /// Current phase, split and providers.
     Status,
     /// Advance one phase.
-    Next,
+    Next {
+        /// Move even if the new provider refuses the preflight probe.
+        #[arg(long)]
+        skip_preflight: bool,
+    },
     /// Go to a named phase (also the way out of a rollback).
-    Set { name: String },
+    Set {
+        name: String,
+        /// Move even if the new provider refuses the preflight probe.
+        #[arg(long)]
+        skip_preflight: bool,
+    },
     /// Send 100% to `from` now.
     Rollback {
         #[arg(long, default_value = "rollback from the switchyard CLI")]
@@ -48,8 +57,21 @@ enum Action {
 pub fn run(args: PhaseArgs) -> ExitCode {
     let (method, path, body) = match &args.action {
         Action::Status => ("GET", "/admin/status", None),
-        Action::Next => ("POST", "/admin/phase/next", None),
-        Action::Set { name } => ("POST", "/admin/phase", Some(json!({"phase": name}))),
+        Action::Next { skip_preflight } => (
+            "POST",
+            "/admin/phase/next",
+            skip_preflight.then(|| json!({"skip_preflight": true})),
+        ),
+        Action::Set {
+            name,
+            skip_preflight,
+        } => {
+            let mut body = json!({"phase": name});
+            if *skip_preflight {
+                body["skip_preflight"] = json!(true);
+            }
+            ("POST", "/admin/phase", Some(body))
+        }
         Action::Rollback { reason } => ("POST", "/admin/rollback", Some(json!({"reason": reason}))),
     };
     let rt = match crate::runtime(false) {
@@ -144,6 +166,17 @@ fn print_status(v: &Value) {
             s("/rollback_trigger")
         );
     }
+    if let Some(verdict) = v.get("verdict").filter(|x| !x.is_null()) {
+        println!("{}", verdict_line(verdict));
+    }
+    if let Some(p) = v.get("preflight").filter(|x| !x.is_null()) {
+        let ok = p.get("ok").and_then(Value::as_bool) == Some(true);
+        let provider = p.get("provider").and_then(Value::as_str).unwrap_or("?");
+        println!(
+            "preflight   {} {provider}",
+            if ok { "passed" } else { "REFUSED by" }
+        );
+    }
     println!("config      version {}", s("/config_version"));
     if let Some(p) = v.pointer("/providers").and_then(Value::as_object) {
         for (name, st) in p {
@@ -153,6 +186,25 @@ fn print_status(v: &Value) {
                 .map_or("unknown", |h| if h { "healthy" } else { "UNHEALTHY" });
             println!("provider    {name}: {healthy}");
         }
+    }
+}
+
+/// The judge's verdict in one line: "verdict     FAIL: `new` provider errors 100.0% vs …".
+fn verdict_line(v: &Value) -> String {
+    match serde_json::from_value::<switchyard_watch::Verdict>(v.clone()) {
+        Ok(verdict) => {
+            let look = if verdict.look > 0 {
+                format!(" (look {})", verdict.look)
+            } else {
+                String::new()
+            };
+            format!(
+                "verdict     {}{look}: {}",
+                verdict.result.label().to_uppercase(),
+                verdict.reason
+            )
+        }
+        Err(_) => format!("verdict     {v}"),
     }
 }
 

@@ -50,8 +50,13 @@ pub trait AdminHandle: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// Config loaded and at least one provider healthy.
     fn ready(&self) -> bool;
-    fn phase_next(&self) -> impl Future<Output = AdminResult> + Send;
-    fn phase_set(&self, name: String) -> impl Future<Output = AdminResult> + Send;
+    /// `skip_preflight`: move even if `to` would refuse the preflight probe.
+    fn phase_next(&self, skip_preflight: bool) -> impl Future<Output = AdminResult> + Send;
+    fn phase_set(
+        &self,
+        name: String,
+        skip_preflight: bool,
+    ) -> impl Future<Output = AdminResult> + Send;
     fn rollback(&self, reason: String) -> impl Future<Output = AdminResult> + Send;
     fn reload(&self) -> impl Future<Output = AdminResult> + Send;
 }
@@ -145,10 +150,13 @@ async fn route<H: AdminHandle>(
         (&Method::GET, "/admin/stats") => h.stats().ok_or_else(|| {
             AdminError::new(501, "per-provider stats are not available in this build")
         }),
-        (&Method::POST, "/admin/phase/next") => h.phase_next().await,
+        (&Method::POST, "/admin/phase/next") => match read_json(req).await {
+            Ok(v) => h.phase_next(skip_preflight(&v)).await,
+            Err(e) => Err(e),
+        },
         (&Method::POST, "/admin/phase") => match read_json(req).await {
             Ok(v) => match v.get("phase").and_then(Value::as_str) {
-                Some(name) => h.phase_set(name.to_string()).await,
+                Some(name) => h.phase_set(name.to_string(), skip_preflight(&v)).await,
                 None => Err(AdminError::new(400, r#"body must be {"phase": "<name>"}"#)),
             },
             Err(e) => Err(e),
@@ -178,6 +186,10 @@ async fn route<H: AdminHandle>(
         Ok(v) => json_resp(StatusCode::OK, &v),
         Err(e) => error(e),
     }
+}
+
+fn skip_preflight(v: &Value) -> bool {
+    v.get("skip_preflight").and_then(Value::as_bool) == Some(true)
 }
 
 /// An empty body counts as `{}` so `curl -X POST` works for calls whose fields are optional.

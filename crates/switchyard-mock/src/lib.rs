@@ -16,6 +16,10 @@
 //! | `x-mock-cut-after: 2` | abort the SSE stream after that many chunks |
 //! | `x-mock-close: 1` | answer with `Connection: close` and close the connection |
 //!
+//! Set for the whole server: a fixed answer status ([`MockConfig::status`], as a provider
+//! that refuses everything), a required API key (401 otherwise, health checks included),
+//! and the models it serves (404 `model_not_found` otherwise).
+//!
 //! `POST …/webhook` answers 200 and is recorded: a mock can receive alerts too.
 //!
 //! Every request is recorded ([`Mock::received`]); requests whose client went away before
@@ -51,6 +55,14 @@ pub struct MockConfig {
     pub chunk_delay: Duration,
     /// PEM certificate chain and key: serve HTTPS.
     pub tls: Option<(String, String)>,
+    /// Answer every request with this status (and an OpenAI error body), as a provider
+    /// that refuses everything does.
+    pub status: Option<u16>,
+    /// Only `Authorization: Bearer <this>` is served; anything else gets 401, as from a
+    /// provider whose key was mistyped or revoked.
+    pub api_key: Option<String>,
+    /// The models it serves; another model gets 404 `model_not_found`. Empty: any.
+    pub models: Vec<String>,
 }
 
 impl Default for MockConfig {
@@ -63,6 +75,9 @@ impl Default for MockConfig {
             chunks: 5,
             chunk_delay: Duration::from_millis(10),
             tls: None,
+            status: None,
+            api_key: None,
+            models: Vec::new(),
         }
     }
 }
@@ -124,10 +139,11 @@ impl Mock {
             None => None,
         };
         let https = tls.is_some();
+        let status = cfg.status.unwrap_or(0);
         let state = Arc::new(State {
             cfg,
             received: Mutex::new(Vec::new()),
-            status_override: AtomicU16::new(0),
+            status_override: AtomicU16::new(status),
             health_checks: AtomicU64::new(0),
             health_status: AtomicU16::new(200),
             delay_ms: AtomicU64::new(0),
@@ -299,6 +315,20 @@ fn header_num(h: &HeaderMap, name: &str) -> Option<u64> {
 /// The user agent of switchyard's health checks.
 pub const HEALTH_USER_AGENT: &str = "switchyard-health-check";
 
+/// The 401 a provider gives for a wrong key, when the mock has one.
+fn refuse_key(st: &State, headers: &HeaderMap) -> Option<Response<MockBody>> {
+    let key = st.cfg.api_key.as_deref()?;
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(key) {
+        return None;
+    }
+    let body = json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}});
+    Some(json_response(StatusCode::UNAUTHORIZED, &body, &st.cfg.name))
+}
+
 async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
     if req
         .headers()
@@ -306,6 +336,9 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
         .is_some_and(|v| v == HEALTH_USER_AGENT)
     {
         st.health_checks.fetch_add(1, Ordering::SeqCst);
+        if let Some(refused) = refuse_key(&st, req.headers()) {
+            return refused;
+        }
         let status =
             StatusCode::from_u16(st.health_status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
         return json_response(status, &json!({"object": "list", "data": []}), &st.cfg.name);
@@ -343,6 +376,10 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
     if h.contains_key("x-mock-hang") {
         std::future::pending::<()>().await;
     }
+    if let Some(refused) = refuse_key(&st, h) {
+        guard.done();
+        return refused;
+    }
 
     let forced = header_num(h, "x-mock-status").map(|s| s as u16).or(
         match st.status_override.load(Ordering::SeqCst) {
@@ -375,6 +412,14 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
         .and_then(Value::as_str)
         .unwrap_or("mock-model")
         .to_string();
+    if !st.cfg.models.is_empty()
+        && req_json.get("model").is_some()
+        && !st.cfg.models.contains(&model)
+    {
+        let body = json!({"error": {"message": format!("The model `{model}` does not exist"), "type": "invalid_request_error", "code": "model_not_found"}});
+        guard.done();
+        return json_response(StatusCode::NOT_FOUND, &body, name);
+    }
     let prompt_tokens = (body.len() as u64 / 4).max(1);
 
     if p.ends_with("/chat/completions") && parts.method == Method::POST {
