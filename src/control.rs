@@ -142,10 +142,7 @@ pub const JUDGEMENT: &str = "switchyard_judgement";
 fn set_judgement_gauges(v: Option<&Verdict>) {
     let mut rows: Vec<(&'static str, Option<Judgement>)> = vec![("overall", v.map(|v| v.result))];
     for m in Metric::ALL {
-        rows.push((
-            m.label(),
-            v.and_then(|v| v.metric(m)).map(|mv| mv.result),
-        ));
+        rows.push((m.label(), v.and_then(|v| v.metric(m)).map(|mv| mv.result)));
     }
     for (metric, result) in rows {
         for r in Judgement::ALL {

@@ -240,7 +240,10 @@ fn probe_providers(c: &switchyard_core::Config) -> ExitCode {
             .and_then(|v| std::env::var(v).ok())
             .filter(|k| !k.is_empty());
         if let (Some(var), None) = (&p.api_key_env, &key) {
-            eprintln!("warning: {var} is not set: `{}` is probed without a key", p.name);
+            eprintln!(
+                "warning: {var} is not set: `{}` is probed without a key",
+                p.name
+            );
         }
         let up = match switchyard_proxy::upstream::Upstream::build(p, key) {
             Ok(up) => up,

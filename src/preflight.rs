@@ -118,7 +118,8 @@ async fn probe(up: &Upstream, model: Option<&str>, path: &str, timeout: Duration
 }
 
 async fn exchange(up: &Upstream, model: Option<&str>, path: &str) -> Result<(u16, String), String> {
-    let uri = Uri::try_from(format!("{}{}", up.config.base_path, path)).map_err(|e| e.to_string())?;
+    let uri =
+        Uri::try_from(format!("{}{}", up.config.base_path, path)).map_err(|e| e.to_string())?;
     let (method, body) = match model {
         Some(m) => {
             let body = serde_json::json!({

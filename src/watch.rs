@@ -8,9 +8,9 @@ use std::time::Duration;
 use http::{header, Request, Uri};
 use http_body_util::{BodyExt, Limited};
 use switchyard_core::event::{RequestEvent, ShadowEvent};
+use switchyard_core::router::Side;
 use switchyard_proxy::body::RequestBody;
 use switchyard_proxy::upstream::Upstream;
-use switchyard_core::router::Side;
 use switchyard_watch::judge::look_step;
 use switchyard_watch::{
     gate, judge as judge_window, Alert, Gate, Judgement, Looks, Sides, Summary, Verdict, Windows,

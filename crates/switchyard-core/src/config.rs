@@ -867,11 +867,7 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         }
     });
     let preflight = PreflightConfig {
-        enabled: m
-            .preflight
-            .as_ref()
-            .and_then(|p| p.enabled)
-            .unwrap_or(true),
+        enabled: m.preflight.as_ref().and_then(|p| p.enabled).unwrap_or(true),
         timeout: c.duration(
             "migration.preflight.timeout",
             m.preflight.as_ref().and_then(|p| p.timeout.as_ref()),

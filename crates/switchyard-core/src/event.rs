@@ -111,6 +111,8 @@ pub struct RequestEvent {
     pub latency: Duration,
     /// To the response head; for SSE streams, to the first content chunk.
     pub ttfb: Option<Duration>,
+    /// How long the client took to upload its body: the provider's time starts after it.
+    pub upload: Duration,
     /// Whether the answer was an SSE stream.
     pub stream: bool,
     pub prompt_tokens: u64,
@@ -122,14 +124,16 @@ pub struct RequestEvent {
 }
 
 impl RequestEvent {
-    /// The latency the guard and the gates judge: time to first token for streams (a long
-    /// answer is not a slow provider), the whole exchange otherwise.
+    /// The latency the judge holds against the provider: time to first token for streams
+    /// (a long answer is not a slow provider), the whole exchange otherwise, each counted
+    /// from the end of the client's upload (a slow client is not a slow provider).
     pub fn judged_latency(&self) -> Duration {
-        if self.stream {
+        let from_start = if self.stream {
             self.ttfb.unwrap_or(self.latency)
         } else {
             self.latency
-        }
+        };
+        from_start.saturating_sub(self.upload)
     }
 }
 

@@ -83,7 +83,11 @@ impl ClientBodyError {
 impl std::fmt::Display for ClientBodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.gone {
-            write!(f, "the client stopped sending its request body: {}", self.source)
+            write!(
+                f,
+                "the client stopped sending its request body: {}",
+                self.source
+            )
         } else {
             write!(f, "the client's request body is malformed: {}", self.source)
         }
@@ -103,7 +107,8 @@ pub struct RequestShared {
     pub model: OnceLock<Box<str>>,
     /// When the whole body had been handed to the provider's connection: the provider's
     /// first-byte timeout counts from here, so a slow upload is not the provider's delay.
-    sent: OnceLock<Instant>,
+    /// On tokio's clock, so that tests with paused time see the same clock as the timer.
+    sent: OnceLock<tokio::time::Instant>,
 }
 
 impl RequestShared {
@@ -111,12 +116,12 @@ impl RequestShared {
         self.model.get().map(|m| &**m)
     }
 
-    pub fn sent_at(&self) -> Option<Instant> {
+    pub fn sent_at(&self) -> Option<tokio::time::Instant> {
         self.sent.get().copied()
     }
 
-    fn mark_sent(&self) {
-        let _ = self.sent.set(Instant::now());
+    pub(crate) fn mark_sent(&self) {
+        let _ = self.sent.set(tokio::time::Instant::now());
     }
 }
 

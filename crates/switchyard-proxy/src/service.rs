@@ -399,8 +399,8 @@ async fn first_byte_within<F: Future>(
             let now = tokio::time::Instant::now();
             let Some(body) = body else { return };
             match body.sent_at() {
-                Some(sent) if now.into_std() >= sent + limit => return,
-                Some(sent) => until = tokio::time::Instant::from_std(sent + limit),
+                Some(sent) if now >= sent + limit => return,
+                Some(sent) => until = sent + limit,
                 None => until = now + limit,
             }
         }
@@ -649,9 +649,7 @@ impl Exchange {
         let m = &up.metrics;
         let outcome = match class {
             Class::Success => Outcome::S2xx,
-            Class::ClientError | Class::Auth | Class::Refused | Class::ClientFault => {
-                Outcome::S4xx
-            }
+            Class::ClientError | Class::Auth | Class::Refused | Class::ClientFault => Outcome::S4xx,
             Class::ServerError => Outcome::S5xx,
             Class::Timeout => Outcome::Timeout,
             Class::Connect | Class::StreamCut => Outcome::Error,
@@ -693,12 +691,20 @@ impl Exchange {
             ttfb
         };
         if let Some(events) = &self.snap.events {
+            let upload = self
+                .shared
+                .as_ref()
+                .and_then(|s| s.sent_at())
+                .map_or(std::time::Duration::ZERO, |t| {
+                    t.into_std().saturating_duration_since(self.start)
+                });
             let event = RequestEvent {
                 provider: up.name.clone(),
                 epoch: self.snap.epoch,
                 class,
                 latency: elapsed,
                 ttfb,
+                upload,
                 stream: summary.stream,
                 prompt_tokens: prompt,
                 completion_tokens: completion,
@@ -884,5 +890,66 @@ impl std::fmt::Display for ErrorChain<'_> {
             cur = e.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const LIMIT: Duration = Duration::from_secs(1);
+
+    /// The provider's first-byte timeout counts from the end of the client's upload.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_upload_does_not_eat_the_providers_timeout() {
+        let body = Arc::new(RequestShared::default());
+        let uploading = body.clone();
+        // The client takes 3 s to upload; the provider answers 500 ms after that.
+        let answer = async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            uploading.mark_sent();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            "answer"
+        };
+        let r = first_byte_within(LIMIT, Some(&body), answer).await;
+        assert!(matches!(r, Ok("answer")));
+
+        // Uploaded, then silent for longer than the limit: the provider's timeout.
+        let body = Arc::new(RequestShared::default());
+        body.mark_sent();
+        let start = tokio::time::Instant::now();
+        let r = first_byte_within(LIMIT, Some(&body), std::future::pending::<()>()).await;
+        assert!(r.is_err());
+        assert_eq!(start.elapsed(), LIMIT);
+
+        // Finished uploading late: the timeout runs from then.
+        let body = Arc::new(RequestShared::default());
+        let late = body.clone();
+        let start = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            late.mark_sent();
+        });
+        let r = first_byte_within(LIMIT, Some(&body), std::future::pending::<()>()).await;
+        assert!(r.is_err());
+        assert!(
+            start.elapsed() >= Duration::from_millis(3500),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_broken_upload_is_the_clients_and_says_how() {
+        let io = |kind| -> crate::body::BoxError { Box::new(std::io::Error::new(kind, "x")) };
+        assert!(!ClientBodyError::of(io(std::io::ErrorKind::InvalidInput)).gone);
+        assert!(!ClientBodyError::of(io(std::io::ErrorKind::InvalidData)).gone);
+        assert!(ClientBodyError::of(io(std::io::ErrorKind::UnexpectedEof)).gone);
+        assert!(ClientBodyError::of("connection error".into()).gone);
+        let wrapped: crate::body::BoxError =
+            Box::new(ClientBodyError::of(io(std::io::ErrorKind::InvalidInput)));
+        let found = source_of::<ClientBodyError>(&*wrapped).unwrap();
+        assert!(found.to_string().contains("malformed"));
     }
 }

@@ -53,7 +53,9 @@ impl Hist {
         if us <= 1 {
             return 0;
         }
-        ((us as f64).ln() / GROWTH.ln()).floor().min(f64::from(u16::MAX)) as u16
+        ((us as f64).ln() / GROWTH.ln())
+            .floor()
+            .min(f64::from(u16::MAX)) as u16
     }
 
     fn value_ms(bucket: u16) -> f64 {
@@ -323,7 +325,12 @@ impl Windows {
         let mut to = Summary::default();
         self.to.iter().for_each(|s| to.add(s));
         let since = self.to.front().map_or(u64::MAX, |s| s.at_ms);
-        let in_interval = self.from.iter().rev().take_while(|s| s.at_ms >= since).count();
+        let in_interval = self
+            .from
+            .iter()
+            .rev()
+            .take_while(|s| s.at_ms >= since)
+            .count();
         let take = in_interval.max(self.window).min(self.from.len());
         let mut from = Summary::default();
         self.from.iter().rev().take(take).for_each(|s| from.add(s));
@@ -512,10 +519,7 @@ pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: u32) -> Verdict 
             cfg,
             sides,
             Metric::ClientErrorRate,
-            (
-                sides.to.counts.client_error,
-                sides.from.counts.client_error,
-            ),
+            (sides.to.counts.client_error, sides.from.counts.client_error),
             None,
             alpha,
         ),
@@ -534,9 +538,11 @@ pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: u32) -> Verdict 
             alpha,
         ),
     ];
-    let (result, reason) = if let Some(f) = metrics.iter().find(|m| m.result == Judgement::Fail)
-    {
-        (Judgement::Fail, f.reason.clone())
+    let (result, reason) = if let Some(f) = metrics.iter().find(|m| m.result == Judgement::Fail) {
+        (
+            Judgement::Fail,
+            format!("{}: {}", f.metric.label(), f.reason),
+        )
     } else if to_n < min {
         (
             Judgement::Inconclusive,
@@ -548,7 +554,10 @@ pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: u32) -> Verdict 
     } else if cfg.compare.is_none() {
         (
             Judgement::Pass,
-            format!("`{}` within the absolute limits over {to_n} requests", sides.to_name),
+            format!(
+                "`{}` within the absolute limits over {to_n} requests",
+                sides.to_name
+            ),
         )
     } else if from_n < min {
         (
@@ -637,7 +646,10 @@ fn rate_metric(
     else {
         v.reason = if cfg.compare.is_none() && to_n >= min {
             v.result = Judgement::Pass;
-            format!("`{to}` {what} {}: no comparison configured", pct(to_rate.unwrap_or(0.0)))
+            format!(
+                "`{to}` {what} {}: no comparison configured",
+                pct(to_rate.unwrap_or(0.0))
+            )
         } else if to_n < min || from_n < min {
             format!("{to_n}/{from_n} requests: too few to compare")
         } else {
@@ -711,9 +723,13 @@ fn latency_metric(
             return v;
         }
     }
-    let (Some(alpha), Some(allowed), Some(t), Some(f), true) =
-        (alpha, allowed, to_p95, from_p95, to_n >= min && from_n >= min)
-    else {
+    let (Some(alpha), Some(allowed), Some(t), Some(f), true) = (
+        alpha,
+        allowed,
+        to_p95,
+        from_p95,
+        to_n >= min && from_n >= min,
+    ) else {
         v.reason = if cfg.compare.is_none() && to_n >= min {
             v.result = Judgement::Pass;
             format!("`{to}` {what}: no comparison configured")
@@ -815,6 +831,7 @@ mod tests {
             class,
             latency: Duration::from_millis(ms),
             ttfb: None,
+            upload: Duration::ZERO,
             stream: false,
             prompt_tokens: 0,
             completion_tokens: 0,
@@ -894,7 +911,12 @@ mod tests {
         let mut cfg = defaults(100, 20);
         cfg.count_refused = false;
         let mut w = Windows::new(100);
-        run(&mut w, 20, |_| (Class::Refused, 5), |_| (Class::Success, 100));
+        run(
+            &mut w,
+            20,
+            |_| (Class::Refused, 5),
+            |_| (Class::Success, 100),
+        );
         let v = verdict_at(&w, &cfg, 1);
         assert_eq!(v.metric(Metric::ErrorRate).unwrap().result, Judgement::Pass);
         cfg.count_refused = true;
@@ -928,7 +950,16 @@ mod tests {
         run(
             &mut w,
             40,
-            |i| (Class::Success, if i % 13 == 0 { 1000 } else { 100 + i as u64 % 7 }),
+            |i| {
+                (
+                    Class::Success,
+                    if i % 13 == 0 {
+                        1000
+                    } else {
+                        100 + i as u64 % 7
+                    },
+                )
+            },
             |i| (Class::Success, 100 + i as u64 % 7),
         );
         let v = verdict_at(&w, &cfg, 1);
@@ -965,13 +996,20 @@ mod tests {
     fn too_few_on_either_side_is_inconclusive_and_holds() {
         let cfg = defaults(100, 20);
         let mut w = Windows::new(100);
-        run(&mut w, 19, |_| (Class::Success, 10), |_| (Class::Success, 10));
+        run(
+            &mut w,
+            19,
+            |_| (Class::Success, 10),
+            |_| (Class::Success, 10),
+        );
         let v = verdict_at(&w, &cfg, 1);
         assert_eq!(v.result, Judgement::Inconclusive);
         assert!(v.reason.contains("19 of the 20"), "{}", v.reason);
         let hold = Some(Duration::from_secs(60));
         let later = Duration::from_secs(61);
-        assert!(matches!(gate(hold, later, false, Some(&v)), Gate::Wait(r) if r.starts_with("inconclusive")));
+        assert!(
+            matches!(gate(hold, later, false, Some(&v)), Gate::Wait(r) if r.starts_with("inconclusive"))
+        );
 
         // Enough on `to`, none on `from` (a 100% phase after a restart): still inconclusive.
         let mut w = Windows::new(100);
@@ -982,11 +1020,19 @@ mod tests {
         assert_eq!(v.result, Judgement::Inconclusive);
         assert!(v.reason.contains("`old` has 0 of the 20"), "{}", v.reason);
 
-        run(&mut w, 30, |_| (Class::Success, 10), |_| (Class::Success, 10));
+        run(
+            &mut w,
+            30,
+            |_| (Class::Success, 10),
+            |_| (Class::Success, 10),
+        );
         let v = verdict_at(&w, &cfg, 1);
         assert_eq!(v.result, Judgement::Pass, "{v:?}");
         assert_eq!(gate(hold, later, false, Some(&v)), Gate::Advance);
-        assert!(matches!(gate(hold, Duration::from_secs(59), false, Some(&v)), Gate::Wait(_)));
+        assert!(matches!(
+            gate(hold, Duration::from_secs(59), false, Some(&v)),
+            Gate::Wait(_)
+        ));
         assert!(matches!(gate(hold, later, true, Some(&v)), Gate::Wait(_)));
         assert!(matches!(gate(None, later, false, Some(&v)), Gate::Wait(_)));
         // Look 0 runs no test.
@@ -1001,7 +1047,11 @@ mod tests {
         cfg.max_p95_latency = Some(Duration::from_millis(500));
         let mut w = Windows::new(20);
         for i in 0..10u64 {
-            let class = if i < 2 { Class::ServerError } else { Class::Success };
+            let class = if i < 2 {
+                Class::ServerError
+            } else {
+                Class::Success
+            };
             w.record(Side::To, &ev("new", class, 100, 0), i);
         }
         assert_eq!(verdict_at(&w, &cfg, 0).result, Judgement::Pass);
@@ -1020,8 +1070,18 @@ mod tests {
     fn what_the_client_broke_is_not_in_any_window() {
         let cfg = defaults(100, 20);
         let mut w = Windows::new(100);
-        run(&mut w, 20, |_| (Class::ClientFault, 5), |_| (Class::Success, 10));
-        run(&mut w, 20, |_| (Class::ClientGone, 5), |_| (Class::Success, 10));
+        run(
+            &mut w,
+            20,
+            |_| (Class::ClientFault, 5),
+            |_| (Class::Success, 10),
+        );
+        run(
+            &mut w,
+            20,
+            |_| (Class::ClientGone, 5),
+            |_| (Class::Success, 10),
+        );
         let (to, _) = w.summaries();
         assert_eq!(to.requests(), 0);
         assert_eq!(w.to_seen(), 0);
@@ -1036,14 +1096,22 @@ mod tests {
             w.record(Side::From, &ev("old", Class::ServerError, 10, 0), i);
         }
         for i in 0..90u64 {
-            w.record(Side::From, &ev("old", Class::Success, 10, 0), 1_000 + i * 10);
+            w.record(
+                Side::From,
+                &ev("old", Class::Success, 10, 0),
+                1_000 + i * 10,
+            );
             if i % 9 == 0 {
                 w.record(Side::To, &ev("new", Class::Success, 10, 0), 1_000 + i * 10);
             }
         }
         let (to, from) = w.summaries();
         assert_eq!(to.requests(), 10);
-        assert_eq!(from.requests(), 90, "only old's requests since new's oldest");
+        assert_eq!(
+            from.requests(),
+            90,
+            "only old's requests since new's oldest"
+        );
         assert_eq!(from.counts.server_error, 0);
 
         // 100%: nothing new from `old`; its last window is the baseline, across the reset.
@@ -1082,7 +1150,11 @@ mod tests {
             },
             1,
         );
-        assert_eq!(v.result, Judgement::Fail, "20 of 20 over two replicas of 10");
+        assert_eq!(
+            v.result,
+            Judgement::Fail,
+            "20 of 20 over two replicas of 10"
+        );
     }
 
     /// Sides equally bad (8% errors, random): over many long phases judged at every look,
@@ -1105,13 +1177,24 @@ mod tests {
             let mut looks = Looks::default();
             let mut alarmed = false;
             for i in 0..2000u64 {
-                let class = |bad: bool| if bad { Class::ServerError } else { Class::Success };
+                let class = |bad: bool| {
+                    if bad {
+                        Class::ServerError
+                    } else {
+                        Class::Success
+                    }
+                };
                 w.record(Side::From, &ev("old", class(coin()), 100, 0), i);
                 w.record(Side::To, &ev("new", class(coin()), 100, 0), i);
                 let (to, from) = w.summaries();
                 let enough = to.requests() >= 20 && from.requests() >= 20;
                 if let Some(k) = looks.due(w.to_seen(), enough, look_step(&cfg)) {
-                    let sides = Sides { to_name: "new", from_name: "old", to: &to, from: &from };
+                    let sides = Sides {
+                        to_name: "new",
+                        from_name: "old",
+                        to: &to,
+                        from: &from,
+                    };
                     if judge(&cfg, &sides, k).result == Judgement::Fail {
                         alarmed = true;
                         break;
@@ -1120,7 +1203,10 @@ mod tests {
             }
             alarms += usize::from(alarmed);
         }
-        assert!(alarms * 100 <= phases * 5, "{alarms} of {phases} phases alarmed");
+        assert!(
+            alarms * 100 <= phases * 5,
+            "{alarms} of {phases} phases alarmed"
+        );
     }
 
     #[test]

@@ -139,7 +139,10 @@ mod tests {
     fn alpha_spending_sums_to_alpha() {
         let total: f64 = (1..100_000).map(|k| alpha_at_look(0.05, k)).sum();
         assert!(total < 0.05 && total > 0.0499, "{total}");
-        close(alpha_at_look(0.05, 1), 0.05 * 6.0 / (std::f64::consts::PI.powi(2)));
+        close(
+            alpha_at_look(0.05, 1),
+            0.05 * 6.0 / (std::f64::consts::PI.powi(2)),
+        );
         close(alpha_at_look(0.05, 2), alpha_at_look(0.05, 1) / 4.0);
     }
 }
