@@ -42,11 +42,11 @@ impl FleetWindow {
     }
 }
 
-/// What is stored under `<prefix>/windows/<replica>`.
+/// What is stored under `<prefix>/windows/<replica>`. Not flattened: serde cannot read
+/// the histograms' number keys back through a flattened struct.
 #[derive(Debug, Serialize, Deserialize)]
 struct PublishedWindow {
     rev: i64,
-    #[serde(flatten)]
     window: FleetWindow,
 }
 
@@ -354,5 +354,29 @@ pub async fn run(
                 let _ = cluster.heartbeat(l, &phase).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_windows_round_trip() {
+        let mut to = Summary::default();
+        to.latency.add(1500);
+        let w = PublishedWindow {
+            rev: 7,
+            window: FleetWindow {
+                to,
+                from: Summary::default(),
+                to_seen: 3,
+                replicas: 1,
+            },
+        };
+        let json = serde_json::to_vec(&w).unwrap();
+        let back: PublishedWindow = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.rev, 7);
+        assert_eq!(back.window, w.window);
     }
 }

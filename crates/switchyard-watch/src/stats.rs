@@ -254,6 +254,7 @@ mod tests {
             class,
             latency: Duration::from_millis(ms),
             ttfb: Some(Duration::from_millis(ms / 2)),
+            upload: Duration::ZERO,
             stream: false,
             prompt_tokens: 1000,
             completion_tokens: 500,
