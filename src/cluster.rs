@@ -333,7 +333,7 @@ pub async fn run(
         }
         n += 1;
         let synced = control.sync_from_cluster(&cluster).await;
-        if n % 4 == 0 && synced {
+        if n.is_multiple_of(4) && synced {
             let phase = {
                 let s = control.gateway().load();
                 s.state.phase_name(&s.config.migration.phases).to_string()

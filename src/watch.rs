@@ -66,11 +66,11 @@ async fn judge(
         }
         let got_events = !batch.is_empty();
         // Gates only need a look twice a second.
-        if !got_events && ticks % 10 != 0 && control.cluster.is_none() {
+        if !got_events && !ticks.is_multiple_of(10) && control.cluster.is_none() {
             continue;
         }
         let snap = control.gateway().load();
-        if ticks % 200 == 0 {
+        if ticks.is_multiple_of(200) {
             // Every 10 s: a quiet gateway should not hold provider connections forever.
             snap.upstreams.iter().for_each(|up| up.close_idle());
         }

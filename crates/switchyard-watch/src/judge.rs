@@ -192,7 +192,7 @@ impl Counts {
             .filter(|(c, n)| *n > 0 && Self::counts_as_error(*c, cfg))
             .map(|(c, n)| (*n, c.label()))
             .collect();
-        parts.sort_by(|a, b| b.0.cmp(&a.0));
+        parts.sort_by_key(|p| std::cmp::Reverse(p.0));
         parts
             .iter()
             .map(|(n, l)| format!("{l} {n}"))
