@@ -358,6 +358,14 @@ async fn the_preflight_stops_a_move_onto_a_provider_that_refuses_our_key() {
         .as_str()
         .unwrap()
         .contains("401"));
+    // so is a config file that moves the phase: the reload is refused whole
+    gw.rewrite_config(&yaml.replace("  phase: phase-0\n", "  phase: phase-2\n"));
+    let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(body.to_string().contains("refused the preflight"), "{body}");
+    assert_eq!(gw.status().await["phase"]["name"], "phase-0");
+    gw.rewrite_config(&yaml);
     // next is stopped the same way; skipping is an explicit choice
     let r = c
         .post(gw.admin_url("/admin/phase/next"))
