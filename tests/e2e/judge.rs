@@ -20,6 +20,19 @@ fn judged(yaml: &str, phase: &str, window: u32, min: u32) -> String {
     ) + "alerts:\n  webhook_url_env: TEST_WEBHOOK\n  cooldown: 1m\n"
 }
 
+/// A gateway at phase-3 (50%) judging windows of 40 with at least 10 a side, alerting to
+/// `hook` when given.
+async fn judged_at_phase_3(old: &Mock, new: &Mock, hook: Option<&Mock>) -> Gateway {
+    let yaml = judged(
+        &config(&old.base_url(), &new.base_url(), "phase-3"),
+        "phase-3",
+        40,
+        10,
+    );
+    let url = hook.map_or(String::new(), |h| format!("http://{}/webhook", h.addr()));
+    Gateway::start_with(&yaml, &[("TEST_WEBHOOK", &url)]).await
+}
+
 /// Sends `n` chats with distinct request ids, `concurrency` at a time.
 async fn chats(gw: &Gateway, prefix: &str, n: usize, concurrency: usize) -> Vec<u16> {
     let c = client();
@@ -181,17 +194,7 @@ async fn a_new_side_that_refuses_everything_is_rolled_back_by_comparison() {
     ] {
         let (old, new) = pair().await;
         let hook = mock("hook").await;
-        let yaml = judged(
-            &config(&old.base_url(), &new.base_url(), "phase-3"),
-            "phase-3",
-            40,
-            10,
-        );
-        let gw = Gateway::start_with(
-            &yaml,
-            &[("TEST_WEBHOOK", &format!("http://{}/webhook", hook.addr()))],
-        )
-        .await;
+        let gw = judged_at_phase_3(&old, &new, Some(&hook)).await;
         new.set_status(Some(status));
         let statuses = chats(&gw, &format!("r{status}"), 60, 4).await;
         let s = gw
@@ -233,13 +236,7 @@ async fn a_new_side_that_refuses_everything_is_rolled_back_by_comparison() {
 async fn a_new_side_twice_as_slow_is_rolled_back() {
     let old = slow_mock("old", Duration::from_millis(60)).await;
     let new = slow_mock("new", Duration::from_millis(120)).await;
-    let yaml = judged(
-        &config(&old.base_url(), &new.base_url(), "phase-3"),
-        "phase-3",
-        40,
-        10,
-    );
-    let gw = Gateway::start_with(&yaml, &[("TEST_WEBHOOK", "")]).await;
+    let gw = judged_at_phase_3(&old, &new, None).await;
     chats(&gw, "slow", 80, 8).await;
     let s = gw
         .wait_status("an automatic rollback", |s| s["rolled_back"] == true)
@@ -260,13 +257,7 @@ async fn a_new_side_as_good_as_a_failing_old_side_is_kept() {
     };
     let old = Mock::start(failing("old")).await.unwrap();
     let new = Mock::start(failing("new")).await.unwrap();
-    let yaml = judged(
-        &config(&old.base_url(), &new.base_url(), "phase-3"),
-        "phase-3",
-        40,
-        10,
-    );
-    let gw = Gateway::start_with(&yaml, &[("TEST_WEBHOOK", "")]).await;
+    let gw = judged_at_phase_3(&old, &new, None).await;
     let statuses = chats(&gw, "eight", 200, 4).await;
     assert!(statuses.contains(&500));
     let s = gw

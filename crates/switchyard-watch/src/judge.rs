@@ -595,6 +595,116 @@ pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: u32) -> Verdict 
     }
 }
 
+/// One metric's measurements, before judging.
+struct Measure<'a> {
+    metric: Metric,
+    /// "requests" (rates) or "answers" (latencies).
+    unit: &'static str,
+    to_value: Option<f64>,
+    from_value: Option<f64>,
+    to_n: u64,
+    from_n: u64,
+    absolute: Option<f64>,
+    allowed: Option<f64>,
+    show: fn(f64) -> String,
+    /// Said after the numbers, e.g. what the errors were.
+    detail: String,
+    sides: &'a Sides<'a>,
+}
+
+/// What a comparative test found.
+struct Comparison {
+    p: f64,
+    difference: Option<f64>,
+    ratio: Option<f64>,
+    /// The effect is larger than allowed (the test must also say so).
+    over_allowed: bool,
+    /// "+100.0 pp" or "(2.01×)", and what is allowed, for the reason.
+    effect: String,
+    allowed: String,
+    test: &'static str,
+    test_name: &'static str,
+}
+
+/// The absolute backstop, then the comparison at `alpha`, for one metric.
+fn judge_metric(
+    cfg: &AutoRollbackConfig,
+    m: Measure<'_>,
+    alpha: Option<f64>,
+    compare: impl FnOnce(f64, f64, f64) -> Comparison,
+) -> MetricVerdict {
+    let min = u64::from(cfg.min_requests.max(1));
+    let (to_n, from_n, unit, show) = (m.to_n, m.from_n, m.unit, m.show);
+    let (to, from, what) = (m.sides.to_name, m.sides.from_name, m.metric.what());
+    let mut v = MetricVerdict {
+        metric: m.metric,
+        result: Judgement::Inconclusive,
+        to_value: m.to_value,
+        from_value: m.from_value,
+        to_n,
+        from_n,
+        difference: None,
+        ratio: None,
+        allowed: m.allowed,
+        absolute_limit: m.absolute,
+        test: None,
+        p_value: None,
+        alpha,
+        reason: String::new(),
+    };
+    if let (Some(limit), Some(t), true) = (m.absolute, m.to_value, to_n >= min) {
+        if t > limit {
+            v.result = Judgement::Fail;
+            v.reason = format!(
+                "`{to}` {what} {} over {to_n} {unit}{}, over the absolute limit {}",
+                show(t),
+                m.detail,
+                show(limit)
+            );
+            return v;
+        }
+    }
+    let comparable = to_n >= min && from_n >= min;
+    let (Some(alpha), Some(allowed), Some(t), Some(f), true) =
+        (alpha, m.allowed, m.to_value, m.from_value, comparable)
+    else {
+        v.reason = if cfg.compare.is_none() && to_n >= min {
+            v.result = Judgement::Pass;
+            format!("`{to}` {what}: no comparison configured")
+        } else if !comparable {
+            format!("{to_n}/{from_n} {unit}: too few to compare")
+        } else {
+            "not compared yet".into()
+        };
+        return v;
+    };
+    let c = compare(t, f, allowed);
+    v.difference = c.difference;
+    v.ratio = c.ratio;
+    v.test = Some(c.test.into());
+    v.p_value = Some(c.p);
+    let numbers = format!(
+        "`{to}` {what} {} vs `{from}` {} {} over {to_n}/{from_n} {unit}{}",
+        show(t),
+        show(f),
+        c.effect,
+        m.detail
+    );
+    if c.over_allowed && c.p < alpha {
+        v.result = Judgement::Fail;
+        v.reason = format!(
+            "{numbers}: more than the {} allowed, {} ({}, one-sided, α {alpha:.2e})",
+            c.allowed,
+            p_text(c.p),
+            c.test_name
+        );
+    } else {
+        v.result = Judgement::Pass;
+        v.reason = format!("{numbers}: {}", p_text(c.p));
+    }
+    v
+}
+
 fn rate_metric(
     cfg: &AutoRollbackConfig,
     sides: &Sides<'_>,
@@ -603,83 +713,43 @@ fn rate_metric(
     absolute: Option<f64>,
     alpha: Option<f64>,
 ) -> MetricVerdict {
-    let min = u64::from(cfg.min_requests.max(1));
     let (to_n, from_n) = (sides.to.requests(), sides.from.requests());
     let rate = |bad: u64, n: u64| (n > 0).then(|| bad as f64 / n as f64);
-    let (to_rate, from_rate) = (rate(to_bad, to_n), rate(from_bad, from_n));
-    let allowed = cfg.compare.as_ref().map(|c| c.max_error_rate_increase);
-    let mut v = MetricVerdict {
-        metric,
-        result: Judgement::Inconclusive,
-        to_value: to_rate,
-        from_value: from_rate,
-        to_n,
-        from_n,
-        difference: None,
-        ratio: None,
-        allowed,
-        absolute_limit: absolute,
-        test: None,
-        p_value: None,
-        alpha,
-        reason: String::new(),
-    };
-    let (to, from) = (sides.to_name, sides.from_name);
-    let what = metric.what();
     let detail = if metric == Metric::ErrorRate && to_bad > 0 {
-        format!(" ({to}: {})", sides.to.counts.describe_errors(cfg))
+        format!(
+            " ({}: {})",
+            sides.to_name,
+            sides.to.counts.describe_errors(cfg)
+        )
     } else {
         String::new()
     };
-    if let (Some(limit), Some(r), true) = (absolute, to_rate, to_n >= min) {
-        if r > limit {
-            v.result = Judgement::Fail;
-            v.reason = format!(
-                "`{to}` {what} {} over {to_n} requests{detail}, over the absolute limit {}",
-                pct(r),
-                pct(limit)
-            );
-            return v;
-        }
-    }
-    let (Some(alpha), Some(allowed), Some(tr), Some(fr)) = (alpha, allowed, to_rate, from_rate)
-    else {
-        v.reason = if cfg.compare.is_none() && to_n >= min {
-            v.result = Judgement::Pass;
-            format!(
-                "`{to}` {what} {}: no comparison configured",
-                pct(to_rate.unwrap_or(0.0))
-            )
-        } else if to_n < min || from_n < min {
-            format!("{to_n}/{from_n} requests: too few to compare")
-        } else {
-            "not compared yet".into()
-        };
-        return v;
+    let m = Measure {
+        metric,
+        unit: "requests",
+        to_value: rate(to_bad, to_n),
+        from_value: rate(from_bad, from_n),
+        to_n,
+        from_n,
+        absolute,
+        allowed: cfg.compare.as_ref().map(|c| c.max_error_rate_increase),
+        show: pct,
+        detail,
+        sides,
     };
-    let p = stat::fisher_greater(to_bad, to_n, from_bad, from_n);
-    let diff = tr - fr;
-    v.difference = Some(diff);
-    v.test = Some("fisher_exact_one_sided".into());
-    v.p_value = Some(p);
-    let numbers = format!(
-        "`{to}` {what} {} vs `{from}` {} over {to_n}/{from_n} requests{detail}",
-        pct(tr),
-        pct(fr)
-    );
-    if diff > allowed && p < alpha {
-        v.result = Judgement::Fail;
-        v.reason = format!(
-            "{numbers}: {:+.1} pp, more than the {:+.1} pp allowed, {} (Fisher's exact, one-sided, α {alpha:.2e})",
-            diff * 100.0,
-            allowed * 100.0,
-            p_text(p)
-        );
-    } else {
-        v.result = Judgement::Pass;
-        v.reason = format!("{numbers}: {:+.1} pp, {}", diff * 100.0, p_text(p));
-    }
-    v
+    judge_metric(cfg, m, alpha, |t, f, allowed| {
+        let diff = t - f;
+        Comparison {
+            p: stat::fisher_greater(to_bad, to_n, from_bad, from_n),
+            difference: Some(diff),
+            ratio: None,
+            over_allowed: diff > allowed,
+            effect: format!("({:+.1} pp)", diff * 100.0),
+            allowed: format!("{:+.1} pp", allowed * 100.0),
+            test: "fisher_exact_one_sided",
+            test_name: "Fisher's exact",
+        }
+    })
 }
 
 fn latency_metric(
@@ -689,76 +759,32 @@ fn latency_metric(
     (to_h, from_h): (&Hist, &Hist),
     alpha: Option<f64>,
 ) -> MetricVerdict {
-    let min = u64::from(cfg.min_requests.max(1));
-    let (to_n, from_n) = (to_h.count(), from_h.count());
-    let (to_p95, from_p95) = (to_h.quantile_ms(0.95), from_h.quantile_ms(0.95));
-    let absolute = cfg.max_p95_latency.map(|d| d.as_secs_f64() * 1000.0);
-    let allowed = cfg.compare.as_ref().map(|c| c.max_latency_ratio);
-    let mut v = MetricVerdict {
+    let m = Measure {
         metric,
-        result: Judgement::Inconclusive,
-        to_value: to_p95,
-        from_value: from_p95,
-        to_n,
-        from_n,
-        difference: None,
-        ratio: None,
-        allowed,
-        absolute_limit: absolute,
-        test: None,
-        p_value: None,
-        alpha,
-        reason: String::new(),
+        unit: "answers",
+        to_value: to_h.quantile_ms(0.95),
+        from_value: from_h.quantile_ms(0.95),
+        to_n: to_h.count(),
+        from_n: from_h.count(),
+        absolute: cfg.max_p95_latency.map(|d| d.as_secs_f64() * 1000.0),
+        allowed: cfg.compare.as_ref().map(|c| c.max_latency_ratio),
+        show: ms,
+        detail: String::new(),
+        sides,
     };
-    let (to, from) = (sides.to_name, sides.from_name);
-    let what = metric.what();
-    if let (Some(limit), Some(t), true) = (absolute, to_p95, to_n >= min) {
-        if t > limit {
-            v.result = Judgement::Fail;
-            v.reason = format!(
-                "`{to}` {what} {} over {to_n} answers, over the absolute limit {}",
-                ms(t),
-                ms(limit)
-            );
-            return v;
+    judge_metric(cfg, m, alpha, |t, f, allowed| {
+        let ratio = t / f.max(1e-3);
+        Comparison {
+            p: stat::mann_whitney_greater(to_h.groups_with(from_h)),
+            difference: None,
+            ratio: Some(ratio),
+            over_allowed: ratio > allowed,
+            effect: format!("({ratio:.2}×)"),
+            allowed: format!("{allowed}×"),
+            test: "mann_whitney_u_one_sided",
+            test_name: "Mann-Whitney U",
         }
-    }
-    let (Some(alpha), Some(allowed), Some(t), Some(f), true) = (
-        alpha,
-        allowed,
-        to_p95,
-        from_p95,
-        to_n >= min && from_n >= min,
-    ) else {
-        v.reason = if cfg.compare.is_none() && to_n >= min {
-            v.result = Judgement::Pass;
-            format!("`{to}` {what}: no comparison configured")
-        } else {
-            format!("{to_n}/{from_n} answers: too few to compare")
-        };
-        return v;
-    };
-    let ratio = t / f.max(1e-3);
-    let p = stat::mann_whitney_greater(to_h.groups_with(from_h));
-    v.ratio = Some(ratio);
-    v.test = Some("mann_whitney_u_one_sided".into());
-    v.p_value = Some(p);
-    let numbers = format!(
-        "`{to}` {what} {} vs `{from}` {} ({ratio:.2}×) over {to_n}/{from_n} answers",
-        ms(t),
-        ms(f)
-    );
-    if ratio > allowed && p < alpha {
-        v.result = Judgement::Fail;
-        v.reason = format!(
-            "{numbers}, more than the {allowed}× allowed, {} (Mann-Whitney U, one-sided, α {alpha:.2e})",
-            p_text(p)
-        );
-    } else {
-        v.result = Judgement::Pass;
-        v.reason = format!("{numbers}, {}", p_text(p));
-    }
-    v
+    })
 }
 
 fn ms(v: f64) -> String {
