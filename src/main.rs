@@ -1,13 +1,9 @@
 //! switchyard: moves LLM API traffic from one provider to another in phases.
 
-mod cluster;
-mod control;
 mod cost;
 mod loadtest;
 mod phase;
-mod preflight;
 mod serve;
-mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -254,7 +250,7 @@ fn probe_providers(c: &switchyard_core::Config) -> ExitCode {
             }
         };
         let models: Vec<String> = p.pricing.models.keys().cloned().collect();
-        let report = rt.block_on(preflight::run(
+        let report = rt.block_on(switchyard_control::preflight::run(
             &up,
             &models,
             &c.health_check.path,

@@ -1,14 +1,14 @@
 //! `switchyard serve`: listeners, signals, the file watch and graceful shutdown.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::control::{Control, ReloadCause};
+use switchyard_control::{Control, ReloadCause};
 
 pub fn install_metrics() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
@@ -35,7 +35,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         "Config reloads by result (ok, error)"
     );
     metrics::describe_gauge!(
-        crate::control::JUDGEMENT,
+        switchyard_control::control::JUDGEMENT,
         "The judge's current result per metric (error_rate, 4xx_rate, p95_latency, p95_ttft, overall): 1 for the result it has (pass, fail, inconclusive), 0 for the others"
     );
     // Show the zero series from the start, so alerts on rate() work before the first event.
@@ -90,21 +90,8 @@ fn bind_reuseport(
 pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
     let prometheus = install_metrics()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (events_tx, events_rx) = mpsc::channel(crate::watch::EVENT_QUEUE);
-    let (shadow_tx, shadow_rx) = mpsc::channel(crate::watch::EVENT_QUEUE);
-    let (control, config) = Control::start(
-        path,
-        prometheus.clone(),
-        events_tx,
-        shadow_tx,
-        stop_rx.clone(),
-    )?;
-    let control = Arc::new(control);
-    if let Some(c) = control.cluster.clone() {
-        control.join_cluster().await;
-        tokio::spawn(crate::cluster::run(control.clone(), c, stop_rx.clone()));
-    }
-    crate::watch::spawn(control.clone(), events_rx, shadow_rx, stop_rx.clone());
+    let running = switchyard_control::start(path, prometheus.clone(), stop_rx.clone()).await?;
+    let (control, config) = (running.control.clone(), running.config.clone());
 
     let tls = match &config.tls {
         Some(t) => Some(switchyard_proxy::tls::acceptor(&t.cert, &t.key)?),
@@ -141,7 +128,6 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
         token,
         stop_rx.clone(),
     ));
-    let _watcher = watch_file(control.clone(), stop_rx.clone());
     let signals = tokio::spawn(signals(control.clone(), stop_tx));
 
     let limits = switchyard_proxy::ServerLimits::from_config(&config.server);
@@ -225,85 +211,4 @@ async fn signals(control: Arc<Control>, stop: watch::Sender<bool>) {
     tracing::info!("shutdown signal received");
     control.begin_shutdown();
     let _ = stop.send(true);
-}
-
-/// Watches the config's folder, not the file: editors replace files by rename and
-/// Kubernetes swaps a ConfigMap by moving a symlink, and both lose a watch on the file.
-/// When the path is a symlink, the folder of every hop is watched too (a link into a
-/// ConfigMap mount swaps its `..data` there). Any event schedules a re-read; the reload
-/// only happens when the bytes changed.
-fn watch_file(
-    control: Arc<Control>,
-    mut stop: watch::Receiver<bool>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
-    let dirs = watch_dirs(control.path());
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    let mut watcher = match notify::recommended_watcher(
-        move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                // A full queue already holds a wake-up: the event is not lost.
-                let _ = tx.try_send(());
-            }
-        },
-    ) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the config file; SIGHUP and POST /admin/reload still reload");
-            return None;
-        }
-    };
-    let mut watching = 0;
-    for dir in &dirs {
-        match watcher.watch(dir, RecursiveMode::NonRecursive) {
-            Ok(()) => watching += 1,
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a config folder")
-            }
-        }
-    }
-    if watching == 0 {
-        tracing::warn!(
-            "the config file is not watched; SIGHUP and POST /admin/reload still reload"
-        );
-        return None;
-    }
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                got = rx.recv() => if got.is_none() { return },
-            }
-            // Let an editor finish writing (several events) before reading.
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            while rx.try_recv().is_ok() {}
-            let _ = control.reload(ReloadCause::FileChange, true).await;
-        }
-    });
-    Some(watcher)
-}
-
-/// The folders to watch for `path`: its own, and that of every symlink hop to the real file.
-fn watch_dirs(path: &Path) -> Vec<PathBuf> {
-    let parent = |p: &Path| match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut dirs = vec![parent(path)];
-    let mut p = path.to_path_buf();
-    for _ in 0..8 {
-        let Ok(target) = std::fs::read_link(&p) else {
-            break;
-        };
-        p = if target.is_absolute() {
-            target
-        } else {
-            parent(&p).join(target)
-        };
-        let d = parent(&p);
-        if !dirs.contains(&d) {
-            dirs.push(d);
-        }
-    }
-    dirs
 }
