@@ -35,8 +35,16 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         "Config reloads by result (ok, error)"
     );
     metrics::describe_gauge!(
-        switchyard_control::control::JUDGEMENT,
+        switchyard_control::watch::JUDGEMENT,
         "The judge's current result per metric (error_rate, 4xx_rate, p95_latency, p95_ttft, overall): 1 for the result it has (pass, fail, inconclusive), 0 for the others"
+    );
+    metrics::describe_gauge!(
+        switchyard_control::control::STATE_SAVED,
+        "1 while the live migration state is in the state file, 0 while saving it fails (it is retried; traffic follows the live state either way)"
+    );
+    metrics::describe_counter!(
+        switchyard_control::control::STATE_SAVE_FAILURES,
+        "Failed attempts to write the migration state to the state file"
     );
     // Show the zero series from the start, so alerts on rate() work before the first event.
     for t in ["admin", "config", "auto"] {

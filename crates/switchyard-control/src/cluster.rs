@@ -17,8 +17,10 @@ use serde_json::{json, Value};
 use switchyard_core::config::{ClusterConfig, Phase};
 use switchyard_core::migration::NamedState;
 use switchyard_core::MigrationState;
-use switchyard_store::{Etcd, EtcdError};
+use switchyard_store::Etcd;
 use switchyard_watch::Summary;
+
+use crate::store::{Store, StoreError};
 
 /// A replica's judge windows, published on its lease so that any replica can judge the
 /// fleet: the summaries add up.
@@ -83,17 +85,18 @@ pub enum WriteError {
 }
 
 pub struct Cluster {
-    pub etcd: Etcd,
+    pub store: Arc<dyn Store>,
     pub replica_id: String,
     prefix: String,
     /// Revision of `state` this replica last applied or wrote (0: none yet).
     pub revision: AtomicI64,
     healthy: AtomicBool,
     replicas: Mutex<Vec<Value>>,
-    /// This replica's judge windows, published each second.
-    pub local_window: Mutex<FleetWindow>,
-    /// The sum over live replicas' published windows.
-    fleet_window: Mutex<Option<FleetWindow>>,
+    /// This replica's judge windows, published each second, with the revision of the
+    /// state they were counted under.
+    local_window: Mutex<(i64, FleetWindow)>,
+    /// The sum over live replicas' published windows, with the revision it is for.
+    fleet_window: Mutex<Option<(i64, FleetWindow)>>,
     leader: AtomicBool,
 }
 
@@ -128,17 +131,26 @@ impl Cluster {
         };
         let etcd = Etcd::with_options(cfg.endpoints.clone(), auth, cfg.ca_file.as_deref())
             .map_err(|e| format!("cluster.etcd.ca_file: {e}"))?;
-        Ok(Cluster {
-            etcd,
+        Ok(Cluster::with_store(
+            Arc::new(etcd),
             replica_id,
-            prefix: cfg.key_prefix.trim_end_matches('/').to_string(),
+            &cfg.key_prefix,
+        ))
+    }
+
+    /// A replica named `replica_id` keeping its state under `prefix` in `store`.
+    pub fn with_store(store: Arc<dyn Store>, replica_id: String, prefix: &str) -> Cluster {
+        Cluster {
+            store,
+            replica_id,
+            prefix: prefix.trim_end_matches('/').to_string(),
             revision: AtomicI64::new(0),
             healthy: AtomicBool::new(false),
             replicas: Mutex::new(Vec::new()),
-            local_window: Mutex::new(FleetWindow::default()),
+            local_window: Mutex::new((0, FleetWindow::default())),
             fleet_window: Mutex::new(None),
             leader: AtomicBool::new(false),
-        })
+        }
     }
 
     pub fn state_key(&self) -> String {
@@ -149,21 +161,28 @@ impl Cluster {
         format!("{}/replicas/{}", self.prefix, self.replica_id)
     }
 
-    /// Hands this replica's windows over for publishing; answers the fleet's sum (this
-    /// replica's own while etcd cannot be reached or before the first sum).
-    pub fn publish_local(&self, to: Summary, from: Summary, to_seen: u64) -> FleetWindow {
-        let mine = FleetWindow {
-            to,
-            from,
-            to_seen,
-            replicas: 1,
-        };
-        *self.local_window.lock().unwrap_or_else(|e| e.into_inner()) = mine.clone();
-        self.fleet_window().unwrap_or(mine)
+    /// The revision of the shared state this replica last applied or wrote.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::SeqCst)
     }
 
-    /// The judge windows summed over the fleet, while etcd answers.
-    pub fn fleet_window(&self) -> Option<FleetWindow> {
+    /// Hands over this replica's windows, counted under state revision `rev` (read before
+    /// the snapshot they were judged on), for publishing; answers the fleet's sum for that
+    /// revision, or this replica's own windows while there is none (etcd unreachable, or
+    /// the state just changed and the next heartbeat has not summed it yet). A sum made
+    /// for another revision is never used: after leaving a rollback it would judge the new
+    /// phase on the old one's failures.
+    pub fn judge_window(&self, rev: i64, mine: FleetWindow) -> FleetWindow {
+        *self.local_window.lock().unwrap_or_else(|e| e.into_inner()) = (rev, mine.clone());
+        match self.fleet_window() {
+            Some((sum_rev, sum)) if sum_rev == rev && rev == self.revision() => sum,
+            _ => mine,
+        }
+    }
+
+    /// The judge windows summed over the fleet and the revision they are for, while etcd
+    /// answers.
+    pub fn fleet_window(&self) -> Option<(i64, FleetWindow)> {
         if !self.healthy() {
             return None;
         }
@@ -188,36 +207,35 @@ impl Cluster {
     }
 
     /// The shared state and its revision, if any was written.
-    pub async fn read(&self) -> Result<Option<(SharedState, i64)>, EtcdError> {
-        let Some(kv) = self.etcd.get(&self.state_key()).await? else {
+    pub async fn read(&self) -> Result<Option<(SharedState, i64)>, StoreError> {
+        let Some(e) = self.store.get(&self.state_key()).await? else {
             return Ok(None);
         };
-        match serde_json::from_slice::<SharedState>(&kv.value) {
-            Ok(s) => Ok(Some((s, kv.mod_revision))),
-            Err(e) => Err(EtcdError::Refused(format!(
-                "{}: not a switchyard state: {e}",
+        match serde_json::from_slice::<SharedState>(&e.value) {
+            Ok(s) => Ok(Some((s, e.revision))),
+            Err(err) => Err(StoreError::Refused(format!(
+                "{}: not a switchyard state: {err}",
                 self.state_key()
             ))),
         }
     }
 
-    /// Compare-and-put on the revision last seen; on success that becomes the revision seen.
-    pub async fn write(&self, state: &SharedState) -> Result<(), WriteError> {
-        let expected = self.revision.load(Ordering::SeqCst);
+    /// Compare-and-put on the revision last seen. The revision it was written at comes
+    /// from the write's own answer and becomes the revision seen: a write another replica
+    /// makes right after is then a change to apply, never mistaken for ours.
+    pub async fn write(&self, state: &SharedState) -> Result<i64, WriteError> {
+        let expected = self.revision();
         let body = serde_json::to_vec(state).map_err(|e| WriteError::Unavailable(e.to_string()))?;
         match self
-            .etcd
+            .store
             .compare_and_put(&self.state_key(), expected, &body, None)
             .await
         {
-            Ok(true) => {
-                // Learn the new revision so our own write is not re-applied as a remote one.
-                if let Ok(Some(kv)) = self.etcd.get(&self.state_key()).await {
-                    self.set_revision(kv.mod_revision);
-                }
-                Ok(())
+            Ok(Some(rev)) => {
+                self.set_revision(rev);
+                Ok(rev)
             }
-            Ok(false) => Err(WriteError::Conflict),
+            Ok(None) => Err(WriteError::Conflict),
             Err(e) => {
                 self.set_healthy(false);
                 Err(WriteError::Unavailable(e.to_string()))
@@ -225,21 +243,19 @@ impl Cluster {
         }
     }
 
-    /// The shared state's revision now applied here. The local window restarts with it:
-    /// counts of the previous state must not be published under the new revision.
+    /// The shared state's revision now applied here.
     pub fn set_revision(&self, rev: i64) {
         self.revision.store(rev, Ordering::SeqCst);
-        *self.local_window.lock().unwrap_or_else(|e| e.into_inner()) = FleetWindow::default();
     }
 
     /// Publishes this replica's heartbeat on `lease` and refreshes the list of live replicas.
-    pub async fn heartbeat(&self, lease: i64, phase: &str) -> Result<(), EtcdError> {
+    pub async fn heartbeat(&self, lease: i64, phase: &str) -> Result<(), StoreError> {
         let me = json!({"id": self.replica_id, "phase": phase, "last_seen_unix": now_unix()});
-        self.etcd
+        self.store
             .put(&self.replica_key(), me.to_string().as_bytes(), Some(lease))
             .await?;
         let list = self
-            .etcd
+            .store
             .prefix(&format!("{}/replicas/", self.prefix))
             .await?;
         let replicas: Vec<Value> = list
@@ -251,17 +267,21 @@ impl Cluster {
         // The rollback guard's window, summed over the replicas alive (their leases).
         // Tagged with the shared state's revision: after a phase change or a rollback, windows
         // still counting the previous state are left out of the sum.
-        let rev = self.revision.load(Ordering::SeqCst);
-        let mine = PublishedWindow {
-            rev,
-            window: self
-                .local_window
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+        let rev = self.revision();
+        let (counted_under, window) = self
+            .local_window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // Windows counted under another state are not published under this one.
+        let window = if counted_under == rev {
+            window
+        } else {
+            FleetWindow::default()
         };
-        let body = serde_json::to_vec(&mine).map_err(|e| EtcdError::Refused(e.to_string()))?;
-        self.etcd
+        let mine = PublishedWindow { rev, window };
+        let body = serde_json::to_vec(&mine).map_err(|e| StoreError::Refused(e.to_string()))?;
+        self.store
             .put(
                 &format!("{}/windows/{}", self.prefix, self.replica_id),
                 &body,
@@ -270,7 +290,7 @@ impl Cluster {
             .await?;
         let mut sum = FleetWindow::default();
         for kv in self
-            .etcd
+            .store
             .prefix(&format!("{}/windows/", self.prefix))
             .await?
         {
@@ -280,17 +300,17 @@ impl Cluster {
                 }
             }
         }
-        *self.fleet_window.lock().unwrap_or_else(|e| e.into_inner()) = Some(sum);
+        *self.fleet_window.lock().unwrap_or_else(|e| e.into_inner()) = Some((rev, sum));
 
         // Leader election: whoever creates the leader key on its lease holds it while alive.
         let key = format!("{}/leader", self.prefix);
-        let leader = match self.etcd.get(&key).await? {
+        let leader = match self.store.get(&key).await? {
             Some(kv) => kv.value == self.replica_id.as_bytes(),
-            None => {
-                self.etcd
-                    .compare_and_put(&key, 0, self.replica_id.as_bytes(), Some(lease))
-                    .await?
-            }
+            None => self
+                .store
+                .compare_and_put(&key, 0, self.replica_id.as_bytes(), Some(lease))
+                .await?
+                .is_some(),
         };
         self.leader.store(leader, Ordering::SeqCst);
         Ok(())
@@ -306,7 +326,7 @@ impl Cluster {
             .into_iter()
             .map(|r| json!({"id": r["id"], "phase": r["phase"], "last_seen": r["last_seen_unix"]}))
             .collect();
-        let fleet = self.fleet_window().map(|w| json!({"requests": w.to.requests(), "from_requests": w.from.requests(), "replicas": w.replicas}));
+        let fleet = self.fleet_window().filter(|(rev, _)| *rev == self.revision()).map(|(_, w)| json!({"requests": w.to.requests(), "from_requests": w.from.requests(), "replicas": w.replicas}));
         json!({"store": "etcd", "healthy": self.healthy(), "replica_id": self.replica_id, "leader": self.is_leader(), "replicas": replicas, "to_window": fleet})
     }
 }
@@ -325,7 +345,7 @@ pub async fn run(
         tokio::select! {
             _ = stop.changed() => {
                 if let Some(l) = lease {
-                    let _ = cluster.etcd.revoke(l).await;
+                    let _ = cluster.store.revoke(l).await;
                 }
                 return;
             }
@@ -339,7 +359,7 @@ pub async fn run(
                 s.state.phase_name(&s.config.migration.phases).to_string()
             };
             let l = match lease {
-                Some(l) => match cluster.etcd.keepalive(l).await {
+                Some(l) => match cluster.store.keepalive(l).await {
                     Ok(true) => Some(l),
                     _ => None,
                 },
@@ -347,7 +367,7 @@ pub async fn run(
             };
             let l = match l {
                 Some(l) => Some(l),
-                None => cluster.etcd.grant(3).await.ok(),
+                None => cluster.store.grant(3).await.ok(),
             };
             lease = l;
             if let Some(l) = lease {

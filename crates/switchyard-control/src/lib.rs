@@ -11,10 +11,15 @@
 //!
 //! [`start`] builds and starts it; the binary only wires it to the listeners.
 
+mod admin;
 pub mod cluster;
 pub mod control;
+pub mod error;
 pub mod file_watch;
 pub mod preflight;
+pub mod state_file;
+pub mod store;
+mod sync;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -25,6 +30,7 @@ use switchyard_core::Config;
 use tokio::sync::{mpsc, watch as signal};
 
 pub use control::{Control, ReloadCause};
+pub use error::ControlError;
 
 /// The running control plane. Dropping it stops watching the config file.
 pub struct Running {

@@ -36,6 +36,7 @@ struct RawConfig {
     server: Option<RawServer>,
     stats: Option<RawStats>,
     shadow: Option<RawShadow>,
+    state_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +207,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub stats: StatsConfig,
     pub shadow: ShadowConfig,
+    /// Where the migration state is kept, as written (a relative path is relative to the
+    /// config file's folder); `None`: `<config>.state.json`.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -928,6 +932,16 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         }
     };
 
+    let state_file = match raw.state_file {
+        Some(p) if p.trim().is_empty() => {
+            c.err(
+                "state_file",
+                "must be a path (or left out for `<config>.state.json`)",
+            );
+            None
+        }
+        p => p.map(std::path::PathBuf::from),
+    };
     let cluster = raw.cluster.map(|cl| {
         if cl.etcd.endpoints.is_empty() {
             c.err(
@@ -1082,6 +1096,7 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         server,
         stats,
         shadow,
+        state_file,
     }
 }
 

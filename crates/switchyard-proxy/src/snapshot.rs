@@ -158,11 +158,50 @@ impl Gateway {
         self.current.load_full()
     }
 
-    /// The one place a new snapshot goes live.
-    pub fn store(&self, mut snapshot: Snapshot) {
+    fn wire(&self, mut snapshot: Snapshot) -> Arc<Snapshot> {
         snapshot.events = self.sinks.events.clone();
         snapshot.shadow = self.sinks.shadow.clone();
-        metrics::gauge!("switchyard_migration_percent").set(snapshot.percent());
-        self.current.store(Arc::new(snapshot));
+        Arc::new(snapshot)
+    }
+
+    /// The one place a new snapshot goes live unconditionally.
+    pub fn store(&self, snapshot: Snapshot) {
+        let s = self.wire(snapshot);
+        metrics::gauge!("switchyard_migration_percent").set(s.percent());
+        self.current.store(s);
+    }
+
+    /// Puts `snapshot` live only if `expected` is still the live one: a writer that built
+    /// it from `expected` cannot undo a change made meanwhile (a rollback). Answers the
+    /// live snapshot when it is not `expected`.
+    pub fn swap_if(
+        &self,
+        expected: &Arc<Snapshot>,
+        snapshot: Snapshot,
+    ) -> Result<(), Arc<Snapshot>> {
+        let s = self.wire(snapshot);
+        let percent = s.percent();
+        let prev = self.current.compare_and_swap(expected, s);
+        if Arc::ptr_eq(&prev, expected) {
+            metrics::gauge!("switchyard_migration_percent").set(percent);
+            Ok(())
+        } else {
+            Err(arc_swap::Guard::into_inner(prev))
+        }
+    }
+
+    /// Applies `f` to the live snapshot, again until no other writer came in between;
+    /// `f` answers `None` for "no change". Never waits on anything but the swap itself.
+    /// Answers the live snapshot and whether `f` changed it.
+    pub fn update(&self, f: impl Fn(&Snapshot) -> Option<Snapshot>) -> (Arc<Snapshot>, bool) {
+        loop {
+            let current = self.load();
+            let Some(next) = f(&current) else {
+                return (current, false);
+            };
+            if self.swap_if(&current, next).is_ok() {
+                return (self.load(), true);
+            }
+        }
     }
 }

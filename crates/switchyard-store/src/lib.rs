@@ -245,14 +245,16 @@ impl Etcd {
     }
 
     /// Writes `value` only if the key's `mod_revision` is still `expected` (0: the key must
-    /// not exist). False when another writer got there first.
+    /// not exist). Answers the key's new `mod_revision`, from the transaction's own answer
+    /// (so no other write can slip in between), or `None` when another writer got there
+    /// first.
     pub async fn compare_and_put(
         &self,
         key: &str,
         expected: i64,
         value: &[u8],
         lease: Option<i64>,
-    ) -> Result<bool, EtcdError> {
+    ) -> Result<Option<i64>, EtcdError> {
         let k = b64(key.as_bytes());
         let mut put = json!({"key": k, "value": b64(value)});
         if let Some(l) = lease {
@@ -267,8 +269,17 @@ impl Etcd {
                 }),
             )
             .await?;
-        // grpc-gateway leaves `succeeded` out when it is false.
-        Ok(v["succeeded"].as_bool().unwrap_or(false))
+        // grpc-gateway leaves `succeeded` out when it is false. The header's revision is the
+        // store's after this transaction: the one its put wrote the key at.
+        if !v["succeeded"].as_bool().unwrap_or(false) {
+            return Ok(None);
+        }
+        match int(&v["header"]["revision"]) {
+            0 => Err(EtcdError::Refused(format!(
+                "txn answer without a revision: {v}"
+            ))),
+            rev => Ok(Some(rev)),
+        }
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), EtcdError> {

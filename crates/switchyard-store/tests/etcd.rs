@@ -17,26 +17,33 @@ async fn get_put_prefix_and_compare_and_put() {
     // the first endpoint is dead: calls move on to the next
     let e = Etcd::new(vec!["http://127.0.0.1:1".into(), server.url.clone()]);
     assert_eq!(e.get("/sy/state").await.unwrap(), None);
-    assert!(
-        e.compare_and_put("/sy/state", 0, b"phase-1", None)
+    let written = e
+        .compare_and_put("/sy/state", 0, b"phase-1", None)
+        .await
+        .unwrap()
+        .expect("create when absent");
+    assert_eq!(
+        e.compare_and_put("/sy/state", 0, b"phase-x", None)
             .await
             .unwrap(),
-        "create when absent"
-    );
-    assert!(
-        !e.compare_and_put("/sy/state", 0, b"phase-x", None)
-            .await
-            .unwrap(),
+        None,
         "absent no more"
     );
     let kv = e.get("/sy/state").await.unwrap().unwrap();
     assert_eq!(kv.value, b"phase-1");
+    assert_eq!(
+        kv.mod_revision, written,
+        "the write's own answer names its revision"
+    );
     // two writers racing on the same revision: exactly one wins
     let (a, b) = tokio::join!(
         e.compare_and_put("/sy/state", kv.mod_revision, b"phase-2", None),
         e.compare_and_put("/sy/state", kv.mod_revision, b"phase-3", None)
     );
-    assert!(a.unwrap() ^ b.unwrap(), "exactly one write wins");
+    assert!(
+        a.unwrap().is_some() ^ b.unwrap().is_some(),
+        "exactly one write wins"
+    );
     e.put("/sy/replicas/a", b"1", None).await.unwrap();
     e.put("/sy/replicas/b", b"2", None).await.unwrap();
     e.put("/sz/other", b"3", None).await.unwrap();
