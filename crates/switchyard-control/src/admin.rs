@@ -92,18 +92,12 @@ impl AdminHandle for Control {
     }
 
     async fn phase_next(&self, skip_preflight: bool) -> AdminResult {
-        self.transition("admin", skip_preflight, |s| {
-            Ok(s.state.next(&s.config.migration.phases)?)
-        })
-        .await?;
+        self.next_phase(skip_preflight).await?;
         Ok(self.status())
     }
 
     async fn phase_set(&self, name: String, skip_preflight: bool) -> AdminResult {
-        self.transition("admin", skip_preflight, |s| {
-            Ok(s.state.set(&s.config.migration.phases, &name)?)
-        })
-        .await?;
+        self.set_phase(&name, skip_preflight).await?;
         Ok(self.status())
     }
 

@@ -399,4 +399,39 @@ mod tests {
         assert_eq!(back.rev, 7);
         assert_eq!(back.window, w.window);
     }
+
+    /// Leaving a rollback must not judge the new phase on the old one's failures: a fleet
+    /// sum made under another revision is never used, and windows counted under another
+    /// revision are never published under this one.
+    #[tokio::test]
+    async fn a_fleet_sum_of_another_revision_is_never_judged() {
+        let store = Arc::new(crate::store::MemoryStore::new());
+        let c = Cluster::with_store(store.clone(), "a".into(), "/t");
+        c.set_healthy(true);
+        c.set_revision(5);
+        let mut failing = FleetWindow {
+            to_seen: 40,
+            replicas: 1,
+            ..FleetWindow::default()
+        };
+        failing.to.counts.server_error = 40;
+        c.judge_window(5, failing.clone());
+        let lease = store.grant(3).await.unwrap();
+        c.heartbeat(lease, "p50").await.unwrap();
+        let judged = c.judge_window(5, failing.clone());
+        assert_eq!(
+            judged.to.counts.server_error, 40,
+            "the fleet's sum, same revision"
+        );
+
+        // An operator leaves the rollback: revision 6, nothing failed since.
+        c.set_revision(6);
+        let judged = c.judge_window(6, FleetWindow::default());
+        assert_eq!(judged.to.counts.server_error, 0);
+        // A judge tick that read revision 5 before the change publishes nothing for 6.
+        c.judge_window(5, failing);
+        c.heartbeat(lease, "p50").await.unwrap();
+        let (rev, sum) = c.fleet_window().unwrap();
+        assert_eq!((rev, sum.to.counts.server_error), (6, 0));
+    }
 }

@@ -423,7 +423,7 @@ impl Control {
     /// file then fails (reported and retried). In single mode the state file is written
     /// first: it is what a restart comes back to, so a change it cannot hold is refused
     /// before anything moves.
-    pub(crate) async fn transition(
+    async fn transition(
         &self,
         by: &str,
         skip_preflight: bool,
@@ -551,6 +551,26 @@ impl Control {
             self.publish_rollback(c).await;
         }
         self.gateway.load()
+    }
+
+    /// Goes to the phase `name` (also the way out of a rollback).
+    pub async fn set_phase(
+        &self,
+        name: &str,
+        skip_preflight: bool,
+    ) -> Result<Arc<Snapshot>, ControlError> {
+        self.transition("admin", skip_preflight, |s| {
+            Ok(s.state.set(&s.config.migration.phases, name)?)
+        })
+        .await
+    }
+
+    /// Advances one phase.
+    pub async fn next_phase(&self, skip_preflight: bool) -> Result<Arc<Snapshot>, ControlError> {
+        self.transition("admin", skip_preflight, |s| {
+            Ok(s.state.next(&s.config.migration.phases)?)
+        })
+        .await
     }
 
     /// The judge failed `to`: roll back, unless the state changed since it was judged.

@@ -134,6 +134,16 @@ impl Snapshot {
     }
 }
 
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("config_version", &self.config_version)
+            .field("epoch", &self.epoch)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the data plane shares: the current snapshot.
 pub struct Gateway {
     current: ArcSwap<Snapshot>,

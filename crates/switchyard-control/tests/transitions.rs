@@ -1,0 +1,245 @@
+//! Transitions, rollbacks and cluster sync against an in-memory store and state files in a
+//! temporary folder: no etcd, no sockets, no processes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use switchyard_control::store::{MemoryStore, Store};
+use switchyard_control::{Control, ControlError};
+use switchyard_core::Trigger;
+use tokio::sync::{mpsc, watch};
+
+const CONFIG: &str = "providers:
+  old: {base_url: 'http://127.0.0.1:9/v1'}
+  new: {base_url: 'http://127.0.0.1:9/v1'}
+migration:
+  from: old
+  to: new
+  phases:
+    - {name: p10, percent: 10}
+    - {name: p50, percent: 50}
+    - {name: p100, percent: 100}
+  phase: p10
+  preflight: {enabled: false}
+";
+
+struct Replica {
+    control: Arc<Control>,
+    _stop: watch::Sender<bool>,
+}
+
+impl std::ops::Deref for Replica {
+    type Target = Control;
+    fn deref(&self) -> &Control {
+        &self.control
+    }
+}
+
+/// A control plane on `dir/<name>.yaml` (with `extra` appended), clustered on `store` when
+/// one is given.
+fn replica(dir: &Path, name: &str, extra: &str, store: Option<Arc<MemoryStore>>) -> Replica {
+    let mut yaml = format!("{CONFIG}{extra}");
+    if store.is_some() {
+        yaml.push_str(&format!(
+            "cluster:\n  etcd: {{endpoints: ['http://127.0.0.1:9']}}\n  key_prefix: /t\n  replica_id: {name}\n"
+        ));
+    }
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let (events, _) = mpsc::channel(16);
+    let (shadows, _) = mpsc::channel(16);
+    let (stop_tx, stop) = watch::channel(false);
+    let (control, _) = Control::start_with_store(
+        path,
+        prometheus,
+        events,
+        shadows,
+        stop,
+        store.map(|s| s as Arc<dyn Store>),
+    )
+    .unwrap();
+    Replica {
+        control: Arc::new(control),
+        _stop: stop_tx,
+    }
+}
+
+fn phase(c: &Control) -> String {
+    let s = c.gateway().load();
+    s.state.phase_name(&s.config.migration.phases).to_string()
+}
+
+/// `state_file:` under a path whose "folder" is a regular file: no write can succeed there
+/// (even as root) until the file is replaced by a folder.
+fn blocked_state_file(dir: &Path) -> String {
+    std::fs::write(dir.join("blocker"), b"not a folder").unwrap();
+    format!("state_file: {}\n", dir.join("blocker/state.json").display())
+}
+
+fn unblock(dir: &Path) {
+    std::fs::remove_file(dir.join("blocker")).unwrap();
+    std::fs::create_dir(dir.join("blocker")).unwrap();
+}
+
+#[tokio::test]
+async fn a_rollback_moves_traffic_even_when_the_state_cannot_be_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = replica(dir.path(), "a", &blocked_state_file(dir.path()), None);
+    let s = r
+        .rollback(Trigger::Admin, "new side broken".into(), None, None)
+        .await;
+    assert!(s.state.rolled_back, "traffic moved at once");
+    assert_eq!(s.to_buckets, 0);
+    let why = r.unsaved().expect("the failure is reported");
+    assert!(why.contains("blocker/state.json"), "{why}");
+
+    // Retried until it works; the move was never undone.
+    r.retry_unsaved();
+    assert!(r.unsaved().is_some());
+    unblock(dir.path());
+    r.retry_unsaved();
+    assert_eq!(r.unsaved(), None);
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("blocker/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["rolled_back"], true);
+    assert!(r.gateway().load().state.rolled_back);
+}
+
+#[tokio::test]
+async fn single_mode_refuses_a_phase_change_the_state_file_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = replica(dir.path(), "a", &blocked_state_file(dir.path()), None);
+    let e = r
+        .set_phase("p50", false)
+        .await
+        .expect_err("nothing can be saved");
+    assert!(matches!(e, ControlError::PersistFailed(_)), "{e:?}");
+    assert_eq!(phase(&r), "p10", "nothing moved");
+    unblock(dir.path());
+    r.set_phase("p50", false).await.unwrap();
+    assert_eq!(phase(&r), "p50");
+}
+
+#[tokio::test]
+async fn replicas_follow_the_store_and_a_lost_race_is_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let a = replica(dir.path(), "a", "", Some(store.clone()));
+    let b = replica(dir.path(), "b", "", Some(store.clone()));
+    a.join_cluster().await;
+    b.join_cluster().await;
+    a.set_phase("p50", false).await.unwrap();
+    assert!(b.sync_from_cluster(b.cluster.as_ref().unwrap()).await);
+    assert_eq!(phase(&b), "p50");
+
+    // b has not seen a's next change: its write loses, and says so.
+    a.set_phase("p100", false).await.unwrap();
+    let e = b.set_phase("p10", false).await.unwrap_err();
+    assert!(matches!(e, ControlError::Conflict(_)), "{e:?}");
+    b.sync_from_cluster(b.cluster.as_ref().unwrap()).await;
+    assert_eq!(phase(&b), "p100");
+}
+
+/// Another replica's write that lands right after ours is a change to apply, not ours.
+#[tokio::test]
+async fn the_revision_comes_from_the_write_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let a = replica(dir.path(), "a", "", Some(store.clone()));
+    let b = replica(dir.path(), "b", "", Some(store.clone()));
+    a.join_cluster().await;
+    b.join_cluster().await;
+    // b's write of p100 lands between a's write of p50 and anything a does next.
+    let b_state = {
+        let s = b.gateway().load();
+        let p100 = s.state.set(&s.config.migration.phases, "p100").unwrap();
+        switchyard_control::cluster::SharedState::of(&p100, &s.config.migration.phases, "b")
+    };
+    let body = serde_json::to_vec(&b_state).unwrap();
+    store.after_next_write(move |w| w.put("/t/state", &body));
+    a.set_phase("p50", false).await.unwrap();
+    assert_eq!(phase(&a), "p50");
+    a.sync_from_cluster(a.cluster.as_ref().unwrap()).await;
+    assert_eq!(
+        phase(&a),
+        "p100",
+        "b's write was applied, not mistaken for a's"
+    );
+}
+
+#[tokio::test]
+async fn a_rollback_while_the_store_is_down_happens_at_once_and_is_shared_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let a = replica(dir.path(), "a", "", Some(store.clone()));
+    let b = replica(dir.path(), "b", "", Some(store.clone()));
+    a.join_cluster().await;
+    b.join_cluster().await;
+    store.set_reachable(false);
+    // Other changes wait for the store…
+    let e = a.set_phase("p50", false).await.unwrap_err();
+    assert!(matches!(e, ControlError::StoreUnavailable(_)), "{e:?}");
+    // …a rollback does not.
+    let s = a
+        .rollback(Trigger::Auto, "error_rate".into(), None, None)
+        .await;
+    assert!(s.state.rolled_back);
+    assert!(!a.sync_from_cluster(a.cluster.as_ref().unwrap()).await);
+    assert!(
+        a.gateway().load().state.rolled_back,
+        "not undone by the sync"
+    );
+
+    store.set_reachable(true);
+    assert!(a.sync_from_cluster(a.cluster.as_ref().unwrap()).await);
+    assert!(a.gateway().load().state.rolled_back);
+    b.sync_from_cluster(b.cluster.as_ref().unwrap()).await;
+    assert!(b.gateway().load().state.rolled_back, "the fleet follows");
+}
+
+/// A replica whose own state file fails is not left behind: it follows the fleet in
+/// memory and keeps trying to save.
+#[tokio::test]
+async fn a_failing_local_write_does_not_leave_a_replica_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let a = replica(
+        dir.path(),
+        "a",
+        &blocked_state_file(dir.path()),
+        Some(store.clone()),
+    );
+    let b = replica(dir.path(), "b", "", Some(store.clone()));
+    a.join_cluster().await;
+    b.join_cluster().await;
+    a.set_phase("p50", false).await.unwrap();
+    assert_eq!(phase(&a), "p50");
+    assert!(a.unsaved().is_some());
+    b.set_phase("p100", false).await.unwrap_err(); // b has not synced a's change yet
+    b.sync_from_cluster(b.cluster.as_ref().unwrap()).await;
+    b.set_phase("p100", false).await.unwrap();
+    a.sync_from_cluster(a.cluster.as_ref().unwrap()).await;
+    assert_eq!(phase(&a), "p100");
+}
+
+/// Leaving a rollback while another replica's rollback is still being written: the
+/// rollback is never lost.
+#[tokio::test]
+async fn a_rollback_racing_a_change_on_another_replica_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let a = replica(dir.path(), "a", "", Some(store.clone()));
+    let b = replica(dir.path(), "b", "", Some(store.clone()));
+    a.join_cluster().await;
+    b.join_cluster().await;
+    // a advances; b, not yet synced, rolls back: its write conflicts, and it goes on top.
+    a.set_phase("p50", false).await.unwrap();
+    b.rollback(Trigger::Auto, "fail".into(), None, None).await;
+    a.sync_from_cluster(a.cluster.as_ref().unwrap()).await;
+    assert!(a.gateway().load().state.rolled_back);
+    assert!(b.gateway().load().state.rolled_back);
+}
