@@ -268,3 +268,59 @@ async fn only_the_leader_advances_phases_and_everyone_follows() {
         .count();
     assert_eq!(leaders, 1);
 }
+
+/// After an automatic rollback an operator leaves it; no replica may trip again on the
+/// windows of the state before (they are summed per state revision).
+#[tokio::test]
+async fn leaving_an_automatic_rollback_starts_every_replicas_window_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start(dir.path()).await;
+    let (old, new) = pair().await;
+    let replicas = [
+        Gateway::start(&guarded_cluster(&old, &new, &etcd.url, "a")).await,
+        Gateway::start(&guarded_cluster(&old, &new, &etcd.url, "b")).await,
+        Gateway::start(&guarded_cluster(&old, &new, &etcd.url, "c")).await,
+    ];
+    let [a, b, c] = &replicas;
+    a.wait_status("three replicas", |s| {
+        s["cluster"]["replicas"]
+            .as_array()
+            .is_some_and(|r| r.len() == 3)
+    })
+    .await;
+    for attempt in 0..3 {
+        for (gw, name) in [(b, "b"), (c, "c")] {
+            for i in 0..6 {
+                client()
+                    .get(gw.url("/v1/models"))
+                    .header("x-request-id", format!("{attempt}-{name}-{i}"))
+                    .header("x-mock-status", "503")
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        for gw in &replicas {
+            gw.wait_status("the fleet rolled back", |s| s["rolled_back"] == true)
+                .await;
+        }
+        let (code, body) = set_phase(a, "phase-4").await;
+        assert_eq!(code, 200, "{body}");
+        for gw in &replicas {
+            gw.wait_status("the rollback left", |s| s["rolled_back"] == false)
+                .await;
+        }
+        // Two heartbeats and many judge ticks: nobody trips again without a new failure.
+        let until = std::time::Instant::now() + Duration::from_millis(2500);
+        while std::time::Instant::now() < until {
+            for gw in &replicas {
+                let s = gw.status().await;
+                assert_eq!(
+                    s["rolled_back"], false,
+                    "attempt {attempt}: re-tripped on the old window: {s}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -356,3 +356,54 @@ async fn file_watch_follows_a_link_into_a_configmap_mount() {
     assert_eq!(code, 200);
     assert!(gw.dir.path().join("switchyard.yaml.state.json").exists());
 }
+
+/// The state folder cannot be written (a read-only config mount, a full disk): a rollback
+/// still moves traffic at once, and says the state was not saved; other phase changes are
+/// refused before anything moves. `state_file:` puts the state elsewhere.
+#[tokio::test]
+async fn a_rollback_never_waits_on_a_state_file_that_cannot_be_written() {
+    let (old, new) = pair().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A regular file where the state's folder should be: no write succeeds, even as root.
+    std::fs::write(dir.path().join("blocked"), b"").unwrap();
+    let state = dir.path().join("blocked/state.json");
+    let yaml = config(&old.base_url(), &new.base_url(), "phase-3")
+        + &format!("state_file: {}\n", state.display());
+    let gw = Gateway::start(&yaml).await;
+
+    let (code, s) = post(
+        &gw,
+        "/admin/rollback",
+        Some(json!({"reason": "new side broken"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(s["rolled_back"], true);
+    assert_eq!(s["state_file"]["saved"], false, "{s}");
+    assert!(
+        s["state_file"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("blocked/state.json"),
+        "{s}"
+    );
+    for i in 0..20 {
+        assert_eq!(who(&gw, &format!("after-{i}")).await, "old");
+    }
+    gw.assert_metric("switchyard_state_saved", 0.0).await;
+    gw.assert_metric(r#"switchyard_rollbacks_total{trigger="admin"}"#, 1.0)
+        .await;
+
+    let (code, body) = post(&gw, "/admin/phase", Some(json!({"phase": "phase-1"}))).await;
+    assert_eq!(code, 500, "{body}");
+    assert!(body.to_string().contains("nothing was changed"), "{body}");
+    assert_eq!(gw.status().await["rolled_back"], true);
+
+    // Once the folder can be written, the retry saves the rollback.
+    std::fs::remove_file(dir.path().join("blocked")).unwrap();
+    std::fs::create_dir(dir.path().join("blocked")).unwrap();
+    gw.wait_status("the state saved", |s| s["state_file"]["saved"] == true)
+        .await;
+    let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["rolled_back"], true);
+}
