@@ -107,7 +107,13 @@ pub fn run(args: CostArgs) -> ExitCode {
             &format!("{}/admin/stats", url.trim_end_matches('/')),
             args.token.as_deref(),
         ) {
-            Ok(v) => Some(v["roi"].clone()),
+            Ok(v) => match serde_json::from_value::<switchyard_core::api::Stats>(v) {
+                Ok(stats) => Some(stats.roi),
+                Err(e) => {
+                    eprintln!("switchyard: {url}: not switchyard stats: {e}");
+                    return ExitCode::from(2);
+                }
+            },
             Err(e) => {
                 eprintln!("switchyard: {url}: {e}");
                 return ExitCode::from(2);
@@ -156,20 +162,18 @@ pub fn run(args: CostArgs) -> ExitCode {
         }
     }
     if let Some(o) = observed {
-        println!("observed traffic ({} s):", o["observed_seconds"]);
+        println!("observed traffic ({} s):", o.observed_seconds);
         println!(
             "  monthly at the current rate, all on from: ${:.2}",
-            o["monthly_cost_all_on_from_usd"].as_f64().unwrap_or(0.0)
+            o.monthly_cost_all_on_from_usd
         );
         println!(
             "  monthly at the current rate, all on to:   ${:.2}",
-            o["monthly_cost_all_on_to_usd"].as_f64().unwrap_or(0.0)
+            o.monthly_cost_all_on_to_usd
         );
         println!(
             "  monthly savings at 100%:                 ${:.2}",
-            o["monthly_savings_at_100_percent_usd"]
-                .as_f64()
-                .unwrap_or(0.0)
+            o.monthly_savings_at_100_percent_usd
         );
     }
     ExitCode::SUCCESS

@@ -100,7 +100,7 @@ pub fn report(
         };
         *status.entry(key).or_default() += 1;
     }
-    let lat = |l: Option<Latency>| l.map_or(Value::Null, Latency::to_json);
+    let lat = |l: Option<Latency>| l.map_or(Value::Null, |l| json!(l.view()));
     let latency = latency_of(samples.iter().filter(|s| s.0 != 0).map(|s| s.1));
     let ttft = latency_of(samples.iter().filter_map(|s| s.2));
     let secs = elapsed.as_secs_f64();

@@ -9,6 +9,8 @@ use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
+use switchyard_core::api::{ErrorBody, NextRequest, PhaseRequest, RollbackRequest, Stats, Status};
+use switchyard_core::verdict::Verdict;
 
 #[derive(Args)]
 pub struct PhaseArgs {
@@ -60,19 +62,28 @@ pub fn run(args: PhaseArgs) -> ExitCode {
         Action::Next { skip_preflight } => (
             "POST",
             "/admin/phase/next",
-            skip_preflight.then(|| json!({"skip_preflight": true})),
+            Some(body(&NextRequest {
+                skip_preflight: *skip_preflight,
+            })),
         ),
         Action::Set {
             name,
             skip_preflight,
-        } => {
-            let mut body = json!({"phase": name});
-            if *skip_preflight {
-                body["skip_preflight"] = json!(true);
-            }
-            ("POST", "/admin/phase", Some(body))
-        }
-        Action::Rollback { reason } => ("POST", "/admin/rollback", Some(json!({"reason": reason}))),
+        } => (
+            "POST",
+            "/admin/phase",
+            Some(body(&PhaseRequest {
+                phase: name.clone(),
+                skip_preflight: *skip_preflight,
+            })),
+        ),
+        Action::Rollback { reason } => (
+            "POST",
+            "/admin/rollback",
+            Some(body(&RollbackRequest {
+                reason: Some(reason.clone()),
+            })),
+        ),
     };
     let rt = match crate::runtime(false) {
         Ok(rt) => rt,
@@ -84,24 +95,31 @@ pub fn run(args: PhaseArgs) -> ExitCode {
         Ok((status, v)) if (200..300).contains(&status) => {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            } else {
-                print_status(&v);
+                return ExitCode::SUCCESS;
             }
-            ExitCode::SUCCESS
+            match serde_json::from_value::<Status>(v) {
+                Ok(s) => {
+                    print_status(&s);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switchyard: {url}: not a switchyard status: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Ok((status, v)) => {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             }
-            let msg = v
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .unwrap_or("(no message)");
-            eprintln!("switchyard: {status}: {msg}");
-            if let Some(d) = v.pointer("/error/details").and_then(Value::as_array) {
-                for line in d {
-                    eprintln!("  {}", line.as_str().unwrap_or_default());
+            match serde_json::from_value::<ErrorBody>(v) {
+                Ok(b) => {
+                    eprintln!("switchyard: {status}: {}", b.error.message);
+                    for line in b.error.details {
+                        eprintln!("  {line}");
+                    }
                 }
+                Err(_) => eprintln!("switchyard: {status}: (no message)"),
             }
             ExitCode::FAILURE
         }
@@ -146,66 +164,58 @@ async fn call(
     Ok((status, v))
 }
 
-fn print_status(v: &Value) {
-    let s = |p: &str| {
-        v.pointer(p)
-            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
-            .unwrap_or_default()
-    };
-    println!("migration   {} -> {}", s("/from"), s("/to"));
+fn body<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+fn print_status(s: &Status) {
+    println!("migration   {} -> {}", s.from, s.to);
     println!(
         "phase       {} ({}% to {})",
-        s("/phase/name"),
-        s("/phase/percent"),
-        s("/to")
+        s.phase.name, s.phase.percent, s.to
     );
-    if v.pointer("/rolled_back").and_then(Value::as_bool) == Some(true) {
+    if s.rolled_back {
         println!(
             "ROLLED BACK {} (trigger {})",
-            s("/rollback_reason"),
-            s("/rollback_trigger")
+            s.rollback_reason.as_deref().unwrap_or("-"),
+            s.rollback_trigger.map_or("-", |t| t.as_str())
         );
     }
-    if let Some(verdict) = v.get("verdict").filter(|x| !x.is_null()) {
-        println!("{}", verdict_line(verdict));
+    if let Some(v) = &s.verdict {
+        println!("{}", verdict_line(v));
     }
-    if let Some(p) = v.get("preflight").filter(|x| !x.is_null()) {
-        let ok = p.get("ok").and_then(Value::as_bool) == Some(true);
-        let provider = p.get("provider").and_then(Value::as_str).unwrap_or("?");
+    if let Some(p) = &s.preflight {
+        let what = if p.ok { "passed" } else { "REFUSED by" };
+        println!("preflight   {what} {}", p.provider);
+    }
+    if !s.state_file.saved {
         println!(
-            "preflight   {} {provider}",
-            if ok { "passed" } else { "REFUSED by" }
+            "NOT SAVED   {}",
+            s.state_file
+                .error
+                .as_deref()
+                .unwrap_or("the state file cannot be written")
         );
     }
-    println!("config      version {}", s("/config_version"));
-    if let Some(p) = v.pointer("/providers").and_then(Value::as_object) {
-        for (name, st) in p {
-            let healthy = st
-                .get("healthy")
-                .and_then(Value::as_bool)
-                .map_or("unknown", |h| if h { "healthy" } else { "UNHEALTHY" });
-            println!("provider    {name}: {healthy}");
-        }
+    println!("config      version {}", s.config_version);
+    for (name, h) in &s.providers {
+        let healthy = if h.healthy { "healthy" } else { "UNHEALTHY" };
+        println!("provider    {name}: {healthy}");
     }
 }
 
 /// The judge's verdict in one line: "verdict     FAIL: `new` provider errors 100.0% vs …".
-fn verdict_line(v: &Value) -> String {
-    match serde_json::from_value::<switchyard_watch::Verdict>(v.clone()) {
-        Ok(verdict) => {
-            let look = if verdict.look > 0 {
-                format!(" (look {})", verdict.look)
-            } else {
-                String::new()
-            };
-            format!(
-                "verdict     {}{look}: {}",
-                verdict.result.label().to_uppercase(),
-                verdict.reason
-            )
-        }
-        Err(_) => format!("verdict     {v}"),
-    }
+fn verdict_line(v: &Verdict) -> String {
+    let look = if v.look > 0 {
+        format!(" (look {})", v.look)
+    } else {
+        String::new()
+    };
+    format!(
+        "verdict     {}{look}: {}",
+        v.result.label().to_uppercase(),
+        v.reason
+    )
 }
 
 /// GET a JSON document from the admin API (used by `switchyard cost --admin`).
@@ -218,9 +228,8 @@ pub fn get_json(url: &str, token: Option<&str>) -> Result<Value, String> {
         (200, v) => Ok(v),
         (status, v) => Err(format!(
             "{status}: {}",
-            v.pointer("/error/message")
-                .and_then(Value::as_str)
-                .unwrap_or("(no message)")
+            serde_json::from_value::<ErrorBody>(v)
+                .map_or_else(|_| "(no message)".into(), |b| b.error.message)
         )),
     }
 }
@@ -251,8 +260,15 @@ pub fn stats(args: StatsArgs) -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
-    let num = |x: &Value| {
-        x.as_f64().map_or("-".to_string(), |f| {
+    let v: Stats = match serde_json::from_value(v) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("switchyard: {url}: not switchyard stats: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let num = |x: Option<f64>| {
+        x.map_or("-".to_string(), |f| {
             if f.fract() == 0.0 {
                 format!("{f:.0}")
             } else {
@@ -272,42 +288,36 @@ pub fn stats(args: StatsArgs) -> ExitCode {
         "tokens",
         "cost $"
     );
-    if let Some(p) = v["providers"].as_object() {
-        for (name, s) in p {
-            println!(
-                "{:<10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>12} {:>11}",
-                name,
-                num(&s["requests"]),
-                num(&s["latency"]["p50_ms"]),
-                num(&s["latency"]["p95_ms"]),
-                num(&s["latency"]["p99_ms"]),
-                num(&s["error_rate"]["5xx"]),
-                num(&s["error_rate"]["provider_errors"]),
-                num(&s["tokens"]["total"]),
-                s["cost_usd"]
-                    .as_f64()
-                    .map_or("-".into(), |c| format!("{c:.6}")),
-            );
-        }
+    for (name, s) in &v.providers {
+        println!(
+            "{:<10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>12} {:>11}",
+            name,
+            s.requests,
+            num(s.latency.map(|l| l.p50_ms)),
+            num(s.latency.map(|l| l.p95_ms)),
+            num(s.latency.map(|l| l.p99_ms)),
+            num(s.error_rate.get("5xx").copied()),
+            num(s.error_rate.get("provider_errors").copied()),
+            s.tokens.total,
+            format!("{:.6}", s.cost_usd),
+        );
     }
-    let roi = &v["roi"];
     println!(
         "ROI: all on from ${:.6}, all on to ${:.6}; at this rate moving fully saves ${:.2}/month",
-        roi["all_on_from_usd"].as_f64().unwrap_or(0.0),
-        roi["all_on_to_usd"].as_f64().unwrap_or(0.0),
-        roi["monthly_savings_at_100_percent_usd"]
-            .as_f64()
-            .unwrap_or(0.0)
+        v.roi.all_on_from_usd, v.roi.all_on_to_usd, v.roi.monthly_savings_at_100_percent_usd
     );
-    if let Some(sh) = v["shadow"].as_object() {
+    if let Some(sh) = &v.shadow {
         println!(
             "shadow: {} compared, status match {}, exact match {}, similarity {}, p50 delta {} ms",
-            num(&sh["compared"]),
-            num(&sh["status_match_rate"]),
-            num(&sh["exact_match_rate"]),
-            num(&sh["similarity_avg"]),
-            num(&sh["latency"]["delta_p50_ms"])
+            sh.compared,
+            num(Some(sh.status_match_rate)),
+            num(Some(sh.exact_match_rate)),
+            num(sh.similarity_avg),
+            num(sh.latency.delta_p50_ms)
         );
+    }
+    if let Some(verdict) = &v.verdict {
+        println!("{}", verdict_line(verdict));
     }
     ExitCode::SUCCESS
 }

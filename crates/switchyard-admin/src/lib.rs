@@ -15,8 +15,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
 use subtle::ConstantTimeEq;
+use switchyard_core::api::{
+    ErrorBody, ErrorDetail, NextRequest, PhaseRequest, ReloadAnswer, RollbackRequest, Stats, Status,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -39,13 +44,13 @@ impl AdminError {
     }
 }
 
-pub type AdminResult = Result<Value, AdminError>;
+pub type AdminResult<T = Status> = Result<T, AdminError>;
 
 /// What the admin API can see and do.
 pub trait AdminHandle: Send + Sync + 'static {
-    fn status(&self) -> Value;
+    fn status(&self) -> Status;
     /// `None` until per-provider stats exist (answers 501).
-    fn stats(&self) -> Option<Value>;
+    fn stats(&self) -> Option<Stats>;
     /// Prometheus text.
     fn metrics(&self) -> String;
     /// Config loaded and at least one provider healthy.
@@ -58,7 +63,7 @@ pub trait AdminHandle: Send + Sync + 'static {
         skip_preflight: bool,
     ) -> impl Future<Output = AdminResult> + Send;
     fn rollback(&self, reason: String) -> impl Future<Output = AdminResult> + Send;
-    fn reload(&self) -> impl Future<Output = AdminResult> + Send;
+    fn reload(&self) -> impl Future<Output = AdminResult<ReloadAnswer>> + Send;
 }
 
 /// Serves until `shutdown` turns true.
@@ -145,68 +150,77 @@ async fn route<H: AdminHandle>(
             return r;
         }
     }
-    let result = match (&method, path.as_str()) {
-        (&Method::GET, "/admin/status") => Ok(h.status()),
-        (&Method::GET, "/admin/stats") => h.stats().ok_or_else(|| {
+    match (&method, path.as_str()) {
+        (&Method::GET, "/admin/status") => answer(Ok(h.status())),
+        (&Method::GET, "/admin/stats") => answer(h.stats().ok_or_else(|| {
             AdminError::new(501, "per-provider stats are not available in this build")
-        }),
-        (&Method::POST, "/admin/phase/next") => match read_json(req).await {
-            Ok(v) => h.phase_next(skip_preflight(&v)).await,
-            Err(e) => Err(e),
+        })),
+        (&Method::POST, "/admin/phase/next") => match read_body::<NextRequest>(req, "").await {
+            Ok(b) => answer(h.phase_next(b.skip_preflight).await),
+            Err(e) => error(e),
         },
-        (&Method::POST, "/admin/phase") => match read_json(req).await {
-            Ok(v) => match v.get("phase").and_then(Value::as_str) {
-                Some(name) => h.phase_set(name.to_string(), skip_preflight(&v)).await,
-                None => Err(AdminError::new(400, r#"body must be {"phase": "<name>"}"#)),
-            },
-            Err(e) => Err(e),
-        },
-        (&Method::POST, "/admin/rollback") => match read_json(req).await {
-            Ok(v) => {
-                let reason = v
-                    .get("reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("rollback requested through the admin API");
-                h.rollback(reason.to_string()).await
+        (&Method::POST, "/admin/phase") => {
+            match read_body::<PhaseRequest>(req, r#"{"phase": "<name>"}"#).await {
+                Ok(b) => answer(h.phase_set(b.phase, b.skip_preflight).await),
+                Err(e) => error(e),
             }
-            Err(e) => Err(e),
+        }
+        (&Method::POST, "/admin/rollback") => match read_body::<RollbackRequest>(req, "").await {
+            Ok(b) => {
+                let reason = b
+                    .reason
+                    .unwrap_or_else(|| "rollback requested through the admin API".into());
+                answer(h.rollback(reason).await)
+            }
+            Err(e) => error(e),
         },
-        (&Method::POST, "/admin/reload") => h.reload().await,
+        (&Method::POST, "/admin/reload") => answer(h.reload().await),
         (
             _,
             "/admin/status" | "/admin/stats" | "/admin/phase/next" | "/admin/phase"
             | "/admin/rollback" | "/admin/reload",
-        ) => Err(AdminError::new(
+        ) => error(AdminError::new(
             405,
             format!("{method} is not allowed on {path}"),
         )),
-        _ => Err(AdminError::new(404, format!("no such endpoint: {path}"))),
-    };
+        _ => error(AdminError::new(404, format!("no such endpoint: {path}"))),
+    }
+}
+
+fn answer<T: Serialize>(result: AdminResult<T>) -> Response<AdminBody> {
     match result {
         Ok(v) => json_resp(StatusCode::OK, &v),
         Err(e) => error(e),
     }
 }
 
-fn skip_preflight(v: &Value) -> bool {
-    v.get("skip_preflight").and_then(Value::as_bool) == Some(true)
-}
-
-/// An empty body counts as `{}` so `curl -X POST` works for calls whose fields are optional.
-async fn read_json(req: Request<Incoming>) -> Result<Value, AdminError> {
+/// Reads a request body of type `T`; an empty body counts as `{}` so `curl -X POST`
+/// works for calls whose fields are optional. `shape` names what is expected.
+async fn read_body<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    shape: &str,
+) -> Result<T, AdminError> {
     let body = Limited::new(req.into_body(), 64 * 1024)
         .collect()
         .await
         .map_err(|e| AdminError::new(400, format!("cannot read the body: {e}")))?
         .to_bytes();
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
-    }
-    serde_json::from_slice(&body)
-        .map_err(|e| AdminError::new(400, format!("body is not JSON: {e}")))
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        let expected = if shape.is_empty() {
+            String::new()
+        } else {
+            format!("body must be {shape}: ")
+        };
+        AdminError::new(400, format!("{expected}{e}"))
+    })
 }
 
-fn json_resp(status: StatusCode, v: &Value) -> Response<AdminBody> {
+fn json_resp<T: Serialize + ?Sized>(status: StatusCode, v: &T) -> Response<AdminBody> {
     let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
     body.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -220,10 +234,13 @@ fn json_resp(status: StatusCode, v: &Value) -> Response<AdminBody> {
 
 fn error(e: AdminError) -> Response<AdminBody> {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut body =
-        json!({"error": {"message": e.message, "type": "admin_error", "code": status.as_u16()}});
-    if !e.details.is_empty() {
-        body["error"]["details"] = json!(e.details);
-    }
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message: e.message,
+            kind: "admin_error".into(),
+            code: status.as_u16(),
+            details: e.details,
+        },
+    };
     json_resp(status, &body)
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use switchyard_core::api::{ClusterStatus, FleetWindowView, ReplicaView};
 use switchyard_core::config::{ClusterConfig, Phase};
 use switchyard_core::migration::NamedState;
 use switchyard_core::MigrationState;
@@ -42,6 +42,14 @@ impl FleetWindow {
         self.to_seen += o.to_seen;
         self.replicas += 1;
     }
+}
+
+/// What is stored under `<prefix>/replicas/<replica>`, on the replica's lease.
+#[derive(Debug, Serialize, Deserialize)]
+struct Heartbeat {
+    id: String,
+    phase: String,
+    last_seen_unix: u64,
 }
 
 /// What is stored under `<prefix>/windows/<replica>`. Not flattened: serde cannot read
@@ -91,7 +99,7 @@ pub struct Cluster {
     /// Revision of `state` this replica last applied or wrote (0: none yet).
     pub revision: AtomicI64,
     healthy: AtomicBool,
-    replicas: Mutex<Vec<Value>>,
+    replicas: Mutex<Vec<ReplicaView>>,
     /// This replica's judge windows, published each second, with the revision of the
     /// state they were counted under.
     local_window: Mutex<(i64, FleetWindow)>,
@@ -250,17 +258,27 @@ impl Cluster {
 
     /// Publishes this replica's heartbeat on `lease` and refreshes the list of live replicas.
     pub async fn heartbeat(&self, lease: i64, phase: &str) -> Result<(), StoreError> {
-        let me = json!({"id": self.replica_id, "phase": phase, "last_seen_unix": now_unix()});
+        let me = Heartbeat {
+            id: self.replica_id.clone(),
+            phase: phase.to_string(),
+            last_seen_unix: now_unix(),
+        };
+        let me = serde_json::to_vec(&me).map_err(|e| StoreError::Refused(e.to_string()))?;
         self.store
-            .put(&self.replica_key(), me.to_string().as_bytes(), Some(lease))
+            .put(&self.replica_key(), &me, Some(lease))
             .await?;
         let list = self
             .store
             .prefix(&format!("{}/replicas/", self.prefix))
             .await?;
-        let replicas: Vec<Value> = list
+        let replicas: Vec<ReplicaView> = list
             .iter()
-            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .filter_map(|kv| serde_json::from_slice::<Heartbeat>(&kv.value).ok())
+            .map(|h| ReplicaView {
+                id: h.id,
+                phase: h.phase,
+                last_seen: h.last_seen_unix,
+            })
             .collect();
         *self.replicas.lock().unwrap_or_else(|e| e.into_inner()) = replicas;
 
@@ -316,18 +334,28 @@ impl Cluster {
         Ok(())
     }
 
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> ClusterStatus {
         let replicas = self
             .replicas
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let replicas: Vec<Value> = replicas
-            .into_iter()
-            .map(|r| json!({"id": r["id"], "phase": r["phase"], "last_seen": r["last_seen_unix"]}))
-            .collect();
-        let fleet = self.fleet_window().filter(|(rev, _)| *rev == self.revision()).map(|(_, w)| json!({"requests": w.to.requests(), "from_requests": w.from.requests(), "replicas": w.replicas}));
-        json!({"store": "etcd", "healthy": self.healthy(), "replica_id": self.replica_id, "leader": self.is_leader(), "replicas": replicas, "to_window": fleet})
+        let to_window = self
+            .fleet_window()
+            .filter(|(rev, _)| *rev == self.revision())
+            .map(|(_, w)| FleetWindowView {
+                requests: w.to.requests(),
+                from_requests: w.from.requests(),
+                replicas: w.replicas,
+            });
+        ClusterStatus {
+            store: "etcd".into(),
+            healthy: self.healthy(),
+            replica_id: self.replica_id.clone(),
+            leader: self.is_leader(),
+            replicas,
+            to_window,
+        }
     }
 }
 

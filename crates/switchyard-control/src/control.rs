@@ -391,7 +391,7 @@ impl Control {
             m.preflight.timeout,
         )
         .await;
-        let summary = report.summary();
+        let summary = preflight::summary(&report);
         let ok = report.ok;
         *self
             .watch

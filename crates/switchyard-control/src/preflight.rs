@@ -8,7 +8,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Limited};
-use serde::{Deserialize, Serialize};
 use switchyard_proxy::body::RequestBody;
 use switchyard_proxy::upstream::Upstream;
 
@@ -18,51 +17,29 @@ pub const PREFLIGHT_USER_AGENT: &str = "switchyard-preflight";
 /// The most of a probe's answer read (for its error message).
 const ANSWER_MAX: usize = 64 << 10;
 
-/// One probe's outcome.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Probe {
-    /// The model asked for; `None` for the `GET <health_check.path>` used when no model
-    /// is priced.
-    pub model: Option<String>,
-    pub status: Option<u16>,
-    pub ok: bool,
-    /// What refused it, from the provider's error body or the connection.
-    pub detail: String,
-    pub latency_ms: u64,
-}
+pub use switchyard_core::api::{PreflightProbe as Probe, PreflightReport as Report};
 
-/// A provider's preflight.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Report {
-    pub provider: String,
-    pub ok: bool,
-    pub at_unix: u64,
-    pub probes: Vec<Probe>,
-}
-
-impl Report {
-    /// "`new` refused the preflight: deepseek-chat 401 (Incorrect API key provided)".
-    pub fn summary(&self) -> String {
-        let list = |ok: bool| {
-            self.probes
-                .iter()
-                .filter(|p| p.ok == ok)
-                .map(|p| {
-                    let what = p.model.as_deref().unwrap_or("GET models");
-                    match p.status {
-                        Some(s) if ok => format!("{what} {s}"),
-                        Some(s) => format!("{what} {s} ({})", p.detail),
-                        None => format!("{what}: {}", p.detail),
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if self.ok {
-            format!("`{}` passed the preflight: {}", self.provider, list(true))
-        } else {
-            format!("`{}` refused the preflight: {}", self.provider, list(false))
-        }
+/// "`new` refused the preflight: deepseek-chat 401 (Incorrect API key provided)".
+pub fn summary(r: &Report) -> String {
+    let list = |ok: bool| {
+        r.probes
+            .iter()
+            .filter(|p| p.ok == ok)
+            .map(|p| {
+                let what = p.model.as_deref().unwrap_or("GET models");
+                match p.status {
+                    Some(s) if ok => format!("{what} {s}"),
+                    Some(s) => format!("{what} {s} ({})", p.detail),
+                    None => format!("{what}: {}", p.detail),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if r.ok {
+        format!("`{}` passed the preflight: {}", r.provider, list(true))
+    } else {
+        format!("`{}` refused the preflight: {}", r.provider, list(false))
     }
 }
 

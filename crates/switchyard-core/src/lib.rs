@@ -5,6 +5,7 @@
 //! ([`migration`]), the stable router ([`router`]), pricing ([`pricing`]) and the
 //! error kinds with their HTTP mapping ([`error`]).
 
+pub mod api;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -13,6 +14,7 @@ pub mod migration;
 pub mod pricing;
 pub mod router;
 pub mod units;
+pub mod verdict;
 
 pub use config::{Config, ConfigError, ConfigErrors};
 pub use error::ErrorKind;

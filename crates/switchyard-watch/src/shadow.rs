@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde_json::{json, Value};
+use switchyard_core::api;
 use switchyard_core::event::ShadowEvent;
 
 use crate::stats::{latency_of, Latency};
@@ -75,7 +75,7 @@ impl ShadowStats {
     }
 
     /// `None` before anything was mirrored.
-    pub fn view(&self) -> Option<Value> {
+    pub fn view(&self) -> Option<api::ShadowSummary> {
         if self.results.is_empty() {
             return None;
         }
@@ -83,28 +83,46 @@ impl ShadowStats {
         let side = |v: &VecDeque<(u64, u64)>| {
             let p = latency_of(v.iter().map(|x| x.0));
             let s = latency_of(v.iter().map(|x| x.1));
-            let j = |l: Option<Latency>| l.map_or(Value::Null, Latency::to_json);
             let delta = |f: fn(&Latency) -> f64| match (p, s) {
-                (Some(p), Some(s)) => json!(((f(&s) - f(&p)) * 1000.0).round() / 1000.0),
-                _ => Value::Null,
+                (Some(p), Some(s)) => Some(((f(&s) - f(&p)) * 1000.0).round() / 1000.0),
+                _ => None,
             };
-            json!({"primary": j(p), "shadow": j(s), "delta_p50_ms": delta(|l| l.p50_ms), "delta_p95_ms": delta(|l| l.p95_ms)})
+            api::ShadowLatency {
+                primary: p.map(Latency::view),
+                shadow: s.map(Latency::view),
+                delta_p50_ms: delta(|l| l.p50_ms),
+                delta_p95_ms: delta(|l| l.p95_ms),
+            }
         };
-        Some(json!({
-            "requests": self.results,
-            "compared": self.compared,
-            "status_match_rate": self.status_match as f64 / n,
-            "exact_match_rate": self.exact_match as f64 / n,
-            "similarity_avg": if self.similarity_n > 0 { json!(self.similarity_sum / self.similarity_n as f64) } else { Value::Null },
-            "json": {"asked": self.json_asked, "primary_valid": self.primary_json_valid, "shadow_valid": self.shadow_json_valid},
-            "latency": side(&self.latency),
-            "ttft": side(&self.ttft),
-            "tokens": {
-                "primary": {"prompt": self.primary_tokens.0, "completion": self.primary_tokens.1},
-                "shadow": {"prompt": self.shadow_tokens.0, "completion": self.shadow_tokens.1},
+        let tokens = |(prompt, completion): (u64, u64)| api::TokenPair { prompt, completion };
+        Some(api::ShadowSummary {
+            requests: self
+                .results
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            compared: self.compared,
+            status_match_rate: self.status_match as f64 / n,
+            exact_match_rate: self.exact_match as f64 / n,
+            similarity_avg: (self.similarity_n > 0)
+                .then(|| self.similarity_sum / self.similarity_n as f64),
+            json: api::ShadowJson {
+                asked: self.json_asked,
+                primary_valid: self.primary_json_valid,
+                shadow_valid: self.shadow_json_valid,
             },
-            "cost_usd": {"primary": self.primary_cost, "shadow": self.shadow_cost, "delta": self.shadow_cost - self.primary_cost},
-        }))
+            latency: side(&self.latency),
+            ttft: side(&self.ttft),
+            tokens: api::ShadowTokens {
+                primary: tokens(self.primary_tokens),
+                shadow: tokens(self.shadow_tokens),
+            },
+            cost_usd: api::ShadowCost {
+                primary: self.primary_cost,
+                shadow: self.shadow_cost,
+                delta: self.shadow_cost - self.primary_cost,
+            },
+        })
     }
 }
 
@@ -151,7 +169,7 @@ mod tests {
             result: "dropped",
             comparison: None,
         });
-        let v = s.view().unwrap();
+        let v = serde_json::to_value(s.view().unwrap()).unwrap();
         assert_eq!(v["requests"]["completed"], 2);
         assert_eq!(v["requests"]["dropped"], 1);
         assert_eq!(v["status_match_rate"], 0.5);

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde_json::{json, Value};
+use switchyard_core::api;
 use switchyard_core::event::{Class, RequestEvent};
 
 #[derive(Debug, Clone, Copy)]
@@ -55,8 +55,15 @@ pub struct Latency {
 }
 
 impl Latency {
-    pub fn to_json(self) -> Value {
-        json!({"avg_ms": round3(self.avg_ms), "p50_ms": round3(self.p50_ms), "p95_ms": round3(self.p95_ms), "p99_ms": round3(self.p99_ms), "max_ms": round3(self.max_ms)})
+    /// As the admin API shows it: milliseconds to three decimals.
+    pub fn view(self) -> api::Latency {
+        api::Latency {
+            avg_ms: round3(self.avg_ms),
+            p50_ms: round3(self.p50_ms),
+            p95_ms: round3(self.p95_ms),
+            p99_ms: round3(self.p99_ms),
+            max_ms: round3(self.max_ms),
+        }
     }
 }
 
@@ -144,10 +151,11 @@ impl Stats {
         }
     }
 
-    /// The `/admin/stats` document. `from`/`to` name the migration's providers (for ROI).
-    pub fn view(&mut self, now_ms: u64, from: &str, to: &str, names: &[&str]) -> Value {
+    /// The `/admin/stats` document (its `shadow` and `verdict` are the control plane's to
+    /// fill in). `from`/`to` name the migration's providers (for ROI).
+    pub fn view(&mut self, now_ms: u64, from: &str, to: &str, names: &[&str]) -> api::Stats {
         self.prune(now_ms);
-        let mut providers = serde_json::Map::new();
+        let mut providers = BTreeMap::new();
         for name in names {
             let empty = ProviderStats::default();
             let p = self.providers.get(*name).unwrap_or(&empty);
@@ -173,73 +181,84 @@ impl Stats {
                 0.0
             }
         };
-        json!({
-            "window": {"requests": self.window_requests, "seconds": self.window.as_secs_f64()},
-            "providers": providers,
-            "roi": {
-                "observed_seconds": round3(observed_s),
-                "actual_cost_usd": actual,
-                "all_on_from_usd": all_on_from,
-                "all_on_to_usd": all_on_to,
-                "savings_so_far_usd": all_on_from - actual,
-                "savings_at_100_percent_usd": all_on_from - all_on_to,
-                "monthly_cost_all_on_from_usd": per_month(all_on_from),
-                "monthly_cost_all_on_to_usd": per_month(all_on_to),
-                "monthly_savings_at_100_percent_usd": per_month(all_on_from - all_on_to),
+        api::Stats {
+            window: api::StatsWindow {
+                requests: self.window_requests,
+                seconds: self.window.as_secs_f64(),
             },
-        })
+            providers,
+            roi: api::Roi {
+                observed_seconds: round3(observed_s),
+                actual_cost_usd: actual,
+                all_on_from_usd: all_on_from,
+                all_on_to_usd: all_on_to,
+                savings_so_far_usd: all_on_from - actual,
+                savings_at_100_percent_usd: all_on_from - all_on_to,
+                monthly_cost_all_on_from_usd: per_month(all_on_from),
+                monthly_cost_all_on_to_usd: per_month(all_on_to),
+                monthly_savings_at_100_percent_usd: per_month(all_on_from - all_on_to),
+            },
+            shadow: None,
+            verdict: None,
+        }
     }
 }
 
-fn provider_view(p: &ProviderStats) -> Value {
+fn provider_view(p: &ProviderStats) -> api::ProviderStats {
     let t = &p.totals;
     let n = p.window.len() as f64;
-    let mut window_class: BTreeMap<&'static str, u64> =
-        Class::ALL.iter().map(|c| (c.label(), 0)).collect();
+    let mut window_class: BTreeMap<String, u64> = Class::ALL
+        .iter()
+        .map(|c| (c.label().to_string(), 0))
+        .collect();
     for s in &p.window {
-        *window_class.entry(s.class.label()).or_default() += 1;
+        *window_class.entry(s.class.label().to_string()).or_default() += 1;
     }
-    let rate = |k: &str| {
-        if n > 0.0 {
-            window_class[k] as f64 / n
-        } else {
-            0.0
-        }
-    };
+    let rate = |count: u64| if n > 0.0 { count as f64 / n } else { 0.0 };
     let provider_errors = p
         .window
         .iter()
         .filter(|s| s.class.is_provider_error())
-        .count() as f64;
-    let lat =
-        latency_of(p.window.iter().map(|s| s.latency_us)).map_or(Value::Null, Latency::to_json);
-    let ttfb =
-        latency_of(p.window.iter().filter_map(|s| s.ttfb_us)).map_or(Value::Null, Latency::to_json);
-    let totals: BTreeMap<&str, u64> = Class::ALL
+        .count() as u64;
+    let mut error_rate: BTreeMap<String, f64> = [
+        Class::ClientError,
+        Class::Auth,
+        Class::Refused,
+        Class::ServerError,
+        Class::Timeout,
+        Class::Connect,
+        Class::StreamCut,
+    ]
+    .iter()
+    .map(|c| (c.label().to_string(), rate(window_class[c.label()])))
+    .collect();
+    error_rate.insert("provider_errors".into(), rate(provider_errors));
+    let outcomes = Class::ALL
         .iter()
-        .map(|c| (c.label(), t.by_class.get(c.label()).copied().unwrap_or(0)))
+        .map(|c| {
+            let n = t.by_class.get(c.label()).copied().unwrap_or(0);
+            (c.label().to_string(), n)
+        })
         .collect();
-    json!({
-        "requests": t.requests,
-        "outcomes": totals,
-        "latency": lat,
-        "ttfb": ttfb,
-        "error_rate": {
-            "4xx": rate("4xx"),
-            "auth": rate("auth"),
-            "refused": rate("refused"),
-            "5xx": rate("5xx"),
-            "timeout": rate("timeout"),
-            "connect_error": rate("connect_error"),
-            "stream_cut": rate("stream_cut"),
-            "provider_errors": if n > 0.0 { provider_errors / n } else { 0.0 },
+    api::ProviderStats {
+        requests: t.requests,
+        outcomes,
+        latency: latency_of(p.window.iter().map(|s| s.latency_us)).map(Latency::view),
+        ttfb: latency_of(p.window.iter().filter_map(|s| s.ttfb_us)).map(Latency::view),
+        error_rate,
+        window: api::WindowCounts {
+            requests: p.window.len(),
+            outcomes: window_class,
         },
-        "window": {"requests": p.window.len(), "outcomes": window_class},
-        "tokens": {"prompt": t.prompt_tokens, "completion": t.completion_tokens, "total": t.prompt_tokens + t.completion_tokens},
-        "cost_usd": t.cost_usd,
-        "cost_on_other_provider_usd": t.cost_if_other_usd,
-        "unpriced_requests": t.unpriced,
-    })
+        tokens: api::Tokens {
+            prompt: t.prompt_tokens,
+            completion: t.completion_tokens,
+            total: t.prompt_tokens + t.completion_tokens,
+        },
+        cost_usd: t.cost_usd,
+        cost_on_other_provider_usd: t.cost_if_other_usd,
+        unpriced_requests: t.unpriced,
+    }
 }
 
 #[cfg(test)]
@@ -274,7 +293,7 @@ mod tests {
             };
             s.record(&ev("new", class, i), 1000);
         }
-        let v = s.view(2000, "old", "new", &["old", "new"]);
+        let v = serde_json::to_value(s.view(2000, "old", "new", &["old", "new"])).unwrap();
         let new = &v["providers"]["new"];
         assert_eq!(new["requests"], 100);
         assert_eq!(new["error_rate"]["5xx"], 0.1);
@@ -298,13 +317,13 @@ mod tests {
         for i in 0..5 {
             s.record(&ev("old", Class::Success, 10), i * 1000);
         }
-        let v = s.view(5_000, "old", "new", &["old"]);
+        let v = serde_json::to_value(s.view(5_000, "old", "new", &["old"])).unwrap();
         assert_eq!(v["providers"]["old"]["window"]["requests"], 3);
         assert_eq!(v["providers"]["old"]["requests"], 5);
-        let v = s.view(14_500, "old", "new", &["old"]);
+        let v = serde_json::to_value(s.view(14_500, "old", "new", &["old"])).unwrap();
         // samples at 2s, 3s, 4s; the horizon is 4.5s
         assert_eq!(v["providers"]["old"]["window"]["requests"], 0);
-        assert_eq!(v["providers"]["old"]["latency"], Value::Null);
+        assert_eq!(v["providers"]["old"]["latency"], serde_json::Value::Null);
     }
 
     #[test]
@@ -312,7 +331,7 @@ mod tests {
         let mut s = Stats::new(100, Duration::from_secs(60));
         s.record(&ev("old", Class::Success, 10), 0);
         s.record(&ev("new", Class::Success, 10), 0);
-        let v = s.view(10_000, "old", "new", &["old", "new"]);
+        let v = serde_json::to_value(s.view(10_000, "old", "new", &["old", "new"])).unwrap();
         let roi = &v["roi"];
         let all_on_from = roi["all_on_from_usd"].as_f64().unwrap();
         let all_on_to = roi["all_on_to_usd"].as_f64().unwrap();

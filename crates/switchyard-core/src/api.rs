@@ -1,0 +1,357 @@
+//! The admin API's documents, as types: built by the control plane, served by the admin
+//! API, read by the CLI and the tests. The JSON they make is the documented contract; the
+//! round-trip test below pins it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::migration::Trigger;
+use crate::verdict::Verdict;
+
+/// `GET /admin/status`, and the answer of every phase change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub from: String,
+    pub to: String,
+    pub phase: PhaseView,
+    /// Share of routing keys sent to `to` now.
+    pub percent: f64,
+    pub phase_since_unix: u64,
+    pub auto_advance: bool,
+    /// Why the phase gate waits (with `auto_advance`).
+    pub gate: Option<String>,
+    pub rolled_back: bool,
+    pub rollback_reason: Option<String>,
+    pub rollback_trigger: Option<Trigger>,
+    /// The phase a rollback left, while rolled back.
+    pub rolled_back_from: Option<String>,
+    pub phases: Vec<PhaseInfo>,
+    pub config_version: u64,
+    pub providers: BTreeMap<String, ProviderHealth>,
+    /// Cluster mode only.
+    pub cluster: Option<ClusterStatus>,
+    /// The judge's current verdict, once something was judged in this phase.
+    pub verdict: Option<Verdict>,
+    /// The last preflight of `to`.
+    pub preflight: Option<PreflightReport>,
+    pub state_file: StateFileStatus,
+}
+
+/// The phase in effect; while rolled back `{"name": "rollback", "index": null, "percent": 0}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseView {
+    pub name: String,
+    pub index: Option<usize>,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseInfo {
+    pub name: String,
+    pub percent: f64,
+    pub hold_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderHealth {
+    pub healthy: bool,
+    /// Whether a health check has run yet.
+    pub checked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub store: String,
+    /// Whether the store answers.
+    pub healthy: bool,
+    pub replica_id: String,
+    pub leader: bool,
+    pub replicas: Vec<ReplicaView>,
+    /// The judge's windows summed over the fleet, for the current state.
+    pub to_window: Option<FleetWindowView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub id: String,
+    pub phase: String,
+    pub last_seen: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetWindowView {
+    pub requests: u64,
+    pub from_requests: u64,
+    pub replicas: usize,
+}
+
+/// Whether the live state is in the state file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateFileStatus {
+    pub path: String,
+    pub saved: bool,
+    pub error: Option<String>,
+}
+
+/// A provider's preflight: one probe per priced model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreflightReport {
+    pub provider: String,
+    pub ok: bool,
+    pub at_unix: u64,
+    pub probes: Vec<PreflightProbe>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreflightProbe {
+    /// The model asked for; `None` for the `GET <health_check.path>` used when no model
+    /// is priced.
+    pub model: Option<String>,
+    pub status: Option<u16>,
+    pub ok: bool,
+    /// What refused it, from the provider's error body or the connection.
+    pub detail: String,
+    pub latency_ms: u64,
+}
+
+/// `GET /admin/stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub window: StatsWindow,
+    pub providers: BTreeMap<String, ProviderStats>,
+    pub roi: Roi,
+    pub shadow: Option<ShadowSummary>,
+    pub verdict: Option<Verdict>,
+}
+
+/// The rolling window latencies and rates are over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsWindow {
+    pub requests: usize,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderStats {
+    /// Since start.
+    pub requests: u64,
+    /// Since start, by outcome class.
+    pub outcomes: BTreeMap<String, u64>,
+    pub latency: Option<Latency>,
+    pub ttfb: Option<Latency>,
+    /// Over the window, by outcome class, and `provider_errors`.
+    pub error_rate: BTreeMap<String, f64>,
+    pub window: WindowCounts,
+    pub tokens: Tokens,
+    pub cost_usd: f64,
+    pub cost_on_other_provider_usd: f64,
+    pub unpriced_requests: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub avg_ms: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowCounts {
+    pub requests: usize,
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub prompt: u64,
+    pub completion: u64,
+    pub total: u64,
+}
+
+/// What the traffic seen so far cost, what it would have cost all on one side, and the
+/// monthly projection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Roi {
+    pub observed_seconds: f64,
+    pub actual_cost_usd: f64,
+    pub all_on_from_usd: f64,
+    pub all_on_to_usd: f64,
+    pub savings_so_far_usd: f64,
+    pub savings_at_100_percent_usd: f64,
+    pub monthly_cost_all_on_from_usd: f64,
+    pub monthly_cost_all_on_to_usd: f64,
+    pub monthly_savings_at_100_percent_usd: f64,
+}
+
+/// The shadow comparison, once anything was mirrored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowSummary {
+    /// Mirrored requests by result (`completed`, `error`, `timeout`, `dropped` …).
+    pub requests: BTreeMap<String, u64>,
+    pub compared: u64,
+    pub status_match_rate: f64,
+    pub exact_match_rate: f64,
+    pub similarity_avg: Option<f64>,
+    pub json: ShadowJson,
+    pub latency: ShadowLatency,
+    pub ttft: ShadowLatency,
+    pub tokens: ShadowTokens,
+    pub cost_usd: ShadowCost,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowJson {
+    pub asked: u64,
+    pub primary_valid: u64,
+    pub shadow_valid: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowLatency {
+    pub primary: Option<Latency>,
+    pub shadow: Option<Latency>,
+    pub delta_p50_ms: Option<f64>,
+    pub delta_p95_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenPair {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowTokens {
+    pub primary: TokenPair,
+    pub shadow: TokenPair,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ShadowCost {
+    pub primary: f64,
+    pub shadow: f64,
+    pub delta: f64,
+}
+
+/// `POST /admin/phase`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseRequest {
+    pub phase: String,
+    /// Move even if `to` refuses the preflight.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_preflight: bool,
+}
+
+/// `POST /admin/phase/next` (the body is optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextRequest {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_preflight: bool,
+}
+
+/// `POST /admin/rollback` (the body is optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /admin/reload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadAnswer {
+    pub config_version: u64,
+}
+
+/// Every admin error: `{"error": {"message", "type", "code", "details"?}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub code: u16,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn round_trip<T: Serialize + for<'de> Deserialize<'de>>(v: Value) {
+        let typed: T = serde_json::from_value(v.clone()).expect("reads the documented JSON");
+        assert_eq!(
+            serde_json::to_value(&typed).unwrap(),
+            v,
+            "writes it back unchanged"
+        );
+    }
+
+    /// The documented documents, field for field.
+    #[test]
+    fn the_json_is_pinned() {
+        round_trip::<Status>(json!({
+            "from": "old", "to": "new",
+            "phase": {"name": "rollback", "index": null, "percent": 0.0},
+            "percent": 0.0, "phase_since_unix": 1795723527u64, "auto_advance": false,
+            "gate": null, "rolled_back": true, "rollback_reason": "new side broken",
+            "rollback_trigger": "admin", "rolled_back_from": "phase-3",
+            "phases": [{"name": "phase-1", "percent": 10.0, "hold_seconds": 86400}],
+            "config_version": 3,
+            "providers": {"new": {"healthy": true, "checked": true}},
+            "cluster": {"store": "etcd", "healthy": true, "replica_id": "gw-a", "leader": true,
+                        "replicas": [{"id": "gw-a", "phase": "rollback", "last_seen": 1795723527u64}],
+                        "to_window": {"requests": 0, "from_requests": 12, "replicas": 3}},
+            "verdict": null,
+            "preflight": {"provider": "new", "ok": false, "at_unix": 1795723000u64,
+                          "probes": [{"model": "deepseek-chat", "status": 401, "ok": false,
+                                      "detail": "Incorrect API key provided", "latency_ms": 95}]},
+            "state_file": {"path": "/var/lib/switchyard/state.json", "saved": false,
+                           "error": "cannot save the migration state to …: Permission denied"},
+        }));
+        let latency =
+            json!({"avg_ms": 1.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "max_ms": 4.0});
+        round_trip::<Stats>(json!({
+            "window": {"requests": 1000, "seconds": 300.0},
+            "providers": {"new": {
+                "requests": 3, "outcomes": {"2xx": 2, "auth": 1},
+                "latency": latency, "ttfb": null,
+                "error_rate": {"4xx": 0.0, "auth": 0.333, "provider_errors": 0.333},
+                "window": {"requests": 3, "outcomes": {"2xx": 2, "auth": 1}},
+                "tokens": {"prompt": 10, "completion": 5, "total": 15},
+                "cost_usd": 0.001, "cost_on_other_provider_usd": 0.002, "unpriced_requests": 0,
+            }},
+            "roi": {"observed_seconds": 60.0, "actual_cost_usd": 0.001, "all_on_from_usd": 0.002,
+                    "all_on_to_usd": 0.001, "savings_so_far_usd": 0.001, "savings_at_100_percent_usd": 0.001,
+                    "monthly_cost_all_on_from_usd": 86.4, "monthly_cost_all_on_to_usd": 43.2,
+                    "monthly_savings_at_100_percent_usd": 43.2},
+            "shadow": {"requests": {"completed": 4}, "compared": 4, "status_match_rate": 1.0,
+                       "exact_match_rate": 0.5, "similarity_avg": 0.8,
+                       "json": {"asked": 0, "primary_valid": 0, "shadow_valid": 0},
+                       "latency": {"primary": latency, "shadow": latency, "delta_p50_ms": 0.0, "delta_p95_ms": 0.0},
+                       "ttft": {"primary": null, "shadow": null, "delta_p50_ms": null, "delta_p95_ms": null},
+                       "tokens": {"primary": {"prompt": 1, "completion": 2}, "shadow": {"prompt": 1, "completion": 3}},
+                       "cost_usd": {"primary": 0.1, "shadow": 0.05, "delta": -0.05}},
+            "verdict": null,
+        }));
+        round_trip::<PhaseRequest>(json!({"phase": "phase-2"}));
+        round_trip::<PhaseRequest>(json!({"phase": "phase-2", "skip_preflight": true}));
+        round_trip::<NextRequest>(json!({}));
+        round_trip::<RollbackRequest>(json!({"reason": "slow"}));
+        round_trip::<ReloadAnswer>(json!({"config_version": 4}));
+        round_trip::<ErrorBody>(
+            json!({"error": {"message": "m", "type": "admin_error", "code": 409}}),
+        );
+        round_trip::<ErrorBody>(
+            json!({"error": {"message": "m", "type": "admin_error", "code": 400, "details": ["a:1: b"]}}),
+        );
+    }
+}
