@@ -15,8 +15,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
+use switchyard_http::HttpClient;
 use switchyard_proxy::sniff::SseScan;
-use switchyard_watch::alerts::{http_client, HttpClient};
 use switchyard_watch::stats::{latency_of, Latency};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -206,7 +206,8 @@ pub fn run(args: LoadtestArgs) -> ExitCode {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let shot = Arc::new(Shot {
-        client: http_client(args.concurrency),
+        client: switchyard_http::client(args.concurrency, None)
+            .expect("public roots alone always make a client"),
         url,
         body: Bytes::from(body.to_string()),
         auth: args.api_key.clone().filter(|k| !k.is_empty()),

@@ -20,9 +20,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use switchyard_core::config::ProviderConfig;
 
 use crate::body::{BoxError, RequestBody};
@@ -114,45 +111,11 @@ impl Upstream {
             }
             None => None,
         };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        // Nagle plus delayed ACK stalls small keep-alive requests by ~40 ms.
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-
-        let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(ca) = &config.ca_file {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-                .map_err(|e| err(format!("ca_file {}: {e}", ca.display())))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| err(format!("ca_file {}: {e}", ca.display())))?;
-            if certs.is_empty() {
-                return Err(err(format!(
-                    "ca_file {}: no PEM certificate in it",
-                    ca.display()
-                )));
-            }
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| err(format!("ca_file {}: {e}", ca.display())))?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(format!("tls: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let roots = switchyard_http::roots(config.ca_file.as_deref())
+            .map_err(|e| err(format!("ca_file {e}")))?;
+        let tls = switchyard_http::tls_config(roots).map_err(err)?;
         // HTTP/1.1 only: HTTP/2 would multiplex every request onto one capped connection.
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = switchyard_http::connector(tls, config.connect_timeout);
         let scheme = if config.https {
             Scheme::HTTPS
         } else {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use serde_json::{json, Value};
-use switchyard_watch::alerts::{http_client, http_client_with_ca, HttpClient};
+use switchyard_http::HttpClient;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EtcdError {
@@ -97,7 +97,8 @@ impl Etcd {
     /// `endpoints`: `http://host:port` URLs of the etcd cluster.
     pub fn new(endpoints: Vec<String>) -> Self {
         Etcd {
-            client: http_client(4),
+            client: switchyard_http::client(4, None)
+                .expect("public roots alone always make a client"),
             endpoints,
             current: AtomicUsize::new(0),
             timeout: Duration::from_secs(2),
@@ -113,7 +114,7 @@ impl Etcd {
         ca_file: Option<&std::path::Path>,
     ) -> Result<Self, String> {
         Ok(Etcd {
-            client: http_client_with_ca(4, ca_file)?,
+            client: switchyard_http::client(4, ca_file)?,
             auth,
             ..Etcd::new(endpoints)
         })

@@ -9,11 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
+use switchyard_http::HttpClient;
 use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -130,58 +127,12 @@ impl Alerter {
 }
 
 /// A small HTTP(S) client with public roots: for webhooks here, and for `switchyard loadtest`.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// `pool_max_idle` connections per host are kept for reuse.
-pub fn http_client(pool_max_idle: usize) -> HttpClient {
-    http_client_with_ca(pool_max_idle, None).expect("public roots alone always make a client")
-}
-
-/// The same, trusting the PEM certificates in `ca_file` beside the public roots.
-pub fn http_client_with_ca(
-    pool_max_idle: usize,
-    ca_file: Option<&std::path::Path>,
-) -> Result<HttpClient, String> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = ca_file {
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca)
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
-        for c in certs {
-            roots
-                .add(c.map_err(|e| format!("{}: {e}", ca.display()))?)
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .pool_max_idle_per_host(pool_max_idle)
-        .build(https))
-}
-
 async fn deliver(
     mut rx: mpsc::Receiver<Alert>,
     settings: Arc<Mutex<Settings>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let client = http_client(4);
+    let client = switchyard_http::client(4, None).expect("public roots alone always make a client");
     loop {
         let alert = tokio::select! {
             _ = stop.changed() => return,

@@ -1,0 +1,99 @@
+//! The one place switchyard builds TLS trust and outbound HTTP(S) clients: the public web
+//! roots plus an optional private CA, the ring provider, TCP_NODELAY. Provider connections
+//! (switchyard-proxy), webhooks (switchyard-watch), the etcd client (switchyard-store) and
+//! `switchyard loadtest` all come through here, so a change of trust is made once.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+/// The public web roots, plus the PEM certificates in `ca_file` (a private CA) when given.
+pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("{}: {e}", ca.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", ca.display()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// A TLS client config trusting `roots` (ring, TLS 1.2 and 1.3).
+pub fn tls_config(roots: RootCertStore) -> Result<rustls::ClientConfig, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("tls: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+/// A TCP connector for `http://` and `https://` alike, with Nagle off (small keep-alive
+/// requests otherwise stall ~40 ms on delayed ACKs).
+pub fn connector(
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}
+
+/// A pooled client for small control-plane calls (webhooks, etcd, loadtest).
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// `pool_max_idle` connections per host are kept for reuse; `ca_file` is trusted beside
+/// the public roots.
+pub fn client(pool_max_idle: usize, ca_file: Option<&Path>) -> Result<HttpClient, String> {
+    let https = connector(tls_config(roots(ca_file)?)?, Duration::from_secs(5));
+    // Without a timer the pool ignores its idle timeout.
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_max_idle_per_host(pool_max_idle)
+        .build(https))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_ca_files_are_checked() {
+        let public = roots(None).unwrap().len();
+        assert!(public > 100, "the web's roots: {public}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        assert!(roots(Some(&empty))
+            .unwrap_err()
+            .contains("no PEM certificate"));
+        assert!(roots(Some(&dir.path().join("missing.pem"))).is_err());
+        assert!(client(1, None).is_ok());
+    }
+}
