@@ -91,7 +91,6 @@ fn main() -> ExitCode {
         Command::Serve { config } => {
             init_logging();
             let workers = serve::worker_count();
-            switchyard_proxy::upstream::set_workers(workers);
             // The control plane (admin API, watchers, reloads) gets a small runtime of its own;
             // the proxy workers run beside it, one per core.
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -241,7 +240,7 @@ fn probe_providers(c: &switchyard_core::Config) -> ExitCode {
                 p.name
             );
         }
-        let up = match switchyard_proxy::upstream::Upstream::build(p, key) {
+        let up = match switchyard_proxy::upstream::Upstream::build(p, key, 1) {
             Ok(up) => up,
             Err(e) => {
                 eprintln!("{e}");

@@ -98,7 +98,8 @@ fn bind_reuseport(
 pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
     let prometheus = install_metrics()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let running = switchyard_control::start(path, prometheus.clone(), stop_rx.clone()).await?;
+    let running =
+        switchyard_control::start(path, prometheus.clone(), workers, stop_rx.clone()).await?;
     let (control, config) = (running.control.clone(), running.config.clone());
 
     let tls = match &config.tls {
@@ -152,17 +153,22 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
         let t = std::thread::Builder::new()
             .name(format!("switchyard-w{i}"))
             .spawn(move || -> Result<usize, String> {
-                switchyard_proxy::upstream::enter_worker(i);
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .map_err(|e| e.to_string())?;
                 rt.block_on(async move {
                     let listener = TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-                    Ok(
-                        switchyard_proxy::serve(listener, tls, gateway, limits, permits, stop)
-                            .await,
+                    Ok(switchyard_proxy::serve(
+                        listener,
+                        tls,
+                        gateway,
+                        limits,
+                        permits,
+                        switchyard_proxy::upstream::Worker(i),
+                        stop,
                     )
+                    .await)
                 })
             })
             .map_err(|e| format!("cannot start proxy worker {i}: {e}"))?;

@@ -92,17 +92,19 @@ impl Control {
     pub fn start(
         path: PathBuf,
         prometheus: PrometheusHandle,
+        workers: usize,
         events: mpsc::Sender<RequestEvent>,
         shadow_events: mpsc::Sender<ShadowEvent>,
         stop: watch::Receiver<bool>,
     ) -> Result<(Control, Arc<Config>), String> {
-        Self::start_with_store(path, prometheus, events, shadow_events, stop, None)
+        Self::start_with_store(path, prometheus, workers, events, shadow_events, stop, None)
     }
 
     /// As [`Control::start`], with the cluster's state in `store` instead of etcd.
     pub fn start_with_store(
         path: PathBuf,
         prometheus: PrometheusHandle,
+        workers: usize,
         events: mpsc::Sender<RequestEvent>,
         shadow_events: mpsc::Sender<ShadowEvent>,
         stop: watch::Receiver<bool>,
@@ -112,8 +114,9 @@ impl Control {
         let config = Arc::new(parse(&text, &path).map_err(|e| e.join("\n"))?);
         let state_path = state_file::path_for(&path, config.state_file.as_deref());
         let (state, entered_at) = state_file::initial(&config, &state_path);
-        let (snapshot, warnings) = Snapshot::build(config.clone(), 1, state, 0, &read_env, None)
-            .map_err(|e| e.to_string())?;
+        let (snapshot, warnings) =
+            Snapshot::build(config.clone(), 1, state, 0, &read_env, None, workers)
+                .map_err(|e| e.to_string())?;
         for w in warnings {
             tracing::warn!("{w}");
         }
@@ -291,6 +294,7 @@ impl Control {
             epoch,
             &read_env,
             Some(&current),
+            current.workers,
         ) {
             Ok(s) => s,
             Err(e) => return Err(self.reload_failed(cause, vec![e.to_string()])),
@@ -311,6 +315,7 @@ impl Control {
                 live.epoch + 1,
                 &read_env,
                 Some(&live),
+                live.workers,
             )
             .map_err(|e| self.reload_failed(cause, vec![e.to_string()]))?;
             self.gateway.store(snapshot);

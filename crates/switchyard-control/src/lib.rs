@@ -45,11 +45,19 @@ pub struct Running {
 pub async fn start(
     path: PathBuf,
     prometheus: PrometheusHandle,
+    workers: usize,
     stop: signal::Receiver<bool>,
 ) -> Result<Running, String> {
     let (events_tx, events_rx) = mpsc::channel(watch::EVENT_QUEUE);
     let (shadow_tx, shadow_rx) = mpsc::channel(watch::EVENT_QUEUE);
-    let (control, config) = Control::start(path, prometheus, events_tx, shadow_tx, stop.clone())?;
+    let (control, config) = Control::start(
+        path,
+        prometheus,
+        workers,
+        events_tx,
+        shadow_tx,
+        stop.clone(),
+    )?;
     let control = Arc::new(control);
     if let Some(c) = control.cluster.clone() {
         control.join_cluster().await;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Limited};
 use switchyard_proxy::body::RequestBody;
-use switchyard_proxy::upstream::Upstream;
+use switchyard_proxy::upstream::{Upstream, Worker};
 
 /// Sent with every probe, so providers' logs (and the test mock) can tell them apart.
 pub const PREFLIGHT_USER_AGENT: &str = "switchyard-preflight";
@@ -129,7 +129,7 @@ async fn exchange(up: &Upstream, model: Option<&str>, path: &str) -> Result<(u16
         h.insert(header::AUTHORIZATION, a.clone());
     }
     let (resp, lease) = up
-        .send(req)
+        .send(Worker::CONTROL, req)
         .await
         .map_err(|e| format!("cannot reach it: {e}"))?;
     let status = resp.status().as_u16();

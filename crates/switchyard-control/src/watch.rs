@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Limited};
 use switchyard_core::event::{RequestEvent, ShadowEvent};
 use switchyard_core::router::Side;
 use switchyard_proxy::body::RequestBody;
-use switchyard_proxy::upstream::Upstream;
+use switchyard_proxy::upstream::{Upstream, Worker};
 use switchyard_watch::judge::look_step;
 use switchyard_watch::{
     gate, judge as judge_window, Alert, Gate, Judgement, Looks, Sides, Summary, Verdict, Windows,
@@ -80,10 +80,6 @@ async fn judge(
         // or a later one, never an earlier one.
         let revision = control.cluster.as_ref().map(|c| c.revision());
         let snap = control.gateway().load();
-        if ticks.is_multiple_of(200) {
-            // Every 10 s: a quiet gateway should not hold provider connections forever.
-            snap.upstreams.iter().for_each(|up| up.close_idle());
-        }
         if ticks.is_multiple_of(40) {
             // Every 2 s: a state that could not be saved is tried again.
             control.retry_unsaved();
@@ -237,6 +233,8 @@ async fn health(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
         let hc = snap.config.health_check.clone();
         for up in &snap.upstreams {
             let ok = probe(up, &hc.path, hc.timeout).await;
+            // The control plane's own pool (probes, preflight) is swept here.
+            up.close_idle(Worker::CONTROL);
             let changed = {
                 let mut health = control
                     .watch
@@ -293,7 +291,7 @@ async fn probe(up: &Upstream, path: &str, timeout: Duration) -> Result<(), Strin
     }
     let exchange = async {
         let (resp, lease) = up
-            .send(req)
+            .send(Worker::CONTROL, req)
             .await
             .map_err(|e| format!("cannot reach it: {e}"))?;
         let status = resp.status();

@@ -55,6 +55,7 @@ fn replica(dir: &Path, name: &str, extra: &str, store: Option<Arc<MemoryStore>>)
     let (control, _) = Control::start_with_store(
         path,
         prometheus,
+        1,
         events,
         shadows,
         stop,

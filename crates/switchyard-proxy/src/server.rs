@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::service::{stack, ConnInfo};
 use crate::snapshot::Gateway;
+use crate::upstream::Worker;
 
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
@@ -41,7 +42,11 @@ impl ServerLimits {
     }
 }
 
-/// `permits` caps open connections; workers sharing one listener port share it.
+/// How often a worker closes its provider connections idle past their timeout.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Serves as proxy `worker` (its requests use that worker's provider pools, which it also
+/// sweeps). `permits` caps open connections; workers sharing one listener port share it.
 /// Serves until `shutdown` turns true, then stops accepting at once and lets open
 /// requests and streams finish for up to `limits.shutdown_grace`.
 /// Returns how many connections were still open when the grace period ran out.
@@ -51,8 +56,24 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     limits: ServerLimits,
     permits: Arc<Semaphore>,
+    worker: Worker,
     mut shutdown: watch::Receiver<bool>,
 ) -> usize {
+    let sweeper = {
+        let gateway = gateway.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tick.tick() => {
+                        gateway.load().upstreams.iter().for_each(|u| u.close_idle(worker));
+                    }
+                }
+            }
+        })
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -92,7 +113,10 @@ pub async fn serve(
             p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
         };
         let _ = stream.set_nodelay(true);
-        let conn_info = Arc::new(ConnInfo::default());
+        let conn_info = Arc::new(ConnInfo {
+            worker,
+            ..ConnInfo::default()
+        });
         let svc = TowerToHyperService::new(stack(gateway.clone(), conn_info.clone()));
         let builder = builder.clone();
         match &tls {
@@ -131,6 +155,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    sweeper.abort();
     tracing::info!(grace = ?limits.shutdown_grace, "stopped accepting; draining open requests");
     let open = graceful.count();
     match tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await {

@@ -61,7 +61,7 @@ use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Outcome, EVENTS_DROPPED, REJECTED_TOTAL};
 use crate::shadow::{self, Mirror, Pair, SideResult};
 use crate::snapshot::{Gateway, Snapshot};
-use crate::upstream::{Lease, SendError, Upstream};
+use crate::upstream::{Lease, SendError, Upstream, Worker};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_SWITCHYARD_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
@@ -76,6 +76,8 @@ pub struct ConnInfo {
     /// Set by the connection's framing guard when a request head carried both
     /// `Content-Length` and `Transfer-Encoding`.
     pub framing_violation: AtomicBool,
+    /// The proxy worker serving the connection: its requests use that worker's pools.
+    pub worker: Worker,
 }
 
 /// The service stack for one connection; see the module docs for the order and why.
@@ -92,6 +94,7 @@ pub fn stack(
 > + Clone
        + Send
        + 'static {
+    let worker = conn.worker;
     ServiceBuilder::new()
         .map_request(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(gw.load());
@@ -136,7 +139,7 @@ pub fn stack(
                 Ok(())
             },
         ))
-        .service(Forward)
+        .service(Forward { worker })
 }
 
 /// Makes `x-request-id` values: random UUIDs (v4), formatted without a heap string.
@@ -169,9 +172,11 @@ fn request_id_of<B>(req: &Request<B>) -> HeaderValue {
     }
 }
 
-/// The innermost service: route, rewrite, send, respond.
+/// The innermost service: route, rewrite, send, respond, on `worker`'s connections.
 #[derive(Clone, Copy)]
-pub struct Forward;
+pub struct Forward {
+    worker: Worker,
+}
 
 impl Service<Request<Incoming>> for Forward {
     type Response = Response<GatewayBody>;
@@ -183,11 +188,12 @@ impl Service<Request<Incoming>> for Forward {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        Box::pin(async move { Ok(forward(req).await) })
+        let worker = self.worker;
+        Box::pin(async move { Ok(forward(req, worker).await) })
     }
 }
 
-async fn forward(mut req: Request<Incoming>) -> Response<GatewayBody> {
+async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<GatewayBody> {
     // Taken, not cloned: every count change of the shared snapshot crosses cores.
     let snap = req
         .extensions_mut()
@@ -253,7 +259,14 @@ async fn forward(mut req: Request<Incoming>) -> Response<GatewayBody> {
                         uri: parts.uri.clone(),
                         headers: parts.headers.clone(),
                     };
-                    tokio::spawn(shadow::run(snap.clone(), mirror, rx, pair.clone(), permit));
+                    tokio::spawn(shadow::run(
+                        snap.clone(),
+                        mirror,
+                        rx,
+                        pair.clone(),
+                        permit,
+                        worker,
+                    ));
                     ex.shadow = Some(pair);
                     tee = Some(t);
                 }
@@ -324,7 +337,7 @@ async fn forward(mut req: Request<Incoming>) -> Response<GatewayBody> {
         let sent = first_byte_within(
             up.config.timeout,
             ex.shared.as_deref(),
-            up.send(upstream_req),
+            up.send(worker, upstream_req),
         )
         .await;
         match sent {

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use crate::body::{RequestBody, RequestShared, TeeResult};
 use crate::snapshot::Snapshot;
 use crate::sniff::{text_of_json, JsonKey, SseScan};
+use crate::upstream::Worker;
 
 pub static X_SWITCHYARD_SHADOW: HeaderName = HeaderName::from_static("x-switchyard-shadow");
 
@@ -183,6 +184,7 @@ pub async fn run(
     body: tokio::sync::oneshot::Receiver<TeeResult>,
     pair: Arc<Pair>,
     _permit: OwnedSemaphorePermit,
+    worker: Worker,
 ) {
     let body = match body.await {
         Ok(Ok(b)) => b,
@@ -220,7 +222,7 @@ pub async fn run(
     }
 
     let start = Instant::now();
-    let (resp, lease) = match tokio::time::timeout(up.config.timeout, up.send(req)).await {
+    let (resp, lease) = match tokio::time::timeout(up.config.timeout, up.send(worker, req)).await {
         Err(_) => return pair.failed("timeout"),
         Ok(Err(_)) => return pair.failed("error"),
         Ok(Ok(r)) => r,

@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub events: Option<mpsc::Sender<RequestEvent>>,
     /// Shadow traffic's cap and result queue (set by [`Gateway`]).
     pub shadow: Option<Arc<ShadowRuntime>>,
+    /// Proxy workers the upstreams keep pools for.
+    pub workers: usize,
 }
 
 /// Where the data plane reports to: finished requests and shadow comparisons.
@@ -41,9 +43,10 @@ pub struct Sinks {
 }
 
 impl Snapshot {
-    /// Builds everything fallible for `config`; `env` reads secrets by variable name.
-    /// Upstreams of `previous` whose config and key are unchanged are kept, with their pools.
-    /// Returns warnings (e.g. a provider key that is not set) beside the snapshot.
+    /// Builds everything fallible for `config`, with connection pools for `workers` proxy
+    /// workers; `env` reads secrets by variable name. Upstreams of `previous` whose config
+    /// and key are unchanged are kept, with their pools. Returns warnings (e.g. a provider
+    /// key that is not set) beside the snapshot.
     pub fn build(
         config: Arc<Config>,
         config_version: u64,
@@ -51,6 +54,7 @@ impl Snapshot {
         epoch: u64,
         env: &dyn Fn(&str) -> Option<String>,
         previous: Option<&Snapshot>,
+        workers: usize,
     ) -> Result<(Snapshot, Vec<String>), BuildError> {
         let mut warnings = Vec::new();
         let mut upstreams = Vec::with_capacity(config.providers.len());
@@ -71,7 +75,7 @@ impl Snapshot {
             let kept = previous.and_then(|s| s.upstreams.iter().find(|u| u.same(p, &key)).cloned());
             upstreams.push(match kept {
                 Some(u) => u,
-                None => Arc::new(Upstream::build(p, key)?),
+                None => Arc::new(Upstream::build(p, key, workers)?),
             });
         }
         let client_keys = match &config.clients {
@@ -108,6 +112,7 @@ impl Snapshot {
                 epoch,
                 events: None,
                 shadow: None,
+                workers,
             },
             warnings,
         ))
@@ -126,6 +131,7 @@ impl Snapshot {
             epoch: self.epoch + 1,
             events: self.events.clone(),
             shadow: self.shadow.clone(),
+            workers: self.workers,
         }
     }
 

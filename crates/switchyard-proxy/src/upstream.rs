@@ -1,16 +1,15 @@
 //! One pool of HTTP/1.1 keep-alive connections per provider and proxy worker (hyper's
-//! connection API over rustls).
+//! connection API over rustls), plus one for the control plane (health checks, preflight).
 //!
 //! Each worker is a single-threaded runtime, so its pool is only ever used by one thread:
 //! the lock around it is never contended, and a connection is driven by the thread that
-//! uses it. A connection goes back to its pool when the response body has been read to its
+//! uses it. The request path names its [`Worker`] explicitly (no globals), and each worker
+//! sweeps its own pools. A connection goes back to its pool when the response body has been read to its
 //! end ([`Lease::release`]); one dropped part-way is closed by hyper. This replaces
 //! hyper-util's general client, whose per-request key hashing, shared pool and spawned
 //! "ready again" task cost more than the rest of the exchange.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,24 +28,17 @@ use crate::metrics::ProviderMetrics;
 /// How long an unused keep-alive connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-static WORKERS: AtomicUsize = AtomicUsize::new(1);
+/// At most this many idle connections are kept per pool: a burst must not leave thousands
+/// of sockets open to a provider afterwards.
+pub const MAX_IDLE_PER_POOL: usize = 256;
 
-thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(usize::MAX) };
-}
+/// Which pool a request uses: a proxy worker's own, or the control plane's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Worker(pub usize);
 
-/// How many proxy workers there are: set once at start, before any upstream is built.
-pub fn set_workers(n: usize) {
-    WORKERS.store(n.max(1), Ordering::Relaxed);
-}
-
-pub fn workers() -> usize {
-    WORKERS.load(Ordering::Relaxed)
-}
-
-/// Marks the calling thread as proxy worker `i` (its requests use pool `i`).
-pub fn enter_worker(i: usize) {
-    WORKER.with(|w| w.set(i));
+impl Worker {
+    /// The control plane's pool (the last one).
+    pub const CONTROL: Worker = Worker(usize::MAX);
 }
 
 pub struct Upstream {
@@ -89,8 +81,13 @@ impl std::fmt::Display for BuildError {
 impl std::error::Error for BuildError {}
 
 impl Upstream {
-    /// Builds a provider's client. `key` is the value of its `api_key_env`.
-    pub fn build(config: &ProviderConfig, key: Option<String>) -> Result<Upstream, BuildError> {
+    /// Builds a provider's client for `workers` proxy workers. `key` is the value of its
+    /// `api_key_env`.
+    pub fn build(
+        config: &ProviderConfig,
+        key: Option<String>,
+        workers: usize,
+    ) -> Result<Upstream, BuildError> {
         let err = |m: String| BuildError(format!("providers.{}: {m}", config.name));
         let authority: Authority = config
             .authority
@@ -136,16 +133,15 @@ impl Upstream {
             key,
             connector,
             origin,
-            pools: (0..=workers()).map(|_| Arc::default()).collect(),
+            pools: (0..=workers.max(1)).map(|_| Arc::default()).collect(),
             metrics: ProviderMetrics::new(&config.name),
         })
     }
 
-    /// The pool of the calling thread's worker (the control plane's on other threads).
+    /// `worker`'s pool (the control plane's for [`Worker::CONTROL`]).
     #[inline]
-    fn pool(&self) -> &Arc<Pool> {
-        let i = WORKER.with(Cell::get).min(self.pools.len() - 1);
-        &self.pools[i]
+    fn pool(&self, worker: Worker) -> &Arc<Pool> {
+        &self.pools[worker.0.min(self.pools.len() - 1)]
     }
 
     /// The origin-form URI for a client's request URI: its path mapped onto `base_url`'s.
@@ -166,9 +162,10 @@ impl Upstream {
     /// Release the [`Lease`] once the response body has been read to its end.
     pub async fn send(
         &self,
+        worker: Worker,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
-        let pool = self.pool();
+        let pool = self.pool(worker);
         loop {
             let (mut conn, fresh) = match pool.take() {
                 Some(c) => (c, false),
@@ -218,11 +215,10 @@ impl Upstream {
         Ok(tx)
     }
 
-    /// Closes connections idle for longer than the idle timeout (called now and then from
-    /// the control plane, so a quiet gateway does not hold them forever).
-    pub fn close_idle(&self) {
-        let now = Instant::now();
-        self.pools.iter().for_each(|pool| pool.close_idle(now));
+    /// Closes `worker`'s connections idle for longer than the idle timeout (each worker
+    /// calls it now and then, so a quiet gateway does not hold them forever).
+    pub fn close_idle(&self, worker: Worker) {
+        self.pool(worker).close_idle(Instant::now());
     }
 
     /// Whether this upstream serves `config` with `key` unchanged (so its pool can be kept).
@@ -278,9 +274,14 @@ pub struct Lease {
 impl Lease {
     /// The response was read to its end: the connection can carry the next request.
     pub fn release(self) {
-        if !self.conn.is_closed() {
-            self.pool.lock().push_back((self.conn, Instant::now()));
+        if self.conn.is_closed() {
+            return;
         }
+        let mut idle = self.pool.lock();
+        if idle.len() < MAX_IDLE_PER_POOL {
+            idle.push_back((self.conn, Instant::now()));
+        }
+        // Over the cap the connection is dropped here, and hyper closes it.
     }
 }
 
@@ -360,5 +361,35 @@ mod tests {
         pool.lock().push_back((d, t0));
         assert!(pool.take_at(t0 + IDLE_TIMEOUT).is_none());
         assert!(pool.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_pool_keeps_at_most_its_cap_of_idle_connections() {
+        let pool = Arc::new(Pool::default());
+        let mut far_ends = Vec::new();
+        for _ in 0..MAX_IDLE_PER_POOL {
+            let (c, far) = conn().await;
+            far_ends.push(far);
+            pool.lock().push_back((c, Instant::now()));
+        }
+        let (extra, _far) = conn().await;
+        Lease {
+            conn: extra,
+            pool: pool.clone(),
+        }
+        .release();
+        assert_eq!(pool.lock().len(), MAX_IDLE_PER_POOL);
+        pool.lock().pop_back();
+        let (one_more, _far2) = conn().await;
+        Lease {
+            conn: one_more,
+            pool: pool.clone(),
+        }
+        .release();
+        assert_eq!(
+            pool.lock().len(),
+            MAX_IDLE_PER_POOL,
+            "under the cap it is kept"
+        );
     }
 }

@@ -38,7 +38,7 @@ async fn gateway(extra: &str) -> (Arc<Gateway>, Mock, Mock) {
             .then(|| "sk-old".to_string())
             .or_else(|| (var == "KEYS").then(|| "good-key".to_string()))
     };
-    let (snap, _) = Snapshot::build(config, 1, state, 0, &env, None).unwrap();
+    let (snap, _) = Snapshot::build(config, 1, state, 0, &env, None, 1).unwrap();
     (Arc::new(Gateway::new(snap, Sinks::default())), old, new)
 }
 
