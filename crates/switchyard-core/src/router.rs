@@ -42,7 +42,13 @@ impl Router {
     /// `to_buckets` is `percent × 100`: 0 sends everything to `from`, 10000 everything to `to`.
     #[inline]
     pub fn side(&self, key: &[u8], to_buckets: u16) -> Side {
-        if self.bucket(key) < to_buckets {
+        Self::side_of(self.bucket(key), to_buckets)
+    }
+
+    /// The rule, for a bucket already computed: below `to_buckets` goes to `to`.
+    #[inline]
+    pub fn side_of(bucket: u16, to_buckets: u16) -> Side {
+        if bucket < to_buckets {
             Side::To
         } else {
             Side::From

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod headers;
 pub mod metrics;
+pub mod openai;
 pub mod server;
 pub mod service;
 pub mod shadow;

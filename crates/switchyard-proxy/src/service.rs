@@ -45,7 +45,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 use switchyard_core::event::{Class, RequestEvent, ShadowEvent};
-use switchyard_core::router::Side;
+use switchyard_core::router::{Router, Side};
 use switchyard_core::ErrorKind;
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{
@@ -59,6 +59,7 @@ use crate::body::{
 };
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Outcome, EVENTS_DROPPED, REJECTED_TOTAL};
+use crate::openai;
 use crate::shadow::{self, Mirror, Pair, SideResult};
 use crate::snapshot::{Gateway, Snapshot};
 use crate::upstream::{Lease, SendError, Upstream, Worker};
@@ -210,12 +211,7 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
         };
         m.router.bucket(key)
     };
-    // The documented rule (router.rs): buckets below `percent × 100` go to `to`.
-    let side = if bucket < snap.to_buckets {
-        Side::To
-    } else {
-        Side::From
-    };
+    let side = Router::side_of(bucket, snap.to_buckets);
     let (first, other) = match side {
         Side::To => (m.to, m.from),
         Side::From => (m.from, m.to),
@@ -279,8 +275,7 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
     }
 
     let inject = snap.upstreams[first].config.inject_stream_usage
-        && parts.method == Method::POST
-        && parts.uri.path().ends_with("/chat/completions");
+        && openai::is_chat_completion(&parts.method, &parts.uri);
     let body = if inject {
         let bytes = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
             .collect()
@@ -301,7 +296,7 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
                 };
             }
         };
-        let (bytes, model, injected) = inject_stream_usage(bytes);
+        let (bytes, model, injected) = openai::inject_stream_usage(bytes);
         ex.strip_usage = injected;
         if injected {
             parts
@@ -355,15 +350,14 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
             {
                 tracing::warn!(request_id = ?ex.request_id, provider = %up.name, error = %ErrorChain(&*e), "cannot connect; failing over");
                 up.metrics.failovers.increment(1);
-                ex.account(
-                    up,
+                ex.account(Attempt {
                     index,
-                    0,
-                    Class::Connect,
-                    None,
-                    BodySummary::default(),
-                    false,
-                );
+                    status: 0,
+                    class: Class::Connect,
+                    ttfb: None,
+                    summary: BodySummary::default(),
+                    answer: false,
+                });
                 failed_over_from = Some(index);
                 index = other;
                 upstream_req = match retarget(*back, &ex.uri, &snap.upstreams[index]) {
@@ -422,42 +416,6 @@ async fn first_byte_within<F: Future>(
         biased;
         r = send => Ok(r),
         () = expired => Err(FirstByteTimeout),
-    }
-}
-
-/// Adds `stream_options.include_usage` to a streaming chat request that lacks it.
-/// Returns the body to send, the model, and whether the usage chunk must be stripped.
-fn inject_stream_usage(bytes: Bytes) -> (Bytes, Option<String>, bool) {
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return (bytes, None, false);
-    };
-    let model = v
-        .get("model")
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_string);
-    let streaming = v.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
-    let asked = v
-        .pointer("/stream_options/include_usage")
-        .and_then(serde_json::Value::as_bool)
-        == Some(true);
-    if !streaming || asked {
-        return (bytes, model, false);
-    }
-    let Some(obj) = v.as_object_mut() else {
-        return (bytes, model, false);
-    };
-    let opts = obj
-        .entry("stream_options")
-        .or_insert_with(|| serde_json::json!({}));
-    match opts.as_object_mut() {
-        Some(o) => {
-            o.insert("include_usage".into(), serde_json::Value::Bool(true));
-        }
-        None => return (bytes, model, false),
-    }
-    match serde_json::to_vec(&v) {
-        Ok(out) => (Bytes::from(out), model, true),
-        Err(_) => (bytes, model, false),
     }
 }
 
@@ -630,15 +588,14 @@ impl Exchange {
         class: Class,
         message: &str,
     ) -> Response<GatewayBody> {
-        self.account(
-            up,
+        self.account(Attempt {
             index,
-            kind.status(),
+            status: kind.status(),
             class,
-            None,
-            BodySummary::default(),
-            true,
-        );
+            ttfb: None,
+            summary: BodySummary::default(),
+            answer: true,
+        });
         let mut r = error_response(kind, message, &self.request_id);
         r.headers_mut()
             .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
@@ -646,18 +603,16 @@ impl Exchange {
     }
 
     /// Metrics, tokens and cost, the watchers' event, the access log: once per attempt.
-    /// `last`: this attempt is the answer (not one that failed over), which a shadow meets.
-    #[allow(clippy::too_many_arguments)]
-    fn account(
-        &self,
-        up: &Upstream,
-        index: usize,
-        status: u16,
-        class: Class,
-        ttfb: Option<std::time::Duration>,
-        mut summary: BodySummary,
-        last: bool,
-    ) {
+    fn account(&self, a: Attempt) {
+        let Attempt {
+            index,
+            status,
+            class,
+            ttfb,
+            mut summary,
+            answer: last,
+        } = a;
+        let up = &self.snap.upstreams[index];
         let elapsed = self.start.elapsed();
         let m = &up.metrics;
         let outcome = match class {
@@ -729,20 +684,20 @@ impl Exchange {
             }
         }
         if cfg.server.access_log {
-            access_log(
-                &self.request_id,
-                &self.method,
-                &self.uri,
-                &up.name,
+            access_log(&AccessRecord {
+                request_id: &self.request_id,
+                method: &self.method,
+                uri: &self.uri,
+                provider: &up.name,
                 status,
                 outcome,
                 class,
                 elapsed,
-                summary.bytes,
+                bytes: summary.bytes,
                 model,
-                prompt,
-                completion,
-            );
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+            });
         }
         if let (true, Some(pair)) = (last, &self.shadow) {
             pair.primary(SideResult {
@@ -775,49 +730,61 @@ impl OnEnd for Finish {
             End::Broken => Class::StreamCut,
             End::Idle => Class::Timeout,
         };
-        let up = &self.ex.snap.upstreams[self.index];
-        self.ex.account(
-            up,
-            self.index,
-            self.status,
+        self.ex.account(Attempt {
+            index: self.index,
+            status: self.status,
             class,
-            Some(self.first_byte),
+            ttfb: Some(self.first_byte),
             summary,
-            true,
-        );
+            answer: true,
+        });
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn access_log(
-    request_id: &HeaderValue,
-    method: &Method,
-    uri: &Uri,
-    provider: &str,
+/// One attempt at a provider, as it is accounted.
+struct Attempt {
+    /// Into the exchange's snapshot's upstreams.
+    index: usize,
+    status: u16,
+    class: Class,
+    ttfb: Option<std::time::Duration>,
+    summary: BodySummary,
+    /// This attempt is the answer (not one that failed over): a shadow meets it.
+    answer: bool,
+}
+
+/// One access-log line.
+struct AccessRecord<'a> {
+    request_id: &'a HeaderValue,
+    method: &'a Method,
+    uri: &'a Uri,
+    provider: &'a str,
     status: u16,
     outcome: Outcome,
     class: Class,
     elapsed: std::time::Duration,
     bytes: u64,
-    model: Option<&str>,
+    model: Option<&'a str>,
     prompt_tokens: u64,
     completion_tokens: u64,
-) {
+}
+
+fn access_log(r: &AccessRecord<'_>) {
     // The path only: query strings can carry secrets.
     tracing::info!(
         target: "switchyard::access",
-        request_id = request_id.to_str().unwrap_or("-"),
-        method = method.as_str(),
-        path = uri.path(),
-        provider,
-        status,
-        outcome = outcome.label(),
-        class = class.label(),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        bytes,
-        model = model.unwrap_or("-"),
-        prompt_tokens,
-        completion_tokens,
+        request_id = r.request_id.to_str().unwrap_or("-"),
+        method = r.method.as_str(),
+        path = r.uri.path(),
+        provider = r.provider,
+        status = r.status,
+        outcome = r.outcome.label(),
+        class = r.class.label(),
+        duration_ms = r.elapsed.as_secs_f64() * 1000.0,
+        bytes = r.bytes,
+        model = r.model.unwrap_or("-"),
+        prompt_tokens = r.prompt_tokens,
+        completion_tokens = r.completion_tokens,
     );
 }
 
@@ -836,20 +803,20 @@ fn reject<B>(
         .is_none_or(|s| s.config.server.access_log)
     {
         let outcome = Outcome::from_status(kind.status());
-        access_log(
-            &request_id,
-            req.method(),
-            req.uri(),
-            "-",
-            kind.status(),
+        access_log(&AccessRecord {
+            request_id: &request_id,
+            method: req.method(),
+            uri: req.uri(),
+            provider: "-",
+            status: kind.status(),
             outcome,
-            Class::ClientFault,
-            std::time::Duration::ZERO,
-            0,
-            None,
-            0,
-            0,
-        );
+            class: Class::ClientFault,
+            elapsed: std::time::Duration::ZERO,
+            bytes: 0,
+            model: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        });
     }
     let mut r = error_response(kind, message, &request_id);
     r.headers_mut()
