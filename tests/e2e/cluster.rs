@@ -73,8 +73,10 @@ async fn replicas_follow_one_shared_phase_and_racing_writes_get_409() {
         } else {
             ("phase-4", "phase-2")
         };
-        a.wait_status("a caught up", |_| true).await;
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Both on the same state (so both write on the same revision) before they race.
+        let phase_a = a.status().await["phase"]["name"].clone();
+        b.wait_status("b on a's state", |s| s["phase"]["name"] == phase_a)
+            .await;
         let ((c1, _), (c2, v2)) = tokio::join!(set_phase(&a, p1), set_phase(&b, p2));
         assert!(c1 == 200 || c1 == 409, "{c1}");
         assert!(c2 == 200 || c2 == 409, "{c2} {v2}");

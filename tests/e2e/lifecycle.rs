@@ -88,12 +88,12 @@ async fn metrics_use_the_spec_names_with_histogram_buckets() {
         &m,
         r#"switchyard_requests_total{provider="old",status="2xx"}"#,
     )
-    .unwrap_or(0.0);
+    .expect("the series exists from start");
     let new_ok = metric_value(
         &m,
         r#"switchyard_requests_total{provider="new",status="2xx"}"#,
     )
-    .unwrap_or(0.0);
+    .expect("the series exists from start");
     assert_eq!(old_ok + new_ok, 20.0, "{m}");
     for name in [
         "switchyard_request_duration_seconds_bucket{",

@@ -261,9 +261,8 @@ async fn client_hang_up_cancels_the_upstream_request_and_is_not_an_error() {
         metric_value(
             &m,
             r#"switchyard_requests_total{provider="old",status="error"}"#
-        )
-        .unwrap_or(0.0),
-        0.0,
+        ),
+        Some(0.0),
         "{m}"
     );
     assert_eq!(
@@ -450,18 +449,16 @@ async fn client_hang_up_before_the_response_head_cancels_the_upstream_request() 
         metric_value(
             &m,
             r#"switchyard_requests_total{provider="old",status="error"}"#
-        )
-        .unwrap_or(0.0),
-        0.0,
+        ),
+        Some(0.0),
         "{m}"
     );
     assert_eq!(
         metric_value(
             &m,
             r#"switchyard_requests_total{provider="old",status="timeout"}"#
-        )
-        .unwrap_or(0.0),
-        0.0,
+        ),
+        Some(0.0),
         "{m}"
     );
 }

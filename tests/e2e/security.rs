@@ -246,9 +246,19 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
         config(&old.base_url(), &new.base_url(), "phase-0")
     );
     let gw = Gateway::start(&yaml).await;
-    let a = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
-    let b = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Two kept-alive connections, each served once: both hold a slot.
+    let mut a = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let mut b = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    for s in [&mut a, &mut b] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+    }
+    let served = old.request_count();
     // a third connection is not served while two are open
     let waiting = tokio::spawn(raw_exchange(
         gw.proxy,
@@ -256,7 +266,7 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
     ));
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!waiting.is_finished(), "served a connection over the cap");
-    assert_eq!(old.request_count(), 0);
+    assert_eq!(old.request_count(), served);
     drop(a);
     let answer = waiting.await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");

@@ -422,17 +422,16 @@ async fn auto_advance_waits_for_the_hold_and_enough_healthy_traffic() {
             "  phase: phase-3\n  auto_advance: true\n  auto_rollback:\n    window: 20\n    min_requests: 5\n    max_error_rate: 0.2\n    max_p95_latency: 2s\n",
         );
     let gw = Gateway::start(&yaml).await;
-    // no traffic: inconclusive, never advances
-    tokio::time::sleep(Duration::from_millis(1800)).await;
-    let s = gw.status().await;
+    // no traffic: once the hold has passed, the gate waits on an inconclusive judgement
+    let s = gw
+        .wait_status("the gate waiting on too little traffic", |s| {
+            s["gate"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("inconclusive")
+        })
+        .await;
     assert_eq!(s["phase"]["name"], "phase-3", "{s}");
-    assert!(
-        s["gate"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("inconclusive"),
-        "{s}"
-    );
     // healthy traffic on the new side opens the gate
     for i in 0..40 {
         client()
