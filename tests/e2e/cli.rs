@@ -17,6 +17,7 @@ fn shipped_configs_are_valid() {
     for path in [
         "config/switchyard.yaml",
         "deploy/kubernetes/switchyard.yaml",
+        "deploy/kubernetes/cluster/switchyard.yaml",
     ] {
         let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
         let out = switchyard(&["check", "--config", &full]);
