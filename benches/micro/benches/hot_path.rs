@@ -6,6 +6,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
+use switchyard_core::event::Class;
 use switchyard_core::router::Router;
 use switchyard_proxy::headers::{strip_hop_by_hop, upstream_path};
 use switchyard_proxy::metrics::{Outcome, ProviderMetrics};
@@ -54,7 +55,7 @@ fn metrics_path(c: &mut Criterion) {
     let m = ProviderMetrics::new("new");
     c.bench_function("metrics/count + 2 histograms + tokens", |b| {
         b.iter(|| {
-            m.count(black_box(Outcome::S2xx));
+            m.count(black_box(Outcome::S2xx), black_box(Class::Success));
             m.duration.record(black_box(0.123));
             m.first_byte.record(black_box(0.045));
             m.prompt_tokens.increment(black_box(12));
@@ -69,7 +70,7 @@ fn sniffing(c: &mut Criterion) {
         b.iter(|| {
             let mut k = JsonKey::new("usage", 4096);
             k.feed(black_box(json));
-            k.value()
+            k.usage()
         })
     });
     let mut stream = String::new();

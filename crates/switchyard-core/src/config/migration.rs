@@ -1,0 +1,335 @@
+//! `migration:` — from, to, the phases, the judge (`auto_rollback`), the preflight.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::providers::ProviderConfig;
+use super::Collector;
+use crate::migration::MigrationState;
+use crate::router::Router;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMigration {
+    pub(super) from: String,
+    pub(super) to: String,
+    pub(super) phases: Vec<RawPhase>,
+    pub(super) phase: Option<String>,
+    pub(super) sticky_header: Option<String>,
+    pub(super) shadow_percent: Option<f64>,
+    pub(super) auto_rollback: Option<RawAutoRollback>,
+    pub(super) auto_advance: Option<bool>,
+    pub(super) preflight: Option<RawPreflight>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPreflight {
+    pub(super) enabled: Option<bool>,
+    pub(super) timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPhase {
+    pub(super) name: String,
+    pub(super) percent: f64,
+    pub(super) hold: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAutoRollback {
+    pub(super) window: Option<u32>,
+    pub(super) min_requests: Option<u32>,
+    pub(super) max_error_rate: Option<f64>,
+    max_p95_latency: Option<String>,
+    pub(super) count_as_errors: Option<Vec<String>>,
+    pub(super) compare: Option<RawCompare>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCompare {
+    pub(super) enabled: Option<bool>,
+    pub(super) max_error_rate_increase: Option<f64>,
+    pub(super) max_latency_ratio: Option<f64>,
+    pub(super) confidence: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phase {
+    pub name: String,
+    /// `percent × 100`, in `[0, 10000]`.
+    pub buckets: u16,
+    pub hold: Option<Duration>,
+}
+
+impl Phase {
+    pub fn percent(&self) -> f64 {
+        f64::from(self.buckets) / 100.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationConfig {
+    /// Index into `Config::providers`.
+    pub from: usize,
+    pub to: usize,
+    pub phases: Vec<Phase>,
+    /// `phase:` exactly as written in the file (a phase name or `rollback`).
+    pub file_phase: String,
+    /// The state the file asks for.
+    pub file_state: MigrationState,
+    /// Lower-case header name.
+    pub sticky_header: String,
+    pub shadow_buckets: u16,
+    pub auto_rollback: Option<AutoRollbackConfig>,
+    /// Advance by itself when a phase's hold has passed and the window is healthy.
+    pub auto_advance: bool,
+    /// Probe `to` before the first phase that sends it traffic.
+    pub preflight: PreflightConfig,
+    pub router: Router,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoRollbackConfig {
+    pub window: u32,
+    pub min_requests: u32,
+    /// Absolute backstop on `to`'s provider error rate: only when written in the file.
+    pub max_error_rate: Option<f64>,
+    /// Absolute backstop on `to`'s p95 latency: only when written in the file.
+    pub max_p95_latency: Option<Duration>,
+    /// Whether a provider's 401/403/407 counts as its error.
+    pub count_auth: bool,
+    /// Whether a provider's 402/429 counts as its error.
+    pub count_refused: bool,
+    /// The comparison of `to` with `from`; `None` when switched off.
+    pub compare: Option<CompareConfig>,
+}
+
+/// How much worse than `from` the `to` side may be, and how sure the judge must be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompareConfig {
+    /// In rate units: 0.01 is one percentage point.
+    pub max_error_rate_increase: f64,
+    pub max_latency_ratio: f64,
+    /// 0.95: a failure is called at 5% significance, spent over the looks of a phase.
+    pub confidence: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreflightConfig {
+    pub enabled: bool,
+    pub timeout: Duration,
+}
+
+pub(super) fn validate(
+    m: &RawMigration,
+    providers: &[ProviderConfig],
+    c: &mut Collector,
+) -> MigrationConfig {
+    let find = |n: &str| providers.iter().position(|p| p.name == n);
+    let from = find(&m.from).unwrap_or_else(|| {
+        c.err("migration.from", format!("no provider named `{}`", m.from));
+        0
+    });
+    let to = find(&m.to).unwrap_or_else(|| {
+        c.err("migration.to", format!("no provider named `{}`", m.to));
+        0
+    });
+    if m.from == m.to {
+        c.err(
+            "migration.to",
+            "`from` and `to` must be different providers",
+        );
+    }
+    if m.phases.is_empty() {
+        c.err("migration.phases", "at least one phase is needed");
+    }
+    let mut names = BTreeSet::new();
+    let mut phases = Vec::with_capacity(m.phases.len());
+    for (i, p) in m.phases.iter().enumerate() {
+        let k = format!("migration.phases[{i}]");
+        if p.name.is_empty() || p.name == "rollback" {
+            c.err(
+                format!("{k}.name"),
+                "a phase needs a name other than `rollback`",
+            );
+        }
+        if !names.insert(p.name.as_str()) {
+            c.err(
+                format!("{k}.name"),
+                format!("phase `{}` is named twice", p.name),
+            );
+        }
+        let buckets = c.percent(&format!("{k}.percent"), p.percent);
+        let hold = p
+            .hold
+            .as_ref()
+            .map(|h| c.duration(&format!("{k}.hold"), Some(h), Duration::ZERO));
+        phases.push(Phase {
+            name: p.name.clone(),
+            buckets,
+            hold,
+        });
+    }
+    let file_phase = m
+        .phase
+        .clone()
+        .or_else(|| phases.first().map(|p| p.name.clone()))
+        .unwrap_or_default();
+    let file_state = if file_phase == "rollback" {
+        MigrationState {
+            phase: None,
+            rolled_back: true,
+            rollback_reason: Some("phase: rollback in the config file".into()),
+            rollback_trigger: Some(crate::Trigger::Config),
+        }
+    } else {
+        match phases.iter().position(|p| p.name == file_phase) {
+            Some(i) => MigrationState::at(i),
+            None => {
+                if !phases.is_empty() {
+                    c.err(
+                        "migration.phase",
+                        format!("no phase named `{file_phase}` (use a phase name or `rollback`)"),
+                    );
+                }
+                MigrationState::at(0)
+            }
+        }
+    };
+    let sticky_header = m
+        .sticky_header
+        .clone()
+        .unwrap_or_else(|| "x-request-id".into())
+        .to_ascii_lowercase();
+    if sticky_header.is_empty()
+        || !sticky_header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+    {
+        c.err(
+            "migration.sticky_header",
+            format!("`{sticky_header}` is not a header name"),
+        );
+    }
+    let shadow_buckets = c.percent("migration.shadow_percent", m.shadow_percent.unwrap_or(0.0));
+    let auto_rollback = m.auto_rollback.as_ref().map(|a| {
+        let window = a.window.unwrap_or(100);
+        let min_requests = a.min_requests.unwrap_or(20);
+        if window == 0 {
+            c.err("migration.auto_rollback.window", "must be at least 1");
+        }
+        if min_requests > window {
+            c.err(
+                "migration.auto_rollback.min_requests",
+                format!("{min_requests} is more than the window ({window})"),
+            );
+        }
+        if let Some(r) = a.max_error_rate {
+            if !(0.0..=1.0).contains(&r) {
+                c.err(
+                    "migration.auto_rollback.max_error_rate",
+                    format!("{r} is not a rate between 0 and 1 (0.05 = 5%)"),
+                );
+            }
+        }
+        let max_p95_latency = a.max_p95_latency.as_ref().map(|v| {
+            c.duration(
+                "migration.auto_rollback.max_p95_latency",
+                Some(v),
+                Duration::from_secs(5),
+            )
+        });
+        let (mut count_auth, mut count_refused) = (true, true);
+        if let Some(list) = &a.count_as_errors {
+            (count_auth, count_refused) = (false, false);
+            for v in list {
+                match v.as_str() {
+                    "auth" => count_auth = true,
+                    "refused" => count_refused = true,
+                    other => c.err(
+                        "migration.auto_rollback.count_as_errors",
+                        format!("`{other}` is not one of: auth (401/403/407), refused (402/429)"),
+                    ),
+                }
+            }
+        }
+        let compare = match &a.compare {
+            Some(cmp) if cmp.enabled == Some(false) => None,
+            cmp => {
+                let cmp = cmp.as_ref();
+                let key = "migration.auto_rollback.compare";
+                let inc = cmp.and_then(|x| x.max_error_rate_increase).unwrap_or(0.01);
+                let ratio = cmp.and_then(|x| x.max_latency_ratio).unwrap_or(1.5);
+                let confidence = cmp.and_then(|x| x.confidence).unwrap_or(0.95);
+                if !(0.0..1.0).contains(&inc) {
+                    c.err(
+                        format!("{key}.max_error_rate_increase"),
+                        format!("{inc} is not a rate difference between 0 and 1 (0.01 = one percentage point)"),
+                    );
+                }
+                if ratio.is_nan() || ratio < 1.0 {
+                    c.err(
+                        format!("{key}.max_latency_ratio"),
+                        format!("{ratio} is below 1 (1.5 = `to` may be 50% slower than `from`)"),
+                    );
+                }
+                if !(0.5..1.0).contains(&confidence) {
+                    c.err(
+                        format!("{key}.confidence"),
+                        format!("{confidence} is not a confidence between 0.5 and 1 (0.95 = 95%)"),
+                    );
+                }
+                Some(CompareConfig {
+                    max_error_rate_increase: inc,
+                    max_latency_ratio: ratio,
+                    confidence,
+                })
+            }
+        };
+        AutoRollbackConfig {
+            window,
+            min_requests,
+            max_error_rate: a.max_error_rate,
+            max_p95_latency,
+            count_auth,
+            count_refused,
+            compare,
+        }
+    });
+    let preflight = PreflightConfig {
+        enabled: m.preflight.as_ref().and_then(|p| p.enabled).unwrap_or(true),
+        timeout: c.duration(
+            "migration.preflight.timeout",
+            m.preflight.as_ref().and_then(|p| p.timeout.as_ref()),
+            Duration::from_secs(15),
+        ),
+    };
+
+    let auto_advance = m.auto_advance.unwrap_or(false);
+    if auto_advance && auto_rollback.is_none() {
+        c.err(
+            "migration.auto_advance",
+            "needs `auto_rollback` thresholds to judge the window by",
+        );
+    }
+    let router = Router::new(&m.from, &m.to);
+    MigrationConfig {
+        from,
+        to,
+        phases,
+        file_phase,
+        file_state,
+        sticky_header,
+        shadow_buckets,
+        auto_rollback,
+        auto_advance,
+        preflight,
+        router,
+    }
+}

@@ -1,0 +1,175 @@
+//! `providers:` — where requests go, with what key, timeouts and prices.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Collector;
+use crate::pricing::{Price, PriceTable};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProvider {
+    pub(super) base_url: String,
+    pub(super) api_key_env: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) connect_timeout: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) idle_timeout: Option<String>,
+    pub(super) inject_stream_usage: Option<bool>,
+    #[serde(default)]
+    pub(super) pricing: BTreeMap<String, RawPrice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPrice {
+    pub(super) input: f64,
+    pub(super) output: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub base_url: String,
+    pub https: bool,
+    /// `host[:port]` as written.
+    pub authority: String,
+    /// Path of `base_url` without a trailing slash (`/v1`, or empty).
+    pub base_path: String,
+    pub api_key_env: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Ask for `stream_options.include_usage` upstream and strip that chunk for clients
+    /// that did not ask for it, so every stream's cost is known.
+    pub inject_stream_usage: bool,
+    pub pricing: PriceTable,
+}
+
+pub(super) fn parse_base_url(url: &str) -> Result<(bool, String, String), String> {
+    let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!("`{url}` must start with http:// or https://"));
+    };
+    if rest.contains(['?', '#']) {
+        return Err(format!("`{url}` must not have a query or fragment"));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
+        return Err(format!("`{url}` needs a host (and no user:password@)"));
+    }
+    if let Some((_, port)) = authority.rsplit_once(':') {
+        if !authority.ends_with(']') && port.parse::<u16>().is_err() {
+            return Err(format!("`{url}` has a bad port `{port}`"));
+        }
+    }
+    Ok((
+        https,
+        authority.to_string(),
+        path.trim_end_matches('/').to_string(),
+    ))
+}
+
+pub(super) fn validate(
+    providers_raw: &BTreeMap<String, RawProvider>,
+    c: &mut Collector,
+) -> Vec<ProviderConfig> {
+    if providers_raw.is_empty() {
+        c.err("providers", "at least one provider is needed");
+    }
+    let mut providers = Vec::with_capacity(providers_raw.len());
+    for (name, p) in providers_raw {
+        let k = format!("providers.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            c.err(
+                &k,
+                "provider names may use letters, digits, `-`, `_` and `.`",
+            );
+        }
+        let (https, authority, base_path) = match parse_base_url(&p.base_url) {
+            Ok(v) => v,
+            Err(e) => {
+                c.err(format!("{k}.base_url"), e);
+                (false, String::new(), String::new())
+            }
+        };
+        if let Some(env) = &p.api_key_env {
+            c.env_name(&format!("{k}.api_key_env"), env);
+        }
+        if p.ca_file.is_some() && !https {
+            c.err(format!("{k}.ca_file"), "only applies to an https base_url");
+        }
+        let connect_timeout = c.duration(
+            &format!("{k}.connect_timeout"),
+            p.connect_timeout.as_ref(),
+            Duration::from_secs(2),
+        );
+        let timeout = c.duration(
+            &format!("{k}.timeout"),
+            p.timeout.as_ref(),
+            Duration::from_secs(30),
+        );
+        let idle_timeout = c.duration(
+            &format!("{k}.idle_timeout"),
+            p.idle_timeout.as_ref(),
+            Duration::from_secs(60),
+        );
+        for (key, d) in [
+            ("connect_timeout", connect_timeout),
+            ("timeout", timeout),
+            ("idle_timeout", idle_timeout),
+        ] {
+            if d.is_zero() {
+                c.err(format!("{k}.{key}"), "must be longer than 0");
+            }
+        }
+        let mut pricing = PriceTable::default();
+        for (model, price) in &p.pricing {
+            for (what, v) in [("input", price.input), ("output", price.output)] {
+                if !(v >= 0.0 && v.is_finite()) {
+                    c.err(
+                        format!("{k}.pricing.{model}.{what}"),
+                        format!("{v} is not a price in USD per 1M tokens"),
+                    );
+                }
+            }
+            pricing.models.insert(
+                model.clone(),
+                Price {
+                    input: price.input,
+                    output: price.output,
+                },
+            );
+        }
+        providers.push(ProviderConfig {
+            name: name.clone(),
+            base_url: p.base_url.clone(),
+            https,
+            authority,
+            base_path,
+            api_key_env: p.api_key_env.clone(),
+            ca_file: p.ca_file.clone(),
+            connect_timeout,
+            timeout,
+            idle_timeout,
+            inject_stream_usage: p.inject_stream_usage.unwrap_or(false),
+            pricing,
+        });
+    }
+
+    providers
+}

@@ -1,0 +1,111 @@
+//! The listeners and their limits: `listen`, `tls:`, `admin:`, `clients:`, `server:`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Collector;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) listen: Option<String>,
+    pub(super) token_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClients {
+    pub(super) keys_env: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) max_body_size: Option<String>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) header_read_timeout: Option<String>,
+    pub(super) max_header_size: Option<String>,
+    pub(super) max_headers: Option<usize>,
+    pub(super) shutdown_grace: Option<String>,
+    pub(super) access_log: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token_env: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientsConfig {
+    pub keys_env: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub shutdown_grace: Duration,
+    pub access_log: bool,
+}
+
+pub(super) fn server(raw: Option<&RawServer>, c: &mut Collector) -> ServerConfig {
+    let s = raw;
+    let max_body_bytes = c.size(
+        "server.max_body_size",
+        s.and_then(|s| s.max_body_size.as_ref()),
+        10 << 20,
+    );
+    let max_header_bytes = c.size(
+        "server.max_header_size",
+        s.and_then(|s| s.max_header_size.as_ref()),
+        64 << 10,
+    );
+    if max_header_bytes < 8192 {
+        c.err("server.max_header_size", "must be at least 8KiB");
+    }
+    let max_headers = s.and_then(|s| s.max_headers).unwrap_or(100);
+    if max_headers == 0 {
+        c.err("server.max_headers", "must be at least 1");
+    }
+    let max_connections = s.and_then(|s| s.max_connections).unwrap_or(10_000);
+    if max_connections == 0 {
+        c.err("server.max_connections", "must be at least 1");
+    }
+    ServerConfig {
+        max_body_bytes,
+        max_connections,
+        header_read_timeout: c.duration(
+            "server.header_read_timeout",
+            s.and_then(|s| s.header_read_timeout.as_ref()),
+            Duration::from_secs(30),
+        ),
+        max_header_bytes: max_header_bytes as usize,
+        max_headers,
+        shutdown_grace: c.duration(
+            "server.shutdown_grace",
+            s.and_then(|s| s.shutdown_grace.as_ref()),
+            Duration::from_secs(30),
+        ),
+        access_log: s.and_then(|s| s.access_log).unwrap_or(true),
+    }
+}
