@@ -5,6 +5,7 @@ pub mod body;
 pub mod headers;
 pub mod metrics;
 pub mod openai;
+pub mod provider;
 pub mod server;
 pub mod service;
 pub mod shadow;

@@ -17,17 +17,14 @@
 //! 6. **declared body limit** (`ValidateRequestHeader`): a `Content-Length` over the limit
 //!    is 413 at once. A chunked body is counted as it streams ([`RequestBody`]) and cut
 //!    at the limit inside step 7.
-//! 7. **forward** ([`Forward`]): route (hash the sticky key into a bucket, pick `from` or
-//!    `to`), rewrite (hop-by-hop headers out, `Host` and `Authorization` set to the
-//!    provider's, path mapped onto its `base_url`), send on one of this worker's pooled
-//!    connections to the provider ([`crate::upstream`]) under its first-byte `timeout`
-//!    (504), fail over once on a connect error with
-//!    nothing sent (`x-switchyard-failover`), then respond: hop-by-hop headers out,
-//!    `x-switchyard-provider` in, the body streamed through [`ResponseBody`] (idle timeout,
-//!    metrics and access log at its end, however it ends). Timeouts and metrics live here
-//!    and not in layers of their own because both depend on the provider chosen here.
-//!    A request `from` serves that falls in the shadow cohort is also mirrored to `to`
-//!    ([`crate::shadow`]): its body is teed as it streams, the copy goes from its own task.
+//! 7. **forward** ([`Forward`]): route (hash the sticky key into a bucket;
+//!    [`Router::side_of`] picks `from` or `to`), rewrite (hop-by-hop headers out, `Host` and
+//!    `Authorization` set to the provider's, path mapped onto its `base_url`; for
+//!    `inject_stream_usage`, [`crate::openai`] asks streams for their usage), start the
+//!    shadow copy when the request falls in the shadow cohort ([`crate::shadow`]: its body
+//!    is teed as it streams, the copy goes from its own task), then hand the request to
+//!    the provider stack ([`crate::provider`]): failover, accounting, first-byte timeout,
+//!    the worker's pooled connection, each a tower service of its own.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -60,9 +57,10 @@ use crate::body::{
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Outcome, EVENTS_DROPPED, REJECTED_TOTAL};
 use crate::openai;
+use crate::provider::{provider_stack, Call};
 use crate::shadow::{self, Mirror, Pair, SideResult};
 use crate::snapshot::{Gateway, Snapshot};
-use crate::upstream::{Lease, SendError, Upstream, Worker};
+use crate::upstream::{Lease, Upstream, Worker};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_SWITCHYARD_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
@@ -321,101 +319,21 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
         }
     };
 
-    let mut index = first;
-    let mut upstream_req = match upstream_request(parts, &snap.upstreams[first], body) {
+    let req = match upstream_request(parts, &snap.upstreams[first], body) {
         Ok(r) => r,
         Err(e) => return ex.unforwardable(first, &e),
     };
-    let mut failed_over_from: Option<usize> = None;
-    loop {
-        let up = &snap.upstreams[index];
-        let sent = first_byte_within(
-            up.config.timeout,
-            ex.shared.as_deref(),
-            up.send(worker, upstream_req),
-        )
-        .await;
-        match sent {
-            Ok(Ok((resp, lease))) => return ex.respond(resp, lease, index, failed_over_from),
-            Err(FirstByteTimeout) => {
-                let msg = format!(
-                    "provider `{}` sent no response within {:?}",
-                    up.name, up.config.timeout
-                );
-                return ex.fail(up, index, ErrorKind::UpstreamTimeout, &msg);
-            }
-            // Nothing left the gateway: try the other side once.
-            Ok(Err(SendError::Connect(e, back)))
-                if failed_over_from.is_none() && other != index =>
-            {
-                tracing::warn!(request_id = ?ex.request_id, provider = %up.name, error = %ErrorChain(&*e), "cannot connect; failing over");
-                up.metrics.failovers.increment(1);
-                ex.account(Attempt {
-                    index,
-                    status: 0,
-                    class: Class::Connect,
-                    ttfb: None,
-                    summary: BodySummary::default(),
-                    answer: false,
-                });
-                failed_over_from = Some(index);
-                index = other;
-                upstream_req = match retarget(*back, &ex.uri, &snap.upstreams[index]) {
-                    Ok(r) => r,
-                    Err(e) => return ex.unforwardable(index, &e),
-                };
-            }
-            Ok(Err(SendError::Connect(e, _))) => {
-                let msg = format!("gateway cannot connect to provider `{}`", up.name);
-                tracing::warn!(request_id = ?ex.request_id, provider = %up.name, error = %ErrorChain(&*e), "{msg}");
-                return ex.fail(up, index, ErrorKind::UpstreamConnect, &msg);
-            }
-            Ok(Err(SendError::Exchange(e))) => {
-                if has_source::<BodyTooLarge>(&e) {
-                    let msg = format!("request body is larger than the limit of {limit} bytes");
-                    return ex.fail(up, index, ErrorKind::BodyTooLarge, &msg);
-                }
-                if let Some(client) = source_of::<ClientBodyError>(&e) {
-                    return ex.client_broke(up, index, client);
-                }
-                let msg = format!("gateway broke the exchange with provider `{}`", up.name);
-                tracing::warn!(request_id = ?ex.request_id, provider = %up.name, error = %ErrorChain(&e), "{msg}");
-                return ex.fail(up, index, ErrorKind::UpstreamBroken, &msg);
-            }
-        }
-    }
-}
-
-/// The provider sent no response head within its `timeout` of the request being sent.
-struct FirstByteTimeout;
-
-/// Runs `send` until the provider's response head, for at most `limit` counted from when
-/// the client's whole body had been handed to the provider (not from the request's start:
-/// a client that uploads slowly must not make the provider look slow). The timer is armed
-/// once and re-armed only when it fires while the upload is still going or finished late,
-/// so the common case costs no extra wake-up.
-async fn first_byte_within<F: Future>(
-    limit: std::time::Duration,
-    body: Option<&RequestShared>,
-    send: F,
-) -> Result<F::Output, FirstByteTimeout> {
-    let expired = async {
-        let mut until = tokio::time::Instant::now() + limit;
-        loop {
-            tokio::time::sleep_until(until).await;
-            let now = tokio::time::Instant::now();
-            let Some(body) = body else { return };
-            match body.sent_at() {
-                Some(sent) if now >= sent + limit => return,
-                Some(sent) => until = sent + limit,
-                None => until = now + limit,
-            }
-        }
+    let call = Call {
+        ex,
+        index: first,
+        fallback: (other != first).then_some(other),
+        failed_over_from: None,
+        req,
+        worker,
     };
-    tokio::select! {
-        biased;
-        r = send => Ok(r),
-        () = expired => Err(FirstByteTimeout),
+    match provider_stack().call(call).await {
+        Ok(answer) => answer,
+        Err(never) => match never {},
     }
 }
 
@@ -471,13 +389,13 @@ fn set_provider_headers(headers: &mut http::HeaderMap, up: &Upstream) {
 }
 
 /// One request's context: what every way it can end needs to account for itself.
-struct Exchange {
-    snap: Arc<Snapshot>,
+pub struct Exchange {
+    pub(crate) snap: Arc<Snapshot>,
     request_id: HeaderValue,
     method: Method,
     uri: Uri,
     start: Instant,
-    shared: Option<Arc<RequestShared>>,
+    pub(crate) shared: Option<Arc<RequestShared>>,
     /// The gateway asked for stream usage on the client's behalf: strip that chunk.
     strip_usage: bool,
     /// This request is mirrored: its answer meets the shadow's here.
@@ -485,7 +403,71 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn respond(
+    /// The request rewritten for provider `index` after another could not be connected to.
+    pub(crate) fn retarget(
+        &self,
+        req: Request<RequestBody>,
+        index: usize,
+    ) -> Result<Request<RequestBody>, http::Error> {
+        retarget(req, &self.uri, &self.snap.upstreams[index])
+    }
+
+    /// Provider `index` sent no response head in time.
+    pub(crate) fn timed_out(&self, index: usize) -> Response<GatewayBody> {
+        let up = &self.snap.upstreams[index];
+        let msg = format!(
+            "provider `{}` sent no response within {:?}",
+            up.name, up.config.timeout
+        );
+        self.fail(up, index, ErrorKind::UpstreamTimeout, &msg)
+    }
+
+    /// Provider `index` could not be connected to, and the call goes to the other side:
+    /// counted (not as the answer).
+    pub(crate) fn connect_failed_over(&self, index: usize, e: &(dyn std::error::Error + 'static)) {
+        let up = &self.snap.upstreams[index];
+        tracing::warn!(request_id = ?self.request_id, provider = %up.name, error = %ErrorChain(e), "cannot connect; failing over");
+        up.metrics.failovers.increment(1);
+        self.account(Attempt {
+            index,
+            status: 0,
+            class: Class::Connect,
+            ttfb: None,
+            summary: BodySummary::default(),
+            answer: false,
+        });
+    }
+
+    /// Provider `index` could not be connected to, and there is no other side to try.
+    pub(crate) fn not_connected(
+        &self,
+        index: usize,
+        e: &dyn std::fmt::Display,
+    ) -> Response<GatewayBody> {
+        let up = &self.snap.upstreams[index];
+        let msg = format!("gateway cannot connect to provider `{}`", up.name);
+        tracing::warn!(request_id = ?self.request_id, provider = %up.name, error = %e, "{msg}");
+        self.fail(up, index, ErrorKind::UpstreamConnect, &msg)
+    }
+
+    /// The exchange with provider `index` failed once the request was on its way: the
+    /// client's body (too large, malformed, abandoned) or the provider.
+    pub(crate) fn broken(&self, index: usize, e: &hyper::Error) -> Response<GatewayBody> {
+        let up = &self.snap.upstreams[index];
+        if has_source::<BodyTooLarge>(e) {
+            let limit = self.snap.config.server.max_body_bytes;
+            let msg = format!("request body is larger than the limit of {limit} bytes");
+            return self.fail(up, index, ErrorKind::BodyTooLarge, &msg);
+        }
+        if let Some(client) = source_of::<ClientBodyError>(e) {
+            return self.client_broke(up, index, client);
+        }
+        let msg = format!("gateway broke the exchange with provider `{}`", up.name);
+        tracing::warn!(request_id = ?self.request_id, provider = %up.name, error = %ErrorChain(e), "{msg}");
+        self.fail(up, index, ErrorKind::UpstreamBroken, &msg)
+    }
+
+    pub(crate) fn respond(
         self,
         resp: Response<Incoming>,
         lease: Lease,
@@ -533,7 +515,7 @@ impl Exchange {
     }
 
     /// The request cannot be written for provider `index` (e.g. its path is not a valid URI).
-    fn unforwardable(&self, index: usize, e: &http::Error) -> Response<GatewayBody> {
+    pub(crate) fn unforwardable(&self, index: usize, e: &http::Error) -> Response<GatewayBody> {
         let msg = format!("cannot forward this request: {e}");
         self.fail(
             &self.snap.upstreams[index],
@@ -876,49 +858,6 @@ impl std::fmt::Display for ErrorChain<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    const LIMIT: Duration = Duration::from_secs(1);
-
-    /// The provider's first-byte timeout counts from the end of the client's upload.
-    #[tokio::test(start_paused = true)]
-    async fn a_slow_upload_does_not_eat_the_providers_timeout() {
-        let body = Arc::new(RequestShared::default());
-        let uploading = body.clone();
-        // The client takes 3 s to upload; the provider answers 500 ms after that.
-        let answer = async move {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            uploading.mark_sent();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            "answer"
-        };
-        let r = first_byte_within(LIMIT, Some(&body), answer).await;
-        assert!(matches!(r, Ok("answer")));
-
-        // Uploaded, then silent for longer than the limit: the provider's timeout.
-        let body = Arc::new(RequestShared::default());
-        body.mark_sent();
-        let start = tokio::time::Instant::now();
-        let r = first_byte_within(LIMIT, Some(&body), std::future::pending::<()>()).await;
-        assert!(r.is_err());
-        assert_eq!(start.elapsed(), LIMIT);
-
-        // Finished uploading late: the timeout runs from then.
-        let body = Arc::new(RequestShared::default());
-        let late = body.clone();
-        let start = tokio::time::Instant::now();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(2500)).await;
-            late.mark_sent();
-        });
-        let r = first_byte_within(LIMIT, Some(&body), std::future::pending::<()>()).await;
-        assert!(r.is_err());
-        assert!(
-            start.elapsed() >= Duration::from_millis(3500),
-            "{:?}",
-            start.elapsed()
-        );
-    }
 
     #[test]
     fn a_broken_upload_is_the_clients_and_says_how() {
