@@ -19,7 +19,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -60,41 +59,56 @@ pub struct Call {
     pub worker: Worker,
 }
 
-/// One attempt at one provider, below accounting.
-pub struct Attempt {
-    pub upstream: Arc<Upstream>,
+/// One attempt at one provider, below accounting. It borrows from the call's exchange,
+/// which accounting holds meanwhile: no reference counts change on objects the workers
+/// share.
+pub struct Attempt<'a> {
+    pub upstream: &'a Upstream,
     pub req: Request<RequestBody>,
     pub worker: Worker,
     /// The client's request body as it streams (tells when it was fully sent).
-    pub body: Option<Arc<RequestShared>>,
+    pub body: Option<&'a RequestShared>,
 }
 
-/// When the wait for a response head starts.
-pub trait Started: Send + Sync {
-    /// `None`: not yet (the request is still being sent).
-    fn started(&self) -> Option<Instant>;
+/// Since when the wait for a response head counts.
+pub enum Since {
+    /// From the call.
+    Call,
+    At(Instant),
+    /// Not yet (the request is still being sent).
+    NotYet,
 }
 
-impl Started for RequestShared {
-    fn started(&self) -> Option<Instant> {
-        self.sent_at()
+/// Tells when the wait for a response head starts.
+pub trait Started {
+    fn since(&self) -> Since;
+}
+
+impl Started for Option<&RequestShared> {
+    fn since(&self) -> Since {
+        match self {
+            Some(body) => body.sent_at().map_or(Since::NotYet, Since::At),
+            None => Since::Call,
+        }
     }
 }
 
 /// How long a request may wait for its response head, and from when.
 pub trait Deadline {
+    type Start: Started;
     fn limit(&self) -> Duration;
-    /// `None`: from the call.
-    fn start(&self) -> Option<Arc<dyn Started>>;
+    fn start(&self) -> Self::Start;
 }
 
-impl Deadline for Attempt {
+impl<'a> Deadline for Attempt<'a> {
+    type Start = Option<&'a RequestShared>;
+
     fn limit(&self) -> Duration {
         self.upstream.config.timeout
     }
 
-    fn start(&self) -> Option<Arc<dyn Started>> {
-        self.body.clone().map(|b| b as Arc<dyn Started>)
+    fn start(&self) -> Self::Start {
+        self.body
     }
 }
 
@@ -104,16 +118,17 @@ impl Deadline for Attempt {
 #[derive(Clone, Copy, Default)]
 pub struct Pooled;
 
-impl Service<Attempt> for Pooled {
+impl<'a> Service<Attempt<'a>> for Pooled {
     type Response = (Response<Incoming>, Lease);
     type Error = SendError;
-    type Future = BoxFuture<Result<(Response<Incoming>, Lease), SendError>>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Lease), SendError>> + Send + 'a>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, a: Attempt) -> Self::Future {
+    fn call(&mut self, a: Attempt<'a>) -> Self::Future {
         Box::pin(async move { a.upstream.send(a.worker, a.req).await })
     }
 }
@@ -152,7 +167,7 @@ where
 {
     type Response = S::Response;
     type Error = TimeoutError<S::Error>;
-    type Future = TimeoutFuture<S::Future>;
+    type Future = TimeoutFuture<S::Future, R::Start>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(TimeoutError::Inner)
@@ -161,19 +176,22 @@ where
     fn call(&mut self, req: R) -> Self::Future {
         let limit = req.limit();
         let start = req.start();
+        let called = Instant::now();
         TimeoutFuture {
             limit,
             start,
-            sleep: tokio::time::sleep(limit),
+            called,
+            sleep: tokio::time::sleep_until(called + limit),
             inner: self.inner.call(req),
         }
     }
 }
 
 pin_project! {
-    pub struct TimeoutFuture<F> {
+    pub struct TimeoutFuture<F, S> {
         limit: Duration,
-        start: Option<Arc<dyn Started>>,
+        start: S,
+        called: Instant,
         #[pin]
         sleep: Sleep,
         #[pin]
@@ -181,7 +199,7 @@ pin_project! {
     }
 }
 
-impl<F, T, E> Future for TimeoutFuture<F>
+impl<F, T, E, S: Started> Future for TimeoutFuture<F, S>
 where
     F: Future<Output = Result<T, E>>,
 {
@@ -196,17 +214,19 @@ where
             if this.sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let Some(start) = this.start else {
-                return Poll::Ready(Err(TimeoutError::Elapsed));
-            };
             let now = Instant::now();
-            match start.started() {
-                Some(sent) if now >= sent + *this.limit => {
-                    return Poll::Ready(Err(TimeoutError::Elapsed))
+            let since = match this.start.since() {
+                Since::Call => *this.called,
+                Since::At(sent) => sent,
+                Since::NotYet => {
+                    this.sleep.as_mut().reset(now + *this.limit);
+                    continue;
                 }
-                Some(sent) => this.sleep.as_mut().reset(sent + *this.limit),
-                None => this.sleep.as_mut().reset(now + *this.limit),
+            };
+            if now >= since + *this.limit {
+                return Poll::Ready(Err(TimeoutError::Elapsed));
             }
+            this.sleep.as_mut().reset(since + *this.limit);
         }
     }
 }
@@ -233,14 +253,9 @@ pub struct Accounting<S> {
 /// A call whose provider could not be connected to, counted, to be tried elsewhere.
 pub struct Retry(pub Call);
 
-impl<S> Service<Call> for Accounting<S>
-where
-    S: Service<Attempt, Response = (Response<Incoming>, Lease), Error = TimeoutError<SendError>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+// Over the concrete stack below it: its attempts borrow from the exchange this future
+// holds, which a bound over every lifetime of a generic inner service cannot express.
+impl Service<Call> for Accounting<FirstByteTimeout<Pooled>> {
     type Response = Response<GatewayBody>;
     type Error = Retry;
     type Future = BoxFuture<Result<Response<GatewayBody>, Retry>>;
@@ -250,7 +265,7 @@ where
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        let mut inner = self.inner.clone();
+        let mut inner = self.inner;
         Box::pin(async move {
             let Call {
                 ex,
@@ -261,12 +276,13 @@ where
                 worker,
             } = call;
             let attempt = Attempt {
-                upstream: ex.snap.upstreams[index].clone(),
+                upstream: &ex.snap.upstreams[index],
                 req,
                 worker,
-                body: ex.shared.clone(),
+                body: ex.shared.as_deref(),
             };
-            match inner.call(attempt).await {
+            let sent = inner.call(attempt).await;
+            match sent {
                 Ok((resp, lease)) => Ok(ex.respond(resp, lease, index, failed_over_from)),
                 Err(TimeoutError::Elapsed) => Ok(ex.timed_out(index)),
                 Err(TimeoutError::Inner(SendError::Connect(e, back))) => match fallback {
@@ -310,12 +326,12 @@ pub struct Failover<S> {
 
 impl<S> Service<Call> for Failover<S>
 where
-    S: Service<Call, Response = Response<GatewayBody>, Error = Retry> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Service<Call, Response = Response<GatewayBody>, Error = Retry> + Clone + Unpin,
+    S::Future: Unpin,
 {
     type Response = Response<GatewayBody>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<GatewayBody>, Infallible>>;
+    type Future = FailoverFuture<S>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -323,51 +339,81 @@ where
 
     fn call(&mut self, call: Call) -> Self::Future {
         let mut inner = self.inner.clone();
-        Box::pin(async move {
-            match inner.call(call).await {
-                Ok(resp) => Ok(resp),
+        FailoverFuture {
+            attempt: inner.call(call),
+            inner,
+        }
+    }
+}
+
+/// The first attempt, and the second one if the first could not connect.
+pub struct FailoverFuture<S: Service<Call>> {
+    inner: S,
+    attempt: S::Future,
+}
+
+impl<S> Future for FailoverFuture<S>
+where
+    S: Service<Call, Response = Response<GatewayBody>, Error = Retry> + Unpin,
+    S::Future: Unpin,
+{
+    type Output = Result<Response<GatewayBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            match std::task::ready!(Pin::new(&mut this.attempt).poll(cx)) {
+                Ok(resp) => return Poll::Ready(Ok(resp)),
                 Err(Retry(mut call)) => {
-                    // Accounting hands back only calls that have a fallback.
-                    let other = call.fallback.take().unwrap_or(call.index);
+                    let Some(other) = call.fallback.take() else {
+                        // Accounting answers calls without a fallback; for completeness.
+                        let answer = call.ex.not_connected(call.index, &"no provider left");
+                        return Poll::Ready(Ok(answer));
+                    };
                     call.failed_over_from = Some(call.index);
                     call.index = other;
                     match call.ex.retarget(call.req, other) {
                         Ok(req) => call.req = req,
-                        Err(e) => return Ok(call.ex.unforwardable(other, &e)),
+                        Err(e) => return Poll::Ready(Ok(call.ex.unforwardable(other, &e))),
                     }
-                    match inner.call(call).await {
-                        Ok(resp) => Ok(resp),
-                        // Without a fallback the call is answered; this is for completeness.
-                        Err(Retry(call)) => {
-                            Ok(call.ex.not_connected(call.index, &"no provider left"))
-                        }
-                    }
+                    this.attempt = this.inner.call(call);
                 }
             }
-        })
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     const LIMIT: Duration = Duration::from_secs(1);
 
     /// A request whose body is "sent" when the test says so.
     struct Upload(Arc<RequestShared>);
 
+    struct Shared(Arc<RequestShared>);
+
+    impl Started for Shared {
+        fn since(&self) -> Since {
+            self.0.sent_at().map_or(Since::NotYet, Since::At)
+        }
+    }
+
     impl Deadline for Upload {
+        type Start = Shared;
+
         fn limit(&self) -> Duration {
             LIMIT
         }
 
-        fn start(&self) -> Option<Arc<dyn Started>> {
-            Some(self.0.clone())
+        fn start(&self) -> Shared {
+            Shared(self.0.clone())
         }
     }
 
-    /// An inner service that answers `after` the upload finished, or never.
+    /// An inner service that answers `after` the call, or never.
     fn answering(
         after: Option<Duration>,
     ) -> impl Service<
