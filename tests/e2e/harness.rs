@@ -238,6 +238,16 @@ impl Gateway {
             .expect("status json")
     }
 
+    /// `/admin/status` read as the documented type: fails when the JSON drifts from it.
+    pub async fn typed_status(&self) -> switchyard_core::api::Status {
+        serde_json::from_value(self.status().await).expect("the documented status document")
+    }
+
+    /// `/admin/stats` read as the documented type.
+    pub async fn typed_stats(&self) -> switchyard_core::api::Stats {
+        serde_json::from_value(self.stats().await).expect("the documented stats document")
+    }
+
     pub async fn stats(&self) -> serde_json::Value {
         client()
             .get(self.admin_url("/admin/stats"))

@@ -284,8 +284,16 @@ async fn a_new_side_as_good_as_a_failing_old_side_is_kept() {
         0.0,
     )
     .await;
-    // Also in the stats, and in one line from the CLI.
-    assert_eq!(gw.stats().await["verdict"]["result"], "pass");
+    // Also in the stats (both documents read as their Rust types), and in one line from
+    // the CLI.
+    let stats = gw.typed_stats().await;
+    assert_eq!(
+        stats.verdict.map(|v| v.result),
+        Some(switchyard_core::verdict::Judgement::Pass)
+    );
+    assert!(stats.providers["new"].outcomes["5xx"] > 0);
+    let status = gw.typed_status().await;
+    assert!(status.state_file.saved && !status.rolled_back);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["phase", "status", "--admin", &gw.admin_url("")])
         .env_remove("SWITCHYARD_ADMIN_TOKEN")
