@@ -68,6 +68,16 @@ fn replica(dir: &Path, name: &str, extra: &str, store: Option<Arc<MemoryStore>>)
     }
 }
 
+/// Two replicas `a` (with `extra_a` in its config) and `b` on one in-memory store, joined.
+async fn two_replicas(dir: &Path, extra_a: &str) -> (Arc<MemoryStore>, Replica, Replica) {
+    let store = Arc::new(MemoryStore::new());
+    let a = replica(dir, "a", extra_a, Some(store.clone()));
+    let b = replica(dir, "b", "", Some(store.clone()));
+    a.join_cluster().await;
+    b.join_cluster().await;
+    (store, a, b)
+}
+
 fn phase(c: &Control) -> String {
     let s = c.gateway().load();
     s.state.phase_name(&s.config.migration.phases).to_string()
@@ -128,11 +138,7 @@ async fn single_mode_refuses_a_phase_change_the_state_file_cannot_hold() {
 #[tokio::test]
 async fn replicas_follow_the_store_and_a_lost_race_is_a_conflict() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(MemoryStore::new());
-    let a = replica(dir.path(), "a", "", Some(store.clone()));
-    let b = replica(dir.path(), "b", "", Some(store.clone()));
-    a.join_cluster().await;
-    b.join_cluster().await;
+    let (_store, a, b) = two_replicas(dir.path(), "").await;
     a.set_phase("p50", false).await.unwrap();
     assert!(b.sync_from_cluster(b.cluster.as_ref().unwrap()).await);
     assert_eq!(phase(&b), "p50");
@@ -149,11 +155,7 @@ async fn replicas_follow_the_store_and_a_lost_race_is_a_conflict() {
 #[tokio::test]
 async fn the_revision_comes_from_the_write_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(MemoryStore::new());
-    let a = replica(dir.path(), "a", "", Some(store.clone()));
-    let b = replica(dir.path(), "b", "", Some(store.clone()));
-    a.join_cluster().await;
-    b.join_cluster().await;
+    let (store, a, b) = two_replicas(dir.path(), "").await;
     // b's write of p100 lands between a's write of p50 and anything a does next.
     let b_state = {
         let s = b.gateway().load();
@@ -175,11 +177,7 @@ async fn the_revision_comes_from_the_write_itself() {
 #[tokio::test]
 async fn a_rollback_while_the_store_is_down_happens_at_once_and_is_shared_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(MemoryStore::new());
-    let a = replica(dir.path(), "a", "", Some(store.clone()));
-    let b = replica(dir.path(), "b", "", Some(store.clone()));
-    a.join_cluster().await;
-    b.join_cluster().await;
+    let (store, a, b) = two_replicas(dir.path(), "").await;
     store.set_reachable(false);
     // Other changes wait for the store…
     let e = a.set_phase("p50", false).await.unwrap_err();
@@ -232,11 +230,7 @@ async fn a_failing_local_write_does_not_leave_a_replica_behind() {
 #[tokio::test]
 async fn a_rollback_racing_a_change_on_another_replica_wins() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(MemoryStore::new());
-    let a = replica(dir.path(), "a", "", Some(store.clone()));
-    let b = replica(dir.path(), "b", "", Some(store.clone()));
-    a.join_cluster().await;
-    b.join_cluster().await;
+    let (_store, a, b) = two_replicas(dir.path(), "").await;
     // a advances; b, not yet synced, rolls back: its write conflicts, and it goes on top.
     a.set_phase("p50", false).await.unwrap();
     b.rollback(Trigger::Auto, "fail".into(), None, None).await;

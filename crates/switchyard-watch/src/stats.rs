@@ -220,18 +220,12 @@ fn provider_view(p: &ProviderStats) -> api::ProviderStats {
         .iter()
         .filter(|s| s.class.is_provider_error())
         .count() as u64;
-    let mut error_rate: BTreeMap<String, f64> = [
-        Class::ClientError,
-        Class::Auth,
-        Class::Refused,
-        Class::ServerError,
-        Class::Timeout,
-        Class::Connect,
-        Class::StreamCut,
-    ]
-    .iter()
-    .map(|c| (c.label().to_string(), rate(window_class[c.label()])))
-    .collect();
+    // Rates of what the providers answered or failed, not of successes or what clients broke.
+    let mut error_rate: BTreeMap<String, f64> = Class::ALL
+        .iter()
+        .filter(|c| c.judges_provider() && **c != Class::Success)
+        .map(|c| (c.label().to_string(), rate(window_class[c.label()])))
+        .collect();
     error_rate.insert("provider_errors".into(), rate(provider_errors));
     let outcomes = Class::ALL
         .iter()
