@@ -1,0 +1,99 @@
+//! `switchyard check [--probe]`: validate a config, and probe its providers.
+
+use std::process::ExitCode;
+
+pub fn run(path: &std::path::Path, probe: bool) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    match switchyard_core::Config::parse(&text, &path.display().to_string()) {
+        Ok(c) => {
+            let m = &c.migration;
+            println!(
+                "{}: ok ({} providers; {} -> {} in {} phases; phase {})",
+                path.display(),
+                c.providers.len(),
+                c.providers[m.from].name,
+                c.providers[m.to].name,
+                m.phases.len(),
+                m.file_phase
+            );
+            if probe {
+                return probe_providers(&c);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{} error(s)", errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `check --probe`: the preflight of both providers of the migration, from here.
+fn probe_providers(c: &switchyard_core::Config) -> ExitCode {
+    let rt = match crate::runtime(false) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let m = &c.migration;
+    let mut ok = true;
+    for i in [m.from, m.to] {
+        let p = &c.providers[i];
+        let key = p
+            .api_key_env
+            .as_ref()
+            .and_then(|v| std::env::var(v).ok())
+            .filter(|k| !k.is_empty());
+        if let (Some(var), None) = (&p.api_key_env, &key) {
+            eprintln!(
+                "warning: {var} is not set: `{}` is probed without a key",
+                p.name
+            );
+        }
+        let up = match switchyard_proxy::upstream::Upstream::build(p, key, 1) {
+            Ok(up) => up,
+            Err(e) => {
+                eprintln!("{e}");
+                ok = false;
+                continue;
+            }
+        };
+        let models: Vec<String> = p.pricing.models.keys().cloned().collect();
+        let report = rt.block_on(switchyard_control::preflight::run(
+            &up,
+            &models,
+            &c.health_check.path,
+            m.preflight.timeout,
+        ));
+        for probe in &report.probes {
+            let what = probe.model.as_deref().unwrap_or("GET models");
+            let status = probe.status.map_or("-".to_string(), |s| s.to_string());
+            println!(
+                "{:<8} {:<10} {what}: {status} in {} ms{}",
+                if probe.ok { "ok" } else { "REFUSED" },
+                p.name,
+                probe.latency_ms,
+                if probe.ok {
+                    String::new()
+                } else {
+                    format!(" ({})", probe.detail)
+                }
+            );
+        }
+        ok &= report.ok;
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("a provider refused the probe: moving traffic onto it would fail users");
+        ExitCode::FAILURE
+    }
+}
