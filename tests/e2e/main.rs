@@ -5,6 +5,7 @@ mod harness;
 
 mod cli;
 mod cluster;
+mod dashboard;
 mod judge;
 mod lifecycle;
 mod phases;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -23,7 +23,7 @@ use switchyard_core::api::{
     ErrorBody, ErrorDetail, NextRequest, PhaseRequest, ReloadAnswer, RollbackRequest, Stats, Status,
 };
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// An admin call that did not succeed: status and a message for the operator.
 #[derive(Debug, Clone)]
@@ -64,7 +64,16 @@ pub trait AdminHandle: Send + Sync + 'static {
     ) -> impl Future<Output = AdminResult> + Send;
     fn rollback(&self, reason: String) -> impl Future<Output = AdminResult> + Send;
     fn reload(&self) -> impl Future<Output = AdminResult<ReloadAnswer>> + Send;
+    /// The live event stream: the frames a new subscriber gets first, and the rest as they
+    /// come (each a whole Server-Sent Events frame).
+    fn events(&self) -> (Vec<Arc<str>>, broadcast::Receiver<Arc<str>>);
 }
+
+/// The dashboard: one self-contained page (no CDN, nothing fetched but the admin API).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// A comment line every so often keeps proxies from closing a quiet stream.
+const SSE_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Serves until `shutdown` turns true.
 pub async fn serve<H: AdminHandle>(
@@ -77,6 +86,7 @@ pub async fn serve<H: AdminHandle>(
         .filter(|t| !t.is_empty())
         .map(|t| Arc::from(t.as_bytes()));
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let stop = shutdown.clone();
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.changed() => return,
@@ -92,27 +102,113 @@ pub async fn serve<H: AdminHandle>(
         let handle = handle.clone();
         let token = token.clone();
         let builder = builder.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let handle = handle.clone();
                 let token = token.clone();
-                async move { Ok::<_, Infallible>(route(&*handle, token.as_deref(), req).await) }
+                let stop = stop.clone();
+                async move { Ok::<_, Infallible>(route(&*handle, token.as_deref(), req, stop).await) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
 
-type AdminBody = Full<Bytes>;
+type AdminBody = Either<Full<Bytes>, SseBody>;
+
+fn full(b: impl Into<Bytes>) -> AdminBody {
+    Either::Left(Full::new(b.into()))
+}
+
+/// A Server-Sent Events stream: the first frames, then what the forwarding task sends.
+pub struct SseBody {
+    first: std::collections::VecDeque<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if let Some(b) = self.first.pop_front() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(b))));
+        }
+        self.rx
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// `GET /admin/events`: the handle's frames, forwarded until the client goes away or the
+/// gateway shuts down.
+fn events<H: AdminHandle>(h: &H, mut shutdown: watch::Receiver<bool>) -> Response<AdminBody> {
+    let (first, mut frames) = h.events();
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut keepalive = tokio::time::interval(SSE_KEEPALIVE);
+        keepalive.tick().await;
+        loop {
+            let frame = tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = keepalive.tick() => Bytes::from_static(b": keep-alive\n\n"),
+                f = frames.recv() => match f {
+                    Ok(f) => Bytes::copy_from_slice(f.as_bytes()),
+                    // A slow reader skips what it missed; the next snapshot has it all.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if tx.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = SseBody {
+        first: first
+            .iter()
+            .map(|f| Bytes::copy_from_slice(f.as_bytes()))
+            .collect(),
+        rx,
+    };
+    let mut r = Response::new(Either::Right(body));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
 
 async fn route<H: AdminHandle>(
     h: &H,
     token: Option<&[u8]>,
     req: Request<Incoming>,
+    shutdown: watch::Receiver<bool>,
 ) -> Response<AdminBody> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     match (&method, path.as_str()) {
+        (&Method::GET, "/" | "/dashboard") => {
+            let mut r = Response::new(full(DASHBOARD));
+            let hd = r.headers_mut();
+            hd.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            // The page talks only to this origin; nothing may frame it.
+            hd.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"),
+            );
+            hd.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            return r;
+        }
         (&Method::GET, "/healthz") => return json_resp(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
             return if h.ready() {
@@ -122,7 +218,7 @@ async fn route<H: AdminHandle>(
             }
         }
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(h.metrics())));
+            let mut r = Response::new(full(h.metrics()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -151,6 +247,7 @@ async fn route<H: AdminHandle>(
         }
     }
     match (&method, path.as_str()) {
+        (&Method::GET, "/admin/events") => events(h, shutdown),
         (&Method::GET, "/admin/status") => answer(Ok(h.status())),
         (&Method::GET, "/admin/stats") => answer(h.stats().ok_or_else(|| {
             AdminError::new(501, "per-provider stats are not available in this build")
@@ -178,7 +275,7 @@ async fn route<H: AdminHandle>(
         (
             _,
             "/admin/status" | "/admin/stats" | "/admin/phase/next" | "/admin/phase"
-            | "/admin/rollback" | "/admin/reload",
+            | "/admin/rollback" | "/admin/reload" | "/admin/events",
         ) => error(AdminError::new(
             405,
             format!("{method} is not allowed on {path}"),
@@ -223,7 +320,7 @@ async fn read_body<T: DeserializeOwned>(
 fn json_resp<T: Serialize + ?Sized>(status: StatusCode, v: &T) -> Response<AdminBody> {
     let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
     body.push(b'\n');
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

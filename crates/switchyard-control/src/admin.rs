@@ -146,6 +146,15 @@ impl AdminHandle for Control {
         Ok(self.status())
     }
 
+    fn events(
+        &self,
+    ) -> (
+        Vec<std::sync::Arc<str>>,
+        tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
+    ) {
+        self.events.subscribe()
+    }
+
     async fn reload(&self) -> AdminResult<ReloadAnswer> {
         let config_version = Control::reload(self, ReloadCause::Admin, false).await?;
         Ok(ReloadAnswer { config_version })

@@ -334,6 +334,14 @@ impl Cluster {
         Ok(())
     }
 
+    /// The replicas alive at the last heartbeat.
+    pub fn replicas(&self) -> Vec<ReplicaView> {
+        self.replicas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn status(&self) -> ClusterStatus {
         let replicas = self
             .replicas
@@ -369,6 +377,8 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lease: Option<i64> = None;
     let mut n: u64 = 0;
+    // The replicas alive at the last heartbeat, to tell the event stream when they change.
+    let mut known: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             _ = stop.changed() => {
@@ -399,7 +409,16 @@ pub async fn run(
             };
             lease = l;
             if let Some(l) = lease {
-                let _ = cluster.heartbeat(l, &phase).await;
+                if cluster.heartbeat(l, &phase).await.is_ok() {
+                    let replicas = cluster.replicas();
+                    let ids: Vec<&str> = replicas.iter().map(|r| r.id.as_str()).collect();
+                    if ids != known.iter().map(String::as_str).collect::<Vec<_>>() {
+                        known = ids.iter().map(|s| s.to_string()).collect();
+                        control
+                            .events
+                            .publish(&switchyard_core::api::Event::Replicas { replicas });
+                    }
+                }
             }
         }
     }

@@ -24,9 +24,11 @@ use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::cluster::{Cluster, SharedState, WriteError};
 use crate::error::ControlError;
+use crate::events::EventBus;
 use crate::store::Store;
 use crate::watch::{set_judgement_gauges, WatchState};
 use crate::{preflight, state_file};
+use switchyard_core::api::Event;
 
 pub const STATE_SAVED: &str = "switchyard_state_saved";
 pub const STATE_SAVE_FAILURES: &str = "switchyard_state_save_failures_total";
@@ -57,6 +59,8 @@ pub struct Control {
     /// A rollback this replica made that the store has not taken yet (published when it
     /// answers, before anything is adopted from it).
     pub(crate) unpublished: AtomicBool,
+    /// The live event stream (`GET /admin/events`, the dashboard).
+    pub events: EventBus,
 }
 
 fn webhook_url(config: &Config) -> Option<String> {
@@ -168,6 +172,7 @@ impl Control {
             cluster,
             unsaved: std::sync::Mutex::new(None),
             unpublished: AtomicBool::new(false),
+            events: EventBus::default(),
         };
         Ok((control, config))
     }
@@ -346,6 +351,10 @@ impl Control {
             }
         }
         if rolled_back_now {
+            self.events.publish(&Event::Rollback {
+                reason: "phase: rollback in the config file".into(),
+                trigger: Trigger::Config,
+            });
             metrics::counter!("switchyard_rollbacks_total", "trigger" => "config").increment(1);
             let from = &config.providers[config.migration.from].name;
             self.alerter.send(Alert {
@@ -357,6 +366,7 @@ impl Control {
             });
         } else if state_changed {
             self.alert_phase(&config, &state, "config file");
+            self.publish_phase(&live, "config file");
         }
         Ok(version)
     }
@@ -494,7 +504,17 @@ impl Control {
             "migration state changed"
         );
         self.alert_phase(&s.config, &s.state, by);
+        self.publish_phase(&s, by);
         Ok(s)
+    }
+
+    /// The event stream's `phase` event for the live state.
+    pub(crate) fn publish_phase(&self, s: &Snapshot, by: &str) {
+        self.events.publish(&Event::Phase {
+            phase: s.state.phase_name(&s.config.migration.phases).to_string(),
+            percent: s.percent(),
+            by: by.to_string(),
+        });
     }
 
     fn alert_phase(&self, config: &Config, state: &MigrationState, by: &str) {
@@ -539,6 +559,10 @@ impl Control {
         let m = &s.config.migration;
         let from = &s.config.providers[m.from].name;
         tracing::warn!(trigger = trigger.as_str(), %reason, "ROLLBACK: 100% of traffic to `{from}`");
+        self.events.publish(&Event::Rollback {
+            reason: reason.clone(),
+            trigger,
+        });
         self.alerter.send(Alert {
             event: "rollback",
             provider: Some(s.config.providers[m.to].name.clone()),

@@ -15,6 +15,7 @@ mod admin;
 pub mod cluster;
 pub mod control;
 pub mod error;
+pub mod events;
 pub mod file_watch;
 pub mod preflight;
 pub mod state_file;
@@ -64,6 +65,7 @@ pub async fn start(
         tokio::spawn(cluster::run(control.clone(), c, stop.clone()));
     }
     watch::spawn(control.clone(), events_rx, shadow_rx, stop.clone());
+    tokio::spawn(events::run(control.clone(), stop.clone()));
     let file_watch = file_watch::watch_file(control.clone(), stop);
     Ok(Running {
         control,

@@ -148,6 +148,20 @@ impl Control {
                 self.watch.phase_began(SystemTime::now());
                 let _ = self.save();
                 tracing::info!(from_replica = %shared.changed_by, phase = state.phase_name(&current.config.migration.phases), rolled_back = state.rolled_back, "applied the shared migration state");
+                let live = self.gateway.load();
+                match (
+                    &state.rollback_reason,
+                    state.rollback_trigger,
+                    state.rolled_back,
+                ) {
+                    (Some(reason), Some(trigger), true) => {
+                        self.events.publish(&switchyard_core::api::Event::Rollback {
+                            reason: reason.clone(),
+                            trigger,
+                        })
+                    }
+                    _ => self.publish_phase(&live, &format!("replica {}", shared.changed_by)),
+                }
                 if state.rolled_back && !was_rolled_back {
                     tracing::warn!(from_replica = %shared.changed_by, "ROLLBACK through the cluster: 100% of traffic to `from`");
                 }

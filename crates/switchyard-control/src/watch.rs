@@ -152,7 +152,13 @@ async fn judge(
                 }
             }
         };
-        control.watch.set_verdict(&verdict);
+        if control.watch.set_verdict(&verdict) {
+            control
+                .events
+                .publish(&switchyard_core::api::Event::Verdict {
+                    verdict: Box::new(verdict.clone()),
+                });
+        }
         if verdict.result == Judgement::Fail && !snap.state.rolled_back && snap.percent() > 0.0 {
             control.auto_rollback(snap.epoch, &verdict).await;
             continue;
@@ -249,6 +255,12 @@ async fn health(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
                 changed
             };
             if let Some(healthy) = changed {
+                control
+                    .events
+                    .publish(&switchyard_core::api::Event::Health {
+                        provider: up.name.to_string(),
+                        healthy,
+                    });
                 let what = if healthy {
                     "healthy again".to_string()
                 } else {
@@ -354,17 +366,20 @@ impl WatchState {
         *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
 
-    /// Publishes the judge's verdict (status, stats, and the `switchyard_judgement` gauges).
-    pub fn set_verdict(&self, v: &Verdict) {
+    /// Publishes the judge's verdict (status, stats, and the `switchyard_judgement`
+    /// gauges). True when its overall result changed.
+    pub fn set_verdict(&self, v: &Verdict) -> bool {
         let mut current = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
         if current.as_ref() == Some(v) {
-            return;
+            return false;
         }
-        if current.as_ref().map(|c| c.result) != Some(v.result) {
+        let changed = current.as_ref().map(|c| c.result) != Some(v.result);
+        if changed {
             tracing::info!(result = v.result.label(), reason = %v.reason, "judgement");
         }
         set_judgement_gauges(Some(v));
         *current = Some(v.clone());
+        changed
     }
 
     pub fn verdict(&self) -> Option<Verdict> {

@@ -281,6 +281,97 @@ pub struct ErrorDetail {
     pub details: Vec<String>,
 }
 
+/// What `GET /admin/events` streams (Server-Sent Events; the SSE `event:` field is the
+/// `type`, `data:` the JSON of the whole value). A client first gets `history` (the last
+/// 15 minutes, a point a second) and a `snapshot`, then a `snapshot` every second and the
+/// other events as they happen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The per-second points of the last 15 minutes, oldest first.
+    History {
+        points: Vec<Point>,
+    },
+    /// Everything the dashboard shows, every second.
+    Snapshot {
+        status: Box<Status>,
+        stats: Box<Stats>,
+        point: Point,
+    },
+    /// The migration state changed (a phase, or leaving a rollback).
+    Phase {
+        phase: String,
+        percent: f64,
+        by: String,
+    },
+    Rollback {
+        reason: String,
+        trigger: Trigger,
+    },
+    /// The judge's overall result changed.
+    Verdict {
+        verdict: Box<Verdict>,
+    },
+    Health {
+        provider: String,
+        healthy: bool,
+    },
+    /// An alert, as the webhook gets it.
+    Alert {
+        event: String,
+        provider: Option<String>,
+        text: String,
+    },
+    /// The replicas alive changed (cluster mode).
+    Replicas {
+        replicas: Vec<ReplicaView>,
+    },
+}
+
+impl Event {
+    /// The SSE `event:` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::History { .. } => "history",
+            Event::Snapshot { .. } => "snapshot",
+            Event::Phase { .. } => "phase",
+            Event::Rollback { .. } => "rollback",
+            Event::Verdict { .. } => "verdict",
+            Event::Health { .. } => "health",
+            Event::Alert { .. } => "alert",
+            Event::Replicas { .. } => "replicas",
+        }
+    }
+
+    /// As one Server-Sent Events frame.
+    pub fn to_sse(&self) -> String {
+        let data = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
+        format!("event: {}\ndata: {data}\n\n", self.name())
+    }
+}
+
+/// One second of a migration, per provider: what the dashboard's charts draw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub at_unix_ms: u64,
+    /// Share of keys routed to `to` then.
+    pub percent: f64,
+    pub providers: BTreeMap<String, PointValues>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PointValues {
+    /// Requests finished in that second.
+    pub rps: f64,
+    /// Over the stats window, as `/admin/stats` has them then.
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub ttft_p95_ms: Option<f64>,
+    pub error_rate: f64,
+    pub cost_usd: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +438,22 @@ mod tests {
         round_trip::<NextRequest>(json!({}));
         round_trip::<RollbackRequest>(json!({"reason": "slow"}));
         round_trip::<ReloadAnswer>(json!({"config_version": 4}));
+        round_trip::<Event>(json!({"type": "rollback", "reason": "slow", "trigger": "auto"}));
+        round_trip::<Event>(
+            json!({"type": "history", "points": [{"at_unix_ms": 1, "percent": 50.0,
+            "providers": {"new": {"rps": 3.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0,
+                                  "ttft_p95_ms": null, "error_rate": 0.0, "cost_usd": 0.01}}}]}),
+        );
+        let frame = Event::Health {
+            provider: "new".into(),
+            healthy: false,
+        }
+        .to_sse();
+        assert!(
+            frame.starts_with("event: health\ndata: {\"type\":\"health\""),
+            "{frame}"
+        );
+        assert!(frame.ends_with("\n\n"));
         round_trip::<ErrorBody>(
             json!({"error": {"message": "m", "type": "admin_error", "code": 409}}),
         );

@@ -69,6 +69,8 @@ pub struct Alerter {
     tx: mpsc::Sender<Alert>,
     settings: Arc<Mutex<Settings>>,
     last: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Every alert, for watchers in the process (the dashboard's event stream).
+    seen: tokio::sync::broadcast::Sender<Alert>,
 }
 
 const QUEUE: usize = 64;
@@ -84,7 +86,13 @@ impl Alerter {
             tx,
             settings,
             last: Arc::new(Mutex::new(HashMap::new())),
+            seen: tokio::sync::broadcast::channel(QUEUE).0,
         }
+    }
+
+    /// Every alert from now on, whether or not a webhook is set (a slow reader misses some).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Alert> {
+        self.seen.subscribe()
     }
 
     /// A reload may change the webhook or the cooldown.
@@ -97,6 +105,7 @@ impl Alerter {
     /// Queues `alert` unless the same event alerted within the cooldown. Always logged.
     pub fn send(&self, alert: Alert) {
         tracing::warn!(target: "switchyard::alert", event = alert.event, provider = ?alert.provider, phase = ?alert.phase, metric = ?alert.metric, value = ?alert.value, threshold = ?alert.threshold, "{}", alert.text);
+        let _ = self.seen.send(alert.clone());
         let (has_url, cooldown) = {
             let s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
             (s.url.is_some(), s.cooldown)
