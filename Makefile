@@ -3,7 +3,7 @@ CARGO ?= cargo
 CONFIG ?= config/switchyard.yaml
 BIN := target/release/switchyard
 
-.PHONY: all build run serve test test-tools lint fmt bench docker demo clean
+.PHONY: all build run serve test test-tools lint fmt bench docker demo screenshot clean
 
 all: build
 
@@ -27,13 +27,19 @@ serve: build
 test: test-tools
 	$(CARGO) test --workspace --locked --exclude switchyard-bench
 
-# The etcd client's tests run a real etcd server (Debian's etcd-server).
+# The etcd client's tests run a real etcd server (Debian's etcd-server); the dashboard's
+# browser test runs Debian's headless chromium over chromedriver.
 test-tools:
-	@command -v etcd >/dev/null 2>&1 || { \
-	  echo "installing etcd-server (Debian package) for the etcd tests"; \
+	@need=""; \
+	command -v etcd >/dev/null 2>&1 || need="$$need etcd-server"; \
+	[ -x /usr/bin/chromium ] || need="$$need chromium"; \
+	[ -x /usr/bin/chromedriver ] || need="$$need chromium-driver"; \
+	if [ -n "$$need" ]; then \
+	  echo "installing Debian packages for the tests:$$need"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get install -y -q etcd-server >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q etcd-server >/dev/null; }; \
-	}
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q $$need >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $$need >/dev/null; }; \
+	fi
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -53,6 +59,10 @@ demo: build
 
 docker:
 	docker build -f deploy/Dockerfile -t switchyard:dev .
+
+# The README's dashboard picture, taken by the browser test against mock providers.
+screenshot: test-tools
+	SWITCHYARD_SCREENSHOT=docs/dashboard.png $(CARGO) test --locked --test e2e browser::the_dashboard_shows_live_numbers_and_rolls_back_from_the_page -- --exact
 
 clean:
 	$(CARGO) clean
