@@ -92,6 +92,30 @@ async fn text(c: &Client, id: &str) -> String {
     }
 }
 
+/// Clicks `#id` and accepts the page's confirmation.
+async fn click_and_confirm(c: &Client, id: &str) {
+    c.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.accept_alert().await.unwrap();
+}
+
+/// `n` chat completions with request ids `prefix-i`.
+async fn chats(gw: &Gateway, prefix: &str, n: usize) {
+    for i in 0..n {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("x-request-id", format!("{prefix}-{i}"))
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
 /// Polls the page until `pred` holds for the text of `#id` (at most 15 s).
 async fn wait_text(c: &Client, id: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -134,15 +158,7 @@ async fn the_dashboard_shows_live_numbers_and_rolls_back_from_the_page() {
 
     // The numbers move under load.
     let before: u64 = text(&c, "requests-new").await.parse().unwrap_or(0);
-    for i in 0..30 {
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .header("x-request-id", format!("page-{i}"))
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
-    }
+    chats(&gw, "page", 30).await;
     wait_text(&c, "requests-new", "the new side's requests moving", |t| {
         t.parse::<u64>().is_ok_and(|n| n > before)
     })
@@ -166,13 +182,7 @@ async fn the_dashboard_shows_live_numbers_and_rolls_back_from_the_page() {
         .send_keys("the new side looks wrong")
         .await
         .unwrap();
-    c.find(Locator::Id("btn-rollback"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.accept_alert().await.unwrap();
+    click_and_confirm(&c, "btn-rollback").await;
     wait_text(&c, "split", "the split at 0%", |t| t == "0%").await;
     wait_text(&c, "rollback-text", "the rollback reason", |t| {
         t.contains("the new side looks wrong")
@@ -192,15 +202,7 @@ async fn the_dashboard_shows_live_numbers_and_rolls_back_from_the_page() {
     assert_eq!(s["rollback_reason"], "the new side looks wrong");
     // Traffic left the new provider.
     let served = new.request_count();
-    for i in 0..10 {
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .header("x-request-id", format!("after-{i}"))
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
-    }
+    chats(&gw, "after", 10).await;
     assert_eq!(new.request_count(), served);
 
     // A wrong action shows the API's error: a phase that does not exist.
@@ -210,13 +212,7 @@ async fn the_dashboard_shows_live_numbers_and_rolls_back_from_the_page() {
     )
     .await
     .unwrap();
-    c.find(Locator::Id("btn-set"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.accept_alert().await.unwrap();
+    click_and_confirm(&c, "btn-set").await;
     wait_text(&c, "result", "the API's error", |t| t.contains("400")).await;
     c.close().await.unwrap();
 }
