@@ -66,7 +66,7 @@ fn probe_providers(c: &switchyard_core::Config) -> ExitCode {
                 continue;
             }
         };
-        let models: Vec<String> = p.pricing.models.keys().cloned().collect();
+        let models = switchyard_control::preflight::probe_models(p);
         let report = rt.block_on(switchyard_control::preflight::run(
             &up,
             &models,

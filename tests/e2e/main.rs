@@ -10,6 +10,7 @@ mod dashboard;
 mod judge;
 mod lifecycle;
 mod phases;
+mod providers;
 mod proxy;
 mod routing;
 mod security;

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 use crate::cluster::{Cluster, SharedState, WriteError};
 use crate::error::ControlError;
 use crate::events::EventBus;
+use crate::preflight::probe_models;
 use crate::store::Store;
 use crate::watch::{set_judgement_gauges, WatchState};
 use crate::{preflight, state_file};
@@ -398,7 +399,7 @@ impl Control {
             return Ok(());
         }
         let provider = &snap.config.providers[m.to];
-        let models: Vec<String> = provider.pricing.models.keys().cloned().collect();
+        let models = probe_models(provider);
         let report = preflight::run(
             &snap.upstreams[m.to],
             &models,

@@ -43,6 +43,19 @@ pub fn summary(r: &Report) -> String {
     }
 }
 
+/// The models to probe a provider with: its priced models, under the name it knows them
+/// by (`models:` maps client-facing names to its own).
+pub fn probe_models(p: &switchyard_core::config::ProviderConfig) -> Vec<String> {
+    p.pricing
+        .models
+        .keys()
+        .map(|m| match p.model_for(m) {
+            Ok(Some(name)) => name.to_string(),
+            _ => m.clone(),
+        })
+        .collect()
+}
+
 /// Whether an answer is a refusal worth stopping a move for: the provider's key, quota,
 /// model or health, not the shape of the probe.
 fn refused(status: u16) -> bool {

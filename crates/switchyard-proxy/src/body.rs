@@ -133,6 +133,8 @@ enum Source {
 
 pub struct RequestBody {
     shared: Arc<RequestShared>,
+    /// Bytes read ahead of the client's stream (to learn its model), sent first.
+    prefix: Option<Bytes>,
     source: Source,
     hint: SizeHint,
     limit: u64,
@@ -202,6 +204,7 @@ impl RequestBody {
         }
         let body = RequestBody {
             shared: shared.clone(),
+            prefix: None,
             source,
             hint,
             limit,
@@ -212,12 +215,71 @@ impl RequestBody {
         (body, shared)
     }
 
+    /// The client's body of which `prefix` was read ahead (and perhaps rewritten): the
+    /// prefix goes first, then the rest streams. The model is already known (`model`).
+    pub fn after_prefix(
+        prefix: Bytes,
+        rest: Option<Incoming>,
+        limit: u64,
+        model: Option<&str>,
+    ) -> (Self, Arc<RequestShared>) {
+        let shared = Arc::new(RequestShared::default());
+        if let Some(m) = model {
+            let _ = shared.model.set(m.into());
+        }
+        let source = match rest {
+            Some(i) if !i.is_end_stream() => Source::Live(i),
+            _ => {
+                shared.mark_sent();
+                return (Self::buffered(prefix, shared.clone()), shared);
+            }
+        };
+        let body = RequestBody {
+            shared: shared.clone(),
+            prefix: Some(prefix),
+            source,
+            // The length is the client's Content-Length, adjusted by the caller.
+            hint: SizeHint::default(),
+            limit,
+            seen: 0,
+            model_scan: None,
+            tee: None,
+        };
+        (body, shared)
+    }
+
+    /// The length of the read-ahead prefix still to be sent (0: none).
+    pub fn prefix_len(&self) -> usize {
+        match (&self.prefix, &self.source) {
+            (Some(p), _) => p.len(),
+            (None, Source::Buffered(Some(b))) => b.len(),
+            _ => 0,
+        }
+    }
+
+    /// Replaces the read-ahead prefix (the request goes to another provider, whose model
+    /// name differs) before anything was sent. False when there is none to replace.
+    pub fn replace_prefix(&mut self, prefix: Bytes) -> bool {
+        match (&mut self.prefix, &mut self.source) {
+            (Some(p), _) => {
+                *p = prefix;
+                true
+            }
+            (None, Source::Buffered(Some(b))) => {
+                *b = prefix;
+                self.hint = SizeHint::with_exact(b.len() as u64);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Mirrors the body into `tee` as it streams.
     pub fn with_tee(mut self, tee: Tee) -> Self {
-        if matches!(self.source, Source::Done) {
-            tee.complete_with(Bytes::new());
-        } else {
-            self.tee = Some(tee);
+        match &self.source {
+            Source::Done => tee.complete_with(Bytes::new()),
+            Source::Buffered(Some(b)) => tee.complete_with(b.clone()),
+            _ => self.tee = Some(tee),
         }
         self
     }
@@ -229,6 +291,7 @@ impl RequestBody {
         let hint = SizeHint::with_exact(bytes.len() as u64);
         RequestBody {
             shared,
+            prefix: None,
             source: Source::Buffered(Some(bytes)),
             hint,
             limit: u64::MAX,
@@ -243,6 +306,7 @@ impl RequestBody {
         shared.mark_sent();
         RequestBody {
             shared,
+            prefix: None,
             source: Source::Done,
             hint: SizeHint::with_exact(0),
             limit: 0,
@@ -262,6 +326,20 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(p) = this.prefix.take() {
+            this.seen += p.len() as u64;
+            if this.seen > this.limit {
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
+            }
+            if let Some(tee) = &mut this.tee {
+                if !tee.push(&p) {
+                    if let Some(t) = this.tee.take() {
+                        let _ = t.tx.send(Err("too_large"));
+                    }
+                }
+            }
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
         let inner = match &mut this.source {
             Source::Live(i) => i,
             Source::Buffered(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -313,6 +391,9 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.prefix.is_some() {
+            return false;
+        }
         match &self.source {
             Source::Live(i) => i.is_end_stream(),
             Source::Buffered(b) => b.is_none(),

@@ -233,9 +233,58 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
         shared: None,
         strip_usage: false,
         shadow: None,
+        model_prefix: None,
     };
     let snap = &ex.snap;
     let m = &snap.config.migration;
+
+    // Providers may name models differently: learn the client's model before choosing
+    // what to send (only the body's start is read; the rest streams untouched).
+    let rename = parts.method == Method::POST
+        && (snap.config.providers[first].rewrites_models()
+            || snap.config.providers[other].rewrites_models());
+    let mut body = Some(body);
+    let mut ahead: Option<(openai::ModelPrefix, bool)> = None;
+    if rename {
+        let mut incoming = body.take().expect("the body is there");
+        let mut search = openai::ModelSearch::default();
+        let (prefix, complete) = loop {
+            match incoming.frame().await {
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        if let Some(p) = search.feed(&d) {
+                            break (p, false);
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    let e = ClientBodyError::of(Box::new(e));
+                    return ex.client_broke(&snap.upstreams[first], first, &e);
+                }
+                None => break (search.finish(), true),
+            }
+        };
+        if prefix.held.len() as u64 > limit {
+            let msg = format!("request body is larger than the limit of {limit} bytes");
+            return ex.fail(&snap.upstreams[first], first, ErrorKind::BodyTooLarge, &msg);
+        }
+        if let (Some(model), Err(())) = (
+            prefix.client_model(),
+            prefix
+                .client_model()
+                .map_or(Ok(None), |m| snap.config.providers[first].model_for(m)),
+        ) {
+            let msg = format!(
+                "model `{model}` is not served through provider `{}` (providers.{}.models)",
+                snap.upstreams[first].name, snap.upstreams[first].name
+            );
+            return ex.fail(&snap.upstreams[first], first, ErrorKind::BadRequest, &msg);
+        }
+        if !complete {
+            body = Some(incoming);
+        }
+        ahead = Some((prefix, complete));
+    }
 
     // A stable share of what `from` serves is mirrored to `to`.
     let mut tee = None;
@@ -252,6 +301,10 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
                         method: parts.method.clone(),
                         uri: parts.uri.clone(),
                         headers: parts.headers.clone(),
+                        model: ahead
+                            .as_ref()
+                            .and_then(|(p, _)| p.client_model())
+                            .map(Box::from),
                     };
                     tokio::spawn(shadow::run(
                         snap.clone(),
@@ -274,7 +327,19 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
 
     let inject = snap.upstreams[first].config.inject_stream_usage
         && openai::is_chat_completion(&parts.method, &parts.uri);
-    let body = if inject {
+    let body = if let Some((prefix, _)) = ahead {
+        let model = prefix.client_model().map(str::to_string);
+        let held = renamed_for(&prefix, &snap.config.providers[first]);
+        set_length(&mut parts.headers, prefix.held.len(), held.len());
+        let (b, shared) = RequestBody::after_prefix(held, body.take(), limit, model.as_deref());
+        ex.shared = Some(shared);
+        ex.model_prefix = Some(prefix);
+        match tee.take() {
+            Some(t) => b.with_tee(t),
+            None => b,
+        }
+    } else if inject {
+        let body = body.take().expect("the body is there");
         let bytes = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
             .collect()
             .await
@@ -311,6 +376,7 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
         }
         RequestBody::buffered(bytes, shared)
     } else {
+        let body = body.take().expect("the body is there");
         let (body, shared) = RequestBody::streaming(body, limit);
         ex.shared = Some(shared);
         match tee.take() {
@@ -334,6 +400,33 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
     match provider_stack().call(call).await {
         Ok(answer) => answer,
         Err(never) => match never {},
+    }
+}
+
+/// The read-ahead body start as provider `p` must get it: the model renamed when `p` maps
+/// it (a model it would refuse goes as it is: only the first provider's refusal answers
+/// the client).
+fn renamed_for(prefix: &openai::ModelPrefix, p: &switchyard_core::config::ProviderConfig) -> Bytes {
+    match prefix.client_model().map(|m| p.model_for(m)) {
+        Some(Ok(Some(name))) => prefix.renamed(name),
+        _ => prefix.held.clone(),
+    }
+}
+
+/// A declared `Content-Length` follows a body start that changed length.
+fn set_length(headers: &mut http::HeaderMap, was: usize, now: usize) {
+    if was == now {
+        return;
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = declared {
+        headers.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(n - was.min(n) + now),
+        );
     }
 }
 
@@ -400,15 +493,26 @@ pub struct Exchange {
     strip_usage: bool,
     /// This request is mirrored: its answer meets the shadow's here.
     shadow: Option<Arc<Pair>>,
+    /// The body's start as the client sent it, read to learn its model (providers that
+    /// rename models): kept to rename it again for another provider on failover.
+    model_prefix: Option<openai::ModelPrefix>,
 }
 
 impl Exchange {
     /// The request rewritten for provider `index` after another could not be connected to.
     pub(crate) fn retarget(
         &self,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
         index: usize,
     ) -> Result<Request<RequestBody>, http::Error> {
+        if let Some(prefix) = &self.model_prefix {
+            // Nothing was sent: the body's start can still be renamed for this provider.
+            let held = renamed_for(prefix, &self.snap.config.providers[index]);
+            let before = req.body().prefix_len();
+            if req.body_mut().replace_prefix(held.clone()) {
+                set_length(req.headers_mut(), before, held.len());
+            }
+        }
         retarget(req, &self.uri, &self.snap.upstreams[index])
     }
 

@@ -174,6 +174,9 @@ pub struct Mirror {
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
+    /// The model as the client named it, when the body's start was read ahead (the teed
+    /// copy then carries the primary provider's name for it).
+    pub model: Option<Box<str>>,
 }
 
 /// Sends the copy to `to` once the primary's body has been teed whole, reads the answer,
@@ -191,17 +194,36 @@ pub async fn run(
         Ok(Err(why)) => return pair.failed(why),
         Err(_) => return pair.failed("aborted"),
     };
-    let request_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let model = request_json
-        .get("model")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let mut request_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let cfg = &snap.config;
     let to = cfg.migration.to;
     let up = &snap.upstreams[to];
+    // Costs and comparisons use the client's name; `to` gets its own name for it.
+    let model = mirror.model.as_deref().map(str::to_string).or_else(|| {
+        request_json
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let mut body = body;
+    if let Some(m) = &model {
+        let target = match cfg.providers[to].model_for(m) {
+            Ok(Some(name)) => name,
+            Ok(None) => m.as_str(),
+            Err(()) => return pair.failed("error"),
+        };
+        if request_json.get("model").and_then(Value::as_str) != Some(target) {
+            request_json["model"] = Value::String(target.to_string());
+            match serde_json::to_vec(&request_json) {
+                Ok(v) => body = bytes::Bytes::from(v),
+                Err(_) => return pair.failed("error"),
+            }
+        }
+    }
     let Ok(uri) = up.uri_for(&mirror.uri) else {
         return pair.failed("error");
     };
+    let body_len = body.len();
     let mut req = Request::new(RequestBody::buffered(
         body,
         Arc::new(RequestShared::default()),
@@ -210,6 +232,9 @@ pub async fn run(
     *req.uri_mut() = uri;
     *req.headers_mut() = mirror.headers;
     let h = req.headers_mut();
+    if h.contains_key(header::CONTENT_LENGTH) {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+    }
     h.insert(header::HOST, up.host.clone());
     h.insert(X_SWITCHYARD_SHADOW.clone(), HeaderValue::from_static("1"));
     match &up.auth {

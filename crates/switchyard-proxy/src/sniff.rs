@@ -23,6 +23,11 @@ pub struct JsonKey {
     captured: Vec<u8>,
     found: bool,
     max: usize,
+    /// Bytes fed before the current chunk.
+    offset: usize,
+    /// Where the value (with any white space around it) starts and ends in the stream.
+    value_start: usize,
+    value_end: usize,
 }
 
 impl JsonKey {
@@ -41,6 +46,9 @@ impl JsonKey {
             captured: Vec::new(),
             found: false,
             max,
+            offset: 0,
+            value_start: 0,
+            value_end: 0,
         }
     }
 
@@ -97,12 +105,12 @@ impl JsonKey {
                 b'[' => self.depth += 1,
                 b'}' | b']' => {
                     if self.depth == 1 {
-                        self.end_value(&data[cap_from..i]);
+                        self.end_value(&data[cap_from..i], self.offset + i);
                     }
                     self.depth = self.depth.saturating_sub(1);
                 }
                 b',' if self.depth == 1 => {
-                    self.end_value(&data[cap_from..i]);
+                    self.end_value(&data[cap_from..i], self.offset + i);
                     self.expecting_key = true;
                 }
                 b':' if self.depth == 1 && self.after_key => {
@@ -113,6 +121,7 @@ impl JsonKey {
                         self.capturing = true;
                         self.captured.clear();
                         cap_from = i + 1;
+                        self.value_start = self.offset + i + 1;
                     }
                 }
                 _ => {}
@@ -125,6 +134,7 @@ impl JsonKey {
         if self.capturing {
             self.take(&data[cap_from..]);
         }
+        self.offset += data.len();
     }
 
     /// Bytes of the key being read; only its first 16 are kept, enough to compare.
@@ -147,15 +157,23 @@ impl JsonKey {
         }
     }
 
-    /// The value ended just before `rest_of_value`'s end (a `,` or `}` at the top level).
-    fn end_value(&mut self, rest_of_value: &[u8]) {
+    /// The value ended just before `rest_of_value`'s end (a `,` or `}` at the top level,
+    /// at stream position `at`).
+    fn end_value(&mut self, rest_of_value: &[u8], at: usize) {
         if self.capturing {
             self.take(rest_of_value);
             if self.capturing {
                 self.capturing = false;
                 self.found = !self.captured.trim_ascii().is_empty();
+                self.value_end = at;
             }
         }
+    }
+
+    /// Where the found value lies in the stream fed so far: `[start, end)`, white space
+    /// around it included.
+    pub fn span(&self) -> Option<(usize, usize)> {
+        self.found.then_some((self.value_start, self.value_end))
     }
 
     /// The key's value has been seen whole.

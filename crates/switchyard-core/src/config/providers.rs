@@ -21,6 +21,9 @@ pub(super) struct RawProvider {
     pub(super) inject_stream_usage: Option<bool>,
     #[serde(default)]
     pub(super) pricing: BTreeMap<String, RawPrice>,
+    #[serde(default)]
+    pub(super) models: BTreeMap<String, String>,
+    pub(super) unmapped_models: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,7 +50,37 @@ pub struct ProviderConfig {
     /// Ask for `stream_options.include_usage` upstream and strip that chunk for clients
     /// that did not ask for it, so every stream's cost is known.
     pub inject_stream_usage: bool,
+    /// By model name as the client sends it.
     pub pricing: PriceTable,
+    /// Client-facing model name → this provider's name for it.
+    pub models: BTreeMap<String, String>,
+    /// A model not in `models` is refused with 400 (instead of passed on as it is).
+    pub refuse_unmapped: bool,
+}
+
+impl ProviderConfig {
+    /// The name to send this provider for the client's `model`: `Ok(None)` to send it as
+    /// it is, `Err(())` when it must be refused.
+    pub fn model_for(&self, client: &str) -> Result<Option<&str>, ()> {
+        match self.models.get(client) {
+            Some(m) => Ok(Some(m.as_str())),
+            None if self.refuse_unmapped => Err(()),
+            None => Ok(None),
+        }
+    }
+
+    /// The client-facing name of this provider's model `name` (for `/models` answers).
+    pub fn client_model(&self, name: &str) -> Option<&str> {
+        self.models
+            .iter()
+            .find(|(_, p)| p.as_str() == name)
+            .map(|(c, _)| c.as_str())
+    }
+
+    /// Whether request bodies must be looked at before they go to this provider.
+    pub fn rewrites_models(&self) -> bool {
+        !self.models.is_empty() || self.refuse_unmapped
+    }
 }
 
 pub(super) fn parse_base_url(url: &str) -> Result<(bool, String, String), String> {
@@ -137,6 +170,25 @@ pub(super) fn validate(
                 c.err(format!("{k}.{key}"), "must be longer than 0");
             }
         }
+        for (client, mapped) in &p.models {
+            if client.is_empty() || mapped.is_empty() {
+                c.err(
+                    format!("{k}.models"),
+                    "model names must not be empty (client-name: provider-name)",
+                );
+            }
+        }
+        let refuse_unmapped = match p.unmapped_models.as_deref() {
+            None | Some("pass") => false,
+            Some("refuse") => true,
+            Some(other) => {
+                c.err(
+                    format!("{k}.unmapped_models"),
+                    format!("`{other}` is not one of: pass (send the name as it is), refuse (400)"),
+                );
+                false
+            }
+        };
         let mut pricing = PriceTable::default();
         for (model, price) in &p.pricing {
             for (what, v) in [("input", price.input), ("output", price.output)] {
@@ -168,6 +220,8 @@ pub(super) fn validate(
             idle_timeout,
             inject_stream_usage: p.inject_stream_usage.unwrap_or(false),
             pricing,
+            models: p.models.clone(),
+            refuse_unmapped,
         });
     }
 
