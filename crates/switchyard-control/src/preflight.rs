@@ -50,7 +50,7 @@ pub fn probe_models(p: &switchyard_core::config::ProviderConfig) -> Vec<String> 
         .models
         .keys()
         .map(|m| match p.model_for(m) {
-            Ok(Some(name)) => name.to_string(),
+            switchyard_core::config::ModelRoute::Rename(name) => name.to_string(),
             _ => m.clone(),
         })
         .collect()

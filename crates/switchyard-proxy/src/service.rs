@@ -41,6 +41,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
+use switchyard_core::config::ModelRoute;
 use switchyard_core::event::{Class, RequestEvent, ShadowEvent};
 use switchyard_core::router::{Router, Side};
 use switchyard_core::ErrorKind;
@@ -268,11 +269,11 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
             let msg = format!("request body is larger than the limit of {limit} bytes");
             return ex.fail(&snap.upstreams[first], first, ErrorKind::BodyTooLarge, &msg);
         }
-        if let (Some(model), Err(())) = (
+        if let (Some(model), Some(ModelRoute::Refuse)) = (
             prefix.client_model(),
             prefix
                 .client_model()
-                .map_or(Ok(None), |m| snap.config.providers[first].model_for(m)),
+                .map(|m| snap.config.providers[first].model_for(m)),
         ) {
             let msg = format!(
                 "model `{model}` is not served through provider `{}` (providers.{}.models)",
@@ -408,7 +409,7 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
 /// the client).
 fn renamed_for(prefix: &openai::ModelPrefix, p: &switchyard_core::config::ProviderConfig) -> Bytes {
     match prefix.client_model().map(|m| p.model_for(m)) {
-        Some(Ok(Some(name))) => prefix.renamed(name),
+        Some(ModelRoute::Rename(name)) => prefix.renamed(name),
         _ => prefix.held.clone(),
     }
 }

@@ -208,9 +208,9 @@ pub async fn run(
     let mut body = body;
     if let Some(m) = &model {
         let target = match cfg.providers[to].model_for(m) {
-            Ok(Some(name)) => name,
-            Ok(None) => m.as_str(),
-            Err(()) => return pair.failed("error"),
+            switchyard_core::config::ModelRoute::Rename(name) => name,
+            switchyard_core::config::ModelRoute::Keep => m.as_str(),
+            switchyard_core::config::ModelRoute::Refuse => return pair.failed("error"),
         };
         if request_json.get("model").and_then(Value::as_str) != Some(target) {
             request_json["model"] = Value::String(target.to_string());

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 pub use cluster::ClusterConfig;
 pub use migration::{AutoRollbackConfig, CompareConfig, MigrationConfig, Phase, PreflightConfig};
-pub use providers::ProviderConfig;
+pub use providers::{ModelRoute, ProviderConfig};
 pub use server::{AdminConfig, ClientsConfig, ServerConfig, TlsFiles};
 pub use watching::{AlertsConfig, HealthCheckConfig, ShadowConfig, StatsConfig};
 

@@ -58,14 +58,24 @@ pub struct ProviderConfig {
     pub refuse_unmapped: bool,
 }
 
+/// What a provider is sent for a client's model name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelRoute<'a> {
+    /// Its own name for the model.
+    Rename(&'a str),
+    /// The client's name, as it is.
+    Keep,
+    /// Not served through this provider (`unmapped_models: refuse`).
+    Refuse,
+}
+
 impl ProviderConfig {
-    /// The name to send this provider for the client's `model`: `Ok(None)` to send it as
-    /// it is, `Err(())` when it must be refused.
-    pub fn model_for(&self, client: &str) -> Result<Option<&str>, ()> {
+    /// What this provider is sent for the client's `model`.
+    pub fn model_for(&self, client: &str) -> ModelRoute<'_> {
         match self.models.get(client) {
-            Some(m) => Ok(Some(m.as_str())),
-            None if self.refuse_unmapped => Err(()),
-            None => Ok(None),
+            Some(m) => ModelRoute::Rename(m.as_str()),
+            None if self.refuse_unmapped => ModelRoute::Refuse,
+            None => ModelRoute::Keep,
         }
     }
 
