@@ -132,3 +132,104 @@ async fn failover_and_refusal_use_the_mapping_of_their_own_side() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(old.request_count(), before);
 }
+
+/// The new side answers 429 to everything at 50%: users are all served by the old side
+/// (marked as failed over), the refusals still count against the new side, and the judge
+/// rolls back; the 429's Retry-After keeps first attempts off it meanwhile.
+#[tokio::test]
+async fn refusals_fail_over_to_the_other_side_and_still_count() {
+    let (old, new) = pair().await;
+    let yaml = config(&old.base_url(), &new.base_url(), "phase-3").replace(
+        "  phase: phase-3\n",
+        "  phase: phase-3\n  auto_rollback: {window: 40, min_requests: 10}\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    new.set_status(Some(429));
+    new.set_retry_after(Some(1));
+    let c = client();
+    let mut failed_over = 0;
+    for i in 0..40 {
+        let r = c
+            .post(gw.url("/v1/chat/completions"))
+            .header("x-request-id", format!("refused-{i}"))
+            .json(&chat_body(i % 2 == 0))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}: nobody sees the 429");
+        assert_eq!(r.headers()["x-switchyard-provider"], "old");
+        if r.headers().get("x-switchyard-failover").is_some() {
+            assert_eq!(r.headers()["x-switchyard-failover"], "new");
+            failed_over += 1;
+        }
+        let _ = r.text().await.unwrap();
+    }
+    assert!(
+        failed_over >= 1,
+        "some requests were refused and failed over"
+    );
+    // Retry-After: 1 kept most first attempts off the new side.
+    assert!(
+        new.request_count() < 20,
+        "{} reached new",
+        new.request_count()
+    );
+    let m = gw.metrics().await;
+    let refused = metric_value(
+        &m,
+        r#"switchyard_request_outcomes_total{provider="new",class="refused"}"#,
+    );
+    assert_eq!(refused, Some(failed_over as f64), "{m}");
+    // Enough refusals over time trip the judge (the pause lets some through each second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut i = 0;
+    while gw.status().await["rolled_back"] != true {
+        assert!(std::time::Instant::now() < deadline, "never rolled back");
+        let r = c
+            .post(gw.url("/v1/chat/completions"))
+            .header("x-request-id", format!("more-{i}"))
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reason = gw.status().await["rollback_reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("refused"), "{reason}");
+}
+
+/// A body larger than the replay limit is not kept, so its refusal reaches the client.
+#[tokio::test]
+async fn a_body_over_the_replay_limit_is_not_retried() {
+    let (old, new) = pair().await;
+    let yaml = config(&old.base_url(), &new.base_url(), "phase-4").replace(
+        "  phase: phase-4\n",
+        "  phase: phase-4\n  failover: {replay_max_body: 1KiB, honor_retry_after: false}\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    new.set_status(Some(503));
+    let mut big = chat_body(false);
+    big["messages"][0]["content"] = json!("x".repeat(4000));
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "not retried");
+    assert!(r.headers().get("x-switchyard-failover").is_none());
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a small body is");
+    assert_eq!(r.headers()["x-switchyard-failover"], "new");
+    assert_eq!(old.request_count(), 1);
+}

@@ -115,7 +115,13 @@ async fn sse_chunks_arrive_as_the_provider_sends_them() {
 
 #[tokio::test]
 async fn provider_errors_pass_through_unchanged() {
-    let (_old, _new, gw) = pair_behind_gateway("phase-0").await;
+    let (old, new) = pair().await;
+    // Failover on refusal off: the provider's own answer reaches the client.
+    let yaml = config(&old.base_url(), &new.base_url(), "phase-0").replace(
+        "  phase: phase-0\n",
+        "  phase: phase-0\n  failover: {on_status: []}\n",
+    );
+    let gw = Gateway::start(&yaml).await;
     let r = client()
         .post(gw.url("/v1/chat/completions"))
         .header("x-mock-status", "429")

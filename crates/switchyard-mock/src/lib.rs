@@ -108,6 +108,8 @@ struct State {
     status_override: AtomicU16,
     health_checks: AtomicU64,
     health_status: AtomicU16,
+    /// Sent as `Retry-After` with every error answer (0: none).
+    retry_after: AtomicU64,
     delay_ms: AtomicU64,
     cancelled: AtomicU64,
     served: AtomicU64,
@@ -146,6 +148,7 @@ impl Mock {
             status_override: AtomicU16::new(status),
             health_checks: AtomicU64::new(0),
             health_status: AtomicU16::new(200),
+            retry_after: AtomicU64::new(0),
             delay_ms: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             served: AtomicU64::new(0),
@@ -270,6 +273,13 @@ impl Mock {
 
     /// Health checks received (requests with `user-agent: switchyard-health-check`; they
     /// are not in [`Mock::received`]).
+    /// Error answers carry `Retry-After: secs` from now on (`None`: not at all).
+    pub fn set_retry_after(&self, secs: Option<u64>) {
+        self.state
+            .retry_after
+            .store(secs.unwrap_or(0), Ordering::SeqCst);
+    }
+
     pub fn health_checks(&self) -> u64 {
         self.state.health_checks.load(Ordering::SeqCst)
     }
@@ -398,11 +408,19 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
     if let Some(s) = status.filter(|s| *s >= 300) {
         let body = json!({"error": {"message": format!("mock {name} answers {s}"), "type": "mock_error", "code": s}});
         guard.done();
-        return json_response(
+        let mut r = json_response(
             StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             &body,
             name,
         );
+        match st.retry_after.load(Ordering::SeqCst) {
+            0 => {}
+            secs => {
+                r.headers_mut()
+                    .insert("retry-after", HeaderValue::from(secs));
+            }
+        }
+        return r;
     }
 
     let p = parts.uri.path();

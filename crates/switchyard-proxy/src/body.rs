@@ -109,6 +109,23 @@ pub struct RequestShared {
     /// first-byte timeout counts from here, so a slow upload is not the provider's delay.
     /// On tokio's clock, so that tests with paused time see the same clock as the timer.
     sent: OnceLock<tokio::time::Instant>,
+    /// A copy of the body as sent, kept (up to a limit) to send it again elsewhere when
+    /// the provider refuses it before answering anything.
+    replay: std::sync::Mutex<Replay>,
+}
+
+/// The replay copy of a request body.
+#[derive(Debug, Default)]
+pub enum Replay {
+    /// Not kept (no other side to try).
+    #[default]
+    Off,
+    /// Being copied as it streams, up to `max` bytes.
+    Copying { buf: BytesMut, max: u64 },
+    /// The whole body.
+    Whole(Bytes),
+    /// Larger than the limit: not retried.
+    TooLarge,
 }
 
 impl RequestShared {
@@ -118,6 +135,56 @@ impl RequestShared {
 
     pub fn sent_at(&self) -> Option<tokio::time::Instant> {
         self.sent.get().copied()
+    }
+
+    /// Starts keeping a replay copy of up to `max` bytes (before the body is polled).
+    pub fn keep_replay(&self, max: u64) {
+        *self.replay.lock().unwrap_or_else(|e| e.into_inner()) = Replay::Copying {
+            buf: BytesMut::new(),
+            max,
+        };
+    }
+
+    /// The whole body as it was sent, when a copy was kept and the body ended.
+    pub fn replay(&self) -> Option<Bytes> {
+        match &*self.replay.lock().unwrap_or_else(|e| e.into_inner()) {
+            Replay::Whole(b) => Some(b.clone()),
+            // An empty body never streams: it was sent whole at once.
+            Replay::Copying { buf, .. } if buf.is_empty() && self.sent.get().is_some() => {
+                Some(Bytes::new())
+            }
+            _ => None,
+        }
+    }
+
+    fn copy(&self, data: &[u8]) {
+        let mut r = self.replay.lock().unwrap_or_else(|e| e.into_inner());
+        if let Replay::Copying { buf, max } = &mut *r {
+            if buf.len() as u64 + data.len() as u64 > *max {
+                *r = Replay::TooLarge;
+            } else {
+                buf.extend_from_slice(data);
+            }
+        }
+    }
+
+    fn copied_whole(&self) {
+        let mut r = self.replay.lock().unwrap_or_else(|e| e.into_inner());
+        if let Replay::Copying { buf, .. } = &mut *r {
+            *r = Replay::Whole(std::mem::take(buf).freeze());
+        }
+    }
+
+    /// A body the gateway holds whole is its own replay copy.
+    pub(crate) fn whole(&self, body: &Bytes) {
+        let mut r = self.replay.lock().unwrap_or_else(|e| e.into_inner());
+        if let Replay::Copying { max, .. } = &*r {
+            *r = if body.len() as u64 <= *max {
+                Replay::Whole(body.clone())
+            } else {
+                Replay::TooLarge
+            };
+        }
     }
 
     pub(crate) fn mark_sent(&self) {
@@ -327,6 +394,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Some(p) = this.prefix.take() {
+            this.shared.copy(&p);
             this.seen += p.len() as u64;
             if this.seen > this.limit {
                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
@@ -342,12 +410,18 @@ impl Body for RequestBody {
         }
         let inner = match &mut this.source {
             Source::Live(i) => i,
-            Source::Buffered(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Source::Buffered(b) => {
+                if let Some(b) = &b {
+                    this.shared.whole(b);
+                }
+                return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))));
+            }
             Source::Done => return Poll::Ready(None),
         };
         match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {
+                    this.shared.copy(d);
                     this.seen += d.len() as u64;
                     if this.seen > this.limit {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
@@ -372,6 +446,7 @@ impl Body for RequestBody {
                 // hyper stops polling once a sized body is complete: hand the copy over now.
                 if matches!(&this.source, Source::Live(i) if i.is_end_stream()) {
                     this.shared.mark_sent();
+                    this.shared.copied_whole();
                     if let Some(t) = this.tee.take() {
                         let _ = t.tx.send(Ok(t.buf.freeze()));
                     }
@@ -381,6 +456,7 @@ impl Body for RequestBody {
             Some(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBodyError::of(Box::new(e)))))),
             None => {
                 this.shared.mark_sent();
+                this.shared.copied_whole();
                 this.source = Source::Done;
                 if let Some(t) = this.tee.take() {
                     let _ = t.tx.send(Ok(t.buf.freeze()));

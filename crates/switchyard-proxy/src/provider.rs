@@ -282,8 +282,27 @@ impl Service<Call> for Accounting<FirstByteTimeout<Pooled>> {
                 body: ex.shared.as_deref(),
             };
             let sent = inner.call(attempt).await;
+            let mut ex = ex;
             match sent {
-                Ok((resp, lease)) => Ok(ex.respond(resp, lease, index, failed_over_from)),
+                Ok((resp, lease)) => {
+                    // Refused before anything reached the client: once more, elsewhere.
+                    let status = resp.status().as_u16();
+                    let refused = ex.snap.config.migration.failover.fails_over(status);
+                    if let Some(other) = fallback.filter(|_| refused) {
+                        if let Some(req) = ex.refused_over(index, other, &resp) {
+                            drop((resp, lease));
+                            return Err(Retry(Call {
+                                ex,
+                                index,
+                                fallback,
+                                failed_over_from,
+                                req,
+                                worker,
+                            }));
+                        }
+                    }
+                    Ok(ex.respond(resp, lease, index, failed_over_from))
+                }
                 Err(TimeoutError::Elapsed) => Ok(ex.timed_out(index)),
                 Err(TimeoutError::Inner(SendError::Connect(e, back))) => match fallback {
                     Some(_) => {

@@ -211,10 +211,14 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
         m.router.bucket(key)
     };
     let side = Router::side_of(bucket, snap.to_buckets);
-    let (first, other) = match side {
+    let (mut first, mut other) = match side {
         Side::To => (m.to, m.from),
         Side::From => (m.from, m.to),
     };
+    // A provider that asked for a pause (429 with Retry-After) gets no first attempts.
+    if m.failover.honor_retry_after && first != other && snap.upstreams[first].paused() {
+        std::mem::swap(&mut first, &mut other);
+    }
 
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -235,6 +239,7 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
         strip_usage: false,
         shadow: None,
         model_prefix: None,
+        replay_headers: None,
     };
     let snap = &ex.snap;
     let m = &snap.config.migration;
@@ -386,6 +391,13 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
         }
     };
 
+    let refusals_fail_over = other != first && !m.failover.on_status.is_empty();
+    if refusals_fail_over {
+        if let Some(shared) = &ex.shared {
+            shared.keep_replay(m.failover.replay_max_body);
+            ex.replay_headers = Some(parts.headers.clone());
+        }
+    }
     let req = match upstream_request(parts, &snap.upstreams[first], body) {
         Ok(r) => r,
         Err(e) => return ex.unforwardable(first, &e),
@@ -497,6 +509,9 @@ pub struct Exchange {
     /// The body's start as the client sent it, read to learn its model (providers that
     /// rename models): kept to rename it again for another provider on failover.
     model_prefix: Option<openai::ModelPrefix>,
+    /// The request's headers as the first provider got them (less its key and host), to
+    /// send a refused request once more elsewhere.
+    replay_headers: Option<http::HeaderMap>,
 }
 
 impl Exchange {
@@ -515,6 +530,68 @@ impl Exchange {
             }
         }
         retarget(req, &self.uri, &self.snap.upstreams[index])
+    }
+
+    /// Provider `index` refused the request (`status`) before anything reached the client:
+    /// counted against it, and the request as provider `other` gets it, when its body was
+    /// kept whole.
+    pub(crate) fn refused_over(
+        &mut self,
+        index: usize,
+        other: usize,
+        resp: &Response<Incoming>,
+    ) -> Option<Request<RequestBody>> {
+        let replay = self.shared.as_ref()?.replay()?;
+        let mut headers = self.replay_headers.take()?;
+        let status = resp.status().as_u16();
+        let up = &self.snap.upstreams[index];
+        let cfg = &self.snap.config;
+        if status == 429 && cfg.migration.failover.honor_retry_after {
+            let secs = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if let Some(secs) = secs {
+                // Capped: a provider cannot take itself out of a migration for long.
+                up.pause(std::time::Duration::from_secs(secs.min(600)));
+            }
+        }
+        // The copy was sent as provider `index` names the model: rename it for `other`.
+        let body = match self.model_prefix.take() {
+            Some(prefix) => {
+                let sent = renamed_for(&prefix, &cfg.providers[index]).len();
+                let mut b = renamed_for(&prefix, &cfg.providers[other]).to_vec();
+                b.extend_from_slice(&replay[sent.min(replay.len())..]);
+                Bytes::from(b)
+            }
+            None => replay,
+        };
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        tracing::warn!(request_id = ?self.request_id, provider = %up.name, status, "provider refused; failing over");
+        up.metrics.failovers.increment(1);
+        self.account(Attempt {
+            index,
+            status,
+            class: Class::of_status(status),
+            ttfb: Some(self.start.elapsed()),
+            summary: BodySummary::default(),
+            answer: false,
+        });
+        // A fresh clock for the other provider's first-byte timeout.
+        let shared = Arc::new(RequestShared::default());
+        if let Some(m) = self.shared.as_ref().and_then(|s| s.model()) {
+            let _ = shared.model.set(m.into());
+        }
+        self.shared = Some(shared.clone());
+        let mut req = Request::new(RequestBody::buffered(body, shared));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = headers;
+        *req.version_mut() = http::Version::HTTP_11;
+        Some(req)
     }
 
     /// Provider `index` sent no response head in time.

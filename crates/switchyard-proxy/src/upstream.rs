@@ -58,6 +58,9 @@ pub struct Upstream {
     /// plane, so a connection is only ever driven by the thread that uses it.
     pools: Box<[Arc<Pool>]>,
     pub metrics: ProviderMetrics,
+    /// Until when (unix ms) first attempts go elsewhere: the provider asked for a pause
+    /// with a 429's `Retry-After`.
+    skip_until_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -135,6 +138,7 @@ impl Upstream {
             origin,
             pools: (0..=workers.max(1)).map(|_| Arc::default()).collect(),
             metrics: ProviderMetrics::new(&config.name),
+            skip_until_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -221,10 +225,32 @@ impl Upstream {
         self.pool(worker).close_idle(Instant::now());
     }
 
+    /// Keeps first attempts off this provider for `pause` (a 429's `Retry-After`).
+    pub fn pause(&self, pause: Duration) {
+        let until = now_ms() + pause.as_millis() as u64;
+        self.skip_until_ms
+            .fetch_max(until, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether first attempts should go elsewhere now.
+    #[inline]
+    pub fn paused(&self) -> bool {
+        let until = self
+            .skip_until_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+
     /// Whether this upstream serves `config` with `key` unchanged (so its pool can be kept).
     pub fn same(&self, config: &ProviderConfig, key: &Option<String>) -> bool {
         &self.config == config && &self.key == key
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Idle keep-alive connections, most recently used last.

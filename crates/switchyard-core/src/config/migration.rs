@@ -22,6 +22,15 @@ pub(super) struct RawMigration {
     pub(super) auto_rollback: Option<RawAutoRollback>,
     pub(super) auto_advance: Option<bool>,
     pub(super) preflight: Option<RawPreflight>,
+    pub(super) failover: Option<RawFailover>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFailover {
+    pub(super) on_status: Option<Vec<u16>>,
+    pub(super) replay_max_body: Option<String>,
+    pub(super) honor_retry_after: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +100,8 @@ pub struct MigrationConfig {
     pub auto_advance: bool,
     /// Probe `to` before the first phase that sends it traffic.
     pub preflight: PreflightConfig,
+    /// Sending a refused request once to the other side.
+    pub failover: FailoverConfig,
     pub router: Router,
 }
 
@@ -118,6 +129,24 @@ pub struct CompareConfig {
     pub max_latency_ratio: f64,
     /// 0.95: a failure is called at 5% significance, spent over the looks of a phase.
     pub confidence: f64,
+}
+
+/// A request the first provider refused before answering anything (these statuses, or no
+/// connection) goes once to the other side, when its body is still held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverConfig {
+    /// Empty: only connect errors fail over.
+    pub on_status: Vec<u16>,
+    /// Bodies up to this size are kept for a replay; larger ones are not retried.
+    pub replay_max_body: u64,
+    /// A 429's `Retry-After` keeps first attempts off that provider until then.
+    pub honor_retry_after: bool,
+}
+
+impl FailoverConfig {
+    pub fn fails_over(&self, status: u16) -> bool {
+        self.on_status.contains(&status)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,6 +348,29 @@ pub(super) fn validate(
         );
     }
     let router = Router::new(&m.from, &m.to);
+    let failover = {
+        let f = m.failover.as_ref();
+        let on_status = f
+            .and_then(|f| f.on_status.clone())
+            .unwrap_or_else(|| vec![401, 403, 429, 502, 503]);
+        for s in &on_status {
+            if !(400..=599).contains(s) {
+                c.err(
+                    "migration.failover.on_status",
+                    format!("{s} is not a 4xx or 5xx status"),
+                );
+            }
+        }
+        FailoverConfig {
+            on_status,
+            replay_max_body: c.size(
+                "migration.failover.replay_max_body",
+                f.and_then(|f| f.replay_max_body.as_ref()),
+                1 << 20,
+            ),
+            honor_retry_after: f.and_then(|f| f.honor_retry_after).unwrap_or(true),
+        }
+    };
     MigrationConfig {
         from,
         to,
@@ -330,6 +382,7 @@ pub(super) fn validate(
         auto_rollback,
         auto_advance,
         preflight,
+        failover,
         router,
     }
 }

@@ -20,7 +20,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use cluster::ClusterConfig;
-pub use migration::{AutoRollbackConfig, CompareConfig, MigrationConfig, Phase, PreflightConfig};
+pub use migration::{
+    AutoRollbackConfig, CompareConfig, FailoverConfig, MigrationConfig, Phase, PreflightConfig,
+};
 pub use providers::{ModelRoute, ProviderConfig};
 pub use server::{AdminConfig, ClientsConfig, ServerConfig, TlsFiles};
 pub use watching::{AlertsConfig, HealthCheckConfig, ShadowConfig, StatsConfig};
