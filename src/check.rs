@@ -22,6 +22,9 @@ pub fn run(path: &std::path::Path, probe: bool) -> ExitCode {
                 m.phases.len(),
                 m.file_phase
             );
+            for w in model_warnings(&c) {
+                eprintln!("warning: {w}");
+            }
             if probe {
                 return probe_providers(&c);
             }
@@ -35,6 +38,33 @@ pub fn run(path: &std::path::Path, probe: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Models one side of the migration knows (prices or maps) and the other does not: the
+/// comparison and the cost projection would be lopsided, or requests refused on one side.
+pub fn model_warnings(c: &switchyard_core::Config) -> Vec<String> {
+    let m = &c.migration;
+    let known =
+        |p: &switchyard_core::config::ProviderConfig| -> std::collections::BTreeSet<String> {
+            p.pricing
+                .models
+                .keys()
+                .chain(p.models.keys())
+                .cloned()
+                .collect()
+        };
+    let (from, to) = (&c.providers[m.from], &c.providers[m.to]);
+    let (kf, kt) = (known(from), known(to));
+    let mut out = Vec::new();
+    for (a, b, ka, kb) in [(from, to, &kf, &kt), (to, from, &kt, &kf)] {
+        for model in ka.difference(kb) {
+            out.push(format!(
+                "model `{model}` is priced or mapped on `{}` but unknown on `{}` (providers.{}.pricing / .models)",
+                a.name, b.name, b.name
+            ));
+        }
+    }
+    out
 }
 
 /// `check --probe`: the preflight of both providers of the migration, from here.

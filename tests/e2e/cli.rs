@@ -249,3 +249,22 @@ async fn cost_and_stats_read_a_running_gateway() {
         "{text}"
     );
 }
+
+#[test]
+fn check_warns_about_a_model_only_one_side_knows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one-sided.yaml");
+    let yaml = config("http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1", "phase-1").replacen(
+        "    api_key_env: TEST_NEW_KEY\n",
+        "    api_key_env: TEST_NEW_KEY\n    models: { gpt-4o: deepseek-chat }\n",
+        1,
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let out = switchyard(&["check", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: model `gpt-4o` is priced or mapped on `new` but unknown on `old`"),
+        "{err}"
+    );
+}

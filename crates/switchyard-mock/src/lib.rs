@@ -537,9 +537,18 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
     }
     if p.ends_with("/models") && parts.method == Method::GET {
         guard.done();
+        let ids: Vec<&str> = if st.cfg.models.is_empty() {
+            vec!["mock-model", "deepseek-chat"]
+        } else {
+            st.cfg.models.iter().map(String::as_str).collect()
+        };
+        let data: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"id": id, "object": "model", "owned_by": name}))
+            .collect();
         return json_response(
             StatusCode::OK,
-            &json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "owned_by": name}, {"id": "deepseek-chat", "object": "model", "owned_by": name}]}),
+            &json!({"object": "list", "data": data}),
             name,
         );
     }

@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -33,6 +34,9 @@ use crate::service::Exchange;
 use crate::upstream::{Lease, SendError, Upstream, Worker};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The most of a provider's model list read to rename its models.
+const MODEL_LIST_MAX: usize = 1 << 20;
 
 /// The stack every routed request goes through; see the module docs for the order.
 pub type ProviderStack = Failover<Accounting<FirstByteTimeout<Pooled>>>;
@@ -300,6 +304,17 @@ impl Service<Call> for Accounting<FirstByteTimeout<Pooled>> {
                                 worker,
                             }));
                         }
+                    }
+                    if ex.lists_models(index, &resp) {
+                        // The provider's model list, under the names clients use.
+                        let (parts, body) = resp.into_parts();
+                        return Ok(match Limited::new(body, MODEL_LIST_MAX).collect().await {
+                            Ok(b) => {
+                                lease.release();
+                                ex.respond_models(parts, &b.to_bytes(), index, failed_over_from)
+                            }
+                            Err(_) => ex.broken_list(index),
+                        });
                     }
                     Ok(ex.respond(resp, lease, index, failed_over_from))
                 }

@@ -594,6 +594,85 @@ impl Exchange {
         Some(req)
     }
 
+    /// Whether `resp` is provider `index`'s model list, to be shown under client names.
+    pub(crate) fn lists_models(&self, index: usize, resp: &Response<Incoming>) -> bool {
+        self.method == Method::GET
+            && self.uri.path().ends_with("/models")
+            && resp.status().is_success()
+            && !self.snap.config.providers[index].models.is_empty()
+    }
+
+    /// Answers provider `index`'s model list (`body`) with the client-facing names of the
+    /// models it maps.
+    pub(crate) fn respond_models(
+        self,
+        mut parts: http::response::Parts,
+        body: &[u8],
+        index: usize,
+        failed_over_from: Option<usize>,
+    ) -> Response<GatewayBody> {
+        let provider = &self.snap.config.providers[index];
+        let body = match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(mut v) => {
+                if let Some(list) = v.get_mut("data").and_then(|d| d.as_array_mut()) {
+                    for m in list {
+                        let client = m
+                            .get("id")
+                            .and_then(|id| id.as_str())
+                            .and_then(|id| provider.client_model(id))
+                            .map(str::to_string);
+                        if let Some(c) = client {
+                            m["id"] = serde_json::Value::String(c);
+                        }
+                    }
+                }
+                Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+            }
+            Err(_) => Bytes::copy_from_slice(body),
+        };
+        let up = &self.snap.upstreams[index];
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        parts
+            .headers
+            .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        if let Some(failed) = failed_over_from {
+            parts.headers.insert(
+                X_SWITCHYARD_FAILOVER.clone(),
+                self.snap.upstreams[failed].name_header.clone(),
+            );
+        }
+        let status = parts.status.as_u16();
+        self.account(Attempt {
+            index,
+            status,
+            class: Class::of_status(status),
+            ttfb: Some(self.start.elapsed()),
+            summary: BodySummary {
+                bytes: body.len() as u64,
+                ..BodySummary::default()
+            },
+            answer: true,
+        });
+        Response::from_parts(parts, GatewayBody::full(body))
+    }
+
+    /// A model list that could not be read whole.
+    pub(crate) fn broken_list(&self, index: usize) -> Response<GatewayBody> {
+        let up = &self.snap.upstreams[index];
+        let msg = format!(
+            "provider `{}` sent a model list that could not be read",
+            up.name
+        );
+        self.fail(up, index, ErrorKind::UpstreamBroken, &msg)
+    }
+
     /// Provider `index` sent no response head in time.
     pub(crate) fn timed_out(&self, index: usize) -> Response<GatewayBody> {
         let up = &self.snap.upstreams[index];
