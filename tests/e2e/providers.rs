@@ -233,3 +233,61 @@ async fn a_body_over_the_replay_limit_is_not_retried() {
     assert_eq!(r.headers()["x-switchyard-failover"], "new");
     assert_eq!(old.request_count(), 1);
 }
+
+/// Per client key limits: a key over its rate, or with too many requests in flight, gets
+/// 429 with Retry-After in OpenAI's shape; another key is not affected.
+#[tokio::test]
+async fn a_client_over_its_limits_gets_429_with_retry_after() {
+    let (old, new) = pair().await;
+    let yaml = config(&old.base_url(), &new.base_url(), "phase-0")
+        + "clients:\n  keys_env: TEST_CLIENT_KEYS\n  limits: {requests_per_second: 1, burst: 2, max_concurrent: 1}\n";
+    let gw = Gateway::start_with(&yaml, &[("TEST_CLIENT_KEYS", "key-a,key-b")]).await;
+    let send = |key: &'static str| {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&chat_body(false))
+            .send()
+    };
+    assert_eq!(send("key-a").await.unwrap().status(), 200);
+    assert_eq!(send("key-a").await.unwrap().status(), 200);
+    let r = send("key-a").await.unwrap();
+    assert_eq!(r.status(), 429, "over the rate: the burst of 2 is spent");
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(
+        send("key-b").await.unwrap().status(),
+        200,
+        "key-b has its own"
+    );
+
+    // One in flight at a time: a slow request holds key-b's slot.
+    let slow = tokio::spawn(
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("key-b")
+            .header("x-mock-delay-ms", "1500")
+            .json(&chat_body(false))
+            .send(),
+    );
+    eventually("the slow request reached the provider", || {
+        old.received()
+            .iter()
+            .any(|r| r.header("x-mock-delay-ms").is_some())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a token is back for key-b
+    let r = send("key-b").await.unwrap();
+    assert_eq!(r.status(), 429, "the slot is taken");
+    assert!(r.text().await.unwrap().contains("in flight"));
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+    gw.assert_metric(r#"switchyard_rejected_total{reason="rate_limit"}"#, 1.0)
+        .await;
+    gw.assert_metric(
+        r#"switchyard_rejected_total{reason="concurrency_limit"}"#,
+        1.0,
+    )
+    .await;
+}

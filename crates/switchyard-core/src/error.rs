@@ -11,6 +11,8 @@ pub enum ErrorKind {
     Unauthorized,
     /// Request body over the configured limit.
     BodyTooLarge,
+    /// The client key is over its request rate or requests in flight.
+    RateLimited,
     /// Malformed request the gateway refuses to forward.
     BadRequest,
     /// Could not connect to the provider (nothing was sent).
@@ -30,6 +32,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Unauthorized => 401,
             ErrorKind::BodyTooLarge => 413,
+            ErrorKind::RateLimited => 429,
             ErrorKind::BadRequest => 400,
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamBroken => 502,
             ErrorKind::UpstreamTimeout => 504,
@@ -43,6 +46,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::BodyTooLarge | ErrorKind::BadRequest => "invalid_request_error",
+            ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamBroken
@@ -56,6 +60,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Unauthorized => "invalid_api_key",
             ErrorKind::BodyTooLarge => "request_too_large",
+            ErrorKind::RateLimited => "rate_limit_exceeded",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::UpstreamConnect => "upstream_unreachable",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
@@ -70,7 +75,10 @@ impl ErrorKind {
         match self {
             ErrorKind::UpstreamTimeout => "timeout",
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamBroken => "error",
-            ErrorKind::Unauthorized | ErrorKind::BodyTooLarge | ErrorKind::BadRequest => "4xx",
+            ErrorKind::Unauthorized
+            | ErrorKind::BodyTooLarge
+            | ErrorKind::BadRequest
+            | ErrorKind::RateLimited => "4xx",
             ErrorKind::Unavailable | ErrorKind::Internal => "5xx",
         }
     }

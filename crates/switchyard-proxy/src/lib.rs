@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod headers;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod provider;

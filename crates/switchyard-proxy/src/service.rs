@@ -56,6 +56,7 @@ use crate::body::{
     RequestShared, ResponseBody, Sniff, Tee,
 };
 use crate::headers::strip_hop_by_hop;
+use crate::limits::{Permit, Refusal};
 use crate::metrics::{Outcome, EVENTS_DROPPED, REJECTED_TOTAL};
 use crate::openai;
 use crate::provider::{provider_stack, Call};
@@ -119,14 +120,29 @@ pub fn stack(
             },
         ))
         .layer(ValidateRequestHeaderLayer::custom(
-            |req: &mut Request<Incoming>| match snapshot(req).client_keys.as_deref() {
-                Some(keys) if !authorized(req.headers(), keys) => Err(reject(
-                    req,
-                    ErrorKind::Unauthorized,
-                    "missing or unknown API key for this gateway",
-                    "auth",
-                )),
-                _ => Ok(()),
+            |req: &mut Request<Incoming>| {
+                let Some(keys) = snapshot(req).client_keys.as_deref() else {
+                    return Ok(());
+                };
+                let Some(key) = key_index(req.headers(), keys) else {
+                    return Err(reject(
+                        req,
+                        ErrorKind::Unauthorized,
+                        "missing or unknown API key for this gateway",
+                        "auth",
+                    ));
+                };
+                // Per key limits: the permit travels with the request to its end.
+                let Some(limiter) = snapshot(req).limiter.clone() else {
+                    return Ok(());
+                };
+                match limiter.admit(key, std::time::Instant::now()) {
+                    Ok(permit) => {
+                        req.extensions_mut().insert(Arc::new(permit));
+                        Ok(())
+                    }
+                    Err(refusal) => Err(rate_limited(req, refusal)),
+                }
             },
         ))
         .layer(ValidateRequestHeaderLayer::custom(
@@ -200,6 +216,7 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
         .remove::<Arc<Snapshot>>()
         .expect("the snapshot layer runs first");
     let request_id = request_id_of(&req);
+    let permit = req.extensions_mut().remove::<Arc<Permit>>();
     let limit = snap.config.server.max_body_bytes;
 
     let m = &snap.config.migration;
@@ -240,6 +257,7 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
         shadow: None,
         model_prefix: None,
         replay_headers: None,
+        _permit: permit,
     };
     let snap = &ex.snap;
     let m = &snap.config.migration;
@@ -443,19 +461,39 @@ fn set_length(headers: &mut http::HeaderMap, was: usize, now: usize) {
     }
 }
 
-/// `Authorization: Bearer <key>` against the configured keys, in constant time.
-fn authorized(headers: &http::HeaderMap, keys: &[Box<[u8]>]) -> bool {
-    let Some(given) = headers
+/// Which configured key `Authorization: Bearer <key>` is, compared in constant time.
+fn key_index(headers: &http::HeaderMap, keys: &[Box<[u8]>]) -> Option<usize> {
+    let given = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-    else {
-        return false;
-    };
-    let mut ok = subtle::Choice::from(0);
-    for k in keys {
-        ok |= k.as_ref().ct_eq(given);
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))?;
+    let mut found = None;
+    for (i, k) in keys.iter().enumerate() {
+        // Every key is compared, whichever matches.
+        if bool::from(k.as_ref().ct_eq(given)) {
+            found = Some(i);
+        }
     }
-    ok.into()
+    found
+}
+
+/// A client key over its limits: 429 with `Retry-After`, OpenAI-shaped.
+fn rate_limited<B>(req: &Request<B>, refusal: Refusal) -> Response<GatewayBody> {
+    let (message, reason) = match refusal {
+        Refusal::Rate { .. } => (
+            "this key is over its request rate on this gateway (clients.limits)",
+            "rate_limit",
+        ),
+        Refusal::Concurrency => (
+            "this key has too many requests in flight on this gateway (clients.limits)",
+            "concurrency_limit",
+        ),
+    };
+    let mut r = reject(req, ErrorKind::RateLimited, message, reason);
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(refusal.retry_after_secs()),
+    );
+    r
 }
 
 /// The client's request, rewritten for provider `up`: its path mapped onto `base_url`
@@ -512,6 +550,8 @@ pub struct Exchange {
     /// The request's headers as the first provider got them (less its key and host), to
     /// send a refused request once more elsewhere.
     replay_headers: Option<http::HeaderMap>,
+    /// The client key's in-flight slot, freed when the exchange ends.
+    _permit: Option<Arc<Permit>>,
 }
 
 impl Exchange {
@@ -798,9 +838,10 @@ impl Exchange {
             ErrorKind::UpstreamTimeout => Class::Timeout,
             ErrorKind::UpstreamConnect => Class::Connect,
             ErrorKind::UpstreamBroken => Class::StreamCut,
-            ErrorKind::BodyTooLarge | ErrorKind::BadRequest | ErrorKind::Unauthorized => {
-                Class::ClientFault
-            }
+            ErrorKind::BodyTooLarge
+            | ErrorKind::BadRequest
+            | ErrorKind::Unauthorized
+            | ErrorKind::RateLimited => Class::ClientFault,
             ErrorKind::Unavailable | ErrorKind::Internal => Class::ServerError,
         };
         self.fail_as(up, index, kind, class, message)

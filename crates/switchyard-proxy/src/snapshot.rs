@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub to_buckets: u16,
     pub sticky_header: HeaderName,
     pub client_keys: Option<Arc<[Box<[u8]>]>>,
+    /// Per client key limits, when configured.
+    pub limiter: Option<Arc<crate::limits::Limiter>>,
     /// Changes with every migration state change; events carry it so that judgements
     /// only use requests of the current phase.
     pub epoch: u64,
@@ -78,7 +80,7 @@ impl Snapshot {
                 None => Arc::new(Upstream::build(p, key, workers)?),
             });
         }
-        let client_keys = match &config.clients {
+        let client_keys: Option<Arc<[Box<[u8]>]>> = match &config.clients {
             Some(c) => {
                 let raw = env(&c.keys_env).unwrap_or_default();
                 let keys: Vec<Box<[u8]>> = raw
@@ -97,6 +99,21 @@ impl Snapshot {
             }
             None => None,
         };
+        // Counts start over with a reload that changes the limits, and carry over otherwise.
+        let limiter = match (&config.clients, &client_keys) {
+            (Some(c), Some(keys)) if c.limits.any() => Some(
+                previous
+                    .and_then(|p| p.limiter.clone())
+                    .filter(|_| {
+                        previous.is_some_and(|p| {
+                            p.config.clients.as_ref().map(|c| c.limits) == Some(c.limits)
+                                && p.client_keys.as_ref().map(|k| k.len()) == Some(keys.len())
+                        })
+                    })
+                    .unwrap_or_else(|| Arc::new(crate::limits::Limiter::new(c.limits, keys.len()))),
+            ),
+            _ => None,
+        };
         let sticky_header = HeaderName::from_bytes(config.migration.sticky_header.as_bytes())
             .map_err(|e| BuildError(format!("migration.sticky_header: {e}")))?;
         let to_buckets = state.to_buckets(&config.migration.phases);
@@ -108,6 +125,7 @@ impl Snapshot {
                 state,
                 to_buckets,
                 sticky_header,
+                limiter,
                 client_keys,
                 epoch,
                 events: None,
@@ -128,6 +146,7 @@ impl Snapshot {
             state,
             sticky_header: self.sticky_header.clone(),
             client_keys: self.client_keys.clone(),
+            limiter: self.limiter.clone(),
             epoch: self.epoch + 1,
             events: self.events.clone(),
             shadow: self.shadow.clone(),

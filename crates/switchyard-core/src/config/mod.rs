@@ -24,7 +24,7 @@ pub use migration::{
     AutoRollbackConfig, CompareConfig, FailoverConfig, MigrationConfig, Phase, PreflightConfig,
 };
 pub use providers::{ModelRoute, ProviderConfig};
-pub use server::{AdminConfig, ClientsConfig, ServerConfig, TlsFiles};
+pub use server::{AdminConfig, ClientLimits, ClientsConfig, ServerConfig, TlsFiles};
 pub use watching::{AlertsConfig, HealthCheckConfig, ShadowConfig, StatsConfig};
 
 use crate::locate::LineIndex;
@@ -271,8 +271,33 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
 
     let clients = raw.clients.map(|cl| {
         c.env_name("clients.keys_env", &cl.keys_env);
+        let l = cl.limits.as_ref();
+        let rps = l.and_then(|l| l.requests_per_second);
+        if let Some(r) = rps {
+            if !(r > 0.0 && r.is_finite()) {
+                c.err(
+                    "clients.limits.requests_per_second",
+                    format!("{r} is not a positive rate"),
+                );
+            }
+        }
+        let burst = l
+            .and_then(|l| l.burst)
+            .unwrap_or_else(|| rps.map_or(1, |r| r.ceil().max(1.0) as u32));
+        let max_concurrent = l.and_then(|l| l.max_concurrent);
+        if max_concurrent == Some(0) || burst == 0 {
+            c.err(
+                "clients.limits",
+                "burst and max_concurrent must be at least 1",
+            );
+        }
         ClientsConfig {
             keys_env: cl.keys_env,
+            limits: ClientLimits {
+                requests_per_second: rps,
+                burst,
+                max_concurrent,
+            },
         }
     });
 

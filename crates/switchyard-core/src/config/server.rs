@@ -26,6 +26,15 @@ pub(super) struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawClients {
     pub(super) keys_env: String,
+    pub(super) limits: Option<RawClientLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientLimits {
+    pub(super) requests_per_second: Option<f64>,
+    pub(super) burst: Option<u32>,
+    pub(super) max_concurrent: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,9 +61,28 @@ pub struct AdminConfig {
     pub token_env: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientsConfig {
     pub keys_env: String,
+    /// Limits each key gets on its own (per replica).
+    pub limits: ClientLimits,
+}
+
+/// Per client key: a request rate (token bucket) and requests in flight at once.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ClientLimits {
+    /// `None`: no rate limit.
+    pub requests_per_second: Option<f64>,
+    /// Requests a key may make at once above its rate (the bucket's size).
+    pub burst: u32,
+    /// `None`: no limit.
+    pub max_concurrent: Option<u32>,
+}
+
+impl ClientLimits {
+    pub fn any(&self) -> bool {
+        self.requests_per_second.is_some() || self.max_concurrent.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
