@@ -42,6 +42,12 @@ pub struct Permit {
     key: usize,
 }
 
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Permit(key {})", self.key)
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.limiter.limits.max_concurrent.is_some() {
