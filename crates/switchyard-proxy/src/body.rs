@@ -120,8 +120,13 @@ pub enum Replay {
     /// Not kept (no other side to try).
     #[default]
     Off,
-    /// Being copied as it streams, up to `max` bytes.
-    Copying { buf: BytesMut, max: u64 },
+    /// Being kept as it streams (the frames themselves, shared, not copied), up to `max`
+    /// bytes.
+    Copying {
+        frames: Vec<Bytes>,
+        len: u64,
+        max: u64,
+    },
     /// The whole body.
     Whole(Bytes),
     /// Larger than the limit: not retried.
@@ -140,7 +145,8 @@ impl RequestShared {
     /// Starts keeping a replay copy of up to `max` bytes (before the body is polled).
     pub fn keep_replay(&self, max: u64) {
         *self.replay.lock().unwrap_or_else(|e| e.into_inner()) = Replay::Copying {
-            buf: BytesMut::new(),
+            frames: Vec::new(),
+            len: 0,
             max,
         };
     }
@@ -150,28 +156,38 @@ impl RequestShared {
         match &*self.replay.lock().unwrap_or_else(|e| e.into_inner()) {
             Replay::Whole(b) => Some(b.clone()),
             // An empty body never streams: it was sent whole at once.
-            Replay::Copying { buf, .. } if buf.is_empty() && self.sent.get().is_some() => {
+            Replay::Copying { frames, .. } if frames.is_empty() && self.sent.get().is_some() => {
                 Some(Bytes::new())
             }
             _ => None,
         }
     }
 
-    fn copy(&self, data: &[u8]) {
+    fn copy(&self, data: &Bytes) {
         let mut r = self.replay.lock().unwrap_or_else(|e| e.into_inner());
-        if let Replay::Copying { buf, max } = &mut *r {
-            if buf.len() as u64 + data.len() as u64 > *max {
+        if let Replay::Copying { frames, len, max } = &mut *r {
+            *len += data.len() as u64;
+            if *len > *max {
                 *r = Replay::TooLarge;
             } else {
-                buf.extend_from_slice(data);
+                frames.push(data.clone());
             }
         }
     }
 
     fn copied_whole(&self) {
         let mut r = self.replay.lock().unwrap_or_else(|e| e.into_inner());
-        if let Replay::Copying { buf, .. } = &mut *r {
-            *r = Replay::Whole(std::mem::take(buf).freeze());
+        if let Replay::Copying { frames, .. } = &mut *r {
+            // Most bodies arrive in one frame: no copy then.
+            let whole = match frames.len() {
+                1 => frames.pop().unwrap_or_default(),
+                _ => {
+                    let mut b = BytesMut::new();
+                    frames.iter().for_each(|f| b.extend_from_slice(f));
+                    b.freeze()
+                }
+            };
+            *r = Replay::Whole(whole);
         }
     }
 
