@@ -272,3 +272,33 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(b);
 }
+
+/// Nothing above `base_url`'s path is reachable with the provider's key, and nothing is
+/// tunnelled: dot-segments (raw or percent-encoded) get 400, `CONNECT` 405.
+#[tokio::test]
+async fn dot_segments_and_connect_are_refused() {
+    let (old, _new, gw) = pair_behind_gateway("phase-0").await;
+    for path in [
+        "/v1/../admin/status",
+        "/v1/%2e%2e/admin/status",
+        "/v1/%2E./x",
+        "/v1/./models",
+    ] {
+        let answer = raw_exchange(
+            gw.proxy,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(answer.contains("segments are not forwarded"), "{answer}");
+    }
+    let answer = raw_exchange(
+        gw.proxy,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert_eq!(old.request_count(), 0, "nothing reached the provider");
+    gw.assert_metric(r#"switchyard_rejected_total{reason="dot_segment"}"#, 4.0)
+        .await;
+}

@@ -13,6 +13,8 @@ pub enum ErrorKind {
     BodyTooLarge,
     /// The client key is over its request rate or requests in flight.
     RateLimited,
+    /// A method the gateway does not forward (`CONNECT`).
+    MethodNotAllowed,
     /// Malformed request the gateway refuses to forward.
     BadRequest,
     /// Could not connect to the provider (nothing was sent).
@@ -33,6 +35,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => 401,
             ErrorKind::BodyTooLarge => 413,
             ErrorKind::RateLimited => 429,
+            ErrorKind::MethodNotAllowed => 405,
             ErrorKind::BadRequest => 400,
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamBroken => 502,
             ErrorKind::UpstreamTimeout => 504,
@@ -47,6 +50,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::BodyTooLarge | ErrorKind::BadRequest => "invalid_request_error",
             ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::MethodNotAllowed => "invalid_request_error",
             ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamBroken
@@ -61,6 +65,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "invalid_api_key",
             ErrorKind::BodyTooLarge => "request_too_large",
             ErrorKind::RateLimited => "rate_limit_exceeded",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::UpstreamConnect => "upstream_unreachable",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
@@ -78,7 +83,8 @@ impl ErrorKind {
             ErrorKind::Unauthorized
             | ErrorKind::BodyTooLarge
             | ErrorKind::BadRequest
-            | ErrorKind::RateLimited => "4xx",
+            | ErrorKind::RateLimited
+            | ErrorKind::MethodNotAllowed => "4xx",
             ErrorKind::Unavailable | ErrorKind::Internal => "5xx",
         }
     }

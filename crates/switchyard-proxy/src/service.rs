@@ -121,6 +121,21 @@ pub fn stack(
         ))
         .layer(ValidateRequestHeaderLayer::custom(
             |req: &mut Request<Incoming>| {
+                // Nothing above `base_url`'s path may be reached through the provider's key,
+                // even on a provider that normalises paths; nothing is tunnelled.
+                if req.method() == Method::CONNECT {
+                    let msg = "CONNECT is not forwarded by this gateway";
+                    return Err(reject(req, ErrorKind::MethodNotAllowed, msg, "method"));
+                }
+                if has_dot_segment(req.uri().path()) {
+                    let msg = "paths with `.` or `..` segments are not forwarded";
+                    return Err(reject(req, ErrorKind::BadRequest, msg, "dot_segment"));
+                }
+                Ok(())
+            },
+        ))
+        .layer(ValidateRequestHeaderLayer::custom(
+            |req: &mut Request<Incoming>| {
                 let Some(keys) = snapshot(req).client_keys.as_deref() else {
                     return Ok(());
                 };
@@ -459,6 +474,29 @@ fn set_length(headers: &mut http::HeaderMap, was: usize, now: usize) {
             HeaderValue::from(n - was.min(n) + now),
         );
     }
+}
+
+/// Whether a path has a `.` or `..` segment, raw or percent-encoded (`%2e`).
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let mut dots = 0;
+        let mut rest = seg.as_bytes();
+        while !rest.is_empty() {
+            if rest[0] == b'.' {
+                rest = &rest[1..];
+            } else if rest.len() >= 3
+                && rest[0] == b'%'
+                && rest[1] == b'2'
+                && rest[2].eq_ignore_ascii_case(&b'e')
+            {
+                rest = &rest[3..];
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
+    })
 }
 
 /// Which configured key `Authorization: Bearer <key>` is, compared in constant time.
@@ -841,7 +879,8 @@ impl Exchange {
             ErrorKind::BodyTooLarge
             | ErrorKind::BadRequest
             | ErrorKind::Unauthorized
-            | ErrorKind::RateLimited => Class::ClientFault,
+            | ErrorKind::RateLimited
+            | ErrorKind::MethodNotAllowed => Class::ClientFault,
             ErrorKind::Unavailable | ErrorKind::Internal => Class::ServerError,
         };
         self.fail_as(up, index, kind, class, message)
@@ -1160,6 +1199,31 @@ impl std::fmt::Display for ErrorChain<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_raw_or_encoded() {
+        for p in [
+            "/v1/../admin",
+            "/v1/%2e%2e/x",
+            "/v1/%2E./x",
+            "/./v1",
+            "/v1/.",
+            "/v1/%2e",
+            "/.%2E/",
+        ] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in [
+            "/v1/chat/completions",
+            "/v1/models/a.b",
+            "/v1/...",
+            "/v1/..a",
+            "/v1/%2e%2e%2e",
+            "/",
+        ] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
+    }
 
     #[test]
     fn a_broken_upload_is_the_clients_and_says_how() {
