@@ -672,6 +672,26 @@ impl Exchange {
         Some(req)
     }
 
+    /// A provider's answer headers as the client gets them: hop-by-hop out, which provider
+    /// answered (and which one it failed over from), the request id.
+    fn answer_headers(
+        &self,
+        headers: &mut http::HeaderMap,
+        index: usize,
+        failed_over_from: Option<usize>,
+    ) {
+        strip_hop_by_hop(headers);
+        let up = &self.snap.upstreams[index];
+        headers.insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
+        headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        if let Some(failed) = failed_over_from {
+            headers.insert(
+                X_SWITCHYARD_FAILOVER.clone(),
+                self.snap.upstreams[failed].name_header.clone(),
+            );
+        }
+    }
+
     /// Whether `resp` is provider `index`'s model list, to be shown under client names.
     pub(crate) fn lists_models(&self, index: usize, resp: &Response<Incoming>) -> bool {
         self.method == Method::GET
@@ -708,24 +728,11 @@ impl Exchange {
             }
             Err(_) => Bytes::copy_from_slice(body),
         };
-        let up = &self.snap.upstreams[index];
-        strip_hop_by_hop(&mut parts.headers);
+        self.answer_headers(&mut parts.headers, index, failed_over_from);
         parts.headers.remove(header::TRANSFER_ENCODING);
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        parts
-            .headers
-            .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
-        parts
-            .headers
-            .insert(X_REQUEST_ID.clone(), self.request_id.clone());
-        if let Some(failed) = failed_over_from {
-            parts.headers.insert(
-                X_SWITCHYARD_FAILOVER.clone(),
-                self.snap.upstreams[failed].name_header.clone(),
-            );
-        }
         let status = parts.status.as_u16();
         self.account(Attempt {
             index,
@@ -817,19 +824,7 @@ impl Exchange {
         let first_byte = self.start.elapsed();
         up.metrics.first_byte.record(first_byte.as_secs_f64());
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        parts
-            .headers
-            .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
-        parts
-            .headers
-            .insert(X_REQUEST_ID.clone(), self.request_id.clone());
-        if let Some(failed) = failed_over_from {
-            parts.headers.insert(
-                X_SWITCHYARD_FAILOVER.clone(),
-                self.snap.upstreams[failed].name_header.clone(),
-            );
-        }
+        self.answer_headers(&mut parts.headers, index, failed_over_from);
         let sniff = Sniff::for_content_type(
             parts
                 .headers
