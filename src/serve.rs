@@ -74,6 +74,21 @@ fn bind_reuseport(
     n: usize,
 ) -> Result<Vec<std::net::TcpListener>, String> {
     use socket2::{Domain, Socket, Type};
+    // SO_REUSEPORT would let a second gateway join the port and split the traffic between
+    // two processes (in different phases, perhaps): a plain bind first tells whether
+    // someone else serves it. Our own workers share it after.
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+            .map_err(|e| format!("listen {addr}: {e}"))?;
+        probe.set_reuse_address(true).map_err(|e| e.to_string())?;
+        probe.bind(&addr.into()).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!("listen {addr}: address in use (is another gateway running on it?)")
+            } else {
+                format!("listen {addr}: {e}")
+            }
+        })?;
+    }
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     let mut addr = addr;
     for _ in 0..n {

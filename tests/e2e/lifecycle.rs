@@ -139,3 +139,43 @@ async fn json_logs_carry_one_access_line_per_request() {
         assert!(v["duration_ms"].is_number());
     }
 }
+
+/// A second gateway on an address another one serves refuses to start (its own workers
+/// share the port; another process must not).
+#[tokio::test]
+async fn a_second_gateway_on_the_same_address_refuses_to_start() {
+    let (old, new, gw) = pair_behind_gateway("phase-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("second.yaml");
+    let yaml = config(&old.base_url(), &new.base_url(), "phase-1").replacen(
+        "listen: 127.0.0.1:0\n",
+        &format!("listen: {}\n", gw.proxy),
+        1,
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("SWITCHYARD_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the second gateway started on an address in use");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("address in use"), "{err}");
+    // The first one still serves.
+    let r = client().get(gw.url("/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
