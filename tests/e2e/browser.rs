@@ -103,19 +103,6 @@ async fn click_and_confirm(c: &Client, id: &str) {
     c.accept_alert().await.unwrap();
 }
 
-/// `n` chat completions with request ids `prefix-i`.
-async fn chats(gw: &Gateway, prefix: &str, n: usize) {
-    for i in 0..n {
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .header("x-request-id", format!("{prefix}-{i}"))
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
-    }
-}
-
 /// Polls the page until `pred` holds for the text of `#id` (at most 15 s).
 async fn wait_text(c: &Client, id: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -158,7 +145,7 @@ async fn the_dashboard_shows_live_numbers_and_rolls_back_from_the_page() {
 
     // The numbers move under load.
     let before: u64 = text(&c, "requests-new").await.parse().unwrap_or(0);
-    chats(&gw, "page", 30).await;
+    chats(&gw, "page", 30, 1).await;
     wait_text(&c, "requests-new", "the new side's requests moving", |t| {
         t.parse::<u64>().is_ok_and(|n| n > before)
     })
@@ -202,7 +189,7 @@ async fn the_dashboard_shows_live_numbers_and_rolls_back_from_the_page() {
     assert_eq!(s["rollback_reason"], "the new side looks wrong");
     // Traffic left the new provider.
     let served = new.request_count();
-    chats(&gw, "after", 10).await;
+    chats(&gw, "after", 10, 1).await;
     assert_eq!(new.request_count(), served);
 
     // A wrong action shows the API's error: a phase that does not exist.

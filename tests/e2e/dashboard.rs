@@ -104,15 +104,7 @@ async fn the_event_stream_carries_snapshots_history_and_what_happens() {
     assert!(matches!(events.next().await, Event::History { .. }));
 
     // Snapshots every second, with the traffic in them.
-    for i in 0..20 {
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .header("x-request-id", format!("ev-{i}"))
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
-    }
+    chats(&gw, "ev", 20, 1).await;
     let e = events
         .until("a snapshot with the traffic", |e| {
             matches!(e, Event::Snapshot { stats, .. }

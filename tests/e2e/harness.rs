@@ -345,6 +345,24 @@ pub fn chat_body(stream: bool) -> serde_json::Value {
     serde_json::json!({"model": "deepseek-chat", "stream": stream, "messages": [{"role": "user", "content": "hello"}]})
 }
 
+/// Sends `n` chats with distinct request ids, `concurrency` at a time.
+pub async fn chats(gw: &Gateway, prefix: &str, n: usize, concurrency: usize) -> Vec<u16> {
+    let c = client();
+    let mut statuses = Vec::new();
+    for batch in (0..n).collect::<Vec<_>>().chunks(concurrency) {
+        let calls = batch.iter().map(|i| {
+            c.post(gw.url("/v1/chat/completions"))
+                .header("x-request-id", format!("{prefix}-{i}"))
+                .json(&chat_body(false))
+                .send()
+        });
+        for r in futures_util::future::join_all(calls).await {
+            statuses.push(r.unwrap().status().as_u16());
+        }
+    }
+    statuses
+}
+
 /// Polls until `pred` holds or 10 s pass.
 pub async fn eventually(what: &str, pred: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -33,24 +33,6 @@ async fn judged_at_phase_3(old: &Mock, new: &Mock, hook: Option<&Mock>) -> Gatew
     Gateway::start_with(&yaml, &[("TEST_WEBHOOK", &url)]).await
 }
 
-/// Sends `n` chats with distinct request ids, `concurrency` at a time.
-async fn chats(gw: &Gateway, prefix: &str, n: usize, concurrency: usize) -> Vec<u16> {
-    let c = client();
-    let mut statuses = Vec::new();
-    for batch in (0..n).collect::<Vec<_>>().chunks(concurrency) {
-        let calls = batch.iter().map(|i| {
-            c.post(gw.url("/v1/chat/completions"))
-                .header("x-request-id", format!("{prefix}-{i}"))
-                .json(&chat_body(false))
-                .send()
-        });
-        for r in futures_util::future::join_all(calls).await {
-            statuses.push(r.unwrap().status().as_u16());
-        }
-    }
-    statuses
-}
-
 async fn alert(hook: &Mock, event: &str) -> Value {
     eventually(&format!("a `{event}` alert reached the webhook"), || {
         hook.received()
