@@ -2,6 +2,7 @@
 //! read it before changing the order of anything.
 
 pub mod body;
+pub mod exchange;
 pub mod headers;
 pub mod limits;
 pub mod metrics;

@@ -30,7 +30,7 @@ use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::body::{GatewayBody, RequestBody, RequestShared};
-use crate::service::Exchange;
+use crate::exchange::Exchange;
 use crate::upstream::{Lease, SendError, Upstream, Worker};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;

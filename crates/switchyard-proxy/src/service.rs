@@ -42,7 +42,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 use switchyard_core::config::ModelRoute;
-use switchyard_core::event::{Class, RequestEvent, ShadowEvent};
+use switchyard_core::event::{Class, ShadowEvent};
 use switchyard_core::router::{Router, Side};
 use switchyard_core::ErrorKind;
 use tower::{Service, ServiceBuilder};
@@ -51,18 +51,16 @@ use tower_http::request_id::{
 };
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
-use crate::body::{
-    BodySummary, BodyTooLarge, ClientBodyError, End, GatewayBody, OnEnd, RequestBody,
-    RequestShared, ResponseBody, Sniff, Tee,
-};
+use crate::body::{ClientBodyError, GatewayBody, RequestBody, RequestShared, Tee};
+use crate::exchange::{access_log, AccessRecord, Exchange};
 use crate::headers::strip_hop_by_hop;
 use crate::limits::{Permit, Refusal};
-use crate::metrics::{Outcome, EVENTS_DROPPED, REJECTED_TOTAL};
+use crate::metrics::{Outcome, REJECTED_TOTAL};
 use crate::openai;
 use crate::provider::{provider_stack, Call};
-use crate::shadow::{self, Mirror, Pair, SideResult};
+use crate::shadow::{self, Mirror, Pair};
 use crate::snapshot::{Gateway, Snapshot};
-use crate::upstream::{Lease, Upstream, Worker};
+use crate::upstream::{Upstream, Worker};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_SWITCHYARD_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
@@ -452,7 +450,10 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
 /// The read-ahead body start as provider `p` must get it: the model renamed when `p` maps
 /// it (a model it would refuse goes as it is: only the first provider's refusal answers
 /// the client).
-fn renamed_for(prefix: &openai::ModelPrefix, p: &switchyard_core::config::ProviderConfig) -> Bytes {
+pub(crate) fn renamed_for(
+    prefix: &openai::ModelPrefix,
+    p: &switchyard_core::config::ProviderConfig,
+) -> Bytes {
     match prefix.client_model().map(|m| p.model_for(m)) {
         Some(ModelRoute::Rename(name)) => prefix.renamed(name),
         _ => prefix.held.clone(),
@@ -460,7 +461,7 @@ fn renamed_for(prefix: &openai::ModelPrefix, p: &switchyard_core::config::Provid
 }
 
 /// A declared `Content-Length` follows a body start that changed length.
-fn set_length(headers: &mut http::HeaderMap, was: usize, now: usize) {
+pub(crate) fn set_length(headers: &mut http::HeaderMap, was: usize, now: usize) {
     if was == now {
         return;
     }
@@ -537,7 +538,7 @@ fn rate_limited<B>(req: &Request<B>, refusal: Refusal) -> Response<GatewayBody> 
 /// The client's request, rewritten for provider `up`: its path mapped onto `base_url`
 /// (origin-form: the connection already goes to the provider), its `Host` and key.
 /// The client's headers move over; nothing is copied.
-fn upstream_request(
+pub(crate) fn upstream_request(
     parts: http::request::Parts,
     up: &Upstream,
     body: RequestBody,
@@ -552,7 +553,7 @@ fn upstream_request(
 }
 
 /// A request that could not reach one provider, pointed at another.
-fn retarget(
+pub(crate) fn retarget(
     mut req: Request<RequestBody>,
     client_uri: &Uri,
     up: &Upstream,
@@ -562,548 +563,12 @@ fn retarget(
     Ok(req)
 }
 
-fn set_provider_headers(headers: &mut http::HeaderMap, up: &Upstream) {
+pub(crate) fn set_provider_headers(headers: &mut http::HeaderMap, up: &Upstream) {
     headers.insert(header::HOST, up.host.clone());
     match &up.auth {
         Some(auth) => headers.insert(header::AUTHORIZATION, auth.clone()),
         None => headers.remove(header::AUTHORIZATION),
     };
-}
-
-/// One request's context: what every way it can end needs to account for itself.
-pub struct Exchange {
-    pub(crate) snap: Arc<Snapshot>,
-    request_id: HeaderValue,
-    method: Method,
-    uri: Uri,
-    start: Instant,
-    pub(crate) shared: Option<Arc<RequestShared>>,
-    /// The gateway asked for stream usage on the client's behalf: strip that chunk.
-    strip_usage: bool,
-    /// This request is mirrored: its answer meets the shadow's here.
-    shadow: Option<Arc<Pair>>,
-    /// The body's start as the client sent it, read to learn its model (providers that
-    /// rename models): kept to rename it again for another provider on failover.
-    model_prefix: Option<openai::ModelPrefix>,
-    /// The request's headers as the first provider got them (less its key and host), to
-    /// send a refused request once more elsewhere.
-    replay_headers: Option<http::HeaderMap>,
-    /// The client key's in-flight slot, freed when the exchange ends.
-    _permit: Option<Arc<Permit>>,
-}
-
-impl Exchange {
-    /// The request rewritten for provider `index` after another could not be connected to.
-    pub(crate) fn retarget(
-        &self,
-        mut req: Request<RequestBody>,
-        index: usize,
-    ) -> Result<Request<RequestBody>, http::Error> {
-        if let Some(prefix) = &self.model_prefix {
-            // Nothing was sent: the body's start can still be renamed for this provider.
-            let held = renamed_for(prefix, &self.snap.config.providers[index]);
-            let before = req.body().prefix_len();
-            if req.body_mut().replace_prefix(held.clone()) {
-                set_length(req.headers_mut(), before, held.len());
-            }
-        }
-        retarget(req, &self.uri, &self.snap.upstreams[index])
-    }
-
-    /// Provider `index` refused the request (`status`) before anything reached the client:
-    /// counted against it, and the request as provider `other` gets it, when its body was
-    /// kept whole.
-    pub(crate) fn refused_over(
-        &mut self,
-        index: usize,
-        other: usize,
-        resp: &Response<Incoming>,
-    ) -> Option<Request<RequestBody>> {
-        let replay = self.shared.as_ref()?.replay()?;
-        let mut headers = self.replay_headers.take()?;
-        let status = resp.status().as_u16();
-        let up = &self.snap.upstreams[index];
-        let cfg = &self.snap.config;
-        if status == 429 && cfg.migration.failover.honor_retry_after {
-            let secs = resp
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            if let Some(secs) = secs {
-                // Capped: a provider cannot take itself out of a migration for long.
-                up.pause(std::time::Duration::from_secs(secs.min(600)));
-            }
-        }
-        // The copy was sent as provider `index` names the model: rename it for `other`.
-        let body = match self.model_prefix.take() {
-            Some(prefix) => {
-                let sent = renamed_for(&prefix, &cfg.providers[index]).len();
-                let mut b = renamed_for(&prefix, &cfg.providers[other]).to_vec();
-                b.extend_from_slice(&replay[sent.min(replay.len())..]);
-                Bytes::from(b)
-            }
-            None => replay,
-        };
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        }
-        tracing::warn!(request_id = ?self.request_id, provider = %up.name, status, "provider refused; failing over");
-        up.metrics.failovers.increment(1);
-        self.account(Attempt {
-            index,
-            status,
-            class: Class::of_status(status),
-            ttfb: Some(self.start.elapsed()),
-            summary: BodySummary::default(),
-            answer: false,
-        });
-        // A fresh clock for the other provider's first-byte timeout.
-        let shared = Arc::new(RequestShared::default());
-        if let Some(m) = self.shared.as_ref().and_then(|s| s.model()) {
-            let _ = shared.model.set(m.into());
-        }
-        self.shared = Some(shared.clone());
-        let mut req = Request::new(RequestBody::buffered(body, shared));
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = headers;
-        *req.version_mut() = http::Version::HTTP_11;
-        Some(req)
-    }
-
-    /// A provider's answer headers as the client gets them: hop-by-hop out, which provider
-    /// answered (and which one it failed over from), the request id.
-    fn answer_headers(
-        &self,
-        headers: &mut http::HeaderMap,
-        index: usize,
-        failed_over_from: Option<usize>,
-    ) {
-        strip_hop_by_hop(headers);
-        let up = &self.snap.upstreams[index];
-        headers.insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
-        headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
-        if let Some(failed) = failed_over_from {
-            headers.insert(
-                X_SWITCHYARD_FAILOVER.clone(),
-                self.snap.upstreams[failed].name_header.clone(),
-            );
-        }
-    }
-
-    /// Whether `resp` is provider `index`'s model list, to be shown under client names.
-    pub(crate) fn lists_models(&self, index: usize, resp: &Response<Incoming>) -> bool {
-        self.method == Method::GET
-            && self.uri.path().ends_with("/models")
-            && resp.status().is_success()
-            && !self.snap.config.providers[index].models.is_empty()
-    }
-
-    /// Answers provider `index`'s model list (`body`) with the client-facing names of the
-    /// models it maps.
-    pub(crate) fn respond_models(
-        self,
-        mut parts: http::response::Parts,
-        body: &[u8],
-        index: usize,
-        failed_over_from: Option<usize>,
-    ) -> Response<GatewayBody> {
-        let provider = &self.snap.config.providers[index];
-        let body = match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(mut v) => {
-                if let Some(list) = v.get_mut("data").and_then(|d| d.as_array_mut()) {
-                    for m in list {
-                        let client = m
-                            .get("id")
-                            .and_then(|id| id.as_str())
-                            .and_then(|id| provider.client_model(id))
-                            .map(str::to_string);
-                        if let Some(c) = client {
-                            m["id"] = serde_json::Value::String(c);
-                        }
-                    }
-                }
-                Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
-            }
-            Err(_) => Bytes::copy_from_slice(body),
-        };
-        self.answer_headers(&mut parts.headers, index, failed_over_from);
-        parts.headers.remove(header::TRANSFER_ENCODING);
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let status = parts.status.as_u16();
-        self.account(Attempt {
-            index,
-            status,
-            class: Class::of_status(status),
-            ttfb: Some(self.start.elapsed()),
-            summary: BodySummary {
-                bytes: body.len() as u64,
-                ..BodySummary::default()
-            },
-            answer: true,
-        });
-        Response::from_parts(parts, GatewayBody::full(body))
-    }
-
-    /// A model list that could not be read whole.
-    pub(crate) fn broken_list(&self, index: usize) -> Response<GatewayBody> {
-        let up = &self.snap.upstreams[index];
-        let msg = format!(
-            "provider `{}` sent a model list that could not be read",
-            up.name
-        );
-        self.fail(up, index, ErrorKind::UpstreamBroken, &msg)
-    }
-
-    /// Provider `index` sent no response head in time.
-    pub(crate) fn timed_out(&self, index: usize) -> Response<GatewayBody> {
-        let up = &self.snap.upstreams[index];
-        let msg = format!(
-            "provider `{}` sent no response within {:?}",
-            up.name, up.config.timeout
-        );
-        self.fail(up, index, ErrorKind::UpstreamTimeout, &msg)
-    }
-
-    /// Provider `index` could not be connected to, and the call goes to the other side:
-    /// counted (not as the answer).
-    pub(crate) fn connect_failed_over(&self, index: usize, e: &(dyn std::error::Error + 'static)) {
-        let up = &self.snap.upstreams[index];
-        tracing::warn!(request_id = ?self.request_id, provider = %up.name, error = %ErrorChain(e), "cannot connect; failing over");
-        up.metrics.failovers.increment(1);
-        self.account(Attempt {
-            index,
-            status: 0,
-            class: Class::Connect,
-            ttfb: None,
-            summary: BodySummary::default(),
-            answer: false,
-        });
-    }
-
-    /// Provider `index` could not be connected to, and there is no other side to try.
-    pub(crate) fn not_connected(
-        &self,
-        index: usize,
-        e: &dyn std::fmt::Display,
-    ) -> Response<GatewayBody> {
-        let up = &self.snap.upstreams[index];
-        let msg = format!("gateway cannot connect to provider `{}`", up.name);
-        tracing::warn!(request_id = ?self.request_id, provider = %up.name, error = %e, "{msg}");
-        self.fail(up, index, ErrorKind::UpstreamConnect, &msg)
-    }
-
-    /// The exchange with provider `index` failed once the request was on its way: the
-    /// client's body (too large, malformed, abandoned) or the provider.
-    pub(crate) fn broken(&self, index: usize, e: &hyper::Error) -> Response<GatewayBody> {
-        let up = &self.snap.upstreams[index];
-        if has_source::<BodyTooLarge>(e) {
-            let limit = self.snap.config.server.max_body_bytes;
-            let msg = format!("request body is larger than the limit of {limit} bytes");
-            return self.fail(up, index, ErrorKind::BodyTooLarge, &msg);
-        }
-        if let Some(client) = source_of::<ClientBodyError>(e) {
-            return self.client_broke(up, index, client);
-        }
-        let msg = format!("gateway broke the exchange with provider `{}`", up.name);
-        tracing::warn!(request_id = ?self.request_id, provider = %up.name, error = %ErrorChain(e), "{msg}");
-        self.fail(up, index, ErrorKind::UpstreamBroken, &msg)
-    }
-
-    pub(crate) fn respond(
-        self,
-        resp: Response<Incoming>,
-        lease: Lease,
-        index: usize,
-        failed_over_from: Option<usize>,
-    ) -> Response<GatewayBody> {
-        let up = &self.snap.upstreams[index];
-        let first_byte = self.start.elapsed();
-        up.metrics.first_byte.record(first_byte.as_secs_f64());
-        let (mut parts, body) = resp.into_parts();
-        self.answer_headers(&mut parts.headers, index, failed_over_from);
-        let sniff = Sniff::for_content_type(
-            parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .map(HeaderValue::as_bytes),
-            self.strip_usage,
-            self.shadow.is_some(),
-        );
-        if self.strip_usage && matches!(sniff, Sniff::Sse(_)) {
-            parts.headers.remove(header::CONTENT_LENGTH);
-        }
-        let status = parts.status.as_u16();
-        let idle = up.config.idle_timeout;
-        let on_end = Box::new(Finish {
-            ex: self,
-            index,
-            status,
-            first_byte,
-        });
-        let body = ResponseBody::new(body, lease, idle, sniff, on_end);
-        Response::from_parts(parts, GatewayBody::Upstream { body })
-    }
-
-    /// The request cannot be written for provider `index` (e.g. its path is not a valid URI).
-    pub(crate) fn unforwardable(&self, index: usize, e: &http::Error) -> Response<GatewayBody> {
-        let msg = format!("cannot forward this request: {e}");
-        self.fail(
-            &self.snap.upstreams[index],
-            index,
-            ErrorKind::BadRequest,
-            &msg,
-        )
-    }
-
-    /// An error the gateway makes after a provider was chosen: counted against that provider.
-    fn fail(
-        &self,
-        up: &Upstream,
-        index: usize,
-        kind: ErrorKind,
-        message: &str,
-    ) -> Response<GatewayBody> {
-        let class = match kind {
-            ErrorKind::UpstreamTimeout => Class::Timeout,
-            ErrorKind::UpstreamConnect => Class::Connect,
-            ErrorKind::UpstreamBroken => Class::StreamCut,
-            ErrorKind::BodyTooLarge
-            | ErrorKind::BadRequest
-            | ErrorKind::Unauthorized
-            | ErrorKind::RateLimited
-            | ErrorKind::MethodNotAllowed => Class::ClientFault,
-            ErrorKind::Unavailable | ErrorKind::Internal => Class::ServerError,
-        };
-        self.fail_as(up, index, kind, class, message)
-    }
-
-    /// The client's upload failed: a 400 for a malformed body (whoever still listens), and
-    /// counted as the client's (`client_fault`, or `client_gone` for a hang-up).
-    fn client_broke(
-        &self,
-        up: &Upstream,
-        index: usize,
-        e: &ClientBodyError,
-    ) -> Response<GatewayBody> {
-        let class = if e.gone {
-            Class::ClientGone
-        } else {
-            Class::ClientFault
-        };
-        tracing::debug!(request_id = ?self.request_id, error = %ErrorChain(e), "client request body failed");
-        self.fail_as(up, index, ErrorKind::BadRequest, class, &e.to_string())
-    }
-
-    fn fail_as(
-        &self,
-        up: &Upstream,
-        index: usize,
-        kind: ErrorKind,
-        class: Class,
-        message: &str,
-    ) -> Response<GatewayBody> {
-        self.account(Attempt {
-            index,
-            status: kind.status(),
-            class,
-            ttfb: None,
-            summary: BodySummary::default(),
-            answer: true,
-        });
-        let mut r = error_response(kind, message, &self.request_id);
-        r.headers_mut()
-            .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
-        r
-    }
-
-    /// Metrics, tokens and cost, the watchers' event, the access log: once per attempt.
-    fn account(&self, a: Attempt) {
-        let Attempt {
-            index,
-            status,
-            class,
-            ttfb,
-            mut summary,
-            answer: last,
-        } = a;
-        let up = &self.snap.upstreams[index];
-        let elapsed = self.start.elapsed();
-        let m = &up.metrics;
-        let outcome = match class {
-            Class::Success => Outcome::S2xx,
-            Class::ClientError | Class::Auth | Class::Refused | Class::ClientFault => Outcome::S4xx,
-            Class::ServerError => Outcome::S5xx,
-            Class::Timeout => Outcome::Timeout,
-            Class::Connect | Class::StreamCut => Outcome::Error,
-            Class::ClientGone => Outcome::from_status(status),
-        };
-        m.count(outcome, class);
-        m.duration.record(elapsed.as_secs_f64());
-
-        let cfg = &self.snap.config;
-        let (prompt, completion) = summary.usage.unwrap_or((0, 0));
-        let model = self.shared.as_ref().and_then(|s| s.model());
-        let (mut cost, mut cost_other) = (None, None);
-        if prompt + completion > 0 {
-            m.prompt_tokens.increment(prompt);
-            m.completion_tokens.increment(completion);
-            if let Some(model) = model {
-                cost = cfg.providers[index].pricing.cost(model, prompt, completion);
-                let mig = &cfg.migration;
-                let other = if index == mig.from {
-                    Some(mig.to)
-                } else if index == mig.to {
-                    Some(mig.from)
-                } else {
-                    None
-                };
-                cost_other =
-                    other.and_then(|o| cfg.providers[o].pricing.cost(model, prompt, completion));
-            }
-            if let Some(c) = cost {
-                m.cost.increment(c);
-            }
-        }
-        let ttfb = if summary.stream {
-            summary
-                .first_token
-                .map(|t| t.duration_since(self.start))
-                .or(ttfb)
-        } else {
-            ttfb
-        };
-        if let Some(events) = &self.snap.events {
-            let upload = self
-                .shared
-                .as_ref()
-                .and_then(|s| s.sent_at())
-                .map_or(std::time::Duration::ZERO, |t| {
-                    t.into_std().saturating_duration_since(self.start)
-                });
-            let event = RequestEvent {
-                provider: up.name.clone(),
-                epoch: self.snap.epoch,
-                class,
-                latency: elapsed,
-                ttfb,
-                upload,
-                stream: summary.stream,
-                prompt_tokens: prompt,
-                completion_tokens: completion,
-                cost_usd: cost,
-                cost_if_other_usd: cost_other,
-            };
-            if events.try_send(event).is_err() {
-                metrics::counter!(EVENTS_DROPPED).increment(1);
-            }
-        }
-        if cfg.server.access_log {
-            access_log(&AccessRecord {
-                request_id: &self.request_id,
-                method: &self.method,
-                uri: &self.uri,
-                provider: &up.name,
-                status,
-                outcome,
-                class,
-                elapsed,
-                bytes: summary.bytes,
-                model,
-                prompt_tokens: prompt,
-                completion_tokens: completion,
-            });
-        }
-        if let (true, Some(pair)) = (last, &self.shadow) {
-            pair.primary(SideResult {
-                status,
-                latency: elapsed,
-                ttft: ttfb,
-                tokens: (prompt, completion),
-                cost,
-                content: summary.content.take(),
-            });
-        }
-    }
-}
-
-/// Accounts for one exchange when its response body ends.
-struct Finish {
-    ex: Exchange,
-    // An index into the exchange's snapshot, not an `Arc`: cloning one shared by all
-    // workers would bounce its count between cores on every request.
-    index: usize,
-    status: u16,
-    first_byte: std::time::Duration,
-}
-
-impl OnEnd for Finish {
-    fn on_end(self: Box<Self>, end: End, summary: BodySummary) {
-        let class = match end {
-            End::Complete => Class::of_status(self.status),
-            End::ClientGone => Class::ClientGone,
-            End::Broken => Class::StreamCut,
-            End::Idle => Class::Timeout,
-        };
-        self.ex.account(Attempt {
-            index: self.index,
-            status: self.status,
-            class,
-            ttfb: Some(self.first_byte),
-            summary,
-            answer: true,
-        });
-    }
-}
-
-/// One attempt at a provider, as it is accounted.
-struct Attempt {
-    /// Into the exchange's snapshot's upstreams.
-    index: usize,
-    status: u16,
-    class: Class,
-    ttfb: Option<std::time::Duration>,
-    summary: BodySummary,
-    /// This attempt is the answer (not one that failed over): a shadow meets it.
-    answer: bool,
-}
-
-/// One access-log line.
-struct AccessRecord<'a> {
-    request_id: &'a HeaderValue,
-    method: &'a Method,
-    uri: &'a Uri,
-    provider: &'a str,
-    status: u16,
-    outcome: Outcome,
-    class: Class,
-    elapsed: std::time::Duration,
-    bytes: u64,
-    model: Option<&'a str>,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-}
-
-fn access_log(r: &AccessRecord<'_>) {
-    // The path only: query strings can carry secrets.
-    tracing::info!(
-        target: "switchyard::access",
-        request_id = r.request_id.to_str().unwrap_or("-"),
-        method = r.method.as_str(),
-        path = r.uri.path(),
-        provider = r.provider,
-        status = r.status,
-        outcome = r.outcome.label(),
-        class = r.class.label(),
-        duration_ms = r.elapsed.as_secs_f64() * 1000.0,
-        bytes = r.bytes,
-        model = r.model.unwrap_or("-"),
-        prompt_tokens = r.prompt_tokens,
-        completion_tokens = r.completion_tokens,
-    );
 }
 
 /// A refusal before any provider was chosen: counted by reason, and access-logged.
@@ -1159,11 +624,13 @@ pub fn error_response(
     r
 }
 
-fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn has_source<T: std::error::Error + 'static>(
+    e: &(dyn std::error::Error + 'static),
+) -> bool {
     source_of::<T>(e).is_some()
 }
 
-fn source_of<'a, T: std::error::Error + 'static>(
+pub(crate) fn source_of<'a, T: std::error::Error + 'static>(
     e: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a T> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -1177,7 +644,7 @@ fn source_of<'a, T: std::error::Error + 'static>(
 }
 
 /// Prints an error with its causes: the top-level message alone says little.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
