@@ -12,6 +12,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: it gives the memory of a burst of streams back to
+/// the system within milliseconds (glibc kept 350 MB after 10,000 streams had ended), and
+/// its per-thread heaps suit one runtime per worker thread.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_CONFIG: &str = "config/switchyard.yaml";
 
 #[derive(Parser)]

@@ -37,6 +37,12 @@ pub struct MockArgs {
     /// Comma-separated models it serves; others get 404 model_not_found.
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
+    /// Speak HTTP/1.1 only (by default it also serves h2c, HTTP/2 with prior knowledge).
+    #[arg(long)]
+    pub http1_only: bool,
+    /// HTTP/2 streams allowed at once per connection (default 200).
+    #[arg(long, value_name = "N")]
+    pub http2_max_streams: Option<u32>,
 }
 
 pub fn run(args: MockArgs) -> ExitCode {
@@ -50,6 +56,8 @@ pub fn run(args: MockArgs) -> ExitCode {
         status,
         api_key,
         models,
+        http1_only,
+        http2_max_streams,
     } = args;
 
     if !(0.0..=1.0).contains(&error_rate) {
@@ -67,6 +75,8 @@ pub fn run(args: MockArgs) -> ExitCode {
         status,
         api_key,
         models,
+        http1_only,
+        http2_max_streams,
     };
     let rt = match crate::runtime(true) {
         Ok(rt) => rt,

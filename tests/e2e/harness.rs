@@ -32,6 +32,45 @@ pub async fn slow_mock(name: &str, latency: Duration) -> Mock {
     .expect("mock starts")
 }
 
+/// A private certificate authority, its certificate written to `path` (for `ca_file`).
+pub struct PrivateCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateCa {
+    pub fn new() -> PrivateCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "switchyard test CA");
+        let cert = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, cert.pem()).unwrap();
+        PrivateCa {
+            cert,
+            key,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// A certificate and key for `localhost` signed by this CA, as [`MockConfig::tls`] takes them.
+    pub fn localhost(&self) -> (String, String) {
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &self.cert, &self.key)
+            .unwrap();
+        (leaf.pem(), leaf_key.serialize_pem())
+    }
+}
+
 /// The two mock providers most tests migrate between.
 pub async fn pair() -> (Mock, Mock) {
     (mock("old").await, mock("new").await)

@@ -345,19 +345,10 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
 
 #[tokio::test]
 async fn https_provider_behind_a_private_ca() {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "switchyard test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let ca = PrivateCa::new();
     let secure = Mock::start(MockConfig {
         name: "secure".into(),
-        tls: Some((leaf.pem(), leaf_key.serialize_pem())),
+        tls: Some(ca.localhost()),
         ..MockConfig::default()
     })
     .await
@@ -366,9 +357,6 @@ async fn https_provider_behind_a_private_ca() {
     let plain = mock("plain").await;
 
     // Without the CA the handshake fails: the gateway answers 502 (after trying the other side).
-    let dir = tempfile::tempdir().unwrap();
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, ca.pem()).unwrap();
     let without = config(&url, &plain.base_url(), "phase-0");
     let gw = Gateway::start(&without).await;
     let r = client()
@@ -388,7 +376,7 @@ async fn https_provider_behind_a_private_ca() {
         "api_key_env: TEST_OLD_KEY",
         &format!(
             "api_key_env: TEST_OLD_KEY\n    ca_file: {}",
-            ca_path.display()
+            ca.path.display()
         ),
         1,
     );

@@ -53,16 +53,30 @@ pub fn connector(
     tls: rustls::ClientConfig,
     connect_timeout: Duration,
 ) -> HttpsConnector<HttpConnector> {
+    provider_connector(tls, connect_timeout, Some(false))
+}
+
+/// [`connector`] for a provider: `http2` `None` offers h2 and http/1.1 by ALPN (the
+/// provider picks), `Some(true)` h2 only, `Some(false)` http/1.1 only. Which one a
+/// connection speaks is `connected().is_negotiated_h2()`; cleartext is never negotiated.
+pub fn provider_connector(
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+    http2: Option<bool>,
+) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    hyper_rustls::HttpsConnectorBuilder::new()
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http)
+        .https_or_http();
+    match http2 {
+        None => b.enable_all_versions().wrap_connector(http),
+        Some(true) => b.enable_http2().wrap_connector(http),
+        Some(false) => b.enable_http1().wrap_connector(http),
+    }
 }
 
 /// A pooled client for small control-plane calls (webhooks, etcd, loadtest).

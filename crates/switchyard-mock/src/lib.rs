@@ -63,6 +63,11 @@ pub struct MockConfig {
     pub api_key: Option<String>,
     /// The models it serves; another model gets 404 `model_not_found`. Empty: any.
     pub models: Vec<String>,
+    /// Speak HTTP/1.1 only: no h2c, and only `http/1.1` offered by ALPN. Otherwise both
+    /// (h2 preferred by ALPN, h2c by prior knowledge), as real providers do.
+    pub http1_only: bool,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (hyper's default: 200).
+    pub http2_max_streams: Option<u32>,
 }
 
 impl Default for MockConfig {
@@ -78,6 +83,8 @@ impl Default for MockConfig {
             status: None,
             api_key: None,
             models: Vec::new(),
+            http1_only: false,
+            http2_max_streams: None,
         }
     }
 }
@@ -85,6 +92,8 @@ impl Default for MockConfig {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub method: Method,
+    /// HTTP/1.1 or HTTP/2.
+    pub version: http::Version,
     /// Path and query as received.
     pub path: String,
     pub headers: HeaderMap,
@@ -137,7 +146,7 @@ impl Mock {
         let listener = TcpListener::bind(cfg.addr).await?;
         let addr = listener.local_addr()?;
         let tls = match &cfg.tls {
-            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            Some((cert, key)) => Some(tls_acceptor(cert, key, cfg.http1_only)?),
             None => None,
         };
         let https = tls.is_some();
@@ -158,7 +167,13 @@ impl Mock {
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
-            let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            if st.cfg.http1_only {
+                builder = builder.http1_only();
+            } else if let Some(n) = st.cfg.http2_max_streams {
+                builder.http2().max_concurrent_streams(n);
+            }
+            let builder = Arc::new(builder);
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
@@ -364,13 +379,22 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
+    let mut headers = parts.headers.clone();
+    // HTTP/2's `:authority` is what `Host` is to HTTP/1.1 (RFC 9113 8.3.1): recorded as
+    // `host` so that tests read one header for both.
+    if let (None, Some(a)) = (headers.get(http::header::HOST), parts.uri.authority()) {
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            headers.insert(http::header::HOST, v);
+        }
+    }
     st.received
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(Received {
             method: parts.method.clone(),
+            version: parts.version,
             path: path.clone(),
-            headers: parts.headers.clone(),
+            headers,
             body: body.clone(),
             at: Instant::now(),
         });
@@ -581,7 +605,11 @@ fn json_response(status: StatusCode, body: &Value, name: &str) -> Response<MockB
     r
 }
 
-fn tls_acceptor(cert: &str, key: &str) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+fn tls_acceptor(
+    cert: &str,
+    key: &str,
+    http1_only: bool,
+) -> std::io::Result<tokio_rustls::TlsAcceptor> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
@@ -589,7 +617,7 @@ fn tls_acceptor(cert: &str, key: &str) -> std::io::Result<tokio_rustls::TlsAccep
         .collect::<Result<_, _>>()
         .map_err(|e| bad(e.to_string()))?;
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| bad(e.to_string()))?;
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -597,5 +625,10 @@ fn tls_acceptor(cert: &str, key: &str) -> std::io::Result<tokio_rustls::TlsAccep
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .map_err(|e| bad(e.to_string()))?;
+    cfg.alpn_protocols = if http1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }

@@ -1,36 +1,38 @@
-//! One pool of HTTP/1.1 keep-alive connections per provider and proxy worker (hyper's
-//! connection API over rustls), plus one for the control plane (health checks, preflight).
+//! The connections to each provider, one set per proxy worker (hyper's connection API
+//! over rustls), plus one set for the control plane (health checks, preflight).
+//!
+//! A provider that speaks HTTP/2 (offered by ALPN on https; `http2: true` for cleartext
+//! h2c) gets a few multiplexed connections per worker, each carrying up to
+//! `http2_max_streams` streams before another is opened: 4,000 open streams take 40
+//! sockets instead of 4,000, and no TLS session or per-connection buffers each. Otherwise
+//! HTTP/1.1 keep-alive connections are pooled, one exchange at a time on each.
 //!
 //! Each worker is a single-threaded runtime, so its pool is only ever used by one thread:
 //! the lock around it is never contended, and a connection is driven by the thread that
 //! uses it. The request path names its [`Worker`] explicitly (no globals), and each worker
-//! sweeps its own pools. A connection goes back to its pool when the response body has been read to its
-//! end ([`Lease::release`]); one dropped part-way is closed by hyper. This replaces
-//! hyper-util's general client, whose per-request key hashing, shared pool and spawned
-//! "ready again" task cost more than the rest of the exchange.
+//! sweeps its own pools. An HTTP/1.1 connection goes back to its pool when the response
+//! body has been read to its end ([`Lease::release`]); one dropped part-way is closed by
+//! hyper (an HTTP/2 stream dropped part-way is reset, and its connection carries on).
+//! This replaces hyper-util's general client, whose per-request key hashing, shared pool
+//! and spawned "ready again" task cost more than the rest of the exchange.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use switchyard_core::config::ProviderConfig;
 
 use crate::body::{BoxError, RequestBody};
 use crate::headers::{maps_to_itself, upstream_path};
 use crate::metrics::ProviderMetrics;
-
-/// How long an unused keep-alive connection is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// At most this many idle connections are kept per pool: a burst must not leave thousands
-/// of sockets open to a provider afterwards.
-pub const MAX_IDLE_PER_POOL: usize = 256;
 
 /// Which pool a request uses: a proxy worker's own, or the control plane's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,6 +42,17 @@ impl Worker {
     /// The control plane's pool (the last one).
     pub const CONTROL: Worker = Worker(usize::MAX);
 }
+
+/// What the provider's connections speak, as far as known: it starts as configured (or
+/// unknown, for an https provider that may offer h2) and follows what ALPN answers.
+const PROTO_UNKNOWN: u8 = 0;
+const PROTO_H1: u8 = 1;
+const PROTO_H2: u8 = 2;
+
+/// Per-stream flow-control window offered to the provider: enough for a fast answer on a
+/// far link, while a client that stops reading holds at most this much per stream.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONN_WINDOW: u32 = 4 * 1024 * 1024;
 
 pub struct Upstream {
     pub name: Arc<str>,
@@ -57,6 +70,8 @@ pub struct Upstream {
     /// One pool per proxy worker (each a single-threaded runtime) plus one for the control
     /// plane, so a connection is only ever driven by the thread that uses it.
     pools: Box<[Arc<Pool>]>,
+    /// `PROTO_*`: which pool a request looks in first.
+    proto: AtomicU8,
     pub metrics: ProviderMetrics,
     /// Until when (unix ms) first attempts go elsewhere: the provider asked for a pause
     /// with a 429's `Retry-After`.
@@ -82,6 +97,13 @@ impl std::fmt::Display for BuildError {
 }
 
 impl std::error::Error for BuildError {}
+
+/// A connection ready to carry one exchange.
+enum Conn {
+    H1(http1::SendRequest<RequestBody>),
+    /// A handle on a shared HTTP/2 connection, and the stream slot taken on it.
+    H2(http2::SendRequest<RequestBody>, StreamSlot),
+}
 
 impl Upstream {
     /// Builds a provider's client for `workers` proxy workers. `key` is the value of its
@@ -114,12 +136,17 @@ impl Upstream {
         let roots = switchyard_http::roots(config.ca_file.as_deref())
             .map_err(|e| err(format!("ca_file {e}")))?;
         let tls = switchyard_http::tls_config(roots).map_err(err)?;
-        // HTTP/1.1 only: HTTP/2 would multiplex every request onto one capped connection.
-        let connector = switchyard_http::connector(tls, config.connect_timeout);
+        let connector =
+            switchyard_http::provider_connector(tls, config.connect_timeout, config.http2);
         let scheme = if config.https {
             Scheme::HTTPS
         } else {
             Scheme::HTTP
+        };
+        let proto = match (config.http2, config.https) {
+            (Some(true), _) => PROTO_H2,
+            (Some(false), _) | (None, false) => PROTO_H1,
+            (None, true) => PROTO_UNKNOWN,
         };
         let origin = Uri::builder()
             .scheme(scheme)
@@ -137,6 +164,7 @@ impl Upstream {
             connector,
             origin,
             pools: (0..=workers.max(1)).map(|_| Arc::default()).collect(),
+            proto: AtomicU8::new(proto),
             metrics: ProviderMetrics::new(&config.name),
             skip_until_ms: std::sync::atomic::AtomicU64::new(0),
         })
@@ -162,6 +190,11 @@ impl Upstream {
         }
     }
 
+    /// Whether this provider's connections speak HTTP/2 (as far as known yet).
+    pub fn speaks_h2(&self) -> bool {
+        self.proto.load(Ordering::Relaxed) == PROTO_H2
+    }
+
     /// Sends `req` (origin-form URI, `Host` set) on a pooled connection or a new one.
     /// Release the [`Lease`] once the response body has been read to its end.
     pub async fn send(
@@ -170,32 +203,49 @@ impl Upstream {
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         let pool = self.pool(worker);
+        let max_streams = self.config.http2_max_streams;
         loop {
-            let (mut conn, fresh) = match pool.take() {
+            let (conn, fresh) = match self.pooled(pool, max_streams) {
                 Some(c) => (c, false),
-                // Boxed: connecting is rare, and its large future would otherwise be
-                // part of (and copied with) every request's.
-                None => match Box::pin(self.connect()).await {
-                    Ok(c) => (c, true),
+                None => match self.open(pool, max_streams).await {
+                    Ok((c, fresh)) => (c, fresh),
                     Err(e) => return Err(SendError::Connect(e, Box::new(req))),
                 },
             };
             // A pooled connection the provider has closed since is skipped; a pooled one
             // that fails before the request is written gives it back to try the next.
-            if let Err(e) = conn.ready().await {
-                if fresh {
-                    return Err(SendError::Connect(e.into(), Box::new(req)));
+            let sent = match conn {
+                Conn::H1(mut tx) => {
+                    if let Err(e) = tx.ready().await {
+                        if fresh {
+                            return Err(SendError::Connect(e.into(), Box::new(req)));
+                        }
+                        continue;
+                    }
+                    tx.try_send_request(req).await.map(|resp| {
+                        let lease = Lease(LeaseKind::H1 {
+                            conn: tx,
+                            pool: pool.clone(),
+                            max_idle: self.config.max_idle_connections,
+                        });
+                        (resp, lease)
+                    })
                 }
-                continue;
-            }
-            match conn.try_send_request(req).await {
-                Ok(resp) => {
-                    let lease = Lease {
-                        conn,
-                        pool: pool.clone(),
-                    };
-                    return Ok((resp, lease));
+                Conn::H2(mut tx, slot) => {
+                    if let Err(e) = tx.ready().await {
+                        if fresh {
+                            return Err(SendError::Connect(e.into(), Box::new(req)));
+                        }
+                        continue;
+                    }
+                    self.to_h2(&mut req);
+                    tx.try_send_request(req)
+                        .await
+                        .map(|resp| (resp, Lease(LeaseKind::H2 { _slot: slot })))
                 }
+            };
+            match sent {
+                Ok(done) => return Ok(done),
                 Err(mut e) => match e.take_message() {
                     Some(back) if !fresh => req = back,
                     Some(back) => {
@@ -207,22 +257,105 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, BoxError> {
+    /// HTTP/2 carries scheme and authority as pseudo-headers, and has no `Host`.
+    fn to_h2(&self, req: &mut Request<RequestBody>) {
+        if req.uri().scheme().is_none() {
+            let mut parts = req.uri().clone().into_parts();
+            parts.scheme = self.origin.scheme().cloned();
+            parts.authority = self.origin.authority().cloned();
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        req.headers_mut().remove(http::header::HOST);
+        *req.version_mut() = Version::HTTP_2;
+    }
+
+    /// A pooled connection, of the kind the provider is known to speak.
+    fn pooled(&self, pool: &Pool, max_streams: usize) -> Option<Conn> {
+        match self.proto.load(Ordering::Relaxed) {
+            PROTO_H1 => pool.take(self.config.upstream_idle_timeout).map(Conn::H1),
+            _ => pool.take_stream(max_streams),
+        }
+    }
+
+    /// A new connection, `true` if it is new. HTTP/2 connections are opened one at a time
+    /// per pool: a burst of requests shares the first one instead of each opening its own.
+    async fn open(&self, pool: &Pool, max_streams: usize) -> Result<(Conn, bool), BoxError> {
+        let _one_at_a_time = if self.proto.load(Ordering::Relaxed) == PROTO_H1 {
+            None
+        } else {
+            let guard = pool.opening.lock().await;
+            // Opened by another request while this one waited.
+            if let Some(c) = self.pooled(pool, max_streams) {
+                return Ok((c, false));
+            }
+            Some(guard)
+        };
+        // Boxed: connecting is rare, and its large future would otherwise be part of (and
+        // copied with) every request's.
+        let conn = Box::pin(self.connect()).await?;
+        Ok((
+            match conn {
+                Connected::H1(tx) => {
+                    self.proto.store(PROTO_H1, Ordering::Relaxed);
+                    Conn::H1(tx)
+                }
+                Connected::H2(tx) => {
+                    self.proto.store(PROTO_H2, Ordering::Relaxed);
+                    let slot = pool.add_h2(tx.clone());
+                    Conn::H2(tx, slot)
+                }
+            },
+            true,
+        ))
+    }
+
+    async fn connect(&self) -> Result<Connected, BoxError> {
         use tower::ServiceExt;
         let io = self.connector.clone().oneshot(self.origin.clone()).await?;
+        let h2 = if self.config.https {
+            io.connected().is_negotiated_h2()
+        } else {
+            self.config.http2 == Some(true)
+        };
+        if h2 {
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONN_WINDOW)
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream h2 connection ended");
+                }
+            });
+            return Ok(Connected::H2(tx));
+        }
         let (tx, conn) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
-        Ok(tx)
+        Ok(Connected::H1(tx))
     }
 
-    /// Closes `worker`'s connections idle for longer than the idle timeout (each worker
-    /// calls it now and then, so a quiet gateway does not hold them forever).
+    /// Closes `worker`'s connections idle for longer than `upstream_idle_timeout` (each
+    /// worker calls it now and then, so a quiet gateway does not hold them forever).
     pub fn close_idle(&self, worker: Worker) {
-        self.pool(worker).close_idle(Instant::now());
+        self.pool(worker).close_idle(
+            Instant::now(),
+            self.config.upstream_idle_timeout,
+            self.config.max_idle_connections,
+        );
+    }
+
+    /// Open upstream connections of `worker` (idle HTTP/1.1 ones and all HTTP/2 ones).
+    pub fn pooled_connections(&self, worker: Worker) -> usize {
+        let pool = self.pool(worker);
+        pool.lock().len() + pool.lock_h2().len()
     }
 
     /// Keeps first attempts off this provider for `pause` (a 429's `Retry-After`).
@@ -247,32 +380,55 @@ impl Upstream {
     }
 }
 
+enum Connected {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Idle keep-alive connections, most recently used last.
+type Idle = VecDeque<(http1::SendRequest<RequestBody>, Instant)>;
+
+/// A shared HTTP/2 connection: its handle, its open streams, and since when it has had none.
+struct H2Conn {
+    tx: http2::SendRequest<RequestBody>,
+    streams: Arc<AtomicUsize>,
+    unused_since: Option<Instant>,
+}
+
+/// One worker's connections to one provider.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<VecDeque<(SendRequest<RequestBody>, Instant)>>,
+    /// Idle HTTP/1.1 keep-alive connections, most recently used last.
+    idle: Mutex<Idle>,
+    /// HTTP/2 connections, busy or not, in the order opened.
+    h2: Mutex<Vec<H2Conn>>,
+    /// Held while an HTTP/2 connection is being opened.
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(SendRequest<RequestBody>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The most recently used open connection: the one most likely still warm.
-    fn take(&self) -> Option<SendRequest<RequestBody>> {
-        self.take_at(Instant::now())
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, Vec<H2Conn>> {
+        self.h2.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn take_at(&self, now: Instant) -> Option<SendRequest<RequestBody>> {
+    /// The most recently used open connection: the one most likely still warm.
+    fn take(&self, timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
+        self.take_at(Instant::now(), timeout)
+    }
+
+    fn take_at(&self, now: Instant, timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.lock();
         while let Some((c, since)) = idle.pop_back() {
-            if now.saturating_duration_since(since) >= IDLE_TIMEOUT {
+            if now.saturating_duration_since(since) >= timeout {
                 // The freshest is too old, so all are: the provider may be closing them.
                 idle.clear();
                 return None;
@@ -284,30 +440,100 @@ impl Pool {
         None
     }
 
-    fn close_idle(&self, now: Instant) {
-        self.lock().retain(|(c, since)| {
-            !c.is_closed() && now.saturating_duration_since(*since) < IDLE_TIMEOUT
+    /// A stream on the first open HTTP/2 connection with one to spare: filling the first
+    /// ones lets the last go unused and be closed after a burst.
+    fn take_stream(&self, max_streams: usize) -> Option<Conn> {
+        let mut h2 = self.lock_h2();
+        h2.retain(|c| !c.tx.is_closed());
+        let c = h2
+            .iter()
+            .find(|c| c.streams.load(Ordering::Relaxed) < max_streams)?;
+        c.streams.fetch_add(1, Ordering::Relaxed);
+        Some(Conn::H2(c.tx.clone(), StreamSlot(c.streams.clone())))
+    }
+
+    /// Adds a new HTTP/2 connection with one stream taken on it.
+    fn add_h2(&self, tx: http2::SendRequest<RequestBody>) -> StreamSlot {
+        let streams = Arc::new(AtomicUsize::new(1));
+        self.lock_h2().push(H2Conn {
+            tx,
+            streams: streams.clone(),
+            unused_since: None,
+        });
+        StreamSlot(streams)
+    }
+
+    /// Drops closed connections, those unused for `timeout`, and idle ones over `max_idle`.
+    fn close_idle(&self, now: Instant, timeout: Duration, max_idle: usize) {
+        {
+            let mut idle = self.lock();
+            idle.retain(|(c, since)| {
+                !c.is_closed() && now.saturating_duration_since(*since) < timeout
+            });
+            let over = idle.len().saturating_sub(max_idle);
+            idle.drain(..over);
+        }
+        let mut h2 = self.lock_h2();
+        let mut unused = 0;
+        h2.retain_mut(|c| {
+            if c.tx.is_closed() {
+                return false;
+            }
+            if c.streams.load(Ordering::Relaxed) > 0 {
+                c.unused_since = None;
+                return true;
+            }
+            let since = *c.unused_since.get_or_insert(now);
+            unused += 1;
+            now.saturating_duration_since(since) < timeout && unused <= max_idle.max(1)
         });
     }
 }
 
-/// A connection carrying one exchange.
-pub struct Lease {
-    conn: SendRequest<RequestBody>,
-    pool: Arc<Pool>,
+/// A stream taken on an HTTP/2 connection, given back when dropped.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The connection carrying one exchange.
+pub struct Lease(LeaseKind);
+
+enum LeaseKind {
+    H1 {
+        conn: http1::SendRequest<RequestBody>,
+        pool: Arc<Pool>,
+        max_idle: usize,
+    },
+    H2 {
+        _slot: StreamSlot,
+    },
 }
 
 impl Lease {
     /// The response was read to its end: the connection can carry the next request.
     pub fn release(self) {
-        if self.conn.is_closed() {
-            return;
+        match self.0 {
+            LeaseKind::H1 {
+                conn,
+                pool,
+                max_idle,
+            } => {
+                if conn.is_closed() {
+                    return;
+                }
+                let mut idle = pool.lock();
+                if idle.len() < max_idle {
+                    idle.push_back((conn, Instant::now()));
+                }
+                // Over the cap the connection is dropped here, and hyper closes it.
+            }
+            // The slot goes back as it drops; the connection stays shared.
+            LeaseKind::H2 { .. } => {}
         }
-        let mut idle = self.pool.lock();
-        if idle.len() < MAX_IDLE_PER_POOL {
-            idle.push_back((self.conn, Instant::now()));
-        }
-        // Over the cap the connection is dropped here, and hyper closes it.
     }
 }
 
@@ -345,12 +571,35 @@ mod tests {
     use super::*;
     use hyper_util::rt::TokioIo;
 
+    const TIMEOUT: Duration = Duration::from_secs(90);
+
     /// A connection over an in-memory pipe; `keep` holds the far end open.
-    async fn conn() -> (SendRequest<RequestBody>, tokio::io::DuplexStream) {
+    async fn conn() -> (http1::SendRequest<RequestBody>, tokio::io::DuplexStream) {
         let (near, far) = tokio::io::duplex(1024);
         let (tx, conn) = http1::handshake(TokioIo::new(near)).await.unwrap();
         tokio::spawn(conn);
         (tx, far)
+    }
+
+    /// An HTTP/2 connection to an in-memory hyper server.
+    async fn h2_conn() -> http2::SendRequest<RequestBody> {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Empty::<
+                    bytes::Bytes,
+                >::new()))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(far), svc)
+                .await;
+        });
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(near))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        tx
     }
 
     #[tokio::test]
@@ -372,50 +621,94 @@ mod tests {
             }
             tokio::task::yield_now().await;
         }
-        let taken = pool.take_at(t0 + Duration::from_secs(30)).unwrap();
+        let taken = pool.take_at(t0 + Duration::from_secs(30), TIMEOUT).unwrap();
         assert!(!taken.is_closed());
         assert_eq!(pool.lock().len(), 1, "c dropped, b taken, a left");
 
         // `a` is over the idle timeout: the sweep closes it, and a take finds nothing.
         pool.lock().push_back((taken, t0 + Duration::from_secs(30)));
-        pool.close_idle(t0 + IDLE_TIMEOUT + Duration::from_secs(1));
+        pool.close_idle(t0 + TIMEOUT + Duration::from_secs(1), TIMEOUT, 32);
         assert_eq!(pool.lock().len(), 1);
-        assert!(pool.take_at(t0 + Duration::from_secs(31)).is_some());
+        assert!(pool
+            .take_at(t0 + Duration::from_secs(31), TIMEOUT)
+            .is_some());
 
         // The freshest over the timeout means all are: the pool empties.
         let (d, _keep_d) = conn().await;
         pool.lock().push_back((d, t0));
-        assert!(pool.take_at(t0 + IDLE_TIMEOUT).is_none());
+        assert!(pool.take_at(t0 + TIMEOUT, TIMEOUT).is_none());
         assert!(pool.lock().is_empty());
     }
 
     #[tokio::test]
     async fn a_pool_keeps_at_most_its_cap_of_idle_connections() {
+        let cap = 4;
         let pool = Arc::new(Pool::default());
         let mut far_ends = Vec::new();
-        for _ in 0..MAX_IDLE_PER_POOL {
+        for _ in 0..cap {
             let (c, far) = conn().await;
             far_ends.push(far);
-            pool.lock().push_back((c, Instant::now()));
+            Lease(LeaseKind::H1 {
+                conn: c,
+                pool: pool.clone(),
+                max_idle: cap,
+            })
+            .release();
         }
         let (extra, _far) = conn().await;
-        Lease {
+        Lease(LeaseKind::H1 {
             conn: extra,
             pool: pool.clone(),
-        }
+            max_idle: cap,
+        })
         .release();
-        assert_eq!(pool.lock().len(), MAX_IDLE_PER_POOL);
-        pool.lock().pop_back();
-        let (one_more, _far2) = conn().await;
-        Lease {
-            conn: one_more,
-            pool: pool.clone(),
-        }
-        .release();
+        assert_eq!(pool.lock().len(), cap, "over the cap it is closed");
+
+        // A lower cap (after a reload) is applied by the sweep.
+        pool.close_idle(Instant::now(), TIMEOUT, 1);
+        assert_eq!(pool.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn h2_streams_fill_one_connection_then_the_next_and_come_back() {
+        let pool = Pool::default();
+        assert!(pool.take_stream(2).is_none(), "no connection yet");
+        let first = pool.add_h2(h2_conn().await);
+        let second = pool
+            .take_stream(2)
+            .expect("a second stream on the first connection");
+        assert!(pool.take_stream(2).is_none(), "the first is full");
+        let third = pool.add_h2(h2_conn().await);
+        assert_eq!(pool.lock_h2().len(), 2);
+        let streams = |p: &Pool| -> Vec<usize> {
+            p.lock_h2()
+                .iter()
+                .map(|c| c.streams.load(Ordering::Relaxed))
+                .collect()
+        };
+        assert_eq!(streams(&pool), [2, 1]);
+
+        // A finished stream frees its slot, and the next request fills the first again.
+        drop(second);
+        assert_eq!(streams(&pool), [1, 1]);
+        let again = pool.take_stream(2).unwrap();
+        assert_eq!(streams(&pool), [2, 1]);
+
+        // Busy connections are kept whatever their age; unused ones go after the timeout.
+        drop(third);
+        let t0 = Instant::now();
+        pool.close_idle(t0, TIMEOUT, 32);
+        assert_eq!(pool.lock_h2().len(), 2, "the second just became unused");
+        pool.close_idle(t0 + TIMEOUT, TIMEOUT, 32);
         assert_eq!(
-            pool.lock().len(),
-            MAX_IDLE_PER_POOL,
-            "under the cap it is kept"
+            streams(&pool),
+            [2],
+            "the unused one is closed, the busy one kept"
         );
+        drop((first, again));
+        pool.close_idle(t0 + TIMEOUT * 3, TIMEOUT, 32);
+        assert_eq!(pool.lock_h2().len(), 1, "unused from now on: kept a while");
+        pool.close_idle(t0 + TIMEOUT * 5, TIMEOUT, 32);
+        assert!(pool.lock_h2().is_empty());
     }
 }

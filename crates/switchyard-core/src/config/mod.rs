@@ -433,6 +433,40 @@ migration:
     }
 
     #[test]
+    fn upstream_connection_keys() {
+        let c = Config::parse(GOOD, "t").unwrap();
+        let old = &c.providers[c.migration.from];
+        assert_eq!(old.http2, None, "https: ALPN decides");
+        assert_eq!(old.http2_max_streams, 100);
+        assert_eq!(old.upstream_idle_timeout, Duration::from_secs(90));
+        assert_eq!(old.max_idle_connections, 32);
+        let set = GOOD.replace(
+            "api_key_env: NEW_API_KEY",
+            "api_key_env: NEW_API_KEY\n    http2: true\n    http2_max_streams: 250\n    upstream_idle_timeout: 5s\n    max_idle_connections: 0",
+        );
+        let c = Config::parse(&set, "t").unwrap();
+        let new = &c.providers[c.migration.to];
+        assert_eq!(new.http2, Some(true));
+        assert_eq!(new.http2_max_streams, 250);
+        assert_eq!(new.upstream_idle_timeout, Duration::from_secs(5));
+        assert_eq!(new.max_idle_connections, 0);
+        let bad = GOOD.replace(
+            "api_key_env: NEW_API_KEY",
+            "api_key_env: NEW_API_KEY\n    http2: false\n    http2_max_streams: 0\n    upstream_idle_timeout: 0s",
+        );
+        let e = Config::parse(&bad, "t").unwrap_err();
+        let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert!(
+            keys.contains(&"providers.new.http2_max_streams"),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains(&"providers.new.upstream_idle_timeout"),
+            "{keys:?}"
+        );
+    }
+
+    #[test]
     fn phase_rollback_in_file() {
         let c = Config::parse(&GOOD.replace("phase: phase-2", "phase: rollback"), "t").unwrap();
         assert!(c.migration.file_state.rolled_back);

@@ -18,6 +18,10 @@ pub(super) struct RawProvider {
     pub(super) connect_timeout: Option<String>,
     pub(super) timeout: Option<String>,
     pub(super) idle_timeout: Option<String>,
+    pub(super) http2: Option<bool>,
+    pub(super) http2_max_streams: Option<usize>,
+    pub(super) upstream_idle_timeout: Option<String>,
+    pub(super) max_idle_connections: Option<usize>,
     pub(super) inject_stream_usage: Option<bool>,
     #[serde(default)]
     pub(super) pricing: BTreeMap<String, RawPrice>,
@@ -47,6 +51,15 @@ pub struct ProviderConfig {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub idle_timeout: Duration,
+    /// `None`: HTTP/2 where an https provider offers it (ALPN), HTTP/1.1 otherwise.
+    /// `Some(true)`: HTTP/2 only (h2c, prior knowledge, on http). `Some(false)`: HTTP/1.1.
+    pub http2: Option<bool>,
+    /// Streams per HTTP/2 connection before another is opened.
+    pub http2_max_streams: usize,
+    /// How long an unused upstream connection is kept open.
+    pub upstream_idle_timeout: Duration,
+    /// Unused upstream connections kept per proxy worker; more are closed.
+    pub max_idle_connections: usize,
     /// Ask for `stream_options.include_usage` upstream and strip that chunk for clients
     /// that did not ask for it, so every stream's cost is known.
     pub inject_stream_usage: bool,
@@ -171,10 +184,36 @@ pub(super) fn validate(
             p.idle_timeout.as_ref(),
             Duration::from_secs(60),
         );
+        let upstream_idle_timeout = c.duration(
+            &format!("{k}.upstream_idle_timeout"),
+            p.upstream_idle_timeout.as_ref(),
+            Duration::from_secs(90),
+        );
+        let http2_max_streams = p.http2_max_streams.unwrap_or(100);
+        if !(1..=10_000).contains(&http2_max_streams) {
+            c.err(
+                format!("{k}.http2_max_streams"),
+                format!("{http2_max_streams} is not between 1 and 10000"),
+            );
+        }
+        if p.http2_max_streams.is_some() && p.http2 == Some(false) {
+            c.err(
+                format!("{k}.http2_max_streams"),
+                "has no effect with `http2: false`",
+            );
+        }
+        let max_idle_connections = p.max_idle_connections.unwrap_or(32);
+        if max_idle_connections > 100_000 {
+            c.err(
+                format!("{k}.max_idle_connections"),
+                format!("{max_idle_connections} is more than 100000"),
+            );
+        }
         for (key, d) in [
             ("connect_timeout", connect_timeout),
             ("timeout", timeout),
             ("idle_timeout", idle_timeout),
+            ("upstream_idle_timeout", upstream_idle_timeout),
         ] {
             if d.is_zero() {
                 c.err(format!("{k}.{key}"), "must be longer than 0");
@@ -228,6 +267,10 @@ pub(super) fn validate(
             connect_timeout,
             timeout,
             idle_timeout,
+            http2: p.http2,
+            http2_max_streams,
+            upstream_idle_timeout,
+            max_idle_connections,
             inject_stream_usage: p.inject_stream_usage.unwrap_or(false),
             pricing,
             models: p.models.clone(),
