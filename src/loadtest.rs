@@ -115,10 +115,23 @@ pub fn report(
         "throughput_rps": if secs > 0.0 { ((total as f64 / secs) * 100.0).round() / 100.0 } else { 0.0 },
         "latency_ms": lat(latency),
     });
+    if let Some(p999) = quantile(samples.iter().filter(|s| s.0 != 0).map(|s| s.1), 0.999) {
+        v["latency_ms"]["p999_ms"] = json!(p999 as f64 / 1000.0);
+    }
     if stream {
         v["ttft_ms"] = lat(ttft);
     }
     v
+}
+
+/// The `q` quantile of microsecond samples, exactly (nearest rank).
+fn quantile(samples: impl Iterator<Item = u64>, q: f64) -> Option<u64> {
+    let mut all: Vec<u64> = samples.collect();
+    if all.is_empty() {
+        return None;
+    }
+    let rank = ((q * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1;
+    Some(*all.select_nth_unstable(rank).1)
 }
 
 struct Shot {
@@ -132,8 +145,10 @@ struct Shot {
 }
 
 impl Shot {
-    async fn fire(&self, n: u64) -> Sample {
-        let start = Instant::now();
+    /// Latency counts from `start`: now, or (sustained) when the request was due, so a
+    /// target that stalls the generator is not excused for the requests it delayed
+    /// (coordinated omission).
+    async fn fire(&self, n: u64, start: Instant) -> Sample {
         let mut req = Request::post(&self.url)
             .header("content-type", "application/json")
             .header("x-request-id", format!("lt-{:x}-{n}", self.run));
@@ -243,7 +258,7 @@ pub fn run(args: LoadtestArgs) -> ExitCode {
         match args.mode {
             Mode::Sequential => {
                 for n in 0..args.requests {
-                    let s = shot.fire(n).await;
+                    let s = shot.fire(n, Instant::now()).await;
                     record(s, &collected, &bar);
                 }
             }
@@ -259,7 +274,7 @@ pub fn run(args: LoadtestArgs) -> ExitCode {
                             if n >= args.requests {
                                 break;
                             }
-                            let s = shot.fire(n).await;
+                            let s = shot.fire(n, Instant::now()).await;
                             record(s, &collected, &bar);
                         }
                     }));
@@ -270,16 +285,19 @@ pub fn run(args: LoadtestArgs) -> ExitCode {
             }
             Mode::Sustained => {
                 let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
-                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
+                let period = Duration::from_secs_f64(1.0 / args.rate);
+                let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 let mut tasks = tokio::task::JoinSet::new();
+                let t0 = Instant::now();
                 for n in 0..planned {
                     tick.tick().await;
+                    let due = t0 + period.mul_f64(n as f64);
                     let (shot, collected, bar) = (shot.clone(), collected.clone(), bar.clone());
                     match permits.clone().try_acquire_owned() {
                         Ok(permit) => {
                             tasks.spawn(async move {
-                                let s = shot.fire(n).await;
+                                let s = shot.fire(n, due).await;
                                 record(s, &collected, &bar);
                                 drop(permit);
                             });
@@ -345,11 +363,16 @@ fn print_report(v: &Value) {
     for (label, key) in [("latency ms", "latency_ms"), ("ttft ms", "ttft_ms")] {
         if v[key].is_object() {
             println!(
-                "{label:<13} avg {} p50 {} p95 {} p99 {} max {}",
+                "{label:<13} avg {} p50 {} p95 {} p99 {}{} max {}",
                 f(&format!("/{key}/avg_ms")),
                 f(&format!("/{key}/p50_ms")),
                 f(&format!("/{key}/p95_ms")),
                 f(&format!("/{key}/p99_ms")),
+                if v[key]["p999_ms"].is_number() {
+                    format!(" p99.9 {}", f(&format!("/{key}/p999_ms")))
+                } else {
+                    String::new()
+                },
                 f(&format!("/{key}/max_ms"))
             );
         }
@@ -384,7 +407,10 @@ mod tests {
         near("p95_ms", 95.0);
         near("p99_ms", 99.0);
         near("max_ms", 99.0);
+        near("p999_ms", 99.0);
         near("avg_ms", 50.0);
+        assert_eq!(quantile([5, 1, 3, 2, 4].into_iter(), 0.5), Some(3));
+        assert_eq!(quantile((1..=1000).rev(), 0.999), Some(999));
         assert!(v["ttft_ms"]["p50_ms"].as_f64().unwrap() > 4.0);
         let v = report("sequential", &[], Duration::ZERO, false);
         assert_eq!(v["success_rate"], 0.0);

@@ -3,6 +3,7 @@
 mod check;
 mod cost;
 mod loadtest;
+mod memory;
 mod mock;
 mod phase;
 mod serve;
@@ -11,12 +12,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-/// mimalloc instead of glibc's malloc: it gives the memory of a burst of streams back to
-/// the system within milliseconds (glibc kept 350 MB after 10,000 streams had ended), and
-/// its per-thread heaps suit one runtime per worker thread.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEFAULT_CONFIG: &str = "config/switchyard.yaml";
 

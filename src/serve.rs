@@ -134,14 +134,23 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
         tracing::warn!(admin = %admin_addr, "the admin API listens beyond loopback without a token ({} is not set)", config.admin.token_env);
     }
 
+    let limits = switchyard_proxy::ServerLimits::from_config(&config.server);
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let upkeep = {
         let mut stop = stop_rx.clone();
+        let (permits, max) = (permits.clone(), limits.max_connections);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut memory = crate::memory::GiveBack::default();
+            for n in 0u64.. {
                 tokio::select! {
                     _ = stop.changed() => return,
-                    _ = tick.tick() => prometheus.run_upkeep(),
+                    _ = tick.tick() => {
+                        memory.tick(max - permits.available_permits());
+                        if n % 5 == 0 {
+                            prometheus.run_upkeep();
+                        }
+                    }
                 }
             }
         })
@@ -154,8 +163,6 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
     ));
     let signals = tokio::spawn(signals(control.clone(), stop_tx));
 
-    let limits = switchyard_proxy::ServerLimits::from_config(&config.server);
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut threads = Vec::with_capacity(workers);
     for (i, listener) in proxy_listeners.into_iter().enumerate() {
         let (tls, gateway, limits, permits, stop) = (
