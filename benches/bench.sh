@@ -272,8 +272,10 @@ use() { cp "$dir/switchyard-$1.yaml" "$dir/switchyard.yaml"; curl -fs -X POST "1
 printf '\n### 3. %s SSE streams held open at once (20 chunks 500 ms apart)\n\n' "$STREAMS"
 printf '| target | peak RSS MB | KB per open stream | sockets per open stream | upstream sockets | completed |\n|---|---:|---:|---:|---:|---:|\n'
 declare -A KB
-for target in nginx-sse switchyard-h1 switchyard-h2; do
+for target in nginx-sse switchyard-h2 switchyard-h1; do
   case $target in nginx-sse) port=$PXS;; switchyard-h1) use h1; port=$SY;; switchyard-h2) use h2; port=$SY;; esac
+  # The last burst's memory is given back (and its connections closed) before the next.
+  sleep 5
   read -r peak idle psock isock up ok < <(hold $target $port)
   KB[$target]=$(awk -v p="$peak" -v i="$idle" -v n="$STREAMS" 'BEGIN{printf "%.1f", (p-i)/n}')
   name=$target; case $target in nginx-sse) name=nginx;; switchyard-h1) name="switchyard, HTTP/1.1 upstream";; switchyard-h2) name="switchyard, h2c upstream";; esac
