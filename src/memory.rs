@@ -82,11 +82,17 @@ mod tests {
         assert!(!m.tick(5_000));
         assert!(m.tick(3), "the next burst ends");
         let again: Vec<u32> = (1..=200).filter(|_| m.tick(3)).collect();
-        assert_eq!(again, AGAIN_AFTER_S, "and again while quiet, as connections close");
+        assert_eq!(
+            again, AGAIN_AFTER_S,
+            "and again while quiet, as connections close"
+        );
         let mut busy = GiveBack::default();
         assert!(!busy.tick(10_000));
         assert!(busy.tick(100));
-        assert!((1..=14).all(|_| !busy.tick(1_000)), "busy again: no follow-up");
+        assert!(
+            (1..=14).all(|_| !busy.tick(1_000)),
+            "busy again: no follow-up"
+        );
         assert!((1..=200).all(|_| !busy.tick(1_000)));
     }
 }

@@ -712,7 +712,11 @@ mod tests {
         let fifth = pool.add_h2(h2_conn().await);
         drop((fourth, fifth));
         pool.close_idle(t0 + TIMEOUT, TIMEOUT, 32);
-        assert_eq!(streams(&pool), [2, 0], "a second unused one is closed at once");
+        assert_eq!(
+            streams(&pool),
+            [2, 0],
+            "a second unused one is closed at once"
+        );
         drop((first, again));
         pool.close_idle(t0 + TIMEOUT * 3, TIMEOUT, 32);
         assert_eq!(streams(&pool), [0], "unused from now on: one kept a while");
