@@ -1,0 +1,42 @@
+#!/bin/bash
+# Instructions per proxied request on the gateway's worker thread, under callgrind: the
+# one CPU measure that does not drift with the machine's load. Usage:
+#   benches/instructions.sh BIN [BIN ...]      (env: N=1000, the requests counted)
+# For each binary: two runs (300 and 300+N sequential chat completions through one worker
+# to `switchyard mock`), and the difference divided by N, so start-up does not count.
+set -u
+N=${N:-1000}
+command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 2; }
+cd "$(dirname "$0")/.."
+LOAD=target/release/switchyard
+[ -x "$LOAD" ] || cargo build --release --locked -q
+worker_ir() { # BIN REQUESTS -> instructions of the proxy worker thread
+  local d; d=$(mktemp -d); local M=17401 S=17402 A=17403
+  "$LOAD" mock --listen 127.0.0.1:$M --chunks 3 --chunk-delay 0ms >/dev/null 2>&1 & local mp=$!
+  cat > "$d/c.yaml" <<Y
+listen: 127.0.0.1:$S
+admin: { listen: 127.0.0.1:$A }
+providers:
+  old: { base_url: "http://127.0.0.1:$M/v1", pricing: { deepseek-chat: { input: 0.27, output: 1.10 } } }
+  new: { base_url: "http://127.0.0.1:$M/v1", pricing: { deepseek-chat: { input: 0.14, output: 0.42 } } }
+migration: { from: old, to: new, phases: [ { name: half, percent: 50 } ], phase: half }
+health_check: { interval: 600s }
+server: { access_log: false }
+state_file: $d/state.json
+Y
+  SWITCHYARD_WORKERS=1 SWITCHYARD_LOG=warn valgrind --tool=callgrind --separate-threads=yes \
+    --callgrind-out-file="$d/cg.out" "$1" serve --config "$d/c.yaml" >/dev/null 2>&1 & local vp=$!
+  for _ in $(seq 200); do curl -fs 127.0.0.1:$A/healthz >/dev/null 2>&1 && break; sleep 0.2; done
+  "$LOAD" loadtest --url http://127.0.0.1:$S/v1 --mode sequential --requests "$2" --json >/dev/null 2>&1
+  kill -INT $vp; wait $vp 2>/dev/null; kill $mp; wait $mp 2>/dev/null
+  local best=0 f t
+  for f in "$d"/cg.out-*; do
+    t=$(grep -E "^(summary|totals)" "$f" | head -1 | awk '{print $2}')
+    grep -q "switchyard_proxy::server::serve" "$f" && [ "$t" -gt "$best" ] && best=$t
+  done
+  rm -rf "$d"; echo "$best"
+}
+for bin in "$@"; do
+  a=$(worker_ir "$bin" 300); b=$(worker_ir "$bin" $((300 + N)))
+  awk -v n="$N" -v a="$a" -v b="$b" -v bin="$bin" 'BEGIN{printf "%s: %.0f instructions per request\n", bin, (b-a)/n}'
+done
