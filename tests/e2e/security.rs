@@ -239,7 +239,7 @@ async fn a_slow_client_is_cut_at_the_header_deadline() {
 }
 
 #[tokio::test]
-async fn connections_over_the_cap_wait_for_a_free_slot() {
+async fn connections_over_the_cap_are_answered_503_at_once() {
     let (old, new) = pair().await;
     let yaml = format!(
         "{}server:\n  max_connections: 2\n",
@@ -250,7 +250,6 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
     let mut a = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     let mut b = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     for s in [&mut a, &mut b] {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
@@ -259,18 +258,79 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
         assert_eq!(&buf, b"HTTP/1.1 200");
     }
     let served = old.request_count();
-    // a third connection is not served while two are open
-    let waiting = tokio::spawn(raw_exchange(
-        gw.proxy,
-        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    ));
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!waiting.is_finished(), "served a connection over the cap");
+    // A third connection is told so, not left hanging.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        raw_exchange(
+            gw.proxy,
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ),
+    )
+    .await
+    .expect("a connection over the cap was left hanging");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("max_connections"), "{answer}");
     assert_eq!(old.request_count(), served);
+    gw.assert_metric(
+        r#"switchyard_rejected_total{reason="max_connections"}"#,
+        1.0,
+    )
+    .await;
+    // A freed slot serves again.
     drop(a);
-    let answer = waiting.await.unwrap();
+    let mut answer = String::new();
+    for _ in 0..50 {
+        answer = raw_exchange(
+            gw.proxy,
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(b);
+}
+
+/// Sockets that never complete a request head (silent, a partial HTTP/2 preface, the
+/// preface and SETTINGS alone) are closed after `header_read_timeout`, so a handful of them
+/// cannot hold every connection slot.
+#[tokio::test]
+async fn silent_sockets_are_closed_and_do_not_lock_clients_out() {
+    let (old, new) = pair().await;
+    let yaml = format!(
+        "{}server:\n  max_connections: 3\n  header_read_timeout: 1s\n",
+        config(&old.base_url(), &new.base_url(), "phase-0")
+    );
+    let gw = Gateway::start(&yaml).await;
+    let silent = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut settings_only = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    settings_only
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    for (name, mut s) in [
+        ("silent", silent),
+        ("partial preface", partial),
+        ("SETTINGS only", settings_only),
+    ] {
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "{name}: the connection was kept open");
+    }
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a normal client after the silent sockets");
+    gw.assert_metric(r#"switchyard_rejected_total{reason="no_request"}"#, 3.0)
+        .await;
 }
 
 /// Nothing above `base_url`'s path is reachable with the provider's key, and nothing is

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::metrics::REJECTED_TOTAL;
 use crate::service::{stack, ConnInfo};
 use crate::snapshot::Gateway;
 use crate::upstream::Worker;
@@ -104,13 +105,12 @@ pub async fn serve(
                 }
             },
         };
-        // Accept first, then wait for a slot: the permits are shared by workers whose
-        // listeners each hold their own queue, so a worker must only wait for a slot once it
-        // has a connection to serve with it. A worker holds at most one waiting connection.
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.changed() => break,
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
+        // Over the cap a connection is answered at once (503, closed) rather than left
+        // in a queue where its client cannot tell a busy gateway from a dead one.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!(REJECTED_TOTAL, "reason" => "max_connections").increment(1);
+            tokio::spawn(refuse_over_cap(stream));
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let conn_info = Arc::new(ConnInfo {
@@ -119,12 +119,15 @@ pub async fn serve(
         });
         let svc = TowerToHyperService::new(stack(gateway.clone(), conn_info.clone()));
         let builder = builder.clone();
+        let header_timeout = limits.header_read_timeout;
         match &tls {
             None => {
-                let io = TokioIo::new(FramingGuard::new(stream, conn_info));
+                let io = TokioIo::new(FramingGuard::new(stream, conn_info.clone()));
                 let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    if let Some(Err(e)) =
+                        first_request_within(conn, &conn_info, header_timeout).await
+                    {
                         tracing::debug!(%remote, error = %e, "connection ended with an error");
                     }
                     drop(permit);
@@ -133,7 +136,6 @@ pub async fn serve(
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let graceful_conn = graceful.watcher();
-                let header_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
                     let tls_stream =
                         match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
@@ -144,9 +146,11 @@ pub async fn serve(
                             }
                             Err(_) => return,
                         };
-                    let io = TokioIo::new(FramingGuard::new(tls_stream, conn_info));
+                    let io = TokioIo::new(FramingGuard::new(tls_stream, conn_info.clone()));
                     let conn = graceful_conn.watch(builder.serve_connection(io, svc).into_owned());
-                    if let Err(e) = conn.await {
+                    if let Some(Err(e)) =
+                        first_request_within(conn, &conn_info, header_timeout).await
+                    {
                         tracing::debug!(%remote, error = %e, "connection ended with an error");
                     }
                     drop(permit);
@@ -168,6 +172,42 @@ pub async fn serve(
             open.max(1)
         }
     }
+}
+
+/// Serves `conn`, but drops it (closing the socket) when no request head was read within
+/// `deadline` of the accept, whatever the client sent: nothing, part of an HTTP/2 preface,
+/// SETTINGS alone. hyper's `header_read_timeout` starts only once HTTP/1 parsing does, so
+/// without this a few silent sockets would hold every connection slot. `None`: dropped.
+async fn first_request_within<F, E>(
+    conn: F,
+    info: &ConnInfo,
+    deadline: Duration,
+) -> Option<Result<(), E>>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = &mut conn => return Some(r),
+        _ = tokio::time::sleep(deadline) => {}
+    }
+    if !info.started.load(Ordering::Relaxed) {
+        metrics::counter!(REJECTED_TOTAL, "reason" => "no_request").increment(1);
+        return None;
+    }
+    Some(conn.await)
+}
+
+/// The answer to a connection over `max_connections`: an OpenAI-shaped 503, then close.
+async fn refuse_over_cap(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = r#"{"error":{"message":"the gateway is serving its maximum number of connections (server.max_connections); retry shortly","type":"server_error","code":"overloaded"}}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nx-switchyard-provider: switchyard\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Watches HTTP/1 request heads as they are read and flags a head that carries both

@@ -77,6 +77,9 @@ pub struct ConnInfo {
     /// Set by the connection's framing guard when a request head carried both
     /// `Content-Length` and `Transfer-Encoding`.
     pub framing_violation: AtomicBool,
+    /// A request head has been read on this connection (see [`crate::server`]'s
+    /// first-request deadline).
+    pub started: AtomicBool,
     /// The proxy worker serving the connection: its requests use that worker's pools.
     pub worker: Worker,
 }
@@ -96,8 +99,10 @@ pub fn stack(
        + Send
        + 'static {
     let worker = conn.worker;
+    let this_conn = conn.clone();
     ServiceBuilder::new()
         .map_request(move |mut req: Request<Incoming>| {
+            this_conn.started.store(true, Ordering::Relaxed);
             req.extensions_mut().insert(gw.load());
             if !req.headers().contains_key(&X_REQUEST_ID) {
                 req.headers_mut()
