@@ -235,17 +235,32 @@ async fn signals(control: Arc<Control>, stop: watch::Sender<bool>) {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    loop {
+    let sigterm = loop {
         tokio::select! {
             _ = hup.recv() => {
                 let _ = control.reload(ReloadCause::Signal, false).await;
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break true,
+            _ = int.recv() => break false,
+        }
+    };
+    control.begin_shutdown();
+    // SIGTERM is how an orchestrator retires the process: `/readyz` already answers 503,
+    // and the listener keeps serving until the load balancers have seen it. SIGINT (a
+    // terminal's Ctrl-C) and a second signal stop accepting at once.
+    let delay = control.gateway().load().config.server.shutdown_delay;
+    if sigterm && !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "SIGTERM: /readyz answers 503; still serving until the delay is over"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
     }
-    tracing::info!("shutdown signal received");
-    control.begin_shutdown();
+    tracing::info!("shutdown: no longer accepting");
     let _ = stop.send(true);
 }
 

@@ -9,7 +9,11 @@ use crate::harness::*;
 #[tokio::test]
 async fn sigterm_lets_a_live_stream_finish_and_refuses_new_connections() {
     let (old, new) = pair().await;
-    let mut gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let yaml = format!(
+        "{}server:\n  shutdown_delay: 500ms\n",
+        config(&old.base_url(), &new.base_url(), "phase-0")
+    );
+    let mut gw = Gateway::start(&yaml).await;
     let resp = client()
         .post(gw.url("/v1/chat/completions"))
         .header("x-mock-chunks", "10")
@@ -22,7 +26,7 @@ async fn sigterm_lets_a_live_stream_finish_and_refuses_new_connections() {
     let mut text = String::from_utf8(stream.next().await.unwrap().unwrap().to_vec()).unwrap();
 
     gw.signal("TERM");
-    // stop accepting at once
+    // stop accepting once the delay is over
     let proxy = gw.proxy;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -44,6 +48,59 @@ async fn sigterm_lets_a_live_stream_finish_and_refuses_new_connections() {
     assert!(text.contains("tok9") && text.contains("[DONE]"), "{text}");
     let status = gw.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}");
+}
+
+/// A rollout without errors: on SIGTERM `/readyz` turns 503 at once while requests are
+/// still served for `shutdown_delay`, so a load balancer that polls readiness moves the
+/// traffic away before the gateway stops accepting.
+#[tokio::test]
+async fn sigterm_keeps_serving_through_the_delay_while_readyz_says_503() {
+    let (old, new) = pair().await;
+    let yaml = format!(
+        "{}server:\n  shutdown_delay: 2s\n",
+        config(&old.base_url(), &new.base_url(), "phase-0")
+    );
+    let mut gw = Gateway::start(&yaml).await;
+    assert_eq!(gw.readyz().await, 200);
+    let url = gw.url("/v1/chat/completions");
+    let loop_client = client();
+    let sender = tokio::spawn(async move {
+        // A request every 20 ms, each on a fresh connection, as from many clients.
+        let mut statuses = Vec::new();
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(1500) {
+            let r = loop_client
+                .post(&url)
+                .header("connection", "close")
+                .json(&chat_body(false))
+                .send()
+                .await;
+            statuses.push(r.map(|r| r.status().as_u16()).map_err(|e| e.to_string()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        statuses
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        gw.readyz().await,
+        503,
+        "not ready as soon as SIGTERM arrives"
+    );
+    let statuses = sender.await.unwrap();
+    assert!(statuses.len() > 20, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| s == &Ok(200)),
+        "a request failed during the delay: {statuses:?}"
+    );
+    let status = gw.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        gw.logs().contains("still serving until the delay is over"),
+        "{}",
+        gw.logs()
+    );
 }
 
 #[tokio::test]

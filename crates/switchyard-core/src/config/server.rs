@@ -46,6 +46,7 @@ pub(super) struct RawServer {
     pub(super) max_header_size: Option<String>,
     pub(super) max_headers: Option<usize>,
     pub(super) shutdown_grace: Option<String>,
+    pub(super) shutdown_delay: Option<String>,
     pub(super) access_log: Option<bool>,
 }
 
@@ -93,6 +94,9 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub shutdown_grace: Duration,
+    /// On SIGTERM: `/readyz` answers 503 at once while the listener keeps serving this
+    /// long, so load balancers stop sending before the gateway stops accepting.
+    pub shutdown_delay: Duration,
     pub access_log: bool,
 }
 
@@ -133,6 +137,11 @@ pub(super) fn server(raw: Option<&RawServer>, c: &mut Collector) -> ServerConfig
             "server.shutdown_grace",
             s.and_then(|s| s.shutdown_grace.as_ref()),
             Duration::from_secs(30),
+        ),
+        shutdown_delay: c.duration(
+            "server.shutdown_delay",
+            s.and_then(|s| s.shutdown_delay.as_ref()),
+            Duration::from_secs(5),
         ),
         access_log: s.and_then(|s| s.access_log).unwrap_or(true),
     }
