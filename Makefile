@@ -28,12 +28,14 @@ test: test-tools
 	$(CARGO) test --workspace --locked --exclude switchyard-bench
 
 # The etcd client's tests run a real etcd server (Debian's etcd-server); the dashboard's
-# browser test runs Debian's headless chromium over chromedriver.
+# browser test runs Debian's headless chromium over chromedriver; the Kubernetes overlays
+# are rendered with `kubectl kustomize` (Debian's kubernetes-client).
 test-tools:
 	@need=""; \
 	command -v etcd >/dev/null 2>&1 || need="$$need etcd-server"; \
 	[ -x /usr/bin/chromium ] || need="$$need chromium"; \
 	[ -x /usr/bin/chromedriver ] || need="$$need chromium-driver"; \
+	command -v kubectl >/dev/null 2>&1 || need="$$need kubernetes-client"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing Debian packages for the tests:$$need"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod cluster;
 mod dashboard;
+mod deploy;
 mod http2;
 mod judge;
 mod lifecycle;

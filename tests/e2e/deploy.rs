@@ -1,0 +1,161 @@
+//! The Kubernetes manifests (issue 15): both kustomize overlays render with `kubectl
+//! kustomize` (installed by `make test`: Debian's kubernetes-client), apply no secret from
+//! a file, meet the restricted Pod Security level, give shutdown and memory room for the
+//! gateway's own settings, and keep the migration state somewhere that outlives a pod.
+
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+use switchyard_core::config::Config;
+
+/// The objects `kubectl kustomize` renders for the overlay in `dir`.
+fn render(dir: &str) -> Vec<Value> {
+    let full = format!("{}/{dir}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("kubectl")
+        .args(["kustomize", &full])
+        .output()
+        .expect("kubectl (make test installs Debian's kubernetes-client)");
+    assert!(
+        out.status.success(),
+        "{dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kind<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objs.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn secs(v: &Value) -> u64 {
+    v.as_u64().expect("a number of seconds")
+}
+
+/// Parses "256Mi"-style quantities into bytes.
+fn bytes(q: &str) -> u64 {
+    let (n, unit) = q.split_at(q.find(|c: char| c.is_alphabetic()).unwrap_or(q.len()));
+    let n: u64 = n.parse().unwrap();
+    n * match unit {
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "" => 1,
+        other => panic!("unit {other}"),
+    }
+}
+
+/// What both overlays must hold; returns the Deployment's pod spec.
+fn common(objs: &[Value], dir: &str) -> Value {
+    assert!(
+        kind(objs, "Secret").is_empty(),
+        "{dir}: a Secret is applied from a file, so a re-apply would overwrite real keys"
+    );
+    let deployments = kind(objs, "Deployment");
+    assert_eq!(deployments.len(), 1, "{dir}");
+    let pod = deployments[0]["spec"]["template"]["spec"].clone();
+
+    // The restricted Pod Security level.
+    let psc = &pod["securityContext"];
+    assert_eq!(psc["runAsNonRoot"], Value::Bool(true), "{dir}");
+    assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault", "{dir}");
+    let containers = pod["containers"].as_sequence().unwrap();
+    let init = pod["initContainers"]
+        .as_sequence()
+        .cloned()
+        .unwrap_or_default();
+    for c in containers.iter().chain(init.iter()) {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(false), "{dir}");
+        assert_eq!(sc["capabilities"]["drop"][0], "ALL", "{dir}");
+    }
+
+    // The gateway's config, as the ConfigMap carries it.
+    let cm = kind(objs, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "switchyard-config")
+        .expect("the generated config");
+    let text = cm["data"]["switchyard.yaml"].as_str().unwrap();
+    let config = Config::parse(text, "switchyard.yaml").expect("a valid config");
+
+    // Kubernetes waits long enough for the delay (503 while serving) and the drain.
+    let grace = secs(&pod["terminationGracePeriodSeconds"]);
+    let needed = (config.server.shutdown_delay + config.server.shutdown_grace).as_secs();
+    assert!(
+        grace > needed,
+        "{dir}: grace {grace}s < delay + drain {needed}s"
+    );
+
+    // Memory for max_connections open streams at the README's per-stream figure (45 KB
+    // with HTTP/1.1 providers) plus the idle gateway.
+    let limit = bytes(
+        containers[0]["resources"]["limits"]["memory"]
+            .as_str()
+            .unwrap(),
+    );
+    let need = config.server.max_connections as u64 * 45 * 1024 + (20 << 20);
+    assert!(
+        limit >= need,
+        "{dir}: {limit} bytes for {} connections",
+        config.server.max_connections
+    );
+
+    // The state file lives on the `state` volume.
+    let state = config.state_file.expect("state_file set");
+    let mount = containers[0]["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "state")
+        .expect("a state mount");
+    assert!(
+        state.starts_with(mount["mountPath"].as_str().unwrap()),
+        "{dir}"
+    );
+    pod
+}
+
+fn volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap()
+}
+
+#[test]
+fn the_single_overlay_keeps_its_state_on_a_volume_claim() {
+    let objs = render("deploy/kubernetes");
+    let pod = common(&objs, "single");
+    let claim = volume(&pod, "state")["persistentVolumeClaim"]["claimName"].clone();
+    let pvcs = kind(&objs, "PersistentVolumeClaim");
+    assert_eq!(pvcs.len(), 1);
+    assert_eq!(pvcs[0]["metadata"]["name"], claim);
+}
+
+#[test]
+fn the_cluster_overlay_shares_its_state_through_etcd() {
+    let objs = render("deploy/kubernetes/cluster");
+    let pod = common(&objs, "cluster");
+    let dep = kind(&objs, "Deployment")[0];
+    assert_eq!(dep["spec"]["replicas"], Value::from(3));
+    assert_eq!(dep["spec"]["strategy"]["type"], "RollingUpdate");
+    assert!(volume(&pod, "state")["emptyDir"].is_mapping());
+    assert!(kind(&objs, "PersistentVolumeClaim").is_empty());
+    let env = pod["containers"][0]["env"].as_sequence().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "SWITCHYARD_REPLICA_ID"));
+    assert_eq!(kind(&objs, "PodDisruptionBudget").len(), 1);
+    // The example etcd the config points at.
+    let etcd = kind(&objs, "StatefulSet");
+    assert_eq!(etcd.len(), 1);
+    assert_eq!(etcd[0]["spec"]["replicas"], Value::from(3));
+    let cm = kind(&objs, "ConfigMap")[0];
+    let config = Config::parse(cm["data"]["switchyard.yaml"].as_str().unwrap(), "c").unwrap();
+    let endpoints = &config.cluster.expect("cluster mode").endpoints;
+    assert_eq!(endpoints, &["http://etcd:2379".to_string()]);
+}
