@@ -197,6 +197,31 @@ async fn json_logs_carry_one_access_line_per_request() {
     }
 }
 
+/// Alert lines carry typed fields: numbers as numbers, unset ones absent, no Rust
+/// `Debug` strings (`Some("new")`) for log pipelines to choke on.
+#[tokio::test]
+async fn json_alert_lines_have_typed_fields() {
+    let old = mock("old").await;
+    let gw = Gateway::start_with(
+        &config(&old.base_url(), "http://127.0.0.1:1/v1", "phase-0"),
+        &[("SWITCHYARD_LOG_FORMAT", "json")],
+    )
+    .await;
+    eventually("the health alert for `new`", || {
+        gw.logs().contains("UNHEALTHY")
+    })
+    .await;
+    let logs = gw.logs();
+    assert!(!logs.contains("Some("), "{logs}");
+    let line = logs.lines().find(|l| l.contains("UNHEALTHY")).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["provider"], "new", "{line}");
+    assert_eq!(v["event"], "health", "{line}");
+    assert_eq!(v["value"], 0.0, "{line}");
+    assert!(v.get("phase").is_none(), "unset fields are absent: {line}");
+}
+
 /// A second gateway on an address another one serves refuses to start (its own workers
 /// share the port; another process must not).
 #[tokio::test]

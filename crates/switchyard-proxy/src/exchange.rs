@@ -107,7 +107,7 @@ impl Exchange {
         if headers.contains_key(header::CONTENT_LENGTH) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
-        tracing::warn!(request_id = ?self.request_id, provider = %up.name, status, "provider refused; failing over");
+        tracing::warn!(request_id = self.request_id.to_str().unwrap_or("-"), provider = %up.name, status, "provider refused; failing over");
         up.metrics.failovers.increment(1);
         self.account(Attempt {
             index,
@@ -231,7 +231,7 @@ impl Exchange {
     /// counted (not as the answer).
     pub(crate) fn connect_failed_over(&self, index: usize, e: &(dyn std::error::Error + 'static)) {
         let up = &self.snap.upstreams[index];
-        tracing::warn!(request_id = ?self.request_id, provider = %up.name, error = %ErrorChain(e), "cannot connect; failing over");
+        tracing::warn!(request_id = self.request_id.to_str().unwrap_or("-"), provider = %up.name, error = %ErrorChain(e), "cannot connect; failing over");
         up.metrics.failovers.increment(1);
         self.account(Attempt {
             index,
@@ -251,7 +251,7 @@ impl Exchange {
     ) -> Response<GatewayBody> {
         let up = &self.snap.upstreams[index];
         let msg = format!("gateway cannot connect to provider `{}`", up.name);
-        tracing::warn!(request_id = ?self.request_id, provider = %up.name, error = %e, "{msg}");
+        tracing::warn!(request_id = self.request_id.to_str().unwrap_or("-"), provider = %up.name, error = %e, "{msg}");
         self.fail(up, index, ErrorKind::UpstreamConnect, &msg)
     }
 
@@ -268,7 +268,7 @@ impl Exchange {
             return self.client_broke(up, index, client);
         }
         let msg = format!("gateway broke the exchange with provider `{}`", up.name);
-        tracing::warn!(request_id = ?self.request_id, provider = %up.name, error = %ErrorChain(e), "{msg}");
+        tracing::warn!(request_id = self.request_id.to_str().unwrap_or("-"), provider = %up.name, error = %ErrorChain(e), "{msg}");
         self.fail(up, index, ErrorKind::UpstreamBroken, &msg)
     }
 
@@ -353,7 +353,7 @@ impl Exchange {
         } else {
             Class::ClientFault
         };
-        tracing::debug!(request_id = ?self.request_id, error = %ErrorChain(e), "client request body failed");
+        tracing::debug!(request_id = self.request_id.to_str().unwrap_or("-"), error = %ErrorChain(e), "client request body failed");
         self.fail_as(up, index, ErrorKind::BadRequest, class, &e.to_string())
     }
 

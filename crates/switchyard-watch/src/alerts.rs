@@ -102,29 +102,53 @@ impl Alerter {
         s.cooldown = cooldown;
     }
 
-    /// Queues `alert` unless the same event alerted within the cooldown. Always logged.
+    /// Logs `alert` and queues it for the webhook, unless the same event alerted within
+    /// the cooldown: then it is only counted (`switchyard_alerts_total{result="suppressed"}`)
+    /// and logged at debug level. The dashboard's event stream sees every alert.
     pub fn send(&self, alert: Alert) {
-        tracing::warn!(target: "switchyard::alert", event = alert.event, provider = ?alert.provider, phase = ?alert.phase, metric = ?alert.metric, value = ?alert.value, threshold = ?alert.threshold, "{}", alert.text);
         let _ = self.seen.send(alert.clone());
         let (has_url, cooldown) = {
             let s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
             (s.url.is_some(), s.cooldown)
         };
-        if !has_url {
-            return;
-        }
-        let key = alert.cooldown_key();
-        {
+        let suppressed = {
             let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
+            let key = alert.cooldown_key();
             if last
                 .get(&key)
                 .is_some_and(|t| now.duration_since(*t) < cooldown)
             {
-                metrics::counter!("switchyard_alerts_total", "event" => alert.event, "result" => "suppressed").increment(1);
-                return;
+                true
+            } else {
+                last.insert(key, now);
+                false
             }
-            last.insert(key, now);
+        };
+        // Typed fields: absent when unset, numbers as numbers (JSON logs keep them so).
+        macro_rules! log_alert {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "switchyard::alert",
+                    event = alert.event,
+                    provider = alert.provider.as_deref(),
+                    phase = alert.phase.as_deref(),
+                    metric = alert.metric.as_deref(),
+                    value = alert.value,
+                    threshold = alert.threshold,
+                    "{}",
+                    alert.text
+                )
+            };
+        }
+        if suppressed {
+            metrics::counter!("switchyard_alerts_total", "event" => alert.event, "result" => "suppressed").increment(1);
+            log_alert!(debug);
+            return;
+        }
+        log_alert!(warn);
+        if !has_url {
+            return;
         }
         let event = alert.event;
         if self.tx.try_send(alert).is_err() {
