@@ -362,3 +362,69 @@ async fn dot_segments_and_connect_are_refused() {
     gw.assert_metric(r#"switchyard_rejected_total{reason="dot_segment"}"#, 4.0)
         .await;
 }
+
+/// A config rewritten in place and paused half-way (here: before its `clients:` block)
+/// is not loaded as it stands: the watch waits for the file to hold still, so client
+/// authentication is never off, not even for a moment.
+#[tokio::test]
+async fn a_half_written_config_is_not_loaded() {
+    let (old, new) = pair().await;
+    let full = with_clients(&config(&old.base_url(), &new.base_url(), "phase-0"));
+    let gw = Gateway::start_with(&full, &[("TEST_CLIENT_KEYS", CLIENT_KEY)]).await;
+    let edited = full.replace("phase: phase-0", "phase: phase-1");
+    let half = &edited[..edited.find("clients:").unwrap()];
+    std::fs::write(&gw.config_path, half).unwrap();
+    // Requests without a key through the pause: never forwarded.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(300) {
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "the half-written config was loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(&gw.config_path, &edited).unwrap();
+    gw.wait_status("the edited config", |s| s["phase"]["name"] == "phase-1")
+        .await;
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    gw.assert_metric(r#"switchyard_config_reloads_total{result="ok"}"#, 1.0)
+        .await;
+}
+
+/// A broken config is tried once per change of its bytes: writes elsewhere in its folder
+/// (the state file lives there by default) do not retry it in a loop.
+#[tokio::test]
+async fn a_broken_config_is_tried_once_per_change() {
+    let (old, _new, gw) = pair_behind_gateway("phase-0").await;
+    std::fs::write(&gw.config_path, "listen: [\n").unwrap();
+    eventually("the broken config refused", || {
+        gw.logs().contains("config refused")
+    })
+    .await;
+    let dir = gw.config_path.parent().unwrap().to_path_buf();
+    for i in 0..10 {
+        std::fs::write(dir.join(format!("other-{i}.txt")), "x").unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = gw.logs().matches("config refused").count();
+    assert_eq!(refused, 1, "{}", gw.logs());
+    // Still serving on the config it had.
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(old.request_count() > 0);
+}

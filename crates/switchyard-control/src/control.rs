@@ -41,6 +41,9 @@ fn read_env(var: &str) -> Option<String> {
 pub(crate) struct Writer {
     /// The config file's bytes as last loaded, to tell real changes from touch events.
     last_text: Vec<u8>,
+    /// The bytes of the last file-change reload tried, loaded or not: a file that failed is
+    /// not tried again until it changes (a write elsewhere in its folder is no reason).
+    last_tried: Vec<u8>,
     file_phase: String,
 }
 
@@ -164,6 +167,7 @@ impl Control {
             gateway,
             prometheus,
             writer: Mutex::new(Writer {
+                last_tried: text.clone(),
                 last_text: text,
                 file_phase: config.migration.file_phase.clone(),
             }),
@@ -266,9 +270,10 @@ impl Control {
                 return Err(self.reload_failed(cause, vec![msg]));
             }
         };
-        if only_if_changed && text == w.last_text {
+        if only_if_changed && (text == w.last_text || text == w.last_tried) {
             return Ok(self.gateway.load().config_version);
         }
+        w.last_tried.clone_from(&text);
         let config = match parse(&text, &self.path) {
             Ok(c) => Arc::new(c),
             Err(errs) => return Err(self.reload_failed(cause, errs)),

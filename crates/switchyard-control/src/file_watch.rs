@@ -55,13 +55,33 @@ pub fn watch_file(
                 _ = stop.changed() => return,
                 got = rx.recv() => if got.is_none() { return },
             }
-            // Let an editor finish writing (several events) before reading.
+            // Let an editor finish writing (several events) before reading, then wait for
+            // the file to hold still: a config rewritten in place and paused half-way
+            // (before its `clients:` block, say) must not be loaded as it stands.
             tokio::time::sleep(Duration::from_millis(150)).await;
+            settle(control.path()).await;
             while rx.try_recv().is_ok() {}
             let _ = control.reload(ReloadCause::FileChange, true).await;
         }
     });
     Some(watcher)
+}
+
+/// How long a changed config file must stay the same before it is loaded.
+pub const SETTLE: Duration = Duration::from_millis(500);
+
+/// Returns once `path`'s bytes have not changed for [`SETTLE`] (or after 20 tries: a file
+/// rewritten for ever is loaded as it is then, and refused if it is broken).
+async fn settle(path: &Path) {
+    let mut before = std::fs::read(path).ok();
+    for _ in 0..20 {
+        tokio::time::sleep(SETTLE).await;
+        let now = std::fs::read(path).ok();
+        if now == before {
+            return;
+        }
+        before = now;
+    }
 }
 
 /// The folders to watch for `path`: its own, and that of every symlink hop to the real file.
