@@ -428,3 +428,32 @@ async fn a_broken_config_is_tried_once_per_change() {
     assert_eq!(r.status(), 200);
     assert!(old.request_count() > 0);
 }
+
+/// Reloads that turn client authentication off or point a provider (and its key) at
+/// another host are loaded as asked, and logged at WARN and alerted.
+#[tokio::test]
+async fn risky_reloads_are_warned_about() {
+    let (old, new) = pair().await;
+    let full = with_clients(&config(&old.base_url(), &new.base_url(), "phase-0"));
+    let gw = Gateway::start_with(&full, &[("TEST_CLIENT_KEYS", CLIENT_KEY)]).await;
+    let other = mock("other").await;
+    let open = config(&other.base_url(), &new.base_url(), "phase-0");
+    gw.rewrite_config(&open);
+    eventually("the warnings", || {
+        let logs = gw.logs();
+        logs.contains("client authentication removed")
+            && logs.contains(&format!(
+                "providers.old.base_url changed from {} to {}",
+                old.base_url(),
+                other.base_url()
+            ))
+    })
+    .await;
+    assert!(
+        gw.logs()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("event=\"config_change\"")),
+        "{}",
+        gw.logs()
+    );
+}

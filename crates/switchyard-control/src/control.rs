@@ -336,6 +336,14 @@ impl Control {
         w.last_text = text;
         w.file_phase = config.migration.file_phase.clone();
         metrics::counter!("switchyard_config_reloads_total", "result" => "ok").increment(1);
+        for change in risky_changes(&current.config, &config) {
+            tracing::warn!(?cause, "config reloaded with a change to check: {change}");
+            self.alerter.send(Alert {
+                event: "config_change",
+                text: change,
+                ..Alert::default()
+            });
+        }
         self.alerter
             .configure(webhook_url(&config), cooldown(&config));
         self.watch
@@ -653,4 +661,37 @@ fn carry_state(current: &Snapshot, config: &Config) -> MigrationState {
         tracing::warn!(phase = ?named.phase, "the running phase is gone from the new config; using the config's phase");
         config.migration.file_state.clone()
     })
+}
+
+/// Changes a reload makes that an operator should hear of even when they were meant:
+/// client authentication turned off, the admin token's variable changed, a provider
+/// pointed elsewhere (with its key, to a new host).
+pub(crate) fn risky_changes(
+    old: &switchyard_core::config::Config,
+    new: &switchyard_core::config::Config,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.clients.is_some() && new.clients.is_none() {
+        out.push(
+            "client authentication removed (`clients:`): requests without a key are now forwarded"
+                .to_string(),
+        );
+    }
+    if old.admin.token_env != new.admin.token_env {
+        out.push(format!(
+            "admin.token_env changed from {} to {} (the admin API keeps its token until a restart)",
+            old.admin.token_env, new.admin.token_env
+        ));
+    }
+    for p in &new.providers {
+        if let Some(was) = old.providers.iter().find(|o| o.name == p.name) {
+            if was.base_url != p.base_url {
+                out.push(format!(
+                    "providers.{}.base_url changed from {} to {}: its key now goes there",
+                    p.name, was.base_url, p.base_url
+                ));
+            }
+        }
+    }
+    out
 }
