@@ -46,6 +46,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         switchyard_control::control::STATE_SAVE_FAILURES,
         "Failed attempts to write the migration state to the state file"
     );
+    metrics::describe_gauge!(
+        "switchyard_provider_healthy",
+        "1 while the provider's health check passes, 0 while it fails"
+    );
     // Show the zero series from the start, so alerts on rate() work before the first event.
     for t in ["admin", "config", "auto"] {
         metrics::counter!("switchyard_rollbacks_total", "trigger" => t).absolute(0);

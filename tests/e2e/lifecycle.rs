@@ -261,3 +261,82 @@ async fn a_second_gateway_on_the_same_address_refuses_to_start() {
     let r = client().get(gw.url("/v1/models")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// What `promtool check metrics` asks of a scrape: HELP and TYPE on every family,
+/// `_total` on counters and only on counters; and every series an alert rule would use
+/// is there from the start, at zero.
+#[tokio::test]
+async fn metrics_follow_prometheus_conventions_and_start_at_zero() {
+    let (_old, _new, gw) = pair_behind_gateway("phase-3").await;
+    let fresh = gw.metrics().await;
+    for series in [
+        r#"switchyard_rejected_total{reason="no_request"}"#,
+        r#"switchyard_rejected_total{reason="auth"}"#,
+        r#"switchyard_shadow_requests_total{result="completed"}"#,
+        r#"switchyard_rollbacks_total{trigger="auto"}"#,
+        r#"switchyard_tokens_total{provider="new",kind="completion"}"#,
+        r#"switchyard_cost_usd_total{provider="new"}"#,
+        "switchyard_events_dropped_total",
+    ] {
+        assert_eq!(metric_value(&fresh, series), Some(0.0), "{series}: {fresh}");
+    }
+    assert!(
+        fresh.contains(&format!(
+            "switchyard_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{fresh}"
+    );
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    let provider = r.headers()["x-switchyard-provider"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    r.text().await.unwrap();
+    let text = gw.metrics().await;
+    assert!(
+        text.contains(&format!(
+            "switchyard_stream_ttft_seconds_count{{provider=\"{provider}\"}} 1"
+        )),
+        "{text}"
+    );
+    let mut help = std::collections::HashSet::new();
+    let mut types = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help.insert(rest.split(' ').next().unwrap().to_string());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            types.insert(
+                it.next().unwrap().to_string(),
+                it.next().unwrap().to_string(),
+            );
+        }
+    }
+    let mut families = std::collections::HashSet::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| types.contains_key(*f)))
+            .unwrap_or(name);
+        families.insert(family.to_string());
+    }
+    for f in &families {
+        assert!(help.contains(f), "{f}: no HELP");
+        let t = types.get(f).unwrap_or_else(|| panic!("{f}: no TYPE"));
+        assert_eq!(
+            t == "counter",
+            f.ends_with("_total"),
+            "{f} is a {t}: counters and only counters end in _total"
+        );
+    }
+}

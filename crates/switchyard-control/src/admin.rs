@@ -115,7 +115,7 @@ impl AdminHandle for Control {
     }
 
     fn metrics(&self) -> String {
-        self.prometheus.render()
+        switchyard_proxy::metrics::render(self.prometheus.render())
     }
 
     fn ready(&self) -> bool {

@@ -435,6 +435,9 @@ impl Exchange {
         } else {
             ttfb
         };
+        if let (true, Some(t)) = (summary.stream, ttfb) {
+            m.stream_ttft.record(t.as_secs_f64());
+        }
         if let Some(events) = &self.snap.events {
             let upload = self
                 .shared

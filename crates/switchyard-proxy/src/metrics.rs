@@ -13,6 +13,19 @@ pub const TOKENS_TOTAL: &str = "switchyard_tokens_total";
 pub const COST_TOTAL: &str = "switchyard_cost_usd_total";
 pub const EVENTS_DROPPED: &str = "switchyard_events_dropped_total";
 pub const OUTCOMES_TOTAL: &str = "switchyard_request_outcomes_total";
+pub const STREAM_TTFT: &str = "switchyard_stream_ttft_seconds";
+pub const BUILD_INFO: &str = "switchyard_build_info";
+/// Every `reason` of [`REJECTED_TOTAL`], shown at zero from the start.
+pub const REJECT_REASONS: &[&str] = &[
+    "auth",
+    "body_too_large",
+    "framing",
+    "dot_segment",
+    "method",
+    "rate_limit",
+    "max_connections",
+    "no_request",
+];
 
 /// Buckets (seconds) for both latency histograms: LLM calls run from a few ms to minutes.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -46,6 +59,47 @@ pub fn describe() {
         FAILOVERS_TOTAL,
         "Requests sent to the other provider because the chosen one could not be connected to"
     );
+    metrics::describe_counter!(
+        TOKENS_TOTAL,
+        "Tokens by provider and kind (prompt, completion), from the answers' usage"
+    );
+    // A gauge to the metrics crate (it only has integer counters); `/metrics` renders it
+    // as the counter it is (see `render`).
+    metrics::describe_gauge!(
+        COST_TOTAL,
+        "USD spent by provider, from usage and the config's pricing (only grows)"
+    );
+    metrics::describe_histogram!(
+        STREAM_TTFT,
+        metrics::Unit::Seconds,
+        "Time to the first token of streamed answers"
+    );
+    metrics::describe_counter!(
+        EVENTS_DROPPED,
+        "Request events the watchers could not take (their queue was full)"
+    );
+    metrics::describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the running build's version is the label"
+    );
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for reason in REJECT_REASONS {
+        counter!(REJECTED_TOTAL, "reason" => *reason).absolute(0);
+    }
+    counter!(EVENTS_DROPPED).absolute(0);
+}
+
+/// The Prometheus text of `rendered` with the float counters (USD, which the metrics
+/// crate can only hold as gauges) typed as the counters they are.
+pub fn render(rendered: String) -> String {
+    let mut out = rendered;
+    for name in [COST_TOTAL, crate::shadow::SHADOW_COST] {
+        out = out.replace(
+            &format!("# TYPE {name} gauge"),
+            &format!("# TYPE {name} counter"),
+        );
+    }
+    out
 }
 
 /// Outcome classes, the `status` label of `switchyard_requests_total`.
@@ -88,6 +142,7 @@ pub struct ProviderMetrics {
     pub prompt_tokens: Counter,
     pub completion_tokens: Counter,
     pub cost: Gauge,
+    pub stream_ttft: Histogram,
 }
 
 impl ProviderMetrics {
@@ -102,6 +157,7 @@ impl ProviderMetrics {
             prompt_tokens: counter!(TOKENS_TOTAL, "provider" => provider.to_string(), "kind" => "prompt"),
             completion_tokens: counter!(TOKENS_TOTAL, "provider" => provider.to_string(), "kind" => "completion"),
             cost: gauge!(COST_TOTAL, "provider" => provider.to_string()),
+            stream_ttft: histogram!(STREAM_TTFT, "provider" => provider.to_string()),
         }
     }
 

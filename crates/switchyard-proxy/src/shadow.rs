@@ -30,6 +30,7 @@ pub fn describe() {
         SHADOW_REQUESTS,
         "Mirrored requests by result (completed, error, timeout, dropped, too_large, aborted)"
     );
+    // A gauge to the metrics crate, rendered as a counter (see `crate::metrics::render`).
     metrics::describe_gauge!(
         SHADOW_COST,
         "USD the shadow answers cost, apart from served cost (only grows)"
@@ -39,6 +40,16 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Whole duration of shadow requests"
     );
+    for result in [
+        "completed",
+        "error",
+        "timeout",
+        "dropped",
+        "too_large",
+        "aborted",
+    ] {
+        metrics::counter!(SHADOW_REQUESTS, "result" => result).absolute(0);
+    }
 }
 
 /// Lives as long as the gateway: the cap on shadows in flight and where results go.
