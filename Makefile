@@ -42,6 +42,15 @@ test-tools:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $$SUDO apt-get install -y -q $$need >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $$need >/dev/null; }; \
 	fi
+	@# promtool (Prometheus' rule and metrics checker) from Debian's package, unpacked
+	@# into target/tools: installing the package would also install a Prometheus server.
+	@if ! command -v promtool >/dev/null 2>&1 && [ ! -x target/tools/promtool ]; then \
+	  echo "fetching promtool (Debian's prometheus package) into target/tools"; \
+	  tmp=$$(mktemp -d) && cd $$tmp && \
+	  { apt-get download -q prometheus >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -q >/dev/null && apt-get download -q prometheus >/dev/null; }; } && \
+	  dpkg -x prometheus_*.deb x && mkdir -p $(CURDIR)/target/tools && cp x/usr/bin/promtool $(CURDIR)/target/tools/ && \
+	  cd / && rm -rf $$tmp; \
+	fi
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -11,6 +11,7 @@ mod deploy;
 mod http2;
 mod judge;
 mod lifecycle;
+mod observability;
 mod phases;
 mod providers;
 mod proxy;

@@ -1,0 +1,122 @@
+//! What operators plug in (issue 15): a scrape that `promtool check metrics` passes, alert
+//! rules that `promtool test rules` passes, and a Grafana dashboard whose queries name
+//! series the gateway serves. promtool is Debian's (`make test` unpacks it into
+//! target/tools when it is not on the PATH).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::harness::*;
+
+fn promtool() -> PathBuf {
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/promtool");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("promtool")
+}
+
+/// A scrape after plain, streamed and refused requests.
+async fn scrape() -> String {
+    let (_old, _new, gw) = pair_behind_gateway("phase-3").await;
+    for stream in [false, true] {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat_body(stream))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    }
+    raw_exchange(
+        gw.proxy,
+        b"GET /v1/../x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    gw.metrics().await
+}
+
+#[tokio::test]
+async fn promtool_finds_nothing_to_fix_in_a_scrape() {
+    let text = scrape().await;
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (make test fetches it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+#[test]
+fn the_alert_rules_pass_their_tests() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    let out = Command::new(promtool())
+        .current_dir(&dir)
+        .args(["test", "rules", "switchyard-rules.test.yaml"])
+        .output()
+        .expect("promtool (make test fetches it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Metric names in `text` (`switchyard_…`), histogram suffixes folded into their family.
+fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("switchyard_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        out.insert(family.to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_dashboard_and_the_rules_query_series_the_gateway_serves() {
+    let served = names_in(&scrape().await);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/switchyard.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    assert!(v["panels"].as_array().unwrap().len() >= 10);
+    let rules =
+        std::fs::read_to_string(root.join("deploy/prometheus/switchyard-rules.yaml")).unwrap();
+    for (what, text) in [("dashboard", &dashboard), ("rules", &rules)] {
+        let queried = names_in(text);
+        assert!(queried.len() > 5, "{what}: {queried:?}");
+        for name in queried {
+            assert!(
+                served.contains(&name),
+                "{what} queries {name}, which /metrics does not serve: {served:?}"
+            );
+        }
+    }
+}
