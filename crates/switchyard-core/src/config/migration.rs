@@ -179,7 +179,7 @@ pub(super) fn validate(
         c.err("migration.phases", "at least one phase is needed");
     }
     let mut names = BTreeSet::new();
-    let mut phases = Vec::with_capacity(m.phases.len());
+    let mut phases: Vec<Phase> = Vec::with_capacity(m.phases.len());
     for (i, p) in m.phases.iter().enumerate() {
         let k = format!("migration.phases[{i}]");
         if p.name.is_empty() || p.name == "rollback" {
@@ -195,6 +195,21 @@ pub(super) fn validate(
             );
         }
         let buckets = c.percent(&format!("{k}.percent"), p.percent);
+        // `phase next` only moves forward: a phase that sends less than the one before
+        // would be a rollback by another name (and the cohorts it moves back are not stable).
+        if let Some(prev) = phases.last() {
+            if buckets < prev.buckets {
+                c.err(
+                    format!("{k}.percent"),
+                    format!(
+                        "{} is less than the {} of phase `{}` before it: phases only go up (a way back is `phase rollback`)",
+                        p.percent,
+                        prev.percent(),
+                        prev.name
+                    ),
+                );
+            }
+        }
         let hold = p
             .hold
             .as_ref()

@@ -209,20 +209,10 @@ impl Config {
         let raw: RawConfig = match serde_yaml_ng::from_str(text) {
             Ok(r) => r,
             Err(e) => {
-                let loc = e.location();
-                let mut message = e.to_string();
-                // serde_yaml repeats the location at the end; we print it up front.
-                if let Some(cut) = message.rfind(" at line ") {
-                    message.truncate(cut);
-                }
-                let (key, message) = split_key(&message);
-                return Err(ConfigErrors(vec![ConfigError {
-                    file: file.to_string(),
-                    line: loc.as_ref().map(|l| l.line()),
-                    column: loc.as_ref().map(|l| l.column()),
-                    key,
-                    message,
-                }]));
+                let first = shape_error(&e, file);
+                let mut errors = vec![first];
+                errors.extend(more_unknown_keys(text, file, &errors[0]));
+                return Err(ConfigErrors(errors));
             }
         };
         let mut c = Collector {
@@ -238,6 +228,117 @@ impl Config {
             Err(ConfigErrors(c.errors))
         }
     }
+}
+
+/// A deserializer error as a [`ConfigError`], located where serde_yaml says.
+fn shape_error(e: &serde_yaml_ng::Error, file: &str) -> ConfigError {
+    let loc = e.location();
+    let mut message = e.to_string();
+    // serde_yaml repeats the location at the end; we print it up front.
+    if let Some(cut) = message.rfind(" at line ") {
+        message.truncate(cut);
+    }
+    let (key, message) = split_key(&message);
+    ConfigError {
+        file: file.to_string(),
+        line: loc.as_ref().map(|l| l.line()),
+        column: loc.as_ref().map(|l| l.column()),
+        key,
+        message,
+    }
+}
+
+/// The field an "unknown field `x`" error names.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(&rest[..rest.find('`')?])
+}
+
+/// serde stops at the first unknown key; a user fixing typos wants them all at once. Each
+/// one found is taken out of the document and the rest is deserialized again (at most 50
+/// rounds), each error located in the original text by its key path.
+fn more_unknown_keys(text: &str, file: &str, first: &ConfigError) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    let Ok(mut doc) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+        return out;
+    };
+    let index = LineIndex::build(text);
+    let (mut key, mut message) = (first.key.clone(), first.message.clone());
+    for _ in 0..50 {
+        let Some(field) = unknown_field(&message).map(str::to_string) else {
+            break;
+        };
+        let Some(removed) = mapping_at(&mut doc, &key).and_then(|m| m.remove(&field)) else {
+            break;
+        };
+        let mut next = reparse(&doc, file);
+        // The unknown key was a typo of a required one (`percnt` for `percent`): put its
+        // value back under that name, so the search goes on past it.
+        if let Some(missing) = next.as_ref().and_then(|n| {
+            (n.key == key)
+                .then(|| missing_field(&n.message))
+                .flatten()
+                .map(str::to_string)
+        }) {
+            if let Some(m) = mapping_at(&mut doc, &key) {
+                m.insert(serde_yaml_ng::Value::from(missing), removed);
+            }
+            next = reparse(&doc, file);
+        }
+        let Some(next) = next else {
+            break;
+        };
+        let Some(next_field) = unknown_field(&next.message) else {
+            break;
+        };
+        let path = if next.key.is_empty() {
+            next_field.to_string()
+        } else {
+            format!("{}.{next_field}", next.key)
+        };
+        (key, message) = (next.key.clone(), next.message.clone());
+        out.push(ConfigError {
+            line: index.line_of(&path),
+            column: None,
+            ..next
+        });
+    }
+    out
+}
+
+/// The first error deserializing `doc` (written out again), if any.
+fn reparse(doc: &serde_yaml_ng::Value, file: &str) -> Option<ConfigError> {
+    let text = serde_yaml_ng::to_string(doc).ok()?;
+    serde_yaml_ng::from_str::<RawConfig>(&text)
+        .err()
+        .map(|e| shape_error(&e, file))
+}
+
+/// The field a "missing field `x`" error names.
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    Some(&rest[..rest.find('`')?])
+}
+
+/// The mapping at `path` (`migration.phases[1]`, or empty for the top).
+fn mapping_at<'a>(
+    doc: &'a mut serde_yaml_ng::Value,
+    path: &str,
+) -> Option<&'a mut serde_yaml_ng::Mapping> {
+    let mut v = doc;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (name, indexes) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            v = v.get_mut(name)?;
+        }
+        for ix in indexes.split(['[', ']']).filter(|s| !s.is_empty()) {
+            v = v.get_mut(ix.parse::<usize>().ok()?)?;
+        }
+    }
+    v.as_mapping_mut()
 }
 
 /// serde_yaml says `migration.phases[0]: unknown field ...`: split the path off.
@@ -464,6 +565,49 @@ migration:
             keys.contains(&"providers.new.upstream_idle_timeout"),
             "{keys:?}"
         );
+    }
+
+    #[test]
+    fn phases_only_go_up() {
+        let bad = GOOD.replace("percent: 25 }", "percent: 5 }");
+        let e = Config::parse(&bad, "t").unwrap_err();
+        assert_eq!(e.0[0].key, "migration.phases[1].percent", "{e}");
+        assert!(e.to_string().contains("phases only go up"), "{e}");
+        let equal = GOOD.replace("percent: 25 }", "percent: 10 }");
+        assert!(
+            Config::parse(&equal, "t").is_ok(),
+            "a repeated percent is allowed"
+        );
+    }
+
+    #[test]
+    fn every_unknown_key_in_one_run() {
+        let bad = GOOD
+            .replace(
+                "- { name: phase-2, percent: 25 }",
+                "- { name: phase-2, percnt: 25 }",
+            )
+            .replace("connect_timeout: 2s", "conect_timeout: 2s")
+            .replace(
+                "sticky_header: X-User-Id",
+                "sticky_header: X-User-Id\n  shadow_percentt: 5",
+            );
+        let e = Config::parse(&bad, "t.yaml").unwrap_err();
+        let found: Vec<(String, Option<usize>)> =
+            e.0.iter().map(|e| (e.message.clone(), e.line)).collect();
+        assert_eq!(e.0.len(), 3, "{e}");
+        for (word, line) in [
+            ("conect_timeout", 9),
+            ("percnt", 21),
+            ("shadow_percentt", 25),
+        ] {
+            assert!(
+                found
+                    .iter()
+                    .any(|(m, l)| m.contains(word) && *l == Some(line)),
+                "{word} at {line}: {e}"
+            );
+        }
     }
 
     #[test]
