@@ -340,3 +340,47 @@ async fn metrics_follow_prometheus_conventions_and_start_at_zero() {
         );
     }
 }
+
+/// One access line per client request: a failover is one line naming the provider tried
+/// first, with the client's address and the time to first byte, durations to the µs.
+#[tokio::test]
+async fn a_failover_is_one_access_line_with_client_and_ttfb() {
+    let new = mock("new").await;
+    let gw = Gateway::start_with(
+        &config("http://127.0.0.1:1/v1", &new.base_url(), "phase-0"),
+        &[("SWITCHYARD_LOG_FORMAT", "json")],
+    )
+    .await;
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-request-id", "fo-1")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-switchyard-failover"], "old");
+    eventually("the access line", || {
+        gw.logs().contains("\"request_id\":\"fo-1\"")
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let logs = gw.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"request_id\":\"fo-1\"") && l.contains("switchyard::access"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["provider"], "new", "{v}");
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["failover_from"], "old", "{v}");
+    assert_eq!(v["failover_status"], 0, "{v}");
+    assert!(
+        v["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{v}"
+    );
+    assert!(v["ttfb_ms"].is_number(), "{v}");
+    let d = v["duration_ms"].as_f64().unwrap();
+    let us = d * 1000.0;
+    assert!((us - us.round()).abs() < 1e-6, "to the microsecond: {d}");
+}

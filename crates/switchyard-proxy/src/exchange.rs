@@ -47,6 +47,11 @@ pub struct Exchange {
     /// The request's headers as the first provider got them (less its key and host), to
     /// send a refused request once more elsewhere.
     pub(crate) replay_headers: Option<http::HeaderMap>,
+    /// The client's address, for the access log.
+    pub(crate) client: Option<std::net::SocketAddr>,
+    /// The attempt that failed over (provider index, status; 0: not connected): the
+    /// answer's access line names it, so a failover is one line.
+    pub(crate) failed_attempt: std::sync::Mutex<Option<(usize, u16)>>,
     /// The client key's in-flight slot, freed when the exchange ends.
     pub(crate) _permit: Option<Arc<Permit>>,
 }
@@ -463,8 +468,21 @@ impl Exchange {
                 metrics::counter!(EVENTS_DROPPED).increment(1);
             }
         }
-        if cfg.server.access_log {
+        if !last {
+            *self
+                .failed_attempt
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some((index, status));
+        } else if cfg.server.access_log {
+            let failed = *self
+                .failed_attempt
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             access_log(&AccessRecord {
+                client: self.client,
+                ttfb,
+                failover_from: failed.map(|(i, _)| &*self.snap.upstreams[i].name),
+                failover_status: failed.map(|(_, s)| s),
                 request_id: &self.request_id,
                 method: &self.method,
                 uri: &self.uri,
@@ -535,6 +553,13 @@ struct Attempt {
 
 /// One access-log line.
 pub(crate) struct AccessRecord<'a> {
+    pub(crate) client: Option<std::net::SocketAddr>,
+    /// Until the provider's response head (or, for a stream, its first token).
+    pub(crate) ttfb: Option<std::time::Duration>,
+    /// The provider tried first, when the request failed over, and what it answered
+    /// (0: it could not be connected to).
+    pub(crate) failover_from: Option<&'a str>,
+    pub(crate) failover_status: Option<u16>,
     pub(crate) request_id: &'a HeaderValue,
     pub(crate) method: &'a Method,
     pub(crate) uri: &'a Uri,
@@ -550,20 +575,26 @@ pub(crate) struct AccessRecord<'a> {
 }
 
 pub(crate) fn access_log(r: &AccessRecord<'_>) {
+    // Milliseconds to the microsecond: what a log pipeline can read as a number.
+    let ms = |d: std::time::Duration| d.as_micros() as f64 / 1000.0;
     // The path only: query strings can carry secrets.
     tracing::info!(
         target: "switchyard::access",
         request_id = r.request_id.to_str().unwrap_or("-"),
+        client = r.client.map(tracing::field::display),
         method = r.method.as_str(),
         path = r.uri.path(),
         provider = r.provider,
         status = r.status,
         outcome = r.outcome.label(),
         class = r.class.label(),
-        duration_ms = r.elapsed.as_secs_f64() * 1000.0,
+        duration_ms = ms(r.elapsed),
+        ttfb_ms = r.ttfb.map(ms),
         bytes = r.bytes,
         model = r.model.unwrap_or("-"),
         prompt_tokens = r.prompt_tokens,
         completion_tokens = r.completion_tokens,
+        failover_from = r.failover_from,
+        failover_status = r.failover_status,
     );
 }

@@ -115,6 +115,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let conn_info = Arc::new(ConnInfo {
             worker,
+            remote: Some(remote),
             ..ConnInfo::default()
         });
         let svc = TowerToHyperService::new(stack(gateway.clone(), conn_info.clone()));

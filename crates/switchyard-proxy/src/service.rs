@@ -33,6 +33,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -82,6 +83,8 @@ pub struct ConnInfo {
     pub started: AtomicBool,
     /// The proxy worker serving the connection: its requests use that worker's pools.
     pub worker: Worker,
+    /// The client's address, for the access log.
+    pub remote: Option<std::net::SocketAddr>,
 }
 
 /// The service stack for one connection; see the module docs for the order and why.
@@ -98,7 +101,7 @@ pub fn stack(
 > + Clone
        + Send
        + 'static {
-    let worker = conn.worker;
+    let (worker, remote) = (conn.worker, conn.remote);
     let this_conn = conn.clone();
     ServiceBuilder::new()
         .map_request(move |mut req: Request<Incoming>| {
@@ -113,13 +116,14 @@ pub fn stack(
         // One layer for every refusal, in this order; each is a plain function below.
         .layer(ValidateRequestHeaderLayer::custom(
             move |req: &mut Request<Incoming>| {
+                let client = conn.remote;
                 refuse_smuggling(req, &conn)?;
-                refuse_escapes(req)?;
-                admit_client(req)?;
-                refuse_declared_body(req)
+                refuse_escapes(req, client)?;
+                admit_client(req, client)?;
+                refuse_declared_body(req, client)
             },
         ))
-        .service(Forward { worker })
+        .service(Forward { worker, remote })
 }
 
 /// Step 4: a request head with both `Content-Length` and `Transfer-Encoding`.
@@ -128,6 +132,7 @@ fn refuse_smuggling(req: &Request<Incoming>, conn: &ConnInfo) -> Result<(), Resp
     if conn.framing_violation.load(Ordering::Relaxed) {
         let mut r = reject(
             req,
+            conn.remote,
             ErrorKind::BadRequest,
             "Content-Length together with Transfer-Encoding is not allowed",
             "framing",
@@ -142,14 +147,29 @@ fn refuse_smuggling(req: &Request<Incoming>, conn: &ConnInfo) -> Result<(), Resp
 /// Nothing above `base_url`'s path may be reached through the provider's key, even on a
 /// provider that normalises paths; nothing is tunnelled.
 #[allow(clippy::result_large_err)]
-fn refuse_escapes(req: &Request<Incoming>) -> Result<(), Response<GatewayBody>> {
+fn refuse_escapes(
+    req: &Request<Incoming>,
+    client: Option<SocketAddr>,
+) -> Result<(), Response<GatewayBody>> {
     if req.method() == Method::CONNECT {
         let msg = "CONNECT is not forwarded by this gateway";
-        return Err(reject(req, ErrorKind::MethodNotAllowed, msg, "method"));
+        return Err(reject(
+            req,
+            client,
+            ErrorKind::MethodNotAllowed,
+            msg,
+            "method",
+        ));
     }
     if has_dot_segment(req.uri().path()) {
         let msg = "paths with `.` or `..` segments are not forwarded";
-        return Err(reject(req, ErrorKind::BadRequest, msg, "dot_segment"));
+        return Err(reject(
+            req,
+            client,
+            ErrorKind::BadRequest,
+            msg,
+            "dot_segment",
+        ));
     }
     Ok(())
 }
@@ -157,13 +177,17 @@ fn refuse_escapes(req: &Request<Incoming>) -> Result<(), Response<GatewayBody>> 
 /// Step 5: the client's key, when keys are configured, and its rate limits; the permit
 /// travels with the request to its end.
 #[allow(clippy::result_large_err)]
-fn admit_client(req: &mut Request<Incoming>) -> Result<(), Response<GatewayBody>> {
+fn admit_client(
+    req: &mut Request<Incoming>,
+    client: Option<SocketAddr>,
+) -> Result<(), Response<GatewayBody>> {
     let Some(keys) = snapshot(req).client_keys.as_deref() else {
         return Ok(());
     };
     let Some(key) = key_index(req.headers(), keys) else {
         return Err(reject(
             req,
+            client,
             ErrorKind::Unauthorized,
             "missing or unknown API key for this gateway",
             "auth",
@@ -177,17 +201,26 @@ fn admit_client(req: &mut Request<Incoming>) -> Result<(), Response<GatewayBody>
             req.extensions_mut().insert(Arc::new(permit));
             Ok(())
         }
-        Err(refusal) => Err(rate_limited(req, refusal)),
+        Err(refusal) => Err(rate_limited(req, client, refusal)),
     }
 }
 
 /// Step 6: a declared body over the limit.
 #[allow(clippy::result_large_err)]
-fn refuse_declared_body(req: &Request<Incoming>) -> Result<(), Response<GatewayBody>> {
+fn refuse_declared_body(
+    req: &Request<Incoming>,
+    client: Option<SocketAddr>,
+) -> Result<(), Response<GatewayBody>> {
     let limit = snapshot(req).config.server.max_body_bytes;
     if req.body().size_hint().lower() > limit {
         let msg = format!("request body is larger than the limit of {limit} bytes");
-        return Err(reject(req, ErrorKind::BodyTooLarge, &msg, "body_too_large"));
+        return Err(reject(
+            req,
+            client,
+            ErrorKind::BodyTooLarge,
+            &msg,
+            "body_too_large",
+        ));
     }
     Ok(())
 }
@@ -218,6 +251,7 @@ fn request_id_of<B>(req: &Request<B>) -> HeaderValue {
 #[derive(Clone, Copy)]
 pub struct Forward {
     worker: Worker,
+    remote: Option<std::net::SocketAddr>,
 }
 
 impl Service<Request<Incoming>> for Forward {
@@ -230,12 +264,16 @@ impl Service<Request<Incoming>> for Forward {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let worker = self.worker;
-        Box::pin(async move { Ok(forward(req, worker).await) })
+        let (worker, remote) = (self.worker, self.remote);
+        Box::pin(async move { Ok(forward(req, worker, remote).await) })
     }
 }
 
-async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<GatewayBody> {
+async fn forward(
+    mut req: Request<Incoming>,
+    worker: Worker,
+    remote: Option<std::net::SocketAddr>,
+) -> Response<GatewayBody> {
     // Taken, not cloned: every count change of the shared snapshot crosses cores.
     let snap = req
         .extensions_mut()
@@ -283,6 +321,8 @@ async fn forward(mut req: Request<Incoming>, worker: Worker) -> Response<Gateway
         shadow: None,
         model_prefix: None,
         replay_headers: None,
+        client: remote,
+        failed_attempt: std::sync::Mutex::new(None),
         _permit: permit,
     };
     let snap = &ex.snap;
@@ -529,7 +569,11 @@ fn key_index(headers: &http::HeaderMap, keys: &[Box<[u8]>]) -> Option<usize> {
 }
 
 /// A client key over its limits: 429 with `Retry-After`, OpenAI-shaped.
-fn rate_limited<B>(req: &Request<B>, refusal: Refusal) -> Response<GatewayBody> {
+fn rate_limited<B>(
+    req: &Request<B>,
+    client: Option<SocketAddr>,
+    refusal: Refusal,
+) -> Response<GatewayBody> {
     let (message, reason) = match refusal {
         Refusal::Rate { .. } => (
             "this key is over its request rate on this gateway (clients.limits)",
@@ -540,7 +584,7 @@ fn rate_limited<B>(req: &Request<B>, refusal: Refusal) -> Response<GatewayBody> 
             "concurrency_limit",
         ),
     };
-    let mut r = reject(req, ErrorKind::RateLimited, message, reason);
+    let mut r = reject(req, client, ErrorKind::RateLimited, message, reason);
     r.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from(refusal.retry_after_secs()),
@@ -587,6 +631,7 @@ pub(crate) fn set_provider_headers(headers: &mut http::HeaderMap, up: &Upstream)
 /// A refusal before any provider was chosen: counted by reason, and access-logged.
 fn reject<B>(
     req: &Request<B>,
+    client: Option<SocketAddr>,
     kind: ErrorKind,
     message: &str,
     reason: &'static str,
@@ -600,6 +645,10 @@ fn reject<B>(
     {
         let outcome = Outcome::from_status(kind.status());
         access_log(&AccessRecord {
+            client,
+            ttfb: None,
+            failover_from: None,
+            failover_status: None,
             request_id: &request_id,
             method: req.method(),
             uri: req.uri(),
