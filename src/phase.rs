@@ -42,12 +42,16 @@ enum Action {
         #[arg(long)]
         skip_preflight: bool,
     },
-    /// Go to a named phase (also the way out of a rollback).
+    /// Go to a named phase (also the way out of a rollback). A jump forward of more than
+    /// one phase asks for confirmation on a terminal, and needs --yes otherwise.
     Set {
         name: String,
         /// Move even if the new provider refuses the preflight probe.
         #[arg(long)]
         skip_preflight: bool,
+        /// Jump more than one phase forward without asking.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Send 100% to `from` now.
     Rollback {
@@ -69,6 +73,7 @@ pub fn run(args: PhaseArgs) -> ExitCode {
         Action::Set {
             name,
             skip_preflight,
+            ..
         } => (
             "POST",
             "/admin/phase",
@@ -89,6 +94,19 @@ pub fn run(args: PhaseArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    if let Action::Set {
+        name, yes: false, ..
+    } = &args.action
+    {
+        let status_url = format!("{}/admin/status", args.admin.trim_end_matches('/'));
+        if let Ok((200, v)) = rt.block_on(call("GET", &status_url, args.token.as_deref(), None)) {
+            if let Ok(s) = serde_json::from_value::<Status>(v) {
+                if let Some(code) = confirm_jump(&s, name) {
+                    return code;
+                }
+            }
+        }
+    }
     let url = format!("{}{}", args.admin.trim_end_matches('/'), path);
     let result = rt.block_on(call(method, &url, args.token.as_deref(), body));
     match result {
@@ -168,12 +186,81 @@ fn body<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or_default()
 }
 
+/// A jump of more than one phase forward is a bigger step than the plan's: asked on a
+/// terminal, refused (exit 2, "use --yes") otherwise. `None`: go ahead.
+fn confirm_jump(s: &Status, target: &str) -> Option<ExitCode> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let to = s.phases.iter().position(|p| p.name == target)?;
+    let from = s.phase.index?;
+    if s.rolled_back || to <= from + 1 {
+        return None;
+    }
+    let what = format!(
+        "{} ({}%) to {} ({}%) skips {} phase(s)",
+        s.phase.name,
+        s.phase.percent,
+        target,
+        s.phases[to].percent,
+        to - from - 1
+    );
+    if !std::io::stdin().is_terminal() {
+        eprintln!("switchyard: {what}; add --yes to jump");
+        return Some(ExitCode::from(2));
+    }
+    eprint!("{what}. Jump? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        None
+    } else {
+        eprintln!("switchyard: not moved");
+        Some(ExitCode::from(1))
+    }
+}
+
+/// `2h 5m`, `45s`: how long, for people.
+fn for_people(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
 fn print_status(s: &Status) {
     println!("migration   {} -> {}", s.from, s.to);
     println!(
         "phase       {} ({}% to {})",
         s.phase.name, s.phase.percent, s.to
     );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let in_phase = now.saturating_sub(s.phase_since_unix);
+    let hold = s
+        .phase
+        .index
+        .and_then(|i| s.phases.get(i))
+        .and_then(|p| p.hold_seconds);
+    match hold {
+        Some(h) if h > in_phase => println!(
+            "in phase    {} (hold {}: {} left)",
+            for_people(in_phase),
+            for_people(h),
+            for_people(h - in_phase)
+        ),
+        Some(h) => println!(
+            "in phase    {} (hold {} over)",
+            for_people(in_phase),
+            for_people(h)
+        ),
+        None => println!("in phase    {}", for_people(in_phase)),
+    }
+    if let Some(g) = &s.gate {
+        println!("gate        {g}");
+    }
     if s.rolled_back {
         println!(
             "ROLLED BACK {} (trigger {})",

@@ -85,7 +85,19 @@ async fn phase_cli_drives_the_admin_api() {
     );
     let out = run(&["next"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("phase-2"));
-    let out = run(&["set", "phase-4", "--json"]);
+    // A jump of two phases: refused without --yes when no one can be asked.
+    let out = run(&["set", "phase-4"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("add --yes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("phase-2 (25"), "{text}");
+    assert!(text.contains("in phase    "), "{text}");
+    let out = run(&["set", "phase-4", "--yes", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["phase"]["name"], "phase-4");
     let out = run(&["next"]);
