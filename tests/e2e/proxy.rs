@@ -517,3 +517,43 @@ async fn provider_connections_are_kept_alive_and_closed_ones_are_not_reused() {
     }
     assert_eq!(old.served(), 34);
 }
+
+/// OpenAI's Responses API is costed like chat completions: usage from the answer, or from
+/// a stream's closing `response.completed` event.
+#[tokio::test]
+async fn responses_api_answers_and_streams_are_costed() {
+    let (_old, _new, gw) = pair_behind_gateway("phase-0").await;
+    for stream in [false, true] {
+        let r = client()
+            .post(gw.url("/v1/responses"))
+            .header("x-mock-chunks", "4")
+            .json(
+                &serde_json::json!({"model": "deepseek-chat", "input": "hello", "stream": stream}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        if stream {
+            assert!(text.contains("response.completed"), "{text}");
+        }
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"switchyard_tokens_total{provider="old",kind="completion"}"#
+        ),
+        Some(8.0),
+        "4 output tokens from each: {m}"
+    );
+    assert!(
+        metric_value(&m, r#"switchyard_cost_usd_total{provider="old"}"#).unwrap_or(0.0) > 0.0,
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"switchyard_stream_ttft_seconds_count{provider="old"} 1"#),
+        "{m}"
+    );
+}

@@ -554,6 +554,66 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
         }
         return r;
     }
+    // OpenAI's Responses API: usage as `input_tokens`/`output_tokens`, in the answer or,
+    // streamed, in the closing `response.completed` event.
+    if p.ends_with("/responses") && parts.method == Method::POST {
+        let stream = req_json
+            .get("stream")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let chunks = header_num(h, "x-mock-chunks").map_or(st.cfg.chunks, |v| v as usize);
+        let id = format!("resp-{name}-{n}");
+        let usage = json!({"input_tokens": prompt_tokens, "output_tokens": chunks, "total_tokens": prompt_tokens + chunks as u64});
+        let text = format!("Hello from {name}");
+        let done = json!({"id": id, "object": "response", "status": "completed", "model": model,
+            "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
+            "usage": usage});
+        if !stream {
+            guard.done();
+            return json_response(StatusCode::OK, &done, name);
+        }
+        let chunk_delay = header_num(h, "x-mock-chunk-delay-ms")
+            .map_or(st.cfg.chunk_delay, Duration::from_millis);
+        let (mut tx, rx) = Channel::<Bytes, std::io::Error>::new(4);
+        tokio::spawn(async move {
+            let event = |kind: &str, v: Value| Bytes::from(format!("event: {kind}\ndata: {v}\n\n"));
+            let created = json!({"type": "response.created", "response": {"id": id, "status": "in_progress"}});
+            if tx
+                .send_data(event("response.created", created))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            for i in 0..chunks {
+                if !chunk_delay.is_zero() {
+                    tokio::time::sleep(chunk_delay).await;
+                }
+                let d = json!({"type": "response.output_text.delta", "delta": format!("tok{i} ")});
+                if tx
+                    .send_data(event("response.output_text.delta", d))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let completed = json!({"type": "response.completed", "response": done});
+            if tx
+                .send_data(event("response.completed", completed))
+                .await
+                .is_ok()
+            {
+                guard.done();
+            }
+        });
+        let mut r = Response::new(Either::Right(rx));
+        r.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        return r;
+    }
     if p.ends_with("/webhook") && parts.method == Method::POST {
         // Lets one mock stand in as an alert receiver too.
         guard.done();

@@ -219,6 +219,13 @@ impl Usage {
 struct UsageChunk {
     usage: Option<Usage>,
     choices: Option<Vec<serde::de::IgnoredAny>>,
+    /// The Responses API's `response.completed` event carries the usage one level down.
+    response: Option<NestedUsage>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct NestedUsage {
+    usage: Option<Usage>,
 }
 
 /// Watches an SSE stream: usage from any event that carries it, the first token's time,
@@ -377,6 +384,9 @@ impl SseScan {
             self.usage = Some(u);
             return chunk.choices.is_some_and(|c| c.is_empty());
         }
+        if let Some(u) = chunk.response.and_then(|r| r.usage).and_then(Usage::tokens) {
+            self.usage = Some(u);
+        }
         false
     }
 }
@@ -385,9 +395,10 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(hay, needle).is_some()
 }
 
-/// A delta with text in it: `"content":"x` (or the legacy completions' `"text":"x`).
+/// A delta with text in it: `"content":"x` (or the legacy completions' `"text":"x`, or
+/// the Responses API's `"delta":"x`).
 fn has_token(payload: &[u8]) -> bool {
-    for key in [&b"\"content\":"[..], b"\"text\":"] {
+    for key in [&b"\"content\":"[..], b"\"text\":", b"\"delta\":"] {
         let mut rest = payload;
         while let Some(i) = memchr::memmem::find(rest, key) {
             let after = rest[i + key.len()..].trim_ascii_start();
