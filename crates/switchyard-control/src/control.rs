@@ -440,7 +440,7 @@ impl Control {
             ..Alert::default()
         });
         Err(ControlError::PreflightRefused(format!(
-            "{summary}; traffic was not moved (fix the provider and try again, or skip the check with \"skip_preflight\": true)"
+            "{summary}; traffic was not moved (fix the provider and try again, or skip the check: --skip-preflight on the CLI, \"skip_preflight\": true in the API)"
         )))
     }
 
@@ -472,7 +472,7 @@ impl Control {
                 match c.write(&shared).await {
                     Ok(_) => {}
                     Err(WriteError::Conflict) => {
-                        return Err(ControlError::Conflict("another replica changed the migration state first; look at /admin/status and try again".into()));
+                        return Err(ControlError::Conflict("another replica changed the migration state first; check the current phase and try again".into()));
                     }
                     Err(WriteError::Unavailable(e)) => {
                         return Err(ControlError::StoreUnavailable(format!("the shared migration state cannot be changed now ({e}); this replica keeps serving on the last state it knew")));
