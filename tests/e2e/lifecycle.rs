@@ -384,3 +384,44 @@ async fn a_failover_is_one_access_line_with_client_and_ttfb() {
     let us = d * 1000.0;
     assert!((us - us.round()).abs() < 1e-6, "to the microsecond: {d}");
 }
+
+/// Answers and streams being relayed are gauges per provider, back to zero when they end
+/// (or when the client drops them).
+#[tokio::test]
+async fn open_streams_and_answers_in_flight_are_gauges() {
+    let (_old, _new, gw) = pair_behind_gateway("phase-0").await;
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-chunks", "20")
+        .header("x-mock-chunk-delay-ms", "100")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"switchyard_open_streams{provider="old"}"#),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, r#"switchyard_responses_in_flight{provider="old"}"#),
+        Some(1.0),
+        "{m}"
+    );
+    drop(stream);
+    // The gateway sees the hang-up on its next write: poll.
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = gw.metrics().await;
+        if metric_value(&m, r#"switchyard_open_streams{provider="old"}"#) == Some(0.0)
+            && metric_value(&m, r#"switchyard_responses_in_flight{provider="old"}"#) == Some(0.0)
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the gauges did not come back to zero: {m}");
+}

@@ -302,11 +302,17 @@ impl Exchange {
         }
         let status = parts.status.as_u16();
         let idle = up.config.idle_timeout;
+        let stream = matches!(sniff, Sniff::Sse(_));
+        up.metrics.in_flight.increment(1.0);
+        if stream {
+            up.metrics.open_streams.increment(1.0);
+        }
         let on_end = Box::new(Finish {
             ex: self,
             index,
             status,
             first_byte,
+            stream,
         });
         let body = ResponseBody::new(body, lease, idle, sniff, on_end);
         Response::from_parts(parts, GatewayBody::Upstream { body })
@@ -518,10 +524,18 @@ struct Finish {
     index: usize,
     status: u16,
     first_byte: std::time::Duration,
+    /// Counted in `open_streams` (an SSE answer).
+    stream: bool,
 }
 
 impl OnEnd for Finish {
     fn on_end(self: Box<Self>, end: End, summary: BodySummary) {
+        // Exactly once per answer (at its end, or when the client drops it).
+        let m = &self.ex.snap.upstreams[self.index].metrics;
+        m.in_flight.decrement(1.0);
+        if self.stream {
+            m.open_streams.decrement(1.0);
+        }
         let class = match end {
             End::Complete => Class::of_status(self.status),
             End::ClientGone => Class::ClientGone,

@@ -14,6 +14,8 @@ pub const COST_TOTAL: &str = "switchyard_cost_usd_total";
 pub const EVENTS_DROPPED: &str = "switchyard_events_dropped_total";
 pub const OUTCOMES_TOTAL: &str = "switchyard_request_outcomes_total";
 pub const STREAM_TTFT: &str = "switchyard_stream_ttft_seconds";
+pub const IN_FLIGHT: &str = "switchyard_responses_in_flight";
+pub const OPEN_STREAMS: &str = "switchyard_open_streams";
 pub const BUILD_INFO: &str = "switchyard_build_info";
 /// Every `reason` of [`REJECTED_TOTAL`], shown at zero from the start.
 pub const REJECT_REASONS: &[&str] = &[
@@ -74,6 +76,11 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time to the first token of streamed answers"
     );
+    metrics::describe_gauge!(
+        IN_FLIGHT,
+        "Answers being relayed now, from the provider's response head to the end of the body"
+    );
+    metrics::describe_gauge!(OPEN_STREAMS, "Streamed (SSE) answers being relayed now");
     metrics::describe_counter!(
         EVENTS_DROPPED,
         "Request events the watchers could not take (their queue was full)"
@@ -143,6 +150,8 @@ pub struct ProviderMetrics {
     pub completion_tokens: Counter,
     pub cost: Gauge,
     pub stream_ttft: Histogram,
+    pub in_flight: Gauge,
+    pub open_streams: Gauge,
 }
 
 impl ProviderMetrics {
@@ -158,6 +167,8 @@ impl ProviderMetrics {
             completion_tokens: counter!(TOKENS_TOTAL, "provider" => provider.to_string(), "kind" => "completion"),
             cost: gauge!(COST_TOTAL, "provider" => provider.to_string()),
             stream_ttft: histogram!(STREAM_TTFT, "provider" => provider.to_string()),
+            in_flight: gauge!(IN_FLIGHT, "provider" => provider.to_string()),
+            open_streams: gauge!(OPEN_STREAMS, "provider" => provider.to_string()),
         }
     }
 
