@@ -457,3 +457,54 @@ async fn risky_reloads_are_warned_about() {
         gw.logs()
     );
 }
+
+/// A client connection with no answer in progress for `keepalive_timeout` is closed
+/// (HTTP/1.1 keep-alive and HTTP/2 alike), while a stream longer than that is not cut.
+#[tokio::test]
+async fn idle_connections_are_closed_after_keepalive_timeout_but_streams_are_not() {
+    let (old, new) = pair().await;
+    let yaml = format!(
+        "{}server:\n  keepalive_timeout: 1s\n  header_read_timeout: 1s\n",
+        config(&old.base_url(), &new.base_url(), "phase-0")
+    );
+    let gw = Gateway::start(&yaml).await;
+    // HTTP/1.1: one request, then quiet.
+    let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle keep-alive connection was kept");
+    // HTTP/2 (h2c): one request, then quiet: the server ends the connection.
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(gw.proxy).await.unwrap());
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get(gw.url("/v1/models"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection was kept");
+    // A stream of 2.4 s with chunks every 300 ms outlives the 1 s keep-alive: not cut.
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-chunks", "8")
+        .header("x-mock-chunk-delay-ms", "300")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.expect("the stream was cut");
+    assert!(text.contains("[DONE]"), "{text}");
+}

@@ -756,8 +756,8 @@ pin_project! {
     /// What the gateway answers with: a provider's stream, or a small body of its own.
     #[project = GatewayBodyProj]
     pub enum GatewayBody {
-        Full { data: Option<Bytes> },
-        Upstream { #[pin] body: ResponseBody },
+        Full { data: Option<Bytes>, active: Option<crate::service::Active> },
+        Upstream { #[pin] body: ResponseBody, active: Option<crate::service::Active> },
     }
 }
 
@@ -765,6 +765,20 @@ impl GatewayBody {
     pub fn full(data: impl Into<Bytes>) -> Self {
         GatewayBody::Full {
             data: Some(data.into()),
+            active: None,
+        }
+    }
+
+    pub fn upstream(body: ResponseBody) -> Self {
+        GatewayBody::Upstream { body, active: None }
+    }
+
+    /// The connection counts this answer as active until the body is dropped.
+    pub fn hold(&mut self, guard: crate::service::Active) {
+        match self {
+            GatewayBody::Full { active, .. } | GatewayBody::Upstream { active, .. } => {
+                *active = Some(guard)
+            }
         }
     }
 }
@@ -778,24 +792,26 @@ impl Body for GatewayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            GatewayBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            GatewayBodyProj::Upstream { body } => body.poll_frame(cx),
+            GatewayBodyProj::Full { data, .. } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
+            GatewayBodyProj::Upstream { body, .. } => body.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            GatewayBody::Full { data } => data.is_none(),
-            GatewayBody::Upstream { body } => body.is_end_stream(),
+            GatewayBody::Full { data, .. } => data.is_none(),
+            GatewayBody::Upstream { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            GatewayBody::Full { data } => {
+            GatewayBody::Full { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            GatewayBody::Upstream { body } => body.size_hint(),
+            GatewayBody::Upstream { body, .. } => body.size_hint(),
         }
     }
 }

@@ -315,7 +315,7 @@ impl Exchange {
             stream,
         });
         let body = ResponseBody::new(body, lease, idle, sniff, on_end);
-        Response::from_parts(parts, GatewayBody::Upstream { body })
+        Response::from_parts(parts, GatewayBody::upstream(body))
     }
 
     /// The request cannot be written for provider `index` (e.g. its path is not a valid URI).

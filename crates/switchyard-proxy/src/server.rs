@@ -26,6 +26,7 @@ use crate::upstream::Worker;
 pub struct ServerLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub shutdown_grace: Duration,
@@ -36,6 +37,7 @@ impl ServerLimits {
         ServerLimits {
             max_connections: s.max_connections,
             header_read_timeout: s.header_read_timeout,
+            keepalive_timeout: s.keepalive_timeout,
             max_header_bytes: s.max_header_bytes,
             max_headers: s.max_headers,
             shutdown_grace: s.shutdown_grace,
@@ -113,21 +115,17 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn_info = Arc::new(ConnInfo {
-            worker,
-            remote: Some(remote),
-            ..ConnInfo::default()
-        });
+        let conn_info = Arc::new(ConnInfo::new(worker, remote));
         let svc = TowerToHyperService::new(stack(gateway.clone(), conn_info.clone()));
         let builder = builder.clone();
-        let header_timeout = limits.header_read_timeout;
+        let (header_timeout, keepalive) = (limits.header_read_timeout, limits.keepalive_timeout);
         match &tls {
             None => {
                 let io = TokioIo::new(FramingGuard::new(stream, conn_info.clone()));
                 let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
                 tokio::spawn(async move {
                     if let Some(Err(e)) =
-                        first_request_within(conn, &conn_info, header_timeout).await
+                        watch_idle(conn, &conn_info, header_timeout, keepalive).await
                     {
                         tracing::debug!(%remote, error = %e, "connection ended with an error");
                     }
@@ -150,7 +148,7 @@ pub async fn serve(
                     let io = TokioIo::new(FramingGuard::new(tls_stream, conn_info.clone()));
                     let conn = graceful_conn.watch(builder.serve_connection(io, svc).into_owned());
                     if let Some(Err(e)) =
-                        first_request_within(conn, &conn_info, header_timeout).await
+                        watch_idle(conn, &conn_info, header_timeout, keepalive).await
                     {
                         tracing::debug!(%remote, error = %e, "connection ended with an error");
                     }
@@ -177,12 +175,15 @@ pub async fn serve(
 
 /// Serves `conn`, but drops it (closing the socket) when no request head was read within
 /// `deadline` of the accept, whatever the client sent: nothing, part of an HTTP/2 preface,
-/// SETTINGS alone. hyper's `header_read_timeout` starts only once HTTP/1 parsing does, so
-/// without this a few silent sockets would hold every connection slot. `None`: dropped.
-async fn first_request_within<F, E>(
+/// SETTINGS alone (hyper's `header_read_timeout` starts only once HTTP/1 parsing does, so
+/// without this a few silent sockets would hold every connection slot); and, later, when it
+/// has had no answer in progress for `keepalive` (an idle keep-alive or HTTP/2 connection,
+/// which hyper keeps for ever). `None`: dropped.
+async fn watch_idle<F, E>(
     conn: F,
     info: &ConnInfo,
     deadline: Duration,
+    keepalive: Duration,
 ) -> Option<Result<(), E>>
 where
     F: std::future::Future<Output = Result<(), E>>,
@@ -196,7 +197,16 @@ where
         metrics::counter!(REJECTED_TOTAL, "reason" => "no_request").increment(1);
         return None;
     }
-    Some(conn.await)
+    loop {
+        let wait = keepalive.saturating_sub(info.idle_for());
+        tokio::select! {
+            r = &mut conn => return Some(r),
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(100))) => {}
+        }
+        if info.idle_for() >= keepalive {
+            return None;
+        }
+    }
 }
 
 /// The answer to a connection over `max_connections`: an OpenAI-shaped 503, then close.

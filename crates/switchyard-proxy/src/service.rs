@@ -35,7 +35,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -85,6 +85,61 @@ pub struct ConnInfo {
     pub worker: Worker,
     /// The client's address, for the access log.
     pub remote: Option<std::net::SocketAddr>,
+    /// Answers being sent on this connection (see [`Active`]).
+    pub active: AtomicUsize,
+    /// When the connection last started or finished an answer, in ms since `opened`.
+    pub last_active_ms: AtomicU64,
+    pub opened: Option<Instant>,
+}
+
+impl ConnInfo {
+    pub fn new(worker: Worker, remote: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            worker,
+            remote: Some(remote),
+            opened: Some(Instant::now()),
+            ..ConnInfo::default()
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        if let Some(t) = self.opened {
+            self.last_active_ms
+                .store(t.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// How long the connection has had no answer in progress (zero while it has one).
+    pub fn idle_for(&self) -> std::time::Duration {
+        if self.active.load(Ordering::Relaxed) > 0 {
+            return std::time::Duration::ZERO;
+        }
+        let Some(t) = self.opened else {
+            return std::time::Duration::ZERO;
+        };
+        let last = self.last_active_ms.load(Ordering::Relaxed);
+        t.elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
+    }
+}
+
+/// One answer in progress on a connection, from the request reaching [`Forward`] until
+/// its body is dropped: what tells an idle keep-alive or HTTP/2 connection from a busy one.
+pub struct Active(Arc<ConnInfo>);
+
+impl Active {
+    /// (The snapshot step has just touched the connection's clock.)
+    fn start(conn: &Arc<ConnInfo>) -> Active {
+        conn.active.fetch_add(1, Ordering::Relaxed);
+        Active(conn.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The service stack for one connection; see the module docs for the order and why.
@@ -103,9 +158,11 @@ pub fn stack(
        + 'static {
     let (worker, remote) = (conn.worker, conn.remote);
     let this_conn = conn.clone();
+    let forward_conn = conn.clone();
     ServiceBuilder::new()
         .map_request(move |mut req: Request<Incoming>| {
             this_conn.started.store(true, Ordering::Relaxed);
+            this_conn.touch();
             req.extensions_mut().insert(gw.load());
             if !req.headers().contains_key(&X_REQUEST_ID) {
                 req.headers_mut()
@@ -123,7 +180,11 @@ pub fn stack(
                 refuse_declared_body(req, client)
             },
         ))
-        .service(Forward { worker, remote })
+        .service(Forward {
+            worker,
+            remote,
+            conn: forward_conn,
+        })
 }
 
 /// Step 4: a request head with both `Content-Length` and `Transfer-Encoding`.
@@ -248,10 +309,11 @@ fn request_id_of<B>(req: &Request<B>) -> HeaderValue {
 }
 
 /// The innermost service: route, rewrite, send, respond, on `worker`'s connections.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Forward {
     worker: Worker,
     remote: Option<std::net::SocketAddr>,
+    conn: Arc<ConnInfo>,
 }
 
 impl Service<Request<Incoming>> for Forward {
@@ -265,7 +327,12 @@ impl Service<Request<Incoming>> for Forward {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let (worker, remote) = (self.worker, self.remote);
-        Box::pin(async move { Ok(forward(req, worker, remote).await) })
+        let active = Active::start(&self.conn);
+        Box::pin(async move {
+            let mut resp = forward(req, worker, remote).await;
+            resp.body_mut().hold(active);
+            Ok(resp)
+        })
     }
 }
 

@@ -47,6 +47,7 @@ pub(super) struct RawServer {
     pub(super) max_headers: Option<usize>,
     pub(super) shutdown_grace: Option<String>,
     pub(super) shutdown_delay: Option<String>,
+    pub(super) keepalive_timeout: Option<String>,
     pub(super) access_log: Option<bool>,
 }
 
@@ -97,6 +98,9 @@ pub struct ServerConfig {
     /// On SIGTERM: `/readyz` answers 503 at once while the listener keeps serving this
     /// long, so load balancers stop sending before the gateway stops accepting.
     pub shutdown_delay: Duration,
+    /// A client connection with no answer in progress this long is closed (HTTP/1.1
+    /// keep-alive and HTTP/2 alike).
+    pub keepalive_timeout: Duration,
     pub access_log: bool,
 }
 
@@ -142,6 +146,11 @@ pub(super) fn server(raw: Option<&RawServer>, c: &mut Collector) -> ServerConfig
             "server.shutdown_delay",
             s.and_then(|s| s.shutdown_delay.as_ref()),
             Duration::from_secs(5),
+        ),
+        keepalive_timeout: c.duration(
+            "server.keepalive_timeout",
+            s.and_then(|s| s.keepalive_timeout.as_ref()),
+            Duration::from_secs(75),
         ),
         access_log: s.and_then(|s| s.access_log).unwrap_or(true),
     }
