@@ -425,3 +425,40 @@ async fn open_streams_and_answers_in_flight_are_gauges() {
     }
     panic!("the gauges did not come back to zero: {m}");
 }
+
+/// Tokens and cost by model: the priced models by name, anything else as `other`, so a
+/// client cannot make new series with made-up model names.
+#[tokio::test]
+async fn tokens_and_cost_carry_a_bounded_model_label() {
+    let (_old, _new, gw) = pair_behind_gateway("phase-0").await;
+    for model in ["deepseek-chat", "made-up-1", "made-up-2"] {
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("x-mock-chunks", "3")
+            .json(&serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap();
+    }
+    let m = gw.metrics().await;
+    let v = |s: &str| metric_value(&m, s);
+    assert_eq!(
+        v(
+            r#"switchyard_model_tokens_total{provider="old",model="deepseek-chat",kind="completion"}"#
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        v(r#"switchyard_model_tokens_total{provider="old",model="other",kind="completion"}"#),
+        Some(6.0),
+        "{m}"
+    );
+    assert!(!m.contains("made-up"), "{m}");
+    assert!(
+        v(r#"switchyard_model_cost_usd_total{provider="old",model="deepseek-chat"}"#).unwrap()
+            > 0.0
+    );
+}

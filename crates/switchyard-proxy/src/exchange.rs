@@ -437,6 +437,7 @@ impl Exchange {
             if let Some(c) = cost {
                 m.cost.increment(c);
             }
+            m.count_model(model, prompt, completion, cost);
         }
         let ttfb = if summary.stream {
             summary

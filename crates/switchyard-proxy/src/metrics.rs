@@ -15,6 +15,8 @@ pub const EVENTS_DROPPED: &str = "switchyard_events_dropped_total";
 pub const OUTCOMES_TOTAL: &str = "switchyard_request_outcomes_total";
 pub const STREAM_TTFT: &str = "switchyard_stream_ttft_seconds";
 pub const IN_FLIGHT: &str = "switchyard_responses_in_flight";
+pub const MODEL_TOKENS: &str = "switchyard_model_tokens_total";
+pub const MODEL_COST: &str = "switchyard_model_cost_usd_total";
 pub const OPEN_STREAMS: &str = "switchyard_open_streams";
 pub const BUILD_INFO: &str = "switchyard_build_info";
 /// Every `reason` of [`REJECTED_TOTAL`], shown at zero from the start.
@@ -76,6 +78,14 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time to the first token of streamed answers"
     );
+    metrics::describe_counter!(
+        MODEL_TOKENS,
+        "Tokens by provider, model (the priced ones by name, the rest as `other`) and kind"
+    );
+    metrics::describe_gauge!(
+        MODEL_COST,
+        "USD spent by provider and model (the priced ones; only grows)"
+    );
     metrics::describe_gauge!(
         IN_FLIGHT,
         "Answers being relayed now, from the provider's response head to the end of the body"
@@ -100,7 +110,7 @@ pub fn describe() {
 /// crate can only hold as gauges) typed as the counters they are.
 pub fn render(rendered: String) -> String {
     let mut out = rendered;
-    for name in [COST_TOTAL, crate::shadow::SHADOW_COST] {
+    for name in [COST_TOTAL, MODEL_COST, crate::shadow::SHADOW_COST] {
         out = out.replace(
             &format!("# TYPE {name} gauge"),
             &format!("# TYPE {name} counter"),
@@ -152,10 +162,37 @@ pub struct ProviderMetrics {
     pub stream_ttft: Histogram,
     pub in_flight: Gauge,
     pub open_streams: Gauge,
+    /// Per model: the provider's priced models by their client-facing name, then `other`
+    /// (a bounded label: clients cannot make new series with made-up model names).
+    by_model: std::sync::Arc<[ModelMetrics]>,
+}
+
+struct ModelMetrics {
+    model: Box<str>,
+    prompt: Counter,
+    completion: Counter,
+    cost: Gauge,
 }
 
 impl ProviderMetrics {
     pub fn new(provider: &str) -> Self {
+        Self::with_models(provider, std::iter::empty())
+    }
+
+    /// With a `model` series for each of `models` (the priced ones) and `other`.
+    pub fn with_models<'a>(provider: &str, models: impl Iterator<Item = &'a str>) -> Self {
+        let by_model = models
+            .chain(std::iter::once("other"))
+            .map(|model| {
+                let t = |kind: &'static str| counter!(MODEL_TOKENS, "provider" => provider.to_string(), "model" => model.to_string(), "kind" => kind);
+                ModelMetrics {
+                    model: model.into(),
+                    prompt: t("prompt"),
+                    completion: t("completion"),
+                    cost: gauge!(MODEL_COST, "provider" => provider.to_string(), "model" => model.to_string()),
+                }
+            })
+            .collect();
         let c = |status: &'static str| counter!(REQUESTS_TOTAL, "provider" => provider.to_string(), "status" => status);
         ProviderMetrics {
             requests: [c("2xx"), c("4xx"), c("5xx"), c("timeout"), c("error")],
@@ -169,6 +206,27 @@ impl ProviderMetrics {
             stream_ttft: histogram!(STREAM_TTFT, "provider" => provider.to_string()),
             in_flight: gauge!(IN_FLIGHT, "provider" => provider.to_string()),
             open_streams: gauge!(OPEN_STREAMS, "provider" => provider.to_string()),
+            by_model,
+        }
+    }
+
+    /// Counts one answer's tokens (and cost) under its model's series.
+    pub fn count_model(
+        &self,
+        model: Option<&str>,
+        prompt: u64,
+        completion: u64,
+        cost: Option<f64>,
+    ) {
+        let m = model
+            .and_then(|name| self.by_model.iter().find(|m| &*m.model == name))
+            .or_else(|| self.by_model.last());
+        if let Some(m) = m {
+            m.prompt.increment(prompt);
+            m.completion.increment(completion);
+            if let Some(c) = cost {
+                m.cost.increment(c);
+            }
         }
     }
 

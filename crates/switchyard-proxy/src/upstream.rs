@@ -165,7 +165,10 @@ impl Upstream {
             origin,
             pools: (0..=workers.max(1)).map(|_| Arc::default()).collect(),
             proto: AtomicU8::new(proto),
-            metrics: ProviderMetrics::new(&config.name),
+            metrics: ProviderMetrics::with_models(
+                &config.name,
+                config.pricing.models.keys().map(String::as_str),
+            ),
             skip_until_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
