@@ -120,3 +120,77 @@ async fn the_dashboard_and_the_rules_query_series_the_gateway_serves() {
         }
     }
 }
+
+/// With `tracing.otlp_endpoint` set, each request is a span sent over OTLP/HTTP: it
+/// continues the client's W3C trace, and the provider gets the gateway's span as parent.
+#[tokio::test]
+async fn a_request_is_a_span_that_continues_the_clients_trace() {
+    let (old, new) = pair().await;
+    let collector = mock("collector").await;
+    let yaml = format!(
+        "{}tracing:\n  otlp_endpoint: http://{}\n  service_name: gw-test\n",
+        config(&old.base_url(), &new.base_url(), "phase-0"),
+        collector.addr()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("traceparent", format!("00-{client_trace}-{client_span}-01"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap();
+    // The provider's parent is the gateway's span, in the client's trace.
+    let upstream = old.received()[0]
+        .header("traceparent")
+        .expect("traceparent upstream")
+        .to_string();
+    let parts: Vec<&str> = upstream.split('-').collect();
+    assert_eq!(parts[1], client_trace, "{upstream}");
+    assert_ne!(parts[2], client_span, "{upstream}");
+    let gateway_span = parts[2].to_string();
+    eventually("a span at the collector", || {
+        collector.received().iter().any(|r| r.path == "/v1/traces")
+    })
+    .await;
+    let export = collector
+        .received()
+        .into_iter()
+        .find(|r| r.path == "/v1/traces")
+        .unwrap();
+    assert_eq!(export.header("content-type"), Some("application/json"));
+    let v = export.json().expect("OTLP JSON");
+    let rs = &v["resourceSpans"][0];
+    assert_eq!(
+        rs["resource"]["attributes"][0]["value"]["stringValue"],
+        "gw-test"
+    );
+    let span = &rs["scopeSpans"][0]["spans"][0];
+    assert_eq!(span["traceId"], client_trace, "{span}");
+    assert_eq!(span["parentSpanId"], client_span, "{span}");
+    assert_eq!(span["spanId"], gateway_span.as_str(), "{span}");
+    let attr = |k: &str| {
+        span["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == k)
+            .map(|a| a["value"].clone())
+            .unwrap_or_else(|| panic!("{k} missing: {span}"))
+    };
+    assert_eq!(attr("switchyard.provider")["stringValue"], "old");
+    assert_eq!(attr("switchyard.phase")["stringValue"], "phase-0");
+    assert_eq!(attr("gen_ai.request.model")["stringValue"], "deepseek-chat");
+    assert_eq!(attr("http.response.status_code")["intValue"], "200");
+    assert_eq!(attr("switchyard.outcome")["stringValue"], "2xx");
+    assert!(
+        attr("gen_ai.usage.output_tokens")["intValue"]
+            .as_str()
+            .unwrap()
+            != "0"
+    );
+}

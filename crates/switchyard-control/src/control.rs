@@ -129,11 +129,19 @@ impl Control {
             tracing::warn!("{w}");
         }
         let shadow = ShadowRuntime::new(config.shadow.max_concurrent, shadow_events);
+        // The collector is chosen at start (like `listen`): a reload does not move it.
+        let spans = config.tracing.as_ref().map(|t| {
+            let (sink, export) =
+                switchyard_proxy::trace::exporter(&t.otlp_endpoint, &t.service_name);
+            tokio::spawn(export);
+            sink
+        });
         let gateway = Arc::new(Gateway::new(
             snapshot,
             Sinks {
                 events: Some(events),
                 shadow: Some(Arc::new(shadow)),
+                spans,
             },
         ));
         let alerter = Alerter::start(webhook_url(&config), cooldown(&config), stop);

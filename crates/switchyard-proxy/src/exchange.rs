@@ -52,11 +52,72 @@ pub struct Exchange {
     /// The attempt that failed over (provider index, status; 0: not connected): the
     /// answer's access line names it, so a failover is one line.
     pub(crate) failed_attempt: std::sync::Mutex<Option<(usize, u16)>>,
+    /// This request's span, when traces are on.
+    pub(crate) trace: Option<crate::trace::TraceCtx>,
     /// The client key's in-flight slot, freed when the exchange ends.
     pub(crate) _permit: Option<Arc<Permit>>,
 }
 
 impl Exchange {
+    /// This request as a trace span (OpenTelemetry's HTTP and GenAI attribute names).
+    #[allow(clippy::too_many_arguments)]
+    fn span(
+        &self,
+        ctx: crate::trace::TraceCtx,
+        up: &Upstream,
+        status: u16,
+        class: Class,
+        outcome: Outcome,
+        elapsed: std::time::Duration,
+        model: Option<&str>,
+        prompt: u64,
+        completion: u64,
+        cost: Option<f64>,
+        failed: Option<(usize, u16)>,
+    ) -> crate::trace::SpanRecord {
+        use serde_json::Value;
+        let state = &self.snap.state;
+        let phase = if state.rolled_back {
+            "rollback"
+        } else {
+            state
+                .phase
+                .and_then(|i| self.snap.config.migration.phases.get(i))
+                .map_or("-", |p| p.name.as_str())
+        };
+        let mut attributes: Vec<(&'static str, Value)> = vec![
+            ("http.request.method", self.method.as_str().into()),
+            ("url.path", self.uri.path().into()),
+            ("http.response.status_code", status.into()),
+            ("switchyard.provider", up.name.as_ref().into()),
+            ("switchyard.phase", phase.into()),
+            ("switchyard.outcome", outcome.label().into()),
+            ("switchyard.class", class.label().into()),
+            ("gen_ai.usage.input_tokens", prompt.into()),
+            ("gen_ai.usage.output_tokens", completion.into()),
+        ];
+        if let Some(m) = model {
+            attributes.push(("gen_ai.request.model", m.into()));
+        }
+        if let Some(c) = cost {
+            attributes.push(("switchyard.cost_usd", c.into()));
+        }
+        if let Some((i, s)) = failed {
+            attributes.push((
+                "switchyard.failover_from",
+                self.snap.upstreams[i].name.as_ref().into(),
+            ));
+            attributes.push(("switchyard.failover_status", s.into()));
+        }
+        crate::trace::SpanRecord {
+            ctx,
+            name: format!("{} {}", self.method, self.uri.path()),
+            duration: elapsed,
+            error: matches!(outcome, Outcome::S5xx | Outcome::Timeout | Outcome::Error),
+            attributes,
+        }
+    }
+
     /// The request rewritten for provider `index` after another could not be connected to.
     pub(crate) fn retarget(
         &self,
@@ -480,11 +541,18 @@ impl Exchange {
                 .failed_attempt
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some((index, status));
-        } else if cfg.server.access_log {
-            let failed = *self
-                .failed_attempt
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            return;
+        }
+        let failed = *self
+            .failed_attempt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let (Some(ctx), Some(sink)) = (self.trace, &self.snap.spans) {
+            sink.send(self.span(
+                ctx, up, status, class, outcome, elapsed, model, prompt, completion, cost, failed,
+            ));
+        }
+        if cfg.server.access_log {
             access_log(&AccessRecord {
                 client: self.client,
                 ttfb,
@@ -504,7 +572,7 @@ impl Exchange {
                 completion_tokens: completion,
             });
         }
-        if let (true, Some(pair)) = (last, &self.shadow) {
+        if let Some(pair) = &self.shadow {
             pair.primary(SideResult {
                 status,
                 latency: elapsed,

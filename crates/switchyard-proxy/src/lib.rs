@@ -14,6 +14,7 @@ pub mod shadow;
 pub mod snapshot;
 pub mod sniff;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 pub use server::{serve, ServerLimits};

@@ -375,6 +375,15 @@ async fn forward(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
+    // Traces on: the client's trace goes on, with the gateway's span as the provider's
+    // parent. Off: a client's `traceparent` passes through as it is.
+    let trace = snap.spans.as_ref().map(|_| {
+        let ctx = crate::trace::TraceCtx::start(parts.headers.get(&crate::trace::TRACEPARENT));
+        parts
+            .headers
+            .insert(crate::trace::TRACEPARENT.clone(), ctx.header());
+        ctx
+    });
 
     // The exchange holds the request's only reference to the snapshot; `snap` borrows it.
     let mut ex = Exchange {
@@ -390,6 +399,7 @@ async fn forward(
         replay_headers: None,
         client: remote,
         failed_attempt: std::sync::Mutex::new(None),
+        trace,
         _permit: permit,
     };
     let snap = &ex.snap;

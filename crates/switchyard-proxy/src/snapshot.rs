@@ -33,6 +33,9 @@ pub struct Snapshot {
     pub events: Option<mpsc::Sender<RequestEvent>>,
     /// Shadow traffic's cap and result queue (set by [`Gateway`]).
     pub shadow: Option<Arc<ShadowRuntime>>,
+    /// Where finished requests go as trace spans, when `tracing:` is configured (set by
+    /// [`Gateway`]).
+    pub spans: Option<crate::trace::SpanSink>,
     /// Proxy workers the upstreams keep pools for.
     pub workers: usize,
 }
@@ -42,6 +45,7 @@ pub struct Snapshot {
 pub struct Sinks {
     pub events: Option<mpsc::Sender<RequestEvent>>,
     pub shadow: Option<Arc<ShadowRuntime>>,
+    pub spans: Option<crate::trace::SpanSink>,
 }
 
 impl Snapshot {
@@ -129,6 +133,7 @@ impl Snapshot {
                 client_keys,
                 epoch,
                 events: None,
+                spans: None,
                 shadow: None,
                 workers,
             },
@@ -149,6 +154,7 @@ impl Snapshot {
             limiter: self.limiter.clone(),
             epoch: self.epoch + 1,
             events: self.events.clone(),
+            spans: self.spans.clone(),
             shadow: self.shadow.clone(),
             workers: self.workers,
         }
@@ -182,6 +188,7 @@ impl Gateway {
         metrics::gauge!("switchyard_migration_percent").set(snapshot.percent());
         snapshot.events = sinks.events.clone();
         snapshot.shadow = sinks.shadow.clone();
+        snapshot.spans = sinks.spans.clone();
         Gateway {
             current: ArcSwap::from_pointee(snapshot),
             sinks,
@@ -196,6 +203,7 @@ impl Gateway {
     fn wire(&self, mut snapshot: Snapshot) -> Arc<Snapshot> {
         snapshot.events = self.sinks.events.clone();
         snapshot.shadow = self.sinks.shadow.clone();
+        snapshot.spans = self.sinks.spans.clone();
         Arc::new(snapshot)
     }
 

@@ -49,6 +49,22 @@ struct RawConfig {
     stats: Option<watching::RawStats>,
     shadow: Option<watching::RawShadow>,
     state_file: Option<String>,
+    tracing: Option<RawTracing>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTracing {
+    otlp_endpoint: String,
+    service_name: Option<String>,
+}
+
+/// `tracing:` — OpenTelemetry traces over OTLP/HTTP (JSON), opt-in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP base (`http://collector:4318`); spans go to `/v1/traces`.
+    pub otlp_endpoint: String,
+    pub service_name: String,
 }
 
 // ---------------------------------------------------------------- validated
@@ -71,6 +87,7 @@ pub struct Config {
     /// Where the migration state is kept, as written (a relative path is relative to the
     /// config file's folder); `None`: `<config>.state.json`.
     pub state_file: Option<std::path::PathBuf>,
+    pub tracing: Option<TracingConfig>,
 }
 
 impl Config {
@@ -427,6 +444,19 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
     let server = server::server(raw.server.as_ref(), c);
     let stats = watching::stats(raw.stats.as_ref(), c);
     let shadow = watching::shadow(raw.shadow.as_ref(), c);
+    let tracing = raw.tracing.map(|t| {
+        let endpoint = t.otlp_endpoint.trim_end_matches('/').to_string();
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            c.err(
+                "tracing.otlp_endpoint",
+                format!("`{endpoint}` must be an http:// or https:// URL (the collector's OTLP/HTTP port, e.g. http://collector:4318)"),
+            );
+        }
+        TracingConfig {
+            otlp_endpoint: endpoint,
+            service_name: t.service_name.unwrap_or_else(|| "switchyard".into()),
+        }
+    });
     Config {
         listen,
         tls,
@@ -441,6 +471,7 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         stats,
         shadow,
         state_file,
+        tracing,
     }
 }
 
