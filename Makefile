@@ -3,7 +3,7 @@ CARGO ?= cargo
 CONFIG ?= config/switchyard.yaml
 BIN := target/release/switchyard
 
-.PHONY: all build run serve test test-tools lint fmt bench docker demo screenshot clean
+.PHONY: all build run serve test test-tools lint fmt bench image docker demo screenshot clean
 
 all: build
 
@@ -29,13 +29,15 @@ test: test-tools
 
 # The etcd client's tests run a real etcd server (Debian's etcd-server); the dashboard's
 # browser test runs Debian's headless chromium over chromedriver; the Kubernetes overlays
-# are rendered with `kubectl kustomize` (Debian's kubernetes-client).
+# are rendered with `kubectl kustomize` (Debian's kubernetes-client); the image test builds
+# with Debian's podman.
 test-tools:
 	@need=""; \
 	command -v etcd >/dev/null 2>&1 || need="$$need etcd-server"; \
 	[ -x /usr/bin/chromium ] || need="$$need chromium"; \
 	[ -x /usr/bin/chromedriver ] || need="$$need chromium-driver"; \
 	command -v kubectl >/dev/null 2>&1 || need="$$need kubernetes-client"; \
+	command -v podman >/dev/null 2>&1 || need="$$need podman"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing Debian packages for the tests:$$need"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -68,6 +70,15 @@ bench: build
 demo: build
 	bash scripts/demo.sh
 
+# The OCI image switchyard:dev, built by Debian's podman FROM scratch (nothing pulled): the
+# release binary, the libraries it links, a non-root user, its config and state volume.
+image: build
+	@command -v podman >/dev/null 2>&1 || { echo "installing podman (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q podman >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q podman >/dev/null; }; }
+	bash deploy/image.sh $(BIN) switchyard:dev
+
+# For registries that can pull a base: multi-stage, distroless, the same layout.
 docker:
 	docker build -f deploy/Dockerfile -t switchyard:dev .
 

@@ -9,6 +9,7 @@ mod cluster;
 mod dashboard;
 mod deploy;
 mod http2;
+mod image;
 mod judge;
 mod lifecycle;
 mod observability;
