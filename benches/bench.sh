@@ -145,10 +145,11 @@ idle_rss=$(awk '/VmRSS/ {print $2}' /proc/$sy/status)
 # wrk prints "Requests/sec: N", "N requests in", and with --latency "99% 4.56ms".
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; printf "%.3f", v}'; }
 # A proxy's processes: nginx's master and workers (from its pid file), or one pid.
+master_and_workers() { local m; m=$(cat "$dir/$1"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
 procs() { case $1 in
-  direct) echo "$(cat "$dir/up.pid") $(pgrep -P "$(cat "$dir/up.pid")" | tr '\n' ' ')";;
-  nginx) echo "$(cat "$dir/px.pid") $(pgrep -P "$(cat "$dir/px.pid")" | tr '\n' ' ')";;
-  nginx-sse) echo "$(cat "$dir/pxs.pid") $(pgrep -P "$(cat "$dir/pxs.pid")" | tr '\n' ' ')";;
+  direct) master_and_workers up.pid;;
+  nginx) master_and_workers px.pid;;
+  nginx-sse) master_and_workers pxs.pid;;
   hyper-floor) echo "$floor";;
   switchyard*) echo "$sy";;
 esac; }

@@ -13,6 +13,26 @@ fn with_clients(yaml: &str) -> String {
     format!("{yaml}clients:\n  keys_env: TEST_CLIENT_KEYS\n")
 }
 
+/// A kept-alive connection served one `GET /v1/models`.
+async fn served_once(gw: &Gateway) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    s
+}
+
+/// Whether the gateway closes `s` within 10 s (whatever it still writes first).
+async fn closed_by_gateway(s: &mut tokio::net::TcpStream) -> bool {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .is_ok()
+}
+
 #[tokio::test]
 async fn client_keys_are_required_and_never_forwarded_or_logged() {
     let (old, new) = pair().await;
@@ -232,9 +252,10 @@ async fn a_slow_client_is_cut_at_the_header_deadline() {
     s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-    assert!(closed.is_ok(), "a half-sent head kept the connection open");
+    assert!(
+        closed_by_gateway(&mut s).await,
+        "a half-sent head kept the connection open"
+    );
     assert_eq!(old.request_count(), 0);
 }
 
@@ -247,16 +268,8 @@ async fn connections_over_the_cap_are_answered_503_at_once() {
     );
     let gw = Gateway::start(&yaml).await;
     // Two kept-alive connections, each served once: both hold a slot.
-    let mut a = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
-    let mut b = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
-    for s in [&mut a, &mut b] {
-        s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 12];
-        s.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"HTTP/1.1 200");
-    }
+    let a = served_once(&gw).await;
+    let b = served_once(&gw).await;
     let served = old.request_count();
     // A third connection is told so, not left hanging.
     let answer = tokio::time::timeout(
@@ -318,9 +331,10 @@ async fn silent_sockets_are_closed_and_do_not_lock_clients_out() {
         ("partial preface", partial),
         ("SETTINGS only", settings_only),
     ] {
-        let mut buf = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-        assert!(closed.is_ok(), "{name}: the connection was kept open");
+        assert!(
+            closed_by_gateway(&mut s).await,
+            "{name}: the connection was kept open"
+        );
     }
     let r = client()
         .post(gw.url("/v1/chat/completions"))
@@ -469,16 +483,11 @@ async fn idle_connections_are_closed_after_keepalive_timeout_but_streams_are_not
     );
     let gw = Gateway::start(&yaml).await;
     // HTTP/1.1: one request, then quiet.
-    let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
-    s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 12];
-    s.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"HTTP/1.1 200");
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
-    assert!(closed.is_ok(), "an idle keep-alive connection was kept");
+    let mut s = served_once(&gw).await;
+    assert!(
+        closed_by_gateway(&mut s).await,
+        "an idle keep-alive connection was kept"
+    );
     // HTTP/2 (h2c): one request, then quiet: the server ends the connection.
     let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(gw.proxy).await.unwrap());
     let (mut tx, conn) =

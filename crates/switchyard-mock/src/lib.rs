@@ -542,17 +542,7 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
                 guard.done();
             }
         });
-        let mut r = Response::new(Either::Right(rx));
-        r.headers_mut().insert(
-            "content-type",
-            HeaderValue::from_static("text/event-stream"),
-        );
-        r.headers_mut()
-            .insert("cache-control", HeaderValue::from_static("no-cache"));
-        if let Ok(v) = HeaderValue::from_str(name) {
-            r.headers_mut().insert("x-mock-provider", v);
-        }
-        return r;
+        return sse_response(rx, name);
     }
     // OpenAI's Responses API: usage as `input_tokens`/`output_tokens`, in the answer or,
     // streamed, in the closing `response.completed` event.
@@ -607,12 +597,7 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
                 guard.done();
             }
         });
-        let mut r = Response::new(Either::Right(rx));
-        r.headers_mut().insert(
-            "content-type",
-            HeaderValue::from_static("text/event-stream"),
-        );
-        return r;
+        return sse_response(rx, name);
     }
     if p.ends_with("/webhook") && parts.method == Method::POST {
         // Lets one mock stand in as an alert receiver too.
@@ -652,6 +637,21 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
         &json!({"error": {"message": format!("mock {name}: no route for {} {path}", parts.method), "type": "invalid_request_error", "code": "not_found"}}),
         name,
     )
+}
+
+/// A streamed answer: `text/event-stream` from `rx`, as the chat and Responses APIs send.
+fn sse_response(rx: Channel<Bytes, std::io::Error>, name: &str) -> Response<MockBody> {
+    let mut r = Response::new(Either::Right(rx));
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(name) {
+        r.headers_mut().insert("x-mock-provider", v);
+    }
+    r
 }
 
 fn json_response(status: StatusCode, body: &Value, name: &str) -> Response<MockBody> {

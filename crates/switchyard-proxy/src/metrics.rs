@@ -175,12 +175,8 @@ struct ModelMetrics {
 }
 
 impl ProviderMetrics {
-    pub fn new(provider: &str) -> Self {
-        Self::with_models(provider, std::iter::empty())
-    }
-
     /// With a `model` series for each of `models` (the priced ones) and `other`.
-    pub fn with_models<'a>(provider: &str, models: impl Iterator<Item = &'a str>) -> Self {
+    pub fn new<'a>(provider: &str, models: impl Iterator<Item = &'a str>) -> Self {
         let by_model = models
             .chain(std::iter::once("other"))
             .map(|model| {

@@ -124,11 +124,7 @@ pub async fn serve(
                 let io = TokioIo::new(FramingGuard::new(stream, conn_info.clone()));
                 let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
                 tokio::spawn(async move {
-                    if let Some(Err(e)) =
-                        watch_idle(conn, &conn_info, header_timeout, keepalive).await
-                    {
-                        tracing::debug!(%remote, error = %e, "connection ended with an error");
-                    }
+                    watch_idle(conn, &conn_info, header_timeout, keepalive).await;
                     drop(permit);
                 });
             }
@@ -147,11 +143,7 @@ pub async fn serve(
                         };
                     let io = TokioIo::new(FramingGuard::new(tls_stream, conn_info.clone()));
                     let conn = graceful_conn.watch(builder.serve_connection(io, svc).into_owned());
-                    if let Some(Err(e)) =
-                        watch_idle(conn, &conn_info, header_timeout, keepalive).await
-                    {
-                        tracing::debug!(%remote, error = %e, "connection ended with an error");
-                    }
+                    watch_idle(conn, &conn_info, header_timeout, keepalive).await;
                     drop(permit);
                 });
             }
@@ -178,8 +170,20 @@ pub async fn serve(
 /// SETTINGS alone (hyper's `header_read_timeout` starts only once HTTP/1 parsing does, so
 /// without this a few silent sockets would hold every connection slot); and, later, when it
 /// has had no answer in progress for `keepalive` (an idle keep-alive or HTTP/2 connection,
-/// which hyper keeps for ever). `None`: dropped.
-async fn watch_idle<F, E>(
+/// which hyper keeps for ever). An error ending the connection is logged.
+async fn watch_idle<F, E>(conn: F, info: &ConnInfo, deadline: Duration, keepalive: Duration)
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    if let Some(Err(e)) = until_idle(conn, info, deadline, keepalive).await {
+        let remote = info.remote.map(tracing::field::display);
+        tracing::debug!(remote, error = %e, "connection ended with an error");
+    }
+}
+
+/// [`watch_idle`]'s watch: `None` when it dropped the connection.
+async fn until_idle<F, E>(
     conn: F,
     info: &ConnInfo,
     deadline: Duration,

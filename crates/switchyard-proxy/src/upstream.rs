@@ -105,6 +105,16 @@ enum Conn {
     H2(http2::SendRequest<RequestBody>, StreamSlot),
 }
 
+impl Conn {
+    /// Waits until the connection can take a request; an error: it is closed.
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Conn::H1(tx) => tx.ready().await,
+            Conn::H2(tx, _) => tx.ready().await,
+        }
+    }
+}
+
 impl Upstream {
     /// Builds a provider's client for `workers` proxy workers. `key` is the value of its
     /// `api_key_env`.
@@ -165,7 +175,7 @@ impl Upstream {
             origin,
             pools: (0..=workers.max(1)).map(|_| Arc::default()).collect(),
             proto: AtomicU8::new(proto),
-            metrics: ProviderMetrics::with_models(
+            metrics: ProviderMetrics::new(
                 &config.name,
                 config.pricing.models.keys().map(String::as_str),
             ),
@@ -193,11 +203,6 @@ impl Upstream {
         }
     }
 
-    /// Whether this provider's connections speak HTTP/2 (as far as known yet).
-    pub fn speaks_h2(&self) -> bool {
-        self.proto.load(Ordering::Relaxed) == PROTO_H2
-    }
-
     /// Sends `req` (origin-form URI, `Host` set) on a pooled connection or a new one.
     /// Release the [`Lease`] once the response body has been read to its end.
     pub async fn send(
@@ -208,7 +213,7 @@ impl Upstream {
         let pool = self.pool(worker);
         let max_streams = self.config.http2_max_streams;
         loop {
-            let (conn, fresh) = match self.pooled(pool, max_streams) {
+            let (mut conn, fresh) = match self.pooled(pool, max_streams) {
                 Some(c) => (c, false),
                 None => match self.open(pool, max_streams).await {
                     Ok((c, fresh)) => (c, fresh),
@@ -217,30 +222,22 @@ impl Upstream {
             };
             // A pooled connection the provider has closed since is skipped; a pooled one
             // that fails before the request is written gives it back to try the next.
-            let sent = match conn {
-                Conn::H1(mut tx) => {
-                    if let Err(e) = tx.ready().await {
-                        if fresh {
-                            return Err(SendError::Connect(e.into(), Box::new(req)));
-                        }
-                        continue;
-                    }
-                    tx.try_send_request(req).await.map(|resp| {
-                        let lease = Lease(LeaseKind::H1 {
-                            conn: tx,
-                            pool: pool.clone(),
-                            max_idle: self.config.max_idle_connections,
-                        });
-                        (resp, lease)
-                    })
+            if let Err(e) = conn.ready().await {
+                if fresh {
+                    return Err(SendError::Connect(e.into(), Box::new(req)));
                 }
+                continue;
+            }
+            let sent = match conn {
+                Conn::H1(mut tx) => tx.try_send_request(req).await.map(|resp| {
+                    let lease = Lease(LeaseKind::H1 {
+                        conn: tx,
+                        pool: pool.clone(),
+                        max_idle: self.config.max_idle_connections,
+                    });
+                    (resp, lease)
+                }),
                 Conn::H2(mut tx, slot) => {
-                    if let Err(e) = tx.ready().await {
-                        if fresh {
-                            return Err(SendError::Connect(e.into(), Box::new(req)));
-                        }
-                        continue;
-                    }
                     self.to_h2(&mut req);
                     tx.try_send_request(req)
                         .await
@@ -353,12 +350,6 @@ impl Upstream {
             self.config.upstream_idle_timeout,
             self.config.max_idle_connections,
         );
-    }
-
-    /// Open upstream connections of `worker` (idle HTTP/1.1 ones and all HTTP/2 ones).
-    pub fn pooled_connections(&self, worker: Worker) -> usize {
-        let pool = self.pool(worker);
-        pool.lock().len() + pool.lock_h2().len()
     }
 
     /// Keeps first attempts off this provider for `pause` (a 429's `Retry-After`).
