@@ -163,6 +163,11 @@ impl RequestShared {
         }
     }
 
+    /// The answer is on its way to the client: no attempt will need the copy.
+    pub(crate) fn drop_replay(&self) {
+        *self.replay.lock().unwrap_or_else(|e| e.into_inner()) = Replay::Off;
+    }
+
     fn copy(&self, data: &Bytes) {
         let mut r = self.replay.lock().unwrap_or_else(|e| e.into_inner());
         if let Replay::Copying { frames, len, max } = &mut *r {

@@ -339,12 +339,13 @@ impl Exchange {
     }
 
     pub(crate) fn respond(
-        self,
+        mut self,
         resp: Response<Incoming>,
         lease: Lease,
         index: usize,
         failed_over_from: Option<usize>,
     ) -> Response<GatewayBody> {
+        self.unpin_client_buffer();
         let up = &self.snap.upstreams[index];
         let first_byte = self.start.elapsed();
         up.metrics.first_byte.record(first_byte.as_secs_f64());
@@ -377,6 +378,28 @@ impl Exchange {
         });
         let body = ResponseBody::new(body, lease, idle, sniff, on_end);
         Response::from_parts(parts, GatewayBody::upstream(body))
+    }
+
+    /// From here the answer may stream for minutes, and nothing the exchange keeps may
+    /// share the client connection's read buffer: hyper parses a request's head and small
+    /// body into slices of that 8 KiB buffer, and while one slice lives, hyper allocates
+    /// another buffer for its next read, 16 KiB per open stream instead of 8. The replay
+    /// copy cannot be used any more; the request id and URI are copied out.
+    fn unpin_client_buffer(&mut self) {
+        self.replay_headers = None;
+        if let Some(shared) = &self.shared {
+            shared.drop_replay();
+        }
+        if let Ok(id) = HeaderValue::from_bytes(self.request_id.as_bytes()) {
+            self.request_id = id;
+        }
+        if let Some(pq) = self.uri.path_and_query() {
+            if let Ok(pq) = http::uri::PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(
+                pq.as_str().as_bytes(),
+            )) {
+                self.uri = Uri::from(pq);
+            }
+        }
     }
 
     /// The request cannot be written for provider `index` (e.g. its path is not a valid URI).

@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::GatewayBody;
 use crate::metrics::REJECTED_TOTAL;
 use crate::service::{stack, ConnInfo};
 use crate::snapshot::Gateway;
@@ -77,20 +78,7 @@ pub async fn serve(
             }
         })
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // A half-sent request head is cut after this (slowloris).
-        .header_read_timeout(limits.header_read_timeout)
-        // Heads over this size, or with too many fields, get 431.
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders::new(&limits));
     let graceful = GracefulShutdown::new();
 
     loop {
@@ -117,37 +105,23 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let conn_info = Arc::new(ConnInfo::new(worker, remote));
         let svc = TowerToHyperService::new(stack(gateway.clone(), conn_info.clone()));
-        let builder = builder.clone();
-        let (header_timeout, keepalive) = (limits.header_read_timeout, limits.keepalive_timeout);
-        match &tls {
-            None => {
-                let io = TokioIo::new(FramingGuard::new(stream, conn_info.clone()));
-                let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
-                tokio::spawn(async move {
-                    watch_idle(conn, &conn_info, header_timeout, keepalive).await;
-                    drop(permit);
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let graceful_conn = graceful.watcher();
-                tokio::spawn(async move {
-                    let tls_stream =
-                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        };
-                    let io = TokioIo::new(FramingGuard::new(tls_stream, conn_info.clone()));
-                    let conn = graceful_conn.watch(builder.serve_connection(io, svc).into_owned());
-                    watch_idle(conn, &conn_info, header_timeout, keepalive).await;
-                    drop(permit);
-                });
-            }
-        }
+        let (builders, watcher) = (builders.clone(), graceful.watcher());
+        let limits = (limits.header_read_timeout, limits.keepalive_timeout);
+        // Two tasks, not one with both arms: a task is as large as its largest state, and
+        // a TLS handshake's is several KB that no cleartext connection should carry.
+        match tls.clone() {
+            None => tokio::spawn(async move {
+                serve_cleartext(stream, &builders, svc, watcher, &conn_info, limits).await;
+                drop(permit);
+            }),
+            Some(acceptor) => tokio::spawn(async move {
+                serve_tls(
+                    stream, acceptor, &builders, svc, watcher, &conn_info, limits,
+                )
+                .await;
+                drop(permit);
+            }),
+        };
     }
     drop(listener);
     sweeper.abort();
@@ -162,6 +136,182 @@ pub async fn serve(
             );
             open.max(1)
         }
+    }
+}
+
+/// The protocol a client connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    H1,
+    H2,
+}
+
+/// hyper's connection builders, one per protocol; the protocol is known before hyper
+/// reads a byte (a peek, or ALPN). hyper-util's `auto` connection reads the first 24
+/// bytes on its own and hands them back in a separate read, which made hyper grow its
+/// 8 KiB read buffer to 16 KiB on every HTTP/1.1 connection, and its state is as large as
+/// both protocols' together.
+struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(limits: &ServerLimits) -> Self {
+        let max_header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            // A half-sent request head is cut after this (slowloris).
+            .header_read_timeout(limits.header_read_timeout)
+            // Heads over this size, or with too many fields, get 431. `max_buf_size`
+            // alone is not a limit: a read may fill the buffer past it, and a head that
+            // is complete in that read passes.
+            .max_header_size(limits.max_header_bytes)
+            .max_buf_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(max_header_list);
+        Builders { h1, h2 }
+    }
+
+    /// Serves one client connection as `proto` until it ends (see [`watch_idle`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn serve<I, S>(
+        &self,
+        io: I,
+        proto: Proto,
+        svc: S,
+        watcher: Watcher,
+        info: &ConnInfo,
+        deadline: Duration,
+        keepalive: Duration,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: ConnService,
+    {
+        // Boxed: the async fns below would each hold their own copy of the connection's
+        // state, several KB per open connection.
+        match proto {
+            Proto::H1 => {
+                let conn = Box::pin(watcher.watch(self.h1.serve_connection(io, svc)));
+                watch_idle(conn, info, deadline, keepalive).await;
+            }
+            Proto::H2 => {
+                let conn = Box::pin(watcher.watch(self.h2.serve_connection(io, svc)));
+                watch_idle(conn, info, deadline, keepalive).await;
+            }
+        }
+    }
+}
+
+/// One cleartext connection: HTTP/1.1 or h2c, told by its first bytes. `limits`: the
+/// header read timeout (the sniff counts against it) and the keep-alive timeout.
+async fn serve_cleartext<S>(
+    stream: tokio::net::TcpStream,
+    builders: &Builders,
+    svc: S,
+    watcher: Watcher,
+    info: &Arc<ConnInfo>,
+    (header_timeout, keepalive): (Duration, Duration),
+) where
+    S: ConnService,
+{
+    let deadline = tokio::time::Instant::now() + header_timeout;
+    let proto = match tokio::time::timeout_at(deadline, sniff_cleartext(&stream)).await {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None) | Err(_)) => return,
+        Err(_) => {
+            metrics::counter!(REJECTED_TOTAL, "reason" => "no_request").increment(1);
+            return;
+        }
+    };
+    let io = TokioIo::new(FramingGuard::new(stream, info.clone()));
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    builders
+        .serve(io, proto, svc, watcher, info, left, keepalive)
+        .await;
+}
+
+/// One TLS connection: the handshake, then the protocol ALPN chose (the handshake counts
+/// against the header read timeout).
+async fn serve_tls<S>(
+    stream: tokio::net::TcpStream,
+    acceptor: TlsAcceptor,
+    builders: &Builders,
+    svc: S,
+    watcher: Watcher,
+    info: &Arc<ConnInfo>,
+    (header_timeout, keepalive): (Duration, Duration),
+) where
+    S: ConnService,
+{
+    let deadline = tokio::time::Instant::now() + header_timeout;
+    let tls_stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let remote = info.remote.map(tracing::field::display);
+            tracing::debug!(remote, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let proto = match tls_stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Proto::H2,
+        // HTTP/2 over TLS is negotiated by ALPN (RFC 9113 §3.2), so without it: HTTP/1.1.
+        _ => Proto::H1,
+    };
+    let io = TokioIo::new(FramingGuard::new(tls_stream, info.clone()));
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    builders
+        .serve(io, proto, svc, watcher, info, left, keepalive)
+        .await;
+}
+
+/// The service a client connection is served with.
+trait ConnService:
+    hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<GatewayBody>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> ConnService for S where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<GatewayBody>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// The protocol of a cleartext connection, from its first bytes, which stay unread for
+/// hyper: h2c when they are the HTTP/2 preface. `None`: closed before a byte came.
+async fn sniff_cleartext(stream: &tokio::net::TcpStream) -> io::Result<Option<Proto>> {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Ok(Some(Proto::H1));
+        }
+        if n == PREFACE.len() {
+            return Ok(Some(Proto::H2));
+        }
+        // Part of the preface so far. A peek leaves the socket readable, so waiting for
+        // readiness would spin: wait a little instead (clients send the preface whole).
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -477,6 +627,52 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `sniff_cleartext` makes of a client that sends `parts` (with a pause between
+    /// them) and then keeps its connection open.
+    async fn sniffed(parts: &'static [&'static [u8]]) -> Option<Proto> {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            for p in parts {
+                c.write_all(p).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        let (server, _) = listener.accept().await.unwrap();
+        let proto = sniff_cleartext(&server).await.unwrap();
+        // The bytes are still there for hyper.
+        if proto.is_some() {
+            let mut buf = [0u8; 4];
+            assert_eq!(server.peek(&mut buf).await.unwrap(), 4);
+            assert_eq!(&buf, &parts[0][..4]);
+        }
+        client.abort();
+        proto
+    }
+
+    #[tokio::test]
+    async fn the_first_bytes_tell_http1_from_h2c_and_stay_unread() {
+        assert_eq!(sniffed(&[b"GET / HTTP/1.1\r\n\r\n"]).await, Some(Proto::H1));
+        assert_eq!(
+            sniffed(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]).await,
+            Some(Proto::H2)
+        );
+        // The preface in pieces is waited for; a start that is not the preface is HTTP/1.
+        assert_eq!(
+            sniffed(&[b"PRI * HT", b"TP/2.0\r\n\r\nSM\r\n\r\n"]).await,
+            Some(Proto::H2)
+        );
+        assert_eq!(
+            sniffed(&[b"PRI * HT", b"TP/1.1\r\n"]).await,
+            Some(Proto::H1)
+        );
+        // Closed before a byte: nothing to serve.
+        assert_eq!(sniffed(&[]).await, None);
+    }
 
     fn flagged(chunks: &[&[u8]]) -> bool {
         let info = Arc::new(ConnInfo::default());
