@@ -228,7 +228,7 @@ impl Exchange {
     /// Answers provider `index`'s model list (`body`) with the client-facing names of the
     /// models it maps.
     pub(crate) fn respond_models(
-        self,
+        self: Box<Self>,
         mut parts: http::response::Parts,
         body: &[u8],
         index: usize,
@@ -339,7 +339,7 @@ impl Exchange {
     }
 
     pub(crate) fn respond(
-        mut self,
+        mut self: Box<Self>,
         resp: Response<Incoming>,
         lease: Lease,
         index: usize,
@@ -610,7 +610,7 @@ impl Exchange {
 
 /// Accounts for one exchange when its response body ends.
 struct Finish {
-    ex: Exchange,
+    ex: Box<Exchange>,
     // An index into the exchange's snapshot, not an `Arc`: cloning one shared by all
     // workers would bounce its count between cores on every request.
     index: usize,

@@ -52,7 +52,8 @@ pub fn provider_stack() -> ProviderStack {
 /// A routed request: its exchange (which holds the request's one reference to the
 /// snapshot), the provider it goes to, and where it may fail over.
 pub struct Call {
-    pub ex: Exchange,
+    /// Boxed: the call moves through every layer, and the exchange is most of it.
+    pub ex: Box<Exchange>,
     /// The provider: an index into the snapshot's upstreams.
     pub index: usize,
     /// The other provider, while the call may still fail over to it.

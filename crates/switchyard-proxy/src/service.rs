@@ -386,7 +386,7 @@ async fn forward(
     });
 
     // The exchange holds the request's only reference to the snapshot; `snap` borrows it.
-    let mut ex = Exchange {
+    let mut ex = Box::new(Exchange {
         snap,
         request_id,
         method: parts.method.clone(),
@@ -401,7 +401,7 @@ async fn forward(
         failed_attempt: std::sync::Mutex::new(None),
         trace,
         _permit: permit,
-    };
+    });
     let snap = &ex.snap;
     let m = &snap.config.migration;
 
