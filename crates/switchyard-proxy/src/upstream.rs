@@ -31,6 +31,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use switchyard_core::config::ProviderConfig;
 
 use crate::body::{BoxError, RequestBody};
+
+/// A request body as a provider connection carries it. Boxed: hyper queues requests to
+/// each connection in a channel whose first block holds 32 of them, allocated with the
+/// connection; with the body inline that was 16 KB per HTTP/1.1 provider connection, one
+/// per open stream.
+type Wire = Box<RequestBody>;
 use crate::headers::{maps_to_itself, upstream_path};
 use crate::metrics::ProviderMetrics;
 
@@ -100,9 +106,9 @@ impl std::error::Error for BuildError {}
 
 /// A connection ready to carry one exchange.
 enum Conn {
-    H1(http1::SendRequest<RequestBody>),
+    H1(http1::SendRequest<Wire>),
     /// A handle on a shared HTTP/2 connection, and the stream slot taken on it.
-    H2(http2::SendRequest<RequestBody>, StreamSlot),
+    H2(http2::SendRequest<Wire>, StreamSlot),
 }
 
 impl Conn {
@@ -208,8 +214,10 @@ impl Upstream {
     pub async fn send(
         &self,
         worker: Worker,
-        mut req: Request<RequestBody>,
+        req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let mut req = req.map(Box::new);
+        let unsent = |req: Request<Wire>| Box::new(req.map(|b| *b));
         let pool = self.pool(worker);
         let max_streams = self.config.http2_max_streams;
         loop {
@@ -217,14 +225,14 @@ impl Upstream {
                 Some(c) => (c, false),
                 None => match self.open(pool, max_streams).await {
                     Ok((c, fresh)) => (c, fresh),
-                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                    Err(e) => return Err(SendError::Connect(e, unsent(req))),
                 },
             };
             // A pooled connection the provider has closed since is skipped; a pooled one
             // that fails before the request is written gives it back to try the next.
             if let Err(e) = conn.ready().await {
                 if fresh {
-                    return Err(SendError::Connect(e.into(), Box::new(req)));
+                    return Err(SendError::Connect(e.into(), unsent(req)));
                 }
                 continue;
             }
@@ -249,7 +257,7 @@ impl Upstream {
                 Err(mut e) => match e.take_message() {
                     Some(back) if !fresh => req = back,
                     Some(back) => {
-                        return Err(SendError::Connect(e.into_error().into(), Box::new(back)))
+                        return Err(SendError::Connect(e.into_error().into(), unsent(back)))
                     }
                     None => return Err(SendError::Exchange(e.into_error())),
                 },
@@ -258,7 +266,7 @@ impl Upstream {
     }
 
     /// HTTP/2 carries scheme and authority as pseudo-headers, and has no `Host`.
-    fn to_h2(&self, req: &mut Request<RequestBody>) {
+    fn to_h2(&self, req: &mut Request<Wire>) {
         if req.uri().scheme().is_none() {
             let mut parts = req.uri().clone().into_parts();
             parts.scheme = self.origin.scheme().cloned();
@@ -375,8 +383,8 @@ impl Upstream {
 }
 
 enum Connected {
-    H1(http1::SendRequest<RequestBody>),
-    H2(http2::SendRequest<RequestBody>),
+    H1(http1::SendRequest<Wire>),
+    H2(http2::SendRequest<Wire>),
 }
 
 fn now_ms() -> u64 {
@@ -385,11 +393,11 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-type Idle = VecDeque<(http1::SendRequest<RequestBody>, Instant)>;
+type Idle = VecDeque<(http1::SendRequest<Wire>, Instant)>;
 
 /// A shared HTTP/2 connection: its handle, its open streams, and since when it has had none.
 struct H2Conn {
-    tx: http2::SendRequest<RequestBody>,
+    tx: http2::SendRequest<Wire>,
     streams: Arc<AtomicUsize>,
     unused_since: Option<Instant>,
 }
@@ -415,11 +423,11 @@ impl Pool {
     }
 
     /// The most recently used open connection: the one most likely still warm.
-    fn take(&self, timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
+    fn take(&self, timeout: Duration) -> Option<http1::SendRequest<Wire>> {
         self.take_at(Instant::now(), timeout)
     }
 
-    fn take_at(&self, now: Instant, timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
+    fn take_at(&self, now: Instant, timeout: Duration) -> Option<http1::SendRequest<Wire>> {
         let mut idle = self.lock();
         while let Some((c, since)) = idle.pop_back() {
             if now.saturating_duration_since(since) >= timeout {
@@ -447,7 +455,7 @@ impl Pool {
     }
 
     /// Adds a new HTTP/2 connection with one stream taken on it.
-    fn add_h2(&self, tx: http2::SendRequest<RequestBody>) -> StreamSlot {
+    fn add_h2(&self, tx: http2::SendRequest<Wire>) -> StreamSlot {
         let streams = Arc::new(AtomicUsize::new(1));
         self.lock_h2().push(H2Conn {
             tx,
@@ -501,7 +509,7 @@ pub struct Lease(LeaseKind);
 
 enum LeaseKind {
     H1 {
-        conn: http1::SendRequest<RequestBody>,
+        conn: http1::SendRequest<Wire>,
         pool: Arc<Pool>,
         max_idle: usize,
     },
@@ -571,7 +579,7 @@ mod tests {
     const TIMEOUT: Duration = Duration::from_secs(90);
 
     /// A connection over an in-memory pipe; `keep` holds the far end open.
-    async fn conn() -> (http1::SendRequest<RequestBody>, tokio::io::DuplexStream) {
+    async fn conn() -> (http1::SendRequest<Wire>, tokio::io::DuplexStream) {
         let (near, far) = tokio::io::duplex(1024);
         let (tx, conn) = http1::handshake(TokioIo::new(near)).await.unwrap();
         tokio::spawn(conn);
@@ -579,7 +587,7 @@ mod tests {
     }
 
     /// An HTTP/2 connection to an in-memory hyper server.
-    async fn h2_conn() -> http2::SendRequest<RequestBody> {
+    async fn h2_conn() -> http2::SendRequest<Wire> {
         let (near, far) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(|_req| async {
