@@ -5,56 +5,30 @@
 //! from a file, meets the restricted Pod Security level, gives shutdown and memory room for
 //! the gateway's own settings, and keeps the migration state somewhere that outlives a pod.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 use switchyard_core::config::Config;
 
+use crate::harness::{run_ok, tool};
+
 /// The objects `kubectl kustomize` renders for the overlay in `dir`.
 fn render(dir: &str) -> Vec<Value> {
     let full = format!("{}/{dir}", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("kubectl")
-        .args(["kustomize", &full])
-        .output()
-        .expect("kubectl (make test installs Debian's kubernetes-client)");
-    assert!(
-        out.status.success(),
-        "{dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    objects(&text)
-}
-
-fn helm() -> PathBuf {
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/helm");
-    if local.exists() {
-        return local;
-    }
-    PathBuf::from("helm")
+    objects(&run_ok(Command::new("kubectl").args(["kustomize", &full])))
 }
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/switchyard");
 
 /// Runs helm with `args` (and the chart's `values` file, if any) and returns its output.
 fn run_helm(args: &[&str], values: Option<&str>) -> String {
-    let mut cmd = Command::new(helm());
+    let mut cmd = Command::new(tool("helm"));
     cmd.args(args);
     if let Some(v) = values {
         cmd.args(["-f", &format!("{CHART}/{v}")]);
     }
-    let out = cmd
-        .output()
-        .expect("helm (make test unpacks it into target/tools)");
-    assert!(
-        out.status.success(),
-        "helm {args:?} {values:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    run_ok(&mut cmd)
 }
 
 /// The objects the chart renders as release `switchyard`, after `helm lint --strict`.
@@ -172,6 +146,27 @@ fn volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
         .unwrap()
 }
 
+/// What a cluster-mode rendering must hold (besides [`common`]); returns the example
+/// etcd StatefulSet.
+fn cluster_mode<'a>(objs: &'a [Value], dir: &str) -> &'a Value {
+    let pod = common(objs, dir);
+    let dep = kind(objs, "Deployment")[0];
+    assert_eq!(dep["spec"]["replicas"], Value::from(3), "{dir}");
+    assert_eq!(dep["spec"]["strategy"]["type"], "RollingUpdate", "{dir}");
+    assert!(volume(&pod, "state")["emptyDir"].is_mapping(), "{dir}");
+    assert!(kind(objs, "PersistentVolumeClaim").is_empty(), "{dir}");
+    let env = pod["containers"][0]["env"].as_sequence().unwrap();
+    assert!(
+        env.iter().any(|e| e["name"] == "SWITCHYARD_REPLICA_ID"),
+        "{dir}"
+    );
+    assert_eq!(kind(objs, "PodDisruptionBudget").len(), 1, "{dir}");
+    let etcd = kind(objs, "StatefulSet");
+    assert_eq!(etcd.len(), 1, "{dir}");
+    assert_eq!(etcd[0]["spec"]["replicas"], Value::from(3), "{dir}");
+    etcd[0]
+}
+
 #[test]
 fn the_single_overlay_keeps_its_state_on_a_volume_claim() {
     let objs = render("deploy/kubernetes");
@@ -185,19 +180,7 @@ fn the_single_overlay_keeps_its_state_on_a_volume_claim() {
 #[test]
 fn the_cluster_overlay_shares_its_state_through_etcd() {
     let objs = render("deploy/kubernetes/cluster");
-    let pod = common(&objs, "cluster");
-    let dep = kind(&objs, "Deployment")[0];
-    assert_eq!(dep["spec"]["replicas"], Value::from(3));
-    assert_eq!(dep["spec"]["strategy"]["type"], "RollingUpdate");
-    assert!(volume(&pod, "state")["emptyDir"].is_mapping());
-    assert!(kind(&objs, "PersistentVolumeClaim").is_empty());
-    let env = pod["containers"][0]["env"].as_sequence().unwrap();
-    assert!(env.iter().any(|e| e["name"] == "SWITCHYARD_REPLICA_ID"));
-    assert_eq!(kind(&objs, "PodDisruptionBudget").len(), 1);
-    // The example etcd the config points at.
-    let etcd = kind(&objs, "StatefulSet");
-    assert_eq!(etcd.len(), 1);
-    assert_eq!(etcd[0]["spec"]["replicas"], Value::from(3));
+    cluster_mode(&objs, "cluster");
     let cm = kind(&objs, "ConfigMap")[0];
     let config = Config::parse(cm["data"]["switchyard.yaml"].as_str().unwrap(), "c").unwrap();
     let endpoints = &config.cluster.expect("cluster mode").endpoints;
@@ -242,25 +225,14 @@ fn the_helm_chart_in_single_mode_renders_the_single_overlay() {
 #[test]
 fn the_helm_chart_in_cluster_mode_renders_the_cluster_overlay() {
     let objs = render_chart(Some("values-cluster.yaml"));
-    let pod = common(&objs, "helm cluster");
-    let dep = kind(&objs, "Deployment")[0];
-    assert_eq!(dep["spec"]["replicas"], Value::from(3));
-    assert_eq!(dep["spec"]["strategy"]["type"], "RollingUpdate");
-    assert!(volume(&pod, "state")["emptyDir"].is_mapping());
-    assert!(kind(&objs, "PersistentVolumeClaim").is_empty());
-    let env = pod["containers"][0]["env"].as_sequence().unwrap();
-    assert!(env.iter().any(|e| e["name"] == "SWITCHYARD_REPLICA_ID"));
-    assert_eq!(kind(&objs, "PodDisruptionBudget").len(), 1);
+    let etcd = cluster_mode(&objs, "helm cluster");
     // The example etcd, under the name the config points at.
-    let etcd = kind(&objs, "StatefulSet");
-    assert_eq!(etcd.len(), 1);
-    assert_eq!(etcd[0]["spec"]["replicas"], Value::from(3));
-    let service = etcd[0]["spec"]["serviceName"].as_str().unwrap();
+    let service = etcd["spec"]["serviceName"].as_str().unwrap();
     let cm = kind(&objs, "ConfigMap")[0];
     let config = Config::parse(cm["data"]["switchyard.yaml"].as_str().unwrap(), "c").unwrap();
     let endpoints = &config.cluster.expect("cluster mode").endpoints;
     assert_eq!(endpoints, &[format!("http://{service}:2379")]);
-    let init = etcd[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    let init = etcd["spec"]["template"]["spec"]["containers"][0]["command"]
         .as_sequence()
         .unwrap()
         .iter()

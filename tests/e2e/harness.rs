@@ -428,3 +428,30 @@ pub fn metric_value(text: &str, name_and_labels: &str) -> Option<f64> {
             .and_then(|rest| rest.trim().parse().ok())
     })
 }
+
+/// A test tool `make test` unpacks into `target/tools` (promtool, helm), or the one on
+/// the PATH.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/tools")
+        .join(name);
+    if local.exists() {
+        local
+    } else {
+        std::path::PathBuf::from(name)
+    }
+}
+
+/// Runs `cmd`, which must succeed; its standard output.
+pub fn run_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} (make test installs the test tools): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}

@@ -9,11 +9,7 @@ use std::process::{Command, Stdio};
 use crate::harness::*;
 
 fn promtool() -> PathBuf {
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/promtool");
-    if local.exists() {
-        return local;
-    }
-    PathBuf::from("promtool")
+    tool("promtool")
 }
 
 /// A scrape after plain, streamed and refused requests.
@@ -67,17 +63,11 @@ async fn promtool_finds_nothing_to_fix_in_a_scrape() {
 #[test]
 fn the_alert_rules_pass_their_tests() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
-    let out = Command::new(promtool())
-        .current_dir(&dir)
-        .args(["test", "rules", "switchyard-rules.test.yaml"])
-        .output()
-        .expect("promtool (make test fetches it)");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(Command::new(promtool()).current_dir(&dir).args([
+        "test",
+        "rules",
+        "switchyard-rules.test.yaml",
+    ]));
 }
 
 /// Metric names in `text` (`switchyard_…`), histogram suffixes folded into their family.

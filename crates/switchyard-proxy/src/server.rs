@@ -175,21 +175,24 @@ impl Builders {
         Builders { h1, h2 }
     }
 
-    /// Serves one client connection as `proto` until it ends (see [`watch_idle`]).
+    /// Serves one client connection as `proto` until it ends (see [`watch_idle`]); a
+    /// request head is due by `deadline`.
     #[allow(clippy::too_many_arguments)]
-    async fn serve<I, S>(
+    async fn serve<T, S>(
         &self,
-        io: I,
+        stream: T,
         proto: Proto,
         svc: S,
         watcher: Watcher,
-        info: &ConnInfo,
-        deadline: Duration,
+        info: &Arc<ConnInfo>,
+        deadline: tokio::time::Instant,
         keepalive: Duration,
     ) where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: ConnService,
     {
+        let io = TokioIo::new(FramingGuard::new(stream, info.clone()));
+        let deadline = deadline.saturating_duration_since(tokio::time::Instant::now());
         // Boxed: the async fns below would each hold their own copy of the connection's
         // state, several KB per open connection.
         match proto {
@@ -226,10 +229,8 @@ async fn serve_cleartext<S>(
             return;
         }
     };
-    let io = TokioIo::new(FramingGuard::new(stream, info.clone()));
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     builders
-        .serve(io, proto, svc, watcher, info, left, keepalive)
+        .serve(stream, proto, svc, watcher, info, deadline, keepalive)
         .await;
 }
 
@@ -261,10 +262,8 @@ async fn serve_tls<S>(
         // HTTP/2 over TLS is negotiated by ALPN (RFC 9113 §3.2), so without it: HTTP/1.1.
         _ => Proto::H1,
     };
-    let io = TokioIo::new(FramingGuard::new(tls_stream, info.clone()));
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     builders
-        .serve(io, proto, svc, watcher, info, left, keepalive)
+        .serve(tls_stream, proto, svc, watcher, info, deadline, keepalive)
         .await;
 }
 
