@@ -297,6 +297,7 @@ impl<S> ConnService for S where
 async fn sniff_cleartext(stream: &tokio::net::TcpStream) -> io::Result<Option<Proto>> {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut buf = [0u8; 24];
+    let mut pause = Duration::from_millis(2);
     loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 {
@@ -309,8 +310,11 @@ async fn sniff_cleartext(stream: &tokio::net::TcpStream) -> io::Result<Option<Pr
             return Ok(Some(Proto::H2));
         }
         // Part of the preface so far. A peek leaves the socket readable, so waiting for
-        // readiness would spin: wait a little instead (clients send the preface whole).
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // readiness would spin: wait instead, longer each time, so that a client that
+        // trickles bytes until the header timeout costs a few wake-ups a second (clients
+        // send the preface whole; an HTTP/1 request starting with "P" waits a few ms).
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
     }
 }
 
