@@ -142,7 +142,7 @@ async fn exchange(up: &Upstream, model: Option<&str>, path: &str) -> Result<(u16
         h.insert(header::AUTHORIZATION, a.clone());
     }
     let (resp, lease) = up
-        .send(Worker::CONTROL, req)
+        .send(Worker::CONTROL, req.map(Box::new))
         .await
         .map_err(|e| format!("cannot reach it: {e}"))?;
     let status = resp.status().as_u16();

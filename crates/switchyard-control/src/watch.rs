@@ -303,7 +303,7 @@ async fn probe(up: &Upstream, path: &str, timeout: Duration) -> Result<(), Strin
     }
     let exchange = async {
         let (resp, lease) = up
-            .send(Worker::CONTROL, req)
+            .send(Worker::CONTROL, req.map(Box::new))
             .await
             .map_err(|e| format!("cannot reach it: {e}"))?;
         let status = resp.status();

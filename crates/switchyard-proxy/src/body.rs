@@ -219,6 +219,12 @@ enum Source {
     Done,
 }
 
+/// A request body as the provider path carries it. Boxed: the request moves through every
+/// provider layer, and hyper queues requests to each provider connection in a channel
+/// whose first block holds 32 of them, allocated with the connection (16 KB per HTTP/1.1
+/// provider connection with the body inline, one per open stream).
+pub type BoxedBody = Box<RequestBody>;
+
 pub struct RequestBody {
     shared: Arc<RequestShared>,
     /// Bytes read ahead of the client's stream (to learn its model), sent first.

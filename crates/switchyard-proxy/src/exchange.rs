@@ -14,7 +14,7 @@ use switchyard_core::event::{Class, RequestEvent};
 use switchyard_core::ErrorKind;
 
 use crate::body::{
-    BodySummary, BodyTooLarge, ClientBodyError, End, GatewayBody, OnEnd, RequestBody,
+    BodySummary, BodyTooLarge, BoxedBody, ClientBodyError, End, GatewayBody, OnEnd, RequestBody,
     RequestShared, ResponseBody, Sniff,
 };
 use crate::headers::strip_hop_by_hop;
@@ -121,9 +121,9 @@ impl Exchange {
     /// The request rewritten for provider `index` after another could not be connected to.
     pub(crate) fn retarget(
         &self,
-        mut req: Request<RequestBody>,
+        mut req: Request<BoxedBody>,
         index: usize,
-    ) -> Result<Request<RequestBody>, http::Error> {
+    ) -> Result<Request<BoxedBody>, http::Error> {
         if let Some(prefix) = &self.model_prefix {
             // Nothing was sent: the body's start can still be renamed for this provider.
             let held = renamed_for(prefix, &self.snap.config.providers[index]);
@@ -143,7 +143,7 @@ impl Exchange {
         index: usize,
         other: usize,
         resp: &Response<Incoming>,
-    ) -> Option<Request<RequestBody>> {
+    ) -> Option<Request<BoxedBody>> {
         let replay = self.shared.as_ref()?.replay()?;
         let mut headers = self.replay_headers.take()?;
         let status = resp.status().as_u16();
@@ -189,7 +189,7 @@ impl Exchange {
             let _ = shared.model.set(m.into());
         }
         self.shared = Some(shared.clone());
-        let mut req = Request::new(RequestBody::buffered(body, shared));
+        let mut req = Request::new(Box::new(RequestBody::buffered(body, shared)));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = headers;

@@ -29,7 +29,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service, ServiceBuilder};
 
-use crate::body::{GatewayBody, RequestBody, RequestShared};
+use crate::body::{BoxedBody, GatewayBody, RequestShared};
 use crate::exchange::Exchange;
 use crate::upstream::{Lease, SendError, Upstream, Worker};
 
@@ -60,7 +60,7 @@ pub struct Call {
     pub fallback: Option<usize>,
     /// The provider this call already failed over from.
     pub failed_over_from: Option<usize>,
-    pub req: Request<RequestBody>,
+    pub req: Request<BoxedBody>,
     pub worker: Worker,
 }
 
@@ -69,7 +69,7 @@ pub struct Call {
 /// share.
 pub struct Attempt<'a> {
     pub upstream: &'a Upstream,
-    pub req: Request<RequestBody>,
+    pub req: Request<BoxedBody>,
     pub worker: Worker,
     /// The client's request body as it streams (tells when it was fully sent).
     pub body: Option<&'a RequestShared>,

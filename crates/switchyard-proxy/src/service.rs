@@ -54,7 +54,7 @@ use switchyard_core::ErrorKind;
 use tower::{Service, ServiceBuilder};
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
-use crate::body::{ClientBodyError, GatewayBody, RequestBody, RequestShared, Tee};
+use crate::body::{BoxedBody, ClientBodyError, GatewayBody, RequestBody, RequestShared, Tee};
 use crate::exchange::{access_log, AccessRecord, Exchange};
 use crate::headers::strip_hop_by_hop;
 use crate::limits::{Permit, Refusal};
@@ -676,9 +676,9 @@ pub(crate) fn upstream_request(
     parts: http::request::Parts,
     up: &Upstream,
     body: RequestBody,
-) -> Result<Request<RequestBody>, http::Error> {
+) -> Result<Request<BoxedBody>, http::Error> {
     let uri = up.uri_for(&parts.uri)?;
-    let mut req = Request::from_parts(parts, body);
+    let mut req = Request::from_parts(parts, Box::new(body));
     *req.uri_mut() = uri;
     // Whatever the client spoke (HTTP/1.0, h2c), providers get keep-alive HTTP/1.1.
     *req.version_mut() = http::Version::HTTP_11;
@@ -688,10 +688,10 @@ pub(crate) fn upstream_request(
 
 /// A request that could not reach one provider, pointed at another.
 pub(crate) fn retarget(
-    mut req: Request<RequestBody>,
+    mut req: Request<BoxedBody>,
     client_uri: &Uri,
     up: &Upstream,
-) -> Result<Request<RequestBody>, http::Error> {
+) -> Result<Request<BoxedBody>, http::Error> {
     *req.uri_mut() = up.uri_for(client_uri)?;
     set_provider_headers(req.headers_mut(), up);
     Ok(req)

@@ -235,10 +235,10 @@ pub async fn run(
         return pair.failed("error");
     };
     let body_len = body.len();
-    let mut req = Request::new(RequestBody::buffered(
+    let mut req = Request::new(Box::new(RequestBody::buffered(
         body,
         Arc::new(RequestShared::default()),
-    ));
+    )));
     *req.method_mut() = mirror.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = mirror.headers;

@@ -30,13 +30,7 @@ use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use switchyard_core::config::ProviderConfig;
 
-use crate::body::{BoxError, RequestBody};
-
-/// A request body as a provider connection carries it. Boxed: hyper queues requests to
-/// each connection in a channel whose first block holds 32 of them, allocated with the
-/// connection; with the body inline that was 16 KB per HTTP/1.1 provider connection, one
-/// per open stream.
-type Wire = Box<RequestBody>;
+use crate::body::{BoxError, BoxedBody as Wire};
 use crate::headers::{maps_to_itself, upstream_path};
 use crate::metrics::ProviderMetrics;
 
@@ -214,10 +208,8 @@ impl Upstream {
     pub async fn send(
         &self,
         worker: Worker,
-        req: Request<RequestBody>,
+        mut req: Request<Wire>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
-        let mut req = req.map(Box::new);
-        let unsent = |req: Request<Wire>| Box::new(req.map(|b| *b));
         let pool = self.pool(worker);
         let max_streams = self.config.http2_max_streams;
         loop {
@@ -225,14 +217,14 @@ impl Upstream {
                 Some(c) => (c, false),
                 None => match self.open(pool, max_streams).await {
                     Ok((c, fresh)) => (c, fresh),
-                    Err(e) => return Err(SendError::Connect(e, unsent(req))),
+                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
                 },
             };
             // A pooled connection the provider has closed since is skipped; a pooled one
             // that fails before the request is written gives it back to try the next.
             if let Err(e) = conn.ready().await {
                 if fresh {
-                    return Err(SendError::Connect(e.into(), unsent(req)));
+                    return Err(SendError::Connect(e.into(), Box::new(req)));
                 }
                 continue;
             }
@@ -257,7 +249,7 @@ impl Upstream {
                 Err(mut e) => match e.take_message() {
                     Some(back) if !fresh => req = back,
                     Some(back) => {
-                        return Err(SendError::Connect(e.into_error().into(), unsent(back)))
+                        return Err(SendError::Connect(e.into_error().into(), Box::new(back)))
                     }
                     None => return Err(SendError::Exchange(e.into_error())),
                 },
@@ -551,7 +543,7 @@ impl std::fmt::Debug for Lease {
 /// Why [`Upstream::send`] failed.
 pub enum SendError {
     /// No connection could be made; nothing was sent, and the request comes back.
-    Connect(BoxError, Box<Request<RequestBody>>),
+    Connect(BoxError, Box<Request<Wire>>),
     /// The exchange failed once the request was on its way.
     Exchange(hyper::Error),
 }
