@@ -345,10 +345,7 @@ impl Exchange {
         index: usize,
         failed_over_from: Option<usize>,
     ) -> Response<GatewayBody> {
-        self.unpin_client_buffer();
-        let up = &self.snap.upstreams[index];
         let first_byte = self.start.elapsed();
-        up.metrics.first_byte.record(first_byte.as_secs_f64());
         let (mut parts, body) = resp.into_parts();
         self.answer_headers(&mut parts.headers, index, failed_over_from);
         let sniff = Sniff::for_content_type(
@@ -363,8 +360,13 @@ impl Exchange {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         let status = parts.status.as_u16();
-        let idle = up.config.idle_timeout;
         let stream = matches!(sniff, Sniff::Sse(_));
+        if stream {
+            self.unpin_client_buffer();
+        }
+        let up = &self.snap.upstreams[index];
+        up.metrics.first_byte.record(first_byte.as_secs_f64());
+        let idle = up.config.idle_timeout;
         up.metrics.in_flight.increment(1.0);
         if stream {
             up.metrics.open_streams.increment(1.0);
@@ -380,7 +382,7 @@ impl Exchange {
         Response::from_parts(parts, GatewayBody::upstream(body))
     }
 
-    /// From here the answer may stream for minutes, and nothing the exchange keeps may
+    /// An SSE answer may stream for minutes, and nothing the exchange keeps meanwhile may
     /// share the client connection's read buffer: hyper parses a request's head and small
     /// body into slices of that 8 KiB buffer, and while one slice lives, hyper allocates
     /// another buffer for its next read, 16 KiB per open stream instead of 8. The replay

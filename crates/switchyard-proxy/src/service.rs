@@ -609,6 +609,10 @@ pub(crate) fn set_length(headers: &mut http::HeaderMap, was: usize, now: usize) 
 
 /// Whether a path has a `.` or `..` segment, raw or percent-encoded (`%2e`).
 pub fn has_dot_segment(path: &str) -> bool {
+    // Most paths have neither byte: one SIMD scan instead of a walk over the segments.
+    if memchr::memchr2(b'.', b'%', path.as_bytes()).is_none() {
+        return false;
+    }
     path.split('/').any(|seg| {
         let mut dots = 0;
         let mut rest = seg.as_bytes();
