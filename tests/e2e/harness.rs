@@ -60,6 +60,11 @@ impl PrivateCa {
         }
     }
 
+    /// The CA's certificate, for a client's roots.
+    pub fn root(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+
     /// A certificate and key for `localhost` signed by this CA, as [`MockConfig::tls`] takes them.
     pub fn localhost(&self) -> (String, String) {
         let leaf_key = rcgen::KeyPair::generate().unwrap();

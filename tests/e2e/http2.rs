@@ -261,3 +261,72 @@ async fn an_unreachable_h2c_provider_fails_over_before_anything_is_sent() {
     // The client is served over HTTP/1.1 as it asked, whatever the provider spoke.
     assert_eq!(r.version(), Version::HTTP_11);
 }
+
+/// The gateway's own TLS listener serves what ALPN chose: HTTP/2 when the client offers
+/// h2, HTTP/1.1 when it offers http/1.1, and HTTP/1.1 when it offers nothing.
+#[tokio::test]
+async fn the_tls_listener_serves_what_alpn_chose_and_http1_without_alpn() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (old, new) = pair().await;
+    let ca = PrivateCa::new();
+    let (cert, key) = ca.localhost();
+    let files = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (files.path().join("tls.crt"), files.path().join("tls.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let yaml = format!(
+        "{}\ntls: {{ cert: {}, key: {} }}\n",
+        config(&old.base_url(), &new.base_url(), "phase-0"),
+        cert_path.display(),
+        key_path.display()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.root()).unwrap();
+
+    for (offered, chosen) in [
+        (vec![], None),
+        (vec![b"http/1.1".to_vec()], Some(&b"http/1.1"[..])),
+        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], Some(&b"h2"[..])),
+    ] {
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        cfg.alpn_protocols = offered.clone();
+        let tcp = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), chosen, "{offered:?}");
+        let io = TokioIo::new(tls);
+        let url = format!("https://localhost:{}/v1/models", gw.proxy.port());
+        let resp = if chosen == Some(&b"h2"[..]) {
+            let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::get(url)
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            tx.send_request(req).await.unwrap()
+        } else {
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::get("/v1/models")
+                .header(http::header::HOST, "localhost")
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            tx.send_request(req).await.unwrap()
+        };
+        let want = match chosen {
+            Some(b"h2") => http::Version::HTTP_2,
+            _ => http::Version::HTTP_11,
+        };
+        assert_eq!(resp.version(), want, "{offered:?}");
+        assert_eq!(resp.status(), 200, "{offered:?}");
+    }
+}
