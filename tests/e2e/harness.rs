@@ -83,8 +83,15 @@ pub async fn pair() -> (Mock, Mock) {
 
 /// The pair, and a gateway in front of them at `phase` (of [`config`]).
 pub async fn pair_behind_gateway(phase: &str) -> (Mock, Mock, Gateway) {
+    pair_behind_gateway_with(phase, "").await
+}
+
+/// [`pair_behind_gateway`] with `extra` (top-level YAML, e.g. a `server:` block) added to
+/// the config.
+pub async fn pair_behind_gateway_with(phase: &str, extra: &str) -> (Mock, Mock, Gateway) {
     let (old, new) = pair().await;
-    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), phase)).await;
+    let yaml = format!("{}{extra}", config(&old.base_url(), &new.base_url(), phase));
+    let gw = Gateway::start(&yaml).await;
     (old, new, gw)
 }
 
@@ -214,6 +221,28 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.proxy, path)
+    }
+
+    /// One chat completion through the gateway ([`chat_body`]), streamed or not.
+    pub async fn chat(&self, stream: bool) -> reqwest::Response {
+        client()
+            .post(self.url("/v1/chat/completions"))
+            .json(&chat_body(stream))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A streamed chat completion the mock answers in `chunks` chunks `delay_ms` apart.
+    pub async fn slow_stream(&self, chunks: u32, delay_ms: u64) -> reqwest::Response {
+        client()
+            .post(self.url("/v1/chat/completions"))
+            .header("x-mock-chunks", chunks.to_string())
+            .header("x-mock-chunk-delay-ms", delay_ms.to_string())
+            .json(&chat_body(true))
+            .send()
+            .await
+            .unwrap()
     }
 
     pub fn admin_url(&self, path: &str) -> String {

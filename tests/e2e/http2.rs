@@ -108,12 +108,7 @@ async fn h2c_streams_time_out_cancel_and_mirror_as_over_http1() {
     yaml.push_str("  shadow_percent: 100\n");
     let gw = Gateway::start(&yaml).await;
 
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-switchyard-provider"], "old");
     assert_eq!(chat_versions(&old), [http::Version::HTTP_2]);
@@ -138,27 +133,13 @@ async fn h2c_streams_time_out_cancel_and_mirror_as_over_http1() {
     eventually("the hung h2 stream cancelled", || old.cancelled() == 1).await;
 
     // A stream silent for longer than `idle_timeout` is aborted.
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("x-mock-chunks", "3")
-        .header("x-mock-chunk-delay-ms", "2000")
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.slow_stream(3, 2000).await;
     assert_eq!(r.status(), 200);
     assert!(r.text().await.is_err(), "silent stream was not aborted");
 
     // A client that hangs up mid-stream cancels the provider's stream, not its connection.
     let before = old.cancelled();
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("x-mock-chunks", "50")
-        .header("x-mock-chunk-delay-ms", "100")
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.slow_stream(50, 100).await;
     let mut stream = r.bytes_stream();
     stream.next().await.unwrap().unwrap();
     drop(stream);
@@ -167,12 +148,7 @@ async fn h2c_streams_time_out_cancel_and_mirror_as_over_http1() {
     })
     .await;
     let conns = old.connections();
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 200);
     assert!(old.connections() <= conns + 1);
     gw.assert_metric(
@@ -215,12 +191,7 @@ async fn http1_stays_where_the_provider_or_the_config_asks_for_it() {
         &format!("{ca_file}\n    http2: false"),
     );
     let gw = Gateway::start(&yaml).await;
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.headers()["x-switchyard-provider"], "new");
     assert_eq!(chat_versions(&h2), [http::Version::HTTP_11]);
     gw.rewrite_config(&yaml.replace("phase: phase-4", "phase: phase-0"));
@@ -230,12 +201,7 @@ async fn http1_stays_where_the_provider_or_the_config_asks_for_it() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.headers()["x-switchyard-provider"], "old");
     assert_eq!(chat_versions(&h1), [http::Version::HTTP_11]);
 }
@@ -249,12 +215,7 @@ async fn an_unreachable_h2c_provider_fails_over_before_anything_is_sent() {
         "http2: true",
     );
     let gw = Gateway::start(&yaml).await;
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-switchyard-provider"], "new");
     assert_eq!(r.headers()["x-switchyard-failover"], "old");

@@ -8,20 +8,9 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn sigterm_lets_a_live_stream_finish_and_refuses_new_connections() {
-    let (old, new) = pair().await;
-    let yaml = format!(
-        "{}server:\n  shutdown_delay: 500ms\n",
-        config(&old.base_url(), &new.base_url(), "phase-0")
-    );
-    let mut gw = Gateway::start(&yaml).await;
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("x-mock-chunks", "10")
-        .header("x-mock-chunk-delay-ms", "150")
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let (_old, _new, mut gw) =
+        pair_behind_gateway_with("phase-0", "server:\n  shutdown_delay: 500ms\n").await;
+    let resp = gw.slow_stream(10, 150).await;
     let mut stream = resp.bytes_stream();
     let mut text = String::from_utf8(stream.next().await.unwrap().unwrap().to_vec()).unwrap();
 
@@ -55,12 +44,8 @@ async fn sigterm_lets_a_live_stream_finish_and_refuses_new_connections() {
 /// traffic away before the gateway stops accepting.
 #[tokio::test]
 async fn sigterm_keeps_serving_through_the_delay_while_readyz_says_503() {
-    let (old, new) = pair().await;
-    let yaml = format!(
-        "{}server:\n  shutdown_delay: 2s\n",
-        config(&old.base_url(), &new.base_url(), "phase-0")
-    );
-    let mut gw = Gateway::start(&yaml).await;
+    let (_old, _new, mut gw) =
+        pair_behind_gateway_with("phase-0", "server:\n  shutdown_delay: 2s\n").await;
     assert_eq!(gw.readyz().await, 200);
     let url = gw.url("/v1/chat/completions");
     let loop_client = client();
@@ -105,20 +90,9 @@ async fn sigterm_keeps_serving_through_the_delay_while_readyz_says_503() {
 
 #[tokio::test]
 async fn shutdown_grace_bounds_the_drain() {
-    let (old, new) = pair().await;
-    let yaml = format!(
-        "{}server:\n  shutdown_grace: 500ms\n",
-        config(&old.base_url(), &new.base_url(), "phase-0")
-    );
-    let mut gw = Gateway::start(&yaml).await;
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("x-mock-chunks", "100")
-        .header("x-mock-chunk-delay-ms", "500")
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let (_old, _new, mut gw) =
+        pair_behind_gateway_with("phase-0", "server:\n  shutdown_grace: 500ms\n").await;
+    let resp = gw.slow_stream(100, 500).await;
     let mut stream = resp.bytes_stream();
     stream.next().await.unwrap().unwrap();
     gw.signal("TERM");
@@ -287,12 +261,7 @@ async fn metrics_follow_prometheus_conventions_and_start_at_zero() {
         )),
         "{fresh}"
     );
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(true).await;
     let provider = r.headers()["x-switchyard-provider"]
         .to_str()
         .unwrap()
@@ -390,14 +359,7 @@ async fn a_failover_is_one_access_line_with_client_and_ttfb() {
 #[tokio::test]
 async fn open_streams_and_answers_in_flight_are_gauges() {
     let (_old, _new, gw) = pair_behind_gateway("phase-0").await;
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("x-mock-chunks", "20")
-        .header("x-mock-chunk-delay-ms", "100")
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.slow_stream(20, 100).await;
     let mut stream = resp.bytes_stream();
     stream.next().await.unwrap().unwrap();
     let m = gw.metrics().await;

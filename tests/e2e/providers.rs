@@ -99,12 +99,7 @@ async fn failover_and_refusal_use_the_mapping_of_their_own_side() {
         "models: { deepseek-chat: deepseek/deepseek-chat-v3.2 }\n    unmapped_models: refuse",
     );
     let gw = Gateway::start(&yaml).await;
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-switchyard-failover"], "new");
     assert_eq!(
@@ -223,12 +218,7 @@ async fn a_body_over_the_replay_limit_is_not_retried() {
         .unwrap();
     assert_eq!(r.status(), 503, "not retried");
     assert!(r.headers().get("x-switchyard-failover").is_none());
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 200, "a small body is");
     assert_eq!(r.headers()["x-switchyard-failover"], "new");
     assert_eq!(old.request_count(), 1);

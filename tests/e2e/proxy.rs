@@ -70,12 +70,7 @@ async fn base_url_path_replaces_v1() {
     let (old, new) = pair().await;
     let old_url = format!("http://{}/api/v3", old.addr());
     let gw = Gateway::start(&config(&old_url, &new.base_url(), "phase-0")).await;
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 200);
     assert_eq!(old.received()[0].path, "/api/v3/chat/completions");
 }
@@ -84,14 +79,7 @@ async fn base_url_path_replaces_v1() {
 async fn sse_chunks_arrive_as_the_provider_sends_them() {
     let (old, _new, gw) = pair_behind_gateway("phase-0").await;
 
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("x-mock-chunks", "4")
-        .header("x-mock-chunk-delay-ms", "300")
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.slow_stream(4, 300).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut stream = resp.bytes_stream();
@@ -172,12 +160,7 @@ async fn connect_failure_fails_over_to_the_other_provider_with_the_body() {
     let dead_url = format!("http://{}/v1", dead.local_addr().unwrap());
     drop(dead);
     let gw = Gateway::start(&config(&dead_url, &new.base_url(), "phase-0")).await;
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-switchyard-provider"], "new");
     assert_eq!(r.headers()["x-switchyard-failover"], "old");
@@ -199,12 +182,7 @@ async fn both_unreachable_is_502() {
     );
     drop((a, b));
     let gw = Gateway::start(&config(&ua, &ub, "phase-4")).await;
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 502);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "upstream_unreachable");
@@ -246,14 +224,7 @@ async fn a_cut_stream_aborts_the_client_stream_and_counts_as_an_error() {
 #[tokio::test]
 async fn client_hang_up_cancels_the_upstream_request_and_is_not_an_error() {
     let (old, _new, gw) = pair_behind_gateway("phase-0").await;
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("x-mock-chunks", "50")
-        .header("x-mock-chunk-delay-ms", "100")
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.slow_stream(50, 100).await;
     let mut stream = resp.bytes_stream();
     stream.next().await.unwrap().unwrap();
     drop(stream);
@@ -291,25 +262,11 @@ async fn a_silent_stream_is_aborted_after_idle_timeout_but_long_streams_are_not_
     );
     let gw = Gateway::start(&yaml).await;
     // 8 chunks 150 ms apart: 1.2 s in all, longer than idle_timeout, never silent that long.
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("x-mock-chunks", "8")
-        .header("x-mock-chunk-delay-ms", "150")
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.slow_stream(8, 150).await;
     let text = r.text().await.unwrap();
     assert!(text.contains("[DONE]"));
     // silent for 3 s: aborted
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("x-mock-chunks", "3")
-        .header("x-mock-chunk-delay-ms", "3000")
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.slow_stream(3, 3000).await;
     assert_eq!(r.status(), 200);
     assert!(r.text().await.is_err(), "silent stream was not aborted");
     gw.assert_metric(
@@ -359,12 +316,7 @@ async fn https_provider_behind_a_private_ca() {
     // Without the CA the handshake fails: the gateway answers 502 (after trying the other side).
     let without = config(&url, &plain.base_url(), "phase-0");
     let gw = Gateway::start(&without).await;
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_ne!(
         r.headers()["x-switchyard-provider"],
         "old",
@@ -381,12 +333,7 @@ async fn https_provider_behind_a_private_ca() {
         1,
     );
     let gw = Gateway::start(&with).await;
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-switchyard-provider"], "old");
     assert_eq!(

@@ -43,12 +43,7 @@ async fn client_keys_are_required_and_never_forwarded_or_logged() {
     )
     .await;
 
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 401);
     assert!(r.headers().contains_key("x-request-id"));
     let v: Value = r.json().await.unwrap();
@@ -165,12 +160,8 @@ async fn admin_calls_need_the_token_when_it_is_set() {
 
 #[tokio::test]
 async fn request_bodies_over_the_limit_get_413() {
-    let (old, new) = pair().await;
-    let yaml = format!(
-        "{}server:\n  max_body_size: 1KiB\n",
-        config(&old.base_url(), &new.base_url(), "phase-0")
-    );
-    let gw = Gateway::start(&yaml).await;
+    let (old, _new, gw) =
+        pair_behind_gateway_with("phase-0", "server:\n  max_body_size: 1KiB\n").await;
     let big = "x".repeat(2000);
 
     // declared length
@@ -197,12 +188,7 @@ async fn request_bodies_over_the_limit_get_413() {
     assert_eq!(r.status(), 413);
 
     // under the limit passes
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -242,12 +228,8 @@ async fn content_length_with_transfer_encoding_is_refused() {
 
 #[tokio::test]
 async fn a_slow_client_is_cut_at_the_header_deadline() {
-    let (old, new) = pair().await;
-    let yaml = format!(
-        "{}server:\n  header_read_timeout: 1s\n",
-        config(&old.base_url(), &new.base_url(), "phase-0")
-    );
-    let gw = Gateway::start(&yaml).await;
+    let (old, _new, gw) =
+        pair_behind_gateway_with("phase-0", "server:\n  header_read_timeout: 1s\n").await;
     let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -261,12 +243,8 @@ async fn a_slow_client_is_cut_at_the_header_deadline() {
 
 #[tokio::test]
 async fn connections_over_the_cap_are_answered_503_at_once() {
-    let (old, new) = pair().await;
-    let yaml = format!(
-        "{}server:\n  max_connections: 2\n",
-        config(&old.base_url(), &new.base_url(), "phase-0")
-    );
-    let gw = Gateway::start(&yaml).await;
+    let (old, _new, gw) =
+        pair_behind_gateway_with("phase-0", "server:\n  max_connections: 2\n").await;
     // Two kept-alive connections, each served once: both hold a slot.
     let a = served_once(&gw).await;
     let b = served_once(&gw).await;
@@ -312,12 +290,11 @@ async fn connections_over_the_cap_are_answered_503_at_once() {
 /// cannot hold every connection slot.
 #[tokio::test]
 async fn silent_sockets_are_closed_and_do_not_lock_clients_out() {
-    let (old, new) = pair().await;
-    let yaml = format!(
-        "{}server:\n  max_connections: 3\n  header_read_timeout: 1s\n",
-        config(&old.base_url(), &new.base_url(), "phase-0")
-    );
-    let gw = Gateway::start(&yaml).await;
+    let (_old, _new, gw) = pair_behind_gateway_with(
+        "phase-0",
+        "server:\n  max_connections: 3\n  header_read_timeout: 1s\n",
+    )
+    .await;
     let silent = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     let mut partial = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
@@ -336,12 +313,7 @@ async fn silent_sockets_are_closed_and_do_not_lock_clients_out() {
             "{name}: the connection was kept open"
         );
     }
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 200, "a normal client after the silent sockets");
     gw.assert_metric(r#"switchyard_rejected_total{reason="no_request"}"#, 3.0)
         .await;
@@ -391,24 +363,14 @@ async fn a_half_written_config_is_not_loaded() {
     // Requests without a key through the pause: never forwarded.
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_millis(300) {
-        let r = client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat(false).await;
         assert_eq!(r.status(), 401, "the half-written config was loaded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     std::fs::write(&gw.config_path, &edited).unwrap();
     gw.wait_status("the edited config", |s| s["phase"]["name"] == "phase-1")
         .await;
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 401);
     gw.assert_metric(r#"switchyard_config_reloads_total{result="ok"}"#, 1.0)
         .await;
@@ -433,12 +395,7 @@ async fn a_broken_config_is_tried_once_per_change() {
     let refused = gw.logs().matches("config refused").count();
     assert_eq!(refused, 1, "{}", gw.logs());
     // Still serving on the config it had.
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(false).await;
     assert_eq!(r.status(), 200);
     assert!(old.request_count() > 0);
 }
@@ -476,12 +433,11 @@ async fn risky_reloads_are_warned_about() {
 /// (HTTP/1.1 keep-alive and HTTP/2 alike), while a stream longer than that is not cut.
 #[tokio::test]
 async fn idle_connections_are_closed_after_keepalive_timeout_but_streams_are_not() {
-    let (old, new) = pair().await;
-    let yaml = format!(
-        "{}server:\n  keepalive_timeout: 1s\n  header_read_timeout: 1s\n",
-        config(&old.base_url(), &new.base_url(), "phase-0")
-    );
-    let gw = Gateway::start(&yaml).await;
+    let (_old, _new, gw) = pair_behind_gateway_with(
+        "phase-0",
+        "server:\n  keepalive_timeout: 1s\n  header_read_timeout: 1s\n",
+    )
+    .await;
     // HTTP/1.1: one request, then quiet.
     let mut s = served_once(&gw).await;
     assert!(
@@ -506,14 +462,7 @@ async fn idle_connections_are_closed_after_keepalive_timeout_but_streams_are_not
     let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
     assert!(ended.is_ok(), "an idle HTTP/2 connection was kept");
     // A stream of 2.4 s with chunks every 300 ms outlives the 1 s keep-alive: not cut.
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("x-mock-chunks", "8")
-        .header("x-mock-chunk-delay-ms", "300")
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.slow_stream(8, 300).await;
     let text = r.text().await.expect("the stream was cut");
     assert!(text.contains("[DONE]"), "{text}");
 }

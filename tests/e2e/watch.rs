@@ -150,12 +150,7 @@ async fn injected_stream_usage_is_counted_and_hidden_from_the_client() {
         "api_key_env: TEST_NEW_KEY\n    inject_stream_usage: true",
     );
     let gw = Gateway::start(&yaml).await;
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(true).await;
     assert_eq!(r.headers()["x-switchyard-provider"], "new");
     let mut stream = r.bytes_stream();
     let mut text = String::new();
