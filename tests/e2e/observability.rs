@@ -16,15 +16,7 @@ fn promtool() -> PathBuf {
 async fn scrape() -> String {
     let (_old, _new, gw) = pair_behind_gateway("phase-3").await;
     for stream in [false, true] {
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat_body(stream))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        gw.chat(stream).await.text().await.unwrap();
     }
     raw_exchange(
         gw.proxy,
