@@ -59,6 +59,11 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// The request id as log lines carry it.
+    fn id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
     /// This request as a trace span (OpenTelemetry's HTTP and GenAI attribute names).
     #[allow(clippy::too_many_arguments)]
     fn span(
@@ -173,7 +178,7 @@ impl Exchange {
         if headers.contains_key(header::CONTENT_LENGTH) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
-        tracing::warn!(request_id = self.request_id.to_str().unwrap_or("-"), provider = %up.name, status, "provider refused; failing over");
+        tracing::warn!(request_id = self.id(), provider = %up.name, status, "provider refused; failing over");
         up.metrics.failovers.increment(1);
         self.account(Attempt {
             index,
@@ -297,7 +302,7 @@ impl Exchange {
     /// counted (not as the answer).
     pub(crate) fn connect_failed_over(&self, index: usize, e: &(dyn std::error::Error + 'static)) {
         let up = &self.snap.upstreams[index];
-        tracing::warn!(request_id = self.request_id.to_str().unwrap_or("-"), provider = %up.name, error = %ErrorChain(e), "cannot connect; failing over");
+        tracing::warn!(request_id = self.id(), provider = %up.name, error = %ErrorChain(e), "cannot connect; failing over");
         up.metrics.failovers.increment(1);
         self.account(Attempt {
             index,
@@ -317,7 +322,7 @@ impl Exchange {
     ) -> Response<GatewayBody> {
         let up = &self.snap.upstreams[index];
         let msg = format!("gateway cannot connect to provider `{}`", up.name);
-        tracing::warn!(request_id = self.request_id.to_str().unwrap_or("-"), provider = %up.name, error = %e, "{msg}");
+        tracing::warn!(request_id = self.id(), provider = %up.name, error = %e, "{msg}");
         self.fail(up, index, ErrorKind::UpstreamConnect, &msg)
     }
 
@@ -334,7 +339,7 @@ impl Exchange {
             return self.client_broke(up, index, client);
         }
         let msg = format!("gateway broke the exchange with provider `{}`", up.name);
-        tracing::warn!(request_id = self.request_id.to_str().unwrap_or("-"), provider = %up.name, error = %ErrorChain(e), "{msg}");
+        tracing::warn!(request_id = self.id(), provider = %up.name, error = %ErrorChain(e), "{msg}");
         self.fail(up, index, ErrorKind::UpstreamBroken, &msg)
     }
 
@@ -450,7 +455,7 @@ impl Exchange {
         } else {
             Class::ClientFault
         };
-        tracing::debug!(request_id = self.request_id.to_str().unwrap_or("-"), error = %ErrorChain(e), "client request body failed");
+        tracing::debug!(request_id = self.id(), error = %ErrorChain(e), "client request body failed");
         self.fail_as(up, index, ErrorKind::BadRequest, class, &e.to_string())
     }
 

@@ -106,17 +106,17 @@ pub async fn serve(
         let conn_info = Arc::new(ConnInfo::new(worker, remote));
         let svc = TowerToHyperService::new(stack(gateway.clone(), conn_info.clone()));
         let (builders, watcher) = (builders.clone(), graceful.watcher());
-        let limits = (limits.header_read_timeout, limits.keepalive_timeout);
+        let timeouts = (limits.header_read_timeout, limits.keepalive_timeout);
         // Two tasks, not one with both arms: a task is as large as its largest state, and
         // a TLS handshake's is several KB that no cleartext connection should carry.
         match tls.clone() {
             None => tokio::spawn(async move {
-                serve_cleartext(stream, &builders, svc, watcher, &conn_info, limits).await;
+                serve_cleartext(stream, &builders, svc, watcher, &conn_info, timeouts).await;
                 drop(permit);
             }),
             Some(acceptor) => tokio::spawn(async move {
                 serve_tls(
-                    stream, acceptor, &builders, svc, watcher, &conn_info, limits,
+                    stream, acceptor, &builders, svc, watcher, &conn_info, timeouts,
                 )
                 .await;
                 drop(permit);
@@ -208,7 +208,7 @@ impl Builders {
     }
 }
 
-/// One cleartext connection: HTTP/1.1 or h2c, told by its first bytes. `limits`: the
+/// One cleartext connection: HTTP/1.1 or h2c, told by its first bytes. The timeouts: the
 /// header read timeout (the sniff counts against it) and the keep-alive timeout.
 async fn serve_cleartext<S>(
     stream: tokio::net::TcpStream,

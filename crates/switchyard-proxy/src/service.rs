@@ -13,7 +13,8 @@
 //!    extension.)
 //! 4. **framing** (steps 4 to 6 are one `ValidateRequestHeader` layer calling a function
 //!    each, in order: as four nested layers they cost ~1% of a request's instructions in
-//!    moving their futures): a request that came with both `Content-Length` and `Transfer-Encoding` (seen by the connection's [`crate::server::FramingGuard`]) is
+//!    moving their futures): a request that came with both `Content-Length` and
+//!    `Transfer-Encoding` (seen by the connection's [`crate::server::FramingGuard`]) is
 //!    refused with 400 and the connection closed: that pair is how requests are smuggled.
 //!    Then paths with `.`/`..` segments (400) and `CONNECT` (405) are refused.
 //! 5. **client auth**: when client keys are configured, a missing
@@ -156,7 +157,6 @@ pub fn stack(
 > + Clone
        + Send
        + 'static {
-    let (worker, remote) = (conn.worker, conn.remote);
     let this_conn = conn.clone();
     let forward_conn = conn.clone();
     ServiceBuilder::new()
@@ -180,11 +180,7 @@ pub fn stack(
                 refuse_declared_body(req, client)
             },
         ))
-        .service(Forward {
-            worker,
-            remote,
-            conn: forward_conn,
-        })
+        .service(Forward { conn: forward_conn })
 }
 
 /// Step 4: a request head with both `Content-Length` and `Transfer-Encoding`.
@@ -308,11 +304,10 @@ fn request_id_of<B>(req: &Request<B>) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from_static("-"))
 }
 
-/// The innermost service: route, rewrite, send, respond, on `worker`'s connections.
+/// The innermost service: route, rewrite, send, respond, on the connection's worker's
+/// provider connections.
 #[derive(Clone)]
 pub struct Forward {
-    worker: Worker,
-    remote: Option<std::net::SocketAddr>,
     conn: Arc<ConnInfo>,
 }
 
@@ -326,7 +321,7 @@ impl Service<Request<Incoming>> for Forward {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let (worker, remote) = (self.worker, self.remote);
+        let (worker, remote) = (self.conn.worker, self.conn.remote);
         let active = Active::start(&self.conn);
         Box::pin(async move {
             let mut resp = forward(req, worker, remote).await;

@@ -30,7 +30,7 @@ use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use switchyard_core::config::ProviderConfig;
 
-use crate::body::{BoxError, BoxedBody as Wire};
+use crate::body::{BoxError, BoxedBody};
 use crate::headers::{maps_to_itself, upstream_path};
 use crate::metrics::ProviderMetrics;
 
@@ -100,9 +100,9 @@ impl std::error::Error for BuildError {}
 
 /// A connection ready to carry one exchange.
 enum Conn {
-    H1(http1::SendRequest<Wire>),
+    H1(http1::SendRequest<BoxedBody>),
     /// A handle on a shared HTTP/2 connection, and the stream slot taken on it.
-    H2(http2::SendRequest<Wire>, StreamSlot),
+    H2(http2::SendRequest<BoxedBody>, StreamSlot),
 }
 
 impl Conn {
@@ -208,7 +208,7 @@ impl Upstream {
     pub async fn send(
         &self,
         worker: Worker,
-        mut req: Request<Wire>,
+        mut req: Request<BoxedBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         let pool = self.pool(worker);
         let max_streams = self.config.http2_max_streams;
@@ -258,7 +258,7 @@ impl Upstream {
     }
 
     /// HTTP/2 carries scheme and authority as pseudo-headers, and has no `Host`.
-    fn to_h2(&self, req: &mut Request<Wire>) {
+    fn to_h2(&self, req: &mut Request<BoxedBody>) {
         if req.uri().scheme().is_none() {
             let mut parts = req.uri().clone().into_parts();
             parts.scheme = self.origin.scheme().cloned();
@@ -375,8 +375,8 @@ impl Upstream {
 }
 
 enum Connected {
-    H1(http1::SendRequest<Wire>),
-    H2(http2::SendRequest<Wire>),
+    H1(http1::SendRequest<BoxedBody>),
+    H2(http2::SendRequest<BoxedBody>),
 }
 
 fn now_ms() -> u64 {
@@ -385,11 +385,11 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-type Idle = VecDeque<(http1::SendRequest<Wire>, Instant)>;
+type Idle = VecDeque<(http1::SendRequest<BoxedBody>, Instant)>;
 
 /// A shared HTTP/2 connection: its handle, its open streams, and since when it has had none.
 struct H2Conn {
-    tx: http2::SendRequest<Wire>,
+    tx: http2::SendRequest<BoxedBody>,
     streams: Arc<AtomicUsize>,
     unused_since: Option<Instant>,
 }
@@ -415,11 +415,11 @@ impl Pool {
     }
 
     /// The most recently used open connection: the one most likely still warm.
-    fn take(&self, timeout: Duration) -> Option<http1::SendRequest<Wire>> {
+    fn take(&self, timeout: Duration) -> Option<http1::SendRequest<BoxedBody>> {
         self.take_at(Instant::now(), timeout)
     }
 
-    fn take_at(&self, now: Instant, timeout: Duration) -> Option<http1::SendRequest<Wire>> {
+    fn take_at(&self, now: Instant, timeout: Duration) -> Option<http1::SendRequest<BoxedBody>> {
         let mut idle = self.lock();
         while let Some((c, since)) = idle.pop_back() {
             if now.saturating_duration_since(since) >= timeout {
@@ -447,7 +447,7 @@ impl Pool {
     }
 
     /// Adds a new HTTP/2 connection with one stream taken on it.
-    fn add_h2(&self, tx: http2::SendRequest<Wire>) -> StreamSlot {
+    fn add_h2(&self, tx: http2::SendRequest<BoxedBody>) -> StreamSlot {
         let streams = Arc::new(AtomicUsize::new(1));
         self.lock_h2().push(H2Conn {
             tx,
@@ -501,7 +501,7 @@ pub struct Lease(LeaseKind);
 
 enum LeaseKind {
     H1 {
-        conn: http1::SendRequest<Wire>,
+        conn: http1::SendRequest<BoxedBody>,
         pool: Arc<Pool>,
         max_idle: usize,
     },
@@ -543,7 +543,7 @@ impl std::fmt::Debug for Lease {
 /// Why [`Upstream::send`] failed.
 pub enum SendError {
     /// No connection could be made; nothing was sent, and the request comes back.
-    Connect(BoxError, Box<Request<Wire>>),
+    Connect(BoxError, Box<Request<BoxedBody>>),
     /// The exchange failed once the request was on its way.
     Exchange(hyper::Error),
 }
@@ -571,7 +571,7 @@ mod tests {
     const TIMEOUT: Duration = Duration::from_secs(90);
 
     /// A connection over an in-memory pipe; `keep` holds the far end open.
-    async fn conn() -> (http1::SendRequest<Wire>, tokio::io::DuplexStream) {
+    async fn conn() -> (http1::SendRequest<BoxedBody>, tokio::io::DuplexStream) {
         let (near, far) = tokio::io::duplex(1024);
         let (tx, conn) = http1::handshake(TokioIo::new(near)).await.unwrap();
         tokio::spawn(conn);
@@ -579,7 +579,7 @@ mod tests {
     }
 
     /// An HTTP/2 connection to an in-memory hyper server.
-    async fn h2_conn() -> http2::SendRequest<Wire> {
+    async fn h2_conn() -> http2::SendRequest<BoxedBody> {
         let (near, far) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(|_req| async {
