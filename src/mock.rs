@@ -43,6 +43,11 @@ pub struct MockArgs {
     /// HTTP/2 streams allowed at once per connection (default 200).
     #[arg(long, value_name = "N")]
     pub http2_max_streams: Option<u32>,
+    /// Break every chat completion while answering 200, as failing relays do: error_in_200,
+    /// no_choices, empty_message, error_event, stop_early, truncate. A slow head is
+    /// --latency.
+    #[arg(long, value_name = "NAME")]
+    pub fault: Option<switchyard_mock::Fault>,
 }
 
 pub fn run(args: MockArgs) -> ExitCode {
@@ -58,6 +63,7 @@ pub fn run(args: MockArgs) -> ExitCode {
         models,
         http1_only,
         http2_max_streams,
+        fault,
     } = args;
 
     if !(0.0..=1.0).contains(&error_rate) {
@@ -77,6 +83,7 @@ pub fn run(args: MockArgs) -> ExitCode {
         models,
         http1_only,
         http2_max_streams,
+        fault,
     };
     let rt = match crate::runtime(true) {
         Ok(rt) => rt,

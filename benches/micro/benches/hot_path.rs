@@ -89,7 +89,7 @@ fn sniffing(c: &mut Criterion) {
             for ch in &chunks {
                 black_box(s.feed(ch.clone()));
             }
-            s.usage
+            s.usage()
         })
     });
 }

@@ -34,6 +34,10 @@ use switchyard_core::api::Event;
 pub const STATE_SAVED: &str = "switchyard_state_saved";
 pub const STATE_SAVE_FAILURES: &str = "switchyard_state_save_failures_total";
 
+/// The longest a move waits for the workers to open connections to `to` after its
+/// preflight passed (on loopback a few ms; a far provider over TLS a few hundred).
+const WARM_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn read_env(var: &str) -> Option<String> {
     std::env::var(var).ok()
 }
@@ -436,7 +440,9 @@ impl Control {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(report);
         if ok {
-            tracing::info!("{summary}");
+            // The first requests of the phase should not pay for connection setup.
+            let warm = self.gateway.warm(m.to, WARM_WITHIN).await;
+            tracing::info!(workers_warm = warm, "{summary}");
             return Ok(());
         }
         tracing::warn!("{summary}; traffic was not moved");

@@ -1,7 +1,10 @@
 //! Preflight: before traffic first moves onto a provider, one real, minimal request per
-//! priced model (a chat completion with `max_tokens: 1`), so that a wrong key, a model the
-//! provider does not serve or an exhausted quota stops the move instead of failing users.
-//! `switchyard check --probe` runs the same from the command line.
+//! priced model (a chat completion with `max_tokens: 1`, or for an embedding model an
+//! embedding of one word), so that a wrong key, a model the provider does not serve or an
+//! exhausted quota stops the move instead of failing users. A probe passes only when it
+//! proves an answer: a 2xx with at least one choice (or embedding) and no error object;
+//! anything else is shown with its status and the provider's message. `switchyard check
+//! --probe` runs the same from the command line.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,34 +46,54 @@ pub fn summary(r: &Report) -> String {
     }
 }
 
+/// A model to probe, under the name the provider knows it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeModel {
+    pub name: String,
+    /// An embedding model: probed on `/embeddings`, never with a chat request.
+    pub embedding: bool,
+}
+
 /// The models to probe a provider with: its priced models, under the name it knows them
 /// by (`models:` maps client-facing names to its own).
-pub fn probe_models(p: &switchyard_core::config::ProviderConfig) -> Vec<String> {
+pub fn probe_models(p: &switchyard_core::config::ProviderConfig) -> Vec<ProbeModel> {
     p.pricing
         .models
-        .keys()
-        .map(|m| match p.model_for(m) {
-            switchyard_core::config::ModelRoute::Rename(name) => name.to_string(),
-            _ => m.clone(),
+        .iter()
+        .map(|(m, price)| ProbeModel {
+            name: match p.model_for(m) {
+                switchyard_core::config::ModelRoute::Rename(name) => name.to_string(),
+                _ => m.clone(),
+            },
+            embedding: is_embedding(m, price),
         })
         .collect()
 }
 
-/// Whether an answer is a refusal worth stopping a move for: the provider's key, quota,
-/// model or health, not the shape of the probe.
-fn refused(status: u16) -> bool {
-    matches!(status, 401 | 402 | 403 | 404 | 407 | 429) || status >= 500
+/// An embedding model: priced for input only (embeddings generate no tokens), or named so.
+fn is_embedding(model: &str, price: &switchyard_core::pricing::Price) -> bool {
+    price.output == 0.0 || model.to_ascii_lowercase().contains("embed")
 }
 
-/// Probes `up`: each of `models` (its priced models) with a one-token chat completion, or,
-/// when none is priced, `GET <base_url><health_path>`.
-pub async fn run(up: &Upstream, models: &[String], health_path: &str, timeout: Duration) -> Report {
+/// Probes `up`: each of `models` (its priced models) with a one-token chat completion or a
+/// one-word embedding, or, when none is priced, `GET <base_url><health_path>`.
+pub async fn run(
+    up: &Upstream,
+    models: &[ProbeModel],
+    health_path: &str,
+    timeout: Duration,
+) -> Report {
     let mut probes = Vec::new();
     if models.is_empty() {
         probes.push(probe(up, None, health_path, timeout).await);
     }
     for m in models {
-        probes.push(probe(up, Some(m), "/chat/completions", timeout).await);
+        let path = if m.embedding {
+            "/embeddings"
+        } else {
+            "/chat/completions"
+        };
+        probes.push(probe(up, Some(m), path, timeout).await);
     }
     Report {
         provider: up.name.to_string(),
@@ -82,21 +105,28 @@ pub async fn run(up: &Upstream, models: &[String], health_path: &str, timeout: D
     }
 }
 
-async fn probe(up: &Upstream, model: Option<&str>, path: &str, timeout: Duration) -> Probe {
+async fn probe(up: &Upstream, model: Option<&ProbeModel>, path: &str, timeout: Duration) -> Probe {
     let start = Instant::now();
     let result = tokio::time::timeout(timeout, exchange(up, model, path))
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
     let latency_ms = start.elapsed().as_millis() as u64;
-    let model = model.map(str::to_string);
+    let (kind, model) = match model {
+        None => (Kind::List, None),
+        Some(m) if m.embedding => (Kind::Embedding, Some(m.name.clone())),
+        Some(m) => (Kind::Chat, Some(m.name.clone())),
+    };
     match result {
-        Ok((status, detail)) => Probe {
-            model,
-            status: Some(status),
-            ok: !refused(status),
-            detail,
-            latency_ms,
-        },
+        Ok((status, body)) => {
+            let (ok, detail) = verdict(kind, status, &body);
+            Probe {
+                model,
+                status: Some(status),
+                ok,
+                detail,
+                latency_ms,
+            }
+        }
         Err(detail) => Probe {
             model,
             status: None,
@@ -107,13 +137,71 @@ async fn probe(up: &Upstream, model: Option<&str>, path: &str, timeout: Duration
     }
 }
 
-async fn exchange(up: &Upstream, model: Option<&str>, path: &str) -> Result<(u16, String), String> {
+/// What a probe asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Embedding,
+    /// `GET <health_check.path>` (no model priced).
+    List,
+}
+
+/// Whether the probe's answer proves the provider serves it, and what to show: "ok", or
+/// the provider's error message (or what was missing).
+fn verdict(kind: Kind, status: u16, body: &[u8]) -> (bool, String) {
+    let json = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let message = json
+        .as_ref()
+        .and_then(|v| {
+            let e = v.get("error").filter(|e| !e.is_null())?;
+            Some(
+                e.get("message")
+                    .and_then(|m| m.as_str())
+                    .or(e.as_str())
+                    .map_or_else(|| e.to_string(), str::to_string),
+            )
+        });
+    if !(200..300).contains(&status) {
+        let detail = message.unwrap_or_else(|| start_of(body));
+        return (false, detail);
+    }
+    if let Some(m) = message {
+        return (false, format!("an error instead of an answer: {m}"));
+    }
+    let non_empty = |key: &str| {
+        json.as_ref()
+            .and_then(|v| v.get(key))
+            .and_then(|v| v.as_array())
+            .is_some_and(|a| !a.is_empty())
+    };
+    match kind {
+        Kind::List => (true, "ok".into()),
+        Kind::Chat if non_empty("choices") => (true, "ok".into()),
+        Kind::Embedding if non_empty("data") => (true, "ok".into()),
+        Kind::Chat => (false, format!("no choices in the answer: {}", start_of(body))),
+        Kind::Embedding => (false, format!("no embedding in the answer: {}", start_of(body))),
+    }
+}
+
+fn start_of(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
+}
+
+async fn exchange(
+    up: &Upstream,
+    model: Option<&ProbeModel>,
+    path: &str,
+) -> Result<(u16, Bytes), String> {
     let uri =
         Uri::try_from(format!("{}{}", up.config.base_path, path)).map_err(|e| e.to_string())?;
     let (method, body) = match model {
+        Some(m) if m.embedding => {
+            let body = serde_json::json!({"model": m.name, "input": "ping"});
+            (Method::POST, Bytes::from(body.to_string()))
+        }
         Some(m) => {
             let body = serde_json::json!({
-                "model": m,
+                "model": m.name,
                 "messages": [{"role": "user", "content": "ping"}],
                 "max_tokens": 1,
             });
@@ -146,28 +234,12 @@ async fn exchange(up: &Upstream, model: Option<&str>, path: &str) -> Result<(u16
         .await
         .map_err(|e| format!("cannot reach it: {e}"))?;
     let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), ANSWER_MAX).collect().await;
-    let detail = match body {
-        Ok(b) => {
-            lease.release();
-            error_message(&b.to_bytes())
-        }
-        Err(e) => format!("answer unreadable: {e}"),
-    };
-    Ok((status, detail))
-}
-
-/// `error.message` of an OpenAI-shaped error body, or the start of the body.
-fn error_message(body: &[u8]) -> String {
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-        if let Some(m) = v.pointer("/error/message").and_then(|m| m.as_str()) {
-            return m.to_string();
-        }
-        if v.get("error").is_none() {
-            return "ok".into();
-        }
-    }
-    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
+    let body = Limited::new(resp.into_body(), ANSWER_MAX)
+        .collect()
+        .await
+        .map_err(|e| format!("answered {status}, but the answer was unreadable: {e}"))?;
+    lease.release();
+    Ok((status, body.to_bytes()))
 }
 
 #[cfg(test)]
@@ -175,16 +247,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_are_the_providers_not_the_probes() {
-        for s in [401, 402, 403, 404, 407, 429, 500, 502, 503] {
-            assert!(refused(s), "{s}");
-        }
-        for s in [200, 201, 400, 422] {
-            assert!(!refused(s), "{s}");
-        }
-        assert_eq!(
-            error_message(br#"{"error":{"message":"Incorrect API key provided"}}"#),
-            "Incorrect API key provided"
+    fn only_an_answer_passes() {
+        let answer = br#"{"choices":[{"message":{"content":"p"},"finish_reason":"length"}]}"#;
+        assert_eq!(verdict(Kind::Chat, 200, answer), (true, "ok".to_string()));
+        // LiteLLM's proxy answers a wrong key and an unknown model with 400.
+        let (ok, detail) = verdict(
+            Kind::Chat,
+            400,
+            br#"{"error":{"message":"Invalid model name passed in model=deepseek-chat","type":"invalid_request_error"}}"#,
         );
+        assert!(!ok);
+        assert!(detail.starts_with("Invalid model name"), "{detail}");
+        for status in [401, 402, 403, 404, 422, 429, 500, 503] {
+            assert!(!verdict(Kind::Chat, status, b"{}").0, "{status}");
+        }
+        let (ok, detail) = verdict(
+            Kind::Chat,
+            200,
+            br#"{"error":{"message":"no_db_connection","type":"no_db_connection"}}"#,
+        );
+        assert!(!ok && detail.contains("no_db_connection"), "{detail}");
+        let (ok, detail) = verdict(Kind::Chat, 200, br#"{"choices":[]}"#);
+        assert!(!ok && detail.starts_with("no choices"), "{detail}");
+        assert!(!verdict(Kind::Chat, 200, b"<html>ok</html>").0);
+        assert!(verdict(Kind::Embedding, 200, br#"{"data":[{"embedding":[0.1]}]}"#).0);
+        assert!(!verdict(Kind::Embedding, 200, br#"{"data":[]}"#).0);
+        assert!(verdict(Kind::List, 200, br#"{"data":[]}"#).0);
+        assert!(!verdict(Kind::List, 503, b"down").0);
+    }
+
+    #[test]
+    fn embedding_models_are_probed_as_such() {
+        let price = |output| switchyard_core::pricing::Price { input: 0.02, output };
+        assert!(is_embedding("text-embedding-3-small", &price(0.5)));
+        assert!(is_embedding("bge-m3", &price(0.0)));
+        assert!(!is_embedding("deepseek-chat", &price(1.1)));
     }
 }

@@ -147,6 +147,20 @@ pub struct ProviderStats {
     pub cost_usd: f64,
     pub cost_on_other_provider_usd: f64,
     pub unpriced_requests: u64,
+    /// Since start: 2xx answers with no answer in them (`bad_answer`), by shape
+    /// (`error_object`, `no_choices`, `empty_message`, `error_event`, `unfinished_stream`).
+    #[serde(default)]
+    pub bad_answers: BTreeMap<String, u64>,
+    /// Since start: answers cut short though the client did not ask, by reason (`length`,
+    /// `content_filter`).
+    #[serde(default)]
+    pub cut_answers: BTreeMap<String, u64>,
+    /// Since start: clients that gave up waiting for this provider's answer head.
+    #[serde(default)]
+    pub abandoned_waits: u64,
+    /// Over the window: how long those clients had waited.
+    #[serde(default)]
+    pub abandoned_wait: Option<Latency>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -200,6 +214,22 @@ pub struct ShadowSummary {
     pub ttft: ShadowLatency,
     pub tokens: ShadowTokens,
     pub cost_usd: ShadowCost,
+    /// Compared pairs whose answer (on each side) was a 2xx with no answer in it, or was cut
+    /// short.
+    #[serde(default)]
+    pub answers: ShadowAnswers,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowAnswers {
+    pub bad_answer: SideCounts,
+    pub cut_short: SideCounts,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SideCounts {
+    pub primary: u64,
+    pub shadow: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,6 +449,8 @@ mod tests {
                 "window": {"requests": 3, "outcomes": {"2xx": 2, "auth": 1}},
                 "tokens": {"prompt": 10, "completion": 5, "total": 15},
                 "cost_usd": 0.001, "cost_on_other_provider_usd": 0.002, "unpriced_requests": 0,
+                "bad_answers": {"error_object": 1}, "cut_answers": {"length": 2},
+                "abandoned_waits": 1, "abandoned_wait": latency,
             }},
             "roi": {"observed_seconds": 60.0, "actual_cost_usd": 0.001, "all_on_from_usd": 0.002,
                     "all_on_to_usd": 0.001, "savings_so_far_usd": 0.001, "savings_at_100_percent_usd": 0.001,
@@ -430,7 +462,9 @@ mod tests {
                        "latency": {"primary": latency, "shadow": latency, "delta_p50_ms": 0.0, "delta_p95_ms": 0.0},
                        "ttft": {"primary": null, "shadow": null, "delta_p50_ms": null, "delta_p95_ms": null},
                        "tokens": {"primary": {"prompt": 1, "completion": 2}, "shadow": {"prompt": 1, "completion": 3}},
-                       "cost_usd": {"primary": 0.1, "shadow": 0.05, "delta": -0.05}},
+                       "cost_usd": {"primary": 0.1, "shadow": 0.05, "delta": -0.05},
+                       "answers": {"bad_answer": {"primary": 0, "shadow": 2},
+                                   "cut_short": {"primary": 0, "shadow": 1}}},
             "verdict": null,
         }));
         round_trip::<PhaseRequest>(json!({"phase": "phase-2"}));

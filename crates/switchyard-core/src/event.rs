@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::answer::{AnswerFacts, BadAnswer, CutShort, Endpoint};
+
 /// How a request ended, and so whose fault it was. This is the one place an outcome is
 /// attributed: stats, the rollback guard, metrics and the access log all read this class.
 ///
@@ -11,9 +13,11 @@ use std::time::Duration;
 /// 401/403/407 is never the client's doing ([`Class::Auth`]), and a 402/429 is the provider's
 /// capacity or billing ([`Class::Refused`]). Other 4xx answers ([`Class::ClientError`]) may be
 /// the client's request or a provider that does not serve it: they are not errors on their own,
-/// but the judge compares how often each side gives them. What the client broke (an upload
-/// that is malformed, abandoned or too large) is [`Class::ClientFault`] or
-/// [`Class::ClientGone`] and never counts against anyone.
+/// but the judge compares how often each side gives them. A 2xx that carries no answer is
+/// [`Class::BadAnswer`] (see [`crate::answer`]). What the client broke (an upload that is
+/// malformed, abandoned or too large) is [`Class::ClientFault`] or [`Class::ClientGone`] and
+/// never counts against anyone; but a client that gave up *waiting* for the provider's answer
+/// ([`RequestEvent::abandoned_wait`]) is evidence about that provider, compared as a rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
     /// 1xx–3xx from the provider.
@@ -32,7 +36,12 @@ pub enum Class {
     Connect,
     /// The provider cut the exchange part-way (a stream ended without its end).
     StreamCut,
-    /// The client went away first: not the provider's fault.
+    /// A 2xx with no answer in it: an error object, no choices, an empty message, an error
+    /// event in a stream, a stream that stopped without its end ([`crate::answer::BadAnswer`]).
+    BadAnswer,
+    /// The client went away first: mid-upload or mid-answer, not the provider's fault; before
+    /// the answer's head with its request sent, an abandoned wait (see
+    /// [`RequestEvent::abandoned_wait`]).
     ClientGone,
     /// The client's request could not be forwarded as sent (malformed or oversized body,
     /// unforwardable path): refused by the gateway, not the provider's fault.
@@ -40,7 +49,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 10] = [
+    pub const ALL: [Class; 11] = [
         Class::Success,
         Class::ClientError,
         Class::Auth,
@@ -49,6 +58,7 @@ impl Class {
         Class::Timeout,
         Class::Connect,
         Class::StreamCut,
+        Class::BadAnswer,
         Class::ClientGone,
         Class::ClientFault,
     ];
@@ -64,8 +74,29 @@ impl Class {
         }
     }
 
-    /// Counts against the provider: 5xx, timeouts, connect errors, cut streams, and its
-    /// refusals (auth, refused). The judge may leave the refusals out by config.
+    /// The class of an answer the provider completed with `status` and whose body was read
+    /// to its end: by status, and a 2xx by whether it carried an answer (`facts`, when the
+    /// body was read: a JSON or SSE answer).
+    pub fn of_answer(
+        status: u16,
+        endpoint: Endpoint,
+        stream: bool,
+        facts: Option<&AnswerFacts>,
+    ) -> (Class, Option<BadAnswer>) {
+        match Class::of_status(status) {
+            Class::Success if (200..300).contains(&status) => {
+                match facts.and_then(|f| f.bad_answer(endpoint, stream)) {
+                    Some(shape) => (Class::BadAnswer, Some(shape)),
+                    None => (Class::Success, None),
+                }
+            }
+            class => (class, None),
+        }
+    }
+
+    /// Counts against the provider: 5xx, timeouts, connect errors, cut streams, answers with
+    /// no answer in them, and its refusals (auth, refused). The judge may leave the refusals
+    /// out by config.
     pub fn is_provider_error(self) -> bool {
         matches!(
             self,
@@ -73,6 +104,7 @@ impl Class {
                 | Class::Timeout
                 | Class::Connect
                 | Class::StreamCut
+                | Class::BadAnswer
                 | Class::Auth
                 | Class::Refused
         )
@@ -94,6 +126,7 @@ impl Class {
             Class::Timeout => "timeout",
             Class::Connect => "connect_error",
             Class::StreamCut => "stream_cut",
+            Class::BadAnswer => "bad_answer",
             Class::ClientGone => "client_gone",
             Class::ClientFault => "client_fault",
         }
@@ -121,9 +154,29 @@ pub struct RequestEvent {
     pub cost_usd: Option<f64>,
     /// What the same tokens would have cost on the other provider of the migration.
     pub cost_if_other_usd: Option<f64>,
+    /// [`Class::BadAnswer`]: which shape.
+    pub bad_answer: Option<BadAnswer>,
+    /// An answer that ended for `length` or `content_filter` though the client did not ask.
+    pub cut_short: Option<CutShort>,
+    /// [`Class::ClientGone`] before the answer's head, once the request had been sent whole:
+    /// how long the client waited for the provider before it gave up.
+    pub waited: Option<Duration>,
 }
 
 impl RequestEvent {
+    /// The client gave up waiting for this provider's answer (its request was sent whole,
+    /// no head came). The same clients with the same patience reach both sides of a
+    /// migration, so how often this happens is compared between them like an error rate.
+    pub fn abandoned_wait(&self) -> bool {
+        self.class == Class::ClientGone && self.waited.is_some()
+    }
+
+    /// Whether the judge counts this request: what the provider answered or failed, and
+    /// waits abandoned on it; not what the client broke or left mid-answer.
+    pub fn judged(&self) -> bool {
+        self.class.judges_provider() || self.abandoned_wait()
+    }
+
     /// The latency the judge holds against the provider: time to first token for streams
     /// (a long answer is not a slow provider), the whole exchange otherwise, each counted
     /// from the end of the client's upload (a slow client is not a slow provider).
@@ -151,6 +204,11 @@ pub struct ShadowEvent {
 pub struct ShadowComparison {
     pub primary_status: u16,
     pub shadow_status: u16,
+    /// Each side's outcome, classified as a served answer is.
+    pub primary_class: Class,
+    pub shadow_class: Class,
+    pub primary_cut: Option<CutShort>,
+    pub shadow_cut: Option<CutShort>,
     pub primary_latency: Duration,
     pub shadow_latency: Duration,
     pub primary_ttft: Option<Duration>,
@@ -191,6 +249,7 @@ mod tests {
             assert_eq!(Class::of_status(status), class, "{status}");
         }
         assert!(Class::Auth.is_provider_error() && Class::Refused.is_provider_error());
+        assert!(Class::BadAnswer.is_provider_error() && Class::BadAnswer.judges_provider());
         assert!(!Class::ClientError.is_provider_error());
         assert!(!Class::ClientFault.is_provider_error() && !Class::ClientFault.judges_provider());
         assert!(!Class::ClientGone.judges_provider());

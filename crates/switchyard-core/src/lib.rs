@@ -5,6 +5,7 @@
 //! ([`migration`]), the stable router ([`router`]), pricing ([`pricing`]) and the
 //! error kinds with their HTTP mapping ([`error`]).
 
+pub mod answer;
 pub mod api;
 pub mod config;
 pub mod error;

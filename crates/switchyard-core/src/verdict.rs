@@ -30,6 +30,12 @@ pub enum Metric {
     ErrorRate,
     #[serde(rename = "4xx_rate")]
     ClientErrorRate,
+    /// Clients that gave up waiting for the answer's head.
+    #[serde(rename = "client_gone_rate")]
+    AbandonedRate,
+    /// Answers cut short (`length` below the request's `max_tokens`, `content_filter`).
+    #[serde(rename = "cut_short_rate")]
+    CutShortRate,
     #[serde(rename = "p95_latency")]
     LatencyP95,
     #[serde(rename = "p95_ttft")]
@@ -37,9 +43,16 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 4] = [
+    /// A latency (compared as a ratio of p95s), not a rate.
+    pub fn is_latency(self) -> bool {
+        matches!(self, Metric::LatencyP95 | Metric::TtftP95)
+    }
+
+    pub const ALL: [Metric; 6] = [
         Metric::ErrorRate,
         Metric::ClientErrorRate,
+        Metric::AbandonedRate,
+        Metric::CutShortRate,
         Metric::LatencyP95,
         Metric::TtftP95,
     ];
@@ -48,6 +61,8 @@ impl Metric {
         match self {
             Metric::ErrorRate => "error_rate",
             Metric::ClientErrorRate => "4xx_rate",
+            Metric::AbandonedRate => "client_gone_rate",
+            Metric::CutShortRate => "cut_short_rate",
             Metric::LatencyP95 => "p95_latency",
             Metric::TtftP95 => "p95_ttft",
         }
@@ -58,6 +73,8 @@ impl Metric {
         match self {
             Metric::ErrorRate => "provider errors",
             Metric::ClientErrorRate => "4xx answers",
+            Metric::AbandonedRate => "abandoned waits",
+            Metric::CutShortRate => "answers cut short",
             Metric::LatencyP95 => "p95 latency",
             Metric::TtftP95 => "p95 time to first token",
         }

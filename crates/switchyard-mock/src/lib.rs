@@ -15,6 +15,7 @@
 //! | `x-mock-chunk-delay-ms: 10` | pause before each SSE chunk |
 //! | `x-mock-cut-after: 2` | abort the SSE stream after that many chunks |
 //! | `x-mock-close: 1` | answer with `Connection: close` and close the connection |
+//! | `x-mock-fault: NAME` | a chat completion broken in one of the ways relays break while answering 200 ([`Fault`]: `error_in_200`, `no_choices`, `empty_message`, `error_event`, `stop_early`, `truncate`) |
 //!
 //! Set for the whole server: a fixed answer status ([`MockConfig::status`], as a provider
 //! that refuses everything), a required API key (401 otherwise, health checks included),
@@ -42,6 +43,9 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod fault;
+pub use fault::Fault;
+
 #[derive(Debug, Clone)]
 pub struct MockConfig {
     /// Shown in answers ("Hello from NAME") and in `x-mock-provider`.
@@ -68,6 +72,8 @@ pub struct MockConfig {
     pub http1_only: bool,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (hyper's default: 200).
     pub http2_max_streams: Option<u32>,
+    /// Break every chat completion this way (still answering 200).
+    pub fault: Option<Fault>,
 }
 
 impl Default for MockConfig {
@@ -85,6 +91,7 @@ impl Default for MockConfig {
             models: Vec::new(),
             http1_only: false,
             http2_max_streams: None,
+            fault: None,
         }
     }
 }
@@ -125,6 +132,7 @@ struct State {
     seq: AtomicU64,
     connections: AtomicU64,
     open: Mutex<Vec<tokio::task::AbortHandle>>,
+    fault: Mutex<Option<Fault>>,
 }
 
 /// A running mock; stops when dropped.
@@ -151,6 +159,7 @@ impl Mock {
         };
         let https = tls.is_some();
         let status = cfg.status.unwrap_or(0);
+        let fault = cfg.fault;
         let state = Arc::new(State {
             cfg,
             received: Mutex::new(Vec::new()),
@@ -164,6 +173,7 @@ impl Mock {
             seq: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             open: Mutex::new(Vec::new()),
+            fault: Mutex::new(fault),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -302,6 +312,11 @@ impl Mock {
     /// The status health checks get (default 200).
     pub fn set_health_status(&self, status: u16) {
         self.state.health_status.store(status, Ordering::SeqCst);
+    }
+
+    /// Break every chat completion this way from now on (`None`: answer well).
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        *self.state.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
     }
 
     /// Extra delay before every response head.
@@ -469,6 +484,14 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
             .get("stream")
             .and_then(Value::as_bool)
             .unwrap_or(false);
+        let fault = h
+            .get("x-mock-fault")
+            .and_then(|v| v.to_str().ok()?.parse::<Fault>().ok())
+            .or(*st.fault.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(fault) = fault {
+            let id = format!("chatcmpl-{name}-{n}");
+            return faulty(fault, stream, &st, guard, &id, &model, prompt_tokens);
+        }
         let chunks = header_num(h, "x-mock-chunks").map_or(st.cfg.chunks, |v| v as usize);
         if !stream {
             let content = format!("Hello from {name}");
@@ -637,6 +660,47 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
         &json!({"error": {"message": format!("mock {name}: no route for {} {path}", parts.method), "type": "invalid_request_error", "code": "not_found"}}),
         name,
     )
+}
+
+/// A chat completion broken as `fault` says, still with status 200.
+fn faulty(
+    fault: Fault,
+    stream: bool,
+    st: &Arc<State>,
+    guard: Guard,
+    id: &str,
+    model: &str,
+    prompt_tokens: u64,
+) -> Response<MockBody> {
+    let name = st.cfg.name.clone();
+    if !stream || fault == Fault::ErrorIn200 {
+        let body = fault::json_answer(fault, &name, id, model, prompt_tokens);
+        guard.done();
+        let mut r = json_response(StatusCode::OK, &Value::Null, &name);
+        *r.body_mut() = Either::Left(Full::new(Bytes::from(body)));
+        return r;
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let (events, done) = fault::stream_events(fault, &name, chunk);
+    let mut body = String::new();
+    for e in events {
+        body.push_str(&format!("data: {e}\n\n"));
+    }
+    if done {
+        body.push_str("data: [DONE]\n\n");
+    }
+    let (mut tx, rx) = Channel::<Bytes, std::io::Error>::new(4);
+    let chunk_delay = st.cfg.chunk_delay;
+    tokio::spawn(async move {
+        tokio::time::sleep(chunk_delay).await;
+        if tx.send_data(Bytes::from(body)).await.is_ok() {
+            guard.done();
+        }
+    });
+    sse_response(rx, &name)
 }
 
 /// A streamed answer: `text/event-stream` from `rx`, as the chat and Responses APIs send.

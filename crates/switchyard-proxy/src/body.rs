@@ -19,7 +19,9 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use crate::sniff::{text_of_json, JsonKey, SseScan, MAX_TEXT};
+use crate::answer::{JsonAnswer, RequestScan};
+use crate::sniff::{text_of_json, SseScan, MAX_TEXT};
+use switchyard_core::answer::AnswerFacts;
 use crate::upstream::Lease;
 use bytes::BytesMut;
 
@@ -105,6 +107,9 @@ impl std::error::Error for ClientBodyError {
 #[derive(Debug, Default)]
 pub struct RequestShared {
     pub model: OnceLock<Box<str>>,
+    /// The request's own `max_tokens` (or `max_completion_tokens`, `max_output_tokens`):
+    /// an answer cut at it is what the client asked for.
+    pub max_tokens: OnceLock<u64>,
     /// When the whole body had been handed to the provider's connection: the provider's
     /// first-byte timeout counts from here, so a slow upload is not the provider's delay.
     /// On tokio's clock, so that tests with paused time see the same clock as the timer.
@@ -136,6 +141,10 @@ pub enum Replay {
 impl RequestShared {
     pub fn model(&self) -> Option<&str> {
         self.model.get().map(|m| &**m)
+    }
+
+    pub fn max_tokens(&self) -> Option<u64> {
+        self.max_tokens.get().copied()
     }
 
     pub fn sent_at(&self) -> Option<tokio::time::Instant> {
@@ -233,7 +242,9 @@ pub struct RequestBody {
     hint: SizeHint,
     limit: u64,
     seen: u64,
-    model_scan: Option<JsonKey>,
+    /// Reads the model (unless known) and `max_tokens` as the body passes, until it is
+    /// seen not to be JSON.
+    scan: Option<RequestScan>,
     tee: Option<Tee>,
 }
 
@@ -281,8 +292,6 @@ impl Tee {
     }
 }
 
-const MODEL_MAX: usize = 256;
-
 impl RequestBody {
     /// The client's body, streamed; `model` is read from it as it passes.
     pub fn streaming(incoming: Incoming, limit: u64) -> (Self, Arc<RequestShared>) {
@@ -303,10 +312,16 @@ impl RequestBody {
             hint,
             limit,
             seen: 0,
-            model_scan: Some(JsonKey::new("model", MODEL_MAX)),
+            scan: Some(RequestScan::default()),
             tee: None,
         };
         (body, shared)
+    }
+
+    /// Also reads the model and `max_tokens` of a body the gateway holds whole.
+    pub fn reading(mut self) -> Self {
+        self.scan = Some(RequestScan::default());
+        self
     }
 
     /// The client's body of which `prefix` was read ahead (and perhaps rewritten): the
@@ -325,7 +340,7 @@ impl RequestBody {
             Some(i) if !i.is_end_stream() => Source::Live(i),
             _ => {
                 shared.mark_sent();
-                return (Self::buffered(prefix, shared.clone()), shared);
+                return (Self::buffered(prefix, shared.clone()).reading(), shared);
             }
         };
         let body = RequestBody {
@@ -336,7 +351,7 @@ impl RequestBody {
             hint: SizeHint::default(),
             limit,
             seen: 0,
-            model_scan: None,
+            scan: Some(RequestScan::default()),
             tee: None,
         };
         (body, shared)
@@ -390,7 +405,7 @@ impl RequestBody {
             hint,
             limit: u64::MAX,
             seen: 0,
-            model_scan: None,
+            scan: None,
             tee: None,
         }
     }
@@ -405,8 +420,34 @@ impl RequestBody {
             hint: SizeHint::with_exact(0),
             limit: 0,
             seen: 0,
-            model_scan: None,
+            scan: None,
             tee: None,
+        }
+    }
+}
+
+impl RequestBody {
+    /// Reads what passes for the model and `max_tokens`, until the body is seen not to be
+    /// JSON.
+    fn read(&mut self, data: &[u8]) {
+        if let Some(scan) = &mut self.scan {
+            scan.feed(data);
+            if let Some(m) = scan.read.model.take() {
+                let _ = self.shared.model.set(m);
+            }
+            if scan.invalid() {
+                self.scan = None;
+            }
+        }
+    }
+
+    /// The body ended: what was read is final.
+    fn read_to_end(&mut self) {
+        if let Some(mut scan) = self.scan.take() {
+            scan.finish();
+            if let Some(n) = scan.read.max_tokens {
+                let _ = self.shared.max_tokens.set(n);
+            }
         }
     }
 }
@@ -422,6 +463,7 @@ impl Body for RequestBody {
         let this = &mut *self;
         if let Some(p) = this.prefix.take() {
             this.shared.copy(&p);
+            this.read(&p);
             this.seen += p.len() as u64;
             if this.seen > this.limit {
                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
@@ -438,10 +480,13 @@ impl Body for RequestBody {
         let inner = match &mut this.source {
             Source::Live(i) => i,
             Source::Buffered(b) => {
-                if let Some(b) = &b {
-                    this.shared.whole(b);
+                if let Some(b) = b.take() {
+                    this.shared.whole(&b);
+                    this.read(&b);
+                    this.read_to_end();
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
-                return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))));
+                return Poll::Ready(None);
             }
             Source::Done => return Poll::Ready(None),
         };
@@ -460,18 +505,11 @@ impl Body for RequestBody {
                             }
                         }
                     }
-                    if let Some(scan) = &mut this.model_scan {
-                        scan.feed(d);
-                        if scan.found() {
-                            if let Some(m) = scan.parse::<Box<str>>() {
-                                let _ = this.shared.model.set(m);
-                            }
-                            this.model_scan = None;
-                        }
-                    }
+                    this.read(d);
                 }
                 // hyper stops polling once a sized body is complete: hand the copy over now.
                 if matches!(&this.source, Source::Live(i) if i.is_end_stream()) {
+                    this.read_to_end();
                     this.shared.mark_sent();
                     this.shared.copied_whole();
                     if let Some(t) = this.tee.take() {
@@ -482,6 +520,7 @@ impl Body for RequestBody {
             }
             Some(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBodyError::of(Box::new(e)))))),
             None => {
+                this.read_to_end();
                 this.shared.mark_sent();
                 this.shared.copied_whole();
                 this.source = Source::Done;
@@ -526,6 +565,8 @@ pub enum End {
 #[derive(Debug, Clone, Default)]
 pub struct BodySummary {
     pub bytes: u64,
+    /// Whether it carried an answer and how it ended, when it was read (a JSON or SSE body).
+    pub facts: Option<AnswerFacts>,
     /// `(prompt_tokens, completion_tokens)` when the provider reported usage.
     pub usage: Option<(u64, u64)>,
     /// SSE: when the first token (or, failing that, the first event) arrived.
@@ -543,8 +584,9 @@ pub trait OnEnd: Send + 'static {
 /// How the response body is read as it passes.
 pub enum Sniff {
     None,
-    /// A JSON body: capture its top-level `usage` (and, for a comparison, a bounded copy).
-    Json(JsonKey, Option<BytesMut>),
+    /// A JSON body: read its usage and whether it carried an answer (and, for a comparison,
+    /// keep a bounded copy). Boxed, as the SSE scan is: an open stream's body stays small.
+    Json(Box<JsonAnswer>, Option<BytesMut>),
     /// An SSE stream (optionally stripping the usage chunk the gateway asked for).
     Sse(Box<SseScan>),
 }
@@ -562,13 +604,13 @@ impl Sniff {
             let scan = SseScan::new(strip_usage);
             Sniff::Sse(Box::new(if capture { scan.capturing() } else { scan }))
         } else if ct.starts_with(b"application/json") {
-            Sniff::Json(JsonKey::new("usage", 4096), capture.then(BytesMut::new))
+            Sniff::Json(Box::default(), capture.then(BytesMut::new))
         } else {
             Sniff::None
         }
     }
 
-    fn summary(&self, bytes: u64) -> BodySummary {
+    fn summary(&mut self, bytes: u64) -> BodySummary {
         match self {
             Sniff::None => BodySummary {
                 bytes,
@@ -576,13 +618,15 @@ impl Sniff {
             },
             Sniff::Json(j, copy) => BodySummary {
                 bytes,
+                facts: Some(j.facts()),
                 usage: j.usage(),
                 content: copy.as_ref().and_then(|c| text_of_json(c)),
                 ..BodySummary::default()
             },
             Sniff::Sse(s) => BodySummary {
                 bytes,
-                usage: s.usage,
+                facts: s.facts(),
+                usage: s.usage(),
                 first_token: s.first_token.or(s.first_event),
                 stream: true,
                 content: s.content.clone(),
@@ -633,6 +677,7 @@ impl ResponseBody {
     ) -> Self {
         let mut on_end = Some(on_end);
         let mut lease = Some(lease);
+        let mut sniff = sniff;
         if inner.is_end_stream() {
             // Empty bodies are never polled: account for them now.
             if let Some(cb) = on_end.take() {

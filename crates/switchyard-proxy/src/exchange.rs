@@ -3,13 +3,15 @@
 //! access-log line each end writes. [`crate::service`] builds it; the provider stack and
 //! the response body's end finish it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
+use switchyard_core::answer::{BadAnswer, CutShort, Endpoint};
 use switchyard_core::event::{Class, RequestEvent};
 use switchyard_core::ErrorKind;
 
@@ -36,6 +38,13 @@ pub struct Exchange {
     pub(crate) method: Method,
     pub(crate) uri: Uri,
     pub(crate) start: Instant,
+    /// Which API the request calls: which answer shapes are possible.
+    pub(crate) endpoint: Endpoint,
+    /// The provider the request is with (its first, then the one it failed over to): a
+    /// client that leaves before the answer's head left this one.
+    pub(crate) provider: usize,
+    /// The answer was accounted; until then, dropping the exchange means the client left.
+    pub(crate) answered: AtomicBool,
     pub(crate) shared: Option<Arc<RequestShared>>,
     /// The gateway asked for stream usage on the client's behalf: strip that chunk.
     pub(crate) strip_usage: bool,
@@ -79,6 +88,7 @@ impl Exchange {
         completion: u64,
         cost: Option<f64>,
         failed: Option<(usize, u16)>,
+        detail: Detail,
     ) -> crate::trace::SpanRecord {
         use serde_json::Value;
         let state = &self.snap.state;
@@ -106,6 +116,12 @@ impl Exchange {
         }
         if let Some(c) = cost {
             attributes.push(("switchyard.cost_usd", c.into()));
+        }
+        if let Some(d) = detail.label() {
+            attributes.push(("switchyard.detail", d.into()));
+        }
+        if let Some(w) = detail.waited {
+            attributes.push(("switchyard.waited_ms", (w.as_micros() as f64 / 1000.0).into()));
         }
         if let Some((i, s)) = failed {
             attributes.push((
@@ -181,12 +197,8 @@ impl Exchange {
         tracing::warn!(request_id = self.id(), provider = %up.name, status, "provider refused; failing over");
         up.metrics.failovers.increment(1);
         self.account(Attempt {
-            index,
-            status,
-            class: Class::of_status(status),
             ttfb: Some(self.start.elapsed()),
-            summary: BodySummary::default(),
-            answer: false,
+            ..Attempt::new(index, status, Class::of_status(status), false)
         });
         // A fresh clock for the other provider's first-byte timeout.
         let shared = Arc::new(RequestShared::default());
@@ -194,7 +206,7 @@ impl Exchange {
             let _ = shared.model.set(m.into());
         }
         self.shared = Some(shared.clone());
-        let mut req = Request::new(Box::new(RequestBody::buffered(body, shared)));
+        let mut req = Request::new(Box::new(RequestBody::buffered(body, shared).reading()));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = headers;
@@ -265,15 +277,12 @@ impl Exchange {
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let status = parts.status.as_u16();
         self.account(Attempt {
-            index,
-            status,
-            class: Class::of_status(status),
             ttfb: Some(self.start.elapsed()),
             summary: BodySummary {
                 bytes: body.len() as u64,
                 ..BodySummary::default()
             },
-            answer: true,
+            ..Attempt::new(index, status, Class::of_status(status), true)
         });
         Response::from_parts(parts, GatewayBody::full(body))
     }
@@ -304,14 +313,7 @@ impl Exchange {
         let up = &self.snap.upstreams[index];
         tracing::warn!(request_id = self.id(), provider = %up.name, error = %ErrorChain(e), "cannot connect; failing over");
         up.metrics.failovers.increment(1);
-        self.account(Attempt {
-            index,
-            status: 0,
-            class: Class::Connect,
-            ttfb: None,
-            summary: BodySummary::default(),
-            answer: false,
-        });
+        self.account(Attempt::new(index, 0, Class::Connect, false));
     }
 
     /// Provider `index` could not be connected to, and there is no other side to try.
@@ -467,14 +469,7 @@ impl Exchange {
         class: Class,
         message: &str,
     ) -> Response<GatewayBody> {
-        self.account(Attempt {
-            index,
-            status: kind.status(),
-            class,
-            ttfb: None,
-            summary: BodySummary::default(),
-            answer: true,
-        });
+        self.account(Attempt::new(index, kind.status(), class, true));
         let mut r = error_response(kind, message, &self.request_id);
         r.headers_mut()
             .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
@@ -490,6 +485,7 @@ impl Exchange {
             ttfb,
             mut summary,
             answer: last,
+            detail,
         } = a;
         let up = &self.snap.upstreams[index];
         let elapsed = self.start.elapsed();
@@ -500,9 +496,17 @@ impl Exchange {
             Class::ServerError => Outcome::S5xx,
             Class::Timeout => Outcome::Timeout,
             Class::Connect | Class::StreamCut => Outcome::Error,
+            // What the provider's answer said; its status was a 2xx.
+            Class::BadAnswer => Outcome::S2xx,
             Class::ClientGone => Outcome::from_status(status),
         };
         m.count(outcome, class);
+        if let Some(cut) = detail.cut_short {
+            m.count_cut(cut);
+        }
+        if let Some(w) = detail.waited {
+            m.abandoned_waits.record(w.as_secs_f64());
+        }
         m.duration.record(elapsed.as_secs_f64());
 
         let cfg = &self.snap.config;
@@ -561,6 +565,9 @@ impl Exchange {
                 completion_tokens: completion,
                 cost_usd: cost,
                 cost_if_other_usd: cost_other,
+                bad_answer: detail.bad_answer,
+                cut_short: detail.cut_short,
+                waited: detail.waited,
             };
             if events.try_send(event).is_err() {
                 metrics::counter!(EVENTS_DROPPED).increment(1);
@@ -573,6 +580,7 @@ impl Exchange {
                 .unwrap_or_else(|e| e.into_inner()) = Some((index, status));
             return;
         }
+        self.answered.store(true, Ordering::Relaxed);
         let failed = *self
             .failed_attempt
             .lock()
@@ -580,6 +588,7 @@ impl Exchange {
         if let (Some(ctx), Some(sink)) = (self.trace, &self.snap.spans) {
             sink.send(self.span(
                 ctx, up, status, class, outcome, elapsed, model, prompt, completion, cost, failed,
+                detail,
             ));
         }
         if cfg.server.access_log {
@@ -600,10 +609,13 @@ impl Exchange {
                 model,
                 prompt_tokens: prompt,
                 completion_tokens: completion,
+                detail,
             });
         }
         if let Some(pair) = &self.shadow {
             pair.primary(SideResult {
+                class,
+                cut_short: detail.cut_short,
                 status,
                 latency: elapsed,
                 ttft: ttfb,
@@ -635,20 +647,81 @@ impl OnEnd for Finish {
         if self.stream {
             m.open_streams.decrement(1.0);
         }
+        let mut detail = Detail::default();
         let class = match end {
-            End::Complete => Class::of_status(self.status),
+            End::Complete => {
+                let (class, shape) = Class::of_answer(
+                    self.status,
+                    self.ex.endpoint,
+                    self.stream,
+                    summary.facts.as_ref(),
+                );
+                detail.bad_answer = shape;
+                if class == Class::Success {
+                    let asked = self.ex.shared.as_ref().and_then(|s| s.max_tokens());
+                    detail.cut_short = summary
+                        .facts
+                        .and_then(|f| f.cut_short(asked, summary.usage.map(|u| u.1)));
+                }
+                class
+            }
             End::ClientGone => Class::ClientGone,
             End::Broken => Class::StreamCut,
             End::Idle => Class::Timeout,
         };
         self.ex.account(Attempt {
-            index: self.index,
-            status: self.status,
-            class,
             ttfb: Some(self.first_byte),
             summary,
-            answer: true,
+            detail,
+            ..Attempt::new(self.index, self.status, class, true)
         });
+    }
+}
+
+/// A client that leaves before the answer's head (its connection closed, its HTTP/2 stream
+/// reset) drops the request's future, and with it the exchange: the one place that still
+/// knows it happened. Accounted once, as `client_gone` against the provider the request was
+/// with; when the request had been sent whole, with how long the client waited (an
+/// abandoned wait, which the judge compares between the sides).
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if *self.answered.get_mut() {
+            return;
+        }
+        let waited = self
+            .shared
+            .as_ref()
+            .and_then(|s| s.sent_at())
+            .map(|t| t.elapsed());
+        // nginx's "client closed request": what operators read in access logs.
+        self.account(Attempt {
+            detail: Detail {
+                waited,
+                ..Detail::default()
+            },
+            ..Attempt::new(self.provider, CLIENT_CLOSED, Class::ClientGone, true)
+        });
+    }
+}
+
+/// The status an access line gives a request whose client left before its answer's head.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// What an attempt's class alone does not say.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Detail {
+    pub(crate) bad_answer: Option<BadAnswer>,
+    pub(crate) cut_short: Option<CutShort>,
+    /// How long the client waited before it gave up on the answer's head.
+    pub(crate) waited: Option<Duration>,
+}
+
+impl Detail {
+    /// The shape of a bad answer or the cause of a cut, for logs and traces.
+    pub(crate) fn label(&self) -> Option<&'static str> {
+        self.bad_answer
+            .map(BadAnswer::label)
+            .or(self.cut_short.map(CutShort::label))
     }
 }
 
@@ -662,6 +735,21 @@ struct Attempt {
     summary: BodySummary,
     /// This attempt is the answer (not one that failed over): a shadow meets it.
     answer: bool,
+    detail: Detail,
+}
+
+impl Attempt {
+    fn new(index: usize, status: u16, class: Class, answer: bool) -> Attempt {
+        Attempt {
+            index,
+            status,
+            class,
+            ttfb: None,
+            summary: BodySummary::default(),
+            answer,
+            detail: Detail::default(),
+        }
+    }
 }
 
 /// One access-log line.
@@ -685,6 +773,7 @@ pub(crate) struct AccessRecord<'a> {
     pub(crate) model: Option<&'a str>,
     pub(crate) prompt_tokens: u64,
     pub(crate) completion_tokens: u64,
+    pub(crate) detail: Detail,
 }
 
 pub(crate) fn access_log(r: &AccessRecord<'_>) {
@@ -709,5 +798,7 @@ pub(crate) fn access_log(r: &AccessRecord<'_>) {
         completion_tokens = r.completion_tokens,
         failover_from = r.failover_from,
         failover_status = r.failover_status,
+        detail = r.detail.label(),
+        waited_ms = r.detail.waited.map(ms),
     );
 }

@@ -1,9 +1,11 @@
 //! switchyard's data plane. The request path is documented step by step in [`service`];
 //! read it before changing the order of anything.
 
+pub mod answer;
 pub mod body;
 pub mod exchange;
 pub mod headers;
+pub mod json_walk;
 pub mod limits;
 pub mod metrics;
 pub mod openai;

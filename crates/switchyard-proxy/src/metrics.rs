@@ -2,6 +2,7 @@
 //! only touches atomics (no label lookups or `String`s per request).
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use switchyard_core::answer::CutShort;
 use switchyard_core::event::Class;
 
 pub const REQUESTS_TOTAL: &str = "switchyard_requests_total";
@@ -19,6 +20,8 @@ pub const MODEL_TOKENS: &str = "switchyard_model_tokens_total";
 pub const MODEL_COST: &str = "switchyard_model_cost_usd_total";
 pub const OPEN_STREAMS: &str = "switchyard_open_streams";
 pub const BUILD_INFO: &str = "switchyard_build_info";
+pub const CUT_ANSWERS: &str = "switchyard_cut_answers_total";
+pub const ABANDONED_WAITS: &str = "switchyard_abandoned_wait_seconds";
 /// Every `reason` of [`REJECTED_TOTAL`], shown at zero from the start.
 pub const REJECT_REASONS: &[&str] = &[
     "auth",
@@ -57,7 +60,16 @@ pub fn describe() {
     );
     metrics::describe_counter!(
         OUTCOMES_TOTAL,
-        "Requests by provider and outcome class: whose fault it was (2xx, 4xx, auth, refused, 5xx, timeout, connect_error, stream_cut: the provider's answer; client_gone, client_fault: the client's doing)"
+        "Requests by provider and outcome class: whose fault it was (2xx, 4xx, auth, refused, 5xx, timeout, connect_error, stream_cut, bad_answer: the provider's answer; client_gone, client_fault: the client's doing)"
+    );
+    metrics::describe_counter!(
+        CUT_ANSWERS,
+        "Answers cut short though the client did not ask, by provider and reason (length below the request's max_tokens or with none set, content_filter)"
+    );
+    metrics::describe_histogram!(
+        ABANDONED_WAITS,
+        metrics::Unit::Seconds,
+        "How long clients waited for a provider's answer head before they gave up (client_gone with the request sent)"
     );
     metrics::describe_counter!(
         FAILOVERS_TOTAL,
@@ -162,6 +174,9 @@ pub struct ProviderMetrics {
     pub stream_ttft: Histogram,
     pub in_flight: Gauge,
     pub open_streams: Gauge,
+    /// By [`CutShort`], in its order.
+    cut: [Counter; CutShort::ALL.len()],
+    pub abandoned_waits: Histogram,
     /// Per model: the provider's priced models by their client-facing name, then `other`
     /// (a bounded label: clients cannot make new series with made-up model names).
     by_model: std::sync::Arc<[ModelMetrics]>,
@@ -202,6 +217,8 @@ impl ProviderMetrics {
             stream_ttft: histogram!(STREAM_TTFT, "provider" => provider.to_string()),
             in_flight: gauge!(IN_FLIGHT, "provider" => provider.to_string()),
             open_streams: gauge!(OPEN_STREAMS, "provider" => provider.to_string()),
+            cut: CutShort::ALL.map(|c| counter!(CUT_ANSWERS, "provider" => provider.to_string(), "reason" => c.label())),
+            abandoned_waits: histogram!(ABANDONED_WAITS, "provider" => provider.to_string()),
             by_model,
         }
     }
@@ -224,6 +241,10 @@ impl ProviderMetrics {
                 m.cost.increment(c);
             }
         }
+    }
+
+    pub fn count_cut(&self, cut: CutShort) {
+        self.cut[cut as usize].increment(1);
     }
 
     #[inline]

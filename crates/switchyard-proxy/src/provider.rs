@@ -407,6 +407,7 @@ where
                     };
                     call.failed_over_from = Some(call.index);
                     call.index = other;
+                    call.ex.provider = other;
                     match call.ex.retarget(call.req, other) {
                         Ok(req) => call.req = req,
                         Err(e) => return Poll::Ready(Ok(call.ex.unforwardable(other, &e))),

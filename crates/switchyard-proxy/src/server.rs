@@ -66,6 +66,7 @@ pub async fn serve(
     let sweeper = {
         let gateway = gateway.clone();
         let mut stop = shutdown.clone();
+        let mut warm = gateway.warm_requests();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             loop {
@@ -73,6 +74,11 @@ pub async fn serve(
                     _ = stop.changed() => return,
                     _ = tick.tick() => {
                         gateway.load().upstreams.iter().for_each(|u| u.close_idle(worker));
+                    }
+                    Ok(()) = warm.changed() => {
+                        for u in gateway.load().upstreams.iter() {
+                            u.warm(worker).await;
+                        }
                     }
                 }
             }

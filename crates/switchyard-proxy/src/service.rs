@@ -48,6 +48,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
+use switchyard_core::answer::Endpoint;
 use switchyard_core::config::ModelRoute;
 use switchyard_core::event::{Class, ShadowEvent};
 use switchyard_core::router::{Router, Side};
@@ -387,6 +388,9 @@ async fn forward(
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         start: Instant::now(),
+        endpoint: Endpoint::of(parts.method == Method::POST, parts.uri.path()),
+        provider: first,
+        answered: AtomicBool::new(false),
         shared: None,
         strip_usage: false,
         shadow: None,
@@ -536,7 +540,7 @@ async fn forward(
         if let Some(t) = tee.take() {
             t.complete_with(bytes.clone());
         }
-        RequestBody::buffered(bytes, shared)
+        RequestBody::buffered(bytes, shared).reading()
     } else {
         let body = body.take().expect("the body is there");
         let (body, shared) = RequestBody::streaming(body, limit);
@@ -737,6 +741,7 @@ fn reject<B>(
             model: None,
             prompt_tokens: 0,
             completion_tokens: 0,
+            detail: Default::default(),
         });
     }
     let mut r = error_response(kind, message, &request_id);

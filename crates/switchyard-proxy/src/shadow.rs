@@ -11,12 +11,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use switchyard_core::event::{ShadowComparison, ShadowEvent};
+use switchyard_core::answer::{CutShort, Endpoint};
+use switchyard_core::event::{Class, ShadowComparison, ShadowEvent};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{RequestBody, RequestShared, TeeResult};
 use crate::snapshot::Snapshot;
-use crate::sniff::{text_of_json, JsonKey, SseScan};
+use crate::answer::JsonAnswer;
+use crate::sniff::{text_of_json, SseScan};
 use crate::upstream::Worker;
 
 pub static X_SWITCHYARD_SHADOW: HeaderName = HeaderName::from_static("x-switchyard-shadow");
@@ -73,8 +75,11 @@ impl ShadowRuntime {
 }
 
 /// One side's answer, as the comparison needs it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SideResult {
+    /// Classified as a served answer is: a 2xx with no answer in it is `bad_answer`.
+    pub class: Class,
+    pub cut_short: Option<CutShort>,
     pub status: u16,
     pub latency: Duration,
     pub ttft: Option<Duration>,
@@ -158,6 +163,10 @@ pub fn compare(p: &SideResult, s: &SideResult, json_asked: bool) -> ShadowCompar
     ShadowComparison {
         primary_status: p.status,
         shadow_status: s.status,
+        primary_class: p.class,
+        shadow_class: s.class,
+        primary_cut: p.cut_short,
+        shadow_cut: s.cut_short,
         primary_latency: p.latency,
         shadow_latency: s.latency,
         primary_ttft: p.ttft,
@@ -235,10 +244,11 @@ pub async fn run(
         return pair.failed("error");
     };
     let body_len = body.len();
-    let mut req = Request::new(Box::new(RequestBody::buffered(
-        body,
-        Arc::new(RequestShared::default()),
-    )));
+    let endpoint = Endpoint::of(mirror.method == Method::POST, mirror.uri.path());
+    let shared = Arc::new(RequestShared::default());
+    let mut req = Request::new(Box::new(
+        RequestBody::buffered(body, shared.clone()).reading(),
+    ));
     *req.method_mut() = mirror.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = mirror.headers;
@@ -265,10 +275,9 @@ pub async fn run(
     };
     let head_at = start.elapsed();
     let status = resp.status().as_u16();
-    let sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let content_type = resp.headers().get(header::CONTENT_TYPE);
+    let sse = content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let resp_is_json = content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     let mut scan = SseScan::new(false).capturing();
     let mut json = Vec::new();
     let mut body = resp.into_body();
@@ -298,24 +307,32 @@ pub async fn run(
         }
     }
     let latency = start.elapsed();
-    let (tokens, content, ttft) = if sse {
+    let (usage, facts, content, ttft) = if sse {
         let _ = scan.finish();
         (
-            scan.usage.unwrap_or((0, 0)),
+            scan.usage(),
+            scan.facts(),
             scan.content.take(),
             scan.first_token
                 .or(scan.first_event)
                 .map(|t| t.duration_since(start)),
         )
     } else {
-        let mut usage = JsonKey::new("usage", 4096);
-        usage.feed(&json);
+        let mut answer = JsonAnswer::default();
+        answer.feed(&json);
+        let json_body = resp_is_json;
         (
-            usage.usage().unwrap_or((0, 0)),
+            answer.usage(),
+            json_body.then(|| answer.facts()),
             text_of_json(&json),
             Some(head_at),
         )
     };
+    let tokens = usage.unwrap_or((0, 0));
+    let (class, _) = Class::of_answer(status, endpoint, sse, facts.as_ref());
+    let cut_short = (class == Class::Success)
+        .then(|| facts.and_then(|f| f.cut_short(shared.max_tokens(), usage.map(|u| u.1))))
+        .flatten();
     let cost = model
         .as_deref()
         .and_then(|m| cfg.providers[to].pricing.cost(m, tokens.0, tokens.1));
@@ -326,6 +343,8 @@ pub async fn run(
         .record(latency.as_secs_f64());
     pair.shadow(
         SideResult {
+            class,
+            cut_short,
             status,
             latency,
             ttft,
@@ -361,24 +380,31 @@ mod tests {
         assert!((0..2500u16).all(|b| !mirrored(b, 2500, 10_000)));
     }
 
+    fn answer(content: &str, latency_ms: u64) -> SideResult {
+        SideResult {
+            class: Class::Success,
+            cut_short: None,
+            status: 200,
+            latency: Duration::from_millis(latency_ms),
+            ttft: None,
+            tokens: (0, 0),
+            cost: None,
+            content: Some(content.into()),
+        }
+    }
+
     #[test]
     fn comparison() {
-        let p = SideResult {
-            status: 200,
-            content: Some("{\"a\": 1}".into()),
-            latency: Duration::from_millis(100),
-            ..SideResult::default()
-        };
+        let p = answer("{\"a\": 1}", 100);
         let s = SideResult {
-            status: 200,
-            content: Some("{\"a\": 2}".into()),
-            latency: Duration::from_millis(300),
-            ..SideResult::default()
+            class: Class::BadAnswer,
+            ..answer("{\"a\": 2}", 300)
         };
         let c = compare(&p, &s, true);
         assert!(!c.exact_match);
         assert!(c.similarity.unwrap() > 0.5 && c.similarity.unwrap() < 1.0);
         assert_eq!(c.primary_json_valid, Some(true));
+        assert_eq!((c.primary_class, c.shadow_class), (Class::Success, Class::BadAnswer));
         let same = compare(&p, &p, false);
         assert!(same.exact_match);
         assert_eq!(same.similarity, Some(1.0));

@@ -179,6 +179,8 @@ impl std::fmt::Debug for Snapshot {
 pub struct Gateway {
     current: ArcSwap<Snapshot>,
     sinks: Sinks,
+    /// Tells the workers to warm their pools ([`Gateway::warm`]).
+    warm: tokio::sync::watch::Sender<u64>,
 }
 
 impl Gateway {
@@ -192,7 +194,35 @@ impl Gateway {
         Gateway {
             current: ArcSwap::from_pointee(snapshot),
             sinks,
+            warm: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Opens connections to provider `index` in every worker's pool before its traffic
+    /// starts (each worker opens its own: a connection is driven by the thread that uses
+    /// it), waiting up to `within`. Answers how many worker pools are warm.
+    pub async fn warm(&self, index: usize, within: std::time::Duration) -> usize {
+        let snap = self.load();
+        let Some(up) = snap.upstreams.get(index) else {
+            return 0;
+        };
+        let generation = up.want_warm();
+        self.warm.send_modify(|n| *n += 1);
+        // The workers listening (none in a process that only runs the control plane).
+        let workers = self.warm.receiver_count().min(snap.workers);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let done = up.warmed(generation);
+            if done >= workers || tokio::time::Instant::now() >= deadline {
+                return done;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// What a worker waits on to warm its pools.
+    pub fn warm_requests(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.warm.subscribe()
     }
 
     #[inline]

@@ -6,6 +6,9 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
+use switchyard_core::answer::AnswerFacts;
+
+use crate::answer::SseAnswer;
 
 /// Captures the raw JSON value of one top-level key of a JSON object streaming by.
 #[derive(Debug)]
@@ -214,29 +217,16 @@ impl Usage {
     }
 }
 
-/// The parts of one streamed chunk that matter for accounting.
-#[derive(Debug, serde::Deserialize)]
-struct UsageChunk {
-    usage: Option<Usage>,
-    choices: Option<Vec<serde::de::IgnoredAny>>,
-    /// The Responses API's `response.completed` event carries the usage one level down.
-    response: Option<NestedUsage>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct NestedUsage {
-    usage: Option<Usage>,
-}
-
 /// Watches an SSE stream: usage from any event that carries it, the first token's time,
-/// and (when `strip`) removes the usage-only chunk the gateway asked for on the client's
-/// behalf. Without `strip` frames pass untouched; with it, only whole events are passed on.
+/// whether it carried an answer and how it ended ([`SseAnswer`]), and (when `strip`) removes
+/// the usage-only chunk the gateway asked for on the client's behalf. Without `strip` frames
+/// pass untouched; with it, only whole events are passed on.
 #[derive(Debug)]
 pub struct SseScan {
     strip: bool,
     /// Without strip: the incomplete last line. With strip: the incomplete last event.
     carry: BytesMut,
-    pub usage: Option<(u64, u64)>,
+    answer: SseAnswer,
     pub first_event: Option<Instant>,
     pub first_token: Option<Instant>,
     overflow: bool,
@@ -263,7 +253,7 @@ impl SseScan {
         SseScan {
             strip,
             carry: BytesMut::new(),
-            usage: None,
+            answer: SseAnswer::default(),
             first_event: None,
             first_token: None,
             overflow: false,
@@ -343,23 +333,41 @@ impl SseScan {
         Bytes::new()
     }
 
+    /// `(prompt, completion)` tokens, when an event carried usage.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        self.answer.usage()
+    }
+
+    /// What the stream said about its answer; `None` when it was not SSE as we know it
+    /// (a line too long to read), so nothing can be said.
+    pub fn facts(&self) -> Option<AnswerFacts> {
+        (!self.overflow).then(|| self.answer.facts())
+    }
+
     /// Looks at one line; true when it is a usage-only chunk (`choices: []` with usage).
     fn line(&mut self, line: &[u8]) -> bool {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(event) = line.strip_prefix(b"event:") {
+            if event.trim_ascii() == b"error" {
+                self.answer.error_event();
+            }
+            return false;
+        }
         let Some(payload) = line.strip_prefix(b"data:") else {
             return false;
         };
-        let payload = payload.trim_ascii_start();
+        let payload = payload.trim_ascii();
         if payload == b"[DONE]" {
+            self.answer.done();
             return false;
         }
         let now = Instant::now();
         self.first_event.get_or_insert(now);
-        let token = has_token(payload);
-        if self.first_token.is_none() && token {
+        let event = self.answer.event(payload);
+        if self.first_token.is_none() && event.token {
             self.first_token = Some(now);
         }
-        if token {
+        if event.token {
             if let Some(text) = &mut self.content {
                 if text.len() < MAX_TEXT {
                     if let Ok(v) = serde_json::from_slice::<Value>(payload) {
@@ -374,41 +382,8 @@ impl SseScan {
                 }
             }
         }
-        if !contains(payload, b"\"usage\"") {
-            return false;
-        }
-        let Ok(chunk) = serde_json::from_slice::<UsageChunk>(payload) else {
-            return false;
-        };
-        if let Some(u) = chunk.usage.and_then(Usage::tokens) {
-            self.usage = Some(u);
-            return chunk.choices.is_some_and(|c| c.is_empty());
-        }
-        if let Some(u) = chunk.response.and_then(|r| r.usage).and_then(Usage::tokens) {
-            self.usage = Some(u);
-        }
-        false
+        event.usage_only
     }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(hay, needle).is_some()
-}
-
-/// A delta with text in it: `"content":"x` (or the legacy completions' `"text":"x`, or
-/// the Responses API's `"delta":"x`).
-fn has_token(payload: &[u8]) -> bool {
-    for key in [&b"\"content\":"[..], b"\"text\":", b"\"delta\":"] {
-        let mut rest = payload;
-        while let Some(i) = memchr::memmem::find(rest, key) {
-            let after = rest[i + key.len()..].trim_ascii_start();
-            if after.len() >= 2 && after[0] == b'"' && after[1] != b'"' {
-                return true;
-            }
-            rest = &rest[i + key.len()..];
-        }
-    }
-    false
 }
 
 /// End of the last complete event (after its blank line), if any.
@@ -523,7 +498,7 @@ mod tests {
         let mut s = SseScan::new(false);
         let out = pass(&mut s, 7);
         assert_eq!(out, STREAM.as_bytes());
-        assert_eq!(s.usage, Some((7, 2)));
+        assert_eq!(s.usage(), Some((7, 2)));
         assert!(s.first_token.is_some() && s.first_event.is_some());
         assert!(s.first_token >= s.first_event);
     }
@@ -537,14 +512,62 @@ mod tests {
             text.contains("\"Hi\"") && text.ends_with("data: [DONE]\n\n"),
             "{text}"
         );
-        assert_eq!(s.usage, Some((7, 2)));
+        assert_eq!(s.usage(), Some((7, 2)));
     }
 
+    /// Each hidden failure a stream can carry, read the same whatever the frames' sizes,
+    /// rewritten or not; and what reaches the client is what the provider sent (the usage
+    /// chunk aside, when the gateway asked for it).
     #[test]
-    fn token_detection() {
-        assert!(!has_token(br#"{"delta":{"content":""}}"#));
-        assert!(has_token(br#"{"delta":{"content": "a"}}"#));
-        assert!(has_token(br#"{"choices":[{"text":"a"}]}"#));
-        assert!(!has_token(br#"{"delta":{"role":"assistant"}}"#));
+    fn hidden_failures_in_streams_at_every_split() {
+        use switchyard_core::answer::{BadAnswer, Endpoint, Finish};
+        let hi = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
+        let cases = [
+            (STREAM.to_string(), None),
+            (hi.to_string(), Some(BadAnswer::Unfinished)),
+            (
+                format!("{hi}data: {{\"error\":{{\"message\":\"overloaded\"}}}}\n\ndata: [DONE]\n\n"),
+                Some(BadAnswer::ErrorEvent),
+            ),
+            (
+                format!("{hi}event: error\ndata: {{\"message\":\"overloaded\"}}\n\n"),
+                Some(BadAnswer::ErrorEvent),
+            ),
+            ("data: [DONE]\n\n".to_string(), Some(BadAnswer::NoChoices)),
+            (
+                "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n".to_string(),
+                Some(BadAnswer::EmptyMessage),
+            ),
+        ];
+        for (stream, shape) in cases {
+            for strip in [false, true] {
+                for size in 1..=stream.len() {
+                    let mut s = SseScan::new(strip);
+                    let mut out = Vec::new();
+                    for chunk in stream.as_bytes().chunks(size) {
+                        out.extend_from_slice(&s.feed(Bytes::copy_from_slice(chunk)));
+                    }
+                    out.extend_from_slice(&s.finish());
+                    if !strip {
+                        assert_eq!(out, stream.as_bytes(), "untouched: {stream}");
+                    }
+                    let facts = s.facts().unwrap();
+                    assert_eq!(
+                        facts.bad_answer(Endpoint::Chat, true),
+                        shape,
+                        "{stream} in frames of {size} (strip {strip})"
+                    );
+                }
+            }
+        }
+        let cut = "data: {\"choices\":[{\"delta\":{\"content\":\"H\"},\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n";
+        for size in 1..=cut.len() {
+            let mut s = SseScan::new(false);
+            cut.as_bytes()
+                .chunks(size)
+                .for_each(|c| drop(s.feed(Bytes::copy_from_slice(c))));
+            s.finish();
+            assert_eq!(s.facts().unwrap().finish, Some(Finish::Length));
+        }
     }
 }

@@ -54,6 +54,9 @@ const PROTO_H2: u8 = 2;
 const H2_STREAM_WINDOW: u32 = 256 * 1024;
 const H2_CONN_WINDOW: u32 = 4 * 1024 * 1024;
 
+/// HTTP/1.1 connections each worker opens ahead of a provider's first traffic.
+pub const WARM_H1: usize = 2;
+
 pub struct Upstream {
     pub name: Arc<str>,
     /// Value of `x-switchyard-provider`.
@@ -76,6 +79,9 @@ pub struct Upstream {
     /// Until when (unix ms) first attempts go elsewhere: the provider asked for a pause
     /// with a 429's `Retry-After`.
     skip_until_ms: std::sync::atomic::AtomicU64,
+    /// Asks each worker's pool to open connections ahead of traffic ([`Upstream::warm`]):
+    /// raised by the control plane, answered by each worker.
+    warm_wanted: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -180,7 +186,55 @@ impl Upstream {
                 config.pricing.models.keys().map(String::as_str),
             ),
             skip_until_ms: std::sync::atomic::AtomicU64::new(0),
+            warm_wanted: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Asks every worker to open connections to this provider ahead of its traffic (see
+    /// [`crate::Gateway::warm`]); the number to compare [`Upstream::warmed`] with.
+    pub fn want_warm(&self) -> u64 {
+        self.warm_wanted.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Worker pools that answered warm request `generation` (all proxy workers: done).
+    pub fn warmed(&self, generation: u64) -> usize {
+        self.pools[..self.pools.len() - 1]
+            .iter()
+            .filter(|p| p.warmed.load(Ordering::Relaxed) >= generation)
+            .count()
+    }
+
+    /// On `worker`'s thread: when warming was asked for since this pool last did it, opens
+    /// connections so the first requests of a new phase do not wait for connection setup
+    /// (TCP, TLS, HTTP/2 settings): up to [`WARM_H1`] HTTP/1.1 keep-alive connections,
+    /// or one HTTP/2 connection, which multiplexes.
+    pub async fn warm(&self, worker: Worker) {
+        let pool = self.pool(worker);
+        let wanted = self.warm_wanted.load(Ordering::Relaxed);
+        if pool.warmed.load(Ordering::Relaxed) >= wanted {
+            return;
+        }
+        let max_streams = self.config.http2_max_streams;
+        for _ in 0..WARM_H1 {
+            let have_h1 = pool.lock().len();
+            if self.proto.load(Ordering::Relaxed) == PROTO_H1 {
+                if have_h1 >= WARM_H1.min(self.config.max_idle_connections) {
+                    break;
+                }
+            } else if self.pooled(pool, max_streams).is_some() {
+                // An HTTP/2 connection is there (the stream slot just taken goes back).
+                break;
+            }
+            match self.open(pool, max_streams).await {
+                Ok((Conn::H1(tx), _)) => pool.park(tx, self.config.max_idle_connections),
+                Ok((Conn::H2(..), _)) => {}
+                Err(e) => {
+                    tracing::debug!(provider = %self.name, error = %e, "cannot warm a connection");
+                    break;
+                }
+            }
+        }
+        pool.warmed.fetch_max(wanted, Ordering::Relaxed);
     }
 
     /// `worker`'s pool (the control plane's for [`Worker::CONTROL`]).
@@ -403,6 +457,8 @@ pub struct Pool {
     h2: Mutex<Vec<H2Conn>>,
     /// Held while an HTTP/2 connection is being opened.
     opening: tokio::sync::Mutex<()>,
+    /// The last warm request this pool answered ([`Upstream::warm`]).
+    warmed: std::sync::atomic::AtomicU64,
 }
 
 impl Pool {
@@ -412,6 +468,18 @@ impl Pool {
 
     fn lock_h2(&self) -> std::sync::MutexGuard<'_, Vec<H2Conn>> {
         self.h2.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps an idle HTTP/1.1 connection for the next request (up to `max_idle`).
+    fn park(&self, conn: http1::SendRequest<BoxedBody>, max_idle: usize) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < max_idle {
+            idle.push_back((conn, Instant::now()));
+        }
+        // Over the cap the connection is dropped here, and hyper closes it.
     }
 
     /// The most recently used open connection: the one most likely still warm.
@@ -518,16 +586,7 @@ impl Lease {
                 conn,
                 pool,
                 max_idle,
-            } => {
-                if conn.is_closed() {
-                    return;
-                }
-                let mut idle = pool.lock();
-                if idle.len() < max_idle {
-                    idle.push_back((conn, Instant::now()));
-                }
-                // Over the cap the connection is dropped here, and hyper closes it.
-            }
+            } => pool.park(conn, max_idle),
             // The slot goes back as it drops; the connection stays shared.
             LeaseKind::H2 { .. } => {}
         }

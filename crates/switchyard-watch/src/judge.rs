@@ -119,6 +119,12 @@ pub struct Counts {
     pub timeout: u64,
     pub connect_error: u64,
     pub stream_cut: u64,
+    pub bad_answer: u64,
+    /// Clients that gave up waiting for the answer's head (abandoned waits only: what the
+    /// client broke or left mid-answer is in no window).
+    pub client_gone: u64,
+    /// Successful answers cut short though the client did not ask (among `success`).
+    pub cut_short: u64,
 }
 
 impl Counts {
@@ -132,7 +138,9 @@ impl Counts {
             Class::Timeout => &mut self.timeout,
             Class::Connect => &mut self.connect_error,
             Class::StreamCut => &mut self.stream_cut,
-            Class::ClientGone | Class::ClientFault => return None,
+            Class::BadAnswer => &mut self.bad_answer,
+            Class::ClientGone => &mut self.client_gone,
+            Class::ClientFault => return None,
         })
     }
 
@@ -148,9 +156,10 @@ impl Counts {
                 *slot += n;
             }
         }
+        self.cut_short += o.cut_short;
     }
 
-    fn by_class(&self) -> [(Class, u64); 8] {
+    fn by_class(&self) -> [(Class, u64); 10] {
         [
             (Class::Success, self.success),
             (Class::ClientError, self.client_error),
@@ -160,6 +169,8 @@ impl Counts {
             (Class::Timeout, self.timeout),
             (Class::Connect, self.connect_error),
             (Class::StreamCut, self.stream_cut),
+            (Class::BadAnswer, self.bad_answer),
+            (Class::ClientGone, self.client_gone),
         ]
     }
 
@@ -226,7 +237,10 @@ impl Summary {
 
     fn add(&mut self, s: &Sample) {
         self.counts.add(s.class);
-        if s.class == Class::Success {
+        if s.cut {
+            // Cut answers count as cut, not as speed: a one-token answer is fast.
+            self.counts.cut_short += 1;
+        } else if s.class == Class::Success {
             if s.stream {
                 self.ttft.add(s.latency_us);
             } else {
@@ -242,6 +256,7 @@ struct Sample {
     class: Class,
     latency_us: u64,
     stream: bool,
+    cut: bool,
 }
 
 /// The two sides' most recent requests. `to`'s window holds its last `window` requests of
@@ -290,7 +305,7 @@ impl Windows {
 
     /// Counts a finished request of `side`, at `now_ms` on the watchers' clock.
     pub fn record(&mut self, side: Side, e: &RequestEvent, now_ms: u64) {
-        if !e.class.judges_provider() {
+        if !e.judged() {
             return;
         }
         let s = Sample {
@@ -298,6 +313,7 @@ impl Windows {
             class: e.class,
             latency_us: e.judged_latency().as_micros() as u64,
             stream: e.stream,
+            cut: e.cut_short.is_some(),
         };
         match side {
             Side::To => {
@@ -416,6 +432,24 @@ pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: u32) -> Verdict 
             None,
             alpha,
         ),
+        // The same clients with the same patience reach both sides: a side they give up
+        // on more often keeps them waiting longer, whatever its own timeout says.
+        rate_metric(
+            cfg,
+            sides,
+            Metric::AbandonedRate,
+            (sides.to.counts.client_gone, sides.from.counts.client_gone),
+            None,
+            alpha,
+        ),
+        rate_metric(
+            cfg,
+            sides,
+            Metric::CutShortRate,
+            (sides.to.counts.cut_short, sides.from.counts.cut_short),
+            None,
+            alpha,
+        ),
         latency_metric(
             cfg,
             sides,
@@ -462,7 +496,10 @@ pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: u32) -> Verdict 
         )
     } else if look == 0 {
         (Judgement::Inconclusive, "not judged yet".into())
-    } else if !metrics[2..].iter().any(|m| m.p_value.is_some()) {
+    } else if !metrics
+        .iter()
+        .any(|m| m.metric.is_latency() && m.p_value.is_some())
+    {
         (
             Judgement::Inconclusive,
             format!(
@@ -756,6 +793,9 @@ mod tests {
             completion_tokens: 0,
             cost_usd: None,
             cost_if_other_usd: None,
+            bad_answer: None,
+            cut_short: None,
+            waited: None,
         }
     }
 

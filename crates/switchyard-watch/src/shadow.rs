@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use switchyard_core::api;
-use switchyard_core::event::ShadowEvent;
+use switchyard_core::event::{Class, ShadowEvent};
 
 use crate::stats::{latency_of, Latency};
 
@@ -22,6 +22,7 @@ pub struct ShadowStats {
     shadow_tokens: (u64, u64),
     primary_cost: f64,
     shadow_cost: f64,
+    answers: api::ShadowAnswers,
     /// (primary, shadow) microseconds, the most recent `cap` comparisons.
     latency: VecDeque<(u64, u64)>,
     ttft: VecDeque<(u64, u64)>,
@@ -59,6 +60,11 @@ impl ShadowStats {
         self.primary_tokens.1 += c.primary_tokens.1;
         self.shadow_tokens.0 += c.shadow_tokens.0;
         self.shadow_tokens.1 += c.shadow_tokens.1;
+        let a = &mut self.answers;
+        a.bad_answer.primary += u64::from(c.primary_class == Class::BadAnswer);
+        a.bad_answer.shadow += u64::from(c.shadow_class == Class::BadAnswer);
+        a.cut_short.primary += u64::from(c.primary_cut.is_some());
+        a.cut_short.shadow += u64::from(c.shadow_cut.is_some());
         self.primary_cost += c.primary_cost_usd.unwrap_or(0.0);
         self.shadow_cost += c.shadow_cost_usd.unwrap_or(0.0);
         self.latency
@@ -122,6 +128,7 @@ impl ShadowStats {
                 shadow: self.shadow_cost,
                 delta: self.shadow_cost - self.primary_cost,
             },
+            answers: self.answers,
         })
     }
 }
@@ -139,6 +146,10 @@ mod tests {
         let c = ShadowComparison {
             primary_status: 200,
             shadow_status: 200,
+            primary_class: Class::Success,
+            shadow_class: Class::Success,
+            primary_cut: None,
+            shadow_cut: None,
             primary_latency: Duration::from_millis(100),
             shadow_latency: Duration::from_millis(1600),
             primary_ttft: Some(Duration::from_millis(50)),
@@ -161,7 +172,8 @@ mod tests {
             comparison: Some(ShadowComparison {
                 exact_match: true,
                 similarity: Some(1.0),
-                shadow_status: 500,
+                shadow_status: 200,
+                shadow_class: Class::BadAnswer,
                 ..c
             }),
         });
@@ -172,7 +184,9 @@ mod tests {
         let v = serde_json::to_value(s.view().unwrap()).unwrap();
         assert_eq!(v["requests"]["completed"], 2);
         assert_eq!(v["requests"]["dropped"], 1);
-        assert_eq!(v["status_match_rate"], 0.5);
+        assert_eq!(v["status_match_rate"], 1.0);
+        assert_eq!(v["answers"]["bad_answer"]["shadow"], 1);
+        assert_eq!(v["answers"]["bad_answer"]["primary"], 0);
         assert_eq!(v["exact_match_rate"], 0.5);
         assert_eq!(v["similarity_avg"], 0.75);
         let d = v["latency"]["delta_p50_ms"].as_f64().unwrap();

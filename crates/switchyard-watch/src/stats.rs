@@ -14,6 +14,9 @@ struct Sample {
     latency_us: u64,
     ttfb_us: Option<u64>,
     class: Class,
+    cut: bool,
+    /// An abandoned wait: how long the client waited.
+    waited_us: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -27,6 +30,9 @@ struct Totals {
     /// Requests whose model had no price on this (or the other) provider.
     unpriced: u64,
     unpriced_other: u64,
+    bad_answers: BTreeMap<&'static str, u64>,
+    cut_answers: BTreeMap<&'static str, u64>,
+    abandoned_waits: u64,
 }
 
 #[derive(Debug, Default)]
@@ -131,11 +137,24 @@ impl Stats {
             None if has_tokens => t.unpriced_other += 1,
             None => {}
         }
+        if let Some(shape) = e.bad_answer {
+            *t.bad_answers.entry(shape.label()).or_default() += 1;
+        }
+        if let Some(cut) = e.cut_short {
+            *t.cut_answers.entry(cut.label()).or_default() += 1;
+        }
+        let waited_us = e
+            .abandoned_wait()
+            .then(|| e.waited.map(|w| w.as_micros() as u64))
+            .flatten();
+        t.abandoned_waits += u64::from(waited_us.is_some());
         p.window.push_back(Sample {
             at_ms: now_ms,
             latency_us: e.latency.as_micros() as u64,
             ttfb_us: e.ttfb.map(|d| d.as_micros() as u64),
             class: e.class,
+            cut: e.cut_short.is_some(),
+            waited_us,
         });
         if p.window.len() > self.window_requests {
             p.window.pop_front();
@@ -227,6 +246,15 @@ fn provider_view(p: &ProviderStats) -> api::ProviderStats {
         .map(|c| (c.label().to_string(), rate(window_class[c.label()])))
         .collect();
     error_rate.insert("provider_errors".into(), rate(provider_errors));
+    // Waits abandoned on this provider (not every `client_gone`), and answers cut short:
+    // what the judge compares besides the errors.
+    let abandoned = p.window.iter().filter(|s| s.waited_us.is_some()).count() as u64;
+    error_rate.insert("client_gone".into(), rate(abandoned));
+    let cut = p.window.iter().filter(|s| s.cut).count() as u64;
+    error_rate.insert("cut_short".into(), rate(cut));
+    let labelled = |m: &BTreeMap<&'static str, u64>| -> BTreeMap<String, u64> {
+        m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    };
     let outcomes = Class::ALL
         .iter()
         .map(|c| {
@@ -252,6 +280,10 @@ fn provider_view(p: &ProviderStats) -> api::ProviderStats {
         cost_usd: t.cost_usd,
         cost_on_other_provider_usd: t.cost_if_other_usd,
         unpriced_requests: t.unpriced,
+        bad_answers: labelled(&t.bad_answers),
+        cut_answers: labelled(&t.cut_answers),
+        abandoned_waits: t.abandoned_waits,
+        abandoned_wait: latency_of(p.window.iter().filter_map(|s| s.waited_us)).map(Latency::view),
     }
 }
 
@@ -273,6 +305,9 @@ mod tests {
             completion_tokens: 500,
             cost_usd: Some(if provider == "old" { 0.00082 } else { 0.00035 }),
             cost_if_other_usd: Some(if provider == "old" { 0.00035 } else { 0.00082 }),
+            bad_answer: None,
+            cut_short: None,
+            waited: None,
         }
     }
 

@@ -1,0 +1,551 @@
+//! A streaming JSON walker: fed a body in pieces, it tells a [`Visit`] where each value
+//! lies (its path of known keys and array indices) and what its scalars and the first bytes
+//! of its wanted strings are, and whether the body is JSON at all. It keeps no copy of the
+//! body: a fixed path stack, a few bytes of the scalar or wanted string being read.
+//!
+//! It is a structural check, not a full parser: brackets, strings, colons and commas must
+//! be where JSON puts them; a scalar must be a literal or look like a number. That is what
+//! tells a cut-short or garbled body from JSON, which is what the gateway needs to know.
+
+/// The keys anyone here looks for; every other key is [`Key::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Other,
+    Choices,
+    CompletionTokens,
+    Content,
+    Delta,
+    Error,
+    FinishReason,
+    FunctionCall,
+    IncompleteDetails,
+    InputTokens,
+    MaxCompletionTokens,
+    MaxOutputTokens,
+    MaxTokens,
+    Message,
+    Model,
+    Output,
+    OutputTokens,
+    PromptTokens,
+    Reason,
+    ReasoningContent,
+    Refusal,
+    Response,
+    Status,
+    Text,
+    ToolCalls,
+    Type,
+    Usage,
+}
+
+impl Key {
+    fn of(name: &[u8]) -> Key {
+        match name {
+            b"choices" => Key::Choices,
+            b"completion_tokens" => Key::CompletionTokens,
+            b"content" => Key::Content,
+            b"delta" => Key::Delta,
+            b"error" => Key::Error,
+            b"finish_reason" => Key::FinishReason,
+            b"function_call" => Key::FunctionCall,
+            b"incomplete_details" => Key::IncompleteDetails,
+            b"input_tokens" => Key::InputTokens,
+            b"max_completion_tokens" => Key::MaxCompletionTokens,
+            b"max_output_tokens" => Key::MaxOutputTokens,
+            b"max_tokens" => Key::MaxTokens,
+            b"message" => Key::Message,
+            b"model" => Key::Model,
+            b"output" => Key::Output,
+            b"output_tokens" => Key::OutputTokens,
+            b"prompt_tokens" => Key::PromptTokens,
+            b"reason" => Key::Reason,
+            b"reasoning_content" => Key::ReasoningContent,
+            b"refusal" => Key::Refusal,
+            b"response" => Key::Response,
+            b"status" => Key::Status,
+            b"text" => Key::Text,
+            b"tool_calls" => Key::ToolCalls,
+            b"type" => Key::Type,
+            b"usage" => Key::Usage,
+            _ => Key::Other,
+        }
+    }
+}
+
+/// One step of a value's path: a key of an object, or an index in an array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Key(Key),
+    Index(u32),
+}
+
+/// What a walker reports. Paths are the steps from the top; values nested deeper than
+/// [`PATH_MAX`] are walked but not reported.
+pub trait Visit {
+    /// Whether to keep the first bytes of the string value at `path` (see [`Visit::string`]).
+    fn wants(&self, _path: &[Step]) -> bool {
+        false
+    }
+    /// An object or array starts at `path`.
+    fn open(&mut self, _path: &[Step], _array: bool) {}
+    /// The object or array at `path` ended, with `count` members or elements.
+    fn close(&mut self, _path: &[Step], _array: bool, _count: u32) {}
+    /// A string value at `path` ended: its length in bytes (as sent, escapes included), and
+    /// its first bytes when [`Visit::wants`] asked for them (else empty).
+    fn string(&mut self, _path: &[Step], _head: &[u8], _len: usize) {}
+    /// A number, `true`, `false` or `null` at `path` (up to [`SCALAR_MAX`] bytes of it).
+    fn scalar(&mut self, _path: &[Step], _bytes: &[u8]) {}
+}
+
+/// Deepest path reported.
+pub const PATH_MAX: usize = 8;
+/// Longest scalar kept (numbers longer than this are still checked, not kept).
+pub const SCALAR_MAX: usize = 32;
+/// Longest key compared (every known key is shorter).
+const KEY_MAX: usize = 24;
+/// Nesting beyond this is refused as not JSON we will read (serde_json's own limit).
+const DEPTH_MAX: u32 = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A value (the top one, after `:` or after `,` in an array).
+    Value,
+    /// A value or `]` (just after `[`).
+    ValueOrClose,
+    /// A key or `}` (just after `{`).
+    KeyOrClose,
+    /// A key (after `,` in an object).
+    Key,
+    Colon,
+    /// `,` or the close of the container.
+    CommaOrClose,
+    /// Nothing but white space: the top value is complete.
+    End,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Token {
+    None,
+    /// Inside a string: a key or a value, `esc` after a backslash.
+    Str { key: bool, esc: bool },
+    /// Inside a number or literal.
+    Scalar,
+}
+
+/// The walker. `cap`: how many bytes of a wanted string it keeps.
+#[derive(Debug)]
+pub struct JsonWalk {
+    expect: Expect,
+    token: Token,
+    depth: u32,
+    /// Bit `d`: the container at depth `d + 1` is an array.
+    arrays: u128,
+    /// The path down to the current depth (first [`PATH_MAX`] levels).
+    path: [Step; PATH_MAX],
+    /// Members or elements seen so far, per reported level.
+    counts: [u32; PATH_MAX],
+    /// The key being read, or the scalar being read, or the wanted string's head.
+    buf: Vec<u8>,
+    cap: usize,
+    /// The current value string is kept (up to `cap`).
+    keep: bool,
+    len: usize,
+    invalid: bool,
+}
+
+impl JsonWalk {
+    pub fn new(cap: usize) -> JsonWalk {
+        JsonWalk {
+            expect: Expect::Value,
+            token: Token::None,
+            depth: 0,
+            arrays: 0,
+            path: [Step::Index(0); PATH_MAX],
+            counts: [0; PATH_MAX],
+            buf: Vec::new(),
+            cap,
+            keep: false,
+            len: 0,
+            invalid: false,
+        }
+    }
+
+    /// Ready for another document (an SSE stream's next event), keeping its buffer.
+    pub fn reset(&mut self) {
+        self.expect = Expect::Value;
+        self.token = Token::None;
+        self.depth = 0;
+        self.buf.clear();
+        self.invalid = false;
+    }
+
+    /// Not JSON, as far as fed.
+    pub fn invalid(&self) -> bool {
+        self.invalid
+    }
+
+    /// The body ended: whether it was one whole JSON value.
+    pub fn finish<V: Visit>(&mut self, v: &mut V) -> bool {
+        if matches!(self.token, Token::Scalar) && self.depth == 0 {
+            self.end_scalar(v);
+        }
+        !self.invalid && self.expect == Expect::End && matches!(self.token, Token::None)
+    }
+
+    fn in_array(&self) -> bool {
+        self.depth > 0 && self.arrays & (1u128 << (self.depth - 1)) != 0
+    }
+
+    /// The path of the value at the current depth; `None` when it is nested too deep to
+    /// report (its path would be an ancestor's).
+    fn path_here(&self) -> Option<&[Step]> {
+        let d = self.depth as usize;
+        (d <= PATH_MAX).then(|| &self.path[..d])
+    }
+
+    fn fail(&mut self) {
+        self.invalid = true;
+    }
+
+    /// A value just ended: what may come next.
+    fn after_value(&mut self) {
+        self.expect = if self.depth == 0 {
+            Expect::End
+        } else {
+            Expect::CommaOrClose
+        };
+    }
+
+    pub fn feed<V: Visit>(&mut self, data: &[u8], v: &mut V) {
+        let mut i = 0;
+        while i < data.len() && !self.invalid {
+            match self.token {
+                Token::Str { key, esc } => {
+                    if esc {
+                        self.token = Token::Str { key, esc: false };
+                        self.string_bytes(&data[i..=i], key);
+                        i += 1;
+                        continue;
+                    }
+                    // Strings are most of a body: jump to where one can end.
+                    let Some(off) = memchr::memchr2(b'"', b'\\', &data[i..]) else {
+                        self.string_bytes(&data[i..], key);
+                        return;
+                    };
+                    let j = i + off;
+                    self.string_bytes(&data[i..j], key);
+                    if data[j] == b'\\' {
+                        self.string_bytes(b"\\", key);
+                        self.token = Token::Str { key, esc: true };
+                    } else {
+                        self.token = Token::None;
+                        self.end_string(key, v);
+                    }
+                    i = j + 1;
+                }
+                Token::Scalar => {
+                    let b = data[i];
+                    if matches!(b, b',' | b']' | b'}' | b' ' | b'\n' | b'\r' | b'\t') {
+                        self.end_scalar(v);
+                        // The delimiter is read as structure below.
+                        continue;
+                    }
+                    if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.')) {
+                        self.fail();
+                        return;
+                    }
+                    if self.buf.len() < SCALAR_MAX {
+                        self.buf.push(b);
+                    }
+                    i += 1;
+                }
+                Token::None => {
+                    self.structure(data[i], v);
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    fn string_bytes(&mut self, bytes: &[u8], key: bool) {
+        self.len += bytes.len();
+        // Keys are kept to compare with the known ones (all shorter than KEY_MAX).
+        let cap = if key { KEY_MAX } else { self.cap };
+        if (key || self.keep) && self.buf.len() < cap {
+            let room = cap - self.buf.len();
+            self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        }
+    }
+
+    fn end_string<V: Visit>(&mut self, key: bool, v: &mut V) {
+        if key {
+            let k = Key::of(&self.buf);
+            let d = self.depth as usize;
+            if d > 0 && d <= PATH_MAX {
+                self.path[d - 1] = Step::Key(k);
+            }
+            self.expect = Expect::Colon;
+        } else {
+            let head = if self.keep { &self.buf[..] } else { &[][..] };
+            if let Some(p) = self.path_here() {
+                v.string(p, head, self.len);
+            }
+            self.after_value();
+        }
+        self.buf.clear();
+    }
+
+    fn end_scalar<V: Visit>(&mut self, v: &mut V) {
+        self.token = Token::None;
+        let ok = match self.buf.first() {
+            Some(b't') => self.buf == b"true",
+            Some(b'f') => self.buf == b"false",
+            Some(b'n') => self.buf == b"null",
+            Some(b) => *b == b'-' || b.is_ascii_digit(),
+            None => false,
+        };
+        if !ok {
+            self.fail();
+            return;
+        }
+        if let Some(p) = self.path_here() {
+            v.scalar(p, &self.buf);
+        }
+        self.buf.clear();
+        self.after_value();
+    }
+
+    /// A byte outside strings and scalars.
+    fn structure<V: Visit>(&mut self, b: u8, v: &mut V) {
+        if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            return;
+        }
+        match (self.expect, b) {
+            (Expect::Value | Expect::ValueOrClose, b'{' | b'[') => {
+                let array = b == b'[';
+                self.count_element();
+                if let Some(p) = self.path_here() {
+                    v.open(p, array);
+                }
+                if self.depth >= DEPTH_MAX {
+                    return self.fail();
+                }
+                if array {
+                    self.arrays |= 1u128 << self.depth;
+                } else {
+                    self.arrays &= !(1u128 << self.depth);
+                }
+                self.depth += 1;
+                let d = self.depth as usize;
+                if d <= PATH_MAX {
+                    self.path[d - 1] = if array {
+                        Step::Index(0)
+                    } else {
+                        Step::Key(Key::Other)
+                    };
+                    self.counts[d - 1] = 0;
+                }
+                self.expect = if array {
+                    Expect::ValueOrClose
+                } else {
+                    Expect::KeyOrClose
+                };
+            }
+            (Expect::Value | Expect::ValueOrClose, b'"') => {
+                self.count_element();
+                self.keep = self.path_here().is_some_and(|p| v.wants(p));
+                self.len = 0;
+                self.buf.clear();
+                self.token = Token::Str {
+                    key: false,
+                    esc: false,
+                };
+            }
+            (Expect::Value | Expect::ValueOrClose, b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
+                self.count_element();
+                self.buf.clear();
+                self.buf.push(b);
+                self.token = Token::Scalar;
+            }
+            (Expect::KeyOrClose | Expect::Key, b'"') => {
+                self.count_here();
+                self.len = 0;
+                self.buf.clear();
+                self.token = Token::Str {
+                    key: true,
+                    esc: false,
+                };
+            }
+            (Expect::Colon, b':') => self.expect = Expect::Value,
+            (Expect::CommaOrClose, b',') => {
+                if self.in_array() {
+                    let d = self.depth as usize;
+                    if d <= PATH_MAX {
+                        if let Step::Index(n) = &mut self.path[d - 1] {
+                            *n += 1;
+                        }
+                    }
+                    self.expect = Expect::Value;
+                } else {
+                    self.expect = Expect::Key;
+                }
+            }
+            (Expect::CommaOrClose | Expect::ValueOrClose | Expect::KeyOrClose, b']' | b'}') => {
+                let array = self.in_array();
+                if array != (b == b']') {
+                    return self.fail();
+                }
+                let d = self.depth as usize;
+                let count = if d <= PATH_MAX { self.counts[d - 1] } else { 0 };
+                self.depth -= 1;
+                if let Some(p) = self.path_here() {
+                    v.close(p, array, count);
+                }
+                self.after_value();
+            }
+            _ => self.fail(),
+        }
+    }
+
+    /// A value starts: in an array, one more element.
+    fn count_element(&mut self) {
+        if self.in_array() {
+            self.count_here();
+        }
+    }
+
+    /// One more member or element in the container at the current depth.
+    fn count_here(&mut self) {
+        let d = self.depth as usize;
+        if d > 0 && d <= PATH_MAX {
+            self.counts[d - 1] += 1;
+        }
+    }
+}
+
+/// A number value as a count (`12`, `12.0`); `None` for anything else.
+pub fn as_count(bytes: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    text.parse::<u64>()
+        .ok()
+        .or_else(|| text.parse::<f64>().ok().filter(|f| *f >= 0.0).map(|f| f as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what the walker reports, as text.
+    #[derive(Default)]
+    struct Log(Vec<String>);
+
+    fn show(path: &[Step]) -> String {
+        path.iter()
+            .map(|s| match s {
+                Step::Key(k) => format!("{k:?}"),
+                Step::Index(i) => i.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    impl Visit for Log {
+        fn wants(&self, _: &[Step]) -> bool {
+            true
+        }
+        fn open(&mut self, p: &[Step], array: bool) {
+            self.0.push(format!("open {} {array}", show(p)));
+        }
+        fn close(&mut self, p: &[Step], array: bool, n: u32) {
+            self.0.push(format!("close {} {array} {n}", show(p)));
+        }
+        fn string(&mut self, p: &[Step], head: &[u8], len: usize) {
+            self.0
+                .push(format!("str {} {} {len}", show(p), String::from_utf8_lossy(head)));
+        }
+        fn scalar(&mut self, p: &[Step], b: &[u8]) {
+            self.0
+                .push(format!("scalar {} {}", show(p), String::from_utf8_lossy(b)));
+        }
+    }
+
+    fn walk(pieces: &[&[u8]]) -> (Vec<String>, bool) {
+        let mut w = JsonWalk::new(8);
+        let mut log = Log::default();
+        for p in pieces {
+            w.feed(p, &mut log);
+        }
+        let ok = w.finish(&mut log);
+        (log.0, ok)
+    }
+
+    const DOC: &str = r#"{"id":"x","choices":[{"index":0,"message":{"content":"Hi \"there\"","tool_calls":[]},"finish_reason":"stop"},{"text":""}],"usage":{"prompt_tokens":12,"completion_tokens":5},"n":null, "ok" : true}"#;
+
+    #[test]
+    fn reports_paths_and_values_whatever_the_split() {
+        let (whole, ok) = walk(&[DOC.as_bytes()]);
+        assert!(ok);
+        for want in [
+            "str Other x 1",
+            "open Choices true",
+            "str Choices.0.Message.Content Hi \\\"the 12",
+            "close Choices.0.Message.ToolCalls true 0",
+            "str Choices.0.FinishReason stop 4",
+            "str Choices.1.Text  0",
+            "close Choices true 2",
+            "scalar Usage.PromptTokens 12",
+            "scalar Usage.CompletionTokens 5",
+            "close Usage false 2",
+            "scalar Other null",
+            "scalar Other true",
+            "close  false 5",
+        ] {
+            assert!(whole.contains(&want.to_string()), "{want}: {whole:#?}");
+        }
+        // Split at every byte: the same report.
+        let bytes: Vec<&[u8]> = DOC.as_bytes().chunks(1).collect();
+        assert_eq!(walk(&bytes), (whole.clone(), true));
+        for at in 0..DOC.len() {
+            let (a, b) = DOC.as_bytes().split_at(at);
+            assert_eq!(walk(&[a, b]), (whole.clone(), true), "split at {at}");
+        }
+    }
+
+    #[test]
+    fn tells_json_from_what_is_not() {
+        for good in [
+            "{}",
+            "[]",
+            " [1, -2.5e3, \"a\", {\"b\": [null]}] ",
+            "\"s\"",
+            "12",
+            "{\"a\":{}}",
+        ] {
+            assert!(walk(&[good.as_bytes()]).1, "{good}");
+        }
+        for bad in [
+            "",
+            "{\"model\":",
+            "{\"a\":1",
+            "{\"a\" 1}",
+            "{\"a\":1,}",
+            "[1 2]",
+            "{\"a\":1]",
+            "[1}",
+            "{1:2}",
+            "nope",
+            "{\"a\":tru}",
+            "{} {}",
+            "{\"a\":\"unterminated}",
+            "model=x&stream=true",
+        ] {
+            assert!(!walk(&[bad.as_bytes()]).1, "{bad}");
+        }
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert!(!walk(&[deep.as_bytes()]).1);
+        assert_eq!(as_count(b"12"), Some(12));
+        assert_eq!(as_count(b"12.0"), Some(12));
+        assert_eq!(as_count(b"-1"), None);
+    }
+}
