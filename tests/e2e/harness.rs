@@ -130,6 +130,16 @@ migration:
     )
 }
 
+/// Only `window` and `min_requests`: the judgement is comparative alone, with the defaults.
+pub fn judged(yaml: &str, phase: &str, window: u32, min: u32) -> String {
+    yaml.replace(
+        &format!("  phase: {phase}\n"),
+        &format!(
+            "  phase: {phase}\n  auto_rollback:\n    window: {window}\n    min_requests: {min}\n"
+        ),
+    ) + "alerts:\n  webhook_url_env: TEST_WEBHOOK\n  cooldown: 1m\n"
+}
+
 pub struct Gateway {
     child: Option<Child>,
     pub proxy: SocketAddr,

@@ -10,16 +10,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
 
-/// Only `window` and `min_requests`: the judgement is comparative alone, with the defaults.
-fn judged(yaml: &str, phase: &str, window: u32, min: u32) -> String {
-    yaml.replace(
-        &format!("  phase: {phase}\n"),
-        &format!(
-            "  phase: {phase}\n  auto_rollback:\n    window: {window}\n    min_requests: {min}\n"
-        ),
-    ) + "alerts:\n  webhook_url_env: TEST_WEBHOOK\n  cooldown: 1m\n"
-}
-
 /// A gateway at phase-3 (50%) judging windows of 40 with at least 10 a side, alerting to
 /// `hook` when given.
 async fn judged_at_phase_3(old: &Mock, new: &Mock, hook: Option<&Mock>) -> Gateway {

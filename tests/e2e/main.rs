@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod dashboard;
 mod deploy;
+mod failures;
 mod http2;
 mod image;
 mod judge;

@@ -150,17 +150,15 @@ enum Kind {
 /// the provider's error message (or what was missing).
 fn verdict(kind: Kind, status: u16, body: &[u8]) -> (bool, String) {
     let json = serde_json::from_slice::<serde_json::Value>(body).ok();
-    let message = json
-        .as_ref()
-        .and_then(|v| {
-            let e = v.get("error").filter(|e| !e.is_null())?;
-            Some(
-                e.get("message")
-                    .and_then(|m| m.as_str())
-                    .or(e.as_str())
-                    .map_or_else(|| e.to_string(), str::to_string),
-            )
-        });
+    let message = json.as_ref().and_then(|v| {
+        let e = v.get("error").filter(|e| !e.is_null())?;
+        Some(
+            e.get("message")
+                .and_then(|m| m.as_str())
+                .or(e.as_str())
+                .map_or_else(|| e.to_string(), str::to_string),
+        )
+    });
     if !(200..300).contains(&status) {
         let detail = message.unwrap_or_else(|| start_of(body));
         return (false, detail);
@@ -178,8 +176,14 @@ fn verdict(kind: Kind, status: u16, body: &[u8]) -> (bool, String) {
         Kind::List => (true, "ok".into()),
         Kind::Chat if non_empty("choices") => (true, "ok".into()),
         Kind::Embedding if non_empty("data") => (true, "ok".into()),
-        Kind::Chat => (false, format!("no choices in the answer: {}", start_of(body))),
-        Kind::Embedding => (false, format!("no embedding in the answer: {}", start_of(body))),
+        Kind::Chat => (
+            false,
+            format!("no choices in the answer: {}", start_of(body)),
+        ),
+        Kind::Embedding => (
+            false,
+            format!("no embedding in the answer: {}", start_of(body)),
+        ),
     }
 }
 
@@ -278,7 +282,10 @@ mod tests {
 
     #[test]
     fn embedding_models_are_probed_as_such() {
-        let price = |output| switchyard_core::pricing::Price { input: 0.02, output };
+        let price = |output| switchyard_core::pricing::Price {
+            input: 0.02,
+            output,
+        };
         assert!(is_embedding("text-embedding-3-small", &price(0.5)));
         assert!(is_embedding("bge-m3", &price(0.0)));
         assert!(!is_embedding("deepseek-chat", &price(1.1)));

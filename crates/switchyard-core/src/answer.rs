@@ -185,7 +185,11 @@ impl AnswerFacts {
     /// `content_filter`, or a `length` below the request's own `max_tokens` (`asked`; with
     /// none set, any `length` is the provider's limit). When the answer's length is not known
     /// (`completion_tokens`: no usage), a `length` with `max_tokens` set is taken as asked.
-    pub fn cut_short(&self, asked: Option<u64>, completion_tokens: Option<u64>) -> Option<CutShort> {
+    pub fn cut_short(
+        &self,
+        asked: Option<u64>,
+        completion_tokens: Option<u64>,
+    ) -> Option<CutShort> {
         match self.finish? {
             Finish::ContentFilter => Some(CutShort::ContentFilter),
             Finish::Length => match (asked, completion_tokens) {
@@ -282,7 +286,10 @@ mod tests {
         };
         assert_eq!(length.cut_short(None, Some(1)), Some(CutShort::Length));
         assert_eq!(length.cut_short(None, None), Some(CutShort::Length));
-        assert_eq!(length.cut_short(Some(100), Some(12)), Some(CutShort::Length));
+        assert_eq!(
+            length.cut_short(Some(100), Some(12)),
+            Some(CutShort::Length)
+        );
         assert_eq!(length.cut_short(Some(100), Some(100)), None);
         assert_eq!(length.cut_short(Some(1), None), None);
         assert_eq!(answer().cut_short(None, Some(3)), None);
@@ -299,7 +306,10 @@ mod tests {
     fn endpoints_by_path() {
         assert_eq!(Endpoint::of(true, "/v1/chat/completions"), Endpoint::Chat);
         assert_eq!(Endpoint::of(true, "/v1/completions"), Endpoint::Completions);
-        assert_eq!(Endpoint::of(true, "/openai/v1/responses"), Endpoint::Responses);
+        assert_eq!(
+            Endpoint::of(true, "/openai/v1/responses"),
+            Endpoint::Responses
+        );
         assert_eq!(Endpoint::of(true, "/v1/embeddings"), Endpoint::Embeddings);
         assert_eq!(Endpoint::of(false, "/v1/chat/completions"), Endpoint::Other);
         assert_eq!(Endpoint::of(true, "/v1/files"), Endpoint::Other);

@@ -102,13 +102,19 @@ pub fn json_answer(fault: Fault, name: &str, id: &str, model: &str, prompt_token
 
 /// A streamed chat completion as `fault` makes it: its events (`data:` payloads), and
 /// whether it ends with `[DONE]`.
-pub fn stream_events(fault: Fault, name: &str, chunk: impl Fn(Value, Value) -> Value) -> (Vec<Value>, bool) {
+pub fn stream_events(
+    fault: Fault,
+    name: &str,
+    chunk: impl Fn(Value, Value) -> Value,
+) -> (Vec<Value>, bool) {
     let role = chunk(json!({"role": "assistant", "content": ""}), Value::Null);
     let token = |t: &str| chunk(json!({"content": t}), Value::Null);
     match fault {
         // Relays answer a stream request with the JSON error (see `json_answer`); as an
         // event, it is an error event.
-        Fault::ErrorIn200 | Fault::ErrorEvent => (vec![role, token("Hel"), error_object(name)], true),
+        Fault::ErrorIn200 | Fault::ErrorEvent => {
+            (vec![role, token("Hel"), error_object(name)], true)
+        }
         Fault::NoChoices => {
             let mut empty = chunk(json!({}), Value::Null);
             empty["choices"] = json!([]);
@@ -116,6 +122,9 @@ pub fn stream_events(fault: Fault, name: &str, chunk: impl Fn(Value, Value) -> V
         }
         Fault::EmptyMessage => (vec![role, chunk(json!({}), json!("stop"))], true),
         Fault::StopEarly => (vec![role, token("Hel"), token("lo")], false),
-        Fault::Truncate => (vec![role, token("Hel"), chunk(json!({}), json!("length"))], true),
+        Fault::Truncate => (
+            vec![role, token("Hel"), chunk(json!({}), json!("length"))],
+            true,
+        ),
     }
 }

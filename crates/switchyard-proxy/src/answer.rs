@@ -168,7 +168,8 @@ impl Visit for Reader {
             [S(K::Delta)] if self.stream && len > 0 => self.content(true),
             _ => match in_choice(path) {
                 Some([S(K::FinishReason)]) => self.finish(Finish::of_reason(head)),
-                Some([S(K::Text)]) | Some([S(K::Message | K::Delta), S(K::Content | K::Refusal)])
+                Some([S(K::Text)])
+                | Some([S(K::Message | K::Delta), S(K::Content | K::Refusal)])
                     if len > 0 =>
                 {
                     self.content(true)
@@ -299,7 +300,9 @@ impl Visit for RequestRead {
         if let ([S(K::Model)], true, None) = (path, len <= MODEL_MAX, &self.model) {
             self.model = if head.contains(&b'\\') {
                 let quoted = [b"\"", head, b"\""].concat();
-                serde_json::from_slice::<String>(&quoted).ok().map(Box::from)
+                serde_json::from_slice::<String>(&quoted)
+                    .ok()
+                    .map(Box::from)
             } else {
                 std::str::from_utf8(head).ok().map(Box::from)
             };
@@ -360,7 +363,11 @@ mod tests {
     fn json_shape(body: &str) -> Option<BadAnswer> {
         let (whole, usage) = json(body, body.len().max(1));
         for size in 1..8 {
-            assert_eq!(json(body, size), (whole, usage), "{body} in pieces of {size}");
+            assert_eq!(
+                json(body, size),
+                (whole, usage),
+                "{body} in pieces of {size}"
+            );
         }
         whole.bad_answer(Endpoint::Chat, false)
     }
@@ -382,7 +389,10 @@ mod tests {
                 BadAnswer::ErrorObject,
             ),
             (r#"{"error":"quota"}"#, BadAnswer::ErrorObject),
-            (r#"{"id":"c","choices":[],"usage":{"prompt_tokens":1}}"#, BadAnswer::NoChoices),
+            (
+                r#"{"id":"c","choices":[],"usage":{"prompt_tokens":1}}"#,
+                BadAnswer::NoChoices,
+            ),
             (r#"{"id":"c"}"#, BadAnswer::NoChoices),
             (
                 r#"{"choices":[{"message":{"role":"assistant","content":""},"finish_reason":"stop"}]}"#,
@@ -396,7 +406,8 @@ mod tests {
             assert_eq!(json_shape(body), Some(shape), "{body}");
         }
         // `"error": null` beside a real answer is no error.
-        let null_error = r#"{"error":null,"choices":[{"message":{"content":"a"},"finish_reason":"stop"}]}"#;
+        let null_error =
+            r#"{"error":null,"choices":[{"message":{"content":"a"},"finish_reason":"stop"}]}"#;
         assert_eq!(json_shape(null_error), None);
         // A nested `error` (in a tool's arguments, say) is not the answer's.
         let nested = r#"{"choices":[{"message":{"content":"{\"error\": 1}","x":{"error":{}}},"finish_reason":"stop"}]}"#;
@@ -413,10 +424,14 @@ mod tests {
             Some(CutShort::Length)
         );
         assert_eq!(facts.cut_short(Some(1), usage.map(|u| u.1)), None);
-        let filtered = r#"{"choices":[{"message":{"content":""},"finish_reason":"content_filter"}]}"#;
+        let filtered =
+            r#"{"choices":[{"message":{"content":""},"finish_reason":"content_filter"}]}"#;
         let (facts, _) = json(filtered, 4);
         assert_eq!(facts.bad_answer(Endpoint::Chat, false), None);
-        assert_eq!(facts.cut_short(Some(100), None), Some(CutShort::ContentFilter));
+        assert_eq!(
+            facts.cut_short(Some(100), None),
+            Some(CutShort::ContentFilter)
+        );
         // The Responses API says it with a status.
         let incomplete = r#"{"object":"response","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"output":[{"type":"message","content":[]}],"usage":{"input_tokens":3,"output_tokens":16}}"#;
         let (facts, usage) = json(incomplete, 7);
@@ -455,22 +470,33 @@ mod tests {
         ]);
         assert_eq!(facts.bad_answer(Endpoint::Chat, true), None);
         assert_eq!(
-            each.iter().map(|e| (e.token, e.usage_only)).collect::<Vec<_>>(),
+            each.iter()
+                .map(|e| (e.token, e.usage_only))
+                .collect::<Vec<_>>(),
             [(false, false), (true, false), (false, false), (false, true)]
         );
         // A stream that stops: neither a finish reason nor [DONE].
         let (facts, _) = sse(&[r#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#]);
-        assert_eq!(facts.bad_answer(Endpoint::Chat, true), Some(BadAnswer::Unfinished));
+        assert_eq!(
+            facts.bad_answer(Endpoint::Chat, true),
+            Some(BadAnswer::Unfinished)
+        );
         // An error event in the middle.
         let (facts, _) = sse(&[
             r#"{"choices":[{"delta":{"content":"Hi"}}]}"#,
             r#"{"error":{"message":"overloaded","type":"server_error"}}"#,
             "[DONE]",
         ]);
-        assert_eq!(facts.bad_answer(Endpoint::Chat, true), Some(BadAnswer::ErrorEvent));
+        assert_eq!(
+            facts.bad_answer(Endpoint::Chat, true),
+            Some(BadAnswer::ErrorEvent)
+        );
         // Nothing but [DONE].
         let (facts, _) = sse(&["[DONE]"]);
-        assert_eq!(facts.bad_answer(Endpoint::Chat, true), Some(BadAnswer::NoChoices));
+        assert_eq!(
+            facts.bad_answer(Endpoint::Chat, true),
+            Some(BadAnswer::NoChoices)
+        );
         // Streamed tool calls are an answer, and their first delta a first token.
         let (facts, each) = sse(&[
             r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":""}}]}}]}"#,
@@ -480,7 +506,9 @@ mod tests {
         assert_eq!(facts.bad_answer(Endpoint::Chat, true), None);
         assert!(each[0].token);
         // A usage chunk that also carries a (last) choice is not usage-only.
-        let (_, each) = sse(&[r#"{"choices":[{"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":1}}"#]);
+        let (_, each) = sse(&[
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":1}}"#,
+        ]);
         assert!(!each[0].usage_only);
     }
 

@@ -21,9 +21,9 @@ use tokio::time::Sleep;
 
 use crate::answer::{JsonAnswer, RequestScan};
 use crate::sniff::{text_of_json, SseScan, MAX_TEXT};
-use switchyard_core::answer::AnswerFacts;
 use crate::upstream::Lease;
 use bytes::BytesMut;
+use switchyard_core::answer::AnswerFacts;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -121,7 +121,10 @@ impl Exchange {
             attributes.push(("switchyard.detail", d.into()));
         }
         if let Some(w) = detail.waited {
-            attributes.push(("switchyard.waited_ms", (w.as_micros() as f64 / 1000.0).into()));
+            attributes.push((
+                "switchyard.waited_ms",
+                (w.as_micros() as f64 / 1000.0).into(),
+            ));
         }
         if let Some((i, s)) = failed {
             attributes.push((

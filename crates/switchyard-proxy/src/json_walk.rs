@@ -128,7 +128,10 @@ enum Expect {
 enum Token {
     None,
     /// Inside a string: a key or a value, `esc` after a backslash.
-    Str { key: bool, esc: bool },
+    Str {
+        key: bool,
+        esc: bool,
+    },
     /// Inside a number or literal.
     Scalar,
 }
@@ -427,9 +430,12 @@ impl JsonWalk {
 /// A number value as a count (`12`, `12.0`); `None` for anything else.
 pub fn as_count(bytes: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(bytes).ok()?;
-    text.parse::<u64>()
-        .ok()
-        .or_else(|| text.parse::<f64>().ok().filter(|f| *f >= 0.0).map(|f| f as u64))
+    text.parse::<u64>().ok().or_else(|| {
+        text.parse::<f64>()
+            .ok()
+            .filter(|f| *f >= 0.0)
+            .map(|f| f as u64)
+    })
 }
 
 #[cfg(test)]
@@ -461,8 +467,11 @@ mod tests {
             self.0.push(format!("close {} {array} {n}", show(p)));
         }
         fn string(&mut self, p: &[Step], head: &[u8], len: usize) {
-            self.0
-                .push(format!("str {} {} {len}", show(p), String::from_utf8_lossy(head)));
+            self.0.push(format!(
+                "str {} {} {len}",
+                show(p),
+                String::from_utf8_lossy(head)
+            ));
         }
         fn scalar(&mut self, p: &[Step], b: &[u8]) {
             self.0

@@ -15,9 +15,9 @@ use switchyard_core::answer::{CutShort, Endpoint};
 use switchyard_core::event::{Class, ShadowComparison, ShadowEvent};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use crate::answer::JsonAnswer;
 use crate::body::{RequestBody, RequestShared, TeeResult};
 use crate::snapshot::Snapshot;
-use crate::answer::JsonAnswer;
 use crate::sniff::{text_of_json, SseScan};
 use crate::upstream::Worker;
 
@@ -404,7 +404,10 @@ mod tests {
         assert!(!c.exact_match);
         assert!(c.similarity.unwrap() > 0.5 && c.similarity.unwrap() < 1.0);
         assert_eq!(c.primary_json_valid, Some(true));
-        assert_eq!((c.primary_class, c.shadow_class), (Class::Success, Class::BadAnswer));
+        assert_eq!(
+            (c.primary_class, c.shadow_class),
+            (Class::Success, Class::BadAnswer)
+        );
         let same = compare(&p, &p, false);
         assert!(same.exact_match);
         assert_eq!(same.similarity, Some(1.0));

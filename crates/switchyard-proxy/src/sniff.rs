@@ -521,7 +521,8 @@ mod tests {
     #[test]
     fn hidden_failures_in_streams_at_every_split() {
         use switchyard_core::answer::{BadAnswer, Endpoint, Finish};
-        let hi = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
+        let hi =
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
         let cases = [
             (STREAM.to_string(), None),
             (hi.to_string(), Some(BadAnswer::Unfinished)),
