@@ -96,7 +96,7 @@ use Key as K;
 use Step::Key as S;
 
 /// `path` is `[choices, i, rest…]`.
-fn in_choice<'a>(path: &'a [Step]) -> Option<&'a [Step]> {
+fn in_choice(path: &[Step]) -> Option<&[Step]> {
     match path {
         [S(K::Choices), Step::Index(_), rest @ ..] => Some(rest),
         _ => None,
