@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make demo: a migration in about a minute, with nothing configured and no API keys.
 # Two mock providers (old: slow, new: fast and cheap), the gateway in front, traffic
-# through the four phases, a shadow test, then the new side breaks and the gateway
-# rolls back by itself. Ports 18080 (gateway), 19090 (admin), 19001/19002 (mocks), 19003 (alert sink).
+# through the four phases, a shadow test, then the new side breaks (answering 200 with an
+# error object, as failing relays do) and the gateway rolls back by itself. Ports 18080 (gateway), 19090 (admin), 19001/19002 (mocks), 19003 (alert sink).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/switchyard}
@@ -67,9 +67,9 @@ for phase in phase-1 phase-2 phase-3 phase-4; do
   "$BIN" stats --admin $admin | head -3
 done
 
-say "The new side starts failing half its requests: the guard rolls back by itself"
+say "The new side breaks as relays do: 200s with an error object instead of an answer; the judge sees it and rolls back by itself"
 kill "${pids[1]}"; wait "${pids[1]}" 2>/dev/null || true
-"$BIN" mock --listen 127.0.0.1:19002 --name new --latency 60ms --error-rate 0.5 >/dev/null & pids[1]=$!
+"$BIN" mock --listen 127.0.0.1:19002 --name new --latency 60ms --fault error_in_200 >/dev/null & pids[1]=$!
 sleep 0.5
 "$BIN" loadtest --url http://127.0.0.1:18080/v1 --requests 100 --concurrency 5 | sed -n '3,4p'
 "$BIN" phase status --admin $admin
