@@ -228,18 +228,29 @@ async fn a_side_that_hangs_past_the_clients_patience_is_rolled_back() {
             && reason.contains("`new` abandoned waits 100.0% vs `old` 0.0%"),
         "{reason}"
     );
-    let stats = gw.typed_stats().await;
+    // One access line per abandoned request, with its wait, and the same count in the
+    // stats (once the last hang-ups, seen after the rollback, are counted).
+    let new_lines = || -> Vec<Value> {
+        access_lines(&gw, "wait-")
+            .into_iter()
+            .filter(|l| l["provider"] == "new")
+            .collect()
+    };
+    let mut stats = gw.typed_stats().await;
+    for _ in 0..100 {
+        if stats.providers["new"].outcomes["client_gone"] == new_lines().len() as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stats = gw.typed_stats().await;
+    }
     let n = &stats.providers["new"];
     assert!(n.abandoned_waits >= 10, "{n:?}");
     assert_eq!(n.outcomes["client_gone"], n.abandoned_waits);
     let wait = n.abandoned_wait.expect("how long they waited");
     assert!(wait.p50_ms >= 250.0 && wait.max_ms < 5000.0, "{wait:?}");
     assert_eq!(stats.providers["old"].abandoned_waits, 0);
-    // One access line per abandoned request, with its wait.
-    let lines: Vec<Value> = access_lines(&gw, "wait-")
-        .into_iter()
-        .filter(|l| l["provider"] == "new")
-        .collect();
+    let lines = new_lines();
     assert_eq!(
         lines.len() as u64,
         n.outcomes["client_gone"],
