@@ -1,4 +1,4 @@
-//! `switchyard phase status|next|set NAME|rollback`: a small client of the admin API.
+//! `switchyard phase status|next|set NAME|rollback|finish`: a small client of the admin API.
 
 use std::process::ExitCode;
 
@@ -58,6 +58,9 @@ enum Action {
         #[arg(long, default_value = "rollback from the switchyard CLI")]
         reason: String,
     },
+    /// Declare the migration done at its last phase: ends the judge's live control (the
+    /// share of requests also sent to `from`).
+    Finish,
 }
 
 pub fn run(args: PhaseArgs) -> ExitCode {
@@ -89,6 +92,7 @@ pub fn run(args: PhaseArgs) -> ExitCode {
                 reason: Some(reason.clone()),
             })),
         ),
+        Action::Finish => ("POST", "/admin/finish", None),
     };
     let rt = match crate::runtime(false) {
         Ok(rt) => rt,
@@ -270,6 +274,20 @@ fn print_status(s: &Status) {
     }
     if let Some(v) = &s.verdict {
         println!("{}", verdict_line(v));
+        for w in &v.warnings {
+            println!("WARNING     {w}");
+        }
+    }
+    if let Some(v) = &s.last_failing_verdict {
+        println!("tripped by  {}", verdict_line(v).trim_start_matches("verdict").trim());
+        for m in &v.metrics {
+            println!("  {}", metric_line(m));
+        }
+    }
+    if let Some(c) = &s.control {
+        println!("control     on: {}", c.note);
+    } else if s.finished {
+        println!("finished    the migration is done; no live control");
     }
     if let Some(p) = &s.preflight {
         let what = if p.ok { "passed" } else { "REFUSED by" };
@@ -302,6 +320,25 @@ fn verdict_line(v: &Verdict) -> String {
         "verdict     {}{look}: {}",
         v.result.label().to_uppercase(),
         v.reason
+    )
+}
+
+/// One metric of a verdict: both sides, the effect, the test.
+fn metric_line(m: &switchyard_core::verdict::MetricVerdict) -> String {
+    let value = |v: Option<f64>| match (v, m.metric.is_latency()) {
+        (None, _) => "-".to_string(),
+        (Some(v), true) => format!("{v:.0} ms"),
+        (Some(v), false) => format!("{:.1}%", v * 100.0),
+    };
+    format!(
+        "{:<17} {:<12} to {:>9} (n {:>5})  from {:>9} (n {:>5})  p {}",
+        m.metric.label(),
+        m.result.label().to_uppercase(),
+        value(m.to_value),
+        m.to_n,
+        value(m.from_value),
+        m.from_n,
+        m.p_value.map_or("-".to_string(), |p| format!("{p:.2e}"))
     )
 }
 

@@ -63,6 +63,8 @@ pub trait AdminHandle: Send + Sync + 'static {
         skip_preflight: bool,
     ) -> impl Future<Output = AdminResult> + Send;
     fn rollback(&self, reason: String) -> impl Future<Output = AdminResult> + Send;
+    /// Declares the migration done at its last phase: the judge's live control ends.
+    fn finish(&self) -> impl Future<Output = AdminResult> + Send;
     fn reload(&self) -> impl Future<Output = AdminResult<ReloadAnswer>> + Send;
     /// The live event stream: the frames a new subscriber gets first, and the rest as they
     /// come (each a whole Server-Sent Events frame).
@@ -272,10 +274,11 @@ async fn route<H: AdminHandle>(
             Err(e) => error(e),
         },
         (&Method::POST, "/admin/reload") => answer(h.reload().await),
+        (&Method::POST, "/admin/finish") => answer(h.finish().await),
         (
             _,
             "/admin/status" | "/admin/stats" | "/admin/phase/next" | "/admin/phase"
-            | "/admin/rollback" | "/admin/reload" | "/admin/events",
+            | "/admin/rollback" | "/admin/reload" | "/admin/finish" | "/admin/events",
         ) => error(AdminError::new(
             405,
             format!("{method} is not allowed on {path}"),

@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 
 use switchyard_admin::{AdminHandle, AdminResult};
 use switchyard_core::api::{
-    PhaseInfo, PhaseView, ProviderHealth, ReloadAnswer, StateFileStatus, Stats, Status,
+    ControlView, PhaseInfo, PhaseView, ProviderHealth, ReloadAnswer, StateFileStatus, Stats,
+    Status,
 };
 use switchyard_core::Trigger;
 use switchyard_watch::HealthTracker;
@@ -90,6 +91,25 @@ impl AdminHandle for Control {
                 saved: unsaved.is_none(),
                 error: unsaved,
             },
+            finished: s.state.finished,
+            control: (s.control_buckets > 0).then(|| {
+                let percent = f64::from(s.control_buckets) / 100.0;
+                ControlView {
+                    provider: name(m.from),
+                    percent,
+                    note: format!(
+                        "{percent}% of `{}`'s requests also sent to `{}` (answers discarded) as the judge's live control, until the migration is finished (POST /admin/finish)",
+                        name(m.to),
+                        name(m.from)
+                    ),
+                }
+            }),
+            last_failing_verdict: self
+                .watch
+                .last_failing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -137,6 +157,11 @@ impl AdminHandle for Control {
 
     async fn phase_set(&self, name: String, skip_preflight: bool) -> AdminResult {
         self.set_phase(&name, skip_preflight).await?;
+        Ok(self.status())
+    }
+
+    async fn finish(&self) -> AdminResult {
+        Control::finish(self).await?;
         Ok(self.status())
     }
 

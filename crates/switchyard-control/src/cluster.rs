@@ -18,7 +18,7 @@ use switchyard_core::config::{ClusterConfig, Phase};
 use switchyard_core::migration::NamedState;
 use switchyard_core::MigrationState;
 use switchyard_store::Etcd;
-use switchyard_watch::Summary;
+use switchyard_watch::Scale;
 
 use crate::store::{Store, StoreError};
 
@@ -26,8 +26,9 @@ use crate::store::{Store, StoreError};
 /// fleet: the summaries add up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct FleetWindow {
-    pub to: Summary,
-    pub from: Summary,
+    /// Both sides over the same intervals, shortest first (see `Windows::scales`).
+    #[serde(default)]
+    pub scales: Vec<Scale>,
     /// `to` requests judged under this state revision (the judge's looks count from it).
     pub to_seen: u64,
     /// Replicas whose windows are in the sum.
@@ -37,10 +38,21 @@ pub struct FleetWindow {
 
 impl FleetWindow {
     fn merge(&mut self, o: &FleetWindow) {
-        self.to.merge(&o.to);
-        self.from.merge(&o.from);
+        for (i, s) in o.scales.iter().enumerate() {
+            match self.scales.get_mut(i) {
+                Some(mine) => mine.merge(s),
+                None => self.scales.push(s.clone()),
+            }
+        }
         self.to_seen += o.to_seen;
         self.replicas += 1;
+    }
+
+    /// `to`'s and `from`'s requests over the shortest interval.
+    pub fn requests(&self) -> (u64, u64) {
+        self.scales
+            .first()
+            .map_or((0, 0), |s| (s.to.requests(), s.from.requests()))
     }
 }
 
@@ -352,8 +364,8 @@ impl Cluster {
             .fleet_window()
             .filter(|(rev, _)| *rev == self.revision())
             .map(|(_, w)| FleetWindowView {
-                requests: w.to.requests(),
-                from_requests: w.from.requests(),
+                requests: w.requests().0,
+                from_requests: w.requests().1,
                 replicas: w.replicas,
             });
         ClusterStatus {
@@ -430,13 +442,13 @@ mod tests {
 
     #[test]
     fn published_windows_round_trip() {
-        let mut to = Summary::default();
-        to.latency.add(1500);
+        let mut scale = Scale::default();
+        scale.to.latency.entry(3).or_default().add(1500);
+        scale.to.keys.entry(42).or_default().counts.success = 1;
         let w = PublishedWindow {
             rev: 7,
             window: FleetWindow {
-                to,
-                from: Summary::default(),
+                scales: vec![scale],
                 to_seen: 3,
                 replicas: 1,
             },
@@ -457,28 +469,26 @@ mod tests {
         c.set_healthy(true);
         c.set_revision(5);
         let mut failing = FleetWindow {
+            scales: vec![Scale::default()],
             to_seen: 40,
             replicas: 1,
-            ..FleetWindow::default()
         };
-        failing.to.counts.server_error = 40;
+        failing.scales[0].to.counts.server_error = 40;
+        let errors = |w: &FleetWindow| w.scales.first().map_or(0, |s| s.to.counts.server_error);
         c.judge_window(5, failing.clone());
         let lease = store.grant(3).await.unwrap();
         c.heartbeat(lease, "p50").await.unwrap();
         let judged = c.judge_window(5, failing.clone());
-        assert_eq!(
-            judged.to.counts.server_error, 40,
-            "the fleet's sum, same revision"
-        );
+        assert_eq!(errors(&judged), 40, "the fleet's sum, same revision");
 
         // An operator leaves the rollback: revision 6, nothing failed since.
         c.set_revision(6);
         let judged = c.judge_window(6, FleetWindow::default());
-        assert_eq!(judged.to.counts.server_error, 0);
+        assert_eq!(errors(&judged), 0);
         // A judge tick that read revision 5 before the change publishes nothing for 6.
         c.judge_window(5, failing);
         c.heartbeat(lease, "p50").await.unwrap();
         let (rev, sum) = c.fleet_window().unwrap();
-        assert_eq!((rev, sum.to.counts.server_error), (6, 0));
+        assert_eq!((rev, errors(&sum)), (6, 0));
     }
 }

@@ -160,6 +160,7 @@ impl Control {
             phase_since: std::sync::Mutex::new(entered_at.unwrap_or_else(SystemTime::now)),
             gate: std::sync::Mutex::new(None),
             verdict: std::sync::Mutex::new(None),
+            last_failing: std::sync::Mutex::new(None),
             preflight: std::sync::Mutex::new(None),
         };
         set_judgement_gauges(None);
@@ -517,6 +518,12 @@ impl Control {
             ));
         }
         self.watch.phase_began(began);
+        // Leaving a rollback (or any move): the verdict that tripped is history.
+        *self
+            .watch
+            .last_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         if self.cluster.is_some() {
             let _ = self.save();
         } else {
@@ -639,8 +646,27 @@ impl Control {
                 f.absolute_limit.or(f.allowed).unwrap_or(0.0),
             )
         });
-        self.rollback(Trigger::Auto, verdict.reason.clone(), Some(epoch), metric)
+        let before = self.gateway.load().epoch;
+        let after = self
+            .rollback(Trigger::Auto, verdict.reason.clone(), Some(epoch), metric)
             .await;
+        if after.epoch != before && after.state.rolled_back {
+            // What tripped stays on show until the rollback is left.
+            *self
+                .watch
+                .last_failing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(verdict.clone());
+        }
+    }
+
+    /// Declares the migration done at its last phase: the judge's live control on `from`
+    /// ends (a rollback is still one step away).
+    pub async fn finish(&self) -> Result<Arc<Snapshot>, ControlError> {
+        self.transition("admin", true, |s| {
+            Ok(s.state.finish(&s.config.migration.phases)?)
+        })
+        .await
     }
 
     /// The phase gate opened: advance one phase, if the state is still the one judged.

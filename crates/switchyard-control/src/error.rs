@@ -54,7 +54,12 @@ impl From<ControlError> for AdminError {
     fn from(e: ControlError) -> Self {
         let status = match &e {
             ControlError::Invalid(TransitionError::UnknownPhase(_)) => 400,
-            ControlError::Invalid(TransitionError::AtLastPhase | TransitionError::RolledBack) => {
+            ControlError::Invalid(
+                TransitionError::AtLastPhase
+                | TransitionError::RolledBack
+                | TransitionError::NotAtLastPhase
+                | TransitionError::AlreadyFinished,
+            ) => {
                 409
             }
             ControlError::Conflict(_) | ControlError::PreflightRefused(_) => 409,

@@ -11,9 +11,10 @@ use switchyard_core::event::{RequestEvent, ShadowEvent};
 use switchyard_core::router::Side;
 use switchyard_proxy::body::RequestBody;
 use switchyard_proxy::upstream::{Upstream, Worker};
-use switchyard_watch::judge::look_step;
+use switchyard_watch::looks::{budget, look_step};
 use switchyard_watch::{
-    gate, judge as judge_window, Alert, Gate, Judgement, Looks, Sides, Summary, Verdict, Windows,
+    gate, judge as judge_window, Alert, Gate, Judgement, Looks, Scale, Sides, Summary, Verdict,
+    Windows,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -46,10 +47,12 @@ async fn judge(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut windows = Windows::new(100);
-    let mut looks = Looks::default();
-    // The comparison as judged at the last look; between looks only the absolute limits
-    // are checked on fresh data (the looks are what α is spent on).
+    let mut looks = Looks::new(0);
+    // The comparison as judged at the last look; between looks it stands (the looks are
+    // what α is spent on).
     let mut judged: Option<Verdict> = None;
+    // Cluster mode: the fleet's intervals, summed each second.
+    let mut fleet: Option<FleetWindow> = None;
     let mut names: (String, String) = Default::default();
     // Drained on a tick rather than woken per event: at thousands of requests a second a
     // wake-up per request would cost the data path more than the watching itself.
@@ -89,18 +92,20 @@ async fn judge(
         let window = m.auto_rollback.as_ref().map_or(100, |a| a.window as usize);
         let to_name = cfg.providers[m.to].name.as_str();
         let from_name = cfg.providers[m.from].name.as_str();
+        let now = control.watch.now_ms();
         if names.0 != to_name || names.1 != from_name {
             // Another pair of providers: nothing seen so far says anything about it.
             names = (to_name.to_string(), from_name.to_string());
             windows = Windows::new(window);
         }
         if windows.epoch() != snap.epoch {
+            // Another routing state: both sides start afresh, and so do the looks.
             windows.reset(snap.epoch, window);
-            looks = Looks::default();
+            looks = Looks::new(now);
             judged = None;
+            fleet = None;
         }
         if got_events {
-            let now = control.watch.now_ms();
             let mut stats = control
                 .watch
                 .stats
@@ -108,7 +113,7 @@ async fn judge(
                 .unwrap_or_else(|p| p.into_inner());
             for e in &batch {
                 stats.record(e, now);
-                if &*e.provider == to_name {
+                if &*e.provider == to_name && !e.control {
                     windows.record(Side::To, e, now);
                 } else if &*e.provider == from_name {
                     windows.record(Side::From, e, now);
@@ -116,40 +121,55 @@ async fn judge(
             }
         }
         let Some(ar) = &m.auto_rollback else { continue };
-        // In cluster mode the whole fleet is judged: every replica publishes its windows, and
-        // any replica may trip the (idempotent) rollback.
-        let (mut to, mut from) = windows.summaries();
-        let mut to_seen = windows.to_seen();
+        // In cluster mode the whole fleet is judged: every replica publishes its intervals
+        // (each second), and any replica may trip the (idempotent) rollback.
         if let (Some(c), Some(rev)) = (&control.cluster, revision) {
-            let mine = FleetWindow {
-                to,
-                from,
-                to_seen,
-                replicas: 1,
-            };
-            let fleet = c.judge_window(rev, mine);
-            (to, from, to_seen) = (fleet.to, fleet.from, fleet.to_seen);
+            if ticks.is_multiple_of(20) || fleet.is_none() {
+                let mine = FleetWindow {
+                    scales: windows.scales(now),
+                    to_seen: windows.to_seen(),
+                    replicas: 1,
+                };
+                fleet = Some(c.judge_window(rev, mine));
+            }
         }
-        let sides = Sides {
-            to_name,
-            from_name,
-            to: &to,
-            from: &from,
+        let (to_seen, recent) = match &fleet {
+            Some(f) => (f.to_seen, f.requests().0),
+            None => (windows.to_seen(), windows.to_recent()),
         };
+        let scales = |windows: &Windows| match &fleet {
+            Some(f) => f.scales.clone(),
+            None => windows.scales(now),
+        };
+        let share = snap.percent() / 100.0;
+        let expected_share = (share > 0.0 && share < 1.0).then_some(share);
         let min = u64::from(ar.min_requests.max(1));
-        let enough = to.requests() >= min && from.requests() >= min && ar.compare.is_some();
-        let verdict = match looks.due(to_seen, enough, look_step(ar)) {
-            Some(k) => {
-                let v = judge_window(ar, &sides, k);
+        let look = looks.due(to_seen, recent >= min, look_step(ar), now, budget(ar));
+        let verdict = match (look, &judged) {
+            (Some(l), _) => {
+                let scales = scales(&windows);
+                let sides = Sides {
+                    to_name,
+                    from_name,
+                    scales: &scales,
+                    expected_share,
+                };
+                let v = judge_window(ar, &sides, Some(l));
                 judged = Some(v.clone());
+                breach_on_from(&control, ar, &snap, &scales, l);
                 v
             }
-            None => {
-                let fresh = judge_window(ar, &sides, 0);
-                match &judged {
-                    Some(last) if fresh.result != Judgement::Fail => last.clone(),
-                    _ => fresh,
-                }
+            (None, Some(last)) => last.clone(),
+            // Before the first look: what it waits for.
+            (None, None) => {
+                let scales = scales(&windows);
+                let sides = Sides {
+                    to_name,
+                    from_name,
+                    scales: &scales,
+                    expected_share,
+                };
+                judge_window(ar, &sides, None)
             }
         };
         if control.watch.set_verdict(&verdict) {
@@ -162,34 +182,6 @@ async fn judge(
         if verdict.result == Judgement::Fail && !snap.state.rolled_back && snap.percent() > 0.0 {
             control.auto_rollback(snap.epoch, &verdict).await;
             continue;
-        }
-        if got_events && (ar.max_error_rate.is_some() || ar.max_p95_latency.is_some()) {
-            // The absolute limits say something about `from` too: worth an alert, never a
-            // rollback (it is the side traffic goes back to).
-            let mut absolute = ar.clone();
-            absolute.compare = None;
-            let (no_to, mine) = (Summary::default(), windows.summaries().1);
-            let v = judge_window(
-                &absolute,
-                &Sides {
-                    to_name: from_name,
-                    from_name: to_name,
-                    to: &mine,
-                    from: &no_to,
-                },
-                0,
-            );
-            if let Some(f) = v.failed() {
-                control.alerter.send(Alert {
-                    event: "threshold_breach",
-                    provider: Some(from_name.to_string()),
-                    phase: Some(snap.state.phase_name(&m.phases).to_string()),
-                    metric: Some(f.metric.label().to_string()),
-                    value: f.to_value,
-                    threshold: f.absolute_limit,
-                    text: format!("{}; no rollback: it is the `from` side", v.reason),
-                });
-            }
         }
         if !got_events
             && m.auto_advance
@@ -211,6 +203,54 @@ async fn judge(
                 Gate::Wait(why) => control.watch.set_gate(why),
             }
         }
+    }
+}
+
+/// The absolute limits say something about `from` too: worth an alert at a look, never a
+/// rollback (it is the side traffic goes back to).
+fn breach_on_from(
+    control: &Control,
+    ar: &switchyard_core::config::AutoRollbackConfig,
+    snap: &switchyard_proxy::Snapshot,
+    scales: &[Scale],
+    look: switchyard_watch::Look,
+) {
+    if ar.max_error_rate.is_none() && ar.max_p95_latency.is_none() {
+        return;
+    }
+    let Some(first) = scales.first() else { return };
+    let m = &snap.config.migration;
+    let (to_name, from_name) = (
+        snap.config.providers[m.to].name.as_str(),
+        snap.config.providers[m.from].name.as_str(),
+    );
+    let mut absolute = ar.clone();
+    absolute.compare = None;
+    let swapped = [Scale {
+        to: first.from.clone(),
+        from: Summary::default(),
+        ..first.clone()
+    }];
+    let v = judge_window(
+        &absolute,
+        &Sides {
+            to_name: from_name,
+            from_name: to_name,
+            scales: &swapped,
+            expected_share: None,
+        },
+        Some(look),
+    );
+    if let Some(f) = v.failed() {
+        control.alerter.send(Alert {
+            event: "threshold_breach",
+            provider: Some(from_name.to_string()),
+            phase: Some(snap.state.phase_name(&m.phases).to_string()),
+            metric: Some(f.metric.label().to_string()),
+            value: f.to_value,
+            threshold: f.absolute_limit,
+            text: format!("{}; no rollback: it is the `from` side", v.reason),
+        });
     }
 }
 
@@ -340,6 +380,8 @@ pub struct WatchState {
     pub(crate) gate: std::sync::Mutex<Option<String>>,
     /// The judge's current verdict on `to` against `from`.
     pub(crate) verdict: std::sync::Mutex<Option<Verdict>>,
+    /// The verdict that caused the automatic rollback in effect, until it is left.
+    pub(crate) last_failing: std::sync::Mutex<Option<Verdict>>,
     /// The last preflight of `to`.
     pub(crate) preflight: std::sync::Mutex<Option<preflight::Report>>,
 }

@@ -44,6 +44,12 @@ impl Endpoint {
         }
     }
 
+    /// Whether its requests must be JSON (the OpenAI APIs that generate or embed): a body
+    /// the gateway sees is not JSON is the client's fault, refused before any provider.
+    pub fn requires_json(self) -> bool {
+        self != Endpoint::Other
+    }
+
     /// Whether its answers are generated text (choices, a finish reason, a stream's end).
     pub fn generates(self) -> bool {
         matches!(

@@ -36,6 +36,26 @@ pub struct Status {
     /// The last preflight of `to`.
     pub preflight: Option<PreflightReport>,
     pub state_file: StateFileStatus,
+    /// An operator declared the migration done at its last phase (`POST /admin/finish`).
+    #[serde(default)]
+    pub finished: bool,
+    /// The judge's live control on `from` at the last phase, while it is on.
+    #[serde(default)]
+    pub control: Option<ControlView>,
+    /// The verdict that caused the automatic rollback now in effect, with its whole metric
+    /// table: kept until the rollback is left.
+    #[serde(default)]
+    pub last_failing_verdict: Option<Verdict>,
+}
+
+/// The judge's live control: a share of `to`'s requests also sent to `from` (answers
+/// discarded) at the last phase, until the migration is finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlView {
+    pub provider: String,
+    pub percent: f64,
+    /// "2% of `new`'s requests also sent to `old` …".
+    pub note: String,
 }
 
 /// The phase in effect; while rolled back `{"name": "rollback", "index": null, "percent": 0}`.
@@ -437,6 +457,10 @@ mod tests {
                                       "detail": "Incorrect API key provided", "latency_ms": 95}]},
             "state_file": {"path": "/var/lib/switchyard/state.json", "saved": false,
                            "error": "cannot save the migration state to …: Permission denied"},
+            "finished": false,
+            "control": {"provider": "old", "percent": 2.0,
+                        "note": "2% of `new`'s requests also sent to `old`"},
+            "last_failing_verdict": null,
         }));
         let latency =
             json!({"avg_ms": 1.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "max_ms": 4.0});

@@ -161,6 +161,23 @@ pub struct RequestEvent {
     /// [`Class::ClientGone`] before the answer's head, once the request had been sent whole:
     /// how long the client waited for the provider before it gave up.
     pub waited: Option<Duration>,
+    /// The request's model, hashed ([`model_key`]; 0: none read): latencies are compared
+    /// within a model.
+    pub model: u64,
+    /// The routing bucket of the request's key: its cohort (a sticky user is one).
+    pub key: u16,
+    /// Which configured client key sent it, when client keys are configured.
+    pub client: Option<u16>,
+    /// It went on a connection opened for it: connection setup is not provider slowness.
+    pub cold: bool,
+    /// A copy of a `to` request sent to `from` as the judge's live control (answer
+    /// discarded), not a request a client was served.
+    pub control: bool,
+}
+
+/// A model name as the judge compares it: a stable hash (never 0).
+pub fn model_key(model: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(model.as_bytes()).max(1)
 }
 
 impl RequestEvent {

@@ -27,13 +27,16 @@ impl Trigger {
 
 /// Where the migration stands. When `rolled_back`, 100% goes to `from` whatever `phase` says;
 /// `phase` keeps the phase we left so the operator can see it (None when the config itself
-/// started in `rollback`).
+/// started in `rollback`). `finished`: an operator declared the migration done at its last
+/// phase, which ends the judge's live control on `from`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationState {
     pub phase: Option<usize>,
     pub rolled_back: bool,
     pub rollback_reason: Option<String>,
     pub rollback_trigger: Option<Trigger>,
+    #[serde(default)]
+    pub finished: bool,
 }
 
 /// A migration state with its phase by name, as kept outside the process (the state file,
@@ -44,6 +47,8 @@ pub struct NamedState {
     pub rolled_back: bool,
     pub rollback_reason: Option<String>,
     pub rollback_trigger: Option<Trigger>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finished: bool,
 }
 
 impl NamedState {
@@ -56,6 +61,7 @@ impl NamedState {
             rolled_back: state.rolled_back,
             rollback_reason: state.rollback_reason.clone(),
             rollback_trigger: state.rollback_trigger,
+            finished: state.finished,
         }
     }
 
@@ -70,6 +76,7 @@ impl NamedState {
             rolled_back: self.rolled_back,
             rollback_reason: self.rollback_reason.clone(),
             rollback_trigger: self.rollback_trigger,
+            finished: self.finished,
         })
     }
 }
@@ -81,6 +88,9 @@ pub enum TransitionError {
     /// `next` while rolled back: leaving a rollback must name the phase.
     RolledBack,
     UnknownPhase(String),
+    /// `finish` before the last phase.
+    NotAtLastPhase,
+    AlreadyFinished,
 }
 
 impl std::fmt::Display for TransitionError {
@@ -92,6 +102,11 @@ impl std::fmt::Display for TransitionError {
                 "rolled back: leave the rollback by setting a phase explicitly (POST /admin/phase)"
             ),
             TransitionError::UnknownPhase(n) => write!(f, "no phase named `{n}`"),
+            TransitionError::NotAtLastPhase => write!(
+                f,
+                "a migration is finished at its last phase: move there first"
+            ),
+            TransitionError::AlreadyFinished => write!(f, "the migration is already finished"),
         }
     }
 }
@@ -105,7 +120,32 @@ impl MigrationState {
             rolled_back: false,
             rollback_reason: None,
             rollback_trigger: None,
+            finished: false,
         }
+    }
+
+    /// Declares the migration done at its last phase: the judge's live control on `from`
+    /// ends (a rollback is still one step away).
+    pub fn finish(&self, phases: &[Phase]) -> Result<Self, TransitionError> {
+        if self.rolled_back {
+            return Err(TransitionError::RolledBack);
+        }
+        if self.finished {
+            return Err(TransitionError::AlreadyFinished);
+        }
+        match self.phase {
+            Some(i) if i + 1 == phases.len() => Ok(MigrationState {
+                finished: true,
+                ..self.clone()
+            }),
+            _ => Err(TransitionError::NotAtLastPhase),
+        }
+    }
+
+    /// At the last phase, sending everything to `to`, not finished: while so, the judge
+    /// keeps a live control on `from` (a mirrored share of `to`'s requests).
+    pub fn needs_control(&self, phases: &[Phase]) -> bool {
+        !self.finished && self.to_buckets(phases) == 10_000
     }
 
     /// Buckets (of 10000) that go to `to`.
@@ -148,6 +188,7 @@ impl MigrationState {
             rolled_back: true,
             rollback_reason: Some(reason.into()),
             rollback_trigger: Some(trigger),
+            finished: false,
         }
     }
 }
@@ -188,6 +229,28 @@ mod tests {
             r.set(&ph, "nope"),
             Err(TransitionError::UnknownPhase(_))
         ));
+    }
+
+    #[test]
+    fn finishing_ends_the_control_at_the_last_phase_only() {
+        let ph = phases();
+        let last = MigrationState::at(3);
+        assert!(last.needs_control(&ph));
+        assert!(!MigrationState::at(2).needs_control(&ph));
+        assert_eq!(
+            MigrationState::at(2).finish(&ph),
+            Err(TransitionError::NotAtLastPhase)
+        );
+        let done = last.finish(&ph).unwrap();
+        assert!(done.finished && !done.needs_control(&ph));
+        assert_eq!(done.to_buckets(&ph), 10_000);
+        assert_eq!(done.finish(&ph), Err(TransitionError::AlreadyFinished));
+        // A rollback is still one step away, and leaving it starts the control again.
+        let r = done.rollback("late trouble", Trigger::Admin);
+        assert!(!r.finished);
+        assert!(r.set(&ph, "p4").unwrap().needs_control(&ph));
+        let named = NamedState::of(&done, &ph);
+        assert!(named.resolve(&ph).unwrap().finished);
     }
 
     #[test]

@@ -102,9 +102,16 @@ pub struct MetricVerdict {
     pub absolute_limit: Option<f64>,
     pub test: Option<String>,
     pub p_value: Option<f64>,
-    /// The significance this look was held to.
+    /// The significance this test was held to (the look's share for this metric and
+    /// interval).
     pub alpha: Option<f64>,
     pub reason: String,
+    /// The interval both sides' samples come from (the same one), in seconds.
+    #[serde(default)]
+    pub interval_seconds: Option<f64>,
+    /// Latencies: how much higher `to`'s p95 must also be, in milliseconds.
+    #[serde(default)]
+    pub min_increase_ms: Option<f64>,
 }
 
 /// The judge's answer for the current window.
@@ -118,11 +125,46 @@ pub struct Verdict {
     /// The look this verdict was made at (0: no comparative test yet).
     pub look: u32,
     pub metrics: Vec<MetricVerdict>,
+    /// The most recent interval judged (`to`'s last window), in seconds, and both sides'
+    /// requests in it.
+    #[serde(default)]
+    pub interval_seconds: Option<f64>,
+    #[serde(default)]
+    pub to_requests: u64,
+    #[serde(default)]
+    pub from_requests: u64,
+    /// What is off without being a failure: a sample-ratio mismatch (which blocks
+    /// auto-advance).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Evidence concentrated in one routing key or one client key: shown, never decisive.
+    #[serde(default)]
+    pub concentrated: Vec<Concentration>,
+}
+
+/// One key that sent much of a window's requests (or of its failures).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Concentration {
+    /// `routing_key` (its hashed bucket) or `client_key` (its index in the configured list).
+    pub kind: String,
+    /// `bucket 4821`, `client key #2`: never the key itself.
+    pub key: String,
+    /// The side it was seen on.
+    pub provider: String,
+    /// Its requests in the window, and how many of them were counted.
+    pub requests: u64,
+    pub counted: u64,
+    pub note: String,
 }
 
 impl Verdict {
     pub fn metric(&self, m: Metric) -> Option<&MetricVerdict> {
         self.metrics.iter().find(|v| v.metric == m)
+    }
+
+    /// Whether something is off that blocks auto-advance (a sample-ratio mismatch).
+    pub fn blocks_advance(&self) -> bool {
+        !self.warnings.is_empty()
     }
 
     /// The metric that failed first, for alerts.

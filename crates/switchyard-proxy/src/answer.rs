@@ -348,6 +348,13 @@ impl RequestScan {
     }
 }
 
+/// Whether a body held whole is one JSON value.
+pub fn is_json(body: &[u8]) -> bool {
+    let mut scan = RequestScan::default();
+    scan.feed(body);
+    scan.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,6 +61,14 @@ pub struct ClientBodyError {
 }
 
 impl ClientBodyError {
+    /// A body that must be JSON and is not.
+    pub fn not_json() -> Self {
+        ClientBodyError {
+            gone: false,
+            source: "it is not valid JSON (the API requires a JSON body)".into(),
+        }
+    }
+
     pub fn of(e: BoxError) -> Self {
         // hyper reports a malformed chunked body as InvalidInput/InvalidData; an upload cut
         // short as UnexpectedEof or an incomplete message.
@@ -245,6 +253,9 @@ pub struct RequestBody {
     /// Reads the model (unless known) and `max_tokens` as the body passes, until it is
     /// seen not to be JSON.
     scan: Option<RequestScan>,
+    /// The body must be JSON: one seen not to be is refused, the frame that shows it held
+    /// back (so a provider never gets a whole request the gateway knows is malformed).
+    json_required: bool,
     tee: Option<Tee>,
 }
 
@@ -313,6 +324,7 @@ impl RequestBody {
             limit,
             seen: 0,
             scan: Some(RequestScan::default()),
+            json_required: false,
             tee: None,
         };
         (body, shared)
@@ -321,6 +333,15 @@ impl RequestBody {
     /// Also reads the model and `max_tokens` of a body the gateway holds whole.
     pub fn reading(mut self) -> Self {
         self.scan = Some(RequestScan::default());
+        self
+    }
+
+    /// Refuses the body (as the client's malformed upload) once it is seen not to be JSON.
+    pub fn requiring_json(mut self, required: bool) -> Self {
+        self.json_required = required;
+        if required && self.scan.is_none() {
+            self.scan = Some(RequestScan::default());
+        }
         self
     }
 
@@ -352,6 +373,7 @@ impl RequestBody {
             limit,
             seen: 0,
             scan: Some(RequestScan::default()),
+            json_required: false,
             tee: None,
         };
         (body, shared)
@@ -406,6 +428,7 @@ impl RequestBody {
             limit: u64::MAX,
             seen: 0,
             scan: None,
+            json_required: false,
             tee: None,
         }
     }
@@ -421,6 +444,7 @@ impl RequestBody {
             limit: 0,
             seen: 0,
             scan: None,
+            json_required: false,
             tee: None,
         }
     }
@@ -428,8 +452,8 @@ impl RequestBody {
 
 impl RequestBody {
     /// Reads what passes for the model and `max_tokens`, until the body is seen not to be
-    /// JSON.
-    fn read(&mut self, data: &[u8]) {
+    /// JSON: an error when it must be.
+    fn read(&mut self, data: &[u8]) -> Result<(), BoxError> {
         if let Some(scan) = &mut self.scan {
             scan.feed(data);
             if let Some(m) = scan.read.model.take() {
@@ -437,18 +461,27 @@ impl RequestBody {
             }
             if scan.invalid() {
                 self.scan = None;
+                if self.json_required {
+                    return Err(Box::new(ClientBodyError::not_json()));
+                }
             }
         }
+        Ok(())
     }
 
-    /// The body ended: what was read is final.
-    fn read_to_end(&mut self) {
+    /// The body ended: what was read is final; an error when it must be JSON and was not
+    /// whole (cut short, say).
+    fn read_to_end(&mut self) -> Result<(), BoxError> {
         if let Some(mut scan) = self.scan.take() {
-            scan.finish();
+            let json = scan.finish();
             if let Some(n) = scan.read.max_tokens {
                 let _ = self.shared.max_tokens.set(n);
             }
+            if self.json_required && !json {
+                return Err(Box::new(ClientBodyError::not_json()));
+            }
         }
+        Ok(())
     }
 }
 
@@ -463,7 +496,9 @@ impl Body for RequestBody {
         let this = &mut *self;
         if let Some(p) = this.prefix.take() {
             this.shared.copy(&p);
-            this.read(&p);
+            if let Err(e) = this.read(&p) {
+                return Poll::Ready(Some(Err(e)));
+            }
             this.seen += p.len() as u64;
             if this.seen > this.limit {
                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
@@ -482,8 +517,9 @@ impl Body for RequestBody {
             Source::Buffered(b) => {
                 if let Some(b) = b.take() {
                     this.shared.whole(&b);
-                    this.read(&b);
-                    this.read_to_end();
+                    if let Err(e) = this.read(&b).and_then(|()| this.read_to_end()) {
+                        return Poll::Ready(Some(Err(e)));
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
                 return Poll::Ready(None);
@@ -505,11 +541,15 @@ impl Body for RequestBody {
                             }
                         }
                     }
-                    this.read(d);
+                    if let Err(e) = this.read(d) {
+                        return Poll::Ready(Some(Err(e)));
+                    }
                 }
                 // hyper stops polling once a sized body is complete: hand the copy over now.
                 if matches!(&this.source, Source::Live(i) if i.is_end_stream()) {
-                    this.read_to_end();
+                    if let Err(e) = this.read_to_end() {
+                        return Poll::Ready(Some(Err(e)));
+                    }
                     this.shared.mark_sent();
                     this.shared.copied_whole();
                     if let Some(t) = this.tee.take() {
@@ -520,7 +560,9 @@ impl Body for RequestBody {
             }
             Some(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBodyError::of(Box::new(e)))))),
             None => {
-                this.read_to_end();
+                if let Err(e) = this.read_to_end() {
+                    return Poll::Ready(Some(Err(e)));
+                }
                 this.shared.mark_sent();
                 this.shared.copied_whole();
                 this.source = Source::Done;

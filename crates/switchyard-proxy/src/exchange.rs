@@ -45,6 +45,10 @@ pub struct Exchange {
     pub(crate) provider: usize,
     /// The answer was accounted; until then, dropping the exchange means the client left.
     pub(crate) answered: AtomicBool,
+    /// The routing bucket of the request's key: its cohort, for the judge.
+    pub(crate) bucket: u16,
+    /// Which configured client key sent it.
+    pub(crate) client_key: Option<u16>,
     pub(crate) shared: Option<Arc<RequestShared>>,
     /// The gateway asked for stream usage on the client's behalf: strip that chunk.
     pub(crate) strip_usage: bool,
@@ -381,12 +385,14 @@ impl Exchange {
         if stream {
             up.metrics.open_streams.increment(1.0);
         }
+        let cold = lease.fresh();
         let on_end = Box::new(Finish {
             ex: self,
             index,
             status,
             first_byte,
             stream,
+            cold,
         });
         let body = ResponseBody::new(body, lease, idle, sniff, on_end);
         Response::from_parts(parts, GatewayBody::upstream(body))
@@ -489,6 +495,7 @@ impl Exchange {
             mut summary,
             answer: last,
             detail,
+            cold,
         } = a;
         let up = &self.snap.upstreams[index];
         let elapsed = self.start.elapsed();
@@ -571,6 +578,11 @@ impl Exchange {
                 bad_answer: detail.bad_answer,
                 cut_short: detail.cut_short,
                 waited: detail.waited,
+                model: model.map_or(0, switchyard_core::event::model_key),
+                key: self.bucket,
+                client: self.client_key,
+                cold,
+                control: false,
             };
             if events.try_send(event).is_err() {
                 metrics::counter!(EVENTS_DROPPED).increment(1);
@@ -618,7 +630,10 @@ impl Exchange {
         if let Some(pair) = &self.shadow {
             pair.primary(SideResult {
                 class,
+                bad_answer: detail.bad_answer,
                 cut_short: detail.cut_short,
+                stream: summary.stream,
+                cold,
                 status,
                 latency: elapsed,
                 ttft: ttfb,
@@ -640,6 +655,8 @@ struct Finish {
     first_byte: std::time::Duration,
     /// Counted in `open_streams` (an SSE answer).
     stream: bool,
+    /// On a connection opened for it.
+    cold: bool,
 }
 
 impl OnEnd for Finish {
@@ -676,6 +693,7 @@ impl OnEnd for Finish {
             ttfb: Some(self.first_byte),
             summary,
             detail,
+            cold: self.cold,
             ..Attempt::new(self.index, self.status, class, true)
         });
     }
@@ -739,6 +757,8 @@ struct Attempt {
     /// This attempt is the answer (not one that failed over): a shadow meets it.
     answer: bool,
     detail: Detail,
+    /// It went on a connection opened for it.
+    cold: bool,
 }
 
 impl Attempt {
@@ -751,6 +771,7 @@ impl Attempt {
             summary: BodySummary::default(),
             answer,
             detail: Detail::default(),
+            cold: false,
         }
     }
 }

@@ -63,7 +63,7 @@ use crate::limits::{Permit, Refusal};
 use crate::metrics::{Outcome, REJECTED_TOTAL};
 use crate::openai;
 use crate::provider::{provider_stack, Call};
-use crate::shadow::{self, Mirror, Pair};
+use crate::shadow::{self, Mirror, MirrorTo, Pair};
 use crate::snapshot::{Gateway, Snapshot};
 use crate::upstream::{Upstream, Worker};
 
@@ -251,6 +251,9 @@ fn admit_client(
             "auth",
         ));
     };
+    // The judge counts evidence per client too: one client cannot decide a verdict.
+    req.extensions_mut()
+        .insert(ClientKey(u16::try_from(key).unwrap_or(u16::MAX)));
     let Some(limiter) = snapshot(req).limiter.clone() else {
         return Ok(());
     };
@@ -282,6 +285,10 @@ fn refuse_declared_body(
     }
     Ok(())
 }
+
+/// Which configured client key a request came with (its index).
+#[derive(Clone, Copy)]
+struct ClientKey(u16);
 
 /// A random UUID (v4) for a request that came without an `x-request-id`, formatted
 /// without a heap string.
@@ -344,6 +351,7 @@ async fn forward(
         .expect("the snapshot layer runs first");
     let request_id = request_id_of(&req);
     let permit = req.extensions_mut().remove::<Arc<Permit>>();
+    let client_key = req.extensions().get::<ClientKey>().map(|k| k.0);
     let limit = snap.config.server.max_body_bytes;
 
     let m = &snap.config.migration;
@@ -391,6 +399,8 @@ async fn forward(
         endpoint: Endpoint::of(parts.method == Method::POST, parts.uri.path()),
         provider: first,
         answered: AtomicBool::new(false),
+        bucket,
+        client_key,
         shared: None,
         strip_usage: false,
         shadow: None,
@@ -452,17 +462,18 @@ async fn forward(
         ahead = Some((prefix, complete));
     }
 
-    // A stable share of what `from` serves is mirrored to `to`.
+    // A stable share of what `from` serves is mirrored to `to` (a shadow test); at the last
+    // phase, a stable share of what `to` serves to `from` (the judge's live control).
     let mut tee = None;
-    if side == Side::From
+    let shadowed = side == Side::From
         && m.from != m.to
-        && shadow::mirrored(bucket, snap.to_buckets, m.shadow_buckets)
-    {
+        && shadow::mirrored(bucket, snap.to_buckets, m.shadow_buckets);
+    let controlled = side == Side::To && shadow::controlled(bucket, snap.control_buckets);
+    if shadowed || controlled {
         if let Some(rt) = &snap.shadow {
             match rt.permits.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let (t, rx) = Tee::new(snap.config.shadow.max_body_bytes);
-                    let pair = Pair::new(rt.clone());
                     let mirror = Mirror {
                         method: parts.method.clone(),
                         uri: parts.uri.clone(),
@@ -472,27 +483,43 @@ async fn forward(
                             .and_then(|(p, _)| p.client_model())
                             .map(Box::from),
                     };
-                    tokio::spawn(shadow::run(
-                        snap.clone(),
-                        mirror,
-                        rx,
-                        pair.clone(),
-                        permit,
-                        worker,
-                    ));
-                    ex.shadow = Some(pair);
+                    let dest = if shadowed {
+                        let pair = Pair::new(rt.clone());
+                        ex.shadow = Some(pair.clone());
+                        MirrorTo::Shadow(pair)
+                    } else {
+                        MirrorTo::Control { key: bucket }
+                    };
+                    tokio::spawn(shadow::run(snap.clone(), mirror, rx, dest, permit, worker));
                     tee = Some(t);
                 }
-                Err(_) => rt.report(ShadowEvent {
+                Err(_) if shadowed => rt.report(ShadowEvent {
                     result: "dropped",
                     comparison: None,
                 }),
+                Err(_) => {}
             }
         }
     }
 
     let inject = snap.upstreams[first].config.inject_stream_usage
         && openai::is_chat_completion(&parts.method, &parts.uri);
+    // The OpenAI APIs take JSON: a body the gateway can see is not JSON is the client's
+    // fault, answered 400 here (`client_fault`), never a provider's 4xx for the judge.
+    let json_required = ex.endpoint.requires_json();
+    let not_json = |ex: Box<Exchange>| {
+        let up = &ex.snap.upstreams[first];
+        ex.client_broke(up, first, &ClientBodyError::not_json())
+    };
+    if json_required
+        && match (&body, &ahead) {
+            (_, Some((prefix, true))) => !crate::answer::is_json(&prefix.held),
+            (Some(b), None) => b.is_end_stream(),
+            _ => false,
+        }
+    {
+        return not_json(ex);
+    }
     let body = if let Some((prefix, _)) = ahead {
         let model = prefix.client_model().map(str::to_string);
         let held = renamed_for(&prefix, &snap.config.providers[first]);
@@ -500,6 +527,7 @@ async fn forward(
         let (b, shared) = RequestBody::after_prefix(held, body.take(), limit, model.as_deref());
         ex.shared = Some(shared);
         ex.model_prefix = Some(prefix);
+        let b = b.requiring_json(json_required);
         match tee.take() {
             Some(t) => b.with_tee(t),
             None => b,
@@ -525,6 +553,9 @@ async fn forward(
                 };
             }
         };
+        if json_required && !crate::answer::is_json(&bytes) {
+            return not_json(ex);
+        }
         let (bytes, model, injected) = openai::inject_stream_usage(bytes);
         ex.strip_usage = injected;
         if injected {
@@ -544,6 +575,7 @@ async fn forward(
     } else {
         let body = body.take().expect("the body is there");
         let (body, shared) = RequestBody::streaming(body, limit);
+        let body = body.requiring_json(json_required);
         ex.shared = Some(shared);
         match tee.take() {
             Some(t) => body.with_tee(t),

@@ -11,7 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use switchyard_core::answer::{CutShort, Endpoint};
+use switchyard_core::answer::{BadAnswer, CutShort, Endpoint};
 use switchyard_core::event::{Class, ShadowComparison, ShadowEvent};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -37,6 +37,11 @@ pub fn describe() {
         SHADOW_COST,
         "USD the shadow answers cost, apart from served cost (only grows)"
     );
+    metrics::describe_counter!(
+        CONTROL_REQUESTS,
+        "Requests mirrored to the `from` provider at the last phase as the judge's live control (answers discarded)"
+    );
+    metrics::counter!(CONTROL_REQUESTS).absolute(0);
     metrics::describe_histogram!(
         SHADOW_DURATION,
         metrics::Unit::Seconds,
@@ -79,7 +84,11 @@ impl ShadowRuntime {
 pub struct SideResult {
     /// Classified as a served answer is: a 2xx with no answer in it is `bad_answer`.
     pub class: Class,
+    pub bad_answer: Option<BadAnswer>,
     pub cut_short: Option<CutShort>,
+    pub stream: bool,
+    /// It went on a connection opened for it.
+    pub cold: bool,
     pub status: u16,
     pub latency: Duration,
     pub ttft: Option<Duration>,
@@ -199,26 +208,99 @@ pub struct Mirror {
     pub model: Option<Box<str>>,
 }
 
-/// Sends the copy to `to` once the primary's body has been teed whole, reads the answer,
-/// and hands it to the pair. Holds its concurrency permit until it is done.
+/// Where a mirrored copy goes, and what becomes of its answer.
+pub enum MirrorTo {
+    /// A shadow test: to `to`, its answer compared with the primary's.
+    Shadow(Arc<Pair>),
+    /// The judge's live control at the last phase: to `from`, its outcome counted as one of
+    /// `from`'s requests (answer discarded).
+    Control {
+        /// The request's routing bucket.
+        key: u16,
+    },
+}
+
+impl MirrorTo {
+    /// The mirror could not be made or sent. `class`: what it says about the provider it
+    /// went to (nothing when the copy failed on this side).
+    fn failed(&self, snap: &Snapshot, why: &'static str, class: Option<Class>, took: Duration) {
+        match self {
+            MirrorTo::Shadow(pair) => pair.failed(why),
+            MirrorTo::Control { key } => {
+                if let Some(class) = class {
+                    control_event(snap, *key, class, took, None);
+                }
+            }
+        }
+    }
+}
+
+pub const CONTROL_REQUESTS: &str = "switchyard_control_requests_total";
+
+/// One control request's outcome, as an event of `from`'s (the judge's live baseline).
+fn control_event(
+    snap: &Snapshot,
+    key: u16,
+    class: Class,
+    latency: Duration,
+    answer: Option<(&SideResult, Option<&str>)>,
+) {
+    metrics::counter!(CONTROL_REQUESTS).increment(1);
+    let Some(events) = &snap.events else { return };
+    let from = snap.config.migration.from;
+    let (side, model) = answer.unzip();
+    let model = model.flatten();
+    let event = switchyard_core::event::RequestEvent {
+        provider: snap.upstreams[from].name.clone(),
+        epoch: snap.epoch,
+        class,
+        latency,
+        ttfb: side.and_then(|s| s.ttft),
+        upload: Duration::ZERO,
+        stream: side.is_some_and(|s| s.stream),
+        prompt_tokens: side.map_or(0, |s| s.tokens.0),
+        completion_tokens: side.map_or(0, |s| s.tokens.1),
+        cost_usd: side.and_then(|s| s.cost),
+        cost_if_other_usd: None,
+        bad_answer: side.and_then(|s| s.bad_answer),
+        cut_short: side.and_then(|s| s.cut_short),
+        waited: None,
+        model: model.map_or(0, switchyard_core::event::model_key),
+        key,
+        client: None,
+        cold: side.is_some_and(|s| s.cold),
+        control: true,
+    };
+    if events.try_send(event).is_err() {
+        metrics::counter!(crate::metrics::EVENTS_DROPPED).increment(1);
+    }
+}
+
+/// Sends the copy once the primary's body has been teed whole — a shadow to `to`, a
+/// control to `from` — reads the answer, and hands it on. Holds its concurrency permit
+/// until it is done.
 pub async fn run(
     snap: Arc<Snapshot>,
     mirror: Mirror,
     body: tokio::sync::oneshot::Receiver<TeeResult>,
-    pair: Arc<Pair>,
+    dest: MirrorTo,
     _permit: OwnedSemaphorePermit,
     worker: Worker,
 ) {
+    let fail = |why, class| dest.failed(&snap, why, class, Duration::ZERO);
     let body = match body.await {
         Ok(Ok(b)) => b,
-        Ok(Err(why)) => return pair.failed(why),
-        Err(_) => return pair.failed("aborted"),
+        Ok(Err(why)) => return fail(why, None),
+        Err(_) => return fail("aborted", None),
     };
     let mut request_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let cfg = &snap.config;
-    let to = cfg.migration.to;
-    let up = &snap.upstreams[to];
-    // Costs and comparisons use the client's name; `to` gets its own name for it.
+    let target = match dest {
+        MirrorTo::Shadow(_) => cfg.migration.to,
+        MirrorTo::Control { .. } => cfg.migration.from,
+    };
+    let up = &snap.upstreams[target];
+    // Costs and comparisons use the client's name; the target gets its own name for it.
     let model = mirror.model.as_deref().map(str::to_string).or_else(|| {
         request_json
             .get("model")
@@ -227,21 +309,21 @@ pub async fn run(
     });
     let mut body = body;
     if let Some(m) = &model {
-        let target = match cfg.providers[to].model_for(m) {
+        let name = match cfg.providers[target].model_for(m) {
             switchyard_core::config::ModelRoute::Rename(name) => name,
             switchyard_core::config::ModelRoute::Keep => m.as_str(),
-            switchyard_core::config::ModelRoute::Refuse => return pair.failed("error"),
+            switchyard_core::config::ModelRoute::Refuse => return fail("error", None),
         };
-        if request_json.get("model").and_then(Value::as_str) != Some(target) {
-            request_json["model"] = Value::String(target.to_string());
+        if request_json.get("model").and_then(Value::as_str) != Some(name) {
+            request_json["model"] = Value::String(name.to_string());
             match serde_json::to_vec(&request_json) {
                 Ok(v) => body = bytes::Bytes::from(v),
-                Err(_) => return pair.failed("error"),
+                Err(_) => return fail("error", None),
             }
         }
     }
     let Ok(uri) = up.uri_for(&mirror.uri) else {
-        return pair.failed("error");
+        return fail("error", None);
     };
     let body_len = body.len();
     let endpoint = Endpoint::of(mirror.method == Method::POST, mirror.uri.path());
@@ -257,7 +339,11 @@ pub async fn run(
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
     }
     h.insert(header::HOST, up.host.clone());
-    h.insert(X_SWITCHYARD_SHADOW.clone(), HeaderValue::from_static("1"));
+    let tag = match dest {
+        MirrorTo::Shadow(_) => "1",
+        MirrorTo::Control { .. } => "control",
+    };
+    h.insert(X_SWITCHYARD_SHADOW.clone(), HeaderValue::from_static(tag));
     match &up.auth {
         Some(a) => {
             h.insert(header::AUTHORIZATION, a.clone());
@@ -268,35 +354,38 @@ pub async fn run(
     }
 
     let start = Instant::now();
+    let failed = |why, class| dest.failed(&snap, why, Some(class), start.elapsed());
     let (resp, lease) = match tokio::time::timeout(up.config.timeout, up.send(worker, req)).await {
-        Err(_) => return pair.failed("timeout"),
-        Ok(Err(_)) => return pair.failed("error"),
+        Err(_) => return failed("timeout", Class::Timeout),
+        Ok(Err(_)) => return failed("error", Class::Connect),
         Ok(Ok(r)) => r,
     };
+    let cold = lease.fresh();
     let head_at = start.elapsed();
     let status = resp.status().as_u16();
     let content_type = resp.headers().get(header::CONTENT_TYPE);
     let sse = content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let resp_is_json = content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let resp_is_json =
+        content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     let mut scan = SseScan::new(false).capturing();
     let mut json = Vec::new();
     let mut body = resp.into_body();
     let mut read: u64 = 0;
     loop {
         match tokio::time::timeout(up.config.idle_timeout, body.frame()).await {
-            Err(_) => return pair.failed("timeout"),
+            Err(_) => return failed("timeout", Class::Timeout),
             Ok(None) => {
                 lease.release();
                 break;
             }
-            Ok(Some(Err(_))) => return pair.failed("error"),
+            Ok(Some(Err(_))) => return failed("error", Class::StreamCut),
             Ok(Some(Ok(frame))) => {
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
                 read += data.len() as u64;
                 if read > cfg.shadow.max_response_bytes {
-                    return pair.failed("too_large");
+                    return dest.failed(&snap, "too_large", None, start.elapsed());
                 }
                 if sse {
                     scan.feed(data);
@@ -320,40 +409,53 @@ pub async fn run(
     } else {
         let mut answer = JsonAnswer::default();
         answer.feed(&json);
-        let json_body = resp_is_json;
         (
             answer.usage(),
-            json_body.then(|| answer.facts()),
+            resp_is_json.then(|| answer.facts()),
             text_of_json(&json),
             Some(head_at),
         )
     };
     let tokens = usage.unwrap_or((0, 0));
-    let (class, _) = Class::of_answer(status, endpoint, sse, facts.as_ref());
+    let (class, bad_answer) = Class::of_answer(status, endpoint, sse, facts.as_ref());
     let cut_short = (class == Class::Success)
         .then(|| facts.and_then(|f| f.cut_short(shared.max_tokens(), usage.map(|u| u.1))))
         .flatten();
     let cost = model
         .as_deref()
-        .and_then(|m| cfg.providers[to].pricing.cost(m, tokens.0, tokens.1));
-    if let Some(c) = cost {
-        metrics::gauge!(SHADOW_COST, "provider" => up.name.to_string()).increment(c);
+        .and_then(|m| cfg.providers[target].pricing.cost(m, tokens.0, tokens.1));
+    let side = SideResult {
+        class,
+        bad_answer,
+        cut_short,
+        status,
+        latency,
+        ttft,
+        tokens,
+        cost,
+        content,
+        stream: sse,
+        cold,
+    };
+    match dest {
+        MirrorTo::Shadow(pair) => {
+            if let Some(c) = cost {
+                metrics::gauge!(SHADOW_COST, "provider" => up.name.to_string()).increment(c);
+            }
+            metrics::histogram!(SHADOW_DURATION, "provider" => up.name.to_string())
+                .record(latency.as_secs_f64());
+            pair.shadow(side, asks_json(&request_json));
+        }
+        MirrorTo::Control { key } => {
+            control_event(&snap, key, class, latency, Some((&side, model.as_deref())))
+        }
     }
-    metrics::histogram!(SHADOW_DURATION, "provider" => up.name.to_string())
-        .record(latency.as_secs_f64());
-    pair.shadow(
-        SideResult {
-            class,
-            cut_short,
-            status,
-            latency,
-            ttft,
-            tokens,
-            cost,
-            content,
-        },
-        asks_json(&request_json),
-    );
+}
+
+/// Whether the request in `bucket` is mirrored to `from` as the live control: the last
+/// `control_buckets` of the space, a stable cohort.
+pub fn controlled(bucket: u16, control_buckets: u16) -> bool {
+    control_buckets > 0 && u32::from(bucket) >= 10_000 - u32::from(control_buckets)
 }
 
 /// The part of the bucket space `from` serves that is mirrored: its top `shadow_buckets`
@@ -383,7 +485,10 @@ mod tests {
     fn answer(content: &str, latency_ms: u64) -> SideResult {
         SideResult {
             class: Class::Success,
+            bad_answer: None,
             cut_short: None,
+            stream: false,
+            cold: false,
             status: 200,
             latency: Duration::from_millis(latency_ms),
             ttft: None,

@@ -22,6 +22,9 @@ pub struct Snapshot {
     pub state: MigrationState,
     /// `percent × 100` of the current state.
     pub to_buckets: u16,
+    /// Buckets of `to`'s requests also sent to `from` as the judge's live control (at the
+    /// last phase, until `finish`; 0 otherwise).
+    pub control_buckets: u16,
     pub sticky_header: HeaderName,
     pub client_keys: Option<Arc<[Box<[u8]>]>>,
     /// Per client key limits, when configured.
@@ -121,6 +124,7 @@ impl Snapshot {
         let sticky_header = HeaderName::from_bytes(config.migration.sticky_header.as_bytes())
             .map_err(|e| BuildError(format!("migration.sticky_header: {e}")))?;
         let to_buckets = state.to_buckets(&config.migration.phases);
+        let control_buckets = control_buckets(&config, &state);
         Ok((
             Snapshot {
                 config,
@@ -128,6 +132,7 @@ impl Snapshot {
                 upstreams,
                 state,
                 to_buckets,
+                control_buckets,
                 sticky_header,
                 limiter,
                 client_keys,
@@ -148,6 +153,7 @@ impl Snapshot {
             config_version: self.config_version,
             upstreams: self.upstreams.clone(),
             to_buckets: state.to_buckets(&self.config.migration.phases),
+            control_buckets: control_buckets(&self.config, &state),
             state,
             sticky_header: self.sticky_header.clone(),
             client_keys: self.client_keys.clone(),
@@ -162,6 +168,21 @@ impl Snapshot {
 
     pub fn percent(&self) -> f64 {
         f64::from(self.to_buckets) / 100.0
+    }
+}
+
+/// The live control is on at the last phase (100% to `to`) until `finish`, when the judge
+/// compares (`auto_rollback` with its comparison on) and there is another side.
+fn control_buckets(config: &Config, state: &MigrationState) -> u16 {
+    let m = &config.migration;
+    let judged = m
+        .auto_rollback
+        .as_ref()
+        .is_some_and(|a| a.compare.is_some());
+    if judged && m.from != m.to && state.needs_control(&m.phases) {
+        m.control_buckets
+    } else {
+        0
     }
 }
 

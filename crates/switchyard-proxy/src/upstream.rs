@@ -284,18 +284,19 @@ impl Upstream {
             }
             let sent = match conn {
                 Conn::H1(mut tx) => tx.try_send_request(req).await.map(|resp| {
-                    let lease = Lease(LeaseKind::H1 {
+                    let kind = LeaseKind::H1 {
                         conn: tx,
                         pool: pool.clone(),
                         max_idle: self.config.max_idle_connections,
-                    });
-                    (resp, lease)
+                    };
+                    (resp, Lease { kind, fresh })
                 }),
                 Conn::H2(mut tx, slot) => {
                     self.to_h2(&mut req);
-                    tx.try_send_request(req)
-                        .await
-                        .map(|resp| (resp, Lease(LeaseKind::H2 { _slot: slot })))
+                    tx.try_send_request(req).await.map(|resp| {
+                        let kind = LeaseKind::H2 { _slot: slot };
+                        (resp, Lease { kind, fresh })
+                    })
                 }
             };
             match sent {
@@ -565,7 +566,11 @@ impl Drop for StreamSlot {
 }
 
 /// The connection carrying one exchange.
-pub struct Lease(LeaseKind);
+pub struct Lease {
+    kind: LeaseKind,
+    /// The connection was opened for this exchange: its setup is in the wait for the head.
+    fresh: bool,
+}
 
 enum LeaseKind {
     H1 {
@@ -579,9 +584,15 @@ enum LeaseKind {
 }
 
 impl Lease {
+    /// Whether the connection was opened for this exchange (connection setup is not the
+    /// provider's slowness).
+    pub fn fresh(&self) -> bool {
+        self.fresh
+    }
+
     /// The response was read to its end: the connection can carry the next request.
     pub fn release(self) {
-        match self.0 {
+        match self.kind {
             LeaseKind::H1 {
                 conn,
                 pool,
@@ -704,19 +715,25 @@ mod tests {
         for _ in 0..cap {
             let (c, far) = conn().await;
             far_ends.push(far);
-            Lease(LeaseKind::H1 {
-                conn: c,
-                pool: pool.clone(),
-                max_idle: cap,
-            })
+            Lease {
+                kind: LeaseKind::H1 {
+                    conn: c,
+                    pool: pool.clone(),
+                    max_idle: cap,
+                },
+                fresh: false,
+            }
             .release();
         }
         let (extra, _far) = conn().await;
-        Lease(LeaseKind::H1 {
-            conn: extra,
-            pool: pool.clone(),
-            max_idle: cap,
-        })
+        Lease {
+            kind: LeaseKind::H1 {
+                conn: extra,
+                pool: pool.clone(),
+                max_idle: cap,
+            },
+            fresh: false,
+        }
         .release();
         assert_eq!(pool.lock().len(), cap, "over the cap it is closed");
 

@@ -1,397 +1,48 @@
 //! The judge: is `to` worse than `from`, on the same traffic at the same time, and is the
-//! evidence strong enough to act on? Pure: fed events and the time, asked for a verdict;
-//! the control plane only applies verdicts.
+//! evidence strong enough to act on? Pure: given both sides over the same intervals
+//! ([`crate::window`]) and a look ([`crate::looks`]), it answers a verdict; the control
+//! plane only applies verdicts.
 //!
-//! Per metric, `to` is compared with `from` over the same recent interval:
-//! - **error rate** (provider errors: 5xx, timeouts, connect errors, cut streams, and the
-//!   provider's refusals `auth`/`refused` unless left out by `count_as_errors`) and
-//!   **4xx rate** (other 4xx answers: a model the new side does not serve, a request shape
-//!   it rejects): fail when `to`'s rate is higher by more than `max_error_rate_increase`
-//!   *and* a one-sided Fisher's exact test says so;
-//! - **p95 latency** of whole answers and **p95 time to first token** of streams, over
-//!   successful answers: fail when the ratio to `from`'s is over `max_latency_ratio` *and*
-//!   a one-sided Mann-Whitney U test says `to` is slower across the board.
+//! Per metric, `to` is compared with `from` over each interval:
+//! - **rates** — provider errors (5xx, timeouts, connect errors, cut streams, bad answers,
+//!   and the provider's refusals unless left out by `count_as_errors`), other 4xx answers,
+//!   waits the clients abandoned, answers cut short: fail when `to`'s rate is higher by more
+//!   than `max_error_rate_increase` *and* a one-sided Fisher's exact test says so;
+//! - **latencies** — p95 of whole answers and of time to first token, within strata (model
+//!   and length): fail when the ratio is over `max_latency_ratio`, the difference over
+//!   `min_latency_increase`, *and* van Elteren's stratified rank test says `to` is slower.
 //!
-//! Three results, as in Argo Rollouts' analysis: **pass** (a phase gate may open), **fail**
-//! (roll back), **inconclusive** (too little data on either side: hold, never advance).
-//! Absolute limits (`max_error_rate`, `max_p95_latency`) are backstops that apply only
-//! where written in the config.
-//!
-//! Judging again and again must not turn a 5% false-alarm rate per look into a near-certain
-//! false alarm over a long phase: the comparative tests only call a failure at *looks*,
-//! one each time a quarter window of fresh `to` requests has arrived, and look `k` is held
-//! to `α · 6/(π² k²)` ([`stat::alpha_at_look`]), so all the looks of a phase together
-//! stay within `α = 1 − confidence`.
-//!
-//! Windows are summaries ([`Summary`]: outcome counts and latency histograms) that add up,
-//! so a fleet is judged on the sum of its replicas' windows with the same code.
+//! Three results, as in Argo Rollouts' analysis: **pass**, **fail** (roll back),
+//! **inconclusive** (too little data on either side in the interval: hold, never advance).
+//! A failure that one routing key or one client key alone explains is not a failure: the
+//! heaviest key is left out and the test run again (a leave-one-cluster-out check: requests
+//! of one sticky user are not independent samples). The absolute backstops (`max_error_rate`, `max_p95_latency`)
+//! fail only when a one-sided exact binomial test says `to` is over them. Every test of a
+//! look shares the look's significance (Bonferroni over metrics and intervals).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 use switchyard_core::config::AutoRollbackConfig;
-use switchyard_core::event::{Class, RequestEvent};
-use switchyard_core::router::Side;
 
+pub use switchyard_core::verdict::{Concentration, Judgement, Metric, MetricVerdict, Verdict};
+
+use crate::looks::Look;
 use crate::stat;
+use crate::window::{strata_without, Counts, Hist, Part, Scale, Strata, Summary};
 
-/// Latency histograms have buckets 2% wide: summable across replicas, and fine enough
-/// that a ratio of p95s is off by at most 2%.
-const GROWTH: f64 = 1.02;
-
-/// `from`'s window holds at most this many windows' worth of requests: at 10% to `to`,
-/// `from` serves nine times as many in the same interval.
-const FROM_WINDOWS: usize = 10;
-
-/// A latency histogram (microseconds, log buckets).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Hist(BTreeMap<u16, u64>);
-
-impl Hist {
-    fn bucket(us: u64) -> u16 {
-        if us <= 1 {
-            return 0;
-        }
-        ((us as f64).ln() / GROWTH.ln())
-            .floor()
-            .min(f64::from(u16::MAX)) as u16
-    }
-
-    fn value_ms(bucket: u16) -> f64 {
-        GROWTH.powf(f64::from(bucket) + 0.5) / 1000.0
-    }
-
-    pub fn add(&mut self, us: u64) {
-        *self.0.entry(Self::bucket(us)).or_default() += 1;
-    }
-
-    pub fn merge(&mut self, other: &Hist) {
-        for (b, n) in &other.0 {
-            *self.0.entry(*b).or_default() += n;
-        }
-    }
-
-    pub fn count(&self) -> u64 {
-        self.0.values().sum()
-    }
-
-    /// Nearest-rank quantile, in milliseconds.
-    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
-        let n = self.count();
-        if n == 0 {
-            return None;
-        }
-        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
-        let mut seen = 0;
-        for (b, c) in &self.0 {
-            seen += c;
-            if seen >= rank {
-                return Some(Self::value_ms(*b));
-            }
-        }
-        None
-    }
-
-    /// `(count here, count in other)` per bucket, ascending: the rank test's input.
-    fn groups_with<'a>(&'a self, other: &'a Hist) -> impl Iterator<Item = (u64, u64)> + 'a {
-        let mut buckets: Vec<u16> = self.0.keys().chain(other.0.keys()).copied().collect();
-        buckets.sort_unstable();
-        buckets.dedup();
-        buckets.into_iter().map(move |b| {
-            (
-                self.0.get(&b).copied().unwrap_or(0),
-                other.0.get(&b).copied().unwrap_or(0),
-            )
-        })
-    }
-}
-
-/// Outcome counts of one side's window (what the client broke is not in it).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Counts {
-    pub success: u64,
-    pub client_error: u64,
-    pub auth: u64,
-    pub refused: u64,
-    pub server_error: u64,
-    pub timeout: u64,
-    pub connect_error: u64,
-    pub stream_cut: u64,
-    pub bad_answer: u64,
-    /// Clients that gave up waiting for the answer's head (abandoned waits only: what the
-    /// client broke or left mid-answer is in no window).
-    pub client_gone: u64,
-    /// Successful answers cut short though the client did not ask (among `success`).
-    pub cut_short: u64,
-}
-
-impl Counts {
-    fn slot(&mut self, class: Class) -> Option<&mut u64> {
-        Some(match class {
-            Class::Success => &mut self.success,
-            Class::ClientError => &mut self.client_error,
-            Class::Auth => &mut self.auth,
-            Class::Refused => &mut self.refused,
-            Class::ServerError => &mut self.server_error,
-            Class::Timeout => &mut self.timeout,
-            Class::Connect => &mut self.connect_error,
-            Class::StreamCut => &mut self.stream_cut,
-            Class::BadAnswer => &mut self.bad_answer,
-            Class::ClientGone => &mut self.client_gone,
-            Class::ClientFault => return None,
-        })
-    }
-
-    fn add(&mut self, class: Class) {
-        if let Some(n) = self.slot(class) {
-            *n += 1;
-        }
-    }
-
-    fn merge(&mut self, o: &Counts) {
-        for (class, n) in o.by_class() {
-            if let Some(slot) = self.slot(class) {
-                *slot += n;
-            }
-        }
-        self.cut_short += o.cut_short;
-    }
-
-    fn by_class(&self) -> [(Class, u64); 10] {
-        [
-            (Class::Success, self.success),
-            (Class::ClientError, self.client_error),
-            (Class::Auth, self.auth),
-            (Class::Refused, self.refused),
-            (Class::ServerError, self.server_error),
-            (Class::Timeout, self.timeout),
-            (Class::Connect, self.connect_error),
-            (Class::StreamCut, self.stream_cut),
-            (Class::BadAnswer, self.bad_answer),
-            (Class::ClientGone, self.client_gone),
-        ]
-    }
-
-    pub fn requests(&self) -> u64 {
-        self.by_class().iter().map(|(_, n)| n).sum()
-    }
-
-    fn counts_as_error(class: Class, cfg: &AutoRollbackConfig) -> bool {
-        match class {
-            Class::Auth => cfg.count_auth,
-            Class::Refused => cfg.count_refused,
-            c => c.is_provider_error(),
-        }
-    }
-
-    /// Provider errors, as the config counts them.
-    pub fn errors(&self, cfg: &AutoRollbackConfig) -> u64 {
-        self.by_class()
-            .iter()
-            .filter(|(c, _)| Self::counts_as_error(*c, cfg))
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    /// "auth 93, 5xx 2": what the errors were.
-    fn describe_errors(&self, cfg: &AutoRollbackConfig) -> String {
-        let mut parts: Vec<(u64, &str)> = self
-            .by_class()
-            .iter()
-            .filter(|(c, n)| *n > 0 && Self::counts_as_error(*c, cfg))
-            .map(|(c, n)| (*n, c.label()))
-            .collect();
-        parts.sort_by_key(|p| std::cmp::Reverse(p.0));
-        parts
-            .iter()
-            .map(|(n, l)| format!("{l} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-/// One side's window: outcome counts and the latency of its successful answers. Adds up
-/// over replicas.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Summary {
-    pub counts: Counts,
-    /// Whole-answer latency of successful non-streamed answers.
-    pub latency: Hist,
-    /// Time to first token of successful streams.
-    pub ttft: Hist,
-}
-
-impl Summary {
-    pub fn merge(&mut self, o: &Summary) {
-        self.counts.merge(&o.counts);
-        self.latency.merge(&o.latency);
-        self.ttft.merge(&o.ttft);
-    }
-
-    pub fn requests(&self) -> u64 {
-        self.counts.requests()
-    }
-
-    fn add(&mut self, s: &Sample) {
-        self.counts.add(s.class);
-        if s.cut {
-            // Cut answers count as cut, not as speed: a one-token answer is fast.
-            self.counts.cut_short += 1;
-        } else if s.class == Class::Success {
-            if s.stream {
-                self.ttft.add(s.latency_us);
-            } else {
-                self.latency.add(s.latency_us);
-            }
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Sample {
-    at_ms: u64,
-    class: Class,
-    latency_us: u64,
-    stream: bool,
-    cut: bool,
-}
-
-/// The two sides' most recent requests. `to`'s window holds its last `window` requests of
-/// the current migration state (epoch): a new phase, or leaving a rollback, is judged on
-/// its own traffic. `from`'s is kept across epochs: at 100% it is the baseline `to` is
-/// held to.
-#[derive(Debug)]
-pub struct Windows {
-    epoch: u64,
-    window: usize,
-    to: VecDeque<Sample>,
-    from: VecDeque<Sample>,
-    /// `to` requests judged in this epoch (the looks count from it).
-    to_seen: u64,
-}
-
-impl Windows {
-    pub fn new(window: usize) -> Self {
-        Windows {
-            epoch: 0,
-            window: window.max(1),
-            to: VecDeque::new(),
-            from: VecDeque::new(),
-            to_seen: 0,
-        }
-    }
-
-    /// A new migration state: `to` starts over, `from`'s baseline stays.
-    pub fn reset(&mut self, epoch: u64, window: usize) {
-        self.epoch = epoch;
-        self.window = window.max(1);
-        self.to.clear();
-        self.to_seen = 0;
-        while self.from.len() > self.window * FROM_WINDOWS {
-            self.from.pop_front();
-        }
-    }
-
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    pub fn to_seen(&self) -> u64 {
-        self.to_seen
-    }
-
-    /// Counts a finished request of `side`, at `now_ms` on the watchers' clock.
-    pub fn record(&mut self, side: Side, e: &RequestEvent, now_ms: u64) {
-        if !e.judged() {
-            return;
-        }
-        let s = Sample {
-            at_ms: now_ms,
-            class: e.class,
-            latency_us: e.judged_latency().as_micros() as u64,
-            stream: e.stream,
-            cut: e.cut_short.is_some(),
-        };
-        match side {
-            Side::To => {
-                if e.epoch != self.epoch {
-                    return;
-                }
-                self.to_seen += 1;
-                self.to.push_back(s);
-                while self.to.len() > self.window {
-                    self.to.pop_front();
-                }
-            }
-            Side::From => {
-                self.from.push_back(s);
-                while self.from.len() > self.window * FROM_WINDOWS {
-                    self.from.pop_front();
-                }
-            }
-        }
-    }
-
-    /// `(to, from)`: `from` over the interval `to`'s window covers, or, when it served
-    /// fewer than a window's worth in it (at high percents, or 100%), its last `window`.
-    pub fn summaries(&self) -> (Summary, Summary) {
-        let mut to = Summary::default();
-        self.to.iter().for_each(|s| to.add(s));
-        let since = self.to.front().map_or(u64::MAX, |s| s.at_ms);
-        let in_interval = self
-            .from
-            .iter()
-            .rev()
-            .take_while(|s| s.at_ms >= since)
-            .count();
-        let take = in_interval.max(self.window).min(self.from.len());
-        let mut from = Summary::default();
-        self.from.iter().rev().take(take).for_each(|s| from.add(s));
-        (to, from)
-    }
-}
-
-/// When the comparative tests may call a failure: the first time both sides have enough
-/// requests, then every `step` fresh `to` requests. Each look spends its own share of α.
-#[derive(Debug, Default, Clone)]
-pub struct Looks {
-    k: u32,
-    next_at: u64,
-}
-
-impl Looks {
-    /// The look index if one is due now (`to_seen`: `to` requests of this epoch).
-    pub fn due(&mut self, to_seen: u64, enough: bool, step: u64) -> Option<u32> {
-        if !enough || to_seen < self.next_at {
-            return None;
-        }
-        self.k += 1;
-        self.next_at = to_seen + step.max(1);
-        Some(self.k)
-    }
-
-    pub fn last(&self) -> u32 {
-        self.k
-    }
-}
-
-/// The looks' spacing: a quarter window of fresh `to` requests.
-pub fn look_step(cfg: &AutoRollbackConfig) -> u64 {
-    u64::from(cfg.window / 4).max(1)
-}
-
-pub use switchyard_core::verdict::{Judgement, Metric, MetricVerdict, Verdict};
-
-/// The two windows to judge, with the providers' names (for reasons people read).
+/// Both sides over the same intervals, with the providers' names (for reasons people read).
 pub struct Sides<'a> {
     pub to_name: &'a str,
     pub from_name: &'a str,
-    pub to: &'a Summary,
-    pub from: &'a Summary,
+    /// Shortest interval first (see [`crate::window::Windows::scales`]).
+    pub scales: &'a [Scale],
+    /// The share of routed requests `to` should serve in this phase, between 0 and 1
+    /// exclusive (the sample-ratio check); `None` at 0% and 100%.
+    pub expected_share: Option<f64>,
 }
+
+/// A sample-ratio mismatch is called at this significance (the A/B-testing convention).
+const SRM_ALPHA: f64 = 0.001;
+/// A sample-ratio check needs at least this many routed requests.
+const SRM_MIN: u64 = 100;
 
 fn pct(r: f64) -> String {
     format!("{:.1}%", r * 100.0)
@@ -405,66 +56,110 @@ fn p_text(p: f64) -> String {
     }
 }
 
-/// Judges `to` against `from`. `look` is the index of this look (see [`Looks`]); 0 runs
-/// no comparative test (inconclusive unless an absolute limit is crossed).
-pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: u32) -> Verdict {
+fn ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2} s", v / 1000.0)
+    } else {
+        format!("{v:.0} ms")
+    }
+}
+
+fn secs(s: f64) -> String {
+    if s >= 120.0 {
+        format!("{:.0} min", s / 60.0)
+    } else {
+        format!("{s:.0} s")
+    }
+}
+
+const RATES: [Metric; 4] = [
+    Metric::ErrorRate,
+    Metric::ClientErrorRate,
+    Metric::AbandonedRate,
+    Metric::CutShortRate,
+];
+const LATENCIES: [Metric; 2] = [Metric::LatencyP95, Metric::TtftP95];
+
+/// What counts as "bad" for a rate metric.
+fn bad(metric: Metric, c: &Counts, cfg: &AutoRollbackConfig) -> u64 {
+    match metric {
+        Metric::ErrorRate => c.errors(cfg),
+        Metric::ClientErrorRate => c.client_error,
+        Metric::AbandonedRate => c.client_gone,
+        Metric::CutShortRate => c.cut_short,
+        Metric::LatencyP95 | Metric::TtftP95 => 0,
+    }
+}
+
+fn strata(s: &Summary, metric: Metric) -> &Strata {
+    if metric == Metric::TtftP95 {
+        &s.ttft
+    } else {
+        &s.latency
+    }
+}
+
+fn part_strata(p: &Part, metric: Metric) -> &Strata {
+    if metric == Metric::TtftP95 {
+        &p.ttft
+    } else {
+        &p.latency
+    }
+}
+
+/// A key whose part can be left out: its kind (for people) and its parts on each side.
+struct Key<'a> {
+    kind: &'static str,
+    label: String,
+    to: &'a Part,
+    from: Option<&'a Part>,
+}
+
+/// The keys that could explain a result alone: the heaviest routing keys and client keys of
+/// `to`'s interval (client keys only when there are two to tell apart).
+fn keys<'a>(to: &'a Summary, from: &'a Summary) -> Vec<Key<'a>> {
+    let mut out: Vec<Key<'a>> = to
+        .keys
+        .iter()
+        .filter(|(_, p)| p.counts.requests() > 1)
+        .map(|(k, p)| Key {
+            kind: "routing_key",
+            label: format!("bucket {k}"),
+            to: p,
+            from: from.keys.get(k),
+        })
+        .collect();
+    if to.clients.len() >= 2 {
+        out.extend(to.clients.iter().map(|(c, p)| Key {
+            kind: "client_key",
+            label: format!("client key #{c}"),
+            to: p,
+            from: from.clients.get(c),
+        }));
+    }
+    out
+}
+
+/// Judges `to` against `from` at `look` (`None`: between looks, where nothing but what is
+/// already certain can fail; see the watcher).
+pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: Option<Look>) -> Verdict {
     let min = u64::from(cfg.min_requests.max(1));
-    let (to_n, from_n) = (sides.to.requests(), sides.from.requests());
-    let enough = to_n >= min && from_n >= min;
-    let alpha = match (&cfg.compare, enough && look > 0) {
-        (Some(c), true) => Some(stat::alpha_at_look(1.0 - c.confidence, look)),
-        _ => None,
+    let empty = Scale::default();
+    let first = sides.scales.first().unwrap_or(&empty);
+    let (to_n, from_n) = (first.to.requests(), first.from.requests());
+    // Every test of this look shares its significance.
+    let tests = sides.scales.len().max(1) * (RATES.len() + LATENCIES.len());
+    let alpha = look.map(|l| l.alpha / tests as f64);
+    let mut j = Judging {
+        cfg,
+        sides,
+        alpha,
+        min,
+        concentrated: Vec::new(),
     };
-    let metrics = vec![
-        rate_metric(
-            cfg,
-            sides,
-            Metric::ErrorRate,
-            (sides.to.counts.errors(cfg), sides.from.counts.errors(cfg)),
-            cfg.max_error_rate,
-            alpha,
-        ),
-        rate_metric(
-            cfg,
-            sides,
-            Metric::ClientErrorRate,
-            (sides.to.counts.client_error, sides.from.counts.client_error),
-            None,
-            alpha,
-        ),
-        // The same clients with the same patience reach both sides: a side they give up
-        // on more often keeps them waiting longer, whatever its own timeout says.
-        rate_metric(
-            cfg,
-            sides,
-            Metric::AbandonedRate,
-            (sides.to.counts.client_gone, sides.from.counts.client_gone),
-            None,
-            alpha,
-        ),
-        rate_metric(
-            cfg,
-            sides,
-            Metric::CutShortRate,
-            (sides.to.counts.cut_short, sides.from.counts.cut_short),
-            None,
-            alpha,
-        ),
-        latency_metric(
-            cfg,
-            sides,
-            Metric::LatencyP95,
-            (&sides.to.latency, &sides.from.latency),
-            alpha,
-        ),
-        latency_metric(
-            cfg,
-            sides,
-            Metric::TtftP95,
-            (&sides.to.ttft, &sides.from.ttft),
-            alpha,
-        ),
-    ];
+    let mut metrics: Vec<MetricVerdict> = RATES.iter().map(|m| j.rate(*m)).collect();
+    metrics.extend(LATENCIES.iter().map(|m| j.latency(*m)));
+    let compared = |m: &MetricVerdict| m.p_value.is_some();
     let (result, reason) = if let Some(f) = metrics.iter().find(|m| m.result == Judgement::Fail) {
         (
             Judgement::Fail,
@@ -474,7 +169,9 @@ pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: u32) -> Verdict 
         (
             Judgement::Inconclusive,
             format!(
-                "`{}` has {to_n} of the {min} requests needed to judge",
+                "`{}` has {to_n} of the {min} requests needed to judge: needs ~{} more requests on `{}`",
+                sides.to_name,
+                min - to_n,
                 sides.to_name
             ),
         )
@@ -486,699 +183,516 @@ pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: u32) -> Verdict 
                 sides.to_name
             ),
         )
-    } else if from_n < min {
-        (
-            Judgement::Inconclusive,
-            format!(
-                "`{}` has {from_n} of the {min} requests needed to compare with",
-                sides.from_name
-            ),
-        )
-    } else if look == 0 {
+    } else if look.is_none() {
         (Judgement::Inconclusive, "not judged yet".into())
-    } else if !metrics
-        .iter()
-        .any(|m| m.metric.is_latency() && m.p_value.is_some())
-    {
+    } else if !metrics.iter().filter(|m| !m.metric.is_latency()).any(compared) {
+        (Judgement::Inconclusive, j.waiting_for_from())
+    } else if !metrics.iter().filter(|m| m.metric.is_latency()).any(compared) {
         (
             Judgement::Inconclusive,
             format!(
-                "too few successful answers on either side to compare latency (need {min} each)"
+                "too few successful answers on either side to compare latency (need {min} each in one interval)"
             ),
         )
     } else {
         (
             Judgement::Pass,
             format!(
-                "`{}` no worse than `{}` over {to_n}/{from_n} requests",
-                sides.to_name, sides.from_name
+                "`{}` no worse than `{}` over {to_n}/{from_n} requests in the last {}",
+                sides.to_name,
+                sides.from_name,
+                secs(first.seconds)
             ),
         )
     };
+    let mut concentrated = j.concentrated;
+    concentrated.extend(heavy(sides, first));
     Verdict {
         result,
         reason,
         to: sides.to_name.to_string(),
         from: sides.from_name.to_string(),
-        look: if alpha.is_some() { look } else { 0 },
+        look: if alpha.is_some() {
+            look.map_or(0, |l| l.k)
+        } else {
+            0
+        },
         metrics,
+        interval_seconds: Some(first.seconds),
+        to_requests: to_n,
+        from_requests: from_n,
+        warnings: sample_ratio(sides, first).into_iter().collect(),
+        concentrated,
     }
 }
 
-/// One metric's measurements, before judging.
-struct Measure<'a> {
-    metric: Metric,
-    /// "requests" (rates) or "answers" (latencies).
-    unit: &'static str,
-    to_value: Option<f64>,
-    from_value: Option<f64>,
-    to_n: u64,
-    from_n: u64,
-    absolute: Option<f64>,
-    allowed: Option<f64>,
-    show: fn(f64) -> String,
-    /// Said after the numbers, e.g. what the errors were.
-    detail: String,
+/// A routing key that sent a large share of the shortest interval (a sticky user): shown
+/// even when it decides nothing.
+fn heavy(sides: &Sides<'_>, first: &Scale) -> Vec<Concentration> {
+    [(sides.to_name, &first.to), (sides.from_name, &first.from)]
+        .into_iter()
+        .filter_map(|(name, s)| {
+            let (key, n) = s.top_key()?;
+            let total = s.requests();
+            (n >= 5 && n * 10 >= total).then(|| Concentration {
+                kind: "routing_key".into(),
+                key: format!("bucket {key}"),
+                provider: name.to_string(),
+                requests: n,
+                counted: n,
+                note: format!(
+                    "one routing key sent {n} of `{name}`'s {total} requests in the last {}",
+                    secs(first.seconds)
+                ),
+            })
+        })
+        .collect()
+}
+
+/// A `to` share of routed requests unlike the phase's: routing, failover or one key
+/// dominating. Blocks auto-advance.
+fn sample_ratio(sides: &Sides<'_>, first: &Scale) -> Option<String> {
+    let p = sides.expected_share?;
+    let (k, n) = (first.to.routed, first.to.routed + first.from.routed);
+    if n < SRM_MIN {
+        return None;
+    }
+    let pv = stat::share_differs(k, n, p);
+    (pv < SRM_ALPHA).then(|| {
+        format!(
+            "sample ratio mismatch: `{}` served {} of {n} requests in the last {}, the phase sends {} ({}): a routing bug, failovers, or one key dominating; auto-advance waits",
+            sides.to_name,
+            pct(k as f64 / n as f64),
+            secs(first.seconds),
+            pct(p),
+            p_text(pv)
+        )
+    })
+}
+
+/// One judgement in progress.
+struct Judging<'a> {
+    cfg: &'a AutoRollbackConfig,
     sides: &'a Sides<'a>,
-}
-
-/// What a comparative test found.
-struct Comparison {
-    p: f64,
-    difference: Option<f64>,
-    ratio: Option<f64>,
-    /// The effect is larger than allowed (the test must also say so).
-    over_allowed: bool,
-    /// "+100.0 pp" or "(2.01×)", and what is allowed, for the reason.
-    effect: String,
-    allowed: String,
-    test: &'static str,
-    test_name: &'static str,
-}
-
-/// The absolute backstop, then the comparison at `alpha`, for one metric.
-fn judge_metric(
-    cfg: &AutoRollbackConfig,
-    m: Measure<'_>,
+    /// Per test.
     alpha: Option<f64>,
-    compare: impl FnOnce(f64, f64, f64) -> Comparison,
-) -> MetricVerdict {
-    let min = u64::from(cfg.min_requests.max(1));
-    let (to_n, from_n, unit, show) = (m.to_n, m.from_n, m.unit, m.show);
-    let (to, from, what) = (m.sides.to_name, m.sides.from_name, m.metric.what());
-    let mut v = MetricVerdict {
-        metric: m.metric,
-        result: Judgement::Inconclusive,
-        to_value: m.to_value,
-        from_value: m.from_value,
-        to_n,
-        from_n,
-        difference: None,
-        ratio: None,
-        allowed: m.allowed,
-        absolute_limit: m.absolute,
-        test: None,
-        p_value: None,
-        alpha,
-        reason: String::new(),
-    };
-    if let (Some(limit), Some(t), true) = (m.absolute, m.to_value, to_n >= min) {
-        if t > limit {
+    min: u64,
+    concentrated: Vec<Concentration>,
+}
+
+impl Judging<'_> {
+    /// What an inconclusive comparison waits for when `from` is short in every interval.
+    fn waiting_for_from(&self) -> String {
+        let (to, from) = (self.sides.to_name, self.sides.from_name);
+        let Some(longest) = self.sides.scales.last() else {
+            return "not judged yet".into();
+        };
+        let (tn, fnn) = (longest.to.requests(), longest.from.requests());
+        if fnn == 0 {
+            return format!(
+                "`{from}` served no request in the last {} (needs {}): no live control to compare `{to}` with",
+                secs(longest.seconds),
+                self.min
+            );
+        }
+        let more = ((self.min.saturating_sub(fnn)) as f64 * tn as f64 / fnn as f64).ceil();
+        format!(
+            "`{from}` has {fnn} of the {} requests needed in the last {}: needs ~{more} more requests on `{to}` at this share",
+            self.min,
+            secs(longest.seconds)
+        )
+    }
+
+    fn blank(&self, metric: Metric, scale: &Scale) -> MetricVerdict {
+        MetricVerdict {
+            metric,
+            result: Judgement::Inconclusive,
+            to_value: None,
+            from_value: None,
+            to_n: 0,
+            from_n: 0,
+            difference: None,
+            ratio: None,
+            allowed: None,
+            absolute_limit: None,
+            test: None,
+            p_value: None,
+            alpha: self.alpha,
+            reason: String::new(),
+            interval_seconds: Some(scale.seconds),
+            min_increase_ms: None,
+        }
+    }
+
+    /// The verdict over all intervals: the first that fails, else the shortest compared.
+    fn over_scales(
+        &mut self,
+        metric: Metric,
+        mut at: impl FnMut(&mut Self, &Scale) -> MetricVerdict,
+    ) -> MetricVerdict {
+        let mut shown: Option<MetricVerdict> = None;
+        let scales = self.sides.scales;
+        for scale in scales {
+            let v = at(self, scale);
+            if v.result == Judgement::Fail {
+                return v;
+            }
+            let better = match &shown {
+                None => true,
+                Some(s) => s.p_value.is_none() && v.p_value.is_some(),
+            };
+            if better {
+                shown = Some(v);
+            }
+        }
+        shown.unwrap_or_else(|| {
+            let mut v = self.blank(metric, &Scale::default());
+            v.reason = "nothing judged yet".into();
+            v
+        })
+    }
+
+    fn rate(&mut self, metric: Metric) -> MetricVerdict {
+        self.over_scales(metric, |j, scale| j.rate_at(metric, scale))
+    }
+
+    /// A rate metric over one interval: the backstop (error rate, shortest interval), then
+    /// the comparison, each re-run without the one client key that could explain it.
+    fn rate_at(&mut self, metric: Metric, scale: &Scale) -> MetricVerdict {
+        let cfg = self.cfg;
+        let (to_name, from_name) = (self.sides.to_name, self.sides.from_name);
+        let (to, from) = (&scale.to, &scale.from);
+        let (to_n, from_n) = (to.requests(), from.requests());
+        let (to_bad, from_bad) = (bad(metric, &to.counts, cfg), bad(metric, &from.counts, cfg));
+        let rate = |b: u64, n: u64| (n > 0).then(|| b as f64 / n as f64);
+        let mut v = self.blank(metric, scale);
+        v.to_value = rate(to_bad, to_n);
+        v.from_value = rate(from_bad, from_n);
+        v.to_n = to_n;
+        v.from_n = from_n;
+        v.allowed = cfg.compare.as_ref().map(|c| c.max_error_rate_increase);
+        let what = metric.what();
+        let detail = if metric == Metric::ErrorRate && to_bad > 0 {
+            format!(" ({to_name}: {})", to.counts.describe_errors(cfg))
+        } else {
+            String::new()
+        };
+        let interval = format!("in the last {}", secs(scale.seconds));
+        let show = |r: Option<f64>| r.map_or("-".into(), pct);
+        let both = format!(
+            "`{to_name}` {what} {} over {to_n} requests vs `{from_name}` {} over {from_n}",
+            show(v.to_value),
+            show(v.from_value)
+        );
+        let backstop = if metric == Metric::ErrorRate && scale.multiple == 1 {
+            cfg.max_error_rate
+        } else {
+            None
+        };
+        v.absolute_limit = backstop;
+        if let (Some(limit), Some(alpha), true) = (backstop, self.alpha, to_n >= self.min) {
+            let p_of = |b: u64, n: u64| stat::binomial_greater(b, n, limit);
+            let p = p_of(to_bad, to_n);
+            if p < alpha {
+                let alone = self.without_heaviest(
+                    to,
+                    from,
+                    |k| bad(metric, &k.counts, cfg),
+                    |t, _| p_of(bad(metric, &t.counts, cfg), t.counts.requests()) < alpha,
+                );
+                if let Some(note) = alone {
+                    v.reason = format!("{both} {interval}, over the absolute limit {}: {note}", pct(limit));
+                    return v;
+                }
+                v.result = Judgement::Fail;
+                v.test = Some("binomial_exact_one_sided".into());
+                v.p_value = Some(p);
+                v.reason = format!(
+                    "{both} {interval}{detail}, over the absolute limit {} ({}, exact binomial, one-sided, α {alpha:.2e})",
+                    pct(limit),
+                    p_text(p)
+                );
+                return v;
+            }
+        }
+        let comparable = to_n >= self.min && from_n >= self.min;
+        let (Some(alpha), Some(allowed), true) = (self.alpha, v.allowed, comparable) else {
+            v.reason = if cfg.compare.is_none() && to_n >= self.min {
+                v.result = Judgement::Pass;
+                format!("`{to_name}` {what}: no comparison configured")
+            } else if !comparable {
+                format!("{to_n}/{from_n} requests {interval}: too few to compare (needs {} each)", self.min)
+            } else {
+                "not compared yet".into()
+            };
+            return v;
+        };
+        let fails = |tb: u64, tn: u64, fb: u64, fnn: u64| {
+            let (t, f) = (tb as f64 / tn.max(1) as f64, fb as f64 / fnn.max(1) as f64);
+            t - f > allowed && stat::fisher_greater(tb, tn, fb, fnn) < alpha
+        };
+        let p = stat::fisher_greater(to_bad, to_n, from_bad, from_n);
+        let (t, f) = (v.to_value.unwrap_or(0.0), v.from_value.unwrap_or(0.0));
+        v.difference = Some(t - f);
+        v.test = Some("fisher_exact_one_sided".into());
+        v.p_value = Some(p);
+        let numbers = format!(
+            "`{to_name}` {what} {} vs `{from_name}` {} ({:+.1} pp) over {to_n}/{from_n} requests {interval}{detail}",
+            pct(t),
+            pct(f),
+            (t - f) * 100.0
+        );
+        if fails(to_bad, to_n, from_bad, from_n) {
+            let alone = self.without_heaviest(
+                to,
+                from,
+                |k| bad(metric, &k.counts, cfg),
+                |t, f| {
+                    let n = |p: &Part| p.counts.requests();
+                    let b = |p: &Part| bad(metric, &p.counts, cfg);
+                    // The rest need not reach `min_requests`: the question is whether one
+                    // key's requests are what makes the difference.
+                    n(t) > 0 && n(f) > 0 && fails(b(t), n(t), b(f), n(f))
+                },
+            );
+            if let Some(note) = alone {
+                v.reason = format!("{numbers}: {note}");
+                return v;
+            }
             v.result = Judgement::Fail;
             v.reason = format!(
-                "`{to}` {what} {} over {to_n} {unit}{}, over the absolute limit {}",
-                show(t),
-                m.detail,
-                show(limit)
+                "{numbers}: more than the {:+.1} pp allowed, {} (Fisher's exact, one-sided, α {alpha:.2e})",
+                allowed * 100.0,
+                p_text(p)
             );
-            return v;
-        }
-    }
-    let comparable = to_n >= min && from_n >= min;
-    let (Some(alpha), Some(allowed), Some(t), Some(f), true) =
-        (alpha, m.allowed, m.to_value, m.from_value, comparable)
-    else {
-        v.reason = if cfg.compare.is_none() && to_n >= min {
-            v.result = Judgement::Pass;
-            format!("`{to}` {what}: no comparison configured")
-        } else if !comparable {
-            format!("{to_n}/{from_n} {unit}: too few to compare")
         } else {
-            "not compared yet".into()
+            v.result = Judgement::Pass;
+            v.reason = format!("{numbers}: {}", p_text(p));
+        }
+        v
+    }
+
+    /// When a result holds only with one key's requests in it, what to say instead (the
+    /// metric is then inconclusive): each heavy key is left out in turn (from both sides) and
+    /// `still(to, from)` asked again. `None` when it holds without each of them.
+    fn without_heaviest(
+        &mut self,
+        to: &Summary,
+        from: &Summary,
+        bad_of: impl Fn(&Part) -> u64,
+        still: impl Fn(&Part, &Part) -> bool,
+    ) -> Option<String> {
+        let whole = |s: &Summary| Part {
+            counts: s.counts,
+            latency: s.latency.clone(),
+            ttft: s.ttft.clone(),
         };
-        return v;
-    };
-    let c = compare(t, f, allowed);
-    v.difference = c.difference;
-    v.ratio = c.ratio;
-    v.test = Some(c.test.into());
-    v.p_value = Some(c.p);
-    let numbers = format!(
-        "`{to}` {what} {} vs `{from}` {} {} over {to_n}/{from_n} {unit}{}",
-        show(t),
-        show(f),
-        c.effect,
-        m.detail
-    );
-    if c.over_allowed && c.p < alpha {
-        v.result = Judgement::Fail;
-        v.reason = format!(
-            "{numbers}: more than the {} allowed, {} ({}, one-sided, α {alpha:.2e})",
-            c.allowed,
-            p_text(c.p),
-            c.test_name
-        );
-    } else {
-        v.result = Judgement::Pass;
-        v.reason = format!("{numbers}: {}", p_text(c.p));
-    }
-    v
-}
-
-fn rate_metric(
-    cfg: &AutoRollbackConfig,
-    sides: &Sides<'_>,
-    metric: Metric,
-    (to_bad, from_bad): (u64, u64),
-    absolute: Option<f64>,
-    alpha: Option<f64>,
-) -> MetricVerdict {
-    let (to_n, from_n) = (sides.to.requests(), sides.from.requests());
-    let rate = |bad: u64, n: u64| (n > 0).then(|| bad as f64 / n as f64);
-    let detail = if metric == Metric::ErrorRate && to_bad > 0 {
-        format!(
-            " ({}: {})",
-            sides.to_name,
-            sides.to.counts.describe_errors(cfg)
-        )
-    } else {
-        String::new()
-    };
-    let m = Measure {
-        metric,
-        unit: "requests",
-        to_value: rate(to_bad, to_n),
-        from_value: rate(from_bad, from_n),
-        to_n,
-        from_n,
-        absolute,
-        allowed: cfg.compare.as_ref().map(|c| c.max_error_rate_increase),
-        show: pct,
-        detail,
-        sides,
-    };
-    judge_metric(cfg, m, alpha, |t, f, allowed| {
-        let diff = t - f;
-        Comparison {
-            p: stat::fisher_greater(to_bad, to_n, from_bad, from_n),
-            difference: Some(diff),
-            ratio: None,
-            over_allowed: diff > allowed,
-            effect: format!("({:+.1} pp)", diff * 100.0),
-            allowed: format!("{:+.1} pp", allowed * 100.0),
-            test: "fisher_exact_one_sided",
-            test_name: "Fisher's exact",
-        }
-    })
-}
-
-fn latency_metric(
-    cfg: &AutoRollbackConfig,
-    sides: &Sides<'_>,
-    metric: Metric,
-    (to_h, from_h): (&Hist, &Hist),
-    alpha: Option<f64>,
-) -> MetricVerdict {
-    let m = Measure {
-        metric,
-        unit: "answers",
-        to_value: to_h.quantile_ms(0.95),
-        from_value: from_h.quantile_ms(0.95),
-        to_n: to_h.count(),
-        from_n: from_h.count(),
-        absolute: cfg.max_p95_latency.map(|d| d.as_secs_f64() * 1000.0),
-        allowed: cfg.compare.as_ref().map(|c| c.max_latency_ratio),
-        show: ms,
-        detail: String::new(),
-        sides,
-    };
-    judge_metric(cfg, m, alpha, |t, f, allowed| {
-        let ratio = t / f.max(1e-3);
-        Comparison {
-            p: stat::mann_whitney_greater(to_h.groups_with(from_h)),
-            difference: None,
-            ratio: Some(ratio),
-            over_allowed: ratio > allowed,
-            effect: format!("({ratio:.2}×)"),
-            allowed: format!("{allowed}×"),
-            test: "mann_whitney_u_one_sided",
-            test_name: "Mann-Whitney U",
-        }
-    })
-}
-
-fn ms(v: f64) -> String {
-    if v >= 1000.0 {
-        format!("{:.2} s", v / 1000.0)
-    } else {
-        format!("{v:.0} ms")
-    }
-}
-
-/// What the phase gate says about advancing.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Gate {
-    Advance,
-    Wait(String),
-}
-
-/// A phase may advance when it has a `hold`, the hold has passed, it is not the last
-/// phase, and the judge says pass. A phase without `hold` waits for an operator; an
-/// inconclusive judgement (too little traffic) never advances.
-pub fn gate(
-    hold: Option<Duration>,
-    in_phase_for: Duration,
-    is_last: bool,
-    verdict: Option<&Verdict>,
-) -> Gate {
-    if is_last {
-        return Gate::Wait("at the last phase".into());
-    }
-    let Some(hold) = hold else {
-        return Gate::Wait("this phase has no hold: an operator advances it".into());
-    };
-    if in_phase_for < hold {
-        return Gate::Wait(format!("hold: {:?} of {:?}", in_phase_for, hold));
-    }
-    match verdict {
-        Some(v) if v.result == Judgement::Pass => Gate::Advance,
-        Some(v) => Gate::Wait(format!("{}: {}", v.result.label(), v.reason)),
-        None => Gate::Wait("inconclusive: not judged yet".into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-    use switchyard_core::config::CompareConfig;
-
-    /// What a team that writes only `auto_rollback: {window, min_requests}` gets.
-    fn defaults(window: u32, min_requests: u32) -> AutoRollbackConfig {
-        AutoRollbackConfig {
-            window,
-            min_requests,
-            max_error_rate: None,
-            max_p95_latency: None,
-            count_auth: true,
-            count_refused: true,
-            compare: Some(CompareConfig {
-                max_error_rate_increase: 0.01,
-                max_latency_ratio: 1.5,
-                confidence: 0.95,
-            }),
-        }
-    }
-
-    fn ev(provider: &str, class: Class, ms: u64, epoch: u64) -> RequestEvent {
-        RequestEvent {
-            provider: Arc::from(provider),
-            epoch,
-            class,
-            latency: Duration::from_millis(ms),
-            ttfb: None,
-            upload: Duration::ZERO,
-            stream: false,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cost_usd: None,
-            cost_if_other_usd: None,
-            bad_answer: None,
-            cut_short: None,
-            waited: None,
-        }
-    }
-
-    /// A phase-3 (50%) run: `n` requests a side, interleaved, one per 10 ms of the clock.
-    fn run(
-        w: &mut Windows,
-        n: usize,
-        mut to: impl FnMut(usize) -> (Class, u64),
-        mut from: impl FnMut(usize) -> (Class, u64),
-    ) {
-        for i in 0..n {
-            let now = i as u64 * 10;
-            let (c, ms) = from(i);
-            w.record(Side::From, &ev("old", c, ms, w.epoch()), now);
-            let (c, ms) = to(i);
-            w.record(Side::To, &ev("new", c, ms, w.epoch()), now + 5);
-        }
-    }
-
-    fn verdict_at(w: &Windows, cfg: &AutoRollbackConfig, look: u32) -> Verdict {
-        let (to, from) = w.summaries();
-        judge(
-            cfg,
-            &Sides {
-                to_name: "new",
-                from_name: "old",
-                to: &to,
-                from: &from,
-            },
-            look,
-        )
-    }
-
-    /// The new side refuses everything (401, 404, 429) at 50%: fail at the first look.
-    #[test]
-    fn refusals_only_on_the_new_side_fail() {
-        let cfg = defaults(100, 20);
-        for (status, metric) in [
-            (401, Metric::ErrorRate),
-            (403, Metric::ErrorRate),
-            (429, Metric::ErrorRate),
-            (402, Metric::ErrorRate),
-            (404, Metric::ClientErrorRate),
-            (400, Metric::ClientErrorRate),
-        ] {
-            let mut w = Windows::new(100);
-            run(
-                &mut w,
-                20,
-                |_| (Class::of_status(status), 5),
-                |_| (Class::Success, 100),
+        let (to_all, from_all) = (whole(to), whole(from));
+        for key in keys(to, from) {
+            let t = without(&to_all, key.to);
+            let f = key.from.map_or_else(|| from_all.clone(), |p| without(&from_all, p));
+            if still(&t, &f) {
+                continue;
+            }
+            let note = format!(
+                "concentrated in one {} ({}: {} of `{}`'s {} requests, {} of what counts against it): one client cannot decide",
+                key.kind.replace('_', " "),
+                key.label,
+                key.to.counts.requests(),
+                self.sides.to_name,
+                to.requests(),
+                bad_of(key.to),
             );
-            let v = verdict_at(&w, &cfg, 1);
-            assert_eq!(v.result, Judgement::Fail, "{status}: {v:?}");
-            let m = v.failed().unwrap();
-            assert_eq!(m.metric, metric, "{status}");
-            assert_eq!((m.to_value, m.from_value), (Some(1.0), Some(0.0)));
-            assert!(m.p_value.unwrap() < 1e-9);
-            assert!(
-                v.reason.contains("`new`")
-                    && v.reason.contains("100.0% vs `old` 0.0%")
-                    && v.reason.contains("over 20/20 requests")
-                    && v.reason.contains("p < 0.001"),
-                "{}",
-                v.reason
-            );
+            self.concentrated.push(Concentration {
+                kind: key.kind.into(),
+                key: key.label,
+                provider: self.sides.to_name.to_string(),
+                requests: key.to.counts.requests(),
+                counted: 0,
+                note: note.clone(),
+            });
+            return Some(note);
         }
+        None
     }
 
-    #[test]
-    fn refusals_can_be_left_out_of_the_error_rate() {
-        let mut cfg = defaults(100, 20);
-        cfg.count_refused = false;
-        let mut w = Windows::new(100);
-        run(
-            &mut w,
-            20,
-            |_| (Class::Refused, 5),
-            |_| (Class::Success, 100),
-        );
-        let v = verdict_at(&w, &cfg, 1);
-        assert_eq!(v.metric(Metric::ErrorRate).unwrap().result, Judgement::Pass);
-        cfg.count_refused = true;
-        assert_eq!(verdict_at(&w, &cfg, 1).result, Judgement::Fail);
+    fn latency(&mut self, metric: Metric) -> MetricVerdict {
+        self.over_scales(metric, |j, scale| j.latency_at(metric, scale))
     }
 
-    #[test]
-    fn twice_as_slow_fails_on_latency() {
-        let cfg = defaults(100, 20);
-        let mut w = Windows::new(100);
-        // Some jitter, so that the rank test sees real spreads.
-        run(
-            &mut w,
-            40,
-            |i| (Class::Success, 240 + (i as u64 * 7) % 30),
-            |i| (Class::Success, 120 + (i as u64 * 11) % 15),
-        );
-        let v = verdict_at(&w, &cfg, 1);
-        assert_eq!(v.result, Judgement::Fail, "{v:?}");
-        let m = v.failed().unwrap();
-        assert_eq!(m.metric, Metric::LatencyP95);
-        assert!(m.ratio.unwrap() > 1.8 && m.ratio.unwrap() < 2.4, "{m:?}");
-        assert!(v.reason.contains("Mann-Whitney"), "{}", v.reason);
-    }
-
-    #[test]
-    fn a_few_slow_outliers_do_not_fail() {
-        let cfg = defaults(100, 20);
-        let mut w = Windows::new(100);
-        // 3 of 40 answers on the new side are 10× slower: p95 doubles, the ranks barely move.
-        run(
-            &mut w,
-            40,
-            |i| {
-                (
-                    Class::Success,
-                    if i % 13 == 0 {
-                        1000
-                    } else {
-                        100 + i as u64 % 7
-                    },
+    /// A latency metric over one interval: the backstop (shortest interval, `to` alone),
+    /// then the comparison within the strata both sides served.
+    fn latency_at(&mut self, metric: Metric, scale: &Scale) -> MetricVerdict {
+        let cfg = self.cfg;
+        let (to_name, from_name) = (self.sides.to_name, self.sides.from_name);
+        let (to_s, from_s) = (strata(&scale.to, metric), strata(&scale.from, metric));
+        let mut v = self.blank(metric, scale);
+        let what = metric.what();
+        let interval = format!("in the last {}", secs(scale.seconds));
+        let all_to = Summary::pooled(to_s);
+        let limit = cfg.max_p95_latency.map(|d| d.as_secs_f64() * 1000.0);
+        v.absolute_limit = limit.filter(|_| scale.multiple == 1);
+        if let (Some(limit), Some(alpha), 1) = (limit, self.alpha, scale.multiple) {
+            let n = all_to.count();
+            let over = all_to.above_ms(limit);
+            // Over the limit at p95: more than 5% of answers above it, beyond chance.
+            let p = stat::binomial_greater(over, n, 0.05);
+            if n >= self.min && p < alpha {
+                let from_p95 = Summary::pooled(from_s).quantile_ms(0.95);
+                v.result = Judgement::Fail;
+                v.to_value = all_to.quantile_ms(0.95);
+                v.from_value = from_p95;
+                v.to_n = n;
+                v.test = Some("binomial_exact_one_sided".into());
+                v.p_value = Some(p);
+                v.reason = format!(
+                    "`{to_name}` {what} {} over {n} answers vs `{from_name}` {} {interval}, over the absolute limit {} ({} of answers above it, {}, exact binomial, one-sided, α {alpha:.2e})",
+                    v.to_value.map_or("-".into(), ms),
+                    from_p95.map_or("-".into(), ms),
+                    ms(limit),
+                    pct(over as f64 / n as f64),
+                    p_text(p)
+                );
+                return v;
+            }
+        }
+        // Like with like: the strata both sides served.
+        let common: Vec<(&Hist, &Hist)> = to_s
+            .iter()
+            .filter_map(|(k, t)| from_s.get(k).map(|f| (t, f)))
+            .collect();
+        let (mut to_h, mut from_h) = (Hist::default(), Hist::default());
+        for (t, f) in &common {
+            to_h.merge(t);
+            from_h.merge(f);
+        }
+        v.to_n = to_h.count();
+        v.from_n = from_h.count();
+        v.to_value = to_h.quantile_ms(0.95);
+        v.from_value = from_h.quantile_ms(0.95);
+        let compare = cfg.compare.as_ref();
+        v.allowed = compare.map(|c| c.max_latency_ratio);
+        v.min_increase_ms = compare.map(|c| c.min_latency_increase.as_secs_f64() * 1000.0);
+        let comparable = v.to_n >= self.min && v.from_n >= self.min;
+        let (Some(alpha), Some(allowed), Some(floor), Some(t), Some(f), true) = (
+            self.alpha,
+            v.allowed,
+            v.min_increase_ms,
+            v.to_value,
+            v.from_value,
+            comparable,
+        ) else {
+            v.reason = if compare.is_none() && all_to.count() >= self.min {
+                v.result = Judgement::Pass;
+                format!("`{to_name}` {what}: no comparison configured")
+            } else if !comparable {
+                format!(
+                    "{}/{} answers {interval} in strata both sides served: too few to compare (needs {} each)",
+                    v.to_n, v.from_n, self.min
                 )
-            },
-            |i| (Class::Success, 100 + i as u64 % 7),
-        );
-        let v = verdict_at(&w, &cfg, 1);
-        let m = v.metric(Metric::LatencyP95).unwrap();
-        assert!(m.ratio.unwrap() > 1.5, "the outliers do move p95: {m:?}");
-        assert_eq!(v.result, Judgement::Pass, "{v:?}");
-    }
-
-    /// The old side is itself at 8% timeouts: a new side just as bad is kept when no
-    /// absolute limit is written, and failed by one that is.
-    #[test]
-    fn as_good_as_a_failing_old_side_passes() {
-        let mut cfg = defaults(100, 20);
-        let mut w = Windows::new(100);
-        let eight_percent = |i: usize| {
-            if i % 25 < 2 {
-                (Class::Timeout, 30_000)
             } else {
-                (Class::Success, 100 + i as u64 % 9)
-            }
-        };
-        run(&mut w, 100, eight_percent, eight_percent);
-        let v = verdict_at(&w, &cfg, 1);
-        assert_eq!(v.result, Judgement::Pass, "{v:?}");
-        let m = v.metric(Metric::ErrorRate).unwrap();
-        assert_eq!((m.to_value, m.from_value), (Some(0.08), Some(0.08)));
-        cfg.max_error_rate = Some(0.05);
-        let v = verdict_at(&w, &cfg, 1);
-        assert_eq!(v.result, Judgement::Fail);
-        assert!(v.reason.contains("absolute limit 5.0%"), "{}", v.reason);
-    }
-
-    #[test]
-    fn too_few_on_either_side_is_inconclusive_and_holds() {
-        let cfg = defaults(100, 20);
-        let mut w = Windows::new(100);
-        run(
-            &mut w,
-            19,
-            |_| (Class::Success, 10),
-            |_| (Class::Success, 10),
-        );
-        let v = verdict_at(&w, &cfg, 1);
-        assert_eq!(v.result, Judgement::Inconclusive);
-        assert!(v.reason.contains("19 of the 20"), "{}", v.reason);
-        let hold = Some(Duration::from_secs(60));
-        let later = Duration::from_secs(61);
-        assert!(
-            matches!(gate(hold, later, false, Some(&v)), Gate::Wait(r) if r.starts_with("inconclusive"))
-        );
-
-        // Enough on `to`, none on `from` (a 100% phase after a restart): still inconclusive.
-        let mut w = Windows::new(100);
-        for i in 0..30 {
-            w.record(Side::To, &ev("new", Class::Success, 10, 0), i);
-        }
-        let v = verdict_at(&w, &cfg, 1);
-        assert_eq!(v.result, Judgement::Inconclusive);
-        assert!(v.reason.contains("`old` has 0 of the 20"), "{}", v.reason);
-
-        run(
-            &mut w,
-            30,
-            |_| (Class::Success, 10),
-            |_| (Class::Success, 10),
-        );
-        let v = verdict_at(&w, &cfg, 1);
-        assert_eq!(v.result, Judgement::Pass, "{v:?}");
-        assert_eq!(gate(hold, later, false, Some(&v)), Gate::Advance);
-        assert!(matches!(
-            gate(hold, Duration::from_secs(59), false, Some(&v)),
-            Gate::Wait(_)
-        ));
-        assert!(matches!(gate(hold, later, true, Some(&v)), Gate::Wait(_)));
-        assert!(matches!(gate(None, later, false, Some(&v)), Gate::Wait(_)));
-        // Look 0 runs no test.
-        assert_eq!(verdict_at(&w, &cfg, 0).result, Judgement::Inconclusive);
-    }
-
-    #[test]
-    fn absolute_limits_alone_when_comparison_is_off() {
-        let mut cfg = defaults(20, 10);
-        cfg.compare = None;
-        cfg.max_error_rate = Some(0.2);
-        cfg.max_p95_latency = Some(Duration::from_millis(500));
-        let mut w = Windows::new(20);
-        for i in 0..10u64 {
-            let class = if i < 2 {
-                Class::ServerError
-            } else {
-                Class::Success
+                "not compared yet".into()
             };
-            w.record(Side::To, &ev("new", class, 100, 0), i);
-        }
-        assert_eq!(verdict_at(&w, &cfg, 0).result, Judgement::Pass);
-        w.record(Side::To, &ev("new", Class::Connect, 100, 0), 11);
-        let v = verdict_at(&w, &cfg, 0);
-        assert_eq!(v.result, Judgement::Fail, "{v:?}");
-        assert_eq!(v.failed().unwrap().metric, Metric::ErrorRate);
-        for i in 0..20 {
-            w.record(Side::To, &ev("new", Class::Success, 900, 0), 20 + i);
-        }
-        let v = verdict_at(&w, &cfg, 0);
-        assert_eq!(v.failed().unwrap().metric, Metric::LatencyP95);
-    }
-
-    #[test]
-    fn what_the_client_broke_is_not_in_any_window() {
-        let cfg = defaults(100, 20);
-        let mut w = Windows::new(100);
-        run(
-            &mut w,
-            20,
-            |_| (Class::ClientFault, 5),
-            |_| (Class::Success, 10),
-        );
-        run(
-            &mut w,
-            20,
-            |_| (Class::ClientGone, 5),
-            |_| (Class::Success, 10),
-        );
-        let (to, _) = w.summaries();
-        assert_eq!(to.requests(), 0);
-        assert_eq!(w.to_seen(), 0);
-        assert_eq!(verdict_at(&w, &cfg, 1).result, Judgement::Inconclusive);
-    }
-
-    #[test]
-    fn windows_compare_the_same_interval_and_keep_the_baseline() {
-        let mut w = Windows::new(10);
-        // An hour-old old side that failed, then both sides healthy at 10%.
-        for i in 0..100 {
-            w.record(Side::From, &ev("old", Class::ServerError, 10, 0), i);
-        }
-        for i in 0..90u64 {
-            w.record(
-                Side::From,
-                &ev("old", Class::Success, 10, 0),
-                1_000 + i * 10,
-            );
-            if i % 9 == 0 {
-                w.record(Side::To, &ev("new", Class::Success, 10, 0), 1_000 + i * 10);
-            }
-        }
-        let (to, from) = w.summaries();
-        assert_eq!(to.requests(), 10);
-        assert_eq!(
-            from.requests(),
-            90,
-            "only old's requests since new's oldest"
-        );
-        assert_eq!(from.counts.server_error, 0);
-
-        // 100%: nothing new from `old`; its last window is the baseline, across the reset.
-        w.reset(1, 10);
-        for i in 0..10 {
-            w.record(Side::To, &ev("new", Class::Success, 10, 1), 5_000 + i);
-        }
-        let (to, from) = w.summaries();
-        assert_eq!((to.requests(), from.requests()), (10, 10));
-        // Events of the previous state do not count for `to`.
-        w.record(Side::To, &ev("new", Class::ServerError, 10, 0), 6_000);
-        assert_eq!(w.summaries().0.counts.server_error, 0);
-    }
-
-    #[test]
-    fn summaries_add_up_over_replicas() {
-        let mut a = Windows::new(100);
-        let mut b = Windows::new(100);
-        run(&mut a, 10, |_| (Class::Auth, 5), |_| (Class::Success, 100));
-        run(&mut b, 10, |_| (Class::Auth, 5), |_| (Class::Success, 100));
-        let (mut to, mut from) = a.summaries();
-        let (to_b, from_b) = b.summaries();
-        to.merge(&to_b);
-        from.merge(&from_b);
-        let json = serde_json::to_string(&to).unwrap();
-        let back: Summary = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, to);
-        let cfg = defaults(100, 20);
-        let v = judge(
-            &cfg,
-            &Sides {
-                to_name: "new",
-                from_name: "old",
-                to: &to,
-                from: &from,
-            },
-            1,
-        );
-        assert_eq!(
-            v.result,
-            Judgement::Fail,
-            "20 of 20 over two replicas of 10"
-        );
-    }
-
-    /// Sides equally bad (8% errors, random): over many long phases judged at every look,
-    /// few phases ever see a false alarm. Without spending α over the looks (every look
-    /// at 5%), most phases of 80 looks would.
-    #[test]
-    fn repeated_looks_keep_the_false_alarm_rate_per_phase() {
-        let cfg = defaults(100, 20);
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut coin = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % 1000) < 80
+            return v;
         };
-        let phases = 200;
-        let mut alarms = 0;
-        for _ in 0..phases {
-            let mut w = Windows::new(100);
-            let mut looks = Looks::default();
-            let mut alarmed = false;
-            for i in 0..2000u64 {
-                let class = |bad: bool| {
-                    if bad {
-                        Class::ServerError
-                    } else {
-                        Class::Success
-                    }
-                };
-                w.record(Side::From, &ev("old", class(coin()), 100, 0), i);
-                w.record(Side::To, &ev("new", class(coin()), 100, 0), i);
-                let (to, from) = w.summaries();
-                let enough = to.requests() >= 20 && from.requests() >= 20;
-                if let Some(k) = looks.due(w.to_seen(), enough, look_step(&cfg)) {
-                    let sides = Sides {
-                        to_name: "new",
-                        from_name: "old",
-                        to: &to,
-                        from: &from,
-                    };
-                    if judge(&cfg, &sides, k).result == Judgement::Fail {
-                        alarmed = true;
-                        break;
-                    }
-                }
-            }
-            alarms += usize::from(alarmed);
-        }
-        assert!(
-            alarms * 100 <= phases * 5,
-            "{alarms} of {phases} phases alarmed"
+        let min = self.min;
+        let effect = |to_s: &Strata, from_s: &Strata| latency_effect(to_s, from_s, min);
+        let Some(e) = effect(to_s, from_s) else {
+            v.reason = "not compared yet".into();
+            return v;
+        };
+        let (ratio, increase, p) = (e.ratio, e.increase, e.p);
+        v.ratio = Some(ratio);
+        v.difference = Some(increase);
+        v.test = Some("van_elteren_one_sided".into());
+        v.p_value = Some(p);
+        let strata_note = if common.len() > 1 {
+            format!(" in {} strata", common.len())
+        } else {
+            String::new()
+        };
+        let numbers = format!(
+            "`{to_name}` {what} {} vs `{from_name}` {} ({ratio:.2}×, {:+.0} ms) over {}/{} answers {interval}{strata_note}",
+            ms(t),
+            ms(f),
+            increase,
+            v.to_n,
+            v.from_n
         );
+        let slower = |e: &Effect| e.ratio > allowed && e.increase > floor && e.p < alpha;
+        if slower(&e) {
+            let alone = self.without_heaviest(
+                &scale.to,
+                &scale.from,
+                |k| Summary::pooled(part_strata(k, metric)).count(),
+                |t, f| {
+                    latency_effect(part_strata(t, metric), part_strata(f, metric), 1)
+                        .is_some_and(|e| slower(&e))
+                },
+            );
+            if let Some(note) = alone {
+                v.reason = format!("{numbers}: {note}");
+                return v;
+            }
+            v.result = Judgement::Fail;
+            v.reason = format!(
+                "{numbers}: more than the {allowed}× and +{} allowed, {} (van Elteren's stratified rank test, one-sided, α {alpha:.2e})",
+                ms(floor),
+                p_text(p)
+            );
+        } else {
+            v.result = Judgement::Pass;
+            v.reason = format!("{numbers}: {}", p_text(p));
+        }
+        v
     }
+}
 
-    #[test]
-    fn verdict_json_round_trips() {
-        let cfg = defaults(100, 20);
-        let mut w = Windows::new(100);
-        run(&mut w, 20, |_| (Class::Auth, 5), |_| (Class::Success, 100));
-        let v = verdict_at(&w, &cfg, 1);
-        let json = serde_json::to_value(&v).unwrap();
-        assert_eq!(json["result"], "fail");
-        assert_eq!(json["metrics"][0]["metric"], "error_rate");
-        assert_eq!(json["metrics"][1]["metric"], "4xx_rate");
-        let back: Verdict = serde_json::from_value(json).unwrap();
-        assert_eq!(back, v);
+/// A latency comparison within the strata both sides served.
+struct Effect {
+    /// Weighted geometric mean of the strata's p95 ratios.
+    ratio: f64,
+    /// Weighted mean of the strata's p95 differences, in ms.
+    increase: f64,
+    /// Van Elteren's one-sided p.
+    p: f64,
+}
+
+/// `None` when the strata both sides served hold fewer than `min` answers on either side.
+fn latency_effect(to_s: &Strata, from_s: &Strata, min: u64) -> Option<Effect> {
+    let common: Vec<(&Hist, &Hist)> = to_s
+        .iter()
+        .filter_map(|(k, t)| from_s.get(k).map(|f| (t, f)))
+        .collect();
+    let (tn, fnn): (u64, u64) = common
+        .iter()
+        .fold((0, 0), |(a, b), (t, f)| (a + t.count(), b + f.count()));
+    if tn < min || fnn < min {
+        return None;
+    }
+    // Each stratum weighted by the smaller side's count: one a side barely served says little.
+    let (mut log_ratio, mut diff, mut weight) = (0.0, 0.0, 0.0);
+    for (th, fh) in &common {
+        let w = th.count().min(fh.count()) as f64;
+        if let (Some(tp), Some(fp)) = (th.quantile_ms(0.95), fh.quantile_ms(0.95)) {
+            log_ratio += w * (tp / fp.max(1e-3)).ln();
+            diff += w * (tp - fp);
+            weight += w;
+        }
+    }
+    let groups: Vec<Vec<(u64, u64)>> = common.iter().map(|(t, f)| t.groups_with(f)).collect();
+    Some(Effect {
+        ratio: (log_ratio / weight.max(1e-9)).exp(),
+        increase: diff / weight.max(1e-9),
+        p: stat::van_elteren_greater(&groups),
+    })
+}
+
+/// A part less another.
+fn without(all: &Part, part: &Part) -> Part {
+    Part {
+        counts: all.counts.without(&part.counts),
+        latency: strata_without(&all.latency, &part.latency),
+        ttft: strata_without(&all.ttft, &part.ttft),
     }
 }

@@ -2,18 +2,28 @@
 //! the old one (the judge, which the rollback guard and the phase gates act on), provider
 //! health, and telling people (webhook alerts).
 //!
-//! The pure parts ([`stats`], [`judge`], [`stat`], [`health`]) take the time as a number of
+//! The pure parts ([`stats`], [`window`], [`looks`], [`judge`], [`gate`], [`stat`],
+//! [`health`]) take the time as a number of
 //! milliseconds so that tests drive a clock of their own; only [`alerts`] runs tasks.
 
 pub mod alerts;
+pub mod gate;
 pub mod health;
 pub mod judge;
+pub mod looks;
 pub mod shadow;
 pub mod stat;
 pub mod stats;
+pub mod window;
+
+#[cfg(test)]
+mod simulate;
 
 pub use alerts::{Alert, Alerter};
+pub use gate::{gate, Gate};
 pub use health::HealthTracker;
-pub use judge::{gate, judge, Gate, Judgement, Looks, Metric, Sides, Summary, Verdict, Windows};
+pub use judge::{judge, Judgement, Metric, Sides, Verdict};
+pub use looks::{Look, Looks};
+pub use window::{Scale, Summary, Windows};
 pub use shadow::ShadowStats;
 pub use stats::Stats;

@@ -1,7 +1,7 @@
 //! The statistics the judge uses: plain functions over counts, tested against published
 //! values (scipy's, written into the tests).
 
-use statrs::distribution::{ContinuousCDF, Discrete, Hypergeometric, Normal};
+use statrs::distribution::{Binomial, ContinuousCDF, Discrete, DiscreteCDF, Hypergeometric, Normal};
 
 /// One-sided Fisher's exact test: the chance of seeing at least `errors_a` errors among
 /// `n_a` requests of side A if both sides shared one error rate (the margins fixed).
@@ -35,11 +35,76 @@ pub fn fisher_greater(errors_a: u64, n_a: u64, errors_b: u64, n_b: u64) -> f64 {
 /// A rank test: a few very slow outliers move it little, a side that is slower across the
 /// board moves it a lot.
 pub fn mann_whitney_greater(groups: impl IntoIterator<Item = (u64, u64)>) -> f64 {
+    let groups: Vec<(u64, u64)> = groups.into_iter().collect();
+    let Some(u) = u_statistic(&groups) else {
+        // One side empty, or every value the same: nothing tells the sides apart.
+        return 1.0;
+    };
+    let z = (u.u - u.mean - 0.5) / u.var.sqrt();
+    Normal::standard().sf(z).clamp(0.0, 1.0)
+}
+
+/// One-sided exact binomial test that a rate is over `p0`: the chance of at least `k`
+/// successes in `n` trials at rate `p0`. Same as `scipy.stats.binomtest(k, n, p0,
+/// alternative="greater").pvalue`. The absolute backstops use it: a limit is crossed only
+/// when the count says so beyond chance, not when a small window happens to be over it.
+pub fn binomial_greater(k: u64, n: u64, p0: f64) -> f64 {
+    if k == 0 || n == 0 {
+        return 1.0;
+    }
+    if p0 <= 0.0 {
+        return 0.0;
+    }
+    let Ok(b) = Binomial::new(p0.min(1.0), n) else {
+        return 1.0;
+    };
+    b.sf(k - 1).clamp(0.0, 1.0)
+}
+
+/// Van Elteren's stratified Wilcoxon rank-sum test that A's values tend to be larger than
+/// B's within strata: each stratum's Mann-Whitney U (grouped values as in
+/// [`mann_whitney_greater`]), weighted by `1/(n+1)` and summed. Comparing within strata
+/// (a model, an answer length) keeps a mix that differs between the sides — one heavy user
+/// with long answers on one side — from looking like a slower side. Strata with only one
+/// side say nothing and are left out. With a single stratum it is exactly
+/// [`mann_whitney_greater`].
+pub fn van_elteren_greater(strata: &[Vec<(u64, u64)>]) -> f64 {
+    let (mut sum, mut var) = (0f64, 0f64);
+    let mut weights = Vec::new();
+    for groups in strata {
+        if let Some(u) = u_statistic(groups) {
+            let w = 1.0 / (u.n + 1.0);
+            sum += w * (u.u - u.mean);
+            var += w * w * u.var;
+            weights.push(w);
+        }
+    }
+    if weights.is_empty() || var <= 0.0 {
+        return 1.0;
+    }
+    // A single stratum gets Mann-Whitney's continuity correction; a sum of several is
+    // closer to continuous and gets none.
+    if let [w] = weights[..] {
+        sum -= 0.5 * w;
+    }
+    Normal::standard().sf(sum / var.sqrt()).clamp(0.0, 1.0)
+}
+
+struct UStat {
+    u: f64,
+    mean: f64,
+    var: f64,
+    n: f64,
+}
+
+/// Mann-Whitney's U of A over B with its mean and (tie-corrected) variance under the null;
+/// `None` when either side is empty or all values tie.
+fn u_statistic(groups: &[(u64, u64)]) -> Option<UStat> {
     let (mut n_a, mut n_b) = (0f64, 0f64);
     let mut rank_sum_a = 0f64;
     let mut ties = 0f64;
     let mut below = 0f64;
-    for (a, b) in groups {
+    for &(a, b) in groups {
         let t = (a + b) as f64;
         if t == 0.0 {
             continue;
@@ -52,18 +117,29 @@ pub fn mann_whitney_greater(groups: impl IntoIterator<Item = (u64, u64)>) -> f64
         n_b += b as f64;
     }
     if n_a == 0.0 || n_b == 0.0 {
-        return 1.0;
+        return None;
     }
     let n = n_a + n_b;
-    let u = rank_sum_a - n_a * (n_a + 1.0) / 2.0;
-    let mean = n_a * n_b / 2.0;
     let var = n_a * n_b / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
-    if var <= 0.0 {
-        // Every value the same: nothing tells the sides apart.
+    (var > 0.0).then(|| UStat {
+        u: rank_sum_a - n_a * (n_a + 1.0) / 2.0,
+        mean: n_a * n_b / 2.0,
+        var,
+        n,
+    })
+}
+
+/// Two-sided test that `k` of `n` is a share other than `p` (normal approximation with
+/// continuity correction: the chi-square test of a sample-ratio mismatch, one degree of
+/// freedom).
+pub fn share_differs(k: u64, n: u64, p: f64) -> f64 {
+    if n == 0 || p <= 0.0 || p >= 1.0 {
         return 1.0;
     }
-    let z = (u - mean - 0.5) / var.sqrt();
-    Normal::standard().sf(z).clamp(0.0, 1.0)
+    let n_f = n as f64;
+    let sd = (n_f * p * (1.0 - p)).sqrt();
+    let z = ((k as f64 - n_f * p).abs() - 0.5).max(0.0) / sd;
+    (2.0 * Normal::standard().sf(z)).clamp(0.0, 1.0)
 }
 
 /// The significance level of look `k` (1, 2, …) when `alpha` is spent over an unbounded
@@ -133,6 +209,51 @@ mod tests {
         );
         assert_eq!(mann_whitney_greater(groups(&[7; 5], &[7; 5])), 1.0);
         assert_eq!(mann_whitney_greater(groups(&[], &[7; 5])), 1.0);
+    }
+
+    /// Reference values: `scipy.stats.binomtest(k, n, p, alternative="greater").pvalue`
+    /// (exact tail sums; e.g. 3 of 20 at 5%: 1 − (0.95²⁰ + 20·0.05·0.95¹⁹ + 190·0.05²·0.95¹⁸)).
+    #[test]
+    fn binomial_matches_scipy() {
+        close(binomial_greater(3, 20, 0.05), 0.07548367378849719);
+        close(binomial_greater(22, 22, 0.05), 0.05f64.powi(22));
+        close(binomial_greater(1, 10, 0.5), 1.0 - 0.5f64.powi(10));
+        assert_eq!(binomial_greater(0, 10, 0.05), 1.0);
+    }
+
+    #[test]
+    fn van_elteren_compares_within_strata() {
+        // One stratum: Mann-Whitney exactly.
+        let old = [120, 130, 125, 140, 118, 122, 135, 128, 131, 126];
+        let new = [240, 250, 245, 260, 238, 242, 255, 248, 251, 246];
+        close(
+            van_elteren_greater(&[groups(&new, &old)]),
+            mann_whitney_greater(groups(&new, &old)),
+        );
+        // Short answers take 100 ms, long ones 2 s, on both sides alike; new has more long
+        // ones. Pooled, new looks slower; within each length, it is not.
+        let short_new = [100, 101, 102, 99, 98];
+        let short_old = [100, 101, 102, 99, 98, 100, 101, 99, 100, 102, 98, 101];
+        let long_new = [2000, 2010, 1990, 2005, 1995, 2002, 1998, 2001, 1999, 2003];
+        let long_old = [2000, 2010, 1990];
+        let pooled_new: Vec<u64> = short_new.iter().chain(&long_new).copied().collect();
+        let pooled_old: Vec<u64> = short_old.iter().chain(&long_old).copied().collect();
+        assert!(mann_whitney_greater(groups(&pooled_new, &pooled_old)) < 0.02);
+        let p = van_elteren_greater(&[
+            groups(&short_new, &short_old),
+            groups(&long_new, &long_old),
+        ]);
+        assert!(p > 0.2, "{p}");
+        // A stratum seen on one side only says nothing.
+        assert_eq!(van_elteren_greater(&[groups(&long_new, &[])]), 1.0);
+    }
+
+    #[test]
+    fn a_share_that_differs() {
+        assert!(share_differs(500, 1000, 0.5) > 0.9);
+        assert!(share_differs(620, 1000, 0.5) < 1e-10);
+        assert!(share_differs(30, 100, 0.25) > 0.2);
+        assert_eq!(share_differs(10, 10, 1.0), 1.0);
     }
 
     #[test]

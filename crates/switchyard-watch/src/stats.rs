@@ -308,6 +308,11 @@ mod tests {
             bad_answer: None,
             cut_short: None,
             waited: None,
+            model: 0,
+            key: 0,
+            client: None,
+            cold: false,
+            control: false,
         }
     }
 

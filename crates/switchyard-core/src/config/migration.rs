@@ -19,6 +19,7 @@ pub(super) struct RawMigration {
     pub(super) phase: Option<String>,
     pub(super) sticky_header: Option<String>,
     pub(super) shadow_percent: Option<f64>,
+    pub(super) control_percent: Option<f64>,
     pub(super) auto_rollback: Option<RawAutoRollback>,
     pub(super) auto_advance: Option<bool>,
     pub(super) preflight: Option<RawPreflight>,
@@ -65,6 +66,7 @@ pub(super) struct RawCompare {
     pub(super) enabled: Option<bool>,
     pub(super) max_error_rate_increase: Option<f64>,
     pub(super) max_latency_ratio: Option<f64>,
+    min_latency_increase: Option<String>,
     pub(super) confidence: Option<f64>,
 }
 
@@ -95,6 +97,9 @@ pub struct MigrationConfig {
     /// Lower-case header name.
     pub sticky_header: String,
     pub shadow_buckets: u16,
+    /// At the last phase (100% to `to`) until `finish`, this share of `to`'s requests (×100,
+    /// of 10000 buckets) is also sent to `from`, answers discarded: the judge's live control.
+    pub control_buckets: u16,
     pub auto_rollback: Option<AutoRollbackConfig>,
     /// Advance by itself when a phase's hold has passed and the window is healthy.
     pub auto_advance: bool,
@@ -127,7 +132,11 @@ pub struct CompareConfig {
     /// In rate units: 0.01 is one percentage point.
     pub max_error_rate_increase: f64,
     pub max_latency_ratio: f64,
-    /// 0.95: a failure is called at 5% significance, spent over the looks of a phase.
+    /// A latency failure also needs `to`'s p95 to be at least this much above `from`'s: a
+    /// ratio of two tiny numbers (14 ms against 4 ms on a loaded host) is no slowdown.
+    pub min_latency_increase: Duration,
+    /// 0.95: the chance of a false rollback stays under 5% per day of a phase (spent over
+    /// the looks; see the judge).
     pub confidence: f64,
 }
 
@@ -231,6 +240,7 @@ pub(super) fn validate(
             rolled_back: true,
             rollback_reason: Some("phase: rollback in the config file".into()),
             rollback_trigger: Some(crate::Trigger::Config),
+            finished: false,
         }
     } else {
         match phases.iter().position(|p| p.name == file_phase) {
@@ -262,6 +272,7 @@ pub(super) fn validate(
         );
     }
     let shadow_buckets = c.percent("migration.shadow_percent", m.shadow_percent.unwrap_or(0.0));
+    let control_buckets = c.percent("migration.control_percent", m.control_percent.unwrap_or(2.0));
     let auto_rollback = m.auto_rollback.as_ref().map(|a| {
         let window = a.window.unwrap_or(100);
         let min_requests = a.min_requests.unwrap_or(20);
@@ -329,9 +340,15 @@ pub(super) fn validate(
                         format!("{confidence} is not a confidence between 0.5 and 1 (0.95 = 95%)"),
                     );
                 }
+                let min_latency_increase = c.duration(
+                    &format!("{key}.min_latency_increase"),
+                    cmp.and_then(|x| x.min_latency_increase.as_ref()),
+                    Duration::from_millis(100),
+                );
                 Some(CompareConfig {
                     max_error_rate_increase: inc,
                     max_latency_ratio: ratio,
+                    min_latency_increase,
                     confidence,
                 })
             }
@@ -394,6 +411,7 @@ pub(super) fn validate(
         file_state,
         sticky_header,
         shadow_buckets,
+        control_buckets,
         auto_rollback,
         auto_advance,
         preflight,
