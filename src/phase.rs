@@ -279,7 +279,10 @@ fn print_status(s: &Status) {
         }
     }
     if let Some(v) = &s.last_failing_verdict {
-        println!("tripped by  {}", verdict_line(v).trim_start_matches("verdict").trim());
+        println!(
+            "tripped by  {}",
+            verdict_line(v).trim_start_matches("verdict").trim()
+        );
         for m in &v.metrics {
             println!("  {}", metric_line(m));
         }

@@ -5,8 +5,7 @@ use std::sync::atomic::Ordering;
 
 use switchyard_admin::{AdminHandle, AdminResult};
 use switchyard_core::api::{
-    ControlView, PhaseInfo, PhaseView, ProviderHealth, ReloadAnswer, StateFileStatus, Stats,
-    Status,
+    ControlView, PhaseInfo, PhaseView, ProviderHealth, ReloadAnswer, StateFileStatus, Stats, Status,
 };
 use switchyard_core::Trigger;
 use switchyard_watch::HealthTracker;

@@ -59,9 +59,7 @@ impl From<ControlError> for AdminError {
                 | TransitionError::RolledBack
                 | TransitionError::NotAtLastPhase
                 | TransitionError::AlreadyFinished,
-            ) => {
-                409
-            }
+            ) => 409,
             ControlError::Conflict(_) | ControlError::PreflightRefused(_) => 409,
             ControlError::StoreUnavailable(_) => 503,
             ControlError::PersistFailed(_) => 500,

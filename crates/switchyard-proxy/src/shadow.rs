@@ -365,8 +365,7 @@ pub async fn run(
     let status = resp.status().as_u16();
     let content_type = resp.headers().get(header::CONTENT_TYPE);
     let sse = content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let resp_is_json =
-        content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let resp_is_json = content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     let mut scan = SseScan::new(false).capturing();
     let mut json = Vec::new();
     let mut body = resp.into_body();

@@ -185,9 +185,17 @@ pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: Option<Look>) ->
         )
     } else if look.is_none() {
         (Judgement::Inconclusive, "not judged yet".into())
-    } else if !metrics.iter().filter(|m| !m.metric.is_latency()).any(compared) {
+    } else if !metrics
+        .iter()
+        .filter(|m| !m.metric.is_latency())
+        .any(compared)
+    {
         (Judgement::Inconclusive, j.waiting_for_from())
-    } else if !metrics.iter().filter(|m| m.metric.is_latency()).any(compared) {
+    } else if !metrics
+        .iter()
+        .filter(|m| m.metric.is_latency())
+        .any(compared)
+    {
         (
             Judgement::Inconclusive,
             format!(
@@ -401,7 +409,10 @@ impl Judging<'_> {
                     |t, _| p_of(bad(metric, &t.counts, cfg), t.counts.requests()) < alpha,
                 );
                 if let Some(note) = alone {
-                    v.reason = format!("{both} {interval}, over the absolute limit {}: {note}", pct(limit));
+                    v.reason = format!(
+                        "{both} {interval}, over the absolute limit {}: {note}",
+                        pct(limit)
+                    );
                     return v;
                 }
                 v.result = Judgement::Fail;
@@ -421,7 +432,10 @@ impl Judging<'_> {
                 v.result = Judgement::Pass;
                 format!("`{to_name}` {what}: no comparison configured")
             } else if !comparable {
-                format!("{to_n}/{from_n} requests {interval}: too few to compare (needs {} each)", self.min)
+                format!(
+                    "{to_n}/{from_n} requests {interval}: too few to compare (needs {} each)",
+                    self.min
+                )
             } else {
                 "not compared yet".into()
             };
@@ -490,7 +504,9 @@ impl Judging<'_> {
         let (to_all, from_all) = (whole(to), whole(from));
         for key in keys(to, from) {
             let t = without(&to_all, key.to);
-            let f = key.from.map_or_else(|| from_all.clone(), |p| without(&from_all, p));
+            let f = key
+                .from
+                .map_or_else(|| from_all.clone(), |p| without(&from_all, p));
             if still(&t, &f) {
                 continue;
             }
@@ -529,7 +545,12 @@ impl Judging<'_> {
         let mut v = self.blank(metric, scale);
         let what = metric.what();
         let interval = format!("in the last {}", secs(scale.seconds));
-        let all_to = Summary::pooled(to_s);
+        // The backstop is about what users waited: connections opened for them included.
+        let all_to = if metric == Metric::TtftP95 {
+            &scale.to.ttft_all
+        } else {
+            &scale.to.latency_all
+        };
         let limit = cfg.max_p95_latency.map(|d| d.as_secs_f64() * 1000.0);
         v.absolute_limit = limit.filter(|_| scale.multiple == 1);
         if let (Some(limit), Some(alpha), 1) = (limit, self.alpha, scale.multiple) {

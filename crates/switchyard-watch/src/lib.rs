@@ -24,6 +24,6 @@ pub use gate::{gate, Gate};
 pub use health::HealthTracker;
 pub use judge::{judge, Judgement, Metric, Sides, Verdict};
 pub use looks::{Look, Looks};
-pub use window::{Scale, Summary, Windows};
 pub use shadow::ShadowStats;
 pub use stats::Stats;
+pub use window::{Scale, Summary, Windows};

@@ -127,7 +127,10 @@ mod tests {
         }
         // A day later a look still has something to spend: α/2 · Δt / day.
         let late = alpha_at(0.05, 34_560, 2_500);
-        assert!((late - (0.025 * 2_500.0 / 86_400_000.0)).abs() < 1e-9, "{late}");
+        assert!(
+            (late - (0.025 * 2_500.0 / 86_400_000.0)).abs() < 1e-9,
+            "{late}"
+        );
         assert!(late > 1e-7);
         // The first look, early: most of α/2.
         assert!(alpha_at(0.05, 1, 2_000) > 0.015);
@@ -138,7 +141,10 @@ mod tests {
         let mut looks = Looks::new(0);
         assert!(looks.due(10, false, 5, 100, 0.05).is_none());
         assert_eq!(looks.due(10, true, 5, 100, 0.05).map(|l| l.k), Some(1));
-        assert!(looks.due(14, true, 5, 5_000, 0.05).is_none(), "a quarter window");
+        assert!(
+            looks.due(14, true, 5, 5_000, 0.05).is_none(),
+            "a quarter window"
+        );
         assert!(looks.due(15, true, 5, 900, 0.05).is_none(), "a second");
         assert_eq!(looks.due(15, true, 5, 1_200, 0.05).map(|l| l.k), Some(2));
     }

@@ -233,9 +233,17 @@ fn run(
     for i in 0..n {
         let now = i as u64 * 10;
         let (c, ms) = to(i);
-        w.record(Side::To, &keyed("new", c, ms, w.epoch(), 2 * i as u64 + 1), now);
+        w.record(
+            Side::To,
+            &keyed("new", c, ms, w.epoch(), 2 * i as u64 + 1),
+            now,
+        );
         let (c, ms) = from(i);
-        w.record(Side::From, &keyed("old", c, ms, w.epoch(), 2 * i as u64), now + 5);
+        w.record(
+            Side::From,
+            &keyed("old", c, ms, w.epoch(), 2 * i as u64),
+            now + 5,
+        );
     }
 }
 
@@ -478,7 +486,11 @@ fn absolute_limits_alone_when_comparison_is_off() {
     // 3 of 10 over a 20% limit: not beyond chance.
     assert_eq!(verdict_at(&w, &cfg, first_look()).result, Judgement::Pass);
     for i in 0..6 {
-        w.record(Side::To, &keyed("new", Class::Connect, 100, 0, 100 + i), 11 + i);
+        w.record(
+            Side::To,
+            &keyed("new", Class::Connect, 100, 0, 100 + i),
+            11 + i,
+        );
     }
     let v = verdict_at(&w, &cfg, first_look());
     assert_eq!(v.result, Judgement::Fail, "{v:?}");
@@ -489,7 +501,11 @@ fn absolute_limits_alone_when_comparison_is_off() {
     }
     let v = verdict_at(&w, &cfg, first_look());
     assert_eq!(v.failed().unwrap().metric, Metric::LatencyP95, "{v:?}");
-    assert!(v.reason.contains("over the absolute limit 500 ms"), "{}", v.reason);
+    assert!(
+        v.reason.contains("over the absolute limit 500 ms"),
+        "{}",
+        v.reason
+    );
 }
 
 #[test]
@@ -510,7 +526,10 @@ fn what_the_client_broke_is_not_in_any_window_but_abandoned_waits_are() {
     );
     assert_eq!(w.scales(1_000).first().map(|s| s.to.requests()), Some(0));
     assert_eq!(w.to_seen(), 0);
-    assert_eq!(verdict_at(&w, &cfg, first_look()).result, Judgement::Inconclusive);
+    assert_eq!(
+        verdict_at(&w, &cfg, first_look()).result,
+        Judgement::Inconclusive
+    );
     // Clients that gave up waiting on `to` (their requests were sent whole): compared.
     for i in 0..20u64 {
         let gone = RequestEvent {
@@ -518,10 +537,18 @@ fn what_the_client_broke_is_not_in_any_window_but_abandoned_waits_are() {
             ..keyed("new", Class::ClientGone, 3000, 0, 1000 + i)
         };
         w.record(Side::To, &gone, 300 + i);
-        w.record(Side::From, &keyed("old", Class::Success, 10, 0, 2000 + i), 300 + i);
+        w.record(
+            Side::From,
+            &keyed("old", Class::Success, 10, 0, 2000 + i),
+            300 + i,
+        );
     }
     let v = verdict_at(&w, &cfg, first_look());
-    assert_eq!(v.failed().map(|m| m.metric), Some(Metric::AbandonedRate), "{v:?}");
+    assert_eq!(
+        v.failed().map(|m| m.metric),
+        Some(Metric::AbandonedRate),
+        "{v:?}"
+    );
 }
 
 #[test]
@@ -534,7 +561,11 @@ fn summaries_add_up_over_replicas() {
     let sb = b.scales(1_000);
     sa[0].merge(&sb[0]);
     let v = verdict(&defaults(100, 20), &sa, first_look(), None);
-    assert_eq!(v.result, Judgement::Fail, "20 of 20 over two replicas of 10: {v:?}");
+    assert_eq!(
+        v.result,
+        Judgement::Fail,
+        "20 of 20 over two replicas of 10: {v:?}"
+    );
 }
 
 #[test]
@@ -628,7 +659,10 @@ fn one_keys_burst_of_4xx_is_not_a_fail() {
         .find(|c| c.kind == "routing_key")
         .expect("shown as concentrated");
     assert_eq!(c.key, "bucket 777");
-    assert!(c.requests >= 5 && c.note.contains("one routing key"), "{c:?}");
+    assert!(
+        c.requests >= 5 && c.note.contains("one routing key"),
+        "{c:?}"
+    );
 }
 
 /// Both sides share an outage right after a move: 8% 5xx on each, at 50% and at 100% (with
@@ -708,7 +742,10 @@ fn a_regression_late_in_a_long_phase_is_caught_within_a_few_windows() {
     let worst = *taken.iter().max().unwrap();
     let mean = taken.iter().sum::<u64>() as f64 / taken.len() as f64;
     eprintln!("0% -> 10% a day in: caught after {mean:.0} requests on new (worst {worst})");
-    assert!(worst <= 500, "requests on new until caught: {taken:?} (mean {mean})");
+    assert!(
+        worst <= 500,
+        "requests on new until caught: {taken:?} (mean {mean})"
+    );
 }
 
 /// Both sides truly at 3% with a 5% backstop: the backstop trips in at most 5% of phases.
@@ -725,7 +762,10 @@ fn a_backstop_does_not_trip_on_noise() {
         tripped += usize::from(sim.run(&mut rng, 300, 20.0, three, three).is_some());
     }
     eprintln!("3% under a 5% backstop: {tripped} of {phases} phases tripped");
-    assert!(tripped * 100 <= phases as usize * 5, "{tripped} of {phases}");
+    assert!(
+        tripped * 100 <= phases as usize * 5,
+        "{tripped} of {phases}"
+    );
 }
 
 /// Equal sides judged at every look for a whole simulated day: few phases ever alarm.
@@ -741,7 +781,10 @@ fn the_false_alarm_rate_holds_over_a_day() {
         alarms += usize::from(sim.run(&mut rng, 86_400, 0.05, same, same).is_some());
     }
     eprintln!("equal sides for a day: {alarms} of {phases} phases alarmed");
-    assert!(alarms * 100 <= phases as usize * 5, "{alarms} of {phases} days alarmed");
+    assert!(
+        alarms * 100 <= phases as usize * 5,
+        "{alarms} of {phases} days alarmed"
+    );
 }
 
 /// The split `to` served is far from the phase's percent: a warning that blocks advancing.
@@ -757,13 +800,19 @@ fn a_skewed_split_is_a_warning() {
     }
     let v = verdict(&cfg, &w.scales(4_000), first_look(), Some(0.5));
     assert_eq!(v.warnings.len(), 1, "{v:?}");
-    assert!(v.warnings[0].contains("sample ratio mismatch"), "{:?}", v.warnings);
+    assert!(
+        v.warnings[0].contains("sample ratio mismatch"),
+        "{:?}",
+        v.warnings
+    );
     let hold = Some(Duration::from_secs(1));
     let passed = Verdict {
         result: Judgement::Pass,
         ..v
     };
-    assert!(matches!(gate(hold, Duration::from_secs(2), false, Some(&passed)), Gate::Wait(r) if r.contains("mismatch")));
+    assert!(
+        matches!(gate(hold, Duration::from_secs(2), false, Some(&passed)), Gate::Wait(r) if r.contains("mismatch"))
+    );
 }
 
 /// A client key whose requests only new rejects cannot decide alone; a failure spread

@@ -1,7 +1,9 @@
 //! The statistics the judge uses: plain functions over counts, tested against published
 //! values (scipy's, written into the tests).
 
-use statrs::distribution::{Binomial, ContinuousCDF, Discrete, DiscreteCDF, Hypergeometric, Normal};
+use statrs::distribution::{
+    Binomial, ContinuousCDF, Discrete, DiscreteCDF, Hypergeometric, Normal,
+};
 
 /// One-sided Fisher's exact test: the chance of seeing at least `errors_a` errors among
 /// `n_a` requests of side A if both sides shared one error rate (the margins fixed).
@@ -239,10 +241,8 @@ mod tests {
         let pooled_new: Vec<u64> = short_new.iter().chain(&long_new).copied().collect();
         let pooled_old: Vec<u64> = short_old.iter().chain(&long_old).copied().collect();
         assert!(mann_whitney_greater(groups(&pooled_new, &pooled_old)) < 0.02);
-        let p = van_elteren_greater(&[
-            groups(&short_new, &short_old),
-            groups(&long_new, &long_old),
-        ]);
+        let p =
+            van_elteren_greater(&[groups(&short_new, &short_old), groups(&long_new, &long_old)]);
         assert!(p > 0.2, "{p}");
         // A stratum seen on one side only says nothing.
         assert_eq!(van_elteren_greater(&[groups(&long_new, &[])]), 1.0);

@@ -297,6 +297,11 @@ pub struct Summary {
     pub latency: Strata,
     /// Time to first token of successful streams, per stratum (model and prompt length).
     pub ttft: Strata,
+    /// Every successful answer's latency, connections opened for them included (what the
+    /// absolute backstop holds `to` to: what users waited), of whole answers and of first
+    /// tokens.
+    pub latency_all: Hist,
+    pub ttft_all: Hist,
     /// The heaviest routing keys' parts (by requests).
     pub keys: BTreeMap<u16, Part>,
     /// The heaviest client keys' parts, when client keys are configured.
@@ -308,16 +313,9 @@ pub struct Summary {
 
 impl Summary {
     pub fn merge(&mut self, o: &Summary) {
-        self.counts.merge(&o.counts);
-        merge_strata(&mut self.latency, &o.latency);
-        merge_strata(&mut self.ttft, &o.ttft);
-        for (into, from) in [(&mut self.keys, &o.keys), (&mut self.clients, &o.clients)] {
-            for (k, p) in from {
-                into.entry(*k).or_default().merge(p);
-            }
-            keep_heaviest(into);
-        }
-        self.routed += o.routed;
+        self.merge_exact(o);
+        keep_heaviest(&mut self.keys);
+        keep_heaviest(&mut self.clients);
     }
 
     pub fn requests(&self) -> u64 {
@@ -334,6 +332,14 @@ impl Summary {
     fn add(&mut self, s: &Sample) {
         add_sample(&mut self.counts, &mut self.latency, &mut self.ttft, s);
         self.routed += u64::from(!s.control);
+        if s.class == Class::Success && !s.cut {
+            let all = if s.stream {
+                &mut self.ttft_all
+            } else {
+                &mut self.latency_all
+            };
+            all.add(s.latency_us);
+        }
     }
 
     /// The routing key with the most requests here, and how many.
@@ -531,9 +537,15 @@ impl Windows {
         let newest_to = || self.to.iter().rev().take_while(|s| s.at_ms >= floor);
         let newest_from = || {
             let oldest = starts[starts.len() - 1];
-            self.from.iter().rev().take_while(move |s| s.at_ms >= oldest)
+            self.from
+                .iter()
+                .rev()
+                .take_while(move |s| s.at_ms >= oldest)
         };
         let in_scale = |at: u64| starts.iter().position(|start| at >= *start);
+        // `to`'s intervals are its last requests by count (many share a timestamp: events
+        // are taken in batches); `from`'s are by time.
+        let by_position = |p: usize| sizes.iter().position(|size| p < *size);
         // The heaviest keys, over the shortest interval and the longest.
         let heaviest = |key: fn(&Sample) -> Option<u16>| -> Vec<u16> {
             let mut short: HashMap<u16, u64> = HashMap::new();
@@ -554,10 +566,15 @@ impl Windows {
         };
         let routing = heaviest(|s| Some(s.key));
         let clients = heaviest(|s| s.client);
-        let side = |samples: &mut dyn Iterator<Item = &Sample>| -> Vec<Summary> {
+        let side = |samples: &mut dyn Iterator<Item = &Sample>, is_to: bool| -> Vec<Summary> {
             let mut deltas = vec![Summary::default(); starts.len()];
-            for s in samples {
-                let Some(j) = in_scale(s.at_ms) else { continue };
+            for (p, s) in samples.enumerate() {
+                let j = if is_to {
+                    by_position(p)
+                } else {
+                    in_scale(s.at_ms)
+                };
+                let Some(j) = j else { continue };
                 let d = &mut deltas[j];
                 d.add(s);
                 if routing.contains(&s.key) {
@@ -578,8 +595,8 @@ impl Windows {
             }
             deltas
         };
-        let to = side(&mut newest_to());
-        let from = side(&mut newest_from());
+        let to = side(&mut newest_to(), true);
+        let from = side(&mut newest_from(), false);
         to.into_iter()
             .zip(from)
             .zip(starts.iter().zip(SCALES))
@@ -606,6 +623,8 @@ impl Summary {
         self.counts.merge(&o.counts);
         merge_strata(&mut self.latency, &o.latency);
         merge_strata(&mut self.ttft, &o.ttft);
+        self.latency_all.merge(&o.latency_all);
+        self.ttft_all.merge(&o.ttft_all);
         for (into, from) in [(&mut self.keys, &o.keys), (&mut self.clients, &o.clients)] {
             for (k, p) in from {
                 into.entry(*k).or_default().merge(p);
@@ -646,7 +665,13 @@ pub(crate) mod tests {
     }
 
     /// An event of its own routing key (request-id routing: every request a cohort).
-    pub(crate) fn keyed(provider: &str, class: Class, ms: u64, epoch: u64, key: u64) -> RequestEvent {
+    pub(crate) fn keyed(
+        provider: &str,
+        class: Class,
+        ms: u64,
+        epoch: u64,
+        key: u64,
+    ) -> RequestEvent {
         RequestEvent {
             key: (key % 10_000) as u16,
             ..ev(provider, class, ms, epoch)
@@ -658,15 +683,31 @@ pub(crate) mod tests {
         let mut w = Windows::new(10);
         // A phase at 10%: old serves nine for each of new's.
         for i in 0..180u64 {
-            w.record(Side::From, &keyed("old", Class::Success, 10, 0, i), 1_000 + i * 10);
+            w.record(
+                Side::From,
+                &keyed("old", Class::Success, 10, 0, i),
+                1_000 + i * 10,
+            );
             if i % 9 == 0 {
-                w.record(Side::To, &keyed("new", Class::Success, 10, 0, 500 + i), 1_000 + i * 10);
+                w.record(
+                    Side::To,
+                    &keyed("new", Class::Success, 10, 0, 500 + i),
+                    1_000 + i * 10,
+                );
             }
         }
         let s = w.scales(3_000);
-        assert_eq!(s.len(), 2, "20 of `to`'s requests: one window, and all of them");
+        assert_eq!(
+            s.len(),
+            2,
+            "20 of `to`'s requests: one window, and all of them"
+        );
         assert_eq!(s[0].to.requests(), 10);
-        assert_eq!(s[0].from.requests(), 90, "only old's requests since new's 10th last");
+        assert_eq!(
+            s[0].from.requests(),
+            90,
+            "only old's requests since new's 10th last"
+        );
         assert_eq!((s[1].to.requests(), s[1].from.requests()), (20, 180));
 
         // 100% after a phase change: old's earlier requests are not a baseline.
@@ -690,7 +731,11 @@ pub(crate) mod tests {
             w.record(Side::To, &keyed("new", Class::Success, 10, 0, i), i * 10);
             if i % 50 == 0 {
                 // A 2% control: sparse.
-                w.record(Side::From, &keyed("old", Class::Success, 10, 0, 9_000 + i), i * 10);
+                w.record(
+                    Side::From,
+                    &keyed("old", Class::Success, 10, 0, 9_000 + i),
+                    i * 10,
+                );
             }
         }
         let s = w.scales(2_000);

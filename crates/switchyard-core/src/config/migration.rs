@@ -272,7 +272,10 @@ pub(super) fn validate(
         );
     }
     let shadow_buckets = c.percent("migration.shadow_percent", m.shadow_percent.unwrap_or(0.0));
-    let control_buckets = c.percent("migration.control_percent", m.control_percent.unwrap_or(2.0));
+    let control_buckets = c.percent(
+        "migration.control_percent",
+        m.control_percent.unwrap_or(2.0),
+    );
     let auto_rollback = m.auto_rollback.as_ref().map(|a| {
         let window = a.window.unwrap_or(100);
         let min_requests = a.min_requests.unwrap_or(20);
