@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod cluster;
 mod dashboard;
+mod decide;
 mod deploy;
 mod failures;
 mod http2;
