@@ -215,9 +215,12 @@ async fn half_the_new_side_failing_rolls_back_by_itself_and_alerts() {
     )
     .await;
 
+    // Traffic goes on until the backstop is sure `new` is over its 20% (a binomial test:
+    // a couple of windows at 50%), then 30 more requests.
     let c = client();
     let mut served_by_old_after = 0;
-    for i in 0..60 {
+    let mut after = None;
+    for i in 0..600 {
         let r = c
             .post(gw.url("/v1/chat/completions"))
             .header("x-request-id", format!("ar-{i}"))
@@ -225,14 +228,21 @@ async fn half_the_new_side_failing_rolls_back_by_itself_and_alerts() {
             .send()
             .await
             .unwrap();
-        if r.headers()["x-switchyard-provider"] == "old" {
+        if after.is_some() && r.headers()["x-switchyard-provider"] == "old" {
             served_by_old_after += 1;
         }
-        if i == 30 {
-            gw.wait_status("an automatic rollback", |s| s["rolled_back"] == true)
-                .await;
+        if after.is_none() && i % 10 == 9 && gw.status().await["rolled_back"] == true {
+            after = Some(i);
+        }
+        if after.is_some_and(|a| i >= a + 30) {
+            break;
+        }
+        if i % 10 == 9 {
+            // Looks are a second apart at most.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
+    assert!(after.is_some(), "never rolled back");
     let s = gw.status().await;
     assert_eq!(s["rolled_back"], true);
     assert_eq!(s["rollback_trigger"], "auto");

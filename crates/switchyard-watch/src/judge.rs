@@ -147,8 +147,11 @@ pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: Option<Look>) ->
     let empty = Scale::default();
     let first = sides.scales.first().unwrap_or(&empty);
     let (to_n, from_n) = (first.to.requests(), first.from.requests());
-    // Every test of this look shares its significance.
-    let tests = sides.scales.len().max(1) * (RATES.len() + LATENCIES.len());
+    // Every test of this look shares its significance: each metric's comparison, and the
+    // backstops written, over each interval.
+    let backstops =
+        usize::from(cfg.max_error_rate.is_some()) + 2 * usize::from(cfg.max_p95_latency.is_some());
+    let tests = sides.scales.len().max(1) * (RATES.len() + LATENCIES.len() + backstops);
     let alpha = look.map(|l| l.alpha / tests as f64);
     let mut j = Judging {
         cfg,
@@ -364,8 +367,8 @@ impl Judging<'_> {
         self.over_scales(metric, |j, scale| j.rate_at(metric, scale))
     }
 
-    /// A rate metric over one interval: the backstop (error rate, shortest interval), then
-    /// the comparison, each re-run without the one client key that could explain it.
+    /// A rate metric over one interval: the backstop (error rate), then the comparison, each
+    /// re-run without the one key that could explain it.
     fn rate_at(&mut self, metric: Metric, scale: &Scale) -> MetricVerdict {
         let cfg = self.cfg;
         let (to_name, from_name) = (self.sides.to_name, self.sides.from_name);
@@ -392,7 +395,7 @@ impl Judging<'_> {
             show(v.to_value),
             show(v.from_value)
         );
-        let backstop = if metric == Metric::ErrorRate && scale.multiple == 1 {
+        let backstop = if metric == Metric::ErrorRate {
             cfg.max_error_rate
         } else {
             None
@@ -536,8 +539,8 @@ impl Judging<'_> {
         self.over_scales(metric, |j, scale| j.latency_at(metric, scale))
     }
 
-    /// A latency metric over one interval: the backstop (shortest interval, `to` alone),
-    /// then the comparison within the strata both sides served.
+    /// A latency metric over one interval: the backstop (`to` alone), then the comparison
+    /// within the strata both sides served.
     fn latency_at(&mut self, metric: Metric, scale: &Scale) -> MetricVerdict {
         let cfg = self.cfg;
         let (to_name, from_name) = (self.sides.to_name, self.sides.from_name);
@@ -552,8 +555,8 @@ impl Judging<'_> {
             &scale.to.latency_all
         };
         let limit = cfg.max_p95_latency.map(|d| d.as_secs_f64() * 1000.0);
-        v.absolute_limit = limit.filter(|_| scale.multiple == 1);
-        if let (Some(limit), Some(alpha), 1) = (limit, self.alpha, scale.multiple) {
+        v.absolute_limit = limit;
+        if let (Some(limit), Some(alpha)) = (limit, self.alpha) {
             let n = all_to.count();
             let over = all_to.above_ms(limit);
             // Over the limit at p95: more than 5% of answers above it, beyond chance.
