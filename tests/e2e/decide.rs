@@ -51,6 +51,16 @@ async fn traffic(
     gw.status().await
 }
 
+/// Chats until the migration is rolled back (at most `n`): the status then.
+async fn until_rolled_back(gw: &Gateway, prefix: &str, n: usize, concurrency: usize) -> Value {
+    let rolled_back = |s: &Value| s["rolled_back"] == true;
+    let s = traffic(gw, prefix, n, concurrency, |_| false, rolled_back).await;
+    if rolled_back(&s) {
+        return s;
+    }
+    gw.wait_status("a rollback", rolled_back).await
+}
+
 /// 8% of requests fail on both sides, whichever serves them.
 fn shared_outage(i: usize) -> bool {
     i % 25 < 2
@@ -155,21 +165,7 @@ async fn new_failing_at_100_percent_is_rolled_back_against_the_live_control() {
         "",
     );
     let gw = Gateway::start_with(&yaml, &[("TEST_WEBHOOK", "")]).await;
-    let s = traffic(
-        &gw,
-        "thirty",
-        20_000,
-        16,
-        |_| false,
-        |s| s["rolled_back"] == true,
-    )
-    .await;
-    let s = if s["rolled_back"] == true {
-        s
-    } else {
-        gw.wait_status("a rollback", |s| s["rolled_back"] == true)
-            .await
-    };
+    let s = until_rolled_back(&gw, "thirty", 20_000, 16).await;
     let reason = s["rollback_reason"].as_str().unwrap();
     assert!(
         reason.starts_with("error_rate") && reason.contains("vs `old` 0.0%"),
@@ -290,21 +286,7 @@ async fn a_backstops_reason_names_both_sides() {
         "    max_error_rate: 0.05\n    compare: { enabled: false }\n",
     );
     let gw = Gateway::start_with(&yaml, &[("TEST_WEBHOOK", "")]).await;
-    let s = traffic(
-        &gw,
-        "refused",
-        400,
-        8,
-        |_| false,
-        |s| s["rolled_back"] == true,
-    )
-    .await;
-    let s = if s["rolled_back"] == true {
-        s
-    } else {
-        gw.wait_status("a rollback", |s| s["rolled_back"] == true)
-            .await
-    };
+    let s = until_rolled_back(&gw, "refused", 400, 8).await;
     let reason = s["rollback_reason"].as_str().unwrap();
     assert!(
         reason.contains("`new` provider errors 100.0% over")

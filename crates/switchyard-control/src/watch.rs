@@ -146,22 +146,9 @@ async fn judge(
         let min = u64::from(ar.min_requests.max(1));
         let look = looks.due(to_seen, recent >= min, look_step(ar), now, budget(ar));
         let verdict = match (look, &judged) {
-            (Some(l), _) => {
-                let scales = scales(&windows);
-                let sides = Sides {
-                    to_name,
-                    from_name,
-                    scales: &scales,
-                    expected_share,
-                };
-                let v = judge_window(ar, &sides, Some(l));
-                judged = Some(v.clone());
-                breach_on_from(&control, ar, &snap, &scales, l);
-                v
-            }
             (None, Some(last)) => last.clone(),
-            // Before the first look: what it waits for.
-            (None, None) => {
+            // At a look; or before the first one, to say what it waits for.
+            (look, _) => {
                 let scales = scales(&windows);
                 let sides = Sides {
                     to_name,
@@ -169,7 +156,12 @@ async fn judge(
                     scales: &scales,
                     expected_share,
                 };
-                judge_window(ar, &sides, None)
+                let v = judge_window(ar, &sides, look);
+                if let Some(l) = look {
+                    judged = Some(v.clone());
+                    breach_on_from(&control, ar, &snap, &scales, l);
+                }
+                v
             }
         };
         if control.watch.set_verdict(&verdict) {

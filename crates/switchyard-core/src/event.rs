@@ -18,9 +18,10 @@ use crate::answer::{AnswerFacts, BadAnswer, CutShort, Endpoint};
 /// malformed, abandoned or too large) is [`Class::ClientFault`] or [`Class::ClientGone`] and
 /// never counts against anyone; but a client that gave up *waiting* for the provider's answer
 /// ([`RequestEvent::abandoned_wait`]) is evidence about that provider, compared as a rate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
     /// 1xx–3xx from the provider.
+    #[default]
     Success,
     /// A 4xx from the provider other than auth and refusals (400, 404, 422 …).
     ClientError,
@@ -133,7 +134,8 @@ impl Class {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// `Default` is a success of no provider, for building events field by field.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RequestEvent {
     pub provider: Arc<str>,
     /// The migration state's epoch when the request started: judgements only use

@@ -305,14 +305,7 @@ mod tests {
             completion_tokens: 500,
             cost_usd: Some(if provider == "old" { 0.00082 } else { 0.00035 }),
             cost_if_other_usd: Some(if provider == "old" { 0.00035 } else { 0.00082 }),
-            bad_answer: None,
-            cut_short: None,
-            waited: None,
-            model: 0,
-            key: 0,
-            client: None,
-            cold: false,
-            control: false,
+            ..RequestEvent::default()
         }
     }
 

@@ -646,21 +646,7 @@ pub(crate) mod tests {
             epoch,
             class,
             latency: Duration::from_millis(ms),
-            ttfb: None,
-            upload: Duration::ZERO,
-            stream: false,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cost_usd: None,
-            cost_if_other_usd: None,
-            bad_answer: None,
-            cut_short: None,
-            waited: None,
-            model: 0,
-            key: 0,
-            client: None,
-            cold: false,
-            control: false,
+            ..RequestEvent::default()
         }
     }
 
