@@ -133,9 +133,13 @@ async fn judge(
                 fleet = Some(c.judge_window(rev, mine));
             }
         }
-        let (to_seen, recent) = match &fleet {
-            Some(f) => (f.to_seen, f.requests().0),
-            None => (windows.to_seen(), windows.to_recent()),
+        let (to_seen, recent, from_kept) = match &fleet {
+            Some(f) => (
+                f.to_seen,
+                f.requests().0,
+                f.scales.last().map_or(0, |s| s.from.requests()),
+            ),
+            None => (windows.to_seen(), windows.to_recent(), windows.from_kept()),
         };
         let scales = |windows: &Windows| match &fleet {
             Some(f) => f.scales.clone(),
@@ -144,7 +148,10 @@ async fn judge(
         let share = snap.percent() / 100.0;
         let expected_share = (share > 0.0 && share < 1.0).then_some(share);
         let min = u64::from(ar.min_requests.max(1));
-        let look = looks.due(to_seen, recent >= min, look_step(ar), now, budget(ar));
+        // A look is spent only when something can be judged: `to`'s window, and (when
+        // comparing) enough of `from`'s for some interval.
+        let enough = recent >= min && (ar.compare.is_none() || from_kept >= min);
+        let look = looks.due(to_seen, enough, look_step(ar), now, budget(ar));
         let verdict = match (look, &judged) {
             (None, Some(last)) => last.clone(),
             // At a look; or before the first one, to say what it waits for.

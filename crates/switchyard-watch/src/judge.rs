@@ -67,8 +67,10 @@ fn ms(v: f64) -> String {
 fn secs(s: f64) -> String {
     if s >= 120.0 {
         format!("{:.0} min", s / 60.0)
-    } else {
+    } else if s >= 10.0 {
         format!("{s:.0} s")
+    } else {
+        format!("{s:.1} s")
     }
 }
 
@@ -163,6 +165,21 @@ pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: Option<Look>) ->
     let mut metrics: Vec<MetricVerdict> = RATES.iter().map(|m| j.rate(*m)).collect();
     metrics.extend(LATENCIES.iter().map(|m| j.latency(*m)));
     let compared = |m: &MetricVerdict| m.p_value.is_some();
+    // The verdict's own numbers are those of the interval that decided it: the failing
+    // metric's, or the error rate's as compared (the shortest interval with enough on
+    // both sides), or the shortest interval.
+    let decisive = metrics
+        .iter()
+        .find(|m| m.result == Judgement::Fail)
+        .or(metrics.first().filter(|m| compared(m)));
+    let (shown_to, shown_from, shown_secs) = match decisive {
+        Some(m) => (
+            m.to_n,
+            m.from_n,
+            m.interval_seconds.unwrap_or(first.seconds),
+        ),
+        None => (to_n, from_n, first.seconds),
+    };
     let (result, reason) = if let Some(f) = metrics.iter().find(|m| m.result == Judgement::Fail) {
         (
             Judgement::Fail,
@@ -209,10 +226,10 @@ pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: Option<Look>) ->
         (
             Judgement::Pass,
             format!(
-                "`{}` no worse than `{}` over {to_n}/{from_n} requests in the last {}",
+                "`{}` no worse than `{}` over {shown_to}/{shown_from} requests in the last {}",
                 sides.to_name,
                 sides.from_name,
-                secs(first.seconds)
+                secs(shown_secs)
             ),
         )
     };
@@ -229,9 +246,9 @@ pub fn judge(cfg: &AutoRollbackConfig, sides: &Sides<'_>, look: Option<Look>) ->
             0
         },
         metrics,
-        interval_seconds: Some(first.seconds),
-        to_requests: to_n,
-        from_requests: from_n,
+        interval_seconds: Some(shown_secs),
+        to_requests: shown_to,
+        from_requests: shown_from,
         warnings: sample_ratio(sides, first).into_iter().collect(),
         concentrated,
     }

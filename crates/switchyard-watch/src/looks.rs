@@ -13,13 +13,14 @@
 //! spent in proportion to time, α/2 per day whatever the traffic: a look a day later has as
 //! much to spend as the first one of the day had. By the union bound the chance of any false
 //! failure is at most α over a phase's first day and α/2 over each day after it. Looks come
-//! every quarter window of fresh `to` requests, and at most once a second.
+//! every quarter window of fresh `to` requests, and at most four times a second.
 
 use switchyard_core::config::AutoRollbackConfig;
 
 const DAY_MS: f64 = 86_400_000.0;
-/// Looks closer together than this are not worth their computation.
-const MIN_GAP_MS: u64 = 1_000;
+/// Looks closer together than this are not worth their computation (the budget does not
+/// depend on how often one looks).
+const MIN_GAP_MS: u64 = 250;
 
 /// A look: its index in the phase and the significance it may spend (over all its tests).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -65,8 +66,8 @@ impl Looks {
         }
     }
 
-    /// A look, if one is due at `now_ms`: `to` has `enough` requests, `step` fresh ones since
-    /// the last look, and a second has passed. `alpha`: the budget (1 − confidence).
+    /// A look, if one is due at `now_ms`: there are `enough` requests to judge, `step` fresh
+    /// ones on `to` since the last look, and a quarter of a second has passed. `alpha`: the budget (1 − confidence).
     pub fn due(
         &mut self,
         to_seen: u64,
@@ -145,7 +146,10 @@ mod tests {
             looks.due(14, true, 5, 5_000, 0.05).is_none(),
             "a quarter window"
         );
-        assert!(looks.due(15, true, 5, 900, 0.05).is_none(), "a second");
-        assert_eq!(looks.due(15, true, 5, 1_200, 0.05).map(|l| l.k), Some(2));
+        assert!(
+            looks.due(15, true, 5, 200, 0.05).is_none(),
+            "a quarter second"
+        );
+        assert_eq!(looks.due(15, true, 5, 400, 0.05).map(|l| l.k), Some(2));
     }
 }

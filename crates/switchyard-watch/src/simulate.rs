@@ -159,7 +159,8 @@ impl Sim {
     }
 
     fn judge_if_due(&mut self) -> Option<Verdict> {
-        let enough = self.w.to_recent() >= u64::from(self.cfg.min_requests);
+        let min = u64::from(self.cfg.min_requests);
+        let enough = self.w.to_recent() >= min && self.w.from_kept() >= min;
         let look = self.looks.due(
             self.w.to_seen(),
             enough,

@@ -474,6 +474,12 @@ impl Windows {
         self.to.len().min(self.window) as u64
     }
 
+    /// `from`'s requests kept in this state: fewer than `min_requests` and no interval can
+    /// compare yet.
+    pub fn from_kept(&self) -> u64 {
+        self.from.len() as u64
+    }
+
     /// Counts a finished request of `side`, at `now_ms` on the watchers' clock. Requests
     /// that started under another migration state are in no interval.
     pub fn record(&mut self, side: Side, e: &RequestEvent, now_ms: u64) {
