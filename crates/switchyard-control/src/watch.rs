@@ -148,9 +148,11 @@ async fn judge(
         let share = snap.percent() / 100.0;
         let expected_share = (share > 0.0 && share < 1.0).then_some(share);
         let min = u64::from(ar.min_requests.max(1));
-        // A look is spent only when something can be judged: `to`'s window, and (when
-        // comparing) enough of `from`'s for some interval.
-        let enough = recent >= min && (ar.compare.is_none() || from_kept >= min);
+        // A look is spent only when something can be judged: `to`'s window, and enough of
+        // `from`'s for some interval, unless `to` alone is judged (absolute limits).
+        let alone =
+            ar.compare.is_none() || ar.max_error_rate.is_some() || ar.max_p95_latency.is_some();
+        let enough = recent >= min && (alone || from_kept >= min);
         let look = looks.due(to_seen, enough, look_step(ar), now, budget(ar));
         let verdict = match (look, &judged) {
             (None, Some(last)) => last.clone(),
