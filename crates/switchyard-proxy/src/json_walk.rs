@@ -104,8 +104,9 @@ pub const PATH_MAX: usize = 8;
 pub const SCALAR_MAX: usize = 32;
 /// Longest key compared (every known key is shorter).
 const KEY_MAX: usize = 24;
-/// Nesting beyond this is refused as not JSON we will read (serde_json's own limit).
-const DEPTH_MAX: u32 = 128;
+/// Nesting beyond this is refused as not JSON we will read (half serde_json's own limit;
+/// the deepest tool schemas seen are a few tens).
+const DEPTH_MAX: u32 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -143,7 +144,10 @@ pub struct JsonWalk {
     token: Token,
     depth: u32,
     /// Bit `d`: the container at depth `d + 1` is an array.
-    arrays: u128,
+    arrays: u64,
+    /// The container at the current depth is an array (bit `depth - 1` of `arrays`, kept
+    /// apart: it is asked at every value).
+    here_array: bool,
     /// The path down to the current depth (first [`PATH_MAX`] levels).
     path: [Step; PATH_MAX],
     /// Members or elements seen so far, per reported level.
@@ -164,6 +168,7 @@ impl JsonWalk {
             token: Token::None,
             depth: 0,
             arrays: 0,
+            here_array: false,
             path: [Step::Index(0); PATH_MAX],
             counts: [0; PATH_MAX],
             buf: Vec::new(),
@@ -179,6 +184,7 @@ impl JsonWalk {
         self.expect = Expect::Value;
         self.token = Token::None;
         self.depth = 0;
+        self.here_array = false;
         self.buf.clear();
         self.invalid = false;
     }
@@ -197,7 +203,7 @@ impl JsonWalk {
     }
 
     fn in_array(&self) -> bool {
-        self.depth > 0 && self.arrays & (1u128 << (self.depth - 1)) != 0
+        self.here_array
     }
 
     /// The path of the value at the current depth; `None` when it is nested too deep to
@@ -264,11 +270,100 @@ impl JsonWalk {
                     i += 1;
                 }
                 Token::None => {
-                    self.structure(data[i], v);
+                    let b = data[i];
+                    self.structure(b, v);
                     i += 1;
+                    // Most strings and scalars lie whole in one piece: read them from the
+                    // piece itself, with no copy.
+                    match self.token {
+                        Token::Str { key, esc: false } => {
+                            if let Some(end) = self.whole_string(&data[i..], key, v) {
+                                i += end;
+                            }
+                        }
+                        Token::Scalar => {
+                            if let Some(end) = self.whole_scalar(&data[i..], v) {
+                                i += end;
+                            }
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
+    }
+
+    /// The string just opened, if it ends in `rest` with no escape in it: read and closed,
+    /// answering how much of `rest` it took (its closing quote included).
+    fn whole_string<V: Visit>(&mut self, rest: &[u8], key: bool, v: &mut V) -> Option<usize> {
+        let end = memchr::memchr2(b'"', b'\\', rest)?;
+        if rest[end] != b'"' {
+            return None;
+        }
+        let text = &rest[..end];
+        self.token = Token::None;
+        if key {
+            let d = self.depth as usize;
+            if d > 0 && d <= PATH_MAX {
+                self.path[d - 1] = Step::Key(Key::of(text));
+            }
+            self.expect = Expect::Colon;
+        } else {
+            let head = if self.keep {
+                &text[..text.len().min(self.cap)]
+            } else {
+                &[][..]
+            };
+            if let Some(p) = self.path_here() {
+                v.string(p, head, text.len());
+            }
+            self.after_value();
+        }
+        Some(end + 1)
+    }
+
+    /// The scalar just begun (its first byte in `buf`), if it ends in `rest`: read and
+    /// closed, answering how much of `rest` it took (not its delimiter).
+    fn whole_scalar<V: Visit>(&mut self, rest: &[u8], v: &mut V) -> Option<usize> {
+        let end = rest
+            .iter()
+            .position(|b| matches!(b, b',' | b']' | b'}' | b' ' | b'\n' | b'\r' | b'\t'))?;
+        let body = &rest[..end];
+        if !body
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
+        {
+            self.fail();
+            return Some(end);
+        }
+        let first = self.buf.first().copied();
+        self.buf.clear();
+        self.token = Token::None;
+        let whole: &[u8] = if body.len() < SCALAR_MAX {
+            self.buf.push(first.unwrap_or(b'0'));
+            self.buf.extend_from_slice(body);
+            &self.buf
+        } else {
+            // Too long to keep: only its validity matters.
+            b"0"
+        };
+        let ok = match first {
+            Some(b't') => whole == b"true",
+            Some(b'f') => whole == b"false",
+            Some(b'n') => whole == b"null",
+            Some(b) => b == b'-' || b.is_ascii_digit(),
+            None => false,
+        };
+        if !ok {
+            self.fail();
+            return Some(end);
+        }
+        if let Some(p) = self.path_here() {
+            v.scalar(p, &self.buf[..whole.len().min(self.buf.len())]);
+        }
+        self.buf.clear();
+        self.after_value();
+        Some(end)
     }
 
     fn string_bytes(&mut self, bytes: &[u8], key: bool) {
@@ -335,11 +430,12 @@ impl JsonWalk {
                     return self.fail();
                 }
                 if array {
-                    self.arrays |= 1u128 << self.depth;
+                    self.arrays |= 1u64 << self.depth;
                 } else {
-                    self.arrays &= !(1u128 << self.depth);
+                    self.arrays &= !(1u64 << self.depth);
                 }
                 self.depth += 1;
+                self.here_array = array;
                 let d = self.depth as usize;
                 if d <= PATH_MAX {
                     self.path[d - 1] = if array {
@@ -402,6 +498,7 @@ impl JsonWalk {
                 let d = self.depth as usize;
                 let count = if d <= PATH_MAX { self.counts[d - 1] } else { 0 };
                 self.depth -= 1;
+                self.here_array = self.depth > 0 && self.arrays & (1u64 << (self.depth - 1)) != 0;
                 if let Some(p) = self.path_here() {
                     v.close(p, array, count);
                 }
