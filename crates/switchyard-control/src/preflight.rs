@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Limited};
-use switchyard_proxy::body::RequestBody;
+use switchyard_proxy::request_body::RequestBody;
 use switchyard_proxy::upstream::{Upstream, Worker};
 
 /// Sent with every probe, so providers' logs (and the test mock) can tell them apart.

@@ -9,7 +9,7 @@ use http::{header, Request, Uri};
 use http_body_util::{BodyExt, Limited};
 use switchyard_core::event::{RequestEvent, ShadowEvent};
 use switchyard_core::router::Side;
-use switchyard_proxy::body::RequestBody;
+use switchyard_proxy::request_body::RequestBody;
 use switchyard_proxy::upstream::{Upstream, Worker};
 use switchyard_watch::looks::{budget, look_step};
 use switchyard_watch::{

@@ -5,6 +5,8 @@
 
 use serde_json::json;
 
+use crate::event::Class;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// Missing or unknown client key.
@@ -75,17 +77,18 @@ impl ErrorKind {
         }
     }
 
-    /// `status` label of `switchyard_requests_total` for a request that ended in this error.
-    pub fn metric_status(self) -> &'static str {
+    /// Whose fault a request that ended in this error is (see [`Class`]).
+    pub fn class(self) -> Class {
         match self {
-            ErrorKind::UpstreamTimeout => "timeout",
-            ErrorKind::UpstreamConnect | ErrorKind::UpstreamBroken => "error",
-            ErrorKind::Unauthorized
-            | ErrorKind::BodyTooLarge
+            ErrorKind::UpstreamTimeout => Class::Timeout,
+            ErrorKind::UpstreamConnect => Class::Connect,
+            ErrorKind::UpstreamBroken => Class::StreamCut,
+            ErrorKind::BodyTooLarge
             | ErrorKind::BadRequest
+            | ErrorKind::Unauthorized
             | ErrorKind::RateLimited
-            | ErrorKind::MethodNotAllowed => "4xx",
-            ErrorKind::Unavailable | ErrorKind::Internal => "5xx",
+            | ErrorKind::MethodNotAllowed => Class::ClientFault,
+            ErrorKind::Unavailable | ErrorKind::Internal => Class::ServerError,
         }
     }
 
@@ -93,16 +96,6 @@ impl ErrorKind {
     pub fn body(self, message: &str) -> String {
         json!({"error": {"message": message, "type": self.error_type(), "code": self.code()}})
             .to_string()
-    }
-}
-
-/// `status` label for a response the provider sent.
-pub fn status_class(status: u16) -> &'static str {
-    match status {
-        500..=599 => "5xx",
-        400..=499 => "4xx",
-        // 1xx/3xx are not errors; they count with the successes.
-        _ => "2xx",
     }
 }
 
@@ -124,9 +117,10 @@ mod tests {
     }
 
     #[test]
-    fn classes() {
-        assert_eq!(status_class(200), "2xx");
-        assert_eq!(status_class(404), "4xx");
-        assert_eq!(status_class(503), "5xx");
+    fn errors_the_gateway_makes_are_attributed() {
+        assert_eq!(ErrorKind::UpstreamTimeout.class(), Class::Timeout);
+        assert_eq!(ErrorKind::UpstreamBroken.class(), Class::StreamCut);
+        assert_eq!(ErrorKind::BodyTooLarge.class(), Class::ClientFault);
+        assert_eq!(ErrorKind::Internal.class(), Class::ServerError);
     }
 }

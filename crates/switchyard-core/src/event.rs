@@ -18,6 +18,19 @@ use crate::answer::{AnswerFacts, BadAnswer, CutShort, Endpoint};
 /// malformed, abandoned or too large) is [`Class::ClientFault`] or [`Class::ClientGone`] and
 /// never counts against anyone; but a client that gave up *waiting* for the provider's answer
 /// ([`RequestEvent::abandoned_wait`]) is evidence about that provider, compared as a rate.
+/// How an answer's body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// The whole body reached the client.
+    Complete,
+    /// The provider broke the stream part-way.
+    Broken,
+    /// The provider's stream went silent for `idle_timeout`.
+    Idle,
+    /// The client went away first; not the provider's fault.
+    ClientGone,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
     /// 1xx–3xx from the provider.
@@ -92,6 +105,24 @@ impl Class {
                 }
             }
             class => (class, None),
+        }
+    }
+
+    /// The class of an exchange whose answer's head came with `status`, once its body
+    /// ended as `end`: what the provider answered, how its body ended, and whether a 2xx
+    /// carried an answer (`facts`, when read).
+    pub fn of_end(
+        end: BodyEnd,
+        status: u16,
+        endpoint: Endpoint,
+        stream: bool,
+        facts: Option<&AnswerFacts>,
+    ) -> (Class, Option<BadAnswer>) {
+        match end {
+            BodyEnd::Complete => Class::of_answer(status, endpoint, stream, facts),
+            BodyEnd::ClientGone => (Class::ClientGone, None),
+            BodyEnd::Broken => (Class::StreamCut, None),
+            BodyEnd::Idle => (Class::Timeout, None),
         }
     }
 

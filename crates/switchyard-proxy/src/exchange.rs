@@ -1,35 +1,50 @@
-//! One request's exchange with its providers: what every way it can end (an answer, a
-//! failover, a refusal, a timeout, a cut stream) needs to account for itself, and the
-//! access-log line each end writes. [`crate::service`] builds it; the provider stack and
-//! the response body's end finish it.
+//! One request's exchange with its providers: its context (which provider it is with now,
+//! what it already learned) and its accounting — metrics, tokens and cost, the watchers'
+//! event, the access line and span — exactly once per attempt, however it ends: an answer
+//! streamed to its end ([`Finish`]), a gateway-made error, a failover, or a client that
+//! left before the answer's head (`Drop`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, Uri};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, Uri};
 use hyper::body::Incoming;
-use switchyard_core::answer::{BadAnswer, CutShort, Endpoint};
-use switchyard_core::event::{Class, RequestEvent};
+use switchyard_core::answer::Endpoint;
+use switchyard_core::event::{model_key, Class, RequestEvent};
 use switchyard_core::ErrorKind;
 
-use crate::body::{
-    BodySummary, BodyTooLarge, BoxedBody, ClientBodyError, End, GatewayBody, OnEnd, RequestBody,
-    RequestShared, ResponseBody, Sniff,
+use crate::access::{access_log, span, Detail, Finished};
+use crate::errors::{
+    error_response, has_source, source_of, BodyTooLarge, ClientBodyError, ErrorChain,
 };
-use crate::headers::strip_hop_by_hop;
+use crate::headers::{
+    strip_hop_by_hop, X_REQUEST_ID, X_SWITCHYARD_FAILOVER, X_SWITCHYARD_PROVIDER,
+};
 use crate::limits::Permit;
 use crate::metrics::{Outcome, EVENTS_DROPPED};
-use crate::openai;
-use crate::service::{
-    error_response, has_source, renamed_for, retarget, set_length, source_of, ErrorChain,
-    X_REQUEST_ID, X_SWITCHYARD_FAILOVER, X_SWITCHYARD_PROVIDER,
-};
+use crate::openai::ModelPrefix;
+use crate::request_body::RequestShared;
+use crate::response_body::{BodySummary, End, GatewayBody, OnEnd, ResponseBody, Sniff};
 use crate::shadow::{Pair, SideResult};
 use crate::snapshot::Snapshot;
+use crate::trace::TraceCtx;
 use crate::upstream::{Lease, Upstream};
+
+/// The status an access line gives a request whose client left before its answer's head
+/// (nginx's "client closed request": what operators read in access logs).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// An attempt that failed over: the answer's access line names it, so a failover is one
+/// line.
+#[derive(Debug, Clone, Copy)]
+struct FailedAttempt {
+    provider: usize,
+    /// What it answered (0: it could not be connected to).
+    status: u16,
+}
 
 /// One request's context: what every way it can end needs to account for itself.
 pub struct Exchange {
@@ -40,11 +55,15 @@ pub struct Exchange {
     pub(crate) start: Instant,
     /// Which API the request calls: which answer shapes are possible.
     pub(crate) endpoint: Endpoint,
-    /// The provider the request is with (its first, then the one it failed over to): a
-    /// client that leaves before the answer's head left this one.
-    pub(crate) provider: usize,
+    /// The provider the request is with (its first, then the one it failed over to), an
+    /// index into the snapshot's providers: a client that leaves before the answer's head
+    /// left this one.
+    provider: usize,
+    /// The other side, while the request may still go there (see [`crate::failover`]).
+    pub(crate) fallback: Option<usize>,
+    failed: Option<FailedAttempt>,
     /// The answer was accounted; until then, dropping the exchange means the client left.
-    pub(crate) answered: AtomicBool,
+    answered: bool,
     /// The routing bucket of the request's key: its cohort, for the judge.
     pub(crate) bucket: u16,
     /// Which configured client key sent it.
@@ -56,312 +75,122 @@ pub struct Exchange {
     pub(crate) shadow: Option<Arc<Pair>>,
     /// The body's start as the client sent it, read to learn its model (providers that
     /// rename models): kept to rename it again for another provider on failover.
-    pub(crate) model_prefix: Option<openai::ModelPrefix>,
+    pub(crate) model_prefix: Option<ModelPrefix>,
     /// The request's headers as the first provider got them (less its key and host), to
     /// send a refused request once more elsewhere.
-    pub(crate) replay_headers: Option<http::HeaderMap>,
+    pub(crate) replay_headers: Option<HeaderMap>,
     /// The client's address, for the access log.
-    pub(crate) client: Option<std::net::SocketAddr>,
-    /// The attempt that failed over (provider index, status; 0: not connected): the
-    /// answer's access line names it, so a failover is one line.
-    pub(crate) failed_attempt: std::sync::Mutex<Option<(usize, u16)>>,
+    pub(crate) client: Option<SocketAddr>,
     /// This request's span, when traces are on.
-    pub(crate) trace: Option<crate::trace::TraceCtx>,
+    pub(crate) trace: Option<TraceCtx>,
     /// The client key's in-flight slot, freed when the exchange ends.
     pub(crate) _permit: Option<Arc<Permit>>,
 }
 
+/// What an exchange starts from (the rest it learns on the way).
+pub(crate) struct Start {
+    pub(crate) snap: Arc<Snapshot>,
+    pub(crate) request_id: HeaderValue,
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) provider: usize,
+    pub(crate) fallback: Option<usize>,
+    pub(crate) bucket: u16,
+    pub(crate) client_key: Option<u16>,
+    pub(crate) client: Option<SocketAddr>,
+    pub(crate) trace: Option<TraceCtx>,
+    pub(crate) permit: Option<Arc<Permit>>,
+}
+
 impl Exchange {
+    pub(crate) fn new(s: Start) -> Box<Exchange> {
+        let endpoint = Endpoint::of(s.method == Method::POST, s.uri.path());
+        Box::new(Exchange {
+            snap: s.snap,
+            request_id: s.request_id,
+            method: s.method,
+            uri: s.uri,
+            start: Instant::now(),
+            endpoint,
+            provider: s.provider,
+            fallback: s.fallback,
+            failed: None,
+            answered: false,
+            bucket: s.bucket,
+            client_key: s.client_key,
+            shared: None,
+            strip_usage: false,
+            shadow: None,
+            model_prefix: None,
+            replay_headers: None,
+            client: s.client,
+            trace: s.trace,
+            _permit: s.permit,
+        })
+    }
+
     /// The request id as log lines carry it.
-    fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         self.request_id.to_str().unwrap_or("-")
     }
 
-    /// This request as a trace span (OpenTelemetry's HTTP and GenAI attribute names).
-    #[allow(clippy::too_many_arguments)]
-    fn span(
-        &self,
-        ctx: crate::trace::TraceCtx,
-        up: &Upstream,
-        status: u16,
-        class: Class,
-        outcome: Outcome,
-        elapsed: std::time::Duration,
-        model: Option<&str>,
-        prompt: u64,
-        completion: u64,
-        cost: Option<f64>,
-        failed: Option<(usize, u16)>,
-        detail: Detail,
-    ) -> crate::trace::SpanRecord {
-        use serde_json::Value;
-        let state = &self.snap.state;
-        let phase = if state.rolled_back {
-            "rollback"
-        } else {
-            state
-                .phase
-                .and_then(|i| self.snap.config.migration.phases.get(i))
-                .map_or("-", |p| p.name.as_str())
-        };
-        let mut attributes: Vec<(&'static str, Value)> = vec![
-            ("http.request.method", self.method.as_str().into()),
-            ("url.path", self.uri.path().into()),
-            ("http.response.status_code", status.into()),
-            ("switchyard.provider", up.name.as_ref().into()),
-            ("switchyard.phase", phase.into()),
-            ("switchyard.outcome", outcome.label().into()),
-            ("switchyard.class", class.label().into()),
-            ("gen_ai.usage.input_tokens", prompt.into()),
-            ("gen_ai.usage.output_tokens", completion.into()),
-        ];
-        if let Some(m) = model {
-            attributes.push(("gen_ai.request.model", m.into()));
-        }
-        if let Some(c) = cost {
-            attributes.push(("switchyard.cost_usd", c.into()));
-        }
-        if let Some(d) = detail.label() {
-            attributes.push(("switchyard.detail", d.into()));
-        }
-        if let Some(w) = detail.waited {
-            attributes.push((
-                "switchyard.waited_ms",
-                (w.as_micros() as f64 / 1000.0).into(),
-            ));
-        }
-        if let Some((i, s)) = failed {
-            attributes.push((
-                "switchyard.failover_from",
-                self.snap.upstreams[i].name.as_ref().into(),
-            ));
-            attributes.push(("switchyard.failover_status", s.into()));
-        }
-        crate::trace::SpanRecord {
-            ctx,
-            name: format!("{} {}", self.method, self.uri.path()),
-            duration: elapsed,
-            error: matches!(outcome, Outcome::S5xx | Outcome::Timeout | Outcome::Error),
-            attributes,
-        }
+    /// The provider the request is with now.
+    pub(crate) fn upstream(&self) -> &Upstream {
+        &self.snap.upstreams[self.provider]
     }
 
-    /// The request rewritten for provider `index` after another could not be connected to.
-    pub(crate) fn retarget(
-        &self,
-        mut req: Request<BoxedBody>,
-        index: usize,
-    ) -> Result<Request<BoxedBody>, http::Error> {
-        if let Some(prefix) = &self.model_prefix {
-            // Nothing was sent: the body's start can still be renamed for this provider.
-            let held = renamed_for(prefix, &self.snap.config.providers[index]);
-            let before = req.body().prefix_len();
-            if req.body_mut().replace_prefix(held.clone()) {
-                set_length(req.headers_mut(), before, held.len());
-            }
-        }
-        retarget(req, &self.uri, &self.snap.upstreams[index])
+    /// The providers the request may still go to (now, then the fallback).
+    pub(crate) fn candidates(&self) -> impl Iterator<Item = usize> {
+        std::iter::once(self.provider).chain(self.fallback)
     }
 
-    /// Provider `index` refused the request (`status`) before anything reached the client:
-    /// counted against it, and the request as provider `other` gets it, when its body was
-    /// kept whole.
-    pub(crate) fn refused_over(
-        &mut self,
-        index: usize,
-        other: usize,
-        resp: &Response<Incoming>,
-    ) -> Option<Request<BoxedBody>> {
-        let replay = self.shared.as_ref()?.replay()?;
-        let mut headers = self.replay_headers.take()?;
-        let status = resp.status().as_u16();
-        let up = &self.snap.upstreams[index];
-        let cfg = &self.snap.config;
-        if status == 429 && cfg.migration.failover.honor_retry_after {
-            let secs = resp
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            if let Some(secs) = secs {
-                // Capped: a provider cannot take itself out of a migration for long.
-                up.pause(std::time::Duration::from_secs(secs.min(600)));
-            }
-        }
-        // The copy was sent as provider `index` names the model: rename it for `other`.
-        let body = match self.model_prefix.take() {
-            Some(prefix) => {
-                let sent = renamed_for(&prefix, &cfg.providers[index]).len();
-                let mut b = renamed_for(&prefix, &cfg.providers[other]).to_vec();
-                b.extend_from_slice(&replay[sent.min(replay.len())..]);
-                Bytes::from(b)
-            }
-            None => replay,
-        };
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        }
-        tracing::warn!(request_id = self.id(), provider = %up.name, status, "provider refused; failing over");
-        up.metrics.failovers.increment(1);
-        self.account(Attempt {
-            ttfb: Some(self.start.elapsed()),
-            ..Attempt::new(index, status, Class::of_status(status), false)
+    /// The request goes to `other` now (it can fail over once).
+    pub(crate) fn move_to(&mut self, other: usize) {
+        self.provider = other;
+        self.fallback = None;
+    }
+
+    /// The attempt at the current provider failed and the request goes elsewhere: counted
+    /// (not as the answer), and named by the answer's access line.
+    pub(crate) fn attempt_failed(&mut self, status: u16, class: Class, ttfb: Option<Duration>) {
+        self.account(Accounted {
+            ttfb,
+            answer: false,
+            ..Accounted::answer(status, class)
         });
-        // A fresh clock for the other provider's first-byte timeout.
-        let shared = Arc::new(RequestShared::default());
-        if let Some(m) = self.shared.as_ref().and_then(|s| s.model()) {
-            let _ = shared.model.set(m.into());
-        }
-        self.shared = Some(shared.clone());
-        let mut req = Request::new(Box::new(RequestBody::buffered(body, shared).reading()));
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = headers;
-        *req.version_mut() = http::Version::HTTP_11;
-        Some(req)
+        self.failed = Some(FailedAttempt {
+            provider: self.provider,
+            status,
+        });
     }
 
     /// A provider's answer headers as the client gets them: hop-by-hop out, which provider
     /// answered (and which one it failed over from), the request id.
-    fn answer_headers(
-        &self,
-        headers: &mut http::HeaderMap,
-        index: usize,
-        failed_over_from: Option<usize>,
-    ) {
+    pub(crate) fn answer_headers(&self, headers: &mut HeaderMap) {
         strip_hop_by_hop(headers);
-        let up = &self.snap.upstreams[index];
-        headers.insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
+        headers.insert(
+            X_SWITCHYARD_PROVIDER.clone(),
+            self.upstream().name_header.clone(),
+        );
         headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
-        if let Some(failed) = failed_over_from {
+        if let Some(f) = self.failed {
             headers.insert(
                 X_SWITCHYARD_FAILOVER.clone(),
-                self.snap.upstreams[failed].name_header.clone(),
+                self.snap.upstreams[f.provider].name_header.clone(),
             );
         }
     }
 
-    /// Whether `resp` is provider `index`'s model list, to be shown under client names.
-    pub(crate) fn lists_models(&self, index: usize, resp: &Response<Incoming>) -> bool {
-        self.method == Method::GET
-            && self.uri.path().ends_with("/models")
-            && resp.status().is_success()
-            && !self.snap.config.providers[index].models.is_empty()
-    }
-
-    /// Answers provider `index`'s model list (`body`) with the client-facing names of the
-    /// models it maps.
-    pub(crate) fn respond_models(
-        self: Box<Self>,
-        mut parts: http::response::Parts,
-        body: &[u8],
-        index: usize,
-        failed_over_from: Option<usize>,
-    ) -> Response<GatewayBody> {
-        let provider = &self.snap.config.providers[index];
-        let body = match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(mut v) => {
-                if let Some(list) = v.get_mut("data").and_then(|d| d.as_array_mut()) {
-                    for m in list {
-                        let client = m
-                            .get("id")
-                            .and_then(|id| id.as_str())
-                            .and_then(|id| provider.client_model(id))
-                            .map(str::to_string);
-                        if let Some(c) = client {
-                            m["id"] = serde_json::Value::String(c);
-                        }
-                    }
-                }
-                Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
-            }
-            Err(_) => Bytes::copy_from_slice(body),
-        };
-        self.answer_headers(&mut parts.headers, index, failed_over_from);
-        parts.headers.remove(header::TRANSFER_ENCODING);
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let status = parts.status.as_u16();
-        self.account(Attempt {
-            ttfb: Some(self.start.elapsed()),
-            summary: BodySummary {
-                bytes: body.len() as u64,
-                ..BodySummary::default()
-            },
-            ..Attempt::new(index, status, Class::of_status(status), true)
-        });
-        Response::from_parts(parts, GatewayBody::full(body))
-    }
-
-    /// A model list that could not be read whole.
-    pub(crate) fn broken_list(&self, index: usize) -> Response<GatewayBody> {
-        let up = &self.snap.upstreams[index];
-        let msg = format!(
-            "provider `{}` sent a model list that could not be read",
-            up.name
-        );
-        self.fail(up, index, ErrorKind::UpstreamBroken, &msg)
-    }
-
-    /// Provider `index` sent no response head in time.
-    pub(crate) fn timed_out(&self, index: usize) -> Response<GatewayBody> {
-        let up = &self.snap.upstreams[index];
-        let msg = format!(
-            "provider `{}` sent no response within {:?}",
-            up.name, up.config.timeout
-        );
-        self.fail(up, index, ErrorKind::UpstreamTimeout, &msg)
-    }
-
-    /// Provider `index` could not be connected to, and the call goes to the other side:
-    /// counted (not as the answer).
-    pub(crate) fn connect_failed_over(&self, index: usize, e: &(dyn std::error::Error + 'static)) {
-        let up = &self.snap.upstreams[index];
-        tracing::warn!(request_id = self.id(), provider = %up.name, error = %ErrorChain(e), "cannot connect; failing over");
-        up.metrics.failovers.increment(1);
-        self.account(Attempt::new(index, 0, Class::Connect, false));
-    }
-
-    /// Provider `index` could not be connected to, and there is no other side to try.
-    pub(crate) fn not_connected(
-        &self,
-        index: usize,
-        e: &dyn std::fmt::Display,
-    ) -> Response<GatewayBody> {
-        let up = &self.snap.upstreams[index];
-        let msg = format!("gateway cannot connect to provider `{}`", up.name);
-        tracing::warn!(request_id = self.id(), provider = %up.name, error = %e, "{msg}");
-        self.fail(up, index, ErrorKind::UpstreamConnect, &msg)
-    }
-
-    /// The exchange with provider `index` failed once the request was on its way: the
-    /// client's body (too large, malformed, abandoned) or the provider.
-    pub(crate) fn broken(&self, index: usize, e: &hyper::Error) -> Response<GatewayBody> {
-        let up = &self.snap.upstreams[index];
-        if has_source::<BodyTooLarge>(e) {
-            let limit = self.snap.config.server.max_body_bytes;
-            let msg = format!("request body is larger than the limit of {limit} bytes");
-            return self.fail(up, index, ErrorKind::BodyTooLarge, &msg);
-        }
-        if let Some(client) = source_of::<ClientBodyError>(e) {
-            return self.client_broke(up, index, client);
-        }
-        let msg = format!("gateway broke the exchange with provider `{}`", up.name);
-        tracing::warn!(request_id = self.id(), provider = %up.name, error = %ErrorChain(e), "{msg}");
-        self.fail(up, index, ErrorKind::UpstreamBroken, &msg)
-    }
-
+    /// The provider's answer: its head now, its body streamed through and accounted at its
+    /// end.
     pub(crate) fn respond(
         mut self: Box<Self>,
         resp: Response<Incoming>,
         lease: Lease,
-        index: usize,
-        failed_over_from: Option<usize>,
     ) -> Response<GatewayBody> {
         let first_byte = self.start.elapsed();
         let (mut parts, body) = resp.into_parts();
-        self.answer_headers(&mut parts.headers, index, failed_over_from);
+        self.answer_headers(&mut parts.headers);
         let sniff = Sniff::for_content_type(
             parts
                 .headers
@@ -370,29 +199,26 @@ impl Exchange {
             self.strip_usage,
             self.shadow.is_some(),
         );
-        if self.strip_usage && matches!(sniff, Sniff::Sse(_)) {
+        let stream = matches!(sniff, Sniff::Sse(_));
+        if self.strip_usage && stream {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
-        let status = parts.status.as_u16();
-        let stream = matches!(sniff, Sniff::Sse(_));
         if stream {
             self.unpin_client_buffer();
         }
-        let up = &self.snap.upstreams[index];
+        let up = self.upstream();
         up.metrics.first_byte.record(first_byte.as_secs_f64());
         let idle = up.config.idle_timeout;
         up.metrics.in_flight.increment(1.0);
         if stream {
             up.metrics.open_streams.increment(1.0);
         }
-        let cold = lease.fresh();
         let on_end = Box::new(Finish {
-            ex: self,
-            index,
-            status,
+            status: parts.status.as_u16(),
             first_byte,
             stream,
-            cold,
+            cold: lease.fresh(),
+            ex: self,
         });
         let body = ResponseBody::new(body, lease, idle, sniff, on_end);
         Response::from_parts(parts, GatewayBody::upstream(body))
@@ -420,96 +246,106 @@ impl Exchange {
         }
     }
 
-    /// The request cannot be written for provider `index` (e.g. its path is not a valid URI).
-    pub(crate) fn unforwardable(&self, index: usize, e: &http::Error) -> Response<GatewayBody> {
-        let msg = format!("cannot forward this request: {e}");
-        self.fail(
-            &self.snap.upstreams[index],
-            index,
-            ErrorKind::BadRequest,
-            &msg,
-        )
+    /// The provider sent no response head in time.
+    pub(crate) fn timed_out(self: Box<Self>) -> Response<GatewayBody> {
+        let up = self.upstream();
+        let msg = format!(
+            "provider `{}` sent no response within {:?}",
+            up.name, up.config.timeout
+        );
+        self.fail(ErrorKind::UpstreamTimeout, &msg)
     }
 
-    /// An error the gateway makes after a provider was chosen: counted against that provider.
-    pub(crate) fn fail(
-        &self,
-        up: &Upstream,
-        index: usize,
-        kind: ErrorKind,
-        message: &str,
+    /// The provider could not be connected to, and there is no other side to try.
+    pub(crate) fn not_connected(
+        self: Box<Self>,
+        e: &dyn std::fmt::Display,
     ) -> Response<GatewayBody> {
-        let class = match kind {
-            ErrorKind::UpstreamTimeout => Class::Timeout,
-            ErrorKind::UpstreamConnect => Class::Connect,
-            ErrorKind::UpstreamBroken => Class::StreamCut,
-            ErrorKind::BodyTooLarge
-            | ErrorKind::BadRequest
-            | ErrorKind::Unauthorized
-            | ErrorKind::RateLimited
-            | ErrorKind::MethodNotAllowed => Class::ClientFault,
-            ErrorKind::Unavailable | ErrorKind::Internal => Class::ServerError,
-        };
-        self.fail_as(up, index, kind, class, message)
+        let msg = format!(
+            "gateway cannot connect to provider `{}`",
+            self.upstream().name
+        );
+        tracing::warn!(request_id = self.id(), provider = %self.upstream().name, error = %e, "{msg}");
+        self.fail(ErrorKind::UpstreamConnect, &msg)
+    }
+
+    /// The exchange failed once the request was on its way: the client's body (too large,
+    /// malformed, abandoned) or the provider.
+    pub(crate) fn broken(self: Box<Self>, e: &hyper::Error) -> Response<GatewayBody> {
+        if has_source::<BodyTooLarge>(e) {
+            let limit = self.snap.config.server.max_body_bytes;
+            return self.fail(ErrorKind::BodyTooLarge, &BodyTooLarge::message(limit));
+        }
+        if let Some(client) = source_of::<ClientBodyError>(e) {
+            return self.client_broke(client);
+        }
+        let msg = format!(
+            "gateway broke the exchange with provider `{}`",
+            self.upstream().name
+        );
+        tracing::warn!(request_id = self.id(), provider = %self.upstream().name, error = %ErrorChain(e), "{msg}");
+        self.fail(ErrorKind::UpstreamBroken, &msg)
+    }
+
+    /// The request cannot be written for the provider (e.g. its path is not a valid URI).
+    pub(crate) fn unforwardable(self: Box<Self>, e: &http::Error) -> Response<GatewayBody> {
+        self.fail(
+            ErrorKind::BadRequest,
+            &format!("cannot forward this request: {e}"),
+        )
     }
 
     /// The client's upload failed: a 400 for a malformed body (whoever still listens), and
     /// counted as the client's (`client_fault`, or `client_gone` for a hang-up).
-    pub(crate) fn client_broke(
-        &self,
-        up: &Upstream,
-        index: usize,
-        e: &ClientBodyError,
-    ) -> Response<GatewayBody> {
+    pub(crate) fn client_broke(self: Box<Self>, e: &ClientBodyError) -> Response<GatewayBody> {
         let class = if e.gone {
             Class::ClientGone
         } else {
             Class::ClientFault
         };
         tracing::debug!(request_id = self.id(), error = %ErrorChain(e), "client request body failed");
-        self.fail_as(up, index, ErrorKind::BadRequest, class, &e.to_string())
+        self.fail_as(ErrorKind::BadRequest, class, &e.to_string())
+    }
+
+    /// An error the gateway makes after a provider was chosen: counted against that
+    /// provider as its kind says.
+    pub(crate) fn fail(self: Box<Self>, kind: ErrorKind, message: &str) -> Response<GatewayBody> {
+        self.fail_as(kind, kind.class(), message)
     }
 
     fn fail_as(
-        &self,
-        up: &Upstream,
-        index: usize,
+        mut self: Box<Self>,
         kind: ErrorKind,
         class: Class,
         message: &str,
     ) -> Response<GatewayBody> {
-        self.account(Attempt::new(index, kind.status(), class, true));
-        let mut r = error_response(kind, message, &self.request_id);
-        r.headers_mut()
-            .insert(X_SWITCHYARD_PROVIDER.clone(), up.name_header.clone());
-        r
+        self.account(Accounted::answer(kind.status(), class));
+        error_response(
+            kind,
+            message,
+            &self.request_id,
+            &self.upstream().name_header,
+        )
     }
 
     /// Metrics, tokens and cost, the watchers' event, the access log: once per attempt.
-    fn account(&self, a: Attempt) {
-        let Attempt {
-            index,
+    pub(crate) fn account(&mut self, a: Accounted) {
+        let Accounted {
             status,
             class,
             ttfb,
             mut summary,
-            answer: last,
+            answer,
             detail,
             cold,
         } = a;
-        let up = &self.snap.upstreams[index];
+        // Before anything borrows the exchange: from here on it only reads.
+        self.answered |= answer;
+        let snap = &self.snap;
+        let up = &snap.upstreams[self.provider];
         let elapsed = self.start.elapsed();
         let m = &up.metrics;
-        let outcome = match class {
-            Class::Success => Outcome::S2xx,
-            Class::ClientError | Class::Auth | Class::Refused | Class::ClientFault => Outcome::S4xx,
-            Class::ServerError => Outcome::S5xx,
-            Class::Timeout => Outcome::Timeout,
-            Class::Connect | Class::StreamCut => Outcome::Error,
-            // What the provider's answer said; its status was a 2xx.
-            Class::BadAnswer => Outcome::S2xx,
-            Class::ClientGone => Outcome::from_status(status),
-        };
+        let outcome = Outcome::of(class, status);
         m.count(outcome, class);
         if let Some(cut) = detail.cut_short {
             m.count_cut(cut);
@@ -519,7 +355,6 @@ impl Exchange {
         }
         m.duration.record(elapsed.as_secs_f64());
 
-        let cfg = &self.snap.config;
         let (prompt, completion) = summary.usage.unwrap_or((0, 0));
         let model = self.shared.as_ref().and_then(|s| s.model());
         let (mut cost, mut cost_other) = (None, None);
@@ -527,45 +362,42 @@ impl Exchange {
             m.prompt_tokens.increment(prompt);
             m.completion_tokens.increment(completion);
             if let Some(model) = model {
-                cost = cfg.providers[index].pricing.cost(model, prompt, completion);
-                let mig = &cfg.migration;
-                let other = if index == mig.from {
-                    Some(mig.to)
-                } else if index == mig.to {
-                    Some(mig.from)
-                } else {
-                    None
+                cost = up.config.pricing.cost(model, prompt, completion);
+                let mig = &snap.config.migration;
+                let other = match self.provider {
+                    p if p == mig.from => Some(mig.to),
+                    p if p == mig.to => Some(mig.from),
+                    _ => None,
                 };
-                cost_other =
-                    other.and_then(|o| cfg.providers[o].pricing.cost(model, prompt, completion));
+                cost_other = other.and_then(|o| {
+                    snap.config.providers[o]
+                        .pricing
+                        .cost(model, prompt, completion)
+                });
             }
             if let Some(c) = cost {
                 m.cost.increment(c);
             }
             m.count_model(model, prompt, completion, cost);
         }
-        let ttfb = if summary.stream {
-            summary
-                .first_token
-                .map(|t| t.duration_since(self.start))
-                .or(ttfb)
-        } else {
-            ttfb
+        let ttfb = match (summary.stream, summary.first_token) {
+            (true, Some(t)) => Some(t.duration_since(self.start)),
+            _ => ttfb,
         };
         if let (true, Some(t)) = (summary.stream, ttfb) {
             m.stream_ttft.record(t.as_secs_f64());
         }
-        if let Some(events) = &self.snap.events {
+        if let Some(events) = &snap.events {
             let upload = self
                 .shared
                 .as_ref()
                 .and_then(|s| s.sent_at())
-                .map_or(std::time::Duration::ZERO, |t| {
+                .map_or(Duration::ZERO, |t| {
                     t.into_std().saturating_duration_since(self.start)
                 });
             let event = RequestEvent {
                 provider: up.name.clone(),
-                epoch: self.snap.epoch,
+                epoch: snap.epoch,
                 class,
                 latency: elapsed,
                 ttfb,
@@ -578,7 +410,7 @@ impl Exchange {
                 bad_answer: detail.bad_answer,
                 cut_short: detail.cut_short,
                 waited: detail.waited,
-                model: model.map_or(0, switchyard_core::event::model_key),
+                model: model.map_or(0, model_key),
                 key: self.bucket,
                 client: self.client_key,
                 cold,
@@ -588,44 +420,36 @@ impl Exchange {
                 metrics::counter!(EVENTS_DROPPED).increment(1);
             }
         }
-        if !last {
-            *self
-                .failed_attempt
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some((index, status));
+        if !answer {
             return;
         }
-        self.answered.store(true, Ordering::Relaxed);
-        let failed = *self
-            .failed_attempt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let (Some(ctx), Some(sink)) = (self.trace, &self.snap.spans) {
-            sink.send(self.span(
-                ctx, up, status, class, outcome, elapsed, model, prompt, completion, cost, failed,
-                detail,
-            ));
+        let finished = Finished {
+            client: self.client,
+            ttfb,
+            failover: self
+                .failed
+                .map(|f| (&*snap.upstreams[f.provider].name, f.status)),
+            request_id: &self.request_id,
+            method: &self.method,
+            uri: &self.uri,
+            provider: &up.name,
+            phase: snap.state.phase_name(&snap.config.migration.phases),
+            status,
+            outcome,
+            class,
+            elapsed,
+            bytes: summary.bytes,
+            model,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cost,
+            detail,
+        };
+        if let (Some(ctx), Some(sink)) = (self.trace, &snap.spans) {
+            sink.send(span(&finished, ctx));
         }
-        if cfg.server.access_log {
-            access_log(&AccessRecord {
-                client: self.client,
-                ttfb,
-                failover_from: failed.map(|(i, _)| &*self.snap.upstreams[i].name),
-                failover_status: failed.map(|(_, s)| s),
-                request_id: &self.request_id,
-                method: &self.method,
-                uri: &self.uri,
-                provider: &up.name,
-                status,
-                outcome,
-                class,
-                elapsed,
-                bytes: summary.bytes,
-                model,
-                prompt_tokens: prompt,
-                completion_tokens: completion,
-                detail,
-            });
+        if snap.config.server.access_log {
+            access_log(&finished);
         }
         if let Some(pair) = &self.shadow {
             pair.primary(SideResult {
@@ -645,60 +469,6 @@ impl Exchange {
     }
 }
 
-/// Accounts for one exchange when its response body ends.
-struct Finish {
-    ex: Box<Exchange>,
-    // An index into the exchange's snapshot, not an `Arc`: cloning one shared by all
-    // workers would bounce its count between cores on every request.
-    index: usize,
-    status: u16,
-    first_byte: std::time::Duration,
-    /// Counted in `open_streams` (an SSE answer).
-    stream: bool,
-    /// On a connection opened for it.
-    cold: bool,
-}
-
-impl OnEnd for Finish {
-    fn on_end(self: Box<Self>, end: End, summary: BodySummary) {
-        // Exactly once per answer (at its end, or when the client drops it).
-        let m = &self.ex.snap.upstreams[self.index].metrics;
-        m.in_flight.decrement(1.0);
-        if self.stream {
-            m.open_streams.decrement(1.0);
-        }
-        let mut detail = Detail::default();
-        let class = match end {
-            End::Complete => {
-                let (class, shape) = Class::of_answer(
-                    self.status,
-                    self.ex.endpoint,
-                    self.stream,
-                    summary.facts.as_ref(),
-                );
-                detail.bad_answer = shape;
-                if class == Class::Success {
-                    let asked = self.ex.shared.as_ref().and_then(|s| s.max_tokens());
-                    detail.cut_short = summary
-                        .facts
-                        .and_then(|f| f.cut_short(asked, summary.usage.map(|u| u.1)));
-                }
-                class
-            }
-            End::ClientGone => Class::ClientGone,
-            End::Broken => Class::StreamCut,
-            End::Idle => Class::Timeout,
-        };
-        self.ex.account(Attempt {
-            ttfb: Some(self.first_byte),
-            summary,
-            detail,
-            cold: self.cold,
-            ..Attempt::new(self.index, self.status, class, true)
-        });
-    }
-}
-
 /// A client that leaves before the answer's head (its connection closed, its HTTP/2 stream
 /// reset) drops the request's future, and with it the exchange: the one place that still
 /// knows it happened. Accounted once, as `client_gone` against the provider the request was
@@ -706,7 +476,7 @@ impl OnEnd for Finish {
 /// abandoned wait, which the judge compares between the sides).
 impl Drop for Exchange {
     fn drop(&mut self) {
-        if *self.answered.get_mut() {
+        if self.answered {
             return;
         }
         let waited = self
@@ -714,115 +484,89 @@ impl Drop for Exchange {
             .as_ref()
             .and_then(|s| s.sent_at())
             .map(|t| t.elapsed());
-        // nginx's "client closed request": what operators read in access logs.
-        self.account(Attempt {
+        self.account(Accounted {
             detail: Detail {
                 waited,
                 ..Detail::default()
             },
-            ..Attempt::new(self.provider, CLIENT_CLOSED, Class::ClientGone, true)
+            ..Accounted::answer(CLIENT_CLOSED, Class::ClientGone)
         });
     }
 }
 
-/// The status an access line gives a request whose client left before its answer's head.
-pub const CLIENT_CLOSED: u16 = 499;
-
-/// What an attempt's class alone does not say.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Detail {
-    pub(crate) bad_answer: Option<BadAnswer>,
-    pub(crate) cut_short: Option<CutShort>,
-    /// How long the client waited before it gave up on the answer's head.
-    pub(crate) waited: Option<Duration>,
+/// Accounts for one exchange when its response body ends.
+struct Finish {
+    ex: Box<Exchange>,
+    status: u16,
+    first_byte: Duration,
+    /// Counted in `open_streams` (an SSE answer).
+    stream: bool,
+    /// On a connection opened for it.
+    cold: bool,
 }
 
-impl Detail {
-    /// The shape of a bad answer or the cause of a cut, for logs and traces.
-    pub(crate) fn label(&self) -> Option<&'static str> {
-        self.bad_answer
-            .map(BadAnswer::label)
-            .or(self.cut_short.map(CutShort::label))
+impl OnEnd for Finish {
+    fn on_end(mut self: Box<Self>, end: End, summary: BodySummary) {
+        // Exactly once per answer (at its end, or when the client drops it).
+        let m = &self.ex.upstream().metrics;
+        m.in_flight.decrement(1.0);
+        if self.stream {
+            m.open_streams.decrement(1.0);
+        }
+        let (class, bad_answer) = Class::of_end(
+            end,
+            self.status,
+            self.ex.endpoint,
+            self.stream,
+            summary.facts.as_ref(),
+        );
+        let cut_short = if class == Class::Success {
+            let asked = self.ex.shared.as_ref().and_then(|s| s.max_tokens());
+            summary
+                .facts
+                .and_then(|f| f.cut_short(asked, summary.usage.map(|u| u.1)))
+        } else {
+            None
+        };
+        let accounted = Accounted {
+            ttfb: Some(self.first_byte),
+            summary,
+            detail: Detail {
+                bad_answer,
+                cut_short,
+                waited: None,
+            },
+            cold: self.cold,
+            ..Accounted::answer(self.status, class)
+        };
+        self.ex.account(accounted);
     }
 }
 
 /// One attempt at a provider, as it is accounted.
-struct Attempt {
-    /// Into the exchange's snapshot's upstreams.
-    index: usize,
-    status: u16,
-    class: Class,
-    ttfb: Option<std::time::Duration>,
-    summary: BodySummary,
+pub(crate) struct Accounted {
+    pub(crate) status: u16,
+    pub(crate) class: Class,
+    pub(crate) ttfb: Option<Duration>,
+    pub(crate) summary: BodySummary,
     /// This attempt is the answer (not one that failed over): a shadow meets it.
-    answer: bool,
-    detail: Detail,
+    pub(crate) answer: bool,
+    pub(crate) detail: Detail,
     /// It went on a connection opened for it.
-    cold: bool,
+    pub(crate) cold: bool,
 }
 
-impl Attempt {
-    fn new(index: usize, status: u16, class: Class, answer: bool) -> Attempt {
-        Attempt {
-            index,
+impl Accounted {
+    /// The answer, with `status` and `class`, and nothing else known.
+    pub(crate) fn answer(status: u16, class: Class) -> Accounted {
+        Accounted {
             status,
             class,
             ttfb: None,
             summary: BodySummary::default(),
-            answer,
+            answer: true,
             detail: Detail::default(),
             cold: false,
         }
     }
-}
-
-/// One access-log line.
-pub(crate) struct AccessRecord<'a> {
-    pub(crate) client: Option<std::net::SocketAddr>,
-    /// Until the provider's response head (or, for a stream, its first token).
-    pub(crate) ttfb: Option<std::time::Duration>,
-    /// The provider tried first, when the request failed over, and what it answered
-    /// (0: it could not be connected to).
-    pub(crate) failover_from: Option<&'a str>,
-    pub(crate) failover_status: Option<u16>,
-    pub(crate) request_id: &'a HeaderValue,
-    pub(crate) method: &'a Method,
-    pub(crate) uri: &'a Uri,
-    pub(crate) provider: &'a str,
-    pub(crate) status: u16,
-    pub(crate) outcome: Outcome,
-    pub(crate) class: Class,
-    pub(crate) elapsed: std::time::Duration,
-    pub(crate) bytes: u64,
-    pub(crate) model: Option<&'a str>,
-    pub(crate) prompt_tokens: u64,
-    pub(crate) completion_tokens: u64,
-    pub(crate) detail: Detail,
-}
-
-pub(crate) fn access_log(r: &AccessRecord<'_>) {
-    // Milliseconds to the microsecond: what a log pipeline can read as a number.
-    let ms = |d: std::time::Duration| d.as_micros() as f64 / 1000.0;
-    // The path only: query strings can carry secrets.
-    tracing::info!(
-        target: "switchyard::access",
-        request_id = r.request_id.to_str().unwrap_or("-"),
-        client = r.client.map(tracing::field::display),
-        method = r.method.as_str(),
-        path = r.uri.path(),
-        provider = r.provider,
-        status = r.status,
-        outcome = r.outcome.label(),
-        class = r.class.label(),
-        duration_ms = ms(r.elapsed),
-        ttfb_ms = r.ttfb.map(ms),
-        bytes = r.bytes,
-        model = r.model.unwrap_or("-"),
-        prompt_tokens = r.prompt_tokens,
-        completion_tokens = r.completion_tokens,
-        failover_from = r.failover_from,
-        failover_status = r.failover_status,
-        detail = r.detail.label(),
-        waited_ms = r.detail.waited.map(ms),
-    );
 }

@@ -1,6 +1,13 @@
-//! Header and path rewriting between client and provider.
+//! Header and path rewriting between client and provider, and the headers the gateway
+//! adds.
 
 use http::header::{self, HeaderMap, HeaderName};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_SWITCHYARD_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
+pub static X_SWITCHYARD_FAILOVER: HeaderName = HeaderName::from_static("x-switchyard-failover");
+/// On a mirrored copy: `1` (a shadow test) or `control` (the judge's live control).
+pub static X_SWITCHYARD_SHADOW: HeaderName = HeaderName::from_static("x-switchyard-shadow");
 
 /// The fixed hop-by-hop set (RFC 9110 §7.6.1 plus the historical ones). `Connection`
 /// first: [`strip_hop_by_hop`] relies on it.

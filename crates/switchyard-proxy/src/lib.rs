@@ -1,20 +1,37 @@
 //! switchyard's data plane. The request path is documented step by step in [`service`];
 //! read it before changing the order of anything.
+//!
+//! Features, one module each: [`admission`] (what a request must pass), [`forward`] (the
+//! route and the attempts), [`failover`], [`models`] (model names per provider),
+//! [`mirror`] and [`shadow`] (shadow tests and the judge's live control), [`exchange`]
+//! (a request's context and its accounting, once per attempt). Mechanisms they use:
+//! [`request_body`] and [`response_body`] (bodies that stream), [`upstream`] (per-worker
+//! pools), [`timeout`], [`answer`], [`json_walk`] and [`sniff`] (reading what passes),
+//! [`snapshot`], [`server`] (the listener).
 
+pub mod access;
+pub mod admission;
 pub mod answer;
-pub mod body;
+pub mod conn;
+pub mod errors;
 pub mod exchange;
+pub mod failover;
+pub mod forward;
 pub mod headers;
 pub mod json_walk;
 pub mod limits;
 pub mod metrics;
+pub mod mirror;
+pub mod models;
 pub mod openai;
-pub mod provider;
+pub mod request_body;
+pub mod response_body;
 pub mod server;
 pub mod service;
 pub mod shadow;
 pub mod snapshot;
 pub mod sniff;
+pub mod timeout;
 pub mod tls;
 pub mod trace;
 pub mod upstream;

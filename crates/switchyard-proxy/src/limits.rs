@@ -21,17 +21,17 @@ pub struct Limiter {
 
 /// Why a request was not admitted, and when to try again.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Refusal {
+pub enum OverLimit {
     Rate { retry_after: Duration },
     Concurrency,
 }
 
-impl Refusal {
+impl OverLimit {
     /// Whole seconds for `Retry-After` (at least 1).
     pub fn retry_after_secs(&self) -> u64 {
         match self {
-            Refusal::Rate { retry_after } => retry_after.as_secs_f64().ceil().max(1.0) as u64,
-            Refusal::Concurrency => 1,
+            OverLimit::Rate { retry_after } => retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            OverLimit::Concurrency => 1,
         }
     }
 }
@@ -73,7 +73,7 @@ impl Limiter {
     }
 
     /// Admits a request of key `key` at `now`, or says why not.
-    pub fn admit(self: &Arc<Self>, key: usize, now: Instant) -> Result<Permit, Refusal> {
+    pub fn admit(self: &Arc<Self>, key: usize, now: Instant) -> Result<Permit, OverLimit> {
         let Some(k) = self.keys.get(key) else {
             return Ok(Permit {
                 limiter: self.clone(),
@@ -88,14 +88,14 @@ impl Limiter {
             b.1 = now;
             if b.0 < 1.0 {
                 let retry_after = Duration::from_secs_f64((1.0 - b.0) / rps);
-                return Err(Refusal::Rate { retry_after });
+                return Err(OverLimit::Rate { retry_after });
             }
             b.0 -= 1.0;
         }
         if let Some(max) = self.limits.max_concurrent {
             if k.in_flight.fetch_add(1, Ordering::Relaxed) >= max {
                 k.in_flight.fetch_sub(1, Ordering::Relaxed);
-                return Err(Refusal::Concurrency);
+                return Err(OverLimit::Concurrency);
             }
         }
         Ok(Permit {
@@ -125,7 +125,7 @@ mod tests {
         let refused = l.admit(0, t0).unwrap_err();
         assert_eq!(refused.retry_after_secs(), 1);
         assert!(
-            matches!(refused, Refusal::Rate { retry_after } if retry_after == Duration::from_millis(500))
+            matches!(refused, OverLimit::Rate { retry_after } if retry_after == Duration::from_millis(500))
         );
         // Another key has its own bucket.
         let c = l.admit(1, t0).unwrap();
@@ -133,7 +133,7 @@ mod tests {
         let d = l.admit(0, t0 + Duration::from_millis(500)).unwrap();
         // Three in flight for key 0: the fourth waits for one to end, whatever the rate.
         let later = t0 + Duration::from_secs(10);
-        assert_eq!(l.admit(0, later).unwrap_err(), Refusal::Concurrency);
+        assert_eq!(l.admit(0, later).unwrap_err(), OverLimit::Concurrency);
         drop(a);
         let e = l.admit(0, later).unwrap();
         drop((b, c, d, e));

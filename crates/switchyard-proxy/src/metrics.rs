@@ -20,6 +20,7 @@ pub const MODEL_TOKENS: &str = "switchyard_model_tokens_total";
 pub const MODEL_COST: &str = "switchyard_model_cost_usd_total";
 pub const OPEN_STREAMS: &str = "switchyard_open_streams";
 pub const BUILD_INFO: &str = "switchyard_build_info";
+pub const SHADOW_COST: &str = "switchyard_shadow_cost_usd_total";
 pub const CUT_ANSWERS: &str = "switchyard_cut_answers_total";
 pub const ABANDONED_WAITS: &str = "switchyard_abandoned_wait_seconds";
 /// Every `reason` of [`REJECTED_TOTAL`], shown at zero from the start.
@@ -122,7 +123,7 @@ pub fn describe() {
 /// crate can only hold as gauges) typed as the counters they are.
 pub fn render(rendered: String) -> String {
     let mut out = rendered;
-    for name in [COST_TOTAL, MODEL_COST, crate::shadow::SHADOW_COST] {
+    for name in [COST_TOTAL, MODEL_COST, SHADOW_COST] {
         out = out.replace(
             &format!("# TYPE {name} gauge"),
             &format!("# TYPE {name} counter"),
@@ -142,6 +143,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The `status` bucket of a request that ended in `class` with `status` (a 2xx with no
+    /// answer in it is a 2xx here: what the provider said).
+    pub fn of(class: Class, status: u16) -> Outcome {
+        match class {
+            Class::Success | Class::BadAnswer => Outcome::S2xx,
+            Class::ClientError | Class::Auth | Class::Refused | Class::ClientFault => Outcome::S4xx,
+            Class::ServerError => Outcome::S5xx,
+            Class::Timeout => Outcome::Timeout,
+            Class::Connect | Class::StreamCut => Outcome::Error,
+            Class::ClientGone => Outcome::from_status(status),
+        }
+    }
+
     pub fn from_status(status: u16) -> Self {
         match status {
             500..=599 => Outcome::S5xx,

@@ -17,9 +17,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::GatewayBody;
+use crate::conn::ConnInfo;
 use crate::metrics::REJECTED_TOTAL;
-use crate::service::{stack, ConnInfo};
+use crate::response_body::GatewayBody;
+use crate::service::stack;
 use crate::snapshot::Gateway;
 use crate::upstream::Worker;
 

@@ -30,9 +30,10 @@ use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use switchyard_core::config::ProviderConfig;
 
-use crate::body::{BoxError, BoxedBody};
+use crate::errors::BoxError;
 use crate::headers::{maps_to_itself, upstream_path};
 use crate::metrics::ProviderMetrics;
+use crate::request_body::BoxedBody;
 
 /// Which pool a request uses: a proxy worker's own, or the control plane's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -255,6 +256,26 @@ impl Upstream {
                 Ok(Uri::try_from(upstream_path(&self.config.base_path, pq))?)
             }
         }
+    }
+
+    /// `req` (the client's request, its URI as the client sent it, `client_uri`) addressed
+    /// to this provider: its path mapped onto `base_url`'s (origin-form: the connection
+    /// already goes to the provider), its `Host` and key, HTTP/1.1 whatever the client
+    /// spoke (an HTTP/2 provider's connection turns it into HTTP/2).
+    pub fn prepare(
+        &self,
+        mut req: Request<BoxedBody>,
+        client_uri: &Uri,
+    ) -> Result<Request<BoxedBody>, http::Error> {
+        *req.uri_mut() = self.uri_for(client_uri)?;
+        *req.version_mut() = Version::HTTP_11;
+        let headers = req.headers_mut();
+        headers.insert(http::header::HOST, self.host.clone());
+        match &self.auth {
+            Some(auth) => headers.insert(http::header::AUTHORIZATION, auth.clone()),
+            None => headers.remove(http::header::AUTHORIZATION),
+        };
+        Ok(req)
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on a pooled connection or a new one.

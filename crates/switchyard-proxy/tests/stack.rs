@@ -10,7 +10,8 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use switchyard_core::Config;
 use switchyard_mock::{Mock, MockConfig};
-use switchyard_proxy::service::{stack, ConnInfo};
+use switchyard_proxy::conn::ConnInfo;
+use switchyard_proxy::service::stack;
 use switchyard_proxy::{Gateway, Sinks, Snapshot};
 
 async fn gateway(extra: &str) -> (Arc<Gateway>, Mock, Mock) {

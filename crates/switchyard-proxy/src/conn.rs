@@ -1,0 +1,78 @@
+//! What the request path knows of the client connection a request came on, and the guard
+//! that tells a busy connection from an idle one.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::upstream::Worker;
+
+/// Per-connection facts the request path needs.
+#[derive(Default)]
+pub struct ConnInfo {
+    /// Set by the connection's framing guard when a request head carried both
+    /// `Content-Length` and `Transfer-Encoding`.
+    pub framing_violation: AtomicBool,
+    /// A request head has been read on this connection (the listener's first-request
+    /// deadline).
+    pub started: AtomicBool,
+    /// The proxy worker serving the connection: its requests use that worker's pools.
+    pub worker: Worker,
+    /// The client's address, for the access log.
+    pub remote: Option<SocketAddr>,
+    /// Answers being sent on this connection (see [`Active`]).
+    pub active: AtomicUsize,
+    /// When the connection last started or finished an answer, in ms since `opened`.
+    pub last_active_ms: AtomicU64,
+    pub opened: Option<Instant>,
+}
+
+impl ConnInfo {
+    pub fn new(worker: Worker, remote: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            worker,
+            remote: Some(remote),
+            opened: Some(Instant::now()),
+            ..ConnInfo::default()
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        if let Some(t) = self.opened {
+            self.last_active_ms
+                .store(t.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// How long the connection has had no answer in progress (zero while it has one).
+    pub fn idle_for(&self) -> std::time::Duration {
+        if self.active.load(Ordering::Relaxed) > 0 {
+            return std::time::Duration::ZERO;
+        }
+        let Some(t) = self.opened else {
+            return std::time::Duration::ZERO;
+        };
+        let last = self.last_active_ms.load(Ordering::Relaxed);
+        t.elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
+    }
+}
+
+/// One answer in progress on a connection, from the request's admission until its body is
+/// dropped: what tells an idle keep-alive or HTTP/2 connection from a busy one.
+pub struct Active(Arc<ConnInfo>);
+
+impl Active {
+    pub(crate) fn start(conn: &Arc<ConnInfo>) -> Active {
+        conn.active.fetch_add(1, Ordering::Relaxed);
+        Active(conn.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}

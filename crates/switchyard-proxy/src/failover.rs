@@ -1,0 +1,106 @@
+//! Failover: a request goes once to the other side of the migration when its provider
+//! could not be connected to (nothing was sent), or refused it before anything reached the
+//! client (`migration.failover.on_status`: 401, 403, 429, 502, 503 by default) and its
+//! body was kept whole for a replay (up to `replay_max_body`). The answer says so
+//! (`x-switchyard-failover`), the attempt that failed is counted against its provider, and
+//! a 429's `Retry-After` keeps first attempts off that provider for a while. Once any byte
+//! reached the client, nothing is retried.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use switchyard_core::event::Class;
+
+use crate::errors::ErrorChain;
+use crate::exchange::Exchange;
+use crate::models;
+use crate::request_body::{BoxedBody, RequestBody, RequestShared};
+
+/// The longest a provider's `Retry-After` keeps first attempts off it: a provider cannot
+/// take itself out of a migration for long.
+const MAX_PAUSE: Duration = Duration::from_secs(600);
+
+/// The replay policy: a body is copied as it streams (and the headers kept) when a refusal
+/// may send it to the other side.
+pub(crate) fn keep_replay(
+    ex: &mut Exchange,
+    body: RequestBody,
+    headers: &http::HeaderMap,
+) -> RequestBody {
+    let f = &ex.snap.config.migration.failover;
+    if ex.fallback.is_none() || f.on_status.is_empty() {
+        return body;
+    }
+    ex.replay_headers = Some(headers.clone());
+    body.keeping_replay(f.replay_max_body)
+}
+
+/// The provider answered `resp`'s head: when it is a refusal that fails over and the body
+/// was kept whole, the request as the other side must get it (the refusal counted against
+/// this provider). `None`: this answer is the client's.
+pub(crate) fn after_refusal(
+    ex: &mut Exchange,
+    resp: &Response<Incoming>,
+) -> Option<Result<Request<BoxedBody>, http::Error>> {
+    let other = ex.fallback?;
+    let status = resp.status().as_u16();
+    let cfg = ex.snap.config.clone();
+    if !cfg.migration.failover.fails_over(status) {
+        return None;
+    }
+    let replay = ex.shared.as_ref()?.replay()?;
+    let mut headers = ex.replay_headers.take()?;
+    let up = ex.upstream();
+    if status == 429 && cfg.migration.failover.honor_retry_after {
+        let secs = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(secs) = secs {
+            up.pause(Duration::from_secs(secs).min(MAX_PAUSE));
+        }
+    }
+    let body = models::replay_for(
+        replay,
+        ex.model_prefix.as_ref(),
+        &up.config,
+        &cfg.providers[other],
+    );
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    tracing::warn!(request_id = ex.id(), provider = %up.name, status, "provider refused; failing over");
+    up.metrics.failovers.increment(1);
+    let ttfb = ex.start.elapsed();
+    ex.attempt_failed(status, Class::of_status(status), Some(ttfb));
+    ex.move_to(other);
+    // The copy holds the whole body: a fresh clock for the other provider's timeout.
+    let shared = RequestShared::with_model(ex.shared.as_ref().and_then(|s| s.model()));
+    ex.shared = Some(shared.clone());
+    let mut req = Request::new(Box::new(RequestBody::buffered(body, shared).reading()));
+    *req.method_mut() = ex.method.clone();
+    *req.headers_mut() = headers;
+    Some(ex.upstream().prepare(req, &ex.uri))
+}
+
+/// The provider could not be connected to (nothing was sent): the request as the other side
+/// must get it, the attempt counted against this provider. `None`: there is no other side.
+pub(crate) fn after_connect_error(
+    ex: &mut Exchange,
+    e: &(dyn std::error::Error + 'static),
+    mut req: Request<BoxedBody>,
+) -> Option<Result<Request<BoxedBody>, http::Error>> {
+    let other = ex.fallback?;
+    let up = ex.upstream();
+    tracing::warn!(request_id = ex.id(), provider = %up.name, error = %ErrorChain(e), "cannot connect; failing over");
+    up.metrics.failovers.increment(1);
+    ex.attempt_failed(0, Class::Connect, None);
+    ex.move_to(other);
+    if let Some(prefix) = &ex.model_prefix {
+        models::rename_for(&mut req, prefix, &ex.upstream().config);
+    }
+    Some(ex.upstream().prepare(req, &ex.uri))
+}

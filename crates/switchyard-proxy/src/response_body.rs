@@ -1,0 +1,341 @@
+//! The provider's answer on its way to the client, streamed as it comes: read as it passes
+//! (usage, the first token's time, whether it carried an answer: [`Sniff`]), aborted when a
+//! stream goes silent for `idle_timeout`, and accounted exactly once however it ends
+//! ([`OnEnd`]). [`GatewayBody`] is what the client gets: such a stream, or a small body of
+//! the gateway's own.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use switchyard_core::answer::AnswerFacts;
+pub use switchyard_core::event::BodyEnd as End;
+use tokio::time::Sleep;
+
+use crate::answer::JsonAnswer;
+use crate::conn::Active;
+use crate::errors::{BoxError, StreamIdle};
+use crate::sniff::{text_of_json, SseScan, MAX_TEXT};
+use crate::upstream::Lease;
+
+/// What was learned from a response body by the time it ended.
+#[derive(Debug, Clone, Default)]
+pub struct BodySummary {
+    pub bytes: u64,
+    /// Whether it carried an answer and how it ended, when it was read (a JSON or SSE body).
+    pub facts: Option<AnswerFacts>,
+    /// `(prompt_tokens, completion_tokens)` when the provider reported usage.
+    pub usage: Option<(u64, u64)>,
+    /// SSE: when the first token (or, failing that, the first event) arrived.
+    pub first_token: Option<Instant>,
+    pub stream: bool,
+    /// The answer's text, when it was captured (shadowed requests).
+    pub content: Option<String>,
+}
+
+/// Called once when a response body ends, however it ends.
+pub trait OnEnd: Send + 'static {
+    fn on_end(self: Box<Self>, end: End, summary: BodySummary);
+}
+
+/// How the response body is read as it passes.
+pub enum Sniff {
+    None,
+    /// A JSON body: read its usage and whether it carried an answer (and, for a comparison,
+    /// keep a bounded copy). Boxed, as the SSE scan is: an open stream's body stays small.
+    Json(Box<JsonAnswer>, Option<BytesMut>),
+    /// An SSE stream (optionally stripping the usage chunk the gateway asked for).
+    Sse(Box<SseScan>),
+}
+
+impl Sniff {
+    /// Chooses by the response's content type.
+    /// `capture`: also keep the answer's text, for a shadow comparison.
+    pub fn for_content_type(
+        content_type: Option<&[u8]>,
+        strip_usage: bool,
+        capture: bool,
+    ) -> Sniff {
+        let ct = content_type.unwrap_or_default();
+        if ct.starts_with(b"text/event-stream") {
+            let scan = SseScan::new(strip_usage);
+            Sniff::Sse(Box::new(if capture { scan.capturing() } else { scan }))
+        } else if ct.starts_with(b"application/json") {
+            Sniff::Json(Box::default(), capture.then(BytesMut::new))
+        } else {
+            Sniff::None
+        }
+    }
+
+    fn summary(&mut self, bytes: u64) -> BodySummary {
+        match self {
+            Sniff::None => BodySummary {
+                bytes,
+                ..BodySummary::default()
+            },
+            Sniff::Json(j, copy) => BodySummary {
+                bytes,
+                facts: Some(j.facts()),
+                usage: j.usage(),
+                content: copy.as_ref().and_then(|c| text_of_json(c)),
+                ..BodySummary::default()
+            },
+            Sniff::Sse(s) => BodySummary {
+                bytes,
+                facts: s.facts(),
+                usage: s.usage(),
+                first_token: s.first_token.or(s.first_event),
+                stream: true,
+                content: s.content.clone(),
+            },
+        }
+    }
+}
+
+pin_project! {
+    pub struct ResponseBody {
+        #[pin]
+        inner: Incoming,
+        #[pin]
+        idle: Sleep,
+        idle_timeout: Duration,
+        bytes: u64,
+        sniff: Sniff,
+        upstream_done: bool,
+        on_end: Option<Box<dyn OnEnd>>,
+        // The connection the body comes on: back to its pool once the body is read whole.
+        lease: Option<Lease>,
+    }
+
+    impl PinnedDrop for ResponseBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(cb) = this.on_end.take() {
+                cb.on_end(End::ClientGone, this.sniff.summary(*this.bytes));
+            }
+        }
+    }
+}
+
+/// The body was read to its end: its connection can carry the next request.
+fn give_back(lease: &mut Option<Lease>) {
+    if let Some(l) = lease.take() {
+        l.release();
+    }
+}
+
+impl ResponseBody {
+    pub fn new(
+        inner: Incoming,
+        lease: Lease,
+        idle_timeout: Duration,
+        sniff: Sniff,
+        on_end: Box<dyn OnEnd>,
+    ) -> Self {
+        let mut on_end = Some(on_end);
+        let mut lease = Some(lease);
+        let mut sniff = sniff;
+        if inner.is_end_stream() {
+            // Empty bodies are never polled: account for them now.
+            if let Some(cb) = on_end.take() {
+                cb.on_end(End::Complete, sniff.summary(0));
+            }
+            give_back(&mut lease);
+        }
+        ResponseBody {
+            inner,
+            idle: tokio::time::sleep(idle_timeout),
+            idle_timeout,
+            bytes: 0,
+            sniff,
+            upstream_done: false,
+            on_end,
+            lease,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            if *this.upstream_done {
+                // A stripped stream may hold a last partial event: hand it over, then end.
+                if let (Sniff::Sse(scan), Some(_)) = (&mut *this.sniff, this.on_end.as_ref()) {
+                    let rest = scan.finish();
+                    if !rest.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                }
+                if let Some(cb) = this.on_end.take() {
+                    cb.on_end(End::Complete, this.sniff.summary(*this.bytes));
+                }
+                return Poll::Ready(None);
+            }
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let last = this.inner.is_end_stream();
+                    let frame = match frame.into_data() {
+                        Ok(data) => {
+                            *this.bytes += data.len() as u64;
+                            let out = match this.sniff {
+                                Sniff::None => data,
+                                Sniff::Json(j, copy) => {
+                                    j.feed(&data);
+                                    if let Some(c) = copy {
+                                        if c.len() + data.len() <= MAX_TEXT {
+                                            c.extend_from_slice(&data);
+                                        }
+                                    }
+                                    data
+                                }
+                                Sniff::Sse(s) => {
+                                    let out = s.feed(data);
+                                    if last {
+                                        let rest = s.finish();
+                                        if rest.is_empty() {
+                                            out
+                                        } else {
+                                            [out, rest].concat().into()
+                                        }
+                                    } else {
+                                        out
+                                    }
+                                }
+                            };
+                            Frame::data(out)
+                        }
+                        Err(frame) => frame,
+                    };
+                    if last {
+                        // hyper stops polling once a body says it ended (e.g. content-length
+                        // reached): account now, not on a poll that never comes.
+                        *this.upstream_done = true;
+                        give_back(this.lease);
+                        if let Some(cb) = this.on_end.take() {
+                            cb.on_end(End::Complete, this.sniff.summary(*this.bytes));
+                        }
+                    } else {
+                        let deadline = tokio::time::Instant::now() + *this.idle_timeout;
+                        this.idle.as_mut().reset(deadline);
+                    }
+                    // An SSE rewrite may hold a frame back until its event is complete.
+                    if frame.data_ref().is_some_and(Bytes::is_empty) {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(cb) = this.on_end.take() {
+                        cb.on_end(End::Broken, this.sniff.summary(*this.bytes));
+                    }
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                Poll::Ready(None) => {
+                    *this.upstream_done = true;
+                    give_back(this.lease);
+                }
+                Poll::Pending => {
+                    ready!(this.idle.as_mut().poll(cx));
+                    if let Some(cb) = this.on_end.take() {
+                        cb.on_end(End::Idle, this.sniff.summary(*this.bytes));
+                    }
+                    return Poll::Ready(Some(Err(Box::new(StreamIdle(*this.idle_timeout)))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.upstream_done && self.on_end.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.sniff {
+            // Stripping changes the length.
+            Sniff::Sse(_) => SizeHint::default(),
+            _ => self.inner.size_hint(),
+        }
+    }
+}
+
+pin_project! {
+    /// What the gateway answers with: a provider's stream, or a small body of its own.
+    #[project = GatewayBodyProj]
+    pub enum GatewayBody {
+        Full { data: Option<Bytes>, active: Option<Active> },
+        Upstream { #[pin] body: ResponseBody, active: Option<Active> },
+    }
+}
+
+impl GatewayBody {
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        GatewayBody::Full {
+            data: Some(data.into()),
+            active: None,
+        }
+    }
+
+    pub fn upstream(body: ResponseBody) -> Self {
+        GatewayBody::Upstream { body, active: None }
+    }
+
+    /// The connection counts this answer as active until the body is dropped.
+    pub fn hold(&mut self, guard: Active) {
+        match self {
+            GatewayBody::Full { active, .. } | GatewayBody::Upstream { active, .. } => {
+                *active = Some(guard)
+            }
+        }
+    }
+}
+
+impl From<Bytes> for GatewayBody {
+    fn from(data: Bytes) -> Self {
+        GatewayBody::full(data)
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            GatewayBodyProj::Full { data, .. } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
+            GatewayBodyProj::Upstream { body, .. } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GatewayBody::Full { data, .. } => data.is_none(),
+            GatewayBody::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GatewayBody::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            GatewayBody::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
