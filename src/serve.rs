@@ -35,7 +35,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         "Config reloads by result (ok, error)"
     );
     metrics::describe_gauge!(
-        switchyard_control::watch::JUDGEMENT,
+        switchyard_control::watched::JUDGEMENT,
         "The judge's current result per metric (error_rate, 4xx_rate, client_gone_rate, cut_short_rate, p95_latency, p95_ttft, overall): 1 for the result it has (pass, fail, inconclusive), 0 for the others"
     );
     metrics::describe_gauge!(

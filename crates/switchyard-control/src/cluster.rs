@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use switchyard_core::api::{ClusterStatus, FleetWindowView, ReplicaView};
@@ -375,63 +375,6 @@ impl Cluster {
             leader: self.is_leader(),
             replicas,
             to_window,
-        }
-    }
-}
-
-/// Polls the shared state and keeps the heartbeat, until `stop`.
-pub async fn run(
-    control: Arc<crate::control::Control>,
-    cluster: Arc<Cluster>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lease: Option<i64> = None;
-    let mut n: u64 = 0;
-    // The replicas alive at the last heartbeat, to tell the event stream when they change.
-    let mut known: Vec<String> = Vec::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => {
-                if let Some(l) = lease {
-                    let _ = cluster.store.revoke(l).await;
-                }
-                return;
-            }
-            _ = tick.tick() => {}
-        }
-        n += 1;
-        let synced = control.sync_from_cluster(&cluster).await;
-        if n.is_multiple_of(4) && synced {
-            let phase = {
-                let s = control.gateway().load();
-                s.state.phase_name(&s.config.migration.phases).to_string()
-            };
-            let l = match lease {
-                Some(l) => match cluster.store.keepalive(l).await {
-                    Ok(true) => Some(l),
-                    _ => None,
-                },
-                None => None,
-            };
-            let l = match l {
-                Some(l) => Some(l),
-                None => cluster.store.grant(3).await.ok(),
-            };
-            lease = l;
-            if let Some(l) = lease {
-                if cluster.heartbeat(l, &phase).await.is_ok() {
-                    let replicas = cluster.replicas();
-                    let ids: Vec<&str> = replicas.iter().map(|r| r.id.as_str()).collect();
-                    if ids != known.iter().map(String::as_str).collect::<Vec<_>>() {
-                        known = ids.iter().map(|s| s.to_string()).collect();
-                        control
-                            .events
-                            .publish(&switchyard_core::api::Event::Replicas { replicas });
-                    }
-                }
-            }
         }
     }
 }

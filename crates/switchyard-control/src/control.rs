@@ -27,7 +27,7 @@ use crate::error::ControlError;
 use crate::events::EventBus;
 use crate::preflight::probe_models;
 use crate::store::Store;
-use crate::watch::{set_judgement_gauges, WatchState};
+use crate::watched::{set_judgement_gauges, WatchState};
 use crate::{preflight, state_file};
 use switchyard_core::api::Event;
 
@@ -68,7 +68,7 @@ pub struct Control {
     /// answers, before anything is adopted from it).
     pub(crate) unpublished: AtomicBool,
     /// The live event stream (`GET /admin/events`, the dashboard).
-    pub events: EventBus,
+    pub events: Arc<EventBus>,
 }
 
 fn webhook_url(config: &Config) -> Option<String> {
@@ -190,7 +190,7 @@ impl Control {
             cluster,
             unsaved: std::sync::Mutex::new(None),
             unpublished: AtomicBool::new(false),
-            events: EventBus::default(),
+            events: Arc::default(),
         };
         Ok((control, config))
     }

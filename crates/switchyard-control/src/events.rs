@@ -11,7 +11,7 @@ use switchyard_admin::AdminHandle;
 use switchyard_core::api::{Event, Point, PointValues, Stats, Status};
 use tokio::sync::{broadcast, watch};
 
-use crate::control::Control;
+use switchyard_watch::Alert;
 
 /// Points kept: 15 minutes at one a second.
 const HISTORY: usize = 900;
@@ -102,18 +102,23 @@ fn point(stats: &Stats, status: &Status, before: &mut BTreeMap<String, u64>, sec
     }
 }
 
-/// Publishes a snapshot every second, and the alerts as they are sent, until `stop`.
-pub async fn run(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+/// Publishes on `bus` a snapshot of what `admin` shows every second, and the `alerts` as
+/// they are sent, until `stop`.
+pub async fn run<H: AdminHandle>(
+    admin: Arc<H>,
+    bus: Arc<EventBus>,
+    mut alerts: broadcast::Receiver<Alert>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut alerts = control.alerter.subscribe();
     let mut before = BTreeMap::new();
     let mut last = Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             a = alerts.recv() => match a {
-                Ok(a) => control.events.publish(&Event::Alert {
+                Ok(a) => bus.publish(&Event::Alert {
                     event: a.event.to_string(),
                     provider: a.provider,
                     text: a.text,
@@ -122,13 +127,13 @@ pub async fn run(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = tick.tick() => {
-                let Some(stats) = control.stats() else { continue };
-                let status = control.status();
+                let Some(stats) = admin.stats() else { continue };
+                let status = admin.status();
                 let now = Instant::now();
                 let p = point(&stats, &status, &mut before, now.duration_since(last).as_secs_f64());
                 last = now;
-                control.events.record(p.clone());
-                control.events.publish(&Event::Snapshot {
+                bus.record(p.clone());
+                bus.publish(&Event::Snapshot {
                     status: Box::new(status),
                     stats: Box::new(stats),
                     point: p,

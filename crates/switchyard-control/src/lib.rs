@@ -6,7 +6,8 @@
 //! - [`state_file`]: the migration state on disk;
 //! - [`cluster`]: the migration state shared by replicas, behind a [`store::Store`];
 //! - [`watch`]: the watcher tasks (stats, the judge's windows, rollbacks and phase gates,
-//!   health checks) and [`preflight`];
+//!   health checks), what they learned ([`watched`]), and [`preflight`];
+//! - [`events`]: the live event stream of the admin API;
 //! - [`file_watch`]: reloads on a change of the config file.
 //!
 //! [`start`] builds and starts it; the binary only wires it to the listeners.
@@ -22,6 +23,7 @@ pub mod state_file;
 pub mod store;
 mod sync;
 pub mod watch;
+pub mod watched;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,10 +64,15 @@ pub async fn start(
     let control = Arc::new(control);
     if let Some(c) = control.cluster.clone() {
         control.join_cluster().await;
-        tokio::spawn(cluster::run(control.clone(), c, stop.clone()));
+        tokio::spawn(sync::run(control.clone(), c, stop.clone()));
     }
     watch::spawn(control.clone(), events_rx, shadow_rx, stop.clone());
-    tokio::spawn(events::run(control.clone(), stop.clone()));
+    tokio::spawn(events::run(
+        control.clone(),
+        control.events.clone(),
+        control.alerter.subscribe(),
+        stop.clone(),
+    ));
     let file_watch = file_watch::watch_file(control.clone(), stop);
     Ok(Running {
         control,

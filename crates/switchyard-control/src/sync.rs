@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use switchyard_proxy::Snapshot;
 use switchyard_watch::Alert;
@@ -173,5 +173,62 @@ impl Control {
         }
         c.set_revision(revision);
         true
+    }
+}
+
+/// Polls the shared state and keeps the heartbeat, until `stop`.
+pub async fn run(
+    control: Arc<Control>,
+    cluster: Arc<Cluster>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lease: Option<i64> = None;
+    let mut n: u64 = 0;
+    // The replicas alive at the last heartbeat, to tell the event stream when they change.
+    let mut known: Vec<String> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => {
+                if let Some(l) = lease {
+                    let _ = cluster.store.revoke(l).await;
+                }
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let synced = control.sync_from_cluster(&cluster).await;
+        if n.is_multiple_of(4) && synced {
+            let phase = {
+                let s = control.gateway().load();
+                s.state.phase_name(&s.config.migration.phases).to_string()
+            };
+            let l = match lease {
+                Some(l) => match cluster.store.keepalive(l).await {
+                    Ok(true) => Some(l),
+                    _ => None,
+                },
+                None => None,
+            };
+            let l = match l {
+                Some(l) => Some(l),
+                None => cluster.store.grant(3).await.ok(),
+            };
+            lease = l;
+            if let Some(l) = lease {
+                if cluster.heartbeat(l, &phase).await.is_ok() {
+                    let replicas = cluster.replicas();
+                    let ids: Vec<&str> = replicas.iter().map(|r| r.id.as_str()).collect();
+                    if ids != known.iter().map(String::as_str).collect::<Vec<_>>() {
+                        known = ids.iter().map(|s| s.to_string()).collect();
+                        control
+                            .events
+                            .publish(&switchyard_core::api::Event::Replicas { replicas });
+                    }
+                }
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! Relays that break often keep answering 200: an OpenAI error object instead of a
 //! completion, `choices: []`, an empty message, a `data: {"error": …}` event in a stream, or
 //! a stream that just stops with neither a `finish_reason` nor `[DONE]`. Each of these is the
-//! provider's failure ([`crate::event::Class::BadAnswer`], with the shape as its detail).
+//! provider's failure (the outcome class `bad_answer`, with the shape as its detail).
 //! An answer that ends for `length` or `content_filter` is an answer, but cut short
 //! ([`CutShort`]): the judge compares how often each side does it, and does not take the
 //! speed of a cut answer as speed.

@@ -4,7 +4,22 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Phase;
+use std::time::Duration;
+
+/// One phase of a migration: its share of routing keys sent to `to`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phase {
+    pub name: String,
+    /// `percent × 100`, in `[0, 10000]`.
+    pub buckets: u16,
+    pub hold: Option<Duration>,
+}
+
+impl Phase {
+    pub fn percent(&self) -> f64 {
+        f64::from(self.buckets) / 100.0
+    }
+}
 
 /// What caused a rollback (also the `trigger` metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -59,7 +59,7 @@ pub struct Exchange {
     /// index into the snapshot's providers: a client that leaves before the answer's head
     /// left this one.
     provider: usize,
-    /// The other side, while the request may still go there (see [`crate::failover`]).
+    /// The other side, while the request may still fail over there.
     pub(crate) fallback: Option<usize>,
     failed: Option<FailedAttempt>,
     /// The answer was accounted; until then, dropping the exchange means the client left.

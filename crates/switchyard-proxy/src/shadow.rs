@@ -1,5 +1,5 @@
 //! Shadow traffic: a stable share of the requests `from` serves is mirrored to `to`
-//! (`x-switchyard-shadow: 1`, sent by [`crate::mirror`]), fire-and-forget, and its answer
+//! (`x-switchyard-shadow: 1`, sent by the mirror module), fire-and-forget, and its answer
 //! compared with the primary's when both are done ([`Pair`]). Which share is mirrored
 //! ([`mirrored`]), and at the last phase which share of `to`'s goes to `from` as the judge's
 //! live control ([`controlled`]), is decided here.

@@ -133,11 +133,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-
-    use crate::request_body::RequestShared;
+    use std::sync::{Arc, OnceLock};
 
     type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+    /// When the test's upload ended (the layer knows nothing of the gateway's bodies).
+    #[derive(Default)]
+    struct RequestShared(OnceLock<Instant>);
+
+    impl RequestShared {
+        fn mark_sent(&self) {
+            let _ = self.0.set(Instant::now());
+        }
+
+        fn sent_at(&self) -> Option<Instant> {
+            self.0.get().copied()
+        }
+    }
 
     const LIMIT: Duration = Duration::from_secs(1);
 

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::providers::ProviderConfig;
 use super::Collector;
 use crate::migration::MigrationState;
+pub use crate::migration::Phase;
 use crate::router::Router;
 
 #[derive(Debug, Deserialize)]
@@ -68,20 +69,6 @@ pub(super) struct RawCompare {
     pub(super) max_latency_ratio: Option<f64>,
     min_latency_increase: Option<String>,
     pub(super) confidence: Option<f64>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Phase {
-    pub name: String,
-    /// `percent × 100`, in `[0, 10000]`.
-    pub buckets: u16,
-    pub hold: Option<Duration>,
-}
-
-impl Phase {
-    pub fn percent(&self) -> f64 {
-        f64::from(self.buckets) / 100.0
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
