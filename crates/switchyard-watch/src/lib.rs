@@ -7,6 +7,7 @@
 //! milliseconds so that tests drive a clock of their own; only [`alerts`] runs tasks.
 
 pub mod alerts;
+mod compare;
 pub mod gate;
 pub mod health;
 pub mod judge;
@@ -14,6 +15,7 @@ pub mod looks;
 pub mod shadow;
 pub mod stat;
 pub mod stats;
+mod summary;
 pub mod window;
 
 #[cfg(test)]
