@@ -10,7 +10,8 @@ use switchyard_core::api::{
 use switchyard_core::Trigger;
 use switchyard_watch::HealthTracker;
 
-use crate::control::{Control, ReloadCause};
+use crate::control::Control;
+use crate::reload::ReloadCause;
 
 impl AdminHandle for Control {
     fn status(&self) -> Status {

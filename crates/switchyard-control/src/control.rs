@@ -1,5 +1,5 @@
-//! The control plane's core: loading and reloading the config, the migration state and its
-//! transitions, and keeping it on disk and (in cluster mode) in the shared store.
+//! The control plane's core: loading the config, the migration state and its transitions,
+//! and keeping it on disk and (in cluster mode) in the shared store. Reloads: [`crate::reload`].
 //!
 //! Writers that build on the current state (reloads, phase changes, applying the shared
 //! state) take one async mutex so that two of them never interleave, and put their result
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchyard_core::event::{RequestEvent, ShadowEvent};
-use switchyard_core::migration::NamedState;
 use switchyard_core::{Config, MigrationState, Trigger};
 use switchyard_proxy::shadow::ShadowRuntime;
 use switchyard_proxy::Sinks;
@@ -38,21 +37,21 @@ pub const STATE_SAVE_FAILURES: &str = "switchyard_state_save_failures_total";
 /// preflight passed (on loopback a few ms; a far provider over TLS a few hundred).
 const WARM_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn read_env(var: &str) -> Option<String> {
+pub(crate) fn read_env(var: &str) -> Option<String> {
     std::env::var(var).ok()
 }
 
 pub(crate) struct Writer {
     /// The config file's bytes as last loaded, to tell real changes from touch events.
-    last_text: Vec<u8>,
+    pub(crate) last_text: Vec<u8>,
     /// The bytes of the last file-change reload tried, loaded or not: a file that failed is
     /// not tried again until it changes (a write elsewhere in its folder is no reason).
-    last_tried: Vec<u8>,
-    file_phase: String,
+    pub(crate) last_tried: Vec<u8>,
+    pub(crate) file_phase: String,
 }
 
 pub struct Control {
-    path: PathBuf,
+    pub(crate) path: PathBuf,
     pub(crate) state_path: PathBuf,
     pub(crate) gateway: Arc<Gateway>,
     pub(crate) prometheus: PrometheusHandle,
@@ -71,7 +70,7 @@ pub struct Control {
     pub events: Arc<EventBus>,
 }
 
-fn webhook_url(config: &Config) -> Option<String> {
+pub(crate) fn webhook_url(config: &Config) -> Option<String> {
     config
         .alerts
         .as_ref()
@@ -79,7 +78,7 @@ fn webhook_url(config: &Config) -> Option<String> {
         .filter(|u| !u.is_empty())
 }
 
-fn cooldown(config: &Config) -> Duration {
+pub(crate) fn cooldown(config: &Config) -> Duration {
     config
         .alerts
         .as_ref()
@@ -88,14 +87,6 @@ fn cooldown(config: &Config) -> Duration {
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// Why a reload happened (log field).
-#[derive(Debug, Clone, Copy)]
-pub enum ReloadCause {
-    Signal,
-    FileChange,
-    Admin,
 }
 
 impl Control {
@@ -269,149 +260,9 @@ impl Control {
         }
     }
 
-    /// Re-reads the file; `only_if_changed` skips it when the bytes are the same (file watch).
-    pub async fn reload(
-        &self,
-        cause: ReloadCause,
-        only_if_changed: bool,
-    ) -> Result<u64, ControlError> {
-        let mut w = self.writer.lock().await;
-        let text = match std::fs::read(&self.path) {
-            Ok(t) => t,
-            Err(e) => {
-                let msg = format!("{}: {e}", self.path.display());
-                return Err(self.reload_failed(cause, vec![msg]));
-            }
-        };
-        if only_if_changed && (text == w.last_text || text == w.last_tried) {
-            return Ok(self.gateway.load().config_version);
-        }
-        w.last_tried.clone_from(&text);
-        let config = match parse(&text, &self.path) {
-            Ok(c) => Arc::new(c),
-            Err(errs) => return Err(self.reload_failed(cause, errs)),
-        };
-        let current = self.gateway.load();
-        if config.listen != current.config.listen
-            || config.admin.listen != current.config.admin.listen
-            || config.tls != current.config.tls
-            || config.state_file != current.config.state_file
-        {
-            tracing::warn!(
-                "listen, admin.listen, tls and state_file changes take effect at the next restart"
-            );
-        }
-        let file_changed_phase = config.migration.file_phase != w.file_phase;
-        let state = if file_changed_phase {
-            // Editing `phase:` in the file overrides what the admin API set.
-            config.migration.file_state.clone()
-        } else {
-            carry_state(&current, &config)
-        };
-        let version = current.config_version + 1;
-        let state_changed = state != current.state;
-        let epoch = current.epoch + u64::from(state_changed);
-        let (snapshot, warnings) = match Snapshot::build(
-            config.clone(),
-            version,
-            state.clone(),
-            epoch,
-            &read_env,
-            Some(&current),
-            current.workers,
-        ) {
-            Ok(s) => s,
-            Err(e) => return Err(self.reload_failed(cause, vec![e.to_string()])),
-        };
-        for warning in warnings {
-            tracing::warn!("{warning}");
-        }
-        if let Err(e) = self.preflight(&snapshot, &current.state, &state).await {
-            return Err(self.reload_failed(cause, vec![e.to_string()]));
-        }
-        let rolled_back_now = state.rolled_back && !current.state.rolled_back;
-        if let Err(live) = self.gateway.swap_if(&current, snapshot) {
-            // A rollback came in while this reload was prepared: it stands, on the new config.
-            let (snapshot, _) = Snapshot::build(
-                config.clone(),
-                version,
-                live.state.clone(),
-                live.epoch + 1,
-                &read_env,
-                Some(&live),
-                live.workers,
-            )
-            .map_err(|e| self.reload_failed(cause, vec![e.to_string()]))?;
-            self.gateway.store(snapshot);
-        } else if state_changed {
-            self.watch.phase_began(SystemTime::now());
-        }
-        w.last_text = text;
-        w.file_phase = config.migration.file_phase.clone();
-        metrics::counter!("switchyard_config_reloads_total", "result" => "ok").increment(1);
-        for change in risky_changes(&current.config, &config) {
-            tracing::warn!(?cause, "config reloaded with a change to check: {change}");
-            self.alerter.send(Alert {
-                event: "config_change",
-                text: change,
-                ..Alert::default()
-            });
-        }
-        self.alerter
-            .configure(webhook_url(&config), cooldown(&config));
-        self.watch
-            .stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_window(config.stats.window_requests, config.stats.window);
-        let live = self.gateway.load();
-        tracing::info!(
-            ?cause,
-            config_version = version,
-            phase = live.state.phase_name(&config.migration.phases),
-            "config reloaded"
-        );
-        if file_changed_phase {
-            let _ = self.save();
-            if let Some(c) = &self.cluster {
-                self.publish(c, &live).await;
-            }
-        }
-        if rolled_back_now {
-            self.events.publish(&Event::Rollback {
-                reason: "phase: rollback in the config file".into(),
-                trigger: Trigger::Config,
-            });
-            metrics::counter!("switchyard_rollbacks_total", "trigger" => "config").increment(1);
-            let from = &config.providers[config.migration.from].name;
-            self.alerter.send(Alert {
-                event: "rollback",
-                provider: Some(config.providers[config.migration.to].name.clone()),
-                phase: Some("rollback".into()),
-                text: format!("ROLLBACK by config file: 100% of traffic to `{from}`"),
-                ..Alert::default()
-            });
-        } else if state_changed {
-            self.alert_phase(&config, &state, "config file");
-            self.publish_phase(&live, "config file");
-        }
-        Ok(version)
-    }
-
-    fn reload_failed(&self, cause: ReloadCause, errors: Vec<String>) -> ControlError {
-        metrics::counter!("switchyard_config_reloads_total", "result" => "error").increment(1);
-        for e in &errors {
-            tracing::error!(
-                ?cause,
-                "config refused, the running config keeps serving: {e}"
-            );
-        }
-        ControlError::ConfigRefused(errors)
-    }
-
     /// Probes `to` when `next` is the first state to send it traffic (from a rollback or a
     /// 0% phase); a refusal stops the move and is kept in status and alerted.
-    async fn preflight(
+    pub(crate) async fn preflight(
         &self,
         snap: &Snapshot,
         current: &MigrationState,
@@ -552,7 +403,7 @@ impl Control {
         });
     }
 
-    fn alert_phase(&self, config: &Config, state: &MigrationState, by: &str) {
+    pub(crate) fn alert_phase(&self, config: &Config, state: &MigrationState, by: &str) {
         let m = &config.migration;
         let name = state.phase_name(&m.phases).to_string();
         let percent = f64::from(state.to_buckets(&m.phases)) / 100.0;
@@ -687,51 +538,8 @@ impl Control {
     }
 }
 
-fn parse(text: &[u8], path: &Path) -> Result<Config, Vec<String>> {
+pub(crate) fn parse(text: &[u8], path: &Path) -> Result<Config, Vec<String>> {
     let name = path.display().to_string();
     let text = std::str::from_utf8(text).map_err(|e| vec![format!("{name}: not UTF-8: {e}")])?;
     Config::parse(text, &name).map_err(|e| e.0.iter().map(ToString::to_string).collect())
-}
-
-/// Keeps the running state across a reload that did not touch `phase:`, following the
-/// phase by name (indices may have moved).
-fn carry_state(current: &Snapshot, config: &Config) -> MigrationState {
-    let named = NamedState::of(&current.state, &current.config.migration.phases);
-    named.resolve(&config.migration.phases).unwrap_or_else(|| {
-        tracing::warn!(phase = ?named.phase, "the running phase is gone from the new config; using the config's phase");
-        config.migration.file_state.clone()
-    })
-}
-
-/// Changes a reload makes that an operator should hear of even when they were meant:
-/// client authentication turned off, the admin token's variable changed, a provider
-/// pointed elsewhere (with its key, to a new host).
-pub(crate) fn risky_changes(
-    old: &switchyard_core::config::Config,
-    new: &switchyard_core::config::Config,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    if old.clients.is_some() && new.clients.is_none() {
-        out.push(
-            "client authentication removed (`clients:`): requests without a key are now forwarded"
-                .to_string(),
-        );
-    }
-    if old.admin.token_env != new.admin.token_env {
-        out.push(format!(
-            "admin.token_env changed from {} to {} (the admin API keeps its token until a restart)",
-            old.admin.token_env, new.admin.token_env
-        ));
-    }
-    for p in &new.providers {
-        if let Some(was) = old.providers.iter().find(|o| o.name == p.name) {
-            if was.base_url != p.base_url {
-                out.push(format!(
-                    "providers.{}.base_url changed from {} to {}: its key now goes there",
-                    p.name, was.base_url, p.base_url
-                ));
-            }
-        }
-    }
-    out
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::control::{Control, ReloadCause};
+use crate::control::Control;
+use crate::reload::ReloadCause;
 
 /// Watches the config's folder, not the file: editors replace files by rename and
 /// Kubernetes swaps a ConfigMap by moving a symlink, and both lose a watch on the file.

@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod file_watch;
 pub mod preflight;
+pub mod reload;
 pub mod state_file;
 pub mod store;
 mod sync;
@@ -32,8 +33,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use switchyard_core::Config;
 use tokio::sync::{mpsc, watch as signal};
 
-pub use control::{Control, ReloadCause};
+pub use control::Control;
 pub use error::ControlError;
+pub use reload::ReloadCause;
 
 /// The running control plane. Dropping it stops watching the config file.
 pub struct Running {
