@@ -122,7 +122,9 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
     let (control, config) = (running.control.clone(), running.config.clone());
 
     let tls = match &config.tls {
-        Some(t) => Some(switchyard_proxy::tls::acceptor(&t.cert, &t.key)?),
+        Some(t) => {
+            Some(switchyard_proxy::tls::acceptor(&t.cert, &t.key).map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     let proxy_listeners = bind_reuseport(config.listen, workers)?;
@@ -191,7 +193,7 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
                         gateway,
                         limits,
                         permits,
-                        switchyard_proxy::upstream::Worker(i),
+                        switchyard_proxy::upstream::Worker::Proxy(i),
                         stop,
                     )
                     .await)

@@ -234,7 +234,7 @@ async fn exchange(
         h.insert(header::AUTHORIZATION, a.clone());
     }
     let (resp, lease) = up
-        .send(Worker::CONTROL, req.map(Box::new))
+        .send(Worker::Control, req.map(Box::new))
         .await
         .map_err(|e| format!("cannot reach it: {e}"))?;
     let status = resp.status().as_u16();

@@ -275,7 +275,7 @@ async fn health(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
         for up in &snap.upstreams {
             let ok = probe(up, &hc.path, hc.timeout).await;
             // The control plane's own pool (probes, preflight) is swept here.
-            up.close_idle(Worker::CONTROL);
+            up.close_idle(Worker::Control);
             let changed = {
                 let mut health = control
                     .watch
@@ -338,7 +338,7 @@ async fn probe(up: &Upstream, path: &str, timeout: Duration) -> Result<(), Strin
     }
     let exchange = async {
         let (resp, lease) = up
-            .send(Worker::CONTROL, req.map(Box::new))
+            .send(Worker::Control, req.map(Box::new))
             .await
             .map_err(|e| format!("cannot reach it: {e}"))?;
         let status = resp.status();

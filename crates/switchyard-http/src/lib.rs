@@ -3,7 +3,7 @@
 //! (switchyard-proxy), webhooks (switchyard-watch), the etcd client (switchyard-store) and
 //! `switchyard loadtest` all come through here, so a change of trust is made once.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,32 +17,76 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
+/// Why a TLS setup could not be built; `setting` names the config key the file came from
+/// (`ca_file`, `tls.cert` …).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{setting} {}: {error}", path.display())]
+    Pem {
+        setting: &'static str,
+        path: PathBuf,
+        error: rustls_pki_types::pem::Error,
+    },
+    #[error("{setting} {}: no PEM certificate in it", path.display())]
+    NoCertificate {
+        setting: &'static str,
+        path: PathBuf,
+    },
+    #[error("{setting} {}: {error}", path.display())]
+    Rejected {
+        setting: &'static str,
+        path: PathBuf,
+        error: rustls::Error,
+    },
+    #[error("tls: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The PEM certificates in `path`, at least one.
+pub fn certificates(
+    setting: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = |error| TlsError::Pem {
+        setting,
+        path: path.to_path_buf(),
+        error,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(pem)?
+        .collect::<Result<_, _>>()
+        .map_err(pem)?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            setting,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
 /// The public web roots, plus the PEM certificates in `ca_file` (a private CA) when given.
-pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
+pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca) = ca_file {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-            .map_err(|e| format!("{}: {e}", ca.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{}: no PEM certificate in it", ca.display()));
-        }
-        for c in certs {
-            roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+        for c in certificates("ca_file", ca)? {
+            roots.add(c).map_err(|error| TlsError::Rejected {
+                setting: "ca_file",
+                path: ca.to_path_buf(),
+                error,
+            })?;
         }
     }
     Ok(roots)
 }
 
 /// A TLS client config trusting `roots` (ring, TLS 1.2 and 1.3).
-pub fn tls_config(roots: RootCertStore) -> Result<rustls::ClientConfig, String> {
+pub fn tls_config(roots: RootCertStore) -> Result<rustls::ClientConfig, TlsError> {
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("tls: {e}"))?
+    .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth())
 }
@@ -84,7 +128,7 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// `pool_max_idle` connections per host are kept for reuse; `ca_file` is trusted beside
 /// the public roots.
-pub fn client(pool_max_idle: usize, ca_file: Option<&Path>) -> Result<HttpClient, String> {
+pub fn client(pool_max_idle: usize, ca_file: Option<&Path>) -> Result<HttpClient, TlsError> {
     let https = connector(tls_config(roots(ca_file)?)?, Duration::from_secs(5));
     // Without a timer the pool ignores its idle timeout.
     Ok(Client::builder(TokioExecutor::new())
@@ -106,6 +150,7 @@ mod tests {
         std::fs::write(&empty, "not a certificate\n").unwrap();
         assert!(roots(Some(&empty))
             .unwrap_err()
+            .to_string()
             .contains("no PEM certificate"));
         assert!(roots(Some(&dir.path().join("missing.pem"))).is_err());
         assert!(client(1, None).is_ok());

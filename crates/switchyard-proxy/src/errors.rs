@@ -14,6 +14,36 @@ use crate::headers::{X_REQUEST_ID, X_SWITCHYARD_PROVIDER};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why a snapshot (its providers' clients, its client keys, its routing) could not be built
+/// from a config that parsed: the config is refused, and the running one keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("providers.{provider}: {problem}")]
+    Provider {
+        provider: String,
+        problem: Box<ProviderProblem>,
+    },
+    #[error("clients.keys_env: {keys_env} is not set or holds no key; refusing to serve with client keys required but none known")]
+    NoClientKeys { keys_env: String },
+    #[error("migration.sticky_header: {0}")]
+    StickyHeader(#[from] http::header::InvalidHeaderName),
+}
+
+/// What is wrong with a provider for its client to be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderProblem {
+    #[error("bad host: {0}")]
+    Host(#[source] BoxError),
+    #[error("the key in {env} has characters not allowed in a header")]
+    KeyNotAHeader { env: String },
+    #[error("bad name: {0}")]
+    Name(#[from] http::header::InvalidHeaderValue),
+    #[error(transparent)]
+    Tls(#[from] switchyard_http::TlsError),
+    #[error("bad base_url: {0}")]
+    BaseUrl(#[from] http::Error),
+}
+
 /// `x-switchyard-provider` on answers the gateway gave before choosing a provider.
 pub static GATEWAY_ITSELF: HeaderValue = HeaderValue::from_static("switchyard");
 static JSON: HeaderValue = HeaderValue::from_static("application/json");

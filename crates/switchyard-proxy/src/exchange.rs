@@ -26,12 +26,13 @@ use crate::headers::{
 use crate::limits::Permit;
 use crate::metrics::{Outcome, EVENTS_DROPPED};
 use crate::openai::ModelPrefix;
+use crate::pool::Lease;
 use crate::request_body::RequestShared;
 use crate::response_body::{BodySummary, End, GatewayBody, OnEnd, ResponseBody, Sniff};
 use crate::shadow::{Pair, SideResult};
 use crate::snapshot::Snapshot;
 use crate::trace::TraceCtx;
-use crate::upstream::{Lease, Upstream};
+use crate::upstream::Upstream;
 
 /// The status an access line gives a request whose client left before its answer's head
 /// (nginx's "client closed request": what operators read in access logs).

@@ -42,12 +42,13 @@ use crate::headers::strip_hop_by_hop;
 use crate::mirror;
 use crate::models;
 use crate::openai;
+use crate::pool::Lease;
 use crate::request_body::{BoxedBody, RequestBody, RequestShared};
 use crate::response_body::GatewayBody;
 use crate::snapshot::Snapshot;
 use crate::timeout::{Deadline, FirstByteTimeoutLayer, Since, Started, TimeoutError};
 use crate::trace::{TraceCtx, TRACEPARENT};
-use crate::upstream::{Lease, SendError, Upstream, Worker};
+use crate::upstream::{SendError, Upstream, Worker};
 
 /// Forwards `req` (admitted) on `worker`'s provider connections.
 pub(crate) async fn forward(

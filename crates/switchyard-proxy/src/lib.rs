@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod models;
 pub mod openai;
+pub mod pool;
 pub mod request_body;
 pub mod response_body;
 pub mod server;

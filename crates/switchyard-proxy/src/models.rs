@@ -16,9 +16,9 @@ use switchyard_core::ErrorKind;
 use crate::errors::{BodyTooLarge, ClientBodyError};
 use crate::exchange::{Accounted, Exchange};
 use crate::openai::{ModelPrefix, ModelSearch};
+use crate::pool::Lease;
 use crate::request_body::BoxedBody;
 use crate::response_body::{BodySummary, GatewayBody};
-use crate::upstream::Lease;
 
 /// The most of a provider's model list read to rename its models.
 const MODEL_LIST_MAX: usize = 1 << 20;

@@ -20,8 +20,8 @@ use tokio::time::Sleep;
 use crate::answer::JsonAnswer;
 use crate::conn::Active;
 use crate::errors::{BoxError, StreamIdle};
+use crate::pool::Lease;
 use crate::sniff::{text_of_json, SseScan, MAX_TEXT};
-use crate::upstream::Lease;
 
 /// What was learned from a response body by the time it ended.
 #[derive(Debug, Clone, Default)]

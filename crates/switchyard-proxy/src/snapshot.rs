@@ -10,8 +10,9 @@ use switchyard_core::event::RequestEvent;
 use switchyard_core::{Config, MigrationState};
 use tokio::sync::mpsc;
 
+use crate::errors::BuildError;
 use crate::shadow::ShadowRuntime;
-use crate::upstream::{BuildError, Upstream};
+use crate::upstream::Upstream;
 
 pub struct Snapshot {
     pub config: Arc<Config>,
@@ -97,10 +98,9 @@ impl Snapshot {
                     .map(|k| k.as_bytes().into())
                     .collect();
                 if keys.is_empty() {
-                    return Err(BuildError(format!(
-                        "clients.keys_env: {} is not set or holds no key; refusing to serve with client keys required but none known",
-                        c.keys_env
-                    )));
+                    return Err(BuildError::NoClientKeys {
+                        keys_env: c.keys_env.clone(),
+                    });
                 }
                 Some(Arc::from(keys))
             }
@@ -121,8 +121,7 @@ impl Snapshot {
             ),
             _ => None,
         };
-        let sticky_header = HeaderName::from_bytes(config.migration.sticky_header.as_bytes())
-            .map_err(|e| BuildError(format!("migration.sticky_header: {e}")))?;
+        let sticky_header = HeaderName::from_bytes(config.migration.sticky_header.as_bytes())?;
         let to_buckets = state.to_buckets(&config.migration.phases);
         let control_buckets = control_buckets(&config, &state);
         Ok((

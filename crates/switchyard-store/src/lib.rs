@@ -112,7 +112,7 @@ impl Etcd {
         endpoints: Vec<String>,
         auth: Option<(String, String)>,
         ca_file: Option<&std::path::Path>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, switchyard_http::TlsError> {
         Ok(Etcd {
             client: switchyard_http::client(4, ca_file)?,
             auth,
