@@ -17,6 +17,7 @@ pub mod errors;
 pub mod exchange;
 pub mod failover;
 pub mod forward;
+pub mod framing;
 pub mod headers;
 pub mod json_walk;
 pub mod limits;
