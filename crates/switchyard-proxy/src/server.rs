@@ -1,6 +1,6 @@
 //! The client-facing listener: accept, cap connections, guard HTTP/1 framing
-//! ([`crate::framing`]), serve
-//! HTTP/1.1 and h2c (and TLS when configured), drain on shutdown within a grace period.
+//! ([`crate::framing`]), serve HTTP/1.1 and h2c (and TLS when configured), drain on
+//! shutdown within a grace period.
 
 use std::io;
 use std::sync::atomic::Ordering;
