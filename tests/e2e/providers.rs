@@ -87,6 +87,44 @@ async fn one_model_name_reaches_two_providers_under_their_own_names() {
     assert_eq!(s["providers"]["new"]["unpriced_requests"], 0);
 }
 
+/// A provider that renames models and asks streams for their usage: the body is read
+/// whole for the one and renamed for the other, and the usage it asked for is counted and
+/// hidden from the client.
+#[tokio::test]
+async fn a_renamed_model_and_an_injected_usage_request_go_together() {
+    let old = only("old", "deepseek-chat").await;
+    let new = only("new", "deepseek/deepseek-chat-v3.2").await;
+    let yaml = mapped(&old.base_url(), &new.base_url(), "phase-4").replacen(
+        "    models: { deepseek-chat",
+        "    inject_stream_usage: true\n    models: { deepseek-chat",
+        1,
+    );
+    let gw = Gateway::start(&yaml).await;
+    let r = gw.chat(true).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-switchyard-provider"], "new");
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("usage"), "not asked for: {text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let got = new.received();
+    let sent = got[0].json().unwrap();
+    assert_eq!(sent["model"], "deepseek/deepseek-chat-v3.2", "{sent}");
+    assert_eq!(sent["stream_options"]["include_usage"], true, "{sent}");
+    assert_eq!(
+        got[0].header("content-length").map(str::to_string),
+        Some(got[0].body.len().to_string())
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = gw.stats().await;
+        if s["providers"]["new"]["tokens"]["completion"] == 5 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn failover_and_refusal_use_the_mapping_of_their_own_side() {
     let old = only("old", "deepseek-chat").await;

@@ -8,9 +8,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
 use switchyard_core::event::Class;
 use switchyard_core::router::Router;
+use switchyard_proxy::answer::JsonAnswer;
 use switchyard_proxy::headers::{strip_hop_by_hop, upstream_path};
 use switchyard_proxy::metrics::{Outcome, ProviderMetrics};
-use switchyard_proxy::sniff::{JsonKey, SseScan};
+use switchyard_proxy::sniff::SseScan;
 
 fn router(c: &mut Criterion) {
     let r = Router::new("old", "new");
@@ -66,11 +67,11 @@ fn metrics_path(c: &mut Criterion) {
 
 fn sniffing(c: &mut Criterion) {
     let json = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}"#;
-    c.bench_function("sniff/usage from a JSON answer", |b| {
+    c.bench_function("sniff/usage and shape of a JSON answer", |b| {
         b.iter(|| {
-            let mut k = JsonKey::new("usage", 4096);
-            k.feed(black_box(json));
-            k.usage()
+            let mut a = JsonAnswer::default();
+            a.feed(black_box(json));
+            (a.usage(), a.facts())
         })
     });
     let mut stream = String::new();

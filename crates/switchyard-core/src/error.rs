@@ -25,10 +25,8 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The provider broke the exchange after it began.
     UpstreamBroken,
-    /// The gateway is shutting down or otherwise cannot serve.
-    Unavailable,
-    /// A bug or an unexpected local failure.
-    Internal,
+    /// The gateway is serving its maximum number of connections (`server.max_connections`).
+    Overloaded,
 }
 
 impl ErrorKind {
@@ -41,8 +39,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => 400,
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamBroken => 502,
             ErrorKind::UpstreamTimeout => 504,
-            ErrorKind::Unavailable => 503,
-            ErrorKind::Internal => 500,
+            ErrorKind::Overloaded => 503,
         }
     }
 
@@ -53,11 +50,10 @@ impl ErrorKind {
             ErrorKind::BodyTooLarge | ErrorKind::BadRequest => "invalid_request_error",
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::MethodNotAllowed => "invalid_request_error",
-            ErrorKind::UpstreamConnect
-            | ErrorKind::UpstreamTimeout
-            | ErrorKind::UpstreamBroken
-            | ErrorKind::Unavailable => "upstream_error",
-            ErrorKind::Internal => "server_error",
+            ErrorKind::UpstreamConnect | ErrorKind::UpstreamTimeout | ErrorKind::UpstreamBroken => {
+                "upstream_error"
+            }
+            ErrorKind::Overloaded => "server_error",
         }
     }
 
@@ -72,8 +68,7 @@ impl ErrorKind {
             ErrorKind::UpstreamConnect => "upstream_unreachable",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::UpstreamBroken => "upstream_broken",
-            ErrorKind::Unavailable => "unavailable",
-            ErrorKind::Internal => "internal_error",
+            ErrorKind::Overloaded => "overloaded",
         }
     }
 
@@ -87,8 +82,9 @@ impl ErrorKind {
             | ErrorKind::BadRequest
             | ErrorKind::Unauthorized
             | ErrorKind::RateLimited
-            | ErrorKind::MethodNotAllowed => Class::ClientFault,
-            ErrorKind::Unavailable | ErrorKind::Internal => Class::ServerError,
+            | ErrorKind::MethodNotAllowed
+            // Refused before any provider was chosen: counts against no one.
+            | ErrorKind::Overloaded => Class::ClientFault,
         }
     }
 
@@ -121,6 +117,6 @@ mod tests {
         assert_eq!(ErrorKind::UpstreamTimeout.class(), Class::Timeout);
         assert_eq!(ErrorKind::UpstreamBroken.class(), Class::StreamCut);
         assert_eq!(ErrorKind::BodyTooLarge.class(), Class::ClientFault);
-        assert_eq!(ErrorKind::Internal.class(), Class::ServerError);
+        assert_eq!(ErrorKind::Overloaded.class(), Class::ClientFault);
     }
 }

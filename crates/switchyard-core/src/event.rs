@@ -6,18 +6,6 @@ use std::time::Duration;
 
 use crate::answer::{AnswerFacts, BadAnswer, CutShort, Endpoint};
 
-/// How a request ended, and so whose fault it was. This is the one place an outcome is
-/// attributed: stats, the rollback guard, metrics and the access log all read this class.
-///
-/// The gateway supplies the provider's key and checks client keys itself, so a provider's
-/// 401/403/407 is never the client's doing ([`Class::Auth`]), and a 402/429 is the provider's
-/// capacity or billing ([`Class::Refused`]). Other 4xx answers ([`Class::ClientError`]) may be
-/// the client's request or a provider that does not serve it: they are not errors on their own,
-/// but the judge compares how often each side gives them. A 2xx that carries no answer is
-/// [`Class::BadAnswer`] (see [`crate::answer`]). What the client broke (an upload that is
-/// malformed, abandoned or too large) is [`Class::ClientFault`] or [`Class::ClientGone`] and
-/// never counts against anyone; but a client that gave up *waiting* for the provider's answer
-/// ([`RequestEvent::abandoned_wait`]) is evidence about that provider, compared as a rate.
 /// How an answer's body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyEnd {
@@ -31,6 +19,34 @@ pub enum BodyEnd {
     ClientGone,
 }
 
+impl BodyEnd {
+    /// The class of an exchange whose body ended so, whatever its status, when the end
+    /// alone decides it (not [`BodyEnd::Complete`]: see [`Class::of_end`]).
+    pub fn class(self) -> Class {
+        match self {
+            BodyEnd::Complete => Class::Success,
+            BodyEnd::ClientGone => Class::ClientGone,
+            BodyEnd::Broken => Class::StreamCut,
+            BodyEnd::Idle => Class::Timeout,
+        }
+    }
+}
+
+/// How a request ended, and so whose fault it was. The rules that decide it live here and
+/// nowhere else — an answer by its status and shape ([`Class::of_status`],
+/// [`Class::of_answer`]), by how its body ended ([`Class::of_end`], [`BodyEnd::class`]), a
+/// gateway-made error by its kind ([`crate::ErrorKind::class`]) — and stats, the rollback
+/// guard, metrics and the access log all read this class.
+///
+/// The gateway supplies the provider's key and checks client keys itself, so a provider's
+/// 401/403/407 is never the client's doing ([`Class::Auth`]), and a 402/429 is the provider's
+/// capacity or billing ([`Class::Refused`]). Other 4xx answers ([`Class::ClientError`]) may be
+/// the client's request or a provider that does not serve it: they are not errors on their own,
+/// but the judge compares how often each side gives them. A 2xx that carries no answer is
+/// [`Class::BadAnswer`] (see [`crate::answer`]). What the client broke (an upload that is
+/// malformed, abandoned or too large) is [`Class::ClientFault`] or [`Class::ClientGone`] and
+/// never counts against anyone; but a client that gave up *waiting* for the provider's answer
+/// ([`RequestEvent::abandoned_wait`]) is evidence about that provider, compared as a rate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
     /// 1xx–3xx from the provider.
@@ -120,9 +136,7 @@ impl Class {
     ) -> (Class, Option<BadAnswer>) {
         match end {
             BodyEnd::Complete => Class::of_answer(status, endpoint, stream, facts),
-            BodyEnd::ClientGone => (Class::ClientGone, None),
-            BodyEnd::Broken => (Class::StreamCut, None),
-            BodyEnd::Idle => (Class::Timeout, None),
+            cut => (cut.class(), None),
         }
     }
 

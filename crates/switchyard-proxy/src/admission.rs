@@ -23,7 +23,6 @@ use http::{Method, Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
-use switchyard_core::event::Class;
 use switchyard_core::ErrorKind;
 
 use crate::access::{access_log, Detail, Finished};
@@ -87,8 +86,8 @@ impl Refusal {
                 provider: "-",
                 phase: "-",
                 status,
-                outcome: Outcome::of(Class::ClientFault, status),
-                class: Class::ClientFault,
+                outcome: Outcome::of(self.kind.class(), status),
+                class: self.kind.class(),
                 elapsed: std::time::Duration::ZERO,
                 bytes: 0,
                 model: None,

@@ -1,7 +1,7 @@
 //! One request's exchange with its providers: its context (which provider it is with now,
 //! what it already learned) and its accounting — metrics, tokens and cost, the watchers'
 //! event, the access line and span — exactly once per attempt, however it ends: an answer
-//! streamed to its end ([`Finish`]), a gateway-made error, a failover, or a client that
+//! streamed to its end ([`AtEnd`]), a gateway-made error, a failover, or a client that
 //! left before the answer's head (`Drop`).
 
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, Uri};
 use hyper::body::Incoming;
 use switchyard_core::answer::Endpoint;
-use switchyard_core::event::{model_key, Class, RequestEvent};
+use switchyard_core::event::{model_key, BodyEnd, Class, RequestEvent};
 use switchyard_core::ErrorKind;
 
 use crate::access::{access_log, span, Detail, Finished};
@@ -28,7 +28,7 @@ use crate::metrics::{Outcome, EVENTS_DROPPED};
 use crate::openai::ModelPrefix;
 use crate::pool::Lease;
 use crate::request_body::RequestShared;
-use crate::response_body::{BodySummary, End, GatewayBody, OnEnd, ResponseBody, Sniff};
+use crate::response_body::{BodySummary, GatewayBody, OnEnd, ResponseBody, Sniff};
 use crate::shadow::{Pair, SideResult};
 use crate::snapshot::Snapshot;
 use crate::trace::TraceCtx;
@@ -214,7 +214,7 @@ impl Exchange {
         if stream {
             up.metrics.open_streams.increment(1.0);
         }
-        let on_end = Box::new(Finish {
+        let on_end = Box::new(AtEnd {
             status: parts.status.as_u16(),
             first_byte,
             stream,
@@ -300,9 +300,9 @@ impl Exchange {
     /// counted as the client's (`client_fault`, or `client_gone` for a hang-up).
     pub(crate) fn client_broke(self: Box<Self>, e: &ClientBodyError) -> Response<GatewayBody> {
         let class = if e.gone {
-            Class::ClientGone
+            BodyEnd::ClientGone.class()
         } else {
-            Class::ClientFault
+            ErrorKind::BadRequest.class()
         };
         tracing::debug!(request_id = self.id(), error = %ErrorChain(e), "client request body failed");
         self.fail_as(ErrorKind::BadRequest, class, &e.to_string())
@@ -496,7 +496,7 @@ impl Drop for Exchange {
 }
 
 /// Accounts for one exchange when its response body ends.
-struct Finish {
+struct AtEnd {
     ex: Box<Exchange>,
     status: u16,
     first_byte: Duration,
@@ -506,8 +506,8 @@ struct Finish {
     cold: bool,
 }
 
-impl OnEnd for Finish {
-    fn on_end(mut self: Box<Self>, end: End, summary: BodySummary) {
+impl OnEnd for AtEnd {
+    fn on_end(mut self: Box<Self>, end: BodyEnd, summary: BodySummary) {
         // Exactly once per answer (at its end, or when the client drops it).
         let m = &self.ex.upstream().metrics;
         m.in_flight.decrement(1.0);

@@ -12,6 +12,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use switchyard_core::event::Class;
+use switchyard_core::ErrorKind;
 
 use crate::errors::ErrorChain;
 use crate::exchange::Exchange;
@@ -97,7 +98,7 @@ pub(crate) fn after_connect_error(
     let up = ex.upstream();
     tracing::warn!(request_id = ex.id(), provider = %up.name, error = %ErrorChain(e), "cannot connect; failing over");
     up.metrics.failovers.increment(1);
-    ex.attempt_failed(0, Class::Connect, None);
+    ex.attempt_failed(0, ErrorKind::UpstreamConnect.class(), None);
     ex.move_to(other);
     if let Some(prefix) = &ex.model_prefix {
         models::rename_for(&mut req, prefix, &ex.upstream().config);

@@ -4,12 +4,15 @@
 //!    [`Router::side_of`] picks `from` or `to` (the other side is the fallback; a provider
 //!    that asked for a pause with a 429's `Retry-After` gets no first attempts).
 //! 2. **rewrite the head**: hop-by-hop headers out, bodies asked for uncompressed (usage is
-//!    read as they pass), the trace continued.
-//! 3. **prepare the body**: its model read ahead when a side renames models
-//!    ([`crate::models`]); a mirror's tee ([`crate::mirror`]: a shadow of `from`'s traffic,
-//!    or the live control of `to`'s at the last phase); refused when the API takes JSON and
-//!    it is not JSON; stream usage asked for on the client's behalf (`inject_stream_usage`);
-//!    a replay copy when refusals fail over ([`crate::failover`]).
+//!    read as they pass), the trace continued; the request's [`Exchange`] starts here, and
+//!    accounts for it from now on however it ends.
+//! 3. **prepare the body**: read whole only to ask a stream for its usage on the client's
+//!    behalf (`inject_stream_usage`); its model read ahead when a side renames models
+//!    ([`crate::models`]: the body's start only); a mirror's tee ([`crate::mirror`]: a
+//!    shadow of `from`'s traffic, or the live control of `to`'s at the last phase); refused
+//!    when the API takes JSON and it is not JSON; a replay copy when refusals fail over
+//!    ([`crate::failover`]); then addressed to the first provider
+//!    ([`Upstream::prepare`]: its path, `Host` and key).
 //! 4. **the attempts**, one loop as pingora's `process_request`: send on the worker's
 //!    pooled connection under the first-byte timeout ([`crate::timeout`], counted from the
 //!    end of the upload) → classify: an answer goes to the client ([`Exchange::respond`]; a
@@ -128,42 +131,14 @@ async fn prepare(
 ) -> Result<(Box<Exchange>, RequestBody), Response<GatewayBody>> {
     let snap = ex.snap.clone();
     let limit = snap.config.server.max_body_bytes;
-    // Providers may name models differently: learn the client's model before choosing what
-    // to send (only the body's start is read; the rest streams untouched).
-    let mut ahead = None;
-    let mut body = Some(body);
-    if models::must_read_ahead(&ex, &parts.method) {
-        let incoming = body.take().expect("the body is there");
-        let (e, read) = models::read_ahead(ex, incoming).await?;
-        ex = e;
-        body = read.rest;
-        ahead = Some(read.prefix);
-    }
-    let model = ahead.as_ref().and_then(|p| p.client_model());
-    let (tee, pair) = mirror::start(&snap, side, ex.bucket, parts, model, worker);
-    ex.shadow = pair;
-    // The OpenAI APIs take JSON: a body the gateway can see is not JSON is the client's
-    // fault, answered 400 here (`client_fault`), never a provider's 4xx for the judge.
     let json_required = ex.endpoint.requires_json();
-    let seen_not_json = match (&body, &ahead) {
-        (None, Some(prefix)) => !is_json(&prefix.held),
-        (Some(b), None) => b.is_end_stream(),
-        _ => false,
-    };
-    if json_required && seen_not_json {
-        return Err(ex.client_broke(&ClientBodyError::not_json()));
-    }
-    let inject = ex.upstream().config.inject_stream_usage
-        && openai::is_chat_completion(&parts.method, &parts.uri);
-    let b = if let Some(prefix) = ahead {
-        let held = models::renamed_for(&prefix, &ex.upstream().config);
-        models::set_length(&mut parts.headers, prefix.held.len(), held.len());
-        let model = prefix.client_model().map(str::to_string);
-        let (b, shared) = RequestBody::after_prefix(held, body.take(), limit, model.as_deref());
-        ex.shared = Some(shared);
-        ex.model_prefix = Some(prefix);
-        b.requiring_json(json_required)
-    } else if inject {
+    let mut body = Some(body);
+    // Asking a stream for its usage on the client's behalf rewrites the body: it is read
+    // whole (the one case that buffers a request).
+    let mut whole = None;
+    if ex.upstream().config.inject_stream_usage
+        && openai::is_chat_completion(&parts.method, &parts.uri)
+    {
         let incoming = body.take().expect("the body is there");
         let bytes = match Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
             .collect()
@@ -185,6 +160,45 @@ async fn prepare(
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         }
+        whole = Some((bytes, model));
+    }
+    // Providers may name models differently: learn the client's model before choosing what
+    // to send (only the body's start is read; the rest streams untouched).
+    let mut ahead = None;
+    if models::must_read_ahead(&ex, &parts.method) {
+        let (e, read) = match whole.take() {
+            Some((bytes, _)) => models::read_whole(ex, bytes)?,
+            None => {
+                let incoming = body.take().expect("the body is there");
+                models::read_ahead(ex, incoming).await?
+            }
+        };
+        ex = e;
+        body = read.rest;
+        ahead = Some(read.prefix);
+    }
+    let model = ahead.as_ref().and_then(|p| p.client_model());
+    let (tee, pair) = mirror::start(&snap, side, ex.bucket, parts, model, worker);
+    ex.shadow = pair;
+    // The OpenAI APIs take JSON: a body the gateway can see is not JSON is the client's
+    // fault, answered 400 here (`client_fault`), never a provider's 4xx for the judge.
+    let seen_not_json = match (&body, &ahead) {
+        (None, Some(prefix)) => !is_json(&prefix.held),
+        (Some(b), None) => b.is_end_stream(),
+        _ => false,
+    };
+    if json_required && seen_not_json {
+        return Err(ex.client_broke(&ClientBodyError::not_json()));
+    }
+    let b = if let Some(prefix) = ahead {
+        let held = models::renamed_for(&prefix, &ex.upstream().config);
+        models::set_length(&mut parts.headers, prefix.held.len(), held.len());
+        let model = prefix.client_model().map(str::to_string);
+        let (b, shared) = RequestBody::after_prefix(held, body.take(), limit, model.as_deref());
+        ex.shared = Some(shared);
+        ex.model_prefix = Some(prefix);
+        b.requiring_json(json_required)
+    } else if let Some((bytes, model)) = whole {
         let shared = RequestShared::with_model(model.as_deref());
         ex.shared = Some(shared.clone());
         RequestBody::buffered(bytes, shared).reading()

@@ -13,8 +13,9 @@ use http::{Method, Request, Uri};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use switchyard_core::answer::Endpoint;
-use switchyard_core::event::{Class, ShadowEvent};
+use switchyard_core::event::{BodyEnd, Class, ShadowEvent};
 use switchyard_core::router::Side;
+use switchyard_core::ErrorKind;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::answer::JsonAnswer;
@@ -188,8 +189,8 @@ pub async fn run(
     let start = Instant::now();
     let failed = |why, class| dest.failed(&snap, why, Some(class), start.elapsed());
     let (resp, lease) = match tokio::time::timeout(up.config.timeout, up.send(worker, req)).await {
-        Err(_) => return failed("timeout", Class::Timeout),
-        Ok(Err(_)) => return failed("error", Class::Connect),
+        Err(_) => return failed("timeout", ErrorKind::UpstreamTimeout.class()),
+        Ok(Err(_)) => return failed("error", ErrorKind::UpstreamConnect.class()),
         Ok(Ok(r)) => r,
     };
     let cold = lease.fresh();
@@ -204,12 +205,12 @@ pub async fn run(
     let mut read: u64 = 0;
     loop {
         match tokio::time::timeout(up.config.idle_timeout, body.frame()).await {
-            Err(_) => return failed("timeout", Class::Timeout),
+            Err(_) => return failed("timeout", BodyEnd::Idle.class()),
             Ok(None) => {
                 lease.release();
                 break;
             }
-            Ok(Some(Err(_))) => return failed("error", Class::StreamCut),
+            Ok(Some(Err(_))) => return failed("error", BodyEnd::Broken.class()),
             Ok(Some(Ok(frame))) => {
                 let Ok(data) = frame.into_data() else {
                     continue;

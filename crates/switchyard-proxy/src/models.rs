@@ -43,7 +43,6 @@ pub(crate) async fn read_ahead(
     ex: Box<Exchange>,
     mut incoming: Incoming,
 ) -> Result<(Box<Exchange>, ReadAhead), Response<GatewayBody>> {
-    let limit = ex.snap.config.server.max_body_bytes;
     let mut search = ModelSearch::default();
     let (prefix, complete) = loop {
         match incoming.frame().await {
@@ -58,6 +57,31 @@ pub(crate) async fn read_ahead(
             None => break (search.finish(), true),
         }
     };
+    let rest = (!complete).then_some(incoming);
+    served(ex, ReadAhead { prefix, rest })
+}
+
+/// A body already read whole (to ask its stream for usage): its model is in it, and
+/// `held` is all of it.
+// The error is the refusal's answer, made once and handed up to the client as it is.
+#[allow(clippy::result_large_err)]
+pub(crate) fn read_whole(
+    ex: Box<Exchange>,
+    body: Bytes,
+) -> Result<(Box<Exchange>, ReadAhead), Response<GatewayBody>> {
+    let mut search = ModelSearch::default();
+    let prefix = search.feed(&body).unwrap_or_else(|| search.finish());
+    served(ex, ReadAhead { prefix, rest: None })
+}
+
+/// A body start over the limit, or a model the first provider does not serve, refused.
+#[allow(clippy::result_large_err)]
+fn served(
+    ex: Box<Exchange>,
+    read: ReadAhead,
+) -> Result<(Box<Exchange>, ReadAhead), Response<GatewayBody>> {
+    let limit = ex.snap.config.server.max_body_bytes;
+    let prefix = &read.prefix;
     if prefix.held.len() as u64 > limit {
         return Err(ex.fail(ErrorKind::BodyTooLarge, &BodyTooLarge::message(limit)));
     }
@@ -71,8 +95,7 @@ pub(crate) async fn read_ahead(
             return Err(ex.fail(ErrorKind::BadRequest, &msg));
         }
     }
-    let rest = (!complete).then_some(incoming);
-    Ok((ex, ReadAhead { prefix, rest }))
+    Ok((ex, read))
 }
 
 /// The read-ahead body start as provider `p` must get it: the model renamed when `p` maps

@@ -47,7 +47,7 @@ pub struct Pool {
     h2: Mutex<Vec<H2Conn>>,
     /// Held while an HTTP/2 connection is being opened.
     pub(crate) opening: tokio::sync::Mutex<()>,
-    /// The last warm request this pool answered ([`Upstream::warm`]).
+    /// The last warm request this pool answered ([`crate::upstream::Upstream::warm`]).
     pub(crate) warmed: std::sync::atomic::AtomicU64,
 }
 

@@ -1,4 +1,5 @@
-//! The client's request body on its way to a provider, streamed, never held whole: as it
+//! The client's request body on its way to a provider, streamed, never held whole (but
+//! for `inject_stream_usage`, which rewrites it, see [`crate::forward`]): as it
 //! passes it is counted against the size limit, read for its model and `max_tokens` (and
 //! refused when it must be JSON and is not), and copied where a feature asked for a copy
 //! (a mirror's, the failover's replay). It is first polled once a connection is up, so a

@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use switchyard_core::answer::AnswerFacts;
-pub use switchyard_core::event::BodyEnd as End;
+use switchyard_core::event::BodyEnd;
 use tokio::time::Sleep;
 
 use crate::answer::JsonAnswer;
@@ -40,7 +40,7 @@ pub struct BodySummary {
 
 /// Called once when a response body ends, however it ends.
 pub trait OnEnd: Send + 'static {
-    fn on_end(self: Box<Self>, end: End, summary: BodySummary);
+    fn on_end(self: Box<Self>, end: BodyEnd, summary: BodySummary);
 }
 
 /// How the response body is read as it passes.
@@ -116,7 +116,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(cb) = this.on_end.take() {
-                cb.on_end(End::ClientGone, this.sniff.summary(*this.bytes));
+                cb.on_end(BodyEnd::ClientGone, this.sniff.summary(*this.bytes));
             }
         }
     }
@@ -143,7 +143,7 @@ impl ResponseBody {
         if inner.is_end_stream() {
             // Empty bodies are never polled: account for them now.
             if let Some(cb) = on_end.take() {
-                cb.on_end(End::Complete, sniff.summary(0));
+                cb.on_end(BodyEnd::Complete, sniff.summary(0));
             }
             give_back(&mut lease);
         }
@@ -179,7 +179,7 @@ impl Body for ResponseBody {
                     }
                 }
                 if let Some(cb) = this.on_end.take() {
-                    cb.on_end(End::Complete, this.sniff.summary(*this.bytes));
+                    cb.on_end(BodyEnd::Complete, this.sniff.summary(*this.bytes));
                 }
                 return Poll::Ready(None);
             }
@@ -224,7 +224,7 @@ impl Body for ResponseBody {
                         *this.upstream_done = true;
                         give_back(this.lease);
                         if let Some(cb) = this.on_end.take() {
-                            cb.on_end(End::Complete, this.sniff.summary(*this.bytes));
+                            cb.on_end(BodyEnd::Complete, this.sniff.summary(*this.bytes));
                         }
                     } else {
                         let deadline = tokio::time::Instant::now() + *this.idle_timeout;
@@ -238,7 +238,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     if let Some(cb) = this.on_end.take() {
-                        cb.on_end(End::Broken, this.sniff.summary(*this.bytes));
+                        cb.on_end(BodyEnd::Broken, this.sniff.summary(*this.bytes));
                     }
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
@@ -249,7 +249,7 @@ impl Body for ResponseBody {
                 Poll::Pending => {
                     ready!(this.idle.as_mut().poll(cx));
                     if let Some(cb) = this.on_end.take() {
-                        cb.on_end(End::Idle, this.sniff.summary(*this.bytes));
+                        cb.on_end(BodyEnd::Idle, this.sniff.summary(*this.bytes));
                     }
                     return Poll::Ready(Some(Err(Box::new(StreamIdle(*this.idle_timeout)))));
                 }

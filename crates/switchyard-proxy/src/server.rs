@@ -11,6 +11,7 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use switchyard_core::ErrorKind;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -20,7 +21,7 @@ use crate::conn::ConnInfo;
 use crate::framing::FramingGuard;
 use crate::metrics::REJECTED_TOTAL;
 use crate::response_body::GatewayBody;
-use crate::service::stack;
+use crate::service::GatewayService;
 use crate::snapshot::Gateway;
 use crate::upstream::Worker;
 
@@ -111,7 +112,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let conn_info = Arc::new(ConnInfo::new(worker, remote));
-        let svc = TowerToHyperService::new(stack(gateway.clone(), conn_info.clone()));
+        let svc = TowerToHyperService::new(GatewayService::new(gateway.clone(), conn_info.clone()));
         let (builders, watcher) = (builders.clone(), graceful.watcher());
         let timeouts = (limits.header_read_timeout, limits.keepalive_timeout);
         // Two tasks, not one with both arms: a task is as large as its largest state, and
@@ -376,10 +377,13 @@ where
 /// The answer to a connection over `max_connections`: an OpenAI-shaped 503, then close.
 async fn refuse_over_cap(mut stream: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
-    const BODY: &str = r#"{"error":{"message":"the gateway is serving its maximum number of connections (server.max_connections); retry shortly","type":"server_error","code":"overloaded"}}"#;
+    let kind = ErrorKind::Overloaded;
+    let body = kind.body("the gateway is serving its maximum number of connections (server.max_connections); retry shortly");
+    // Written on the socket as it is: no HTTP connection was started for it.
     let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nx-switchyard-provider: switchyard\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
+        "HTTP/1.1 {} Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nx-switchyard-provider: switchyard\r\nconnection: close\r\n\r\n{body}",
+        kind.status(),
+        body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
     let _ = stream.shutdown().await;

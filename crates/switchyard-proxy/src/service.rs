@@ -1,9 +1,12 @@
 //! The request path, top to bottom. Every request on a client connection passes, in this
 //! order (read it before changing the order of anything):
 //!
-//! 1. **snapshot**: the current [`Snapshot`] is loaded once; it serves this request to its
-//!    end, so reloads and phase changes never change a request half-way. First, because
-//!    every later step reads it.
+//! 0. **the connection is busy**: a request head arrived (the listener's first-request
+//!    deadline is met) and the connection's last activity is now
+//!    ([`crate::conn::ConnInfo`]).
+//! 1. **snapshot**: the current [`crate::snapshot::Snapshot`] is loaded once; it serves
+//!    this request to its end, so reloads and phase changes never change a request
+//!    half-way. First, because every later step reads it.
 //! 2. **request id**: the client's `x-request-id` is kept, or a UUID made; it goes upstream
 //!    and is the routing key when no sticky header is set. Every response carries it: the
 //!    refusals below and the provider's answers alike set it where they are made.
@@ -13,7 +16,9 @@
 //! 4. **forwarding** ([`crate::forward`]): route, rewrite, prepare the body, then the
 //!    attempts — send, classify, fail over, respond — each accounted by the request's
 //!    [`crate::exchange::Exchange`], its answer streamed through
-//!    [`crate::response_body::ResponseBody`] and accounted again at its end.
+//!    [`crate::response_body::ResponseBody`] and accounted again at its end. The answer
+//!    holds the connection's in-flight guard ([`crate::conn::Active`]) until its last
+//!    byte, so keep-alive and shutdown never cut a stream.
 //!
 //! One service, not a stack of layers: each step is a plain function called in order, and
 //! the snapshot is handed on as an argument, not through the request's extensions.
@@ -42,9 +47,11 @@ pub struct GatewayService {
     conn: Arc<ConnInfo>,
 }
 
-/// The service for a connection with `conn`'s facts, on `gw`'s snapshots.
-pub fn stack(gw: Arc<Gateway>, conn: Arc<ConnInfo>) -> GatewayService {
-    GatewayService { gw, conn }
+impl GatewayService {
+    /// The service for a connection with `conn`'s facts, on `gw`'s snapshots.
+    pub fn new(gw: Arc<Gateway>, conn: Arc<ConnInfo>) -> GatewayService {
+        GatewayService { gw, conn }
+    }
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, Infallible>> + Send>>;

@@ -191,30 +191,6 @@ impl JsonKey {
         }
         serde_json::from_slice(&self.captured).ok()
     }
-
-    /// The captured value read as a `usage` object.
-    pub fn usage(&self) -> Option<(u64, u64)> {
-        self.parse::<Usage>().and_then(Usage::tokens)
-    }
-}
-
-/// The token counts of a `usage` object, in OpenAI's names or Anthropic's.
-#[derive(Debug, serde::Deserialize)]
-struct Usage {
-    prompt_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-}
-
-impl Usage {
-    fn tokens(self) -> Option<(u64, u64)> {
-        let p = self.prompt_tokens.or(self.input_tokens)?;
-        Some((
-            p,
-            self.completion_tokens.or(self.output_tokens).unwrap_or(0),
-        ))
-    }
 }
 
 /// Watches an SSE stream: usage from any event that carries it, the first token's time,
@@ -447,10 +423,16 @@ mod tests {
             scan("model", &[r#"{"tools":[{"model":"no"}],"x":1}"#]),
             None
         );
+        // A nested value captured whole: the token counts in it.
         let usage = |chunks: &[&str]| {
             let mut s = JsonKey::new("usage", 4096);
             chunks.iter().for_each(|c| s.feed(c.as_bytes()));
-            s.usage()
+            let v = s.parse::<Value>()?;
+            let n = |a: &str, b: &str| v[a].as_u64().or(v[b].as_u64()).unwrap_or(0);
+            Some((
+                n("prompt_tokens", "input_tokens"),
+                n("completion_tokens", "output_tokens"),
+            ))
         };
         let resp = r#"{"id":"c","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}"#;
         assert_eq!(usage(&[resp]), Some((12, 5)));
@@ -471,7 +453,7 @@ mod tests {
         // a value over the limit is given up, not truncated
         let mut s = JsonKey::new("usage", 8);
         s.feed(br#"{"usage":{"prompt_tokens":12345}}"#);
-        assert_eq!(s.usage(), None);
+        assert_eq!(s.parse::<Value>(), None);
     }
 
     /// `text` cut into one-character chunks: every split point at once.

@@ -139,9 +139,9 @@ mod tests {
 
     /// When the test's upload ended (the layer knows nothing of the gateway's bodies).
     #[derive(Default)]
-    struct RequestShared(OnceLock<Instant>);
+    struct SentAt(OnceLock<Instant>);
 
-    impl RequestShared {
+    impl SentAt {
         fn mark_sent(&self) {
             let _ = self.0.set(Instant::now());
         }
@@ -154,9 +154,9 @@ mod tests {
     const LIMIT: Duration = Duration::from_secs(1);
 
     /// A request whose body is "sent" when the test says so.
-    struct Upload(Arc<RequestShared>);
+    struct Upload(Arc<SentAt>);
 
-    struct Shared(Arc<RequestShared>);
+    struct Shared(Arc<SentAt>);
 
     impl Started for Shared {
         fn since(&self) -> Since {
@@ -202,7 +202,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_upload_does_not_eat_the_providers_timeout() {
         // The client takes 3 s to upload; the provider answers 500 ms after that.
-        let body = Arc::new(RequestShared::default());
+        let body = Arc::new(SentAt::default());
         let uploading = body.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -213,7 +213,7 @@ mod tests {
         assert!(matches!(r, Ok("answer")));
 
         // Uploaded, then silent for longer than the limit: the provider's timeout.
-        let body = Arc::new(RequestShared::default());
+        let body = Arc::new(SentAt::default());
         body.mark_sent();
         let start = Instant::now();
         let mut svc = FirstByteTimeoutLayer.layer(answering(None));
@@ -222,7 +222,7 @@ mod tests {
         assert_eq!(start.elapsed(), LIMIT);
 
         // Finished uploading late: the timeout runs from then.
-        let body = Arc::new(RequestShared::default());
+        let body = Arc::new(SentAt::default());
         let late = body.clone();
         let start = Instant::now();
         tokio::spawn(async move {

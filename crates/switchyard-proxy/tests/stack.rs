@@ -11,7 +11,7 @@ use hyper_util::service::TowerToHyperService;
 use switchyard_core::Config;
 use switchyard_mock::{Mock, MockConfig};
 use switchyard_proxy::conn::ConnInfo;
-use switchyard_proxy::service::stack;
+use switchyard_proxy::service::GatewayService;
 use switchyard_proxy::{Gateway, Sinks, Snapshot};
 
 async fn gateway(extra: &str) -> (Arc<Gateway>, Mock, Mock) {
@@ -46,7 +46,10 @@ async fn gateway(extra: &str) -> (Arc<Gateway>, Mock, Mock) {
 /// Sends one request through the stack over an in-memory connection.
 async fn send(gw: &Arc<Gateway>, req: Request<Full<Bytes>>) -> (u16, http::HeaderMap, String) {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let svc = TowerToHyperService::new(stack(gw.clone(), Arc::new(ConnInfo::default())));
+    let svc = TowerToHyperService::new(GatewayService::new(
+        gw.clone(),
+        Arc::new(ConnInfo::default()),
+    ));
     tokio::spawn(async move {
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(server_io), svc)

@@ -1,7 +1,7 @@
 //! One metric, `to` against `from`, over each interval of a look: the rates (with the
 //! error-rate backstop) by Fisher's exact test, the latencies by van Elteren's test within
 //! strata, each re-run without the one key that could explain a failure alone. What the
-//! comparison means and how the look's significance is shared: [`crate::judge`].
+//! comparison means and how the look's significance is shared: [`crate::judge`](mod@crate::judge).
 
 use switchyard_core::config::AutoRollbackConfig;
 use switchyard_core::verdict::{Concentration, Judgement, Metric, MetricVerdict};

@@ -2,7 +2,7 @@
 //! the old one (the judge, which the rollback guard and the phase gates act on), provider
 //! health, and telling people (webhook alerts).
 //!
-//! The pure parts ([`stats`], [`window`], [`looks`], [`judge`], [`gate`], [`stat`],
+//! The pure parts ([`stats`], [`window`], [`looks`], [`judge`](mod@judge), [`gate`](mod@gate), [`stat`],
 //! [`health`]) take the time as a number of
 //! milliseconds so that tests drive a clock of their own; only [`alerts`] runs tasks.
 
