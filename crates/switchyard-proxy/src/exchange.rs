@@ -24,7 +24,7 @@ use crate::headers::{
     strip_hop_by_hop, X_REQUEST_ID, X_SWITCHYARD_FAILOVER, X_SWITCHYARD_PROVIDER,
 };
 use crate::limits::Permit;
-use crate::metrics::{Outcome, EVENTS_DROPPED};
+use crate::metrics::{Outcome, Recorded, EVENTS_DROPPED};
 use crate::openai::ModelPrefix;
 use crate::pool::Lease;
 use crate::request_body::RequestShared;
@@ -208,12 +208,8 @@ impl Exchange {
             self.unpin_client_buffer();
         }
         let up = self.upstream();
-        up.metrics.first_byte.record(first_byte.as_secs_f64());
+        up.metrics.answer_began(first_byte, stream);
         let idle = up.config.idle_timeout;
-        up.metrics.in_flight.increment(1.0);
-        if stream {
-            up.metrics.open_streams.increment(1.0);
-        }
         let on_end = Box::new(AtEnd {
             status: parts.status.as_u16(),
             first_byte,
@@ -345,49 +341,28 @@ impl Exchange {
         let snap = &self.snap;
         let up = &snap.upstreams[self.provider];
         let elapsed = self.start.elapsed();
-        let m = &up.metrics;
         let outcome = Outcome::of(class, status);
-        m.count(outcome, class);
-        if let Some(cut) = detail.cut_short {
-            m.count_cut(cut);
-        }
-        if let Some(w) = detail.waited {
-            m.abandoned_waits.record(w.as_secs_f64());
-        }
-        m.duration.record(elapsed.as_secs_f64());
-
         let (prompt, completion) = summary.usage.unwrap_or((0, 0));
         let model = self.shared.as_ref().and_then(|s| s.model());
-        let (mut cost, mut cost_other) = (None, None);
-        if prompt + completion > 0 {
-            m.prompt_tokens.increment(prompt);
-            m.completion_tokens.increment(completion);
-            if let Some(model) = model {
-                cost = up.config.pricing.cost(model, prompt, completion);
-                let mig = &snap.config.migration;
-                let other = match self.provider {
-                    p if p == mig.from => Some(mig.to),
-                    p if p == mig.to => Some(mig.from),
-                    _ => None,
-                };
-                cost_other = other.and_then(|o| {
-                    snap.config.providers[o]
-                        .pricing
-                        .cost(model, prompt, completion)
-                });
-            }
-            if let Some(c) = cost {
-                m.cost.increment(c);
-            }
-            m.count_model(model, prompt, completion, cost);
-        }
+        let (cost, cost_other) = match model {
+            Some(model) if prompt + completion > 0 => self.costs(model, prompt, completion),
+            _ => (None, None),
+        };
         let ttfb = match (summary.stream, summary.first_token) {
             (true, Some(t)) => Some(t.duration_since(self.start)),
             _ => ttfb,
         };
-        if let (true, Some(t)) = (summary.stream, ttfb) {
-            m.stream_ttft.record(t.as_secs_f64());
-        }
+        up.metrics.record(&Recorded {
+            outcome,
+            class,
+            elapsed,
+            cut_short: detail.cut_short,
+            waited: detail.waited,
+            model,
+            tokens: (prompt, completion),
+            cost,
+            ttft: ttfb.filter(|_| summary.stream),
+        });
         if let Some(events) = &snap.events {
             let upload = self
                 .shared
@@ -470,6 +445,22 @@ impl Exchange {
     }
 }
 
+impl Exchange {
+    /// What the tokens cost on the provider that served them, and what they would have
+    /// cost on the other side of the migration (the live ROI projection).
+    fn costs(&self, model: &str, prompt: u64, completion: u64) -> (Option<f64>, Option<f64>) {
+        let providers = &self.snap.config.providers;
+        let mig = &self.snap.config.migration;
+        let other = match self.provider {
+            p if p == mig.from => Some(mig.to),
+            p if p == mig.to => Some(mig.from),
+            _ => None,
+        };
+        let cost = |p: usize| providers[p].pricing.cost(model, prompt, completion);
+        (cost(self.provider), other.and_then(cost))
+    }
+}
+
 /// A client that leaves before the answer's head (its connection closed, its HTTP/2 stream
 /// reset) drops the request's future, and with it the exchange: the one place that still
 /// knows it happened. Accounted once, as `client_gone` against the provider the request was
@@ -509,11 +500,7 @@ struct AtEnd {
 impl OnEnd for AtEnd {
     fn on_end(mut self: Box<Self>, end: BodyEnd, summary: BodySummary) {
         // Exactly once per answer (at its end, or when the client drops it).
-        let m = &self.ex.upstream().metrics;
-        m.in_flight.decrement(1.0);
-        if self.stream {
-            m.open_streams.decrement(1.0);
-        }
+        self.ex.upstream().metrics.answer_ended(self.stream);
         let (class, bad_answer) = Class::of_end(
             end,
             self.status,

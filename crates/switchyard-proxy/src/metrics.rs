@@ -1,6 +1,8 @@
 //! Metric handles, registered once per provider per snapshot so the hot path
 //! only touches atomics (no label lookups or `String`s per request).
 
+use std::time::Duration;
+
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use switchyard_core::answer::CutShort;
 use switchyard_core::event::Class;
@@ -175,6 +177,22 @@ impl Outcome {
     }
 }
 
+/// One attempt, as a provider's metrics count it.
+pub struct Recorded<'a> {
+    pub outcome: Outcome,
+    pub class: Class,
+    pub elapsed: Duration,
+    pub cut_short: Option<CutShort>,
+    /// How long a client that left before the answer's head had waited for it.
+    pub waited: Option<Duration>,
+    /// The client's name for it.
+    pub model: Option<&'a str>,
+    pub tokens: (u64, u64),
+    pub cost: Option<f64>,
+    /// A stream's time to first token.
+    pub ttft: Option<Duration>,
+}
+
 #[derive(Clone)]
 pub struct ProviderMetrics {
     requests: [Counter; 5],
@@ -237,14 +255,48 @@ impl ProviderMetrics {
         }
     }
 
+    /// Everything counted of one attempt, once.
+    pub fn record(&self, r: &Recorded<'_>) {
+        self.count(r.outcome, r.class);
+        if let Some(cut) = r.cut_short {
+            self.cut[cut as usize].increment(1);
+        }
+        if let Some(w) = r.waited {
+            self.abandoned_waits.record(w.as_secs_f64());
+        }
+        self.duration.record(r.elapsed.as_secs_f64());
+        let (prompt, completion) = r.tokens;
+        if prompt + completion > 0 {
+            self.prompt_tokens.increment(prompt);
+            self.completion_tokens.increment(completion);
+            if let Some(c) = r.cost {
+                self.cost.increment(c);
+            }
+            self.count_model(r.model, prompt, completion, r.cost);
+        }
+        if let Some(t) = r.ttft {
+            self.stream_ttft.record(t.as_secs_f64());
+        }
+    }
+
+    /// An answer's head was passed on; it is in flight until [`ProviderMetrics::answer_ended`].
+    pub fn answer_began(&self, first_byte: Duration, stream: bool) {
+        self.first_byte.record(first_byte.as_secs_f64());
+        self.in_flight.increment(1.0);
+        if stream {
+            self.open_streams.increment(1.0);
+        }
+    }
+
+    pub fn answer_ended(&self, stream: bool) {
+        self.in_flight.decrement(1.0);
+        if stream {
+            self.open_streams.decrement(1.0);
+        }
+    }
+
     /// Counts one answer's tokens (and cost) under its model's series.
-    pub fn count_model(
-        &self,
-        model: Option<&str>,
-        prompt: u64,
-        completion: u64,
-        cost: Option<f64>,
-    ) {
+    fn count_model(&self, model: Option<&str>, prompt: u64, completion: u64, cost: Option<f64>) {
         let m = model
             .and_then(|name| self.by_model.iter().find(|m| &*m.model == name))
             .or_else(|| self.by_model.last());
@@ -255,10 +307,6 @@ impl ProviderMetrics {
                 m.cost.increment(c);
             }
         }
-    }
-
-    pub fn count_cut(&self, cut: CutShort) {
-        self.cut[cut as usize].increment(1);
     }
 
     #[inline]
