@@ -4,7 +4,10 @@
 //! `seed   = XXH3-64("switchyard\0" ++ from ++ "\0" ++ to, seed 0)`
 //! `bucket = XXH3-64(key, seed) mod 10000`
 //! A bucket below `percent × 100` goes to `to`, the rest to `from`. Because a key's
-//! bucket never changes, raising the percent only ever moves keys `from` → `to`.
+//! bucket never changes, raising the percent only ever moves keys `from` → `to`. The
+//! mirrored cohorts are bucket ranges too, so they are as stable: the shadow's, the top of
+//! `from`'s range ([`Router::mirrored`]), and the live control's at the last phase, the top
+//! of the space ([`Router::controlled`]).
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -54,12 +57,44 @@ impl Router {
             Side::From
         }
     }
+
+    /// The part of the bucket space `from` serves that is mirrored: its top `shadow_buckets`
+    /// per 10000, so the shadow cohort is stable for a phase and shrinks as keys move to `to`.
+    #[inline]
+    pub fn mirrored(bucket: u16, to_buckets: u16, shadow_buckets: u16) -> bool {
+        let from_span = 10_000u32 - u32::from(to_buckets);
+        let threshold = 10_000u32 - from_span * u32::from(shadow_buckets) / 10_000;
+        shadow_buckets > 0 && bucket >= to_buckets && u32::from(bucket) >= threshold
+    }
+
+    /// Whether the request in `bucket` is mirrored to `from` as the live control: the last
+    /// `control_buckets` of the space, a stable cohort.
+    #[inline]
+    pub fn controlled(bucket: u16, control_buckets: u16) -> bool {
+        control_buckets > 0 && u32::from(bucket) >= 10_000 - u32::from(control_buckets)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn mirrored_share_of_the_from_side() {
+        let count = |to, sh| {
+            (0..10_000u16)
+                .filter(|b| Router::mirrored(*b, to, sh))
+                .count()
+        };
+        assert_eq!(count(0, 1000), 1000);
+        assert_eq!(count(5000, 1000), 500);
+        assert_eq!(count(5000, 10_000), 5000);
+        assert_eq!(count(10_000, 10_000), 0);
+        assert_eq!(count(2500, 0), 0);
+        // never a bucket that goes to `to`
+        assert!((0..2500u16).all(|b| !Router::mirrored(b, 2500, 10_000)));
+    }
 
     /// Pinned vectors: if this test fails, routing changed and users would move.
     #[test]

@@ -14,14 +14,14 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use switchyard_core::answer::Endpoint;
 use switchyard_core::event::{BodyEnd, Class, ShadowEvent};
-use switchyard_core::router::Side;
+use switchyard_core::router::{Router, Side};
 use switchyard_core::ErrorKind;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::answer::JsonAnswer;
 use crate::headers::X_SWITCHYARD_SHADOW;
 use crate::request_body::{RequestBody, RequestShared, Tee, TeeResult};
-use crate::shadow::{self, Pair, SideResult, CONTROL_REQUESTS, SHADOW_COST, SHADOW_DURATION};
+use crate::shadow::{Pair, SideResult, CONTROL_REQUESTS, SHADOW_COST, SHADOW_DURATION};
 use crate::snapshot::Snapshot;
 use crate::sniff::{text_of_json, SseScan};
 use crate::upstream::Worker;
@@ -299,8 +299,8 @@ pub(crate) fn start(
     let m = &snap.config.migration;
     let shadowed = side == Side::From
         && m.from != m.to
-        && shadow::mirrored(bucket, snap.to_buckets, m.shadow_buckets);
-    let controlled = side == Side::To && shadow::controlled(bucket, snap.control_buckets);
+        && Router::mirrored(bucket, snap.to_buckets, m.shadow_buckets);
+    let controlled = side == Side::To && Router::controlled(bucket, snap.control_buckets);
     let Some(rt) = snap.shadow.as_ref().filter(|_| shadowed || controlled) else {
         return (None, None);
     };

@@ -1,8 +1,11 @@
 //! Shadow traffic: a stable share of the requests `from` serves is mirrored to `to`
 //! (`x-switchyard-shadow: 1`, sent by the mirror module), fire-and-forget, and its answer
-//! compared with the primary's when both are done ([`Pair`]). Which share is mirrored
-//! ([`mirrored`]), and at the last phase which share of `to`'s goes to `from` as the judge's
-//! live control ([`controlled`]), is decided here.
+//! compared with the primary's when both are done ([`Pair`]). Which share is mirrored, and
+//! at the last phase which share of `to`'s goes to `from` as the judge's live control, are
+//! routing rules ([`Router::mirrored`], [`Router::controlled`]).
+//!
+//! [`Router::mirrored`]: switchyard_core::router::Router::mirrored
+//! [`Router::controlled`]: switchyard_core::router::Router::controlled
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -182,35 +185,9 @@ pub fn compare(p: &SideResult, s: &SideResult, json_asked: bool) -> ShadowCompar
     }
 }
 
-/// The part of the bucket space `from` serves that is mirrored: its top `shadow_buckets`
-/// per 10000, so the shadow cohort is stable for a phase and shrinks as keys move to `to`.
-pub fn mirrored(bucket: u16, to_buckets: u16, shadow_buckets: u16) -> bool {
-    let from_span = 10_000u32 - u32::from(to_buckets);
-    let threshold = 10_000u32 - from_span * u32::from(shadow_buckets) / 10_000;
-    shadow_buckets > 0 && bucket >= to_buckets && u32::from(bucket) >= threshold
-}
-
-/// Whether the request in `bucket` is mirrored to `from` as the live control: the last
-/// `control_buckets` of the space, a stable cohort.
-pub fn controlled(bucket: u16, control_buckets: u16) -> bool {
-    control_buckets > 0 && u32::from(bucket) >= 10_000 - u32::from(control_buckets)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mirrored_share_of_the_from_side() {
-        let count = |to, sh| (0..10_000u16).filter(|b| mirrored(*b, to, sh)).count();
-        assert_eq!(count(0, 1000), 1000);
-        assert_eq!(count(5000, 1000), 500);
-        assert_eq!(count(5000, 10_000), 5000);
-        assert_eq!(count(10_000, 10_000), 0);
-        assert_eq!(count(2500, 0), 0);
-        // never a bucket that goes to `to`
-        assert!((0..2500u16).all(|b| !mirrored(b, 2500, 10_000)));
-    }
 
     fn answer(content: &str, latency_ms: u64) -> SideResult {
         SideResult {
