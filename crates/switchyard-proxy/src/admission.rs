@@ -2,6 +2,9 @@
 //! plain function answering a [`Refusal`] (made into a response in one place,
 //! [`Refusal::respond`]):
 //!
+//! 0. **request id**: the client's `x-request-id` is kept, or a UUID made; it goes
+//!    upstream, is the routing key when no sticky header is set, and every answer carries
+//!    it, the refusals below too.
 //! 1. **framing**: a request head with both `Content-Length` and `Transfer-Encoding` (seen
 //!    by the connection's framing guard) is refused with 400 and the connection closed:
 //!    that pair is how requests are smuggled.
@@ -36,6 +39,13 @@ use crate::snapshot::Snapshot;
 
 /// What admission learned of a request it let in.
 pub(crate) struct Admitted {
+    /// The client's `x-request-id`, or the one made for it.
+    pub(crate) request_id: HeaderValue,
+    pub(crate) client: Client,
+}
+
+/// The client key that sent a request, when keys are configured.
+pub(crate) struct Client {
     /// The client key's in-flight slot, when it has limits.
     pub(crate) permit: Option<Arc<Permit>>,
     /// Which configured client key sent it.
@@ -112,15 +122,16 @@ impl Refusal {
 
 /// Runs the steps of the module docs in order.
 pub(crate) fn admit(
-    req: &Request<Incoming>,
+    req: &mut Request<Incoming>,
     snap: &Snapshot,
     conn: &ConnInfo,
 ) -> Result<Admitted, Refusal> {
+    let request_id = ensure_request_id(req);
     refuse_smuggling(conn)?;
     refuse_escapes(req)?;
-    let admitted = admit_client(req, snap)?;
+    let client = admit_client(req, snap)?;
     refuse_declared_body(req, snap)?;
-    Ok(admitted)
+    Ok(Admitted { request_id, client })
 }
 
 /// Step 1: a request head with both `Content-Length` and `Transfer-Encoding`.
@@ -154,9 +165,9 @@ fn refuse_escapes(req: &Request<Incoming>) -> Result<(), Refusal> {
 
 /// Step 3: the client's key, when keys are configured, and its rate limits; the permit
 /// travels with the request to its end.
-fn admit_client(req: &Request<Incoming>, snap: &Snapshot) -> Result<Admitted, Refusal> {
+fn admit_client(req: &Request<Incoming>, snap: &Snapshot) -> Result<Client, Refusal> {
     let Some(keys) = snap.client_keys.as_deref() else {
-        return Ok(Admitted {
+        return Ok(Client {
             permit: None,
             client_key: None,
         });
@@ -168,13 +179,13 @@ fn admit_client(req: &Request<Incoming>, snap: &Snapshot) -> Result<Admitted, Re
     // The judge counts evidence per client too: one client cannot decide a verdict.
     let client_key = Some(u16::try_from(key).unwrap_or(u16::MAX));
     let Some(limiter) = &snap.limiter else {
-        return Ok(Admitted {
+        return Ok(Client {
             permit: None,
             client_key,
         });
     };
     match limiter.admit(key, std::time::Instant::now()) {
-        Ok(permit) => Ok(Admitted {
+        Ok(permit) => Ok(Client {
             permit: Some(Arc::new(permit)),
             client_key,
         }),
@@ -207,13 +218,15 @@ fn refuse_declared_body(req: &Request<Incoming>, snap: &Snapshot) -> Result<(), 
     Ok(())
 }
 
-/// Keeps the client's `x-request-id`, or makes one (it goes upstream and is the routing
-/// key when no sticky header is set).
-pub(crate) fn ensure_request_id<B>(req: &mut Request<B>) {
-    if !req.headers().contains_key(&X_REQUEST_ID) {
-        req.headers_mut()
-            .insert(X_REQUEST_ID.clone(), new_request_id());
+/// Step 0: keeps the client's `x-request-id`, or makes one (it goes upstream, is the
+/// routing key when no sticky header is set, and every answer carries it, refusals too).
+fn ensure_request_id<B>(req: &mut Request<B>) -> HeaderValue {
+    if let Some(id) = req.headers().get(&X_REQUEST_ID) {
+        return id.clone();
     }
+    let id = new_request_id();
+    req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+    id
 }
 
 /// A random UUID (v4), formatted without a heap string.
@@ -223,7 +236,7 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(s).expect("a UUID is a valid header value")
 }
 
-pub(crate) fn request_id_of<B>(req: &Request<B>) -> HeaderValue {
+fn request_id_of<B>(req: &Request<B>) -> HeaderValue {
     req.headers()
         .get(&X_REQUEST_ID)
         .cloned()

@@ -36,7 +36,7 @@ use switchyard_core::router::{Router, Side};
 use switchyard_core::ErrorKind;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::admission::{request_id_of, Admitted};
+use crate::admission::Admitted;
 use crate::answer::is_json;
 use crate::errors::{BodyTooLarge, ClientBodyError};
 use crate::exchange::{Exchange, Start};
@@ -61,7 +61,10 @@ pub(crate) async fn forward(
     worker: Worker,
     client: Option<SocketAddr>,
 ) -> Response<GatewayBody> {
-    let request_id = request_id_of(&req);
+    let Admitted {
+        request_id,
+        client: who,
+    } = admitted;
     let m = &snap.config.migration;
     // 1. route
     let bucket = {
@@ -101,10 +104,10 @@ pub(crate) async fn forward(
         provider: first,
         fallback: (other != first).then_some(other),
         bucket,
-        client_key: admitted.client_key,
+        client_key: who.client_key,
         client,
         trace,
-        permit: admitted.permit,
+        permit: who.permit,
     });
     // 3. prepare the body
     let (mut ex, body) = match prepare(ex, &mut parts, body, side, worker).await {

@@ -7,13 +7,11 @@
 //! 1. **snapshot**: the current [`crate::snapshot::Snapshot`] is loaded once; it serves
 //!    this request to its end, so reloads and phase changes never change a request
 //!    half-way. First, because every later step reads it.
-//! 2. **request id**: the client's `x-request-id` is kept, or a UUID made; it goes upstream
-//!    and is the routing key when no sticky header is set. Every response carries it: the
-//!    refusals below and the provider's answers alike set it where they are made.
-//! 3. **admission** ([`crate::admission`]): framing (request smuggling), escapes (dot
-//!    segments, `CONNECT`), the client's key and limits, a declared body over the limit:
-//!    refused with the gateway's own answer, counted by reason.
-//! 4. **forwarding** ([`crate::forward`]): route, rewrite, prepare the body, then the
+//! 2. **admission** ([`crate::admission`]): the request id (the client's, or one made),
+//!    then framing (request smuggling), escapes (dot segments, `CONNECT`), the client's key
+//!    and limits, a declared body over the limit: refused with the gateway's own answer,
+//!    counted by reason.
+//! 3. **forwarding** ([`crate::forward`]): route, rewrite, prepare the body, then the
 //!    attempts — send, classify, fail over, respond — each accounted by the request's
 //!    [`crate::exchange::Exchange`], its answer streamed through
 //!    [`crate::response_body::ResponseBody`] and accounted again at its end. The answer
@@ -34,7 +32,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::Service;
 
-use crate::admission::{admit, ensure_request_id};
+use crate::admission::admit;
 use crate::conn::{Active, ConnInfo};
 use crate::forward::forward;
 use crate::response_body::GatewayBody;
@@ -70,8 +68,7 @@ impl Service<Request<Incoming>> for GatewayService {
         conn.started.store(true, Ordering::Relaxed);
         conn.touch();
         let snap = self.gw.load();
-        ensure_request_id(&mut req);
-        let admitted = match admit(&req, &snap, conn) {
+        let admitted = match admit(&mut req, &snap, conn) {
             Ok(a) => a,
             Err(refusal) => {
                 let answer = refusal.respond(&req, &snap, conn.remote);
