@@ -24,7 +24,7 @@ use crate::headers::{
     strip_hop_by_hop, X_REQUEST_ID, X_SWITCHYARD_FAILOVER, X_SWITCHYARD_PROVIDER,
 };
 use crate::limits::Permit;
-use crate::metrics::{Outcome, Recorded, EVENTS_DROPPED};
+use crate::metrics::{Recorded, EVENTS_DROPPED};
 use crate::openai::ModelPrefix;
 use crate::pool::Lease;
 use crate::request_body::RequestShared;
@@ -341,7 +341,6 @@ impl Exchange {
         let snap = &self.snap;
         let up = &snap.upstreams[self.provider];
         let elapsed = self.start.elapsed();
-        let outcome = Outcome::of(class, status);
         let (prompt, completion) = summary.usage.unwrap_or((0, 0));
         let model = self.shared.as_ref().and_then(|s| s.model());
         let (cost, cost_other) = match model {
@@ -352,8 +351,8 @@ impl Exchange {
             (true, Some(t)) => Some(t.duration_since(self.start)),
             _ => ttfb,
         };
-        up.metrics.record(&Recorded {
-            outcome,
+        let outcome = up.metrics.record(&Recorded {
+            status,
             class,
             elapsed,
             cut_short: detail.cut_short,

@@ -179,7 +179,7 @@ impl Outcome {
 
 /// One attempt, as a provider's metrics count it.
 pub struct Recorded<'a> {
-    pub outcome: Outcome,
+    pub status: u16,
     pub class: Class,
     pub elapsed: Duration,
     pub cut_short: Option<CutShort>,
@@ -255,9 +255,10 @@ impl ProviderMetrics {
         }
     }
 
-    /// Everything counted of one attempt, once.
-    pub fn record(&self, r: &Recorded<'_>) {
-        self.count(r.outcome, r.class);
+    /// Everything counted of one attempt, once; answers its `status` bucket.
+    pub fn record(&self, r: &Recorded<'_>) -> Outcome {
+        let outcome = Outcome::of(r.class, r.status);
+        self.count(outcome, r.class);
         if let Some(cut) = r.cut_short {
             self.cut[cut as usize].increment(1);
         }
@@ -277,6 +278,7 @@ impl ProviderMetrics {
         if let Some(t) = r.ttft {
             self.stream_ttft.record(t.as_secs_f64());
         }
+        outcome
     }
 
     /// An answer's head was passed on; it is in flight until [`ProviderMetrics::answer_ended`].
