@@ -177,30 +177,23 @@ async fn prepare(
             }
         };
         ex = e;
-        body = read.rest;
-        ahead = Some(read.prefix);
+        ahead = Some(read);
     }
-    let model = ahead.as_ref().and_then(|p| p.client_model());
+    let model = ahead.as_ref().and_then(|r| r.prefix.client_model());
     let (tee, pair) = mirror::start(&snap, side, ex.bucket, parts, model, worker);
     ex.shadow = pair;
     // The OpenAI APIs take JSON: a body the gateway can see is not JSON is the client's
     // fault, answered 400 here (`client_fault`), never a provider's 4xx for the judge.
     let seen_not_json = match (&body, &ahead) {
-        (None, Some(prefix)) => !is_json(&prefix.held),
+        (_, Some(read)) => read.rest.is_none() && !is_json(&read.prefix.held),
         (Some(b), None) => b.is_end_stream(),
         _ => false,
     };
     if json_required && seen_not_json {
         return Err(ex.client_broke(&ClientBodyError::not_json()));
     }
-    let b = if let Some(prefix) = ahead {
-        let held = models::renamed_for(&prefix, &ex.upstream().config);
-        models::set_length(&mut parts.headers, prefix.held.len(), held.len());
-        let model = prefix.client_model().map(str::to_string);
-        let (b, shared) = RequestBody::after_prefix(held, body.take(), limit, model.as_deref());
-        ex.shared = Some(shared);
-        ex.model_prefix = Some(prefix);
-        b.requiring_json(json_required)
+    let b = if let Some(read) = ahead {
+        models::first_body(&mut ex, read, &mut parts.headers, limit).requiring_json(json_required)
     } else if let Some((bytes, model)) = whole {
         let shared = RequestShared::with_model(model.as_deref());
         ex.shared = Some(shared.clone());

@@ -17,7 +17,7 @@ use crate::errors::{BodyTooLarge, ClientBodyError};
 use crate::exchange::{Accounted, Exchange};
 use crate::openai::{ModelPrefix, ModelSearch};
 use crate::pool::Lease;
-use crate::request_body::BoxedBody;
+use crate::request_body::{BoxedBody, RequestBody};
 use crate::response_body::{BodySummary, GatewayBody};
 
 /// The most of a provider's model list read to rename its models.
@@ -106,6 +106,23 @@ pub(crate) fn renamed_for(prefix: &ModelPrefix, p: &ProviderConfig) -> Bytes {
         Some(ModelRoute::Rename(name)) => prefix.renamed(name),
         _ => prefix.held.clone(),
     }
+}
+
+/// The body the first provider gets after a read-ahead: the start renamed for it (its
+/// declared length following), then the rest as it streams.
+pub(crate) fn first_body(
+    ex: &mut Exchange,
+    read: ReadAhead,
+    headers: &mut http::HeaderMap,
+    limit: u64,
+) -> RequestBody {
+    let ReadAhead { prefix, rest } = read;
+    let held = renamed_for(&prefix, &ex.upstream().config);
+    set_length(headers, prefix.held.len(), held.len());
+    let (body, shared) = RequestBody::after_prefix(held, rest, limit, prefix.client_model());
+    ex.shared = Some(shared);
+    ex.model_prefix = Some(prefix);
+    body
 }
 
 /// A declared `Content-Length` follows a body start that changed length.
