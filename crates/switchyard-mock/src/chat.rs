@@ -16,6 +16,8 @@ use crate::state::{Guard, State};
 
 /// A chat completion, as the request and the mock's settings ask.
 pub(crate) fn completion(ask: Ask<'_>, guard: Guard) -> Response<MockBody> {
+    let stream = ask.stream();
+    let (chunks, chunk_delay) = (ask.chunks(), ask.chunk_delay());
     let Ask {
         st,
         headers: h,
@@ -25,10 +27,6 @@ pub(crate) fn completion(ask: Ask<'_>, guard: Guard) -> Response<MockBody> {
         prompt_tokens,
     } = ask;
     let name = &st.cfg.name;
-    let stream = req_json
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
     let fault = h
         .get("x-mock-fault")
         .and_then(|v| v.to_str().ok()?.parse::<Fault>().ok())
@@ -37,7 +35,6 @@ pub(crate) fn completion(ask: Ask<'_>, guard: Guard) -> Response<MockBody> {
         let id = format!("chatcmpl-{name}-{n}");
         return faulty(fault, stream, st, guard, &id, &model, prompt_tokens);
     }
-    let chunks = header_num(h, "x-mock-chunks").map_or(st.cfg.chunks, |v| v as usize);
     if !stream {
         let content = format!("Hello from {name}");
         let completion_tokens = chunks as u64;
@@ -56,8 +53,6 @@ pub(crate) fn completion(ask: Ask<'_>, guard: Guard) -> Response<MockBody> {
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let chunk_delay =
-        header_num(h, "x-mock-chunk-delay-ms").map_or(st.cfg.chunk_delay, Duration::from_millis);
     let cut_after = header_num(h, "x-mock-cut-after").map(|v| v as usize);
     let (mut tx, rx) = Channel::<Bytes, std::io::Error>::new(4);
     let id = format!("chatcmpl-{name}-{n}");
@@ -113,35 +108,22 @@ pub(crate) fn completion(ask: Ask<'_>, guard: Guard) -> Response<MockBody> {
     sse_response(rx, name)
 }
 
-// OpenAI's Responses API: usage as `input_tokens`/`output_tokens`, in the answer or,
-// streamed, in the closing `response.completed` event.
+/// OpenAI's Responses API: usage as `input_tokens`/`output_tokens`, in the answer or,
+/// streamed, in the closing `response.completed` event.
 pub(crate) fn responses(ask: Ask<'_>, guard: Guard) -> Response<MockBody> {
-    let Ask {
-        st,
-        headers: h,
-        json: req_json,
-        n,
-        model,
-        prompt_tokens,
-    } = ask;
-    let name = &st.cfg.name;
-    let stream = req_json
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let chunks = header_num(h, "x-mock-chunks").map_or(st.cfg.chunks, |v| v as usize);
-    let id = format!("resp-{name}-{n}");
+    let (name, prompt_tokens, model) = (&ask.st.cfg.name, ask.prompt_tokens, &ask.model);
+    let chunks = ask.chunks();
+    let id = format!("resp-{name}-{}", ask.n);
     let usage = json!({"input_tokens": prompt_tokens, "output_tokens": chunks, "total_tokens": prompt_tokens + chunks as u64});
     let text = format!("Hello from {name}");
     let done = json!({"id": id, "object": "response", "status": "completed", "model": model,
         "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
         "usage": usage});
-    if !stream {
+    if !ask.stream() {
         guard.done();
         return json_response(StatusCode::OK, &done, name);
     }
-    let chunk_delay =
-        header_num(h, "x-mock-chunk-delay-ms").map_or(st.cfg.chunk_delay, Duration::from_millis);
+    let chunk_delay = ask.chunk_delay();
     let (mut tx, rx) = Channel::<Bytes, std::io::Error>::new(4);
     tokio::spawn(async move {
         let event = |kind: &str, v: Value| Bytes::from(format!("event: {kind}\ndata: {v}\n\n"));

@@ -1,6 +1,7 @@
 //! How the mock answers: JSON and SSE responses, and what a request asked for.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -11,6 +12,27 @@ use serde_json::Value;
 use crate::state::State;
 
 pub(crate) type MockBody = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
+
+impl Ask<'_> {
+    /// The request asks for a streamed answer.
+    pub(crate) fn stream(&self) -> bool {
+        self.json
+            .get("stream")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// Content chunks to send: `x-mock-chunks`, else the mock's own.
+    pub(crate) fn chunks(&self) -> usize {
+        header_num(self.headers, "x-mock-chunks").map_or(self.st.cfg.chunks, |v| v as usize)
+    }
+
+    /// The pause before each chunk: `x-mock-chunk-delay-ms`, else the mock's own.
+    pub(crate) fn chunk_delay(&self) -> Duration {
+        header_num(self.headers, "x-mock-chunk-delay-ms")
+            .map_or(self.st.cfg.chunk_delay, Duration::from_millis)
+    }
+}
 
 /// One request as the answering code needs it.
 pub(crate) struct Ask<'a> {
