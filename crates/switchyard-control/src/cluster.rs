@@ -150,7 +150,7 @@ impl Cluster {
             ),
         };
         let etcd = Etcd::with_options(cfg.endpoints.clone(), auth, cfg.ca_file.as_deref())
-            .map_err(|e| format!("cluster.etcd.{e}"))?;
+            .map_err(|e| format!("cluster.etcd: {e}"))?;
         Ok(Cluster::with_store(
             Arc::new(etcd),
             replica_id,

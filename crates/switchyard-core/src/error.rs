@@ -82,9 +82,10 @@ impl ErrorKind {
             | ErrorKind::BadRequest
             | ErrorKind::Unauthorized
             | ErrorKind::RateLimited
-            | ErrorKind::MethodNotAllowed
-            // Refused before any provider was chosen: counts against no one.
-            | ErrorKind::Overloaded => Class::ClientFault,
+            | ErrorKind::MethodNotAllowed => Class::ClientFault,
+            // The gateway's own capacity; answered before any provider is chosen, so it is
+            // never accounted against one.
+            ErrorKind::Overloaded => Class::ServerError,
         }
     }
 
@@ -117,6 +118,6 @@ mod tests {
         assert_eq!(ErrorKind::UpstreamTimeout.class(), Class::Timeout);
         assert_eq!(ErrorKind::UpstreamBroken.class(), Class::StreamCut);
         assert_eq!(ErrorKind::BodyTooLarge.class(), Class::ClientFault);
-        assert_eq!(ErrorKind::Overloaded.class(), Class::ClientFault);
+        assert_eq!(ErrorKind::Overloaded.class(), Class::ServerError);
     }
 }

@@ -61,6 +61,8 @@ pub(crate) struct Refusal {
     reason: &'static str,
     /// Close the connection after answering (a smuggling attempt).
     close: bool,
+    /// Set by [`admit`] (step 0 comes first, so every refusal has one).
+    request_id: HeaderValue,
     retry_after: Option<u64>,
 }
 
@@ -72,6 +74,7 @@ impl Refusal {
             reason,
             close: false,
             retry_after: None,
+            request_id: HeaderValue::from_static("-"),
         }
     }
 
@@ -83,14 +86,14 @@ impl Refusal {
         client: Option<SocketAddr>,
     ) -> Response<GatewayBody> {
         metrics::counter!(REJECTED_TOTAL, "reason" => self.reason).increment(1);
-        let request_id = request_id_of(req);
+        let request_id = &self.request_id;
         let status = self.kind.status();
         if snap.config.server.access_log {
             access_log(&Finished {
                 client,
                 ttfb: None,
                 failover: None,
-                request_id: &request_id,
+                request_id,
                 method: req.method(),
                 uri: req.uri(),
                 provider: "-",
@@ -107,7 +110,7 @@ impl Refusal {
                 detail: Detail::default(),
             });
         }
-        let mut r = error_response(self.kind, &self.message, &request_id, &GATEWAY_ITSELF);
+        let mut r = error_response(self.kind, &self.message, request_id, &GATEWAY_ITSELF);
         if self.close {
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -127,11 +130,17 @@ pub(crate) fn admit(
     conn: &ConnInfo,
 ) -> Result<Admitted, Refusal> {
     let request_id = ensure_request_id(req);
-    refuse_smuggling(conn)?;
-    refuse_escapes(req)?;
-    let client = admit_client(req, snap)?;
-    refuse_declared_body(req, snap)?;
-    Ok(Admitted { request_id, client })
+    let checked = refuse_smuggling(conn)
+        .and_then(|()| refuse_escapes(req))
+        .and_then(|()| admit_client(req, snap))
+        .and_then(|client| refuse_declared_body(req, snap).map(|()| client));
+    match checked {
+        Ok(client) => Ok(Admitted { request_id, client }),
+        Err(refusal) => Err(Refusal {
+            request_id,
+            ..refusal
+        }),
+    }
 }
 
 /// Step 1: a request head with both `Content-Length` and `Transfer-Encoding`.
@@ -234,13 +243,6 @@ fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     HeaderValue::from_str(s).expect("a UUID is a valid header value")
-}
-
-fn request_id_of<B>(req: &Request<B>) -> HeaderValue {
-    req.headers()
-        .get(&X_REQUEST_ID)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static("-"))
 }
 
 /// Whether a path has a `.` or `..` segment, raw or percent-encoded (`%2e`).

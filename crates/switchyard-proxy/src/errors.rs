@@ -36,7 +36,7 @@ pub enum ProviderProblem {
     Host(#[source] BoxError),
     #[error("the key in {env} has characters not allowed in a header")]
     KeyNotAHeader { env: String },
-    #[error("bad name: {0}")]
+    #[error("{0}")]
     Name(#[from] http::header::InvalidHeaderValue),
     #[error(transparent)]
     Tls(#[from] switchyard_http::TlsError),

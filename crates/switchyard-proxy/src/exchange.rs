@@ -74,8 +74,9 @@ pub struct Exchange {
     pub(crate) strip_usage: bool,
     /// This request is mirrored: its answer meets the shadow's here.
     pub(crate) shadow: Option<Arc<Pair>>,
-    /// The body's start as the client sent it, read to learn its model (providers that
-    /// rename models): kept to rename it again for another provider on failover.
+    /// The body's start as the client sent it (all of it when the gateway held it whole),
+    /// read to learn its model (providers that rename models): kept to rename it again for
+    /// another provider on failover, until the answer's head.
     pub(crate) model_prefix: Option<ModelPrefix>,
     /// The request's headers as the first provider got them (less its key and host), to
     /// send a refused request once more elsewhere.
@@ -190,6 +191,8 @@ impl Exchange {
         lease: Lease,
     ) -> Response<GatewayBody> {
         let first_byte = self.start.elapsed();
+        // The answer is the client's now: nothing fails over any more.
+        self.model_prefix = None;
         let (mut parts, body) = resp.into_parts();
         self.answer_headers(&mut parts.headers);
         let sniff = Sniff::for_content_type(
@@ -296,7 +299,7 @@ impl Exchange {
     /// counted as the client's (`client_fault`, or `client_gone` for a hang-up).
     pub(crate) fn client_broke(self: Box<Self>, e: &ClientBodyError) -> Response<GatewayBody> {
         let class = if e.gone {
-            BodyEnd::ClientGone.class()
+            Class::ClientGone
         } else {
             ErrorKind::BadRequest.class()
         };

@@ -47,14 +47,15 @@ pub(crate) fn after_refusal(
 ) -> Option<Result<Request<BoxedBody>, http::Error>> {
     let other = ex.fallback?;
     let status = resp.status().as_u16();
-    let cfg = ex.snap.config.clone();
-    if !cfg.migration.failover.fails_over(status) {
+    let failover = &ex.snap.config.migration.failover;
+    if !failover.fails_over(status) {
         return None;
     }
+    let honor_retry_after = failover.honor_retry_after;
     let replay = ex.shared.as_ref()?.replay()?;
     let mut headers = ex.replay_headers.take()?;
     let up = ex.upstream();
-    if status == 429 && cfg.migration.failover.honor_retry_after {
+    if status == 429 && honor_retry_after {
         let secs = resp
             .headers()
             .get(header::RETRY_AFTER)
@@ -68,7 +69,7 @@ pub(crate) fn after_refusal(
         replay,
         ex.model_prefix.as_ref(),
         &up.config,
-        &cfg.providers[other],
+        &ex.snap.config.providers[other],
     );
     if headers.contains_key(header::CONTENT_LENGTH) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));

@@ -97,7 +97,7 @@ pub(crate) async fn forward(
         ctx
     });
     let ex = Exchange::new(Start {
-        snap: snap.clone(),
+        snap,
         request_id,
         method: parts.method.clone(),
         uri: parts.uri.clone(),
@@ -132,8 +132,7 @@ async fn prepare(
     side: Side,
     worker: Worker,
 ) -> Result<(Box<Exchange>, RequestBody), Response<GatewayBody>> {
-    let snap = ex.snap.clone();
-    let limit = snap.config.server.max_body_bytes;
+    let limit = ex.snap.config.server.max_body_bytes;
     let json_required = ex.endpoint.requires_json();
     let mut body = Some(body);
     // Asking a stream for its usage on the client's behalf rewrites the body: it is read
@@ -165,6 +164,7 @@ async fn prepare(
         }
         whole = Some((bytes, model));
     }
+    let json_checked = whole.is_some();
     // Providers may name models differently: learn the client's model before choosing what
     // to send (only the body's start is read; the rest streams untouched).
     let mut ahead = None;
@@ -180,12 +180,12 @@ async fn prepare(
         ahead = Some(read);
     }
     let model = ahead.as_ref().and_then(|r| r.prefix.client_model());
-    let (tee, pair) = mirror::start(&snap, side, ex.bucket, parts, model, worker);
+    let (tee, pair) = mirror::start(&ex.snap, side, ex.bucket, parts, model, worker);
     ex.shadow = pair;
     // The OpenAI APIs take JSON: a body the gateway can see is not JSON is the client's
     // fault, answered 400 here (`client_fault`), never a provider's 4xx for the judge.
     let seen_not_json = match (&body, &ahead) {
-        (_, Some(read)) => read.rest.is_none() && !is_json(&read.prefix.held),
+        (_, Some(read)) => !json_checked && read.rest.is_none() && !is_json(&read.prefix.held),
         (Some(b), None) => b.is_end_stream(),
         _ => false,
     };

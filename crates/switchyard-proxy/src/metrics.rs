@@ -158,7 +158,7 @@ impl Outcome {
         }
     }
 
-    pub fn from_status(status: u16) -> Self {
+    fn from_status(status: u16) -> Self {
         match status {
             500..=599 => Outcome::S5xx,
             400..=499 => Outcome::S4xx,

@@ -20,8 +20,9 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::answer::JsonAnswer;
 use crate::headers::X_SWITCHYARD_SHADOW;
+use crate::metrics::SHADOW_COST;
 use crate::request_body::{RequestBody, RequestShared, Tee, TeeResult};
-use crate::shadow::{Pair, SideResult, CONTROL_REQUESTS, SHADOW_COST, SHADOW_DURATION};
+use crate::shadow::{Pair, SideResult, CONTROL_REQUESTS, SHADOW_DURATION};
 use crate::snapshot::Snapshot;
 use crate::sniff::{text_of_json, SseScan};
 use crate::upstream::Worker;
@@ -155,9 +156,6 @@ pub async fn run(
             }
         }
     }
-    let Ok(uri) = up.uri_for(&mirror.uri) else {
-        return fail("error", None);
-    };
     let body_len = body.len();
     let endpoint = Endpoint::of(mirror.method == Method::POST, mirror.uri.path());
     let shared = Arc::new(RequestShared::default());
@@ -165,26 +163,19 @@ pub async fn run(
         RequestBody::buffered(body, shared.clone()).reading(),
     ));
     *req.method_mut() = mirror.method;
-    *req.uri_mut() = uri;
     *req.headers_mut() = mirror.headers;
+    let Ok(mut req) = up.prepare(req, &mirror.uri) else {
+        return fail("error", None);
+    };
     let h = req.headers_mut();
     if h.contains_key(header::CONTENT_LENGTH) {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
     }
-    h.insert(header::HOST, up.host.clone());
     let tag = match dest {
         MirrorTo::Shadow(_) => "1",
         MirrorTo::Control { .. } => "control",
     };
     h.insert(X_SWITCHYARD_SHADOW.clone(), HeaderValue::from_static(tag));
-    match &up.auth {
-        Some(a) => {
-            h.insert(header::AUTHORIZATION, a.clone());
-        }
-        None => {
-            h.remove(header::AUTHORIZATION);
-        }
-    }
 
     let start = Instant::now();
     let failed = |why, class| dest.failed(&snap, why, Some(class), start.elapsed());

@@ -69,8 +69,7 @@ pub(crate) fn read_whole(
     ex: Box<Exchange>,
     body: Bytes,
 ) -> Result<(Box<Exchange>, ReadAhead), Response<GatewayBody>> {
-    let mut search = ModelSearch::default();
-    let prefix = search.feed(&body).unwrap_or_else(|| search.finish());
+    let prefix = ModelSearch::whole(body);
     served(ex, ReadAhead { prefix, rest: None })
 }
 

@@ -110,13 +110,26 @@ impl ModelSearch {
 
     /// The body ended: what was found, if anything.
     pub fn finish(&mut self) -> ModelPrefix {
-        let model = match (self.key.span(), self.key.parse::<String>()) {
+        ModelPrefix {
+            model: self.found(),
+            held: std::mem::take(&mut self.held).freeze(),
+        }
+    }
+
+    /// A body the gateway holds whole: `held` is the body itself, not a copy.
+    pub fn whole(body: Bytes) -> ModelPrefix {
+        let mut search = ModelSearch::default();
+        search.key.feed(&body);
+        ModelPrefix {
+            model: search.found(),
+            held: body,
+        }
+    }
+
+    fn found(&self) -> Option<(Box<str>, usize, usize)> {
+        match (self.key.span(), self.key.parse::<String>()) {
             (Some((start, end)), Some(name)) => Some((name.into_boxed_str(), start, end)),
             _ => None,
-        };
-        ModelPrefix {
-            held: std::mem::take(&mut self.held).freeze(),
-            model,
         }
     }
 }

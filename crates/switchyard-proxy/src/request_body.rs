@@ -330,6 +330,12 @@ impl RequestBody {
         }
         if let Some(tee) = &mut self.tee {
             tee.copy.push(data);
+            if tee.copy.over {
+                // Said at once: the mirror's slot is freed now, not at the body's end.
+                if let Some(t) = self.tee.take() {
+                    t.finish();
+                }
+            }
         }
         if let Some(r) = &mut self.replay {
             r.push(data);

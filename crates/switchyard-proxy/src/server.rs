@@ -377,15 +377,18 @@ where
 /// The answer to a connection over `max_connections`: an OpenAI-shaped 503, then close.
 async fn refuse_over_cap(mut stream: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
-    let kind = ErrorKind::Overloaded;
-    let body = kind.body("the gateway is serving its maximum number of connections (server.max_connections); retry shortly");
-    // Written on the socket as it is: no HTTP connection was started for it.
-    let answer = format!(
-        "HTTP/1.1 {} Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nx-switchyard-provider: switchyard\r\nconnection: close\r\n\r\n{body}",
-        kind.status(),
-        body.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+    // Written on the socket as it is (no HTTP connection was started for it), and made
+    // once: it is what an overloaded gateway sends most.
+    static ANSWER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let kind = ErrorKind::Overloaded;
+        let body = kind.body("the gateway is serving its maximum number of connections (server.max_connections); retry shortly");
+        format!(
+            "HTTP/1.1 {} Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nx-switchyard-provider: switchyard\r\nconnection: close\r\n\r\n{body}",
+            kind.status(),
+            body.len()
+        )
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(ANSWER.as_bytes())).await;
     let _ = stream.shutdown().await;
 }
 

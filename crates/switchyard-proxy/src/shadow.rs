@@ -15,7 +15,7 @@ use switchyard_core::answer::{BadAnswer, CutShort};
 use switchyard_core::event::{Class, ShadowComparison, ShadowEvent};
 use tokio::sync::{mpsc, Semaphore};
 
-pub use crate::metrics::SHADOW_COST;
+use crate::metrics::SHADOW_COST;
 
 pub const SHADOW_REQUESTS: &str = "switchyard_shadow_requests_total";
 pub const SHADOW_DURATION: &str = "switchyard_shadow_duration_seconds";
