@@ -12,16 +12,34 @@ pub fn run(path: &std::path::Path, probe: bool) -> ExitCode {
     };
     match switchyard_core::Config::parse(&text, &path.display().to_string()) {
         Ok(c) => {
-            let m = &c.migration;
-            println!(
-                "{}: ok ({} providers; {} -> {} in {} phases; phase {})",
-                path.display(),
-                c.providers.len(),
-                c.providers[m.from].name,
-                c.providers[m.to].name,
-                m.phases.len(),
-                m.file_phase
-            );
+            if c.named_migrations {
+                println!(
+                    "{}: ok ({} providers; {} migrations; others to `{}`)",
+                    path.display(),
+                    c.providers.len(),
+                    c.migrations.len(),
+                    c.default_provider
+                        .map_or("-", |p| c.providers[p].name.as_str())
+                );
+            }
+            for m in &c.migrations {
+                let line = format!(
+                    "{} -> {} in {} phases; phase {}",
+                    c.providers[m.from].name,
+                    c.providers[m.to].name,
+                    m.phases.len(),
+                    m.file_phase
+                );
+                if c.named_migrations {
+                    println!("  {}: {line}", m.name);
+                } else {
+                    println!(
+                        "{}: ok ({} providers; {line})",
+                        path.display(),
+                        c.providers.len()
+                    );
+                }
+            }
             for w in model_warnings(&c) {
                 eprintln!("warning: {w}");
             }
@@ -43,7 +61,22 @@ pub fn run(path: &std::path::Path, probe: bool) -> ExitCode {
 /// Models one side of the migration knows (prices or maps) and the other does not: the
 /// comparison and the cost projection would be lopsided, or requests refused on one side.
 pub fn model_warnings(c: &switchyard_core::Config) -> Vec<String> {
-    let m = &c.migration;
+    let mut out = Vec::new();
+    for m in &c.migrations {
+        for w in pair_warnings(c, m) {
+            if !out.contains(&w) {
+                out.push(w);
+            }
+        }
+    }
+    out
+}
+
+/// [`model_warnings`] for one migration's pair of providers.
+fn pair_warnings(
+    c: &switchyard_core::Config,
+    m: &switchyard_core::config::MigrationConfig,
+) -> Vec<String> {
     let known =
         |p: &switchyard_core::config::ProviderConfig| -> std::collections::BTreeSet<String> {
             p.pricing
@@ -67,15 +100,18 @@ pub fn model_warnings(c: &switchyard_core::Config) -> Vec<String> {
     out
 }
 
-/// `check --probe`: the preflight of both providers of the migration, from here.
+/// `check --probe`: the preflight of every provider of the migrations, from here.
 fn probe_providers(c: &switchyard_core::Config) -> ExitCode {
     let rt = match crate::runtime(false) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let m = &c.migration;
     let mut ok = true;
-    for i in [m.from, m.to] {
+    let mut probed = std::collections::BTreeSet::new();
+    for (m, i) in c.migrations.iter().flat_map(|m| [(m, m.from), (m, m.to)]) {
+        if !probed.insert(i) {
+            continue;
+        }
         let p = &c.providers[i];
         let key = p
             .api_key_env
@@ -88,7 +124,7 @@ fn probe_providers(c: &switchyard_core::Config) -> ExitCode {
                 p.name
             );
         }
-        let up = match switchyard_proxy::upstream::Upstream::build(p, key, 1) {
+        let up = match switchyard_proxy::upstream::Upstream::build(p, key, 1, &[]) {
             Ok(up) => up,
             Err(e) => {
                 eprintln!("{e}");

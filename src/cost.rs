@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::{json, Value};
+use switchyard_core::config::MigrationConfig;
 use switchyard_core::Config;
 
 #[derive(Args, Debug)]
@@ -30,11 +31,21 @@ pub struct CostArgs {
     json: bool,
 }
 
-/// Cost table for one model: (provider, monthly USD) rows plus the from→to savings.
+/// The migration that moves `model`: the first that matches it by name, else the first.
+fn migration_for<'a>(config: &'a Config, model: &str) -> &'a MigrationConfig {
+    config
+        .migrations
+        .iter()
+        .find(|m| m.matcher.models.iter().any(|x| x == model))
+        .unwrap_or(&config.migrations[0])
+}
+
+/// Cost table for one model: (provider, monthly USD) rows plus the from→to savings of the
+/// migration that moves it.
 pub fn table(config: &Config, model: &str, tokens: u64, input_share: f64) -> Value {
     let input = tokens as f64 * input_share;
     let output = tokens as f64 - input;
-    let m = &config.migration;
+    let m = migration_for(config, model);
     let mut rows = Vec::new();
     for p in &config.providers {
         if let Some(price) = p.pricing.models.get(model) {
@@ -80,21 +91,37 @@ pub fn run(args: CostArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let m = &config.migration;
     let models: Vec<String> = match &args.model {
         Some(model) => vec![model.clone()],
-        None => config.providers[m.from]
-            .pricing
-            .models
-            .keys()
-            .filter(|k| config.providers[m.to].pricing.models.contains_key(*k))
-            .cloned()
-            .collect(),
+        None => {
+            let mut all = std::collections::BTreeSet::new();
+            for m in &config.migrations {
+                all.extend(
+                    config.providers[m.from]
+                        .pricing
+                        .models
+                        .keys()
+                        .filter(|k| config.providers[m.to].pricing.models.contains_key(*k))
+                        .cloned(),
+                );
+            }
+            all.into_iter().collect()
+        }
     };
     if models.is_empty() {
+        let pairs: Vec<String> = config
+            .migrations
+            .iter()
+            .map(|m| {
+                format!(
+                    "`{}` and `{}`",
+                    config.providers[m.from].name, config.providers[m.to].name
+                )
+            })
+            .collect();
         eprintln!(
-            "switchyard: no model is priced on both `{}` and `{}` (pricing:)",
-            config.providers[m.from].name, config.providers[m.to].name
+            "switchyard: no model is priced on both {} (pricing:)",
+            pairs.join(", nor ")
         );
         return ExitCode::FAILURE;
     }

@@ -1,5 +1,9 @@
 //! The admin listener: `/admin/*`, `/metrics`, `/healthz`, `/readyz`.
 //!
+//! A gateway of several migrations answers each one's calls under
+//! `/admin/migrations/NAME/…` (`GET` for its status, `phase/next`, `phase`, `rollback`,
+//! `finish`); the unnamed calls act on the one migration of a gateway of `migration:`.
+//!
 //! It knows nothing of the proxy: everything goes through [`AdminHandle`], which the
 //! binary implements. `/admin/*` needs `Authorization: Bearer <token>` when a token is
 //! set; the probes and `/metrics` do not (kubelets and scrapers carry no token).
@@ -20,7 +24,8 @@ use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use switchyard_core::api::{
-    ErrorBody, ErrorDetail, NextRequest, PhaseRequest, ReloadAnswer, RollbackRequest, Stats, Status,
+    ErrorBody, ErrorDetail, Migrations, NextRequest, PhaseRequest, ReloadAnswer, RollbackRequest,
+    Stats, Status,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -46,25 +51,37 @@ impl AdminError {
 
 pub type AdminResult<T = Status> = Result<T, AdminError>;
 
-/// What the admin API can see and do.
+/// What the admin API can see and do. `migration` names one migration; `None` is the
+/// unnamed call (the one migration, or, in a gateway of several, what the call means for
+/// all of them: the first one's status, a rollback of every one, a 400 for the others).
 pub trait AdminHandle: Send + Sync + 'static {
-    fn status(&self) -> Status;
-    /// `None` until per-provider stats exist (answers 501).
-    fn stats(&self) -> Option<Stats>;
+    fn status(&self, migration: Option<&str>) -> AdminResult;
+    /// Every migration's status, in file order.
+    fn migrations(&self) -> Migrations;
+    fn stats(&self, migration: Option<&str>) -> AdminResult<Stats>;
     /// Prometheus text.
     fn metrics(&self) -> String;
     /// Config loaded and at least one provider healthy.
     fn ready(&self) -> bool;
     /// `skip_preflight`: move even if `to` would refuse the preflight probe.
-    fn phase_next(&self, skip_preflight: bool) -> impl Future<Output = AdminResult> + Send;
+    fn phase_next(
+        &self,
+        migration: Option<String>,
+        skip_preflight: bool,
+    ) -> impl Future<Output = AdminResult> + Send;
     fn phase_set(
         &self,
+        migration: Option<String>,
         name: String,
         skip_preflight: bool,
     ) -> impl Future<Output = AdminResult> + Send;
-    fn rollback(&self, reason: String) -> impl Future<Output = AdminResult> + Send;
+    fn rollback(
+        &self,
+        migration: Option<String>,
+        reason: String,
+    ) -> impl Future<Output = AdminResult> + Send;
     /// Declares the migration done at its last phase: the judge's live control ends.
-    fn finish(&self) -> impl Future<Output = AdminResult> + Send;
+    fn finish(&self, migration: Option<String>) -> impl Future<Output = AdminResult> + Send;
     fn reload(&self) -> impl Future<Output = AdminResult<ReloadAnswer>> + Send;
     /// The live event stream: the frames a new subscriber gets first, and the rest as they
     /// come (each a whole Server-Sent Events frame).
@@ -248,41 +265,66 @@ async fn route<H: AdminHandle>(
             return r;
         }
     }
-    match (&method, path.as_str()) {
-        (&Method::GET, "/admin/events") => events(h, shutdown),
-        (&Method::GET, "/admin/status") => answer(Ok(h.status())),
-        (&Method::GET, "/admin/stats") => answer(h.stats().ok_or_else(|| {
-            AdminError::new(501, "per-provider stats are not available in this build")
-        })),
-        (&Method::POST, "/admin/phase/next") => match read_body::<NextRequest>(req, "").await {
-            Ok(b) => answer(h.phase_next(b.skip_preflight).await),
-            Err(e) => error(e),
-        },
-        (&Method::POST, "/admin/phase") => {
-            match read_body::<PhaseRequest>(req, r#"{"phase": "<name>"}"#).await {
-                Ok(b) => answer(h.phase_set(b.phase, b.skip_preflight).await),
+    // `?migration=NAME` on the reads; `/admin/migrations/NAME/…` for one migration's calls.
+    let query_migration = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("migration="))
+            .map(str::to_string)
+    });
+    let (migration, call) = match path.strip_prefix("/admin/migrations/") {
+        Some(rest) if !rest.is_empty() => {
+            let (name, call) = rest.split_once('/').unwrap_or((rest, ""));
+            (Some(name.to_string()), format!("/{call}"))
+        }
+        _ => (query_migration, path.clone()),
+    };
+    let named = path.starts_with("/admin/migrations/");
+    match (&method, call.as_str(), named) {
+        (&Method::GET, "/admin/events", false) => events(h, shutdown),
+        (&Method::GET, "/admin/migrations", false) => answer(Ok(h.migrations())),
+        (&Method::GET, "/admin/status", false) | (&Method::GET, "/", true) => {
+            answer(h.status(migration.as_deref()))
+        }
+        (&Method::GET, "/admin/stats", false) | (&Method::GET, "/stats", true) => {
+            answer(h.stats(migration.as_deref()))
+        }
+        (&Method::POST, "/admin/phase/next", false) | (&Method::POST, "/phase/next", true) => {
+            match read_body::<NextRequest>(req, "").await {
+                Ok(b) => answer(h.phase_next(migration, b.skip_preflight).await),
                 Err(e) => error(e),
             }
         }
-        (&Method::POST, "/admin/rollback") => match read_body::<RollbackRequest>(req, "").await {
-            Ok(b) => {
-                let reason = b
-                    .reason
-                    .unwrap_or_else(|| "rollback requested through the admin API".into());
-                answer(h.rollback(reason).await)
+        (&Method::POST, "/admin/phase", false) | (&Method::POST, "/phase", true) => {
+            match read_body::<PhaseRequest>(req, r#"{"phase": "<name>"}"#).await {
+                Ok(b) => answer(h.phase_set(migration, b.phase, b.skip_preflight).await),
+                Err(e) => error(e),
             }
-            Err(e) => error(e),
-        },
-        (&Method::POST, "/admin/reload") => answer(h.reload().await),
-        (&Method::POST, "/admin/finish") => answer(h.finish().await),
+        }
+        (&Method::POST, "/admin/rollback", false) | (&Method::POST, "/rollback", true) => {
+            match read_body::<RollbackRequest>(req, "").await {
+                Ok(b) => {
+                    let reason = b
+                        .reason
+                        .unwrap_or_else(|| "rollback requested through the admin API".into());
+                    answer(h.rollback(migration, reason).await)
+                }
+                Err(e) => error(e),
+            }
+        }
+        (&Method::POST, "/admin/reload", false) => answer(h.reload().await),
+        (&Method::POST, "/admin/finish", false) | (&Method::POST, "/finish", true) => {
+            answer(h.finish(migration).await)
+        }
         (
             _,
             "/admin/status" | "/admin/stats" | "/admin/phase/next" | "/admin/phase"
-            | "/admin/rollback" | "/admin/reload" | "/admin/finish" | "/admin/events",
-        ) => error(AdminError::new(
-            405,
-            format!("{method} is not allowed on {path}"),
-        )),
+            | "/admin/rollback" | "/admin/reload" | "/admin/finish" | "/admin/events"
+            | "/admin/migrations",
+            false,
+        )
+        | (_, "/" | "/stats" | "/phase/next" | "/phase" | "/rollback" | "/finish", true) => error(
+            AdminError::new(405, format!("{method} is not allowed on {path}")),
+        ),
         _ => error(AdminError::new(404, format!("no such endpoint: {path}"))),
     }
 }

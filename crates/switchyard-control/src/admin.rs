@@ -5,24 +5,43 @@ use std::sync::atomic::Ordering;
 
 use switchyard_admin::{AdminHandle, AdminResult};
 use switchyard_core::api::{
-    ControlView, PhaseInfo, PhaseView, ProviderHealth, ReloadAnswer, StateFileStatus, Stats, Status,
+    ControlView, MatchView, Migrations, PhaseInfo, PhaseView, ProviderHealth, ReloadAnswer,
+    StateFileStatus, Stats, Status,
 };
 use switchyard_core::Trigger;
 use switchyard_watch::HealthTracker;
 
-use crate::control::Control;
+use switchyard_proxy::Snapshot;
+
+use crate::control::{slot, Control};
+use crate::error::ControlError;
 use crate::reload::ReloadCause;
 
-impl AdminHandle for Control {
-    fn status(&self) -> Status {
+impl Control {
+    /// The migration a call is about: `name`, or the gateway's only one.
+    fn one(&self, name: Option<&str>) -> Result<String, ControlError> {
         let s = self.gateway.load();
-        let m = &s.config.migration;
-        let name = |i: usize| s.config.providers[i].name.clone();
-        let phase = match (s.state.rolled_back, s.state.phase) {
-            (false, Some(i)) => PhaseView {
-                name: m.phases[i].name.clone(),
-                index: Some(i),
-                percent: m.phases[i].percent(),
+        match name {
+            Some(n) if s.config.migration(n).is_some() => Ok(n.to_string()),
+            Some(n) => Err(ControlError::UnknownMigration(n.to_string())),
+            None if s.config.migrations.len() == 1 => Ok(s.config.migrations[0].name.clone()),
+            None => Err(ControlError::NameAMigration(
+                s.config.migrations.iter().map(|m| m.name.clone()).collect(),
+            )),
+        }
+    }
+
+    /// Migration `i`'s status.
+    fn status_of(&self, s: &Snapshot, i: usize) -> Status {
+        let m = &s.config.migrations[i];
+        let live = &s.migrations[i];
+        let state = &live.state;
+        let name = |p: usize| s.config.providers[p].name.clone();
+        let phase = match (state.rolled_back, state.phase) {
+            (false, Some(p)) => PhaseView {
+                name: m.phases[p].name.clone(),
+                index: Some(p),
+                percent: m.phases[p].percent(),
             },
             _ => PhaseView {
                 name: "rollback".into(),
@@ -46,24 +65,36 @@ impl AdminHandle for Control {
                 .collect()
         };
         let unsaved = self.unsaved();
+        let several = s.config.named_migrations;
+        let watch = self.watch.migration(&m.name);
         Status {
+            migration: m.name.clone(),
+            matches: several.then(|| MatchView {
+                models: m.matcher.models.clone(),
+                paths: m.matcher.paths.clone(),
+                header: m.matcher.headers.iter().cloned().collect(),
+            }),
+            migrations: if several {
+                s.config.migrations.iter().map(|m| m.name.clone()).collect()
+            } else {
+                Vec::new()
+            },
+            default_provider: s.config.default_provider.map(name),
             from: name(m.from),
             to: name(m.to),
             phase,
-            percent: s.percent(),
-            phase_since_unix: self.watch.phase_since_unix(),
+            percent: live.percent(),
+            phase_since_unix: watch
+                .phase_since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             auto_advance: m.auto_advance,
-            gate: self
-                .watch
-                .gate
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            rolled_back: s.state.rolled_back,
-            rollback_reason: s.state.rollback_reason.clone(),
-            rollback_trigger: s.state.rollback_trigger,
-            rolled_back_from: if s.state.rolled_back {
-                s.state.phase.map(|i| m.phases[i].name.clone())
+            gate: watch.gate.clone(),
+            rolled_back: state.rolled_back,
+            rollback_reason: state.rollback_reason.clone(),
+            rollback_trigger: state.rollback_trigger,
+            rolled_back_from: if state.rolled_back {
+                state.phase.map(|p| m.phases[p].name.clone())
             } else {
                 None
             },
@@ -78,22 +109,20 @@ impl AdminHandle for Control {
                 .collect(),
             config_version: s.config_version,
             providers,
-            cluster: self.cluster.as_ref().map(|c| c.status()),
-            verdict: self.watch.verdict(),
-            preflight: self
-                .watch
-                .preflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            cluster: self
+                .cluster
+                .as_ref()
+                .map(|c| c.status(slot(&s.config, i))),
+            verdict: watch.verdict.clone(),
+            preflight: watch.preflight.clone(),
             state_file: StateFileStatus {
                 path: self.state_path().display().to_string(),
                 saved: unsaved.is_none(),
                 error: unsaved,
             },
-            finished: s.state.finished,
-            control: (s.control_buckets > 0).then(|| {
-                let percent = f64::from(s.control_buckets) / 100.0;
+            finished: state.finished,
+            control: (live.control_buckets > 0).then(|| {
+                let percent = f64::from(live.control_buckets) / 100.0;
                 ControlView {
                     provider: name(m.from),
                     percent,
@@ -104,34 +133,70 @@ impl AdminHandle for Control {
                     ),
                 }
             }),
-            last_failing_verdict: self
-                .watch
-                .last_failing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            last_failing_verdict: watch.last_failing.clone(),
+        }
+    }
+}
+
+impl AdminHandle for Control {
+    fn status(&self, migration: Option<&str>) -> AdminResult {
+        let s = self.gateway.load();
+        let i = match migration {
+            Some(n) => s
+                .config
+                .migration(n)
+                .ok_or_else(|| ControlError::UnknownMigration(n.to_string()))?,
+            None => 0,
+        };
+        Ok(self.status_of(&s, i))
+    }
+
+    fn migrations(&self) -> Migrations {
+        let s = self.gateway.load();
+        Migrations {
+            migrations: (0..s.config.migrations.len())
+                .map(|i| self.status_of(&s, i))
+                .collect(),
         }
     }
 
-    fn stats(&self) -> Option<Stats> {
+    fn stats(&self, migration: Option<&str>) -> AdminResult<Stats> {
         let s = self.gateway.load();
         let names: Vec<&str> = s.config.providers.iter().map(|p| p.name.as_str()).collect();
-        let m = &s.config.migration;
         let now = self.watch.now_ms();
-        let mut stats = self
-            .watch
-            .stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .view(now, names[m.from], names[m.to], &names);
+        let (i, mut stats) = match migration {
+            Some(n) => {
+                let i = s
+                    .config
+                    .migration(n)
+                    .ok_or_else(|| ControlError::UnknownMigration(n.to_string()))?;
+                let m = &s.config.migrations[i];
+                let stats =
+                    self.watch
+                        .migration(n)
+                        .stats
+                        .view(now, names[m.from], names[m.to], &names);
+                (i, stats)
+            }
+            None => {
+                let m = &s.config.migrations[0];
+                let stats = self
+                    .watch
+                    .stats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .view(now, names[m.from], names[m.to], &names);
+                (0, stats)
+            }
+        };
         stats.shadow = self
             .watch
             .shadow
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .view();
-        stats.verdict = self.watch.verdict();
-        Some(stats)
+        stats.verdict = self.watch.verdict(&s.config.migrations[i].name);
+        Ok(stats)
     }
 
     fn metrics(&self) -> String {
@@ -150,25 +215,45 @@ impl AdminHandle for Control {
             .any(|p| health.get(&p.name).is_none_or(HealthTracker::healthy))
     }
 
-    async fn phase_next(&self, skip_preflight: bool) -> AdminResult {
-        self.next_phase(skip_preflight).await?;
-        Ok(self.status())
+    async fn phase_next(&self, migration: Option<String>, skip_preflight: bool) -> AdminResult {
+        let name = self.one(migration.as_deref())?;
+        self.next_phase(&name, skip_preflight).await?;
+        self.status(Some(&name))
     }
 
-    async fn phase_set(&self, name: String, skip_preflight: bool) -> AdminResult {
-        self.set_phase(&name, skip_preflight).await?;
-        Ok(self.status())
+    async fn phase_set(
+        &self,
+        migration: Option<String>,
+        phase: String,
+        skip_preflight: bool,
+    ) -> AdminResult {
+        let name = self.one(migration.as_deref())?;
+        self.set_phase(&name, &phase, skip_preflight).await?;
+        self.status(Some(&name))
     }
 
-    async fn finish(&self) -> AdminResult {
-        Control::finish(self).await?;
-        Ok(self.status())
+    async fn finish(&self, migration: Option<String>) -> AdminResult {
+        let name = self.one(migration.as_deref())?;
+        Control::finish(self, &name).await?;
+        self.status(Some(&name))
     }
 
     /// Always moves traffic; whether the state was saved and shared is in the status.
-    async fn rollback(&self, reason: String) -> AdminResult {
-        Control::rollback(self, Trigger::Admin, reason, None, None).await;
-        Ok(self.status())
+    /// Unnamed in a gateway of several: every migration (the panic button).
+    async fn rollback(&self, migration: Option<String>, reason: String) -> AdminResult {
+        if let Some(n) = &migration {
+            self.one(Some(n))?;
+        }
+        Control::rollback(
+            self,
+            migration.as_deref(),
+            Trigger::Admin,
+            reason,
+            None,
+            None,
+        )
+        .await;
+        self.status(migration.as_deref())
     }
 
     fn events(

@@ -1,14 +1,17 @@
-//! Cluster mode: replicas share one migration state through etcd.
+//! Cluster mode: replicas share the migration states through etcd.
 //!
 //! Keys under `cluster.key_prefix`: `state` (the phase, rollback flag, reason, trigger, and
-//! who changed it when), `replicas/<id>` (each replica's heartbeat, on a lease, gone when it
-//! dies). Every replica polls `state` and applies a change within a second; admin writes on
+//! who changed it when; in a gateway of several migrations, `migrations/<name>/state` for
+//! each, so that one migration's writes never touch another's), `replicas/<id>` (each
+//! replica's heartbeat, on a lease, gone when it dies), `windows/<id>` (its judge windows,
+//! per migration). Every replica polls `state` and applies a change within a second; admin writes on
 //! any replica are a compare-and-put on the revision it last saw, so a writer that lost a
 //! race gets 409 instead of silently overwriting. When etcd cannot be reached the replica
 //! keeps serving on the last state it knew (fail static), says so in `/admin/status`, alerts,
 //! answers admin writes with 503, and resyncs before applying anything once etcd is back.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -64,12 +67,19 @@ struct Heartbeat {
     last_seen_unix: u64,
 }
 
-/// What is stored under `<prefix>/windows/<replica>`. Not flattened: serde cannot read
-/// the histograms' number keys back through a flattened struct.
+/// One migration's windows under `<prefix>/windows/<replica>`, with the revision of its
+/// state they were counted under. Not flattened: serde cannot read the histograms' number
+/// keys back through a flattened struct.
 #[derive(Debug, Serialize, Deserialize)]
 struct PublishedWindow {
     rev: i64,
     window: FleetWindow,
+}
+
+/// What is stored under `<prefix>/windows/<replica>`: each migration's, by state slot.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PublishedWindows {
+    migrations: BTreeMap<String, PublishedWindow>,
 }
 
 /// What is stored under `<prefix>/state`.
@@ -108,16 +118,22 @@ pub struct Cluster {
     pub store: Arc<dyn Store>,
     pub replica_id: String,
     prefix: String,
-    /// Revision of `state` this replica last applied or wrote (0: none yet).
-    pub revision: AtomicI64,
+    /// Per state slot (see [`Cluster::state_key`]): the revision this replica last applied
+    /// or wrote (absent: none yet).
+    revisions: Mutex<BTreeMap<String, i64>>,
     healthy: AtomicBool,
     replicas: Mutex<Vec<ReplicaView>>,
-    /// This replica's judge windows, published each second, with the revision of the
-    /// state they were counted under.
-    local_window: Mutex<(i64, FleetWindow)>,
-    /// The sum over live replicas' published windows, with the revision it is for.
-    fleet_window: Mutex<Option<(i64, FleetWindow)>>,
+    /// Per slot, this replica's judge windows, published each second, with the revision
+    /// of the state they were counted under.
+    local_windows: Mutex<BTreeMap<String, (i64, FleetWindow)>>,
+    /// Per slot, the sum over live replicas' published windows, with the revision it is
+    /// for; `None` until a heartbeat summed them.
+    fleet_windows: Mutex<Option<BTreeMap<String, (i64, FleetWindow)>>>,
     leader: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Cluster {
@@ -164,26 +180,32 @@ impl Cluster {
             store,
             replica_id,
             prefix: prefix.trim_end_matches('/').to_string(),
-            revision: AtomicI64::new(0),
+            revisions: Mutex::default(),
             healthy: AtomicBool::new(false),
             replicas: Mutex::new(Vec::new()),
-            local_window: Mutex::new((0, FleetWindow::default())),
-            fleet_window: Mutex::new(None),
+            local_windows: Mutex::default(),
+            fleet_windows: Mutex::new(None),
             leader: AtomicBool::new(false),
         }
     }
 
-    pub fn state_key(&self) -> String {
-        format!("{}/state", self.prefix)
+    /// Where a migration's state lives: `slot` is empty for the one migration of a
+    /// gateway of `migration:`, its name in a gateway of several.
+    pub fn state_key(&self, slot: &str) -> String {
+        if slot.is_empty() {
+            format!("{}/state", self.prefix)
+        } else {
+            format!("{}/migrations/{slot}/state", self.prefix)
+        }
     }
 
     fn replica_key(&self) -> String {
         format!("{}/replicas/{}", self.prefix, self.replica_id)
     }
 
-    /// The revision of the shared state this replica last applied or wrote.
-    pub fn revision(&self) -> i64 {
-        self.revision.load(Ordering::SeqCst)
+    /// The revision of `slot`'s shared state this replica last applied or wrote (0: none).
+    pub fn revision(&self, slot: &str) -> i64 {
+        lock(&self.revisions).get(slot).copied().unwrap_or(0)
     }
 
     /// Hands over this replica's windows, counted under state revision `rev` (read before
@@ -192,24 +214,21 @@ impl Cluster {
     /// the state just changed and the next heartbeat has not summed it yet). A sum made
     /// for another revision is never used: after leaving a rollback it would judge the new
     /// phase on the old one's failures.
-    pub fn judge_window(&self, rev: i64, mine: FleetWindow) -> FleetWindow {
-        *self.local_window.lock().unwrap_or_else(|e| e.into_inner()) = (rev, mine.clone());
-        match self.fleet_window() {
-            Some((sum_rev, sum)) if sum_rev == rev && rev == self.revision() => sum,
+    pub fn judge_window(&self, slot: &str, rev: i64, mine: FleetWindow) -> FleetWindow {
+        lock(&self.local_windows).insert(slot.to_string(), (rev, mine.clone()));
+        match self.fleet_window(slot) {
+            Some((sum_rev, sum)) if sum_rev == rev && rev == self.revision(slot) => sum,
             _ => mine,
         }
     }
 
-    /// The judge windows summed over the fleet and the revision they are for, while etcd
-    /// answers.
-    pub fn fleet_window(&self) -> Option<(i64, FleetWindow)> {
+    /// `slot`'s judge windows summed over the fleet and the revision they are for, while
+    /// etcd answers.
+    pub fn fleet_window(&self, slot: &str) -> Option<(i64, FleetWindow)> {
         if !self.healthy() {
             return None;
         }
-        self.fleet_window
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.fleet_windows).as_ref()?.get(slot).cloned()
     }
 
     /// The one replica that runs the phase gates (`auto_advance`).
@@ -226,16 +245,16 @@ impl Cluster {
         self.healthy.swap(ok, Ordering::SeqCst) != ok
     }
 
-    /// The shared state and its revision, if any was written.
-    pub async fn read(&self) -> Result<Option<(SharedState, i64)>, StoreError> {
-        let Some(e) = self.store.get(&self.state_key()).await? else {
+    /// `slot`'s shared state and its revision, if any was written.
+    pub async fn read(&self, slot: &str) -> Result<Option<(SharedState, i64)>, StoreError> {
+        let key = self.state_key(slot);
+        let Some(e) = self.store.get(&key).await? else {
             return Ok(None);
         };
         match serde_json::from_slice::<SharedState>(&e.value) {
             Ok(s) => Ok(Some((s, e.revision))),
             Err(err) => Err(StoreError::Refused(format!(
-                "{}: not a switchyard state: {err}",
-                self.state_key()
+                "{key}: not a switchyard state: {err}"
             ))),
         }
     }
@@ -243,16 +262,16 @@ impl Cluster {
     /// Compare-and-put on the revision last seen. The revision it was written at comes
     /// from the write's own answer and becomes the revision seen: a write another replica
     /// makes right after is then a change to apply, never mistaken for ours.
-    pub async fn write(&self, state: &SharedState) -> Result<i64, WriteError> {
-        let expected = self.revision();
+    pub async fn write(&self, slot: &str, state: &SharedState) -> Result<i64, WriteError> {
+        let expected = self.revision(slot);
         let body = serde_json::to_vec(state).map_err(|e| WriteError::Unavailable(e.to_string()))?;
         match self
             .store
-            .compare_and_put(&self.state_key(), expected, &body, None)
+            .compare_and_put(&self.state_key(slot), expected, &body, None)
             .await
         {
             Ok(Some(rev)) => {
-                self.set_revision(rev);
+                self.set_revision(slot, rev);
                 Ok(rev)
             }
             Ok(None) => Err(WriteError::Conflict),
@@ -263,9 +282,9 @@ impl Cluster {
         }
     }
 
-    /// The shared state's revision now applied here.
-    pub fn set_revision(&self, rev: i64) {
-        self.revision.store(rev, Ordering::SeqCst);
+    /// `slot`'s shared state's revision now applied here.
+    pub fn set_revision(&self, slot: &str, rev: i64) {
+        lock(&self.revisions).insert(slot.to_string(), rev);
     }
 
     /// Publishes this replica's heartbeat on `lease` and refreshes the list of live replicas.
@@ -294,22 +313,24 @@ impl Cluster {
             .collect();
         *self.replicas.lock().unwrap_or_else(|e| e.into_inner()) = replicas;
 
-        // The rollback guard's window, summed over the replicas alive (their leases).
-        // Tagged with the shared state's revision: after a phase change or a rollback, windows
-        // still counting the previous state are left out of the sum.
-        let rev = self.revision();
-        let (counted_under, window) = self
-            .local_window
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        // Windows counted under another state are not published under this one.
-        let window = if counted_under == rev {
-            window
-        } else {
-            FleetWindow::default()
+        // Each migration's judge windows, summed over the replicas alive (their leases).
+        // Tagged with the migration's state revision: after a phase change or a rollback,
+        // windows still counting the previous state are left out of the sum.
+        let mine = PublishedWindows {
+            migrations: lock(&self.local_windows)
+                .iter()
+                .map(|(slot, (counted_under, window))| {
+                    let rev = self.revision(slot);
+                    // Windows counted under another state are not published under this one.
+                    let window = if *counted_under == rev {
+                        window.clone()
+                    } else {
+                        FleetWindow::default()
+                    };
+                    (slot.clone(), PublishedWindow { rev, window })
+                })
+                .collect(),
         };
-        let mine = PublishedWindow { rev, window };
         let body = serde_json::to_vec(&mine).map_err(|e| StoreError::Refused(e.to_string()))?;
         self.store
             .put(
@@ -318,19 +339,26 @@ impl Cluster {
                 Some(lease),
             )
             .await?;
-        let mut sum = FleetWindow::default();
+        let mut sums: BTreeMap<String, (i64, FleetWindow)> = BTreeMap::new();
         for kv in self
             .store
             .prefix(&format!("{}/windows/", self.prefix))
             .await?
         {
-            if let Ok(w) = serde_json::from_slice::<PublishedWindow>(&kv.value) {
+            let Ok(theirs) = serde_json::from_slice::<PublishedWindows>(&kv.value) else {
+                continue;
+            };
+            for (slot, w) in theirs.migrations {
+                let rev = self.revision(&slot);
                 if w.rev == rev {
-                    sum.merge(&w.window);
+                    sums.entry(slot)
+                        .or_insert_with(|| (rev, FleetWindow::default()))
+                        .1
+                        .merge(&w.window);
                 }
             }
         }
-        *self.fleet_window.lock().unwrap_or_else(|e| e.into_inner()) = Some((rev, sum));
+        *lock(&self.fleet_windows) = Some(sums);
 
         // Leader election: whoever creates the leader key on its lease holds it while alive.
         let key = format!("{}/leader", self.prefix);
@@ -354,15 +382,16 @@ impl Cluster {
             .clone()
     }
 
-    pub fn status(&self) -> ClusterStatus {
+    /// The fleet, with migration `slot`'s summed window.
+    pub fn status(&self, slot: &str) -> ClusterStatus {
         let replicas = self
             .replicas
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let to_window = self
-            .fleet_window()
-            .filter(|(rev, _)| *rev == self.revision())
+            .fleet_window(slot)
+            .filter(|(rev, _)| *rev == self.revision(slot))
             .map(|(_, w)| FleetWindowView {
                 requests: w.requests().0,
                 from_requests: w.requests().1,
@@ -385,6 +414,7 @@ mod tests {
 
     #[test]
     fn published_windows_round_trip() {
+        let _ = PublishedWindows::default();
         let mut scale = Scale::default();
         scale.to.latency.entry(3).or_default().add(1500);
         scale.to.keys.entry(42).or_default().counts.success = 1;
@@ -410,7 +440,7 @@ mod tests {
         let store = Arc::new(crate::store::MemoryStore::new());
         let c = Cluster::with_store(store.clone(), "a".into(), "/t");
         c.set_healthy(true);
-        c.set_revision(5);
+        c.set_revision("", 5);
         let mut failing = FleetWindow {
             scales: vec![Scale::default()],
             to_seen: 40,
@@ -418,20 +448,22 @@ mod tests {
         };
         failing.scales[0].to.counts.server_error = 40;
         let errors = |w: &FleetWindow| w.scales.first().map_or(0, |s| s.to.counts.server_error);
-        c.judge_window(5, failing.clone());
+        c.judge_window("", 5, failing.clone());
         let lease = store.grant(3).await.unwrap();
         c.heartbeat(lease, "p50").await.unwrap();
-        let judged = c.judge_window(5, failing.clone());
+        let judged = c.judge_window("", 5, failing.clone());
         assert_eq!(errors(&judged), 40, "the fleet's sum, same revision");
+        // Another migration's windows are its own.
+        assert_eq!(errors(&c.judge_window("emb", 0, FleetWindow::default())), 0);
 
         // An operator leaves the rollback: revision 6, nothing failed since.
-        c.set_revision(6);
-        let judged = c.judge_window(6, FleetWindow::default());
+        c.set_revision("", 6);
+        let judged = c.judge_window("", 6, FleetWindow::default());
         assert_eq!(errors(&judged), 0);
         // A judge tick that read revision 5 before the change publishes nothing for 6.
-        c.judge_window(5, failing);
+        c.judge_window("", 5, failing);
         c.heartbeat(lease, "p50").await.unwrap();
-        let (rev, sum) = c.fleet_window().unwrap();
+        let (rev, sum) = c.fleet_window("").unwrap();
         assert_eq!((rev, errors(&sum)), (6, 0));
     }
 }

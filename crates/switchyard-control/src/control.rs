@@ -1,5 +1,6 @@
-//! The control plane's core: loading the config, the migration state and its transitions,
-//! and keeping it on disk and (in cluster mode) in the shared store. Reloads: [`crate::reload`].
+//! The control plane's core: loading the config and the migration states, keeping them on
+//! disk and (in cluster mode) in the shared store, the preflight. Moving a migration:
+//! [`crate::transition`]; reloads: [`crate::reload`].
 //!
 //! Writers that build on the current state (reloads, phase changes, applying the shared
 //! state) take one async mutex so that two of them never interleave, and put their result
@@ -7,28 +8,28 @@
 //! nothing: it moves traffic in memory first, always, then saves and publishes what it
 //! can, and what fails is reported and retried, never undoes the move.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchyard_core::event::{RequestEvent, ShadowEvent};
-use switchyard_core::{Config, MigrationState, Trigger};
+use switchyard_core::{Config, MigrationState};
 use switchyard_proxy::shadow::ShadowRuntime;
 use switchyard_proxy::Sinks;
 use switchyard_proxy::{Gateway, Snapshot};
-use switchyard_watch::{Alert, Alerter, ShadowStats, Stats, Verdict};
+use switchyard_watch::{Alert, Alerter};
 use tokio::sync::{mpsc, watch, Mutex};
 
-use crate::cluster::{Cluster, SharedState, WriteError};
+use crate::cluster::Cluster;
 use crate::error::ControlError;
 use crate::events::EventBus;
 use crate::preflight::probe_models;
 use crate::store::Store;
-use crate::watched::{set_judgement_gauges, WatchState};
+use crate::watched::WatchState;
 use crate::{preflight, state_file};
-use switchyard_core::api::Event;
 
 pub const STATE_SAVED: &str = "switchyard_state_saved";
 pub const STATE_SAVE_FAILURES: &str = "switchyard_state_save_failures_total";
@@ -47,7 +48,9 @@ pub(crate) struct Writer {
     /// The bytes of the last file-change reload tried, loaded or not: a file that failed is
     /// not tried again until it changes (a write elsewhere in its folder is no reason).
     pub(crate) last_tried: Vec<u8>,
-    pub(crate) file_phase: String,
+    /// Each migration's `phase:` in the file as last loaded, by name: one edited since
+    /// moves that migration at the next reload.
+    pub(crate) file_phases: BTreeMap<String, String>,
 }
 
 pub struct Control {
@@ -85,7 +88,7 @@ pub(crate) fn cooldown(config: &Config) -> Duration {
         .map_or(Duration::from_secs(300), |a| a.cooldown)
 }
 
-fn unix(t: SystemTime) -> u64 {
+pub(crate) fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -116,9 +119,10 @@ impl Control {
         let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let config = Arc::new(parse(&text, &path).map_err(|e| e.join("\n"))?);
         let state_path = state_file::path_for(&path, config.state_file.as_deref());
-        let (state, entered_at) = state_file::initial(&config, &state_path);
+        let initial = state_file::initial(&config, &state_path);
+        let states = initial.iter().map(|(s, _)| (s.clone(), 0)).collect();
         let (snapshot, warnings) =
-            Snapshot::build(config.clone(), 1, state, 0, &read_env, None, workers)
+            Snapshot::build(config.clone(), 1, states, &read_env, None, workers)
                 .map_err(|e| e.to_string())?;
         for w in warnings {
             tracing::warn!("{w}");
@@ -140,21 +144,15 @@ impl Control {
             },
         ));
         let alerter = Alerter::start(webhook_url(&config), cooldown(&config), stop);
-        let watch = WatchState {
-            stats: std::sync::Mutex::new(Stats::new(
-                config.stats.window_requests,
-                config.stats.window,
-            )),
-            health: std::sync::Mutex::new(Default::default()),
-            shadow: std::sync::Mutex::new(ShadowStats::new(config.stats.window_requests)),
-            started: Instant::now(),
-            phase_since: std::sync::Mutex::new(entered_at.unwrap_or_else(SystemTime::now)),
-            gate: std::sync::Mutex::new(None),
-            verdict: std::sync::Mutex::new(None),
-            last_failing: std::sync::Mutex::new(None),
-            preflight: std::sync::Mutex::new(None),
-        };
-        set_judgement_gauges(None);
+        let watch = WatchState::new(
+            config.stats.window_requests,
+            config.stats.window,
+            config.named_migrations,
+        );
+        for (m, (_, entered_at)) in config.migrations.iter().zip(&initial) {
+            watch.migration(&m.name).phase_since = entered_at.unwrap_or_else(SystemTime::now);
+            watch.set_judgement_gauges(&m.name, None);
+        }
         metrics::gauge!(STATE_SAVED).set(1.0);
         metrics::counter!(STATE_SAVE_FAILURES).absolute(0);
         let cluster = match (&config.cluster, store) {
@@ -173,7 +171,7 @@ impl Control {
             writer: Mutex::new(Writer {
                 last_tried: text.clone(),
                 last_text: text,
-                file_phase: config.migration.file_phase.clone(),
+                file_phases: file_phases(&config),
             }),
             shutting_down: AtomicBool::new(false),
             alerter,
@@ -214,12 +212,7 @@ impl Control {
     /// alert, log) and retried by [`Control::retry_unsaved`]; it never undoes anything.
     pub(crate) fn save(&self) -> Result<(), String> {
         let s = self.gateway.load();
-        let written = state_file::write(
-            &self.state_path,
-            &s.config,
-            &s.state,
-            self.watch.phase_since_unix(),
-        );
+        let written = self.write_states(&s, None);
         let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
         match written {
             Ok(()) => {
@@ -240,10 +233,9 @@ impl Control {
                     tracing::error!("{msg}; traffic follows the state in memory, and saving is retried (a restart now would come back to the last saved state)");
                     self.alerter.send(Alert {
                         event: "state_not_saved",
-                        phase: Some(s.state.phase_name(&s.config.migration.phases).to_string()),
                         text: format!(
                             "{msg}: the live state ({}) is not on disk; retrying",
-                            s.state.phase_name(&s.config.migration.phases)
+                            phases(&s)
                         ),
                         ..Alert::default()
                     });
@@ -253,6 +245,26 @@ impl Control {
         }
     }
 
+    /// Writes the states of `s` to the state file, migration `next.0`'s as `next.1` (the
+    /// state it is about to take, since `next.2`).
+    pub(crate) fn write_states(
+        &self,
+        s: &Snapshot,
+        next: Option<(usize, &MigrationState, u64)>,
+    ) -> std::io::Result<()> {
+        let states: Vec<(&MigrationState, u64)> = s
+            .config
+            .migrations
+            .iter()
+            .enumerate()
+            .map(|(i, m)| match next {
+                Some((j, state, at)) if i == j => (state, at),
+                _ => (s.state(i), self.watch.phase_since_unix(&m.name)),
+            })
+            .collect();
+        state_file::write(&self.state_path, &s.config, &states)
+    }
+
     /// Saves again if the last save failed (called now and then by the watchers).
     pub fn retry_unsaved(&self) {
         if self.unsaved().is_some() {
@@ -260,15 +272,17 @@ impl Control {
         }
     }
 
-    /// Probes `to` when `next` is the first state to send it traffic (from a rollback or a
-    /// 0% phase); a refusal stops the move and is kept in status and alerted.
+    /// Probes migration `i`'s `to` when `next` is the first state to send it traffic (from
+    /// a rollback or a 0% phase); a refusal stops the move and is kept in status and
+    /// alerted.
     pub(crate) async fn preflight(
         &self,
         snap: &Snapshot,
+        i: usize,
         current: &MigrationState,
         next: &MigrationState,
     ) -> Result<(), ControlError> {
-        let m = &snap.config.migration;
+        let m = &snap.config.migrations[i];
         if !m.preflight.enabled
             || current.to_buckets(&m.phases) > 0
             || next.to_buckets(&m.phases) == 0
@@ -286,256 +300,79 @@ impl Control {
         .await;
         let summary = preflight::summary(&report);
         let ok = report.ok;
-        *self
-            .watch
-            .preflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(report);
+        self.watch.migration(&m.name).preflight = Some(report);
         if ok {
             // The first requests of the phase should not pay for connection setup.
             let warm = self.gateway.warm(m.to, WARM_WITHIN).await;
-            tracing::info!(workers_warm = warm, "{summary}");
+            tracing::info!(migration = %m.name, workers_warm = warm, "{summary}");
             return Ok(());
         }
-        tracing::warn!("{summary}; traffic was not moved");
+        tracing::warn!(migration = %m.name, "{summary}; traffic was not moved");
         self.alerter.send(Alert {
             event: "preflight",
+            migration: named(&snap.config, i),
             provider: Some(provider.name.clone()),
             phase: Some(next.phase_name(&m.phases).to_string()),
-            text: format!("PREFLIGHT refused: {summary}; traffic was not moved"),
+            text: format!(
+                "{}PREFLIGHT refused: {summary}; traffic was not moved",
+                prefix(&snap.config, i)
+            ),
             ..Alert::default()
         });
         Err(ControlError::PreflightRefused(format!(
             "{summary}; traffic was not moved (fix the provider and try again, or skip the check: --skip-preflight on the CLI, \"skip_preflight\": true in the API)"
         )))
     }
+}
 
-    /// Applies a state change (not a rollback: see [`Control::rollback`]). `by` says who
-    /// asked (`admin`, `auto`), for logs and alerts.
-    ///
-    /// In cluster mode the store is written first: it is the fleet's truth, and once it took
-    /// the change every replica moves, so this one follows in memory even if its own state
-    /// file then fails (reported and retried). In single mode the state file is written
-    /// first: it is what a restart comes back to, so a change it cannot hold is refused
-    /// before anything moves.
-    async fn transition(
-        &self,
-        by: &str,
-        skip_preflight: bool,
-        f: impl FnOnce(&Snapshot) -> Result<MigrationState, ControlError>,
-    ) -> Result<Arc<Snapshot>, ControlError> {
-        let _w = self.writer.lock().await;
-        let current = self.gateway.load();
-        let next = f(&current)?;
-        if !skip_preflight {
-            self.preflight(&current, &current.state, &next).await?;
-        }
-        let began = SystemTime::now();
-        match &self.cluster {
-            Some(c) => {
-                let shared =
-                    SharedState::of(&next, &current.config.migration.phases, &c.replica_id);
-                match c.write(&shared).await {
-                    Ok(_) => {}
-                    Err(WriteError::Conflict) => {
-                        return Err(ControlError::Conflict("another replica changed the migration state first; check the current phase and try again".into()));
-                    }
-                    Err(WriteError::Unavailable(e)) => {
-                        return Err(ControlError::StoreUnavailable(format!("the shared migration state cannot be changed now ({e}); this replica keeps serving on the last state it knew")));
-                    }
-                }
+pub const ROLLBACKS: &str = "switchyard_rollbacks_total";
+
+/// Migration `i`'s name where it is shown (alerts, events): in a gateway of several.
+pub(crate) fn named(config: &Config, i: usize) -> Option<String> {
+    config
+        .named_migrations
+        .then(|| config.migrations[i].name.clone())
+}
+
+/// `[name] ` before an alert's sentence, in a gateway of several.
+pub(crate) fn prefix(config: &Config, i: usize) -> String {
+    named(config, i).map_or(String::new(), |n| format!("[{n}] "))
+}
+
+/// Where migration `i`'s state lives in the cluster store (see [`Cluster::state_key`]).
+pub(crate) fn slot(config: &Config, i: usize) -> &str {
+    if config.named_migrations {
+        &config.migrations[i].name
+    } else {
+        ""
+    }
+}
+
+/// Each migration's phase, for people: `chat: half, emb: rollback`.
+pub(crate) fn phases(s: &Snapshot) -> String {
+    s.config
+        .migrations
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let phase = s.state(i).phase_name(&m.phases);
+            if s.config.named_migrations {
+                format!("{}: {phase}", m.name)
+            } else {
+                phase.to_string()
             }
-            None => {
-                if let Err(e) =
-                    state_file::write(&self.state_path, &current.config, &next, unix(began))
-                {
-                    metrics::counter!(STATE_SAVE_FAILURES).increment(1);
-                    return Err(ControlError::PersistFailed(format!(
-                        "cannot save the migration state to {}: {e}; nothing was changed",
-                        self.state_path.display()
-                    )));
-                }
-            }
-        }
-        if let Err(live) = self.gateway.swap_if(&current, current.with_state(next)) {
-            // A rollback came in meanwhile (it waits for no lock): it stands, on disk and in
-            // the store too.
-            let _ = self.save();
-            if let (Some(c), true) = (&self.cluster, live.state.rolled_back) {
-                self.publish_rollback(c).await;
-            }
-            return Err(ControlError::Conflict(
-                "a rollback happened while this change was being made; it stands".into(),
-            ));
-        }
-        self.watch.phase_began(began);
-        // Leaving a rollback (or any move): the verdict that tripped is history.
-        *self
-            .watch
-            .last_failing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
-        if self.cluster.is_some() {
-            let _ = self.save();
-        } else {
-            // Written above; a failed save of an earlier state is now moot.
-            *self.unsaved.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            metrics::gauge!(STATE_SAVED).set(1.0);
-        }
-        let s = self.gateway.load();
-        tracing::info!(
-            by,
-            phase = s.state.phase_name(&s.config.migration.phases),
-            percent = s.percent(),
-            "migration state changed"
-        );
-        self.alert_phase(&s.config, &s.state, by);
-        self.publish_phase(&s, by);
-        Ok(s)
-    }
-
-    /// The event stream's `phase` event for the live state.
-    pub(crate) fn publish_phase(&self, s: &Snapshot, by: &str) {
-        self.events.publish(&Event::Phase {
-            phase: s.state.phase_name(&s.config.migration.phases).to_string(),
-            percent: s.percent(),
-            by: by.to_string(),
-        });
-    }
-
-    pub(crate) fn alert_phase(&self, config: &Config, state: &MigrationState, by: &str) {
-        let m = &config.migration;
-        let name = state.phase_name(&m.phases).to_string();
-        let percent = f64::from(state.to_buckets(&m.phases)) / 100.0;
-        self.alerter.send(Alert {
-            event: "phase_change",
-            provider: Some(config.providers[m.to].name.clone()),
-            phase: Some(name.clone()),
-            metric: Some("percent".into()),
-            value: Some(percent),
-            text: format!(
-                "phase {name}: {percent}% of traffic to `{}` (by {by})",
-                config.providers[m.to].name
-            ),
-            ..Alert::default()
-        });
-    }
-
-    /// 100% of traffic to `from`, now: the move happens in memory first and waits for
-    /// nothing; then the state is saved and (cluster mode) published, and what fails there
-    /// is reported and retried. `only_epoch`: roll back only if the state is still that
-    /// one (an automatic rollback judged on it). Answers the live snapshot.
-    pub async fn rollback(
-        &self,
-        trigger: Trigger,
-        reason: String,
-        only_epoch: Option<u64>,
-        metric: Option<(&str, f64, f64)>,
-    ) -> Arc<Snapshot> {
-        let (s, moved) = self.gateway.update(|cur| {
-            let judged = only_epoch.is_none_or(|e| e == cur.epoch);
-            (judged && !cur.state.rolled_back)
-                .then(|| cur.with_state(cur.state.rollback(reason.clone(), trigger)))
-        });
-        if !moved {
-            return s;
-        }
-        self.watch.phase_began(SystemTime::now());
-        metrics::counter!("switchyard_rollbacks_total", "trigger" => trigger.as_str()).increment(1);
-        let m = &s.config.migration;
-        let from = &s.config.providers[m.from].name;
-        tracing::warn!(trigger = trigger.as_str(), %reason, "ROLLBACK: 100% of traffic to `{from}`");
-        self.events.publish(&Event::Rollback {
-            reason: reason.clone(),
-            trigger,
-        });
-        self.alerter.send(Alert {
-            event: "rollback",
-            provider: Some(s.config.providers[m.to].name.clone()),
-            phase: Some("rollback".into()),
-            metric: metric.map(|(n, ..)| n.to_string()),
-            value: metric.map(|(_, v, _)| v),
-            threshold: metric.map(|(.., t)| t),
-            text: format!(
-                "ROLLBACK ({}): 100% of traffic to `{from}`: {reason}",
-                trigger.as_str()
-            ),
-        });
-        let _ = self.save();
-        if let Some(c) = &self.cluster {
-            self.publish_rollback(c).await;
-        }
-        self.gateway.load()
-    }
-
-    /// Goes to the phase `name` (also the way out of a rollback).
-    pub async fn set_phase(
-        &self,
-        name: &str,
-        skip_preflight: bool,
-    ) -> Result<Arc<Snapshot>, ControlError> {
-        self.transition("admin", skip_preflight, |s| {
-            Ok(s.state.set(&s.config.migration.phases, name)?)
         })
-        .await
-    }
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
-    /// Advances one phase.
-    pub async fn next_phase(&self, skip_preflight: bool) -> Result<Arc<Snapshot>, ControlError> {
-        self.transition("admin", skip_preflight, |s| {
-            Ok(s.state.next(&s.config.migration.phases)?)
-        })
-        .await
-    }
-
-    /// The judge failed `to`: roll back, unless the state changed since it was judged.
-    pub async fn auto_rollback(&self, epoch: u64, verdict: &Verdict) {
-        let metric = verdict.failed().map(|f| {
-            (
-                f.metric.label(),
-                f.to_value.unwrap_or(0.0),
-                f.absolute_limit.or(f.allowed).unwrap_or(0.0),
-            )
-        });
-        let before = self.gateway.load().epoch;
-        let after = self
-            .rollback(Trigger::Auto, verdict.reason.clone(), Some(epoch), metric)
-            .await;
-        if after.epoch != before && after.state.rolled_back {
-            // What tripped stays on show until the rollback is left.
-            *self
-                .watch
-                .last_failing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(verdict.clone());
-        }
-    }
-
-    /// Declares the migration done at its last phase: the judge's live control on `from`
-    /// ends (a rollback is still one step away).
-    pub async fn finish(&self) -> Result<Arc<Snapshot>, ControlError> {
-        self.transition("admin", true, |s| {
-            Ok(s.state.finish(&s.config.migration.phases)?)
-        })
-        .await
-    }
-
-    /// The phase gate opened: advance one phase, if the state is still the one judged.
-    pub async fn auto_advance(&self, epoch: u64) {
-        let r = self
-            .transition("auto", false, |s| {
-                if s.epoch != epoch {
-                    return Err(ControlError::Conflict(
-                        "the state changed while it was judged".into(),
-                    ));
-                }
-                Ok(s.state.next(&s.config.migration.phases)?)
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "automatic advance skipped");
-        }
-    }
+/// Each migration's `phase:` as the file has it, by name.
+pub(crate) fn file_phases(config: &Config) -> BTreeMap<String, String> {
+    config
+        .migrations
+        .iter()
+        .map(|m| (m.name.clone(), m.file_phase.clone()))
+        .collect()
 }
 
 pub(crate) fn parse(text: &[u8], path: &Path) -> Result<Config, Vec<String>> {

@@ -20,6 +20,10 @@ pub enum ControlError {
     PreflightRefused(String),
     /// The config file is invalid; every error, with file, line and key.
     ConfigRefused(Vec<String>),
+    /// No migration of that name.
+    UnknownMigration(String),
+    /// A call about one migration, unnamed, in a gateway of several: the names to pick from.
+    NameAMigration(Vec<String>),
 }
 
 impl std::fmt::Display for ControlError {
@@ -37,6 +41,12 @@ impl std::fmt::Display for ControlError {
                 }
                 Ok(())
             }
+            ControlError::UnknownMigration(name) => write!(f, "no migration named `{name}`"),
+            ControlError::NameAMigration(names) => write!(
+                f,
+                "this gateway runs several migrations ({}): name one (/admin/migrations/NAME/…, or --migration NAME); an unnamed rollback rolls back all of them",
+                names.join(", ")
+            ),
         }
     }
 }
@@ -63,7 +73,8 @@ impl From<ControlError> for AdminError {
             ControlError::Conflict(_) | ControlError::PreflightRefused(_) => 409,
             ControlError::StoreUnavailable(_) => 503,
             ControlError::PersistFailed(_) => 500,
-            ControlError::ConfigRefused(_) => 400,
+            ControlError::ConfigRefused(_) | ControlError::NameAMigration(_) => 400,
+            ControlError::UnknownMigration(_) => 404,
         };
         match e {
             ControlError::ConfigRefused(details) => AdminError {

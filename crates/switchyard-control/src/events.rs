@@ -127,8 +127,13 @@ pub async fn run<H: AdminHandle>(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = tick.tick() => {
-                let Some(stats) = admin.stats() else { continue };
-                let status = admin.status();
+                let (Ok(stats), Ok(status)) = (admin.stats(None), admin.status(None)) else {
+                    continue;
+                };
+                let mut migrations = admin.migrations().migrations;
+                if migrations.len() < 2 {
+                    migrations.clear();
+                }
                 let now = Instant::now();
                 let p = point(&stats, &status, &mut before, now.duration_since(last).as_secs_f64());
                 last = now;
@@ -137,6 +142,7 @@ pub async fn run<H: AdminHandle>(
                     status: Box::new(status),
                     stats: Box::new(stats),
                     point: p,
+                    migrations,
                 });
             }
         }

@@ -23,6 +23,7 @@ pub mod reload;
 pub mod state_file;
 pub mod store;
 mod sync;
+mod transition;
 pub mod watch;
 pub mod watched;
 

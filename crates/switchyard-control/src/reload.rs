@@ -7,12 +7,15 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use switchyard_core::api::Event;
+use switchyard_core::config::{MigrationConfig, Phase};
 use switchyard_core::migration::NamedState;
-use switchyard_core::{Config, MigrationState, Trigger};
+use switchyard_core::{MigrationState, Trigger};
 use switchyard_proxy::Snapshot;
 use switchyard_watch::Alert;
 
-use crate::control::{cooldown, parse, read_env, webhook_url, Control};
+use crate::control::{
+    cooldown, file_phases, named, parse, phases, prefix, read_env, webhook_url, Control, ROLLBACKS,
+};
 use crate::error::ControlError;
 
 /// Why a reload happened (log field).
@@ -56,21 +59,45 @@ impl Control {
                 "listen, admin.listen, tls and state_file changes take effect at the next restart"
             );
         }
-        let file_changed_phase = config.migration.file_phase != w.file_phase;
-        let state = if file_changed_phase {
-            // Editing `phase:` in the file overrides what the admin API set.
-            config.migration.file_state.clone()
-        } else {
-            carry_state(&current, &config)
-        };
+        // Each migration by name: one whose `phase:` was edited in the file (or that is new)
+        // starts from the file; the others keep their state, following their phase by name.
+        let mut epoch = current.epoch;
+        let mut moved_by_file = Vec::new();
+        let mut plan: Vec<(MigrationState, u64, Option<usize>)> = Vec::new();
+        for (i, m) in config.migrations.iter().enumerate() {
+            let was = current.config.migration(&m.name);
+            let edited = w.file_phases.get(&m.name) != Some(&m.file_phase);
+            let state = match was {
+                Some(j) if !edited => carry_state(
+                    current.state(j),
+                    &current.config.migrations[j],
+                    &m.file_state,
+                    &m.phases,
+                ),
+                _ => m.file_state.clone(),
+            };
+            if edited && was.is_some() {
+                moved_by_file.push(i);
+            }
+            // Another state, or the same migration at another place in the list: a new
+            // epoch, so that its judge counts nothing of before.
+            let same = was.filter(|j| *j == i && *current.state(*j) == state);
+            let e = match same {
+                Some(j) => current.migrations[j].epoch,
+                None => {
+                    epoch += 1;
+                    epoch
+                }
+            };
+            plan.push((state, e, was));
+        }
         let version = current.config_version + 1;
-        let state_changed = state != current.state;
-        let epoch = current.epoch + u64::from(state_changed);
+        let states: Vec<(MigrationState, u64)> =
+            plan.iter().map(|(s, e, _)| (s.clone(), *e)).collect();
         let (snapshot, warnings) = match Snapshot::build(
             config.clone(),
             version,
-            state.clone(),
-            epoch,
+            states.clone(),
             &read_env,
             Some(&current),
             current.workers,
@@ -81,28 +108,46 @@ impl Control {
         for warning in warnings {
             tracing::warn!("{warning}");
         }
-        if let Err(e) = self.preflight(&snapshot, &current.state, &state).await {
-            return Err(self.reload_failed(cause, vec![e.to_string()]));
+        for (i, (state, _, was)) in plan.iter().enumerate() {
+            if let Some(j) = was {
+                if let Err(e) = self.preflight(&snapshot, i, current.state(*j), state).await {
+                    return Err(self.reload_failed(cause, vec![e.to_string()]));
+                }
+            }
         }
-        let rolled_back_now = state.rolled_back && !current.state.rolled_back;
         if let Err(live) = self.gateway.swap_if(&current, snapshot) {
             // A rollback came in while this reload was prepared: it stands, on the new config.
+            let states = config
+                .migrations
+                .iter()
+                .zip(states)
+                .map(|(m, (state, e))| match live.config.migration(&m.name) {
+                    Some(j) if live.state(j).rolled_back && !state.rolled_back => {
+                        (live.state(j).clone(), live.epoch + 1)
+                    }
+                    _ => (state, e),
+                })
+                .collect();
             let (snapshot, _) = Snapshot::build(
                 config.clone(),
                 version,
-                live.state.clone(),
-                live.epoch + 1,
+                states,
                 &read_env,
                 Some(&live),
                 live.workers,
             )
             .map_err(|e| self.reload_failed(cause, vec![e.to_string()]))?;
             self.gateway.store(snapshot);
-        } else if state_changed {
-            self.watch.phase_began(SystemTime::now());
+        }
+        let live = self.gateway.load();
+        let now = SystemTime::now();
+        for (i, (state, _, was)) in plan.iter().enumerate() {
+            if was.is_none_or(|j| current.state(j) != state) {
+                self.watch.phase_began(&config.migrations[i].name, now);
+            }
         }
         w.last_text = text;
-        w.file_phase = config.migration.file_phase.clone();
+        w.file_phases = file_phases(&config);
         metrics::counter!("switchyard_config_reloads_total", "result" => "ok").increment(1);
         for change in risky_changes(&current.config, &config) {
             tracing::warn!(?cause, "config reloaded with a change to check: {change}");
@@ -112,43 +157,79 @@ impl Control {
                 ..Alert::default()
             });
         }
+        for gone in current
+            .config
+            .migrations
+            .iter()
+            .filter(|m| config.migration(&m.name).is_none())
+        {
+            let to = config
+                .default_provider
+                .map_or("-", |p| config.providers[p].name.as_str());
+            let text = format!(
+                "migration `{}` was removed from the config: the requests it matched go to `{to}` (default_provider) now",
+                gone.name
+            );
+            tracing::warn!(?cause, migration = %gone.name, "{text}");
+            self.alerter.send(Alert {
+                event: "migration_removed",
+                migration: Some(gone.name.clone()),
+                text,
+                ..Alert::default()
+            });
+        }
         self.alerter
             .configure(webhook_url(&config), cooldown(&config));
-        self.watch
-            .stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_window(config.stats.window_requests, config.stats.window);
-        let live = self.gateway.load();
+        let names: Vec<&str> = config.migrations.iter().map(|m| m.name.as_str()).collect();
+        self.watch.configure(
+            config.stats.window_requests,
+            config.stats.window,
+            &names,
+            config.named_migrations,
+        );
         tracing::info!(
             ?cause,
             config_version = version,
-            phase = live.state.phase_name(&config.migration.phases),
+            phase = phases(&live),
             "config reloaded"
         );
-        if file_changed_phase {
+        if !moved_by_file.is_empty() {
             let _ = self.save();
-            if let Some(c) = &self.cluster {
-                self.publish(c, &live).await;
-            }
         }
-        if rolled_back_now {
-            self.events.publish(&Event::Rollback {
-                reason: "phase: rollback in the config file".into(),
-                trigger: Trigger::Config,
-            });
-            metrics::counter!("switchyard_rollbacks_total", "trigger" => "config").increment(1);
-            let from = &config.providers[config.migration.from].name;
-            self.alerter.send(Alert {
-                event: "rollback",
-                provider: Some(config.providers[config.migration.to].name.clone()),
-                phase: Some("rollback".into()),
-                text: format!("ROLLBACK by config file: 100% of traffic to `{from}`"),
-                ..Alert::default()
-            });
-        } else if state_changed {
-            self.alert_phase(&config, &state, "config file");
-            self.publish_phase(&live, "config file");
+        for i in moved_by_file {
+            let m = &config.migrations[i];
+            let state = live.state(i);
+            if let Some(c) = &self.cluster {
+                self.publish(c, &live, i).await;
+            }
+            let was_rolled_back = plan[i].2.is_some_and(|j| current.state(j).rolled_back);
+            if state.rolled_back && !was_rolled_back {
+                self.events.publish(&Event::Rollback {
+                    reason: "phase: rollback in the config file".into(),
+                    trigger: Trigger::Config,
+                    migration: named(&config, i),
+                });
+                if config.named_migrations {
+                    metrics::counter!(ROLLBACKS, "trigger" => "config", "migration" => m.name.clone()).increment(1);
+                } else {
+                    metrics::counter!(ROLLBACKS, "trigger" => "config").increment(1);
+                }
+                let from = &config.providers[m.from].name;
+                self.alerter.send(Alert {
+                    event: "rollback",
+                    migration: named(&config, i),
+                    provider: Some(config.providers[m.to].name.clone()),
+                    phase: Some("rollback".into()),
+                    text: format!(
+                        "{}ROLLBACK by config file: 100% of traffic to `{from}`",
+                        prefix(&config, i)
+                    ),
+                    ..Alert::default()
+                });
+            } else if plan[i].2.is_some_and(|j| current.state(j) != state) {
+                self.alert_phase(&config, i, state, "config file");
+                self.publish_phase(&live, i, "config file");
+            }
         }
         Ok(version)
     }
@@ -165,13 +246,18 @@ impl Control {
     }
 }
 
-/// Keeps the running state across a reload that did not touch `phase:`, following the
-/// phase by name (indices may have moved).
-fn carry_state(current: &Snapshot, config: &Config) -> MigrationState {
-    let named = NamedState::of(&current.state, &current.config.migration.phases);
-    named.resolve(&config.migration.phases).unwrap_or_else(|| {
-        tracing::warn!(phase = ?named.phase, "the running phase is gone from the new config; using the config's phase");
-        config.migration.file_state.clone()
+/// Keeps a migration's running state across a reload that did not touch its `phase:`,
+/// following the phase by name (indices may have moved).
+fn carry_state(
+    state: &MigrationState,
+    was: &MigrationConfig,
+    file_state: &MigrationState,
+    phases: &[Phase],
+) -> MigrationState {
+    let named = NamedState::of(state, &was.phases);
+    named.resolve(phases).unwrap_or_else(|| {
+        tracing::warn!(migration = %was.name, phase = ?named.phase, "the running phase is gone from the new config; using the config's phase");
+        file_state.clone()
     })
 }
 

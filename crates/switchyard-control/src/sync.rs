@@ -8,69 +8,53 @@ use switchyard_proxy::Snapshot;
 use switchyard_watch::Alert;
 
 use crate::cluster::{Cluster, SharedState, WriteError};
-use crate::control::Control;
+use crate::control::{named, phases, slot, Control};
 
 impl Control {
-    /// Cluster mode at start: adopt the shared state, or publish ours when there is none.
+    /// Cluster mode at start: adopt each migration's shared state, or publish ours where
+    /// there is none.
     pub async fn join_cluster(&self) {
         let Some(c) = &self.cluster else { return };
-        match c.read().await {
-            Ok(Some(_)) => {
-                self.sync_from_cluster(c).await;
-            }
-            Ok(None) => {
-                let s = self.gateway.load();
-                let shared = SharedState::of(&s.state, &s.config.migration.phases, &c.replica_id);
-                match c.write(&shared).await {
-                    Ok(_) => {
+        let s = self.gateway.load();
+        for (i, m) in s.config.migrations.iter().enumerate() {
+            let slot = slot(&s.config, i);
+            match c.read(slot).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let shared = SharedState::of(s.state(i), &m.phases, &c.replica_id);
+                    if c.write(slot, &shared).await.is_ok() {
                         c.set_healthy(true);
-                        tracing::info!(replica = %c.replica_id, "published the migration state to etcd (first replica)");
-                    }
-                    Err(_) => {
-                        self.sync_from_cluster(c).await;
+                        tracing::info!(migration = %m.name, replica = %c.replica_id, "published the migration state to etcd (first replica)");
                     }
                 }
-            }
-            Err(e) => {
-                c.set_healthy(false);
-                tracing::warn!(error = %e, "etcd unreachable at start: serving on the config file's phase until it answers");
-                self.alerter.send(Alert { event: "cluster", metric: Some("etcd".into()), value: Some(0.0), text: format!("replica `{}` started while etcd was unreachable: serving on the file's phase", c.replica_id), ..Alert::default() });
+                Err(e) => {
+                    c.set_healthy(false);
+                    tracing::warn!(error = %e, "etcd unreachable at start: serving on the config file's phases until it answers");
+                    self.alerter.send(Alert { event: "cluster", metric: Some("etcd".into()), value: Some(0.0), text: format!("replica `{}` started while etcd was unreachable: serving on the file's phases", c.replica_id), ..Alert::default() });
+                    return;
+                }
             }
         }
+        self.sync_from_cluster(c).await;
     }
 
-    /// Publishes this replica's rollback. Someone else's write in between is no reason to
+    /// Publishes this replica's rollbacks. Someone else's write in between is no reason to
     /// give up: unless it is a rollback too, the rollback goes on top of it. False while
-    /// the store cannot be reached: then it is published by the next sync that reaches it,
-    /// before anything is adopted from the store.
+    /// the store cannot be reached: then they are published by the next sync that reaches
+    /// it, before anything is adopted from the store.
     pub(crate) async fn publish_rollback(&self, c: &Cluster) -> bool {
-        for _ in 0..4 {
-            let live = self.gateway.load();
-            if !live.state.rolled_back {
-                // Left since, by an operator: nothing to publish.
-                self.unpublished.store(false, Ordering::SeqCst);
-                return true;
+        let live = self.gateway.load();
+        let mut all = true;
+        for (i, m) in live.config.migrations.iter().enumerate() {
+            if live.state(i).rolled_back && !self.publish_one_rollback(c, &m.name).await {
+                all = false;
             }
-            let shared = SharedState::of(&live.state, &live.config.migration.phases, &c.replica_id);
-            match c.write(&shared).await {
-                Ok(_) => {
-                    if self.unpublished.swap(false, Ordering::SeqCst) {
-                        tracing::info!("the rollback is now shared with the fleet");
-                    }
-                    return true;
-                }
-                Err(WriteError::Conflict) => match c.read().await {
-                    Ok(Some((theirs, rev))) if theirs.state.rolled_back => {
-                        c.set_revision(rev);
-                        self.unpublished.store(false, Ordering::SeqCst);
-                        return true;
-                    }
-                    Ok(Some((_, rev))) => c.set_revision(rev),
-                    Ok(None) => c.set_revision(0),
-                    Err(_) => break,
-                },
-                Err(WriteError::Unavailable(_)) => break,
+        }
+        if all {
+            if self.unpublished.swap(false, Ordering::SeqCst) {
+                tracing::info!("the rollback is now shared with the fleet");
             }
+            return true;
         }
         if !self.unpublished.swap(true, Ordering::SeqCst) {
             tracing::error!("the rollback is in effect on this replica but not yet shared: the store cannot be reached; it is published as soon as it answers");
@@ -88,31 +72,90 @@ impl Control {
         false
     }
 
-    /// Shares the live state after the config file changed the phase.
-    pub(crate) async fn publish(&self, c: &Cluster, live: &Arc<Snapshot>) {
-        if live.state.rolled_back {
+    /// Publishes migration `name`'s rollback; false when the store cannot be reached.
+    async fn publish_one_rollback(&self, c: &Cluster, name: &str) -> bool {
+        for _ in 0..4 {
+            let live = self.gateway.load();
+            let Some(i) = live.config.migration(name) else {
+                return true;
+            };
+            if !live.state(i).rolled_back {
+                // Left since, by an operator: nothing to publish.
+                return true;
+            }
+            let slot = slot(&live.config, i);
+            let shared = SharedState::of(
+                live.state(i),
+                &live.config.migrations[i].phases,
+                &c.replica_id,
+            );
+            match c.write(slot, &shared).await {
+                Ok(_) => return true,
+                Err(WriteError::Conflict) => match c.read(slot).await {
+                    Ok(Some((theirs, rev))) if theirs.state.rolled_back => {
+                        c.set_revision(slot, rev);
+                        return true;
+                    }
+                    Ok(Some((_, rev))) => c.set_revision(slot, rev),
+                    Ok(None) => c.set_revision(slot, 0),
+                    Err(_) => return false,
+                },
+                Err(WriteError::Unavailable(_)) => return false,
+            }
+        }
+        false
+    }
+
+    /// Shares migration `i`'s live state after the config file changed its phase.
+    pub(crate) async fn publish(&self, c: &Cluster, live: &Arc<Snapshot>, i: usize) {
+        if live.state(i).rolled_back {
             self.publish_rollback(c).await;
             return;
         }
-        let shared = SharedState::of(&live.state, &live.config.migration.phases, &c.replica_id);
-        if let Err(e) = c.write(&shared).await {
+        let shared = SharedState::of(
+            live.state(i),
+            &live.config.migrations[i].phases,
+            &c.replica_id,
+        );
+        if let Err(e) = c.write(slot(&live.config, i), &shared).await {
             tracing::warn!(error = ?e, "the config file's phase could not be shared through the store");
         }
     }
 
-    /// Applies the shared state if it changed; false while the store cannot be reached.
-    /// A rollback of this replica's that is not shared yet is published first.
+    /// Applies each migration's shared state where it changed; false while the store
+    /// cannot be reached. Rollbacks of this replica's that are not shared yet are
+    /// published first.
     pub async fn sync_from_cluster(&self, c: &Cluster) -> bool {
         if self.unpublished.load(Ordering::SeqCst) && !self.publish_rollback(c).await {
             c.set_healthy(false);
             return false;
         }
-        let read = c.read().await;
-        let (shared, revision) = match read {
+        let names: Vec<String> = {
+            let s = self.gateway.load();
+            s.config.migrations.iter().map(|m| m.name.clone()).collect()
+        };
+        for name in names {
+            if !self.sync_one(c, &name).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// [`Control::sync_from_cluster`] for migration `name`.
+    async fn sync_one(&self, c: &Cluster, name: &str) -> bool {
+        let slot = {
+            let s = self.gateway.load();
+            match s.config.migration(name) {
+                Some(i) => slot(&s.config, i).to_string(),
+                None => return true,
+            }
+        };
+        let (shared, revision) = match c.read(&slot).await {
             Err(e) => {
                 if c.set_healthy(false) {
-                    tracing::warn!(error = %e, "etcd unreachable: serving on the last known migration state");
-                    self.alerter.send(Alert { event: "cluster", metric: Some("etcd".into()), value: Some(0.0), text: format!("replica `{}` lost etcd: serving on the last known state; admin writes answer 503", c.replica_id), ..Alert::default() });
+                    tracing::warn!(error = %e, "etcd unreachable: serving on the last known migration states");
+                    self.alerter.send(Alert { event: "cluster", metric: Some("etcd".into()), value: Some(0.0), text: format!("replica `{}` lost etcd: serving on the last known states; admin writes answer 503", c.replica_id), ..Alert::default() });
                 }
                 return false;
             }
@@ -123,7 +166,7 @@ impl Control {
             Ok(Some(x)) => x,
         };
         if c.set_healthy(true) {
-            tracing::info!("etcd reachable again: resynced the migration state");
+            tracing::info!("etcd reachable again: resynced the migration states");
             self.alerter.send(Alert {
                 event: "cluster",
                 metric: Some("etcd".into()),
@@ -132,22 +175,26 @@ impl Control {
                 ..Alert::default()
             });
         }
-        if revision == c.revision() {
+        if revision == c.revision(&slot) {
             return true;
         }
         let _w = self.writer.lock().await;
         let current = self.gateway.load();
-        match shared.state.resolve(&current.config.migration.phases) {
-            Some(state) if state != current.state => {
-                let was_rolled_back = current.state.rolled_back;
-                let next = current.with_state(state.clone());
+        let Some(i) = current.config.migration(name) else {
+            return true;
+        };
+        let phases = &current.config.migrations[i].phases;
+        match shared.state.resolve(phases) {
+            Some(state) if state != *current.state(i) => {
+                let was_rolled_back = current.state(i).rolled_back;
+                let next = current.with_state(i, state.clone());
                 if self.gateway.swap_if(&current, next).is_err() {
                     // Changed meanwhile (a rollback here): the next sync looks again.
                     return true;
                 }
-                self.watch.phase_began(SystemTime::now());
+                self.watch.phase_began(name, SystemTime::now());
                 let _ = self.save();
-                tracing::info!(from_replica = %shared.changed_by, phase = state.phase_name(&current.config.migration.phases), rolled_back = state.rolled_back, "applied the shared migration state");
+                tracing::info!(migration = name, from_replica = %shared.changed_by, phase = state.phase_name(phases), rolled_back = state.rolled_back, "applied the shared migration state");
                 let live = self.gateway.load();
                 match (
                     &state.rollback_reason,
@@ -158,20 +205,21 @@ impl Control {
                         self.events.publish(&switchyard_core::api::Event::Rollback {
                             reason: reason.clone(),
                             trigger,
+                            migration: named(&live.config, i),
                         })
                     }
-                    _ => self.publish_phase(&live, &format!("replica {}", shared.changed_by)),
+                    _ => self.publish_phase(&live, i, &format!("replica {}", shared.changed_by)),
                 }
                 if state.rolled_back && !was_rolled_back {
-                    tracing::warn!(from_replica = %shared.changed_by, "ROLLBACK through the cluster: 100% of traffic to `from`");
+                    tracing::warn!(migration = name, from_replica = %shared.changed_by, "ROLLBACK through the cluster: 100% of traffic to `from`");
                 }
             }
             Some(_) => {}
             None => {
-                tracing::warn!(phase = ?shared.state.phase, "the shared phase does not exist in this replica's config; keeping the current state")
+                tracing::warn!(migration = name, phase = ?shared.state.phase, "the shared phase does not exist in this replica's config; keeping the current state")
             }
         }
-        c.set_revision(revision);
+        c.set_revision(&slot, revision);
         true
     }
 }
@@ -201,10 +249,7 @@ pub async fn run(
         n += 1;
         let synced = control.sync_from_cluster(&cluster).await;
         if n.is_multiple_of(4) && synced {
-            let phase = {
-                let s = control.gateway().load();
-                s.state.phase_name(&s.config.migration.phases).to_string()
-            };
+            let phase = phases(&control.gateway().load());
             let l = match lease {
                 Some(l) => match cluster.store.keepalive(l).await {
                     Ok(true) => Some(l),

@@ -19,7 +19,7 @@ use switchyard_watch::{
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::FleetWindow;
-use crate::control::Control;
+use crate::control::{named, slot, Control};
 
 /// Room for bursts while the watcher is busy (e.g. persisting a rollback).
 pub const EVENT_QUEUE: usize = 65536;
@@ -35,19 +35,40 @@ pub fn spawn(
     tokio::spawn(health(control, stop));
 }
 
+/// One migration's judge, between ticks.
+struct Judge {
+    name: String,
+    /// `to` and `from` by name: another pair starts afresh.
+    pair: (String, String),
+    windows: Windows,
+    looks: Looks,
+    /// The comparison as judged at the last look; between looks it stands (the looks are
+    /// what α is spent on).
+    judged: Option<Verdict>,
+    /// Cluster mode: the fleet's intervals, summed each second.
+    fleet: Option<FleetWindow>,
+}
+
+impl Judge {
+    fn new(name: &str) -> Judge {
+        Judge {
+            name: name.to_string(),
+            pair: Default::default(),
+            windows: Windows::new(100),
+            looks: Looks::new(0),
+            judged: None,
+            fleet: None,
+        }
+    }
+}
+
 async fn judge(
     control: Arc<Control>,
     mut events: mpsc::Receiver<RequestEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut windows = Windows::new(100);
-    let mut looks = Looks::new(0);
-    // The comparison as judged at the last look; between looks it stands (the looks are
-    // what α is spent on).
-    let mut judged: Option<Verdict> = None;
-    // Cluster mode: the fleet's intervals, summed each second.
-    let mut fleet: Option<FleetWindow> = None;
-    let mut names: (String, String) = Default::default();
+    // One per migration, in the config's order.
+    let mut judges: Vec<Judge> = Vec::new();
     // Drained on a tick rather than woken per event: at thousands of requests a second a
     // wake-up per request would cost the data path more than the watching itself.
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -75,29 +96,55 @@ async fn judge(
         }
         // Read before the snapshot: windows counted on this snapshot belong to this revision
         // or a later one, never an earlier one.
-        let revision = control.cluster.as_ref().map(|c| c.revision());
+        let revisions: Option<Vec<i64>> = control.cluster.as_ref().map(|c| {
+            let s = control.gateway().load();
+            (0..s.config.migrations.len())
+                .map(|i| c.revision(slot(&s.config, i)))
+                .collect()
+        });
         let snap = control.gateway().load();
         if ticks.is_multiple_of(40) {
             // Every 2 s: a state that could not be saved is tried again.
             control.retry_unsaved();
         }
         let cfg = &snap.config;
-        let m = &cfg.migration;
-        let window = m.auto_rollback.as_ref().map_or(100, |a| a.window as usize);
-        let to_name = cfg.providers[m.to].name.as_str();
-        let from_name = cfg.providers[m.from].name.as_str();
         let now = control.watch.now_ms();
-        if names.0 != to_name || names.1 != from_name {
-            // Another pair of providers: nothing seen so far says anything about it.
-            names = (to_name.to_string(), from_name.to_string());
-            windows = Windows::new(window);
+        // The judges follow the config's migrations by name.
+        let names_match = judges.len() == cfg.migrations.len()
+            && judges
+                .iter()
+                .zip(&cfg.migrations)
+                .all(|(j, m)| j.name == m.name);
+        if !names_match {
+            let mut old: Vec<Judge> = std::mem::take(&mut judges);
+            judges = cfg
+                .migrations
+                .iter()
+                .map(|m| match old.iter().position(|j| j.name == m.name) {
+                    Some(k) => old.swap_remove(k),
+                    None => Judge::new(&m.name),
+                })
+                .collect();
         }
-        if windows.epoch() != snap.epoch {
-            // Another routing state: both sides start afresh, and so do the looks.
-            windows.reset(snap.epoch, window);
-            looks = Looks::new(now);
-            judged = None;
-            fleet = None;
+        for (i, (j, m)) in judges.iter_mut().zip(&cfg.migrations).enumerate() {
+            let window = m.auto_rollback.as_ref().map_or(100, |a| a.window as usize);
+            let pair = (
+                cfg.providers[m.to].name.clone(),
+                cfg.providers[m.from].name.clone(),
+            );
+            if j.pair != pair {
+                // Another pair of providers: nothing seen so far says anything about it.
+                j.pair = pair;
+                j.windows = Windows::new(window);
+            }
+            let epoch = snap.migrations[i].epoch;
+            if j.windows.epoch() != epoch {
+                // Another routing state: both sides start afresh, and so do the looks.
+                j.windows.reset(epoch, window);
+                j.looks = Looks::new(now);
+                j.judged = None;
+                j.fleet = None;
+            }
         }
         if got_events {
             let mut stats = control
@@ -107,96 +154,127 @@ async fn judge(
                 .unwrap_or_else(|p| p.into_inner());
             for e in &batch {
                 stats.record(e, now);
-                if &*e.provider == to_name && !e.control {
-                    windows.record(Side::To, e, now);
-                } else if &*e.provider == from_name {
-                    windows.record(Side::From, e, now);
-                }
             }
-        }
-        let Some(ar) = &m.auto_rollback else { continue };
-        // In cluster mode the whole fleet is judged: every replica publishes its intervals
-        // (each second), and any replica may trip the (idempotent) rollback.
-        if let (Some(c), Some(rev)) = (&control.cluster, revision) {
-            if ticks.is_multiple_of(20) || fleet.is_none() {
-                let mine = FleetWindow {
-                    scales: windows.scales(now),
-                    to_seen: windows.to_seen(),
-                    replicas: 1,
+            drop(stats);
+            for e in &batch {
+                let Some(j) = e.migration.and_then(|i| judges.get_mut(usize::from(i))) else {
+                    continue;
                 };
-                fleet = Some(c.judge_window(rev, mine));
-            }
-        }
-        let (to_seen, recent, from_kept) = match &fleet {
-            Some(f) => (
-                f.to_seen,
-                f.requests().0,
-                f.scales.last().map_or(0, |s| s.from.requests()),
-            ),
-            None => (windows.to_seen(), windows.to_recent(), windows.from_kept()),
-        };
-        let scales = |windows: &Windows| match &fleet {
-            Some(f) => f.scales.clone(),
-            None => windows.scales(now),
-        };
-        let share = snap.percent() / 100.0;
-        let expected_share = (share > 0.0 && share < 1.0).then_some(share);
-        let min = u64::from(ar.min_requests.max(1));
-        // A look is spent only when something can be judged: `to`'s window, and enough of
-        // `from`'s for some interval, unless `to` alone is judged (absolute limits).
-        let alone =
-            ar.compare.is_none() || ar.max_error_rate.is_some() || ar.max_p95_latency.is_some();
-        let enough = recent >= min && (alone || from_kept >= min);
-        let look = looks.due(to_seen, enough, look_step(ar), now, budget(ar));
-        let verdict = match (look, &judged) {
-            (None, Some(last)) => last.clone(),
-            // At a look; or before the first one, to say what it waits for.
-            (look, _) => {
-                let scales = scales(&windows);
-                let sides = Sides {
-                    to_name,
-                    from_name,
-                    scales: &scales,
-                    expected_share,
-                };
-                let v = judge_window(ar, &sides, look);
-                if let Some(l) = look {
-                    judged = Some(v.clone());
-                    breach_on_from(&control, ar, &snap, &scales, l);
+                control.watch.migration(&j.name).stats.record(e, now);
+                if *e.provider == *j.pair.0 && !e.control {
+                    j.windows.record(Side::To, e, now);
+                } else if *e.provider == *j.pair.1 {
+                    j.windows.record(Side::From, e, now);
                 }
-                v
             }
-        };
-        if control.watch.set_verdict(&verdict) {
-            control
-                .events
-                .publish(&switchyard_core::api::Event::Verdict {
-                    verdict: Box::new(verdict.clone()),
-                });
         }
-        if verdict.result == Judgement::Fail && !snap.state.rolled_back && snap.percent() > 0.0 {
-            control.auto_rollback(snap.epoch, &verdict).await;
-            continue;
+        for (i, j) in judges.iter_mut().enumerate() {
+            let rev = revisions.as_ref().map(|r| r[i]);
+            judge_one(&control, &snap, i, j, rev, now, ticks, got_events).await;
         }
-        if !got_events
-            && m.auto_advance
-            && !snap.state.rolled_back
-            && control.cluster.as_ref().is_none_or(|c| c.is_leader())
-        {
-            let Some(i) = snap.state.phase else { continue };
-            let decision = gate(
-                m.phases[i].hold,
-                control.watch.in_phase_for(),
-                i + 1 >= m.phases.len(),
-                Some(&verdict),
-            );
-            match decision {
-                Gate::Advance => {
-                    tracing::info!(phase = %m.phases[i].name, verdict = %verdict.reason, "phase gate open: advancing");
-                    control.auto_advance(snap.epoch).await;
-                }
-                Gate::Wait(why) => control.watch.set_gate(why),
+    }
+}
+
+/// One tick of migration `i`'s judge: a verdict (at a look, or the last one), a rollback
+/// when it fails, the phase gate when it is quiet.
+#[allow(clippy::too_many_arguments)]
+async fn judge_one(
+    control: &Control,
+    snap: &switchyard_proxy::Snapshot,
+    i: usize,
+    j: &mut Judge,
+    revision: Option<i64>,
+    now: u64,
+    ticks: u32,
+    got_events: bool,
+) {
+    let m = &snap.config.migrations[i];
+    let live = &snap.migrations[i];
+    let Some(ar) = &m.auto_rollback else { return };
+    // In cluster mode the whole fleet is judged: every replica publishes its intervals
+    // (each second), and any replica may trip the (idempotent) rollback.
+    if let (Some(c), Some(rev)) = (&control.cluster, revision) {
+        if ticks.is_multiple_of(20) || j.fleet.is_none() {
+            let mine = FleetWindow {
+                scales: j.windows.scales(now),
+                to_seen: j.windows.to_seen(),
+                replicas: 1,
+            };
+            j.fleet = Some(c.judge_window(slot(&snap.config, i), rev, mine));
+        }
+    }
+    let (to_seen, recent, from_kept) = match &j.fleet {
+        Some(f) => (
+            f.to_seen,
+            f.requests().0,
+            f.scales.last().map_or(0, |s| s.from.requests()),
+        ),
+        None => (
+            j.windows.to_seen(),
+            j.windows.to_recent(),
+            j.windows.from_kept(),
+        ),
+    };
+    let share = live.percent() / 100.0;
+    let expected_share = (share > 0.0 && share < 1.0).then_some(share);
+    let min = u64::from(ar.min_requests.max(1));
+    // A look is spent only when something can be judged: `to`'s window, and enough of
+    // `from`'s for some interval, unless `to` alone is judged (absolute limits).
+    let alone = ar.compare.is_none() || ar.max_error_rate.is_some() || ar.max_p95_latency.is_some();
+    let enough = recent >= min && (alone || from_kept >= min);
+    let look = j.looks.due(to_seen, enough, look_step(ar), now, budget(ar));
+    let verdict = match (look, &j.judged) {
+        (None, Some(last)) => last.clone(),
+        // At a look; or before the first one, to say what it waits for.
+        (look, _) => {
+            let scales = match &j.fleet {
+                Some(f) => f.scales.clone(),
+                None => j.windows.scales(now),
+            };
+            let sides = Sides {
+                to_name: &j.pair.0,
+                from_name: &j.pair.1,
+                scales: &scales,
+                expected_share,
+            };
+            let v = judge_window(ar, &sides, look);
+            if let Some(l) = look {
+                j.judged = Some(v.clone());
+                breach_on_from(control, ar, snap, i, &scales, l);
             }
+            v
+        }
+    };
+    if control.watch.set_verdict(&m.name, &verdict) {
+        control
+            .events
+            .publish(&switchyard_core::api::Event::Verdict {
+                verdict: Box::new(verdict.clone()),
+                migration: named(&snap.config, i),
+            });
+    }
+    if verdict.result == Judgement::Fail && !live.state.rolled_back && live.percent() > 0.0 {
+        control.auto_rollback(&m.name, live.epoch, &verdict).await;
+        return;
+    }
+    if !got_events
+        && m.auto_advance
+        && !live.state.rolled_back
+        && control.cluster.as_ref().is_none_or(|c| c.is_leader())
+    {
+        let Some(p) = live.state.phase else { return };
+        let decision = gate(
+            m.phases[p].hold,
+            control.watch.in_phase_for(&m.name),
+            p + 1 >= m.phases.len(),
+            Some(&verdict),
+        );
+        match decision {
+            Gate::Advance => {
+                tracing::info!(migration = %m.name, phase = %m.phases[p].name, verdict = %verdict.reason, "phase gate open: advancing");
+                control.auto_advance(&m.name, live.epoch).await;
+            }
+            Gate::Wait(why) => control.watch.set_gate(&m.name, why),
         }
     }
 }
@@ -207,6 +285,7 @@ fn breach_on_from(
     control: &Control,
     ar: &switchyard_core::config::AutoRollbackConfig,
     snap: &switchyard_proxy::Snapshot,
+    i: usize,
     scales: &[Scale],
     look: switchyard_watch::Look,
 ) {
@@ -214,7 +293,7 @@ fn breach_on_from(
         return;
     }
     let Some(first) = scales.first() else { return };
-    let m = &snap.config.migration;
+    let m = &snap.config.migrations[i];
     let (to_name, from_name) = (
         snap.config.providers[m.to].name.as_str(),
         snap.config.providers[m.from].name.as_str(),
@@ -239,8 +318,9 @@ fn breach_on_from(
     if let Some(f) = v.failed() {
         control.alerter.send(Alert {
             event: "threshold_breach",
+            migration: named(&snap.config, i),
             provider: Some(from_name.to_string()),
-            phase: Some(snap.state.phase_name(&m.phases).to_string()),
+            phase: Some(snap.state(i).phase_name(&m.phases).to_string()),
             metric: Some(f.metric.label().to_string()),
             value: f.to_value,
             threshold: f.absolute_limit,

@@ -80,7 +80,9 @@ async fn two_replicas(dir: &Path, extra_a: &str) -> (Arc<MemoryStore>, Replica, 
 
 fn phase(c: &Control) -> String {
     let s = c.gateway().load();
-    s.state.phase_name(&s.config.migration.phases).to_string()
+    s.state(0)
+        .phase_name(&s.config.migrations[0].phases)
+        .to_string()
 }
 
 /// `state_file:` under a path whose "folder" is a regular file: no write can succeed there
@@ -100,10 +102,10 @@ async fn a_rollback_moves_traffic_even_when_the_state_cannot_be_saved() {
     let dir = tempfile::tempdir().unwrap();
     let r = replica(dir.path(), "a", &blocked_state_file(dir.path()), None);
     let s = r
-        .rollback(Trigger::Admin, "new side broken".into(), None, None)
+        .rollback(None, Trigger::Admin, "new side broken".into(), None, None)
         .await;
-    assert!(s.state.rolled_back, "traffic moved at once");
-    assert_eq!(s.to_buckets, 0);
+    assert!(s.0.state(0).rolled_back, "traffic moved at once");
+    assert_eq!(s.0.migrations[0].to_buckets, 0);
     let why = r.unsaved().expect("the failure is reported");
     assert!(why.contains("blocker/state.json"), "{why}");
 
@@ -117,7 +119,7 @@ async fn a_rollback_moves_traffic_even_when_the_state_cannot_be_saved() {
         serde_json::from_slice(&std::fs::read(dir.path().join("blocker/state.json")).unwrap())
             .unwrap();
     assert_eq!(saved["rolled_back"], true);
-    assert!(r.gateway().load().state.rolled_back);
+    assert!(r.gateway().load().state(0).rolled_back);
 }
 
 #[tokio::test]
@@ -125,13 +127,13 @@ async fn single_mode_refuses_a_phase_change_the_state_file_cannot_hold() {
     let dir = tempfile::tempdir().unwrap();
     let r = replica(dir.path(), "a", &blocked_state_file(dir.path()), None);
     let e = r
-        .set_phase("p50", false)
+        .set_phase("default", "p50", false)
         .await
         .expect_err("nothing can be saved");
     assert!(matches!(e, ControlError::PersistFailed(_)), "{e:?}");
     assert_eq!(phase(&r), "p10", "nothing moved");
     unblock(dir.path());
-    r.set_phase("p50", false).await.unwrap();
+    r.set_phase("default", "p50", false).await.unwrap();
     assert_eq!(phase(&r), "p50");
 }
 
@@ -139,13 +141,13 @@ async fn single_mode_refuses_a_phase_change_the_state_file_cannot_hold() {
 async fn replicas_follow_the_store_and_a_lost_race_is_a_conflict() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, a, b) = two_replicas(dir.path(), "").await;
-    a.set_phase("p50", false).await.unwrap();
+    a.set_phase("default", "p50", false).await.unwrap();
     assert!(b.sync_from_cluster(b.cluster.as_ref().unwrap()).await);
     assert_eq!(phase(&b), "p50");
 
     // b has not seen a's next change: its write loses, and says so.
-    a.set_phase("p100", false).await.unwrap();
-    let e = b.set_phase("p10", false).await.unwrap_err();
+    a.set_phase("default", "p100", false).await.unwrap();
+    let e = b.set_phase("default", "p10", false).await.unwrap_err();
     assert!(matches!(e, ControlError::Conflict(_)), "{e:?}");
     b.sync_from_cluster(b.cluster.as_ref().unwrap()).await;
     assert_eq!(phase(&b), "p100");
@@ -159,12 +161,15 @@ async fn the_revision_comes_from_the_write_itself() {
     // b's write of p100 lands between a's write of p50 and anything a does next.
     let b_state = {
         let s = b.gateway().load();
-        let p100 = s.state.set(&s.config.migration.phases, "p100").unwrap();
-        switchyard_control::cluster::SharedState::of(&p100, &s.config.migration.phases, "b")
+        let p100 = s
+            .state(0)
+            .set(&s.config.migrations[0].phases, "p100")
+            .unwrap();
+        switchyard_control::cluster::SharedState::of(&p100, &s.config.migrations[0].phases, "b")
     };
     let body = serde_json::to_vec(&b_state).unwrap();
     store.after_next_write(move |w| w.put("/t/state", &body));
-    a.set_phase("p50", false).await.unwrap();
+    a.set_phase("default", "p50", false).await.unwrap();
     assert_eq!(phase(&a), "p50");
     a.sync_from_cluster(a.cluster.as_ref().unwrap()).await;
     assert_eq!(
@@ -180,24 +185,24 @@ async fn a_rollback_while_the_store_is_down_happens_at_once_and_is_shared_when_i
     let (store, a, b) = two_replicas(dir.path(), "").await;
     store.set_reachable(false);
     // Other changes wait for the store…
-    let e = a.set_phase("p50", false).await.unwrap_err();
+    let e = a.set_phase("default", "p50", false).await.unwrap_err();
     assert!(matches!(e, ControlError::StoreUnavailable(_)), "{e:?}");
     // …a rollback does not.
     let s = a
-        .rollback(Trigger::Auto, "error_rate".into(), None, None)
+        .rollback(None, Trigger::Auto, "error_rate".into(), None, None)
         .await;
-    assert!(s.state.rolled_back);
+    assert!(s.0.state(0).rolled_back);
     assert!(!a.sync_from_cluster(a.cluster.as_ref().unwrap()).await);
     assert!(
-        a.gateway().load().state.rolled_back,
+        a.gateway().load().state(0).rolled_back,
         "not undone by the sync"
     );
 
     store.set_reachable(true);
     assert!(a.sync_from_cluster(a.cluster.as_ref().unwrap()).await);
-    assert!(a.gateway().load().state.rolled_back);
+    assert!(a.gateway().load().state(0).rolled_back);
     b.sync_from_cluster(b.cluster.as_ref().unwrap()).await;
-    assert!(b.gateway().load().state.rolled_back, "the fleet follows");
+    assert!(b.gateway().load().state(0).rolled_back, "the fleet follows");
 }
 
 /// A replica whose own state file fails is not left behind: it follows the fleet in
@@ -215,12 +220,12 @@ async fn a_failing_local_write_does_not_leave_a_replica_behind() {
     let b = replica(dir.path(), "b", "", Some(store.clone()));
     a.join_cluster().await;
     b.join_cluster().await;
-    a.set_phase("p50", false).await.unwrap();
+    a.set_phase("default", "p50", false).await.unwrap();
     assert_eq!(phase(&a), "p50");
     assert!(a.unsaved().is_some());
-    b.set_phase("p100", false).await.unwrap_err(); // b has not synced a's change yet
+    b.set_phase("default", "p100", false).await.unwrap_err(); // b has not synced a's change yet
     b.sync_from_cluster(b.cluster.as_ref().unwrap()).await;
-    b.set_phase("p100", false).await.unwrap();
+    b.set_phase("default", "p100", false).await.unwrap();
     a.sync_from_cluster(a.cluster.as_ref().unwrap()).await;
     assert_eq!(phase(&a), "p100");
 }
@@ -232,9 +237,10 @@ async fn a_rollback_racing_a_change_on_another_replica_wins() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, a, b) = two_replicas(dir.path(), "").await;
     // a advances; b, not yet synced, rolls back: its write conflicts, and it goes on top.
-    a.set_phase("p50", false).await.unwrap();
-    b.rollback(Trigger::Auto, "fail".into(), None, None).await;
+    a.set_phase("default", "p50", false).await.unwrap();
+    b.rollback(None, Trigger::Auto, "fail".into(), None, None)
+        .await;
     a.sync_from_cluster(a.cluster.as_ref().unwrap()).await;
-    assert!(a.gateway().load().state.rolled_back);
-    assert!(b.gateway().load().state.rolled_back);
+    assert!(a.gateway().load().state(0).rolled_back);
+    assert!(b.gateway().load().state(0).rolled_back);
 }

@@ -9,9 +9,22 @@ use serde::{Deserialize, Serialize};
 use crate::migration::Trigger;
 use crate::verdict::Verdict;
 
-/// `GET /admin/status`, and the answer of every phase change.
+/// `GET /admin/status`, and the answer of every phase change: one migration's (in a
+/// gateway of several, `GET /admin/migrations/NAME`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
+    /// The migration's name (`default` for a gateway of one `migration:`).
+    #[serde(default)]
+    pub migration: String,
+    /// The requests it moves (a gateway of several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matches: Option<MatchView>,
+    /// Every migration of the gateway, by name, in file order (several only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<String>,
+    /// Where requests no migration matches go (several only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_provider: Option<String>,
     pub from: String,
     pub to: String,
     pub phase: PhaseView,
@@ -46,6 +59,23 @@ pub struct Status {
     /// table: kept until the rollback is left.
     #[serde(default)]
     pub last_failing_verdict: Option<Verdict>,
+}
+
+/// A migration's `match`: the conditions a request must meet, all of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MatchView {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub header: BTreeMap<String, String>,
+}
+
+/// `GET /admin/migrations`: each migration's status, in file order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Migrations {
+    pub migrations: Vec<Status>,
 }
 
 /// The judge's live control: a share of `to`'s requests also sent to `from` (answers
@@ -347,20 +377,30 @@ pub enum Event {
         status: Box<Status>,
         stats: Box<Stats>,
         point: Point,
+        /// Every migration's status, in a gateway of several.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        migrations: Vec<Status>,
     },
     /// The migration state changed (a phase, or leaving a rollback).
     Phase {
         phase: String,
         percent: f64,
         by: String,
+        /// Which migration, in a gateway of several.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        migration: Option<String>,
     },
     Rollback {
         reason: String,
         trigger: Trigger,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        migration: Option<String>,
     },
     /// The judge's overall result changed.
     Verdict {
         verdict: Box<Verdict>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        migration: Option<String>,
     },
     Health {
         provider: String,
@@ -440,6 +480,7 @@ mod tests {
     #[test]
     fn the_json_is_pinned() {
         round_trip::<Status>(json!({
+            "migration": "default",
             "from": "old", "to": "new",
             "phase": {"name": "rollback", "index": null, "percent": 0.0},
             "percent": 0.0, "phase_since_unix": 1795723527u64, "auto_advance": false,

@@ -183,7 +183,10 @@ impl Class {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RequestEvent {
     pub provider: Arc<str>,
-    /// The migration state's epoch when the request started: judgements only use
+    /// The migration that routed it (an index into the config's `migrations`); `None`:
+    /// no migration matched, it went to `default_provider`.
+    pub migration: Option<u16>,
+    /// That migration state's epoch when the request started: judgements only use
     /// requests of the current phase.
     pub epoch: u64,
     pub class: Class,

@@ -2,6 +2,7 @@
 //!
 //! Hash (fixed forever; changing it moves users between providers):
 //! `seed   = XXH3-64("switchyard\0" ++ from ++ "\0" ++ to, seed 0)`
+//! (a migration of `migrations:` appends `"\0" ++ name`, so each moves its own cohorts)
 //! `bucket = XXH3-64(key, seed) mod 10000`
 //! A bucket below `percent × 100` goes to `to`, the rest to `from`. Because a key's
 //! bucket never changes, raising the percent only ever moves keys `from` → `to`. The
@@ -32,6 +33,21 @@ impl Router {
         salt.extend_from_slice(from.as_bytes());
         salt.push(0);
         salt.extend_from_slice(to.as_bytes());
+        Router {
+            seed: xxh3_64(&salt),
+        }
+    }
+
+    /// For a migration of `migrations:`: its name salts the hash too, so two migrations at
+    /// the same percent move different cohorts.
+    pub fn named(name: &str, from: &str, to: &str) -> Self {
+        let mut salt = Vec::with_capacity(13 + name.len() + from.len() + to.len());
+        salt.extend_from_slice(b"switchyard\0");
+        salt.extend_from_slice(from.as_bytes());
+        salt.push(0);
+        salt.extend_from_slice(to.as_bytes());
+        salt.push(0);
+        salt.extend_from_slice(name.as_bytes());
         Router {
             seed: xxh3_64(&salt),
         }

@@ -43,7 +43,10 @@ pub(crate) struct Finished<'a> {
     pub(crate) uri: &'a Uri,
     /// `-` when the gateway answered before choosing one.
     pub(crate) provider: &'a str,
-    /// The migration's phase the request was routed in (`rollback` while rolled back).
+    /// The migration that routed it, in a gateway of several.
+    pub(crate) migration: Option<&'a str>,
+    /// The migration's phase the request was routed in (`rollback` while rolled back; `-`
+    /// for no migration).
     pub(crate) phase: &'a str,
     pub(crate) status: u16,
     pub(crate) outcome: Outcome,
@@ -71,6 +74,7 @@ pub(crate) fn access_log(r: &Finished<'_>) {
         method = r.method.as_str(),
         path = r.uri.path(),
         provider = r.provider,
+        migration = r.migration,
         status = r.status,
         outcome = r.outcome.label(),
         class = r.class.label(),
@@ -103,6 +107,9 @@ pub(crate) fn span(r: &Finished<'_>, ctx: TraceCtx) -> SpanRecord {
     ];
     if let Some(m) = r.model {
         attributes.push(("gen_ai.request.model", m.into()));
+    }
+    if let Some(m) = r.migration {
+        attributes.push(("switchyard.migration", m.into()));
     }
     if let Some(c) = r.cost {
         attributes.push(("switchyard.cost_usd", c.into()));

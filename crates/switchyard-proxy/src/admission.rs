@@ -97,6 +97,7 @@ impl Refusal {
                 method: req.method(),
                 uri: req.uri(),
                 provider: "-",
+                migration: None,
                 phase: "-",
                 status,
                 outcome: Outcome::of(self.kind.class(), status),

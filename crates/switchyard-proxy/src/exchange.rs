@@ -13,6 +13,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, Uri};
 use hyper::body::Incoming;
 use switchyard_core::answer::Endpoint;
+use switchyard_core::config::MigrationConfig;
 use switchyard_core::event::{model_key, BodyEnd, Class, RequestEvent};
 use switchyard_core::ErrorKind;
 
@@ -21,16 +22,18 @@ use crate::errors::{
     error_response, has_source, source_of, BodyTooLarge, ClientBodyError, ErrorChain,
 };
 use crate::headers::{
-    strip_hop_by_hop, X_REQUEST_ID, X_SWITCHYARD_FAILOVER, X_SWITCHYARD_PROVIDER,
+    strip_hop_by_hop, X_REQUEST_ID, X_SWITCHYARD_FAILOVER, X_SWITCHYARD_MIGRATION,
+    X_SWITCHYARD_PROVIDER,
 };
 use crate::limits::Permit;
-use crate::metrics::{Recorded, EVENTS_DROPPED};
+use crate::metrics::{ProviderMetrics, Recorded, EVENTS_DROPPED};
 use crate::openai::ModelPrefix;
 use crate::pool::Lease;
 use crate::request_body::RequestShared;
 use crate::response_body::{BodySummary, GatewayBody, OnEnd, ResponseBody, Sniff};
+use crate::route::Route;
 use crate::shadow::{Pair, SideResult};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Live, Snapshot};
 use crate::trace::TraceCtx;
 use crate::upstream::Upstream;
 
@@ -62,6 +65,9 @@ pub struct Exchange {
     provider: usize,
     /// The other side, while the request may still fail over there.
     pub(crate) fallback: Option<usize>,
+    /// The migration that routed it, an index into the snapshot's (`None`: no migration
+    /// matched, it went to `default_provider`).
+    migration: Option<usize>,
     failed: Option<FailedAttempt>,
     /// The answer was accounted; until then, dropping the exchange means the client left.
     answered: bool,
@@ -95,9 +101,7 @@ pub(crate) struct Start {
     pub(crate) request_id: HeaderValue,
     pub(crate) method: Method,
     pub(crate) uri: Uri,
-    pub(crate) provider: usize,
-    pub(crate) fallback: Option<usize>,
-    pub(crate) bucket: u16,
+    pub(crate) route: Route,
     pub(crate) client_key: Option<u16>,
     pub(crate) client: Option<SocketAddr>,
     pub(crate) trace: Option<TraceCtx>,
@@ -114,11 +118,12 @@ impl Exchange {
             uri: s.uri,
             start: Instant::now(),
             endpoint,
-            provider: s.provider,
-            fallback: s.fallback,
+            provider: s.route.first,
+            fallback: s.route.fallback,
+            migration: s.route.migration,
             failed: None,
             answered: false,
-            bucket: s.bucket,
+            bucket: s.route.bucket,
             client_key: s.client_key,
             shared: None,
             strip_usage: false,
@@ -139,6 +144,17 @@ impl Exchange {
     /// The provider the request is with now.
     pub(crate) fn upstream(&self) -> &Upstream {
         &self.snap.upstreams[self.provider]
+    }
+
+    /// The migration that routed the request, and where it stands.
+    pub(crate) fn migration(&self) -> Option<(&MigrationConfig, &Live)> {
+        let i = self.migration?;
+        Some((&self.snap.config.migrations[i], &self.snap.migrations[i]))
+    }
+
+    /// The metrics of the provider the request is with, for its migration.
+    pub(crate) fn metrics(&self) -> &ProviderMetrics {
+        self.upstream().metrics(self.migration)
     }
 
     /// The providers the request may still go to (now, then the fallback).
@@ -175,6 +191,7 @@ impl Exchange {
             self.upstream().name_header.clone(),
         );
         headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        self.name_migration(headers);
         if let Some(f) = self.failed {
             headers.insert(
                 X_SWITCHYARD_FAILOVER.clone(),
@@ -211,7 +228,7 @@ impl Exchange {
             self.unpin_client_buffer();
         }
         let up = self.upstream();
-        up.metrics.answer_began(first_byte, stream);
+        up.metrics(self.migration).answer_began(first_byte, stream);
         let idle = up.config.idle_timeout;
         let on_end = Box::new(AtEnd {
             status: parts.status.as_u16(),
@@ -320,12 +337,21 @@ impl Exchange {
         message: &str,
     ) -> Response<GatewayBody> {
         self.account(Accounted::answer(kind.status(), class));
-        error_response(
+        let mut r = error_response(
             kind,
             message,
             &self.request_id,
             &self.upstream().name_header,
-        )
+        );
+        self.name_migration(r.headers_mut());
+        r
+    }
+
+    /// `x-switchyard-migration`, in a gateway of several migrations.
+    fn name_migration(&self, headers: &mut HeaderMap) {
+        if let Some(v) = self.migration().and_then(|(_, live)| live.header.as_ref()) {
+            headers.insert(X_SWITCHYARD_MIGRATION.clone(), v.clone());
+        }
     }
 
     /// Metrics, tokens and cost, the watchers' event, the access log: once per attempt.
@@ -354,7 +380,7 @@ impl Exchange {
             (true, Some(t)) => Some(t.duration_since(self.start)),
             _ => ttfb,
         };
-        let outcome = up.metrics.record(&Recorded {
+        let outcome = up.metrics(self.migration).record(&Recorded {
             status,
             class,
             elapsed,
@@ -375,7 +401,8 @@ impl Exchange {
                 });
             let event = RequestEvent {
                 provider: up.name.clone(),
-                epoch: snap.epoch,
+                migration: self.migration.map(|i| i as u16),
+                epoch: self.migration.map_or(0, |i| snap.migrations[i].epoch),
                 class,
                 latency: elapsed,
                 ttfb,
@@ -411,7 +438,13 @@ impl Exchange {
             method: &self.method,
             uri: &self.uri,
             provider: &up.name,
-            phase: snap.state.phase_name(&snap.config.migration.phases),
+            migration: self
+                .migration()
+                .filter(|_| snap.config.named_migrations)
+                .map(|(m, _)| m.name.as_str()),
+            phase: self
+                .migration()
+                .map_or("-", |(m, live)| live.state.phase_name(&m.phases)),
             status,
             outcome,
             class,
@@ -452,12 +485,11 @@ impl Exchange {
     /// cost on the other side of the migration (the live ROI projection).
     fn costs(&self, model: &str, prompt: u64, completion: u64) -> (Option<f64>, Option<f64>) {
         let providers = &self.snap.config.providers;
-        let mig = &self.snap.config.migration;
-        let other = match self.provider {
-            p if p == mig.from => Some(mig.to),
-            p if p == mig.to => Some(mig.from),
+        let other = self.migration().and_then(|(m, _)| match self.provider {
+            p if p == m.from => Some(m.to),
+            p if p == m.to => Some(m.from),
             _ => None,
-        };
+        });
         let cost = |p: usize| providers[p].pricing.cost(model, prompt, completion);
         (cost(self.provider), other.and_then(cost))
     }
@@ -502,7 +534,7 @@ struct AtEnd {
 impl OnEnd for AtEnd {
     fn on_end(mut self: Box<Self>, end: BodyEnd, summary: BodySummary) {
         // Exactly once per answer (at its end, or when the client drops it).
-        self.ex.upstream().metrics.answer_ended(self.stream);
+        self.ex.metrics().answer_ended(self.stream);
         let (class, bad_answer) = Class::of_end(
             end,
             self.status,

@@ -30,12 +30,14 @@ pub(crate) fn keep_replay(
     body: RequestBody,
     headers: &http::HeaderMap,
 ) -> RequestBody {
-    let f = &ex.snap.config.migration.failover;
-    if ex.fallback.is_none() || f.on_status.is_empty() {
-        return body;
-    }
+    let max = match ex.migration() {
+        Some((m, _)) if ex.fallback.is_some() && !m.failover.on_status.is_empty() => {
+            m.failover.replay_max_body
+        }
+        _ => return body,
+    };
     ex.replay_headers = Some(headers.clone());
-    body.keeping_replay(f.replay_max_body)
+    body.keeping_replay(max)
 }
 
 /// The provider answered `resp`'s head: when it is a refusal that fails over and the body
@@ -47,7 +49,7 @@ pub(crate) fn after_refusal(
 ) -> Option<Result<Request<BoxedBody>, http::Error>> {
     let other = ex.fallback?;
     let status = resp.status().as_u16();
-    let failover = &ex.snap.config.migration.failover;
+    let failover = &ex.migration()?.0.failover;
     if !failover.fails_over(status) {
         return None;
     }
@@ -75,7 +77,7 @@ pub(crate) fn after_refusal(
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     tracing::warn!(request_id = ex.id(), provider = %up.name, status, "provider refused; failing over");
-    up.metrics.failovers.increment(1);
+    ex.metrics().failovers.increment(1);
     let ttfb = ex.start.elapsed();
     ex.attempt_failed(status, Class::of_status(status), Some(ttfb));
     ex.move_to(other);
@@ -98,7 +100,7 @@ pub(crate) fn after_connect_error(
     let other = ex.fallback?;
     let up = ex.upstream();
     tracing::warn!(request_id = ex.id(), provider = %up.name, error = %ErrorChain(e), "cannot connect; failing over");
-    up.metrics.failovers.increment(1);
+    ex.metrics().failovers.increment(1);
     ex.attempt_failed(0, ErrorKind::UpstreamConnect.class(), None);
     ex.move_to(other);
     if let Some(prefix) = &ex.model_prefix {

@@ -1,8 +1,9 @@
 //! Forwarding an admitted request, top to bottom:
 //!
-//! 1. **route**: hash the routing key (the sticky header, or the request id) into a bucket;
-//!    [`Router::side_of`] picks `from` or `to` (the other side is the fallback; a provider
-//!    that asked for a pause with a 429's `Retry-After` gets no first attempts).
+//! 1. **route** ([`crate::route`]): the first migration whose `match` the request meets
+//!    (its model read ahead of the body first when one matches by model), then that
+//!    migration's side for the routing key's bucket (the other side is the fallback); no
+//!    migration: `default_provider`.
 //! 2. **rewrite the head**: hop-by-hop headers out, bodies asked for uncompressed (usage is
 //!    read as they pass), the trace continued; the request's [`Exchange`] starts here, and
 //!    accounts for it from now on however it ends.
@@ -27,27 +28,28 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use switchyard_core::router::{Router, Side};
 use switchyard_core::ErrorKind;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::admission::Admitted;
 use crate::answer::is_json;
-use crate::errors::{BodyTooLarge, ClientBodyError};
+use crate::errors::{BodyTooLarge, BoxError, ClientBodyError};
 use crate::exchange::{Exchange, Start};
 use crate::failover;
 use crate::headers::strip_hop_by_hop;
 use crate::mirror;
-use crate::models;
+use crate::models::{self, ReadAhead};
 use crate::openai;
 use crate::pool::Lease;
 use crate::request_body::{BoxedBody, RequestBody, RequestShared};
 use crate::response_body::GatewayBody;
+use crate::route::{self, Route};
 use crate::snapshot::Snapshot;
 use crate::timeout::{Deadline, FirstByteTimeoutLayer, Since, Started, TimeoutError};
 use crate::trace::{TraceCtx, TRACEPARENT};
@@ -65,25 +67,24 @@ pub(crate) async fn forward(
         request_id,
         client: who,
     } = admitted;
-    let m = &snap.config.migration;
-    // 1. route
-    let bucket = {
-        let key = match req.headers().get(&snap.sticky_header) {
-            Some(v) if !v.is_empty() => v.as_bytes(),
-            _ => request_id.as_bytes(),
-        };
-        m.router.bucket(key)
-    };
-    let side = Router::side_of(bucket, snap.to_buckets);
-    let (mut first, mut other) = match side {
-        Side::To => (m.to, m.from),
-        Side::From => (m.from, m.to),
-    };
-    if m.failover.honor_retry_after && first != other && snap.upstreams[first].paused() {
-        std::mem::swap(&mut first, &mut other);
-    }
-    // 2. rewrite the head
     let (mut parts, body) = req.into_parts();
+    // 1. route; a migration that matches by model needs it read ahead of the body first
+    let mut body = Some(body);
+    let early = match body.take() {
+        Some(b) if snap.config.routes_by_model() && parts.method == Method::POST => {
+            Some(models::read_model(b).await)
+        }
+        b => {
+            body = b;
+            None
+        }
+    };
+    let model = match &early {
+        Some(Ok(read)) => read.prefix.client_model(),
+        _ => None,
+    };
+    let route = route::route(&snap, &parts, &request_id, model);
+    // 2. rewrite the head
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(
         header::ACCEPT_ENCODING,
@@ -101,16 +102,23 @@ pub(crate) async fn forward(
         request_id,
         method: parts.method.clone(),
         uri: parts.uri.clone(),
-        provider: first,
-        fallback: (other != first).then_some(other),
-        bucket,
+        route,
         client_key: who.client_key,
         client,
         trace,
         permit: who.permit,
     });
+    let (ex, upload) = match (early, body) {
+        (None, Some(body)) => (ex, Upload::Streaming(body)),
+        (None, None) => unreachable!("the body is read ahead or left whole"),
+        (Some(Ok(read)), _) => match models::served(ex, read) {
+            Ok((ex, read)) => (ex, Upload::Ahead(read)),
+            Err(refused) => return refused,
+        },
+        (Some(Err(broke)), _) => return ex.client_broke(&broke),
+    };
     // 3. prepare the body
-    let (mut ex, body) = match prepare(ex, &mut parts, body, side, worker).await {
+    let (mut ex, body) = match prepare(ex, &mut parts, upload, &route, worker).await {
         Ok(prepared) => prepared,
         Err(refused) => return refused,
     };
@@ -124,29 +132,46 @@ pub(crate) async fn forward(
     attempts(ex, req, worker).await
 }
 
+/// The client's body as routing left it: untouched, or its start read (for its model).
+enum Upload {
+    Streaming(Incoming),
+    Ahead(ReadAhead),
+}
+
 /// Step 3: the body as the first provider gets it, or the gateway's answer refusing it.
 async fn prepare(
     mut ex: Box<Exchange>,
     parts: &mut http::request::Parts,
-    body: Incoming,
-    side: Side,
+    upload: Upload,
+    route: &Route,
     worker: Worker,
 ) -> Result<(Box<Exchange>, RequestBody), Response<GatewayBody>> {
     let limit = ex.snap.config.server.max_body_bytes;
     let json_required = ex.endpoint.requires_json();
-    let mut body = Some(body);
+    let (mut body, mut ahead) = match upload {
+        Upload::Streaming(b) => (Some(b), None),
+        Upload::Ahead(read) => (None, Some(read)),
+    };
     // Asking a stream for its usage on the client's behalf rewrites the body: it is read
     // whole (the one case that buffers a request).
     let mut whole = None;
     if ex.upstream().config.inject_stream_usage
         && openai::is_chat_completion(&parts.method, &parts.uri)
     {
-        let incoming = body.take().expect("the body is there");
-        let bytes = match Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
-            .collect()
-            .await
-        {
-            Ok(c) => c.to_bytes(),
+        let read = match (body.take(), ahead.take()) {
+            (Some(incoming), _) => collect(Vec::new(), incoming, limit).await,
+            (
+                None,
+                Some(ReadAhead {
+                    prefix,
+                    rest: Some(rest),
+                }),
+            ) => collect(prefix.held.to_vec(), rest, limit).await,
+            (None, Some(ReadAhead { prefix, rest: None })) => Ok(prefix.held),
+            (None, None) => Ok(Bytes::new()),
+        };
+        let bytes = match read {
+            Ok(b) => b,
             Err(e) if e.is::<LengthLimitError>() => {
                 return Err(ex.fail(ErrorKind::BodyTooLarge, &BodyTooLarge::message(limit)))
             }
@@ -167,8 +192,7 @@ async fn prepare(
     let json_checked = whole.is_some();
     // Providers may name models differently: learn the client's model before choosing what
     // to send (only the body's start is read; the rest streams untouched).
-    let mut ahead = None;
-    if models::must_read_ahead(&ex, &parts.method) {
+    if ahead.is_none() && models::must_read_ahead(&ex, &parts.method) {
         let (e, read) = match whole.take() {
             Some((bytes, _)) => models::read_whole(ex, bytes)?,
             None => {
@@ -180,7 +204,7 @@ async fn prepare(
         ahead = Some(read);
     }
     let model = ahead.as_ref().and_then(|r| r.prefix.client_model());
-    let (tee, pair) = mirror::start(&ex.snap, side, ex.bucket, parts, model, worker);
+    let (tee, pair) = mirror::start(&ex.snap, route, parts, model, worker);
     ex.shadow = pair;
     // The OpenAI APIs take JSON: a body the gateway can see is not JSON is the client's
     // fault, answered 400 here (`client_fault`), never a provider's 4xx for the judge.
@@ -211,6 +235,21 @@ async fn prepare(
             None => b,
         },
     ))
+}
+
+/// The whole body: `held` (read already) and the rest, within `limit`.
+async fn collect(held: Vec<u8>, rest: Incoming, limit: u64) -> Result<Bytes, BoxError> {
+    let room = limit.saturating_sub(held.len() as u64);
+    let rest = Limited::new(rest, usize::try_from(room).unwrap_or(usize::MAX))
+        .collect()
+        .await?
+        .to_bytes();
+    if held.is_empty() {
+        return Ok(rest);
+    }
+    let mut all = held;
+    all.extend_from_slice(&rest);
+    Ok(Bytes::from(all))
 }
 
 /// Step 4: attempt → classify → retarget → respond.

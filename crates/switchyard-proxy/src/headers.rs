@@ -6,6 +6,7 @@ use http::header::{self, HeaderMap, HeaderName};
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_SWITCHYARD_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
 pub static X_SWITCHYARD_FAILOVER: HeaderName = HeaderName::from_static("x-switchyard-failover");
+pub static X_SWITCHYARD_MIGRATION: HeaderName = HeaderName::from_static("x-switchyard-migration");
 /// On a mirrored copy: `1` (a shadow test) or `control` (the judge's live control).
 pub static X_SWITCHYARD_SHADOW: HeaderName = HeaderName::from_static("x-switchyard-shadow");
 

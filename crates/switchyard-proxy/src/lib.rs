@@ -28,6 +28,7 @@ pub mod openai;
 pub mod pool;
 pub mod request_body;
 pub mod response_body;
+pub mod route;
 pub mod server;
 pub mod service;
 pub mod shadow;

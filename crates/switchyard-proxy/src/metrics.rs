@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, Label};
 use switchyard_core::answer::CutShort;
 use switchyard_core::event::Class;
 
@@ -222,35 +222,52 @@ struct ModelMetrics {
 }
 
 impl ProviderMetrics {
-    /// With a `model` series for each of `models` (the priced ones) and `other`.
-    pub fn new<'a>(provider: &str, models: impl Iterator<Item = &'a str>) -> Self {
+    /// With a `model` series for each of `models` (the priced ones) and `other`; every
+    /// series labelled with `migration` too when given (a gateway of several migrations).
+    pub fn new<'a>(
+        provider: &str,
+        models: impl Iterator<Item = &'a str>,
+        migration: Option<&str>,
+    ) -> Self {
+        let mut base = vec![Label::new("provider", provider.to_string())];
+        if let Some(m) = migration {
+            base.push(Label::new("migration", m.to_string()));
+        }
+        let with = |more: &[(&'static str, &str)]| -> Vec<Label> {
+            let mut l = base.clone();
+            l.extend(more.iter().map(|(k, v)| Label::new(*k, v.to_string())));
+            l
+        };
         let by_model = models
             .chain(std::iter::once("other"))
             .map(|model| {
-                let t = |kind: &'static str| counter!(MODEL_TOKENS, "provider" => provider.to_string(), "model" => model.to_string(), "kind" => kind);
+                let t = |kind: &'static str| {
+                    counter!(MODEL_TOKENS, with(&[("model", model), ("kind", kind)]))
+                };
                 ModelMetrics {
                     model: model.into(),
                     prompt: t("prompt"),
                     completion: t("completion"),
-                    cost: gauge!(MODEL_COST, "provider" => provider.to_string(), "model" => model.to_string()),
+                    cost: gauge!(MODEL_COST, with(&[("model", model)])),
                 }
             })
             .collect();
-        let c = |status: &'static str| counter!(REQUESTS_TOTAL, "provider" => provider.to_string(), "status" => status);
+        let c = |status: &'static str| counter!(REQUESTS_TOTAL, with(&[("status", status)]));
         ProviderMetrics {
             requests: [c("2xx"), c("4xx"), c("5xx"), c("timeout"), c("error")],
-            classes: Class::ALL.map(|class| counter!(OUTCOMES_TOTAL, "provider" => provider.to_string(), "class" => class.label())),
-            duration: histogram!(REQUEST_DURATION, "provider" => provider.to_string()),
-            first_byte: histogram!(FIRST_BYTE, "provider" => provider.to_string()),
-            failovers: counter!(FAILOVERS_TOTAL, "provider" => provider.to_string()),
-            prompt_tokens: counter!(TOKENS_TOTAL, "provider" => provider.to_string(), "kind" => "prompt"),
-            completion_tokens: counter!(TOKENS_TOTAL, "provider" => provider.to_string(), "kind" => "completion"),
-            cost: gauge!(COST_TOTAL, "provider" => provider.to_string()),
-            stream_ttft: histogram!(STREAM_TTFT, "provider" => provider.to_string()),
-            in_flight: gauge!(IN_FLIGHT, "provider" => provider.to_string()),
-            open_streams: gauge!(OPEN_STREAMS, "provider" => provider.to_string()),
-            cut: CutShort::ALL.map(|c| counter!(CUT_ANSWERS, "provider" => provider.to_string(), "reason" => c.label())),
-            abandoned_waits: histogram!(ABANDONED_WAITS, "provider" => provider.to_string()),
+            classes: Class::ALL
+                .map(|class| counter!(OUTCOMES_TOTAL, with(&[("class", class.label())]))),
+            duration: histogram!(REQUEST_DURATION, with(&[])),
+            first_byte: histogram!(FIRST_BYTE, with(&[])),
+            failovers: counter!(FAILOVERS_TOTAL, with(&[])),
+            prompt_tokens: counter!(TOKENS_TOTAL, with(&[("kind", "prompt")])),
+            completion_tokens: counter!(TOKENS_TOTAL, with(&[("kind", "completion")])),
+            cost: gauge!(COST_TOTAL, with(&[])),
+            stream_ttft: histogram!(STREAM_TTFT, with(&[])),
+            in_flight: gauge!(IN_FLIGHT, with(&[])),
+            open_streams: gauge!(OPEN_STREAMS, with(&[])),
+            cut: CutShort::ALL.map(|c| counter!(CUT_ANSWERS, with(&[("reason", c.label())]))),
+            abandoned_waits: histogram!(ABANDONED_WAITS, with(&[])),
             by_model,
         }
     }

@@ -22,6 +22,7 @@ use crate::answer::JsonAnswer;
 use crate::headers::X_SWITCHYARD_SHADOW;
 use crate::metrics::SHADOW_COST;
 use crate::request_body::{RequestBody, RequestShared, Tee, TeeResult};
+use crate::route::Route;
 use crate::shadow::{Pair, SideResult, CONTROL_REQUESTS, SHADOW_DURATION};
 use crate::snapshot::Snapshot;
 use crate::sniff::{text_of_json, SseScan};
@@ -42,6 +43,8 @@ pub struct Mirror {
     /// The model as the client named it, when the body's start was read ahead (the teed
     /// copy then carries the primary provider's name for it).
     pub model: Option<Box<str>>,
+    /// The migration whose sides the copy goes between (an index into the snapshot's).
+    pub migration: usize,
 }
 
 /// Where a mirrored copy goes, and what becomes of its answer.
@@ -59,12 +62,19 @@ pub enum MirrorTo {
 impl MirrorTo {
     /// The mirror could not be made or sent. `class`: what it says about the provider it
     /// went to (nothing when the copy failed on this side).
-    fn failed(&self, snap: &Snapshot, why: &'static str, class: Option<Class>, took: Duration) {
+    fn failed(
+        &self,
+        snap: &Snapshot,
+        migration: usize,
+        why: &'static str,
+        class: Option<Class>,
+        took: Duration,
+    ) {
         match self {
             MirrorTo::Shadow(pair) => pair.failed(why),
             MirrorTo::Control { key } => {
                 if let Some(class) = class {
-                    control_event(snap, *key, class, took, None);
+                    control_event(snap, migration, *key, class, took, None);
                 }
             }
         }
@@ -74,6 +84,7 @@ impl MirrorTo {
 /// One control request's outcome, as an event of `from`'s (the judge's live baseline).
 fn control_event(
     snap: &Snapshot,
+    migration: usize,
     key: u16,
     class: Class,
     latency: Duration,
@@ -81,12 +92,13 @@ fn control_event(
 ) {
     metrics::counter!(CONTROL_REQUESTS).increment(1);
     let Some(events) = &snap.events else { return };
-    let from = snap.config.migration.from;
+    let from = snap.config.migrations[migration].from;
     let (side, model) = answer.unzip();
     let model = model.flatten();
     let event = switchyard_core::event::RequestEvent {
         provider: snap.upstreams[from].name.clone(),
-        epoch: snap.epoch,
+        migration: Some(migration as u16),
+        epoch: snap.migrations[migration].epoch,
         class,
         latency,
         ttfb: side.and_then(|s| s.ttft),
@@ -121,7 +133,8 @@ pub async fn run(
     _permit: OwnedSemaphorePermit,
     worker: Worker,
 ) {
-    let fail = |why, class| dest.failed(&snap, why, class, Duration::ZERO);
+    let migration = mirror.migration;
+    let fail = |why, class| dest.failed(&snap, migration, why, class, Duration::ZERO);
     let body = match body.await {
         Ok(Ok(b)) => b,
         Ok(Err(why)) => return fail(why, None),
@@ -130,8 +143,8 @@ pub async fn run(
     let mut request_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let cfg = &snap.config;
     let target = match dest {
-        MirrorTo::Shadow(_) => cfg.migration.to,
-        MirrorTo::Control { .. } => cfg.migration.from,
+        MirrorTo::Shadow(_) => cfg.migrations[migration].to,
+        MirrorTo::Control { .. } => cfg.migrations[migration].from,
     };
     let up = &snap.upstreams[target];
     // Costs and comparisons use the client's name; the target gets its own name for it.
@@ -178,7 +191,7 @@ pub async fn run(
     h.insert(X_SWITCHYARD_SHADOW.clone(), HeaderValue::from_static(tag));
 
     let start = Instant::now();
-    let failed = |why, class| dest.failed(&snap, why, Some(class), start.elapsed());
+    let failed = |why, class| dest.failed(&snap, migration, why, Some(class), start.elapsed());
     let (resp, lease) = match tokio::time::timeout(up.config.timeout, up.send(worker, req)).await {
         Err(_) => return failed("timeout", ErrorKind::UpstreamTimeout.class()),
         Ok(Err(_)) => return failed("error", ErrorKind::UpstreamConnect.class()),
@@ -208,7 +221,7 @@ pub async fn run(
                 };
                 read += data.len() as u64;
                 if read > cfg.shadow.max_response_bytes {
-                    return dest.failed(&snap, "too_large", None, start.elapsed());
+                    return dest.failed(&snap, migration, "too_large", None, start.elapsed());
                 }
                 if sse {
                     scan.feed(data);
@@ -269,9 +282,14 @@ pub async fn run(
                 .record(latency.as_secs_f64());
             pair.shadow(side, asks_json(&request_json));
         }
-        MirrorTo::Control { key } => {
-            control_event(&snap, key, class, latency, Some((&side, model.as_deref())))
-        }
+        MirrorTo::Control { key } => control_event(
+            &snap,
+            migration,
+            key,
+            class,
+            latency,
+            Some((&side, model.as_deref())),
+        ),
     }
 }
 
@@ -281,17 +299,23 @@ pub async fn run(
 /// (shadows).
 pub(crate) fn start(
     snap: &Arc<Snapshot>,
-    side: Side,
-    bucket: u16,
+    route: &Route,
     parts: &http::request::Parts,
     model: Option<&str>,
     worker: Worker,
 ) -> (Option<Tee>, Option<Arc<Pair>>) {
-    let m = &snap.config.migration;
+    let Some(migration) = route.migration else {
+        return (None, None);
+    };
+    let (m, live) = (
+        &snap.config.migrations[migration],
+        &snap.migrations[migration],
+    );
+    let (side, bucket) = (route.side, route.bucket);
     let shadowed = side == Side::From
         && m.from != m.to
-        && Router::mirrored(bucket, snap.to_buckets, m.shadow_buckets);
-    let controlled = side == Side::To && Router::controlled(bucket, snap.control_buckets);
+        && Router::mirrored(bucket, live.to_buckets, m.shadow_buckets);
+    let controlled = side == Side::To && Router::controlled(bucket, live.control_buckets);
     let Some(rt) = snap.shadow.as_ref().filter(|_| shadowed || controlled) else {
         return (None, None);
     };
@@ -310,6 +334,7 @@ pub(crate) fn start(
         uri: parts.uri.clone(),
         headers: parts.headers.clone(),
         model: model.map(Box::from),
+        migration,
     };
     let (dest, pair) = if shadowed {
         let pair = Pair::new(rt.clone());

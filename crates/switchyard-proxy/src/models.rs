@@ -41,8 +41,17 @@ pub(crate) fn must_read_ahead(ex: &Exchange, method: &Method) -> bool {
 /// model the first provider does not serve.
 pub(crate) async fn read_ahead(
     ex: Box<Exchange>,
-    mut incoming: Incoming,
+    incoming: Incoming,
 ) -> Result<(Box<Exchange>, ReadAhead), Response<GatewayBody>> {
+    match read_model(incoming).await {
+        Ok(read) => served(ex, read),
+        Err(broke) => Err(ex.client_broke(&broke)),
+    }
+}
+
+/// Reads the body's start until its model is known, before any provider is chosen (a
+/// migration that matches by model needs it to route).
+pub(crate) async fn read_model(mut incoming: Incoming) -> Result<ReadAhead, ClientBodyError> {
     let mut search = ModelSearch::default();
     let (prefix, complete) = loop {
         match incoming.frame().await {
@@ -53,12 +62,12 @@ pub(crate) async fn read_ahead(
                     }
                 }
             }
-            Some(Err(e)) => return Err(ex.client_broke(&ClientBodyError::of(Box::new(e)))),
+            Some(Err(e)) => return Err(ClientBodyError::of(Box::new(e))),
             None => break (search.finish(), true),
         }
     };
     let rest = (!complete).then_some(incoming);
-    served(ex, ReadAhead { prefix, rest })
+    Ok(ReadAhead { prefix, rest })
 }
 
 /// A body already read whole (to ask its stream for usage): its model is in it, and
@@ -75,7 +84,7 @@ pub(crate) fn read_whole(
 
 /// A body start over the limit, or a model the first provider does not serve, refused.
 #[allow(clippy::result_large_err)]
-fn served(
+pub(crate) fn served(
     ex: Box<Exchange>,
     read: ReadAhead,
 ) -> Result<(Box<Exchange>, ReadAhead), Response<GatewayBody>> {

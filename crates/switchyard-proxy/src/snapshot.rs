@@ -1,11 +1,12 @@
-//! The running configuration: validated config, its upstream clients and the migration
+//! The running configuration: validated config, its upstream clients and each migration's
 //! state, behind one `ArcSwap`. A request loads it once and keeps it to its end, so a
 //! reload or a phase change never touches a request in flight.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
+use switchyard_core::config::MigrationConfig;
 use switchyard_core::event::RequestEvent;
 use switchyard_core::{Config, MigrationState};
 use tokio::sync::mpsc;
@@ -20,18 +21,13 @@ pub struct Snapshot {
     pub config_version: u64,
     /// Same order as `config.providers`.
     pub upstreams: Vec<Arc<Upstream>>,
-    pub state: MigrationState,
-    /// `percent × 100` of the current state.
-    pub to_buckets: u16,
-    /// Buckets of `to`'s requests also sent to `from` as the judge's live control (at the
-    /// last phase, until `finish`; 0 otherwise).
-    pub control_buckets: u16,
-    pub sticky_header: HeaderName,
+    /// Each migration where it stands, same order as `config.migrations`.
+    pub migrations: Vec<Live>,
     pub client_keys: Option<Arc<[Box<[u8]>]>>,
     /// Per client key limits, when configured.
     pub limiter: Option<Arc<crate::limits::Limiter>>,
-    /// Changes with every migration state change; events carry it so that judgements
-    /// only use requests of the current phase.
+    /// Increases with every migration state change; each migration keeps the value of its
+    /// own last change ([`Live::epoch`]).
     pub epoch: u64,
     /// Where finished requests are reported (set by [`Gateway`]).
     pub events: Option<mpsc::Sender<RequestEvent>>,
@@ -44,6 +40,46 @@ pub struct Snapshot {
     pub workers: usize,
 }
 
+/// One migration as the data plane routes it now.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub state: MigrationState,
+    /// `percent × 100` of the current state.
+    pub to_buckets: u16,
+    /// Buckets of `to`'s requests also sent to `from` as the judge's live control (at the
+    /// last phase, until `finish`; 0 otherwise).
+    pub control_buckets: u16,
+    pub sticky_header: HeaderName,
+    /// `x-switchyard-migration` on the answers it routes (a gateway of several).
+    pub header: Option<HeaderValue>,
+    /// Changes with every change of this migration's state; its requests' events carry
+    /// it, so that its judge only uses requests of its current phase.
+    pub epoch: u64,
+}
+
+impl Live {
+    fn new(
+        m: &MigrationConfig,
+        named: bool,
+        state: MigrationState,
+        epoch: u64,
+    ) -> Result<Live, BuildError> {
+        Ok(Live {
+            to_buckets: state.to_buckets(&m.phases),
+            control_buckets: control_buckets(m, &state),
+            sticky_header: HeaderName::from_bytes(m.sticky_header.as_bytes())?,
+            // Names are lower-case letters, digits, `-` and `_`: always a header value.
+            header: named.then(|| HeaderValue::from_str(&m.name).ok()).flatten(),
+            state,
+            epoch,
+        })
+    }
+
+    pub fn percent(&self) -> f64 {
+        f64::from(self.to_buckets) / 100.0
+    }
+}
+
 /// Where the data plane reports to: finished requests and shadow comparisons.
 #[derive(Default)]
 pub struct Sinks {
@@ -54,20 +90,25 @@ pub struct Sinks {
 
 impl Snapshot {
     /// Builds everything fallible for `config`, with connection pools for `workers` proxy
-    /// workers; `env` reads secrets by variable name. Upstreams of `previous` whose config
+    /// workers; `env` reads secrets by variable name. `states` and `epochs` are each
+    /// migration's, in `config.migrations`' order. Upstreams of `previous` whose config
     /// and key are unchanged are kept, with their pools. Returns warnings (e.g. a provider
     /// key that is not set) beside the snapshot.
     pub fn build(
         config: Arc<Config>,
         config_version: u64,
-        state: MigrationState,
-        epoch: u64,
+        states: Vec<(MigrationState, u64)>,
         env: &dyn Fn(&str) -> Option<String>,
         previous: Option<&Snapshot>,
         workers: usize,
     ) -> Result<(Snapshot, Vec<String>), BuildError> {
         let mut warnings = Vec::new();
         let mut upstreams = Vec::with_capacity(config.providers.len());
+        let labels: Vec<String> = if config.named_migrations {
+            config.migrations.iter().map(|m| m.name.clone()).collect()
+        } else {
+            Vec::new()
+        };
         for p in &config.providers {
             let key = match &p.api_key_env {
                 Some(var) => {
@@ -82,10 +123,15 @@ impl Snapshot {
                 }
                 None => None,
             };
-            let kept = previous.and_then(|s| s.upstreams.iter().find(|u| u.same(p, &key)).cloned());
+            let kept = previous.and_then(|s| {
+                s.upstreams
+                    .iter()
+                    .find(|u| u.same(p, &key, &labels))
+                    .cloned()
+            });
             upstreams.push(match kept {
                 Some(u) => u,
-                None => Arc::new(Upstream::build(p, key, workers)?),
+                None => Arc::new(Upstream::build(p, key, workers, &labels)?),
             });
         }
         let client_keys: Option<Arc<[Box<[u8]>]>> = match &config.clients {
@@ -121,18 +167,19 @@ impl Snapshot {
             ),
             _ => None,
         };
-        let sticky_header = HeaderName::from_bytes(config.migration.sticky_header.as_bytes())?;
-        let to_buckets = state.to_buckets(&config.migration.phases);
-        let control_buckets = control_buckets(&config, &state);
+        let migrations = config
+            .migrations
+            .iter()
+            .zip(states)
+            .map(|(m, (state, epoch))| Live::new(m, config.named_migrations, state, epoch))
+            .collect::<Result<Vec<Live>, BuildError>>()?;
+        let epoch = migrations.iter().map(|l| l.epoch).max().unwrap_or(0);
         Ok((
             Snapshot {
                 config,
                 config_version,
                 upstreams,
-                state,
-                to_buckets,
-                control_buckets,
-                sticky_header,
+                migrations,
                 limiter,
                 client_keys,
                 epoch,
@@ -145,19 +192,28 @@ impl Snapshot {
         ))
     }
 
-    /// The same snapshot with another migration state (a phase change or a rollback).
-    pub fn with_state(&self, state: MigrationState) -> Snapshot {
+    /// The same snapshot with another state for migration `i` (a phase change or a
+    /// rollback); the others are untouched.
+    pub fn with_state(&self, i: usize, state: MigrationState) -> Snapshot {
+        let epoch = self.epoch + 1;
+        let mut migrations = self.migrations.clone();
+        let m = &self.config.migrations[i];
+        migrations[i] = Live {
+            to_buckets: state.to_buckets(&m.phases),
+            control_buckets: control_buckets(m, &state),
+            state,
+            sticky_header: migrations[i].sticky_header.clone(),
+            header: migrations[i].header.clone(),
+            epoch,
+        };
         Snapshot {
             config: self.config.clone(),
             config_version: self.config_version,
             upstreams: self.upstreams.clone(),
-            to_buckets: state.to_buckets(&self.config.migration.phases),
-            control_buckets: control_buckets(&self.config, &state),
-            state,
-            sticky_header: self.sticky_header.clone(),
+            migrations,
             client_keys: self.client_keys.clone(),
             limiter: self.limiter.clone(),
-            epoch: self.epoch + 1,
+            epoch,
             events: self.events.clone(),
             spans: self.spans.clone(),
             shadow: self.shadow.clone(),
@@ -165,15 +221,34 @@ impl Snapshot {
         }
     }
 
-    pub fn percent(&self) -> f64 {
-        f64::from(self.to_buckets) / 100.0
+    /// Migration `i`'s state.
+    pub fn state(&self, i: usize) -> &MigrationState {
+        &self.migrations[i].state
+    }
+
+    /// Migration `i`'s share of its requests sent to `to` now, in percent.
+    pub fn percent(&self, i: usize) -> f64 {
+        self.migrations[i].percent()
+    }
+
+    /// `switchyard_migration_percent`, one series per migration (named ones labelled).
+    fn publish_percents(&self) {
+        for (m, live) in self.config.migrations.iter().zip(&self.migrations) {
+            if self.config.named_migrations {
+                metrics::gauge!(MIGRATION_PERCENT, "migration" => m.name.clone())
+                    .set(live.percent());
+            } else {
+                metrics::gauge!(MIGRATION_PERCENT).set(live.percent());
+            }
+        }
     }
 }
 
+pub const MIGRATION_PERCENT: &str = "switchyard_migration_percent";
+
 /// The live control is on at the last phase (100% to `to`) until `finish`, when the judge
 /// compares (`auto_rollback` with its comparison on) and there is another side.
-fn control_buckets(config: &Config, state: &MigrationState) -> u16 {
-    let m = &config.migration;
+fn control_buckets(m: &MigrationConfig, state: &MigrationState) -> u16 {
     let judged = m
         .auto_rollback
         .as_ref()
@@ -190,7 +265,7 @@ impl std::fmt::Debug for Snapshot {
         f.debug_struct("Snapshot")
             .field("config_version", &self.config_version)
             .field("epoch", &self.epoch)
-            .field("state", &self.state)
+            .field("migrations", &self.migrations)
             .finish_non_exhaustive()
     }
 }
@@ -207,7 +282,7 @@ impl Gateway {
     /// `sinks.events`: a bounded queue to the watchers; when it is full, events are dropped
     /// (and counted), never waited for.
     pub fn new(mut snapshot: Snapshot, sinks: Sinks) -> Self {
-        metrics::gauge!("switchyard_migration_percent").set(snapshot.percent());
+        snapshot.publish_percents();
         snapshot.events = sinks.events.clone();
         snapshot.shadow = sinks.shadow.clone();
         snapshot.spans = sinks.spans.clone();
@@ -260,7 +335,7 @@ impl Gateway {
     /// The one place a new snapshot goes live unconditionally.
     pub fn store(&self, snapshot: Snapshot) {
         let s = self.wire(snapshot);
-        metrics::gauge!("switchyard_migration_percent").set(s.percent());
+        s.publish_percents();
         self.current.store(s);
     }
 
@@ -273,10 +348,9 @@ impl Gateway {
         snapshot: Snapshot,
     ) -> Result<(), Arc<Snapshot>> {
         let s = self.wire(snapshot);
-        let percent = s.percent();
         let prev = self.current.compare_and_swap(expected, s);
         if Arc::ptr_eq(&prev, expected) {
-            metrics::gauge!("switchyard_migration_percent").set(percent);
+            self.load().publish_percents();
             Ok(())
         } else {
             Err(arc_swap::Guard::into_inner(prev))

@@ -84,7 +84,11 @@ pub struct Upstream {
     pools: Box<[Arc<Pool>]>,
     /// `PROTO_*`: which pool a request looks in first.
     proto: AtomicU8,
-    pub metrics: ProviderMetrics,
+    /// Unlabelled first; then, in a gateway of several migrations, one set per migration
+    /// (labelled with its name) in `config.migrations`' order.
+    metrics: Box<[ProviderMetrics]>,
+    /// The migrations the metrics are labelled for (empty: none).
+    migrations: Box<[String]>,
     /// Until when (unix ms) first attempts go elsewhere: the provider asked for a pause
     /// with a 429's `Retry-After`.
     skip_until_ms: std::sync::atomic::AtomicU64,
@@ -104,11 +108,13 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Builds a provider's client for `workers` proxy workers. `key` is the value of its
-    /// `api_key_env`.
+    /// `api_key_env`; `migrations`, the names its metrics are labelled for (none in a
+    /// gateway of one migration).
     pub fn build(
         config: &ProviderConfig,
         key: Option<String>,
         workers: usize,
+        migrations: &[String],
     ) -> Result<Upstream, BuildError> {
         let err = |problem: ProviderProblem| BuildError::Provider {
             provider: config.name.clone(),
@@ -164,10 +170,17 @@ impl Upstream {
             origin,
             pools: (0..=workers.max(1)).map(|_| Arc::default()).collect(),
             proto: AtomicU8::new(proto),
-            metrics: ProviderMetrics::new(
-                &config.name,
-                config.pricing.models.keys().map(String::as_str),
-            ),
+            metrics: std::iter::once(None)
+                .chain(migrations.iter().map(|m| Some(m.as_str())))
+                .map(|m| {
+                    ProviderMetrics::new(
+                        &config.name,
+                        config.pricing.models.keys().map(String::as_str),
+                        m,
+                    )
+                })
+                .collect(),
+            migrations: migrations.into(),
             skip_until_ms: std::sync::atomic::AtomicU64::new(0),
             warm_wanted: std::sync::atomic::AtomicU64::new(0),
         })
@@ -433,9 +446,24 @@ impl Upstream {
         until != 0 && now_ms() < until
     }
 
-    /// Whether this upstream serves `config` with `key` unchanged (so its pool can be kept).
-    pub fn same(&self, config: &ProviderConfig, key: &Option<String>) -> bool {
-        &self.config == config && &self.key == key
+    /// Whether this upstream serves `config` with `key` unchanged, its metrics labelled for
+    /// the same `migrations` (so it can be kept, pools and all).
+    pub fn same(
+        &self,
+        config: &ProviderConfig,
+        key: &Option<String>,
+        migrations: &[String],
+    ) -> bool {
+        &self.config == config && &self.key == key && *self.migrations == *migrations
+    }
+
+    /// The metrics of requests routed by `migration` (`None`: by no migration).
+    #[inline]
+    pub fn metrics(&self, migration: Option<usize>) -> &ProviderMetrics {
+        match migration {
+            Some(i) if self.metrics.len() > 1 => &self.metrics[i + 1],
+            _ => &self.metrics[0],
+        }
     }
 }
 

@@ -33,13 +33,13 @@ async fn gateway(extra: &str) -> (Arc<Gateway>, Mock, Mock) {
         new.base_url()
     );
     let config = Arc::new(Config::parse(&yaml, "test.yaml").unwrap());
-    let state = config.migration.file_state.clone();
+    let states = vec![(config.migrations[0].file_state.clone(), 0)];
     let env = |var: &str| {
         (var == "K_OLD")
             .then(|| "sk-old".to_string())
             .or_else(|| (var == "KEYS").then(|| "good-key".to_string()))
     };
-    let (snap, _) = Snapshot::build(config, 1, state, 0, &env, None, 1).unwrap();
+    let (snap, _) = Snapshot::build(config, 1, states, &env, None, 1).unwrap();
     (Arc::new(Gateway::new(snap, Sinks::default())), old, new)
 }
 
@@ -92,10 +92,10 @@ async fn routes_by_phase_and_rewrites_for_the_provider() {
     // a phase change is one snapshot swap; the next request sees it
     let next = gw
         .load()
-        .state
-        .next(&gw.load().config.migration.phases)
+        .state(0)
+        .next(&gw.load().config.migrations[0].phases)
         .unwrap();
-    gw.store(gw.load().with_state(next));
+    gw.store(gw.load().with_state(0, next));
     let (_, headers, _) = send(&gw, chat("svc-2")).await;
     assert_eq!(headers["x-switchyard-provider"], "new");
     // `new` has no key configured: the client's key is still never forwarded

@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, watch};
 pub struct Alert {
     /// `rollback`, `phase_change`, `health`, `threshold_breach`, …
     pub event: &'static str,
+    /// The migration it is about, in a gateway of several.
+    pub migration: Option<String>,
     pub provider: Option<String>,
     pub phase: Option<String>,
     pub metric: Option<String>,
@@ -31,6 +33,7 @@ impl Alert {
         json!({
             "text": format!("switchyard: {}", self.text),
             "event": self.event,
+            "migration": self.migration,
             "provider": self.provider,
             "phase": self.phase,
             "metric": self.metric,
@@ -49,8 +52,9 @@ impl Alert {
             String::new()
         };
         format!(
-            "{}|{}|{}|{}|{direction}",
+            "{}|{}|{}|{}|{}|{direction}",
             self.event,
+            self.migration.as_deref().unwrap_or(""),
             self.provider.as_deref().unwrap_or(""),
             self.phase.as_deref().unwrap_or(""),
             self.metric.as_deref().unwrap_or("")
@@ -131,6 +135,7 @@ impl Alerter {
                 tracing::$level!(
                     target: "switchyard::alert",
                     event = alert.event,
+                    migration = alert.migration.as_deref(),
                     provider = alert.provider.as_deref(),
                     phase = alert.phase.as_deref(),
                     metric = alert.metric.as_deref(),
@@ -230,6 +235,7 @@ mod tests {
     fn slack_compatible_body() {
         let a = Alert {
             event: "rollback",
+            migration: None,
             provider: Some("new".into()),
             phase: Some("phase-2".into()),
             metric: Some("error_rate".into()),

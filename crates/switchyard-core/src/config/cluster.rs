@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::migration::RawMigration;
 use super::Collector;
 
 #[derive(Debug, Deserialize)]
@@ -34,7 +33,8 @@ pub struct ClusterConfig {
     pub replica_id: Option<String>,
 }
 
-pub(super) fn validate(cl: RawCluster, m: &RawMigration, c: &mut Collector) -> ClusterConfig {
+/// `default_prefix`: the key prefix when none is written.
+pub(super) fn validate(cl: RawCluster, default_prefix: String, c: &mut Collector) -> ClusterConfig {
     if cl.etcd.endpoints.is_empty() {
         c.err(
             "cluster.etcd.endpoints",
@@ -62,9 +62,7 @@ pub(super) fn validate(cl: RawCluster, m: &RawMigration, c: &mut Collector) -> C
         username_env: cl.etcd.username_env,
         password_env: cl.etcd.password_env,
         ca_file: cl.etcd.ca_file,
-        key_prefix: cl
-            .key_prefix
-            .unwrap_or_else(|| format!("/switchyard/{}-to-{}", m.from, m.to)),
+        key_prefix: cl.key_prefix.unwrap_or(default_prefix),
         replica_id: cl.replica_id,
     }
 }

@@ -1,10 +1,13 @@
-//! `migration:` — from, to, the phases, the judge (`auto_rollback`), the preflight.
+//! `migration:` (or each of `migrations:`) — from, to, the phases, the judge
+//! (`auto_rollback`), the preflight, and (in `migrations:`) the requests it matches.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::matching::{self, Match, RawMatch};
 use super::providers::ProviderConfig;
 use super::Collector;
 use crate::migration::MigrationState;
@@ -14,6 +17,8 @@ use crate::router::Router;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMigration {
+    #[serde(rename = "match")]
+    pub(super) matcher: Option<RawMatch>,
     pub(super) from: String,
     pub(super) to: String,
     pub(super) phases: Vec<RawPhase>,
@@ -73,6 +78,10 @@ pub(super) struct RawCompare {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MigrationConfig {
+    /// Its key in `migrations:`; `default` for the singular `migration:`.
+    pub name: String,
+    /// The requests it moves (all of them for the singular `migration:`).
+    pub matcher: Match,
     /// Index into `Config::providers`.
     pub from: usize,
     pub to: usize,
@@ -151,33 +160,55 @@ pub struct PreflightConfig {
     pub timeout: Duration,
 }
 
+/// The name the singular `migration:` goes by (admin URLs, status).
+pub const SINGLE: &str = "default";
+
+/// One migration: `name` and `at` (its key path: `migration`, or `migrations.NAME`);
+/// `named`: written under `migrations:` (its name salts the routing hash, it may match).
 pub(super) fn validate(
     m: &RawMigration,
+    name: &str,
+    at: &str,
+    named: bool,
     providers: &[ProviderConfig],
     c: &mut Collector,
 ) -> MigrationConfig {
+    let matcher = match (&m.matcher, named) {
+        (Some(raw), true) => matching::validate(raw, &format!("{at}.match"), c),
+        (Some(_), false) => {
+            c.err(
+                format!("{at}.match"),
+                "a single `migration:` moves every request; to move some of them, name it under `migrations:`",
+            );
+            Match::default()
+        }
+        (None, _) => Match::default(),
+    };
     let find = |n: &str| providers.iter().position(|p| p.name == n);
     let from = find(&m.from).unwrap_or_else(|| {
-        c.err("migration.from", format!("no provider named `{}`", m.from));
+        c.err(
+            format!("{at}.from"),
+            format!("no provider named `{}`", m.from),
+        );
         0
     });
     let to = find(&m.to).unwrap_or_else(|| {
-        c.err("migration.to", format!("no provider named `{}`", m.to));
+        c.err(format!("{at}.to"), format!("no provider named `{}`", m.to));
         0
     });
     if m.from == m.to {
         c.err(
-            "migration.to",
+            format!("{at}.to"),
             "`from` and `to` must be different providers",
         );
     }
     if m.phases.is_empty() {
-        c.err("migration.phases", "at least one phase is needed");
+        c.err(format!("{at}.phases"), "at least one phase is needed");
     }
     let mut names = BTreeSet::new();
     let mut phases: Vec<Phase> = Vec::with_capacity(m.phases.len());
     for (i, p) in m.phases.iter().enumerate() {
-        let k = format!("migration.phases[{i}]");
+        let k = format!("{at}.phases[{i}]");
         if p.name.is_empty() || p.name == "rollback" {
             c.err(
                 format!("{k}.name"),
@@ -235,7 +266,7 @@ pub(super) fn validate(
             None => {
                 if !phases.is_empty() {
                     c.err(
-                        "migration.phase",
+                        format!("{at}.phase"),
                         format!("no phase named `{file_phase}` (use a phase name or `rollback`)"),
                     );
                 }
@@ -254,38 +285,41 @@ pub(super) fn validate(
             .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
     {
         c.err(
-            "migration.sticky_header",
+            format!("{at}.sticky_header"),
             format!("`{sticky_header}` is not a header name"),
         );
     }
-    let shadow_buckets = c.percent("migration.shadow_percent", m.shadow_percent.unwrap_or(0.0));
+    let shadow_buckets = c.percent(
+        &format!("{at}.shadow_percent"),
+        m.shadow_percent.unwrap_or(0.0),
+    );
     let control_buckets = c.percent(
-        "migration.control_percent",
+        &format!("{at}.control_percent"),
         m.control_percent.unwrap_or(2.0),
     );
     let auto_rollback = m.auto_rollback.as_ref().map(|a| {
         let window = a.window.unwrap_or(100);
         let min_requests = a.min_requests.unwrap_or(20);
         if window == 0 {
-            c.err("migration.auto_rollback.window", "must be at least 1");
+            c.err(format!("{at}.auto_rollback.window"), "must be at least 1");
         }
         if min_requests > window {
             c.err(
-                "migration.auto_rollback.min_requests",
+                format!("{at}.auto_rollback.min_requests"),
                 format!("{min_requests} is more than the window ({window})"),
             );
         }
         if let Some(r) = a.max_error_rate {
             if !(0.0..=1.0).contains(&r) {
                 c.err(
-                    "migration.auto_rollback.max_error_rate",
+                    format!("{at}.auto_rollback.max_error_rate"),
                     format!("{r} is not a rate between 0 and 1 (0.05 = 5%)"),
                 );
             }
         }
         let max_p95_latency = a.max_p95_latency.as_ref().map(|v| {
             c.duration(
-                "migration.auto_rollback.max_p95_latency",
+                &format!("{at}.auto_rollback.max_p95_latency"),
                 Some(v),
                 Duration::from_secs(5),
             )
@@ -298,7 +332,7 @@ pub(super) fn validate(
                     "auth" => count_auth = true,
                     "refused" => count_refused = true,
                     other => c.err(
-                        "migration.auto_rollback.count_as_errors",
+                        format!("{at}.auto_rollback.count_as_errors"),
                         format!("`{other}` is not one of: auth (401/403/407), refused (402/429)"),
                     ),
                 }
@@ -308,7 +342,7 @@ pub(super) fn validate(
             Some(cmp) if cmp.enabled == Some(false) => None,
             cmp => {
                 let cmp = cmp.as_ref();
-                let key = "migration.auto_rollback.compare";
+                let key = format!("{at}.auto_rollback.compare");
                 let inc = cmp.and_then(|x| x.max_error_rate_increase).unwrap_or(0.01);
                 let ratio = cmp.and_then(|x| x.max_latency_ratio).unwrap_or(1.5);
                 let confidence = cmp.and_then(|x| x.confidence).unwrap_or(0.95);
@@ -356,7 +390,7 @@ pub(super) fn validate(
     let preflight = PreflightConfig {
         enabled: m.preflight.as_ref().and_then(|p| p.enabled).unwrap_or(true),
         timeout: c.duration(
-            "migration.preflight.timeout",
+            &format!("{at}.preflight.timeout"),
             m.preflight.as_ref().and_then(|p| p.timeout.as_ref()),
             Duration::from_secs(15),
         ),
@@ -365,11 +399,15 @@ pub(super) fn validate(
     let auto_advance = m.auto_advance.unwrap_or(false);
     if auto_advance && auto_rollback.is_none() {
         c.err(
-            "migration.auto_advance",
+            format!("{at}.auto_advance"),
             "needs `auto_rollback` thresholds to judge the window by",
         );
     }
-    let router = Router::new(&m.from, &m.to);
+    let router = if named {
+        Router::named(name, &m.from, &m.to)
+    } else {
+        Router::new(&m.from, &m.to)
+    };
     let failover = {
         let f = m.failover.as_ref();
         let on_status = f
@@ -378,7 +416,7 @@ pub(super) fn validate(
         for s in &on_status {
             if !(400..=599).contains(s) {
                 c.err(
-                    "migration.failover.on_status",
+                    format!("{at}.failover.on_status"),
                     format!("{s} is not a 4xx or 5xx status"),
                 );
             }
@@ -386,7 +424,7 @@ pub(super) fn validate(
         FailoverConfig {
             on_status,
             replay_max_body: c.size(
-                "migration.failover.replay_max_body",
+                &format!("{at}.failover.replay_max_body"),
                 f.and_then(|f| f.replay_max_body.as_ref()),
                 1 << 20,
             ),
@@ -394,6 +432,8 @@ pub(super) fn validate(
         }
     };
     MigrationConfig {
+        name: name.to_string(),
+        matcher,
         from,
         to,
         phases,
@@ -407,5 +447,108 @@ pub(super) fn validate(
         preflight,
         failover,
         router,
+    }
+}
+
+/// A YAML map whose order is kept (`migrations:`: the first that matches wins).
+#[derive(Debug)]
+pub(super) struct Ordered<T>(Vec<(String, T)>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Entries<T> {
+            type Value = Ordered<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of names to migrations")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = a.next_entry::<String, T>()? {
+                    out.push(entry);
+                }
+                Ok(Ordered(out))
+            }
+        }
+        d.deserialize_map(Entries(std::marker::PhantomData))
+    }
+}
+
+/// `migration:` (one, matching every request) or `migrations:` with `default_provider:`.
+pub(super) fn all(
+    single: Option<&RawMigration>,
+    several: Option<&Ordered<RawMigration>>,
+    default_name: Option<&str>,
+    providers: &[ProviderConfig],
+    c: &mut Collector,
+) -> (Vec<MigrationConfig>, Option<usize>, bool) {
+    let default_provider = default_name.and_then(|name| {
+        let found = providers.iter().position(|p| p.name == name);
+        if found.is_none() {
+            c.err("default_provider", format!("no provider named `{name}`"));
+        }
+        found
+    });
+    match (single, several) {
+        (Some(_), Some(_)) => {
+            c.err(
+                "migrations",
+                "write either `migration:` (one) or `migrations:` (several, by name), not both",
+            );
+            (Vec::new(), None, false)
+        }
+        (None, None) => {
+            c.err(
+                "migration",
+                "missing: `migration:` (from, to, phases) or `migrations:` (several, by name)",
+            );
+            (Vec::new(), None, false)
+        }
+        (Some(m), None) => {
+            if default_name.is_some() {
+                c.err(
+                    "default_provider",
+                    "only with `migrations:`: a single `migration:` routes every request",
+                );
+            }
+            let one = validate(m, SINGLE, "migration", false, providers, c);
+            (vec![one], None, false)
+        }
+        (None, Some(Ordered(list))) => {
+            if default_name.is_none() {
+                c.err(
+                    "default_provider",
+                    "missing: with `migrations:`, the provider for requests that no migration matches",
+                );
+            }
+            if list.is_empty() {
+                c.err("migrations", "at least one migration is needed");
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            let mut out = Vec::with_capacity(list.len());
+            for (name, m) in list {
+                let at = format!("migrations.{name}");
+                let good = !name.is_empty()
+                    && name.len() <= 64
+                    && name.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b)
+                    });
+                if !good {
+                    c.err(
+                        &at,
+                        format!("`{name}` is not a migration name: lower-case letters, digits, `-` and `_` (it is used in URLs and metric labels)"),
+                    );
+                }
+                if !seen.insert(name.as_str()) {
+                    c.err(&at, format!("migration `{name}` is named twice"));
+                }
+                out.push(validate(m, name, &at, true, providers, c));
+            }
+            matching::check_all(&out, providers, c);
+            (out, default_provider, true)
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! Secrets never live here: only the names of the env vars that hold them.
 
 mod cluster;
+mod matching;
 mod migration;
 mod providers;
 mod server;
@@ -20,8 +21,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use cluster::ClusterConfig;
+pub use matching::Match;
 pub use migration::{
     AutoRollbackConfig, CompareConfig, FailoverConfig, MigrationConfig, Phase, PreflightConfig,
+    SINGLE,
 };
 pub use providers::{ModelRoute, ProviderConfig};
 pub use server::{AdminConfig, ClientLimits, ClientsConfig, ServerConfig, TlsFiles};
@@ -41,7 +44,9 @@ struct RawConfig {
     admin: Option<server::RawAdmin>,
     clients: Option<server::RawClients>,
     providers: BTreeMap<String, providers::RawProvider>,
-    migration: migration::RawMigration,
+    migration: Option<migration::RawMigration>,
+    migrations: Option<migration::Ordered<migration::RawMigration>>,
+    default_provider: Option<String>,
     alerts: Option<watching::RawAlerts>,
     health_check: Option<watching::RawHealthCheck>,
     cluster: Option<cluster::RawCluster>,
@@ -77,7 +82,14 @@ pub struct Config {
     pub clients: Option<ClientsConfig>,
     /// Sorted by name; indices are stable for one config.
     pub providers: Vec<ProviderConfig>,
-    pub migration: MigrationConfig,
+    /// The migrations in file order: the first whose `match` a request meets moves it.
+    /// The singular `migration:` is one, named `default`, that matches every request.
+    pub migrations: Vec<MigrationConfig>,
+    /// Where requests that no migration matches go (`migrations:` only).
+    pub default_provider: Option<usize>,
+    /// Written as `migrations:`: each migration's name shows in response headers, metric
+    /// labels and state keys (the singular form keeps today's, unlabelled).
+    pub named_migrations: bool,
     pub alerts: Option<AlertsConfig>,
     pub health_check: HealthCheckConfig,
     pub cluster: Option<ClusterConfig>,
@@ -93,6 +105,16 @@ pub struct Config {
 impl Config {
     pub fn provider(&self, name: &str) -> Option<usize> {
         self.providers.iter().position(|p| p.name == name)
+    }
+
+    /// The migration named `name`.
+    pub fn migration(&self, name: &str) -> Option<usize> {
+        self.migrations.iter().position(|m| m.name == name)
+    }
+
+    /// Whether choosing a migration needs the request's model (read ahead of its body).
+    pub fn routes_by_model(&self) -> bool {
+        self.migrations.iter().any(|m| m.matcher.needs_model())
     }
 }
 
@@ -425,7 +447,13 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
     });
 
     let providers = providers::validate(&raw.providers, c);
-    let migration = migration::validate(&raw.migration, &providers, c);
+    let (migrations, default_provider, named_migrations) = migration::all(
+        raw.migration.as_ref(),
+        raw.migrations.as_ref(),
+        raw.default_provider.as_deref(),
+        &providers,
+        c,
+    );
     let alerts = raw.alerts.map(|a| watching::alerts(a, c));
     let health_check = watching::health_check(raw.health_check.as_ref(), c);
     let state_file = match raw.state_file {
@@ -438,9 +466,13 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         }
         p => p.map(PathBuf::from),
     };
+    let default_prefix = match (&raw.migration, named_migrations) {
+        (Some(m), false) => format!("/switchyard/{}-to-{}", m.from, m.to),
+        _ => "/switchyard/migrations".to_string(),
+    };
     let cluster = raw
         .cluster
-        .map(|cl| cluster::validate(cl, &raw.migration, c));
+        .map(|cl| cluster::validate(cl, default_prefix, c));
     let server = server::server(raw.server.as_ref(), c);
     let stats = watching::stats(raw.stats.as_ref(), c);
     let shadow = watching::shadow(raw.shadow.as_ref(), c);
@@ -463,7 +495,9 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         admin,
         clients,
         providers,
-        migration,
+        migrations,
+        default_provider,
+        named_migrations,
         alerts,
         health_check,
         cluster,
@@ -511,16 +545,19 @@ migration:
     fn good_config() {
         let c = Config::parse(GOOD, "t.yaml").unwrap();
         assert_eq!(c.providers.len(), 2);
-        let new = &c.providers[c.migration.to];
+        let new = &c.providers[c.migrations[0].to];
         assert_eq!(new.name, "new");
         assert_eq!(new.base_path, "/v1");
         assert_eq!(new.authority, "127.0.0.1:9000");
         assert!(!new.https);
         assert_eq!(new.timeout, Duration::from_secs(30));
-        assert_eq!(c.migration.phases[1].buckets, 2500);
-        assert_eq!(c.migration.phases[0].hold, Some(Duration::from_secs(86400)));
-        assert_eq!(c.migration.file_state, MigrationState::at(1));
-        assert_eq!(c.migration.sticky_header, "x-user-id");
+        assert_eq!(c.migrations[0].phases[1].buckets, 2500);
+        assert_eq!(
+            c.migrations[0].phases[0].hold,
+            Some(Duration::from_secs(86400))
+        );
+        assert_eq!(c.migrations[0].file_state, MigrationState::at(1));
+        assert_eq!(c.migrations[0].sticky_header, "x-user-id");
         assert_eq!(c.server.max_body_bytes, 10 << 20);
         assert_eq!(c.admin.token_env, "SWITCHYARD_ADMIN_TOKEN");
     }
@@ -567,7 +604,7 @@ migration:
     #[test]
     fn upstream_connection_keys() {
         let c = Config::parse(GOOD, "t").unwrap();
-        let old = &c.providers[c.migration.from];
+        let old = &c.providers[c.migrations[0].from];
         assert_eq!(old.http2, None, "https: ALPN decides");
         assert_eq!(old.http2_max_streams, 100);
         assert_eq!(old.upstream_idle_timeout, Duration::from_secs(90));
@@ -577,7 +614,7 @@ migration:
             "api_key_env: NEW_API_KEY\n    http2: true\n    http2_max_streams: 250\n    upstream_idle_timeout: 5s\n    max_idle_connections: 0",
         );
         let c = Config::parse(&set, "t").unwrap();
-        let new = &c.providers[c.migration.to];
+        let new = &c.providers[c.migrations[0].to];
         assert_eq!(new.http2, Some(true));
         assert_eq!(new.http2_max_streams, 250);
         assert_eq!(new.upstream_idle_timeout, Duration::from_secs(5));
@@ -644,7 +681,7 @@ migration:
     #[test]
     fn phase_rollback_in_file() {
         let c = Config::parse(&GOOD.replace("phase: phase-2", "phase: rollback"), "t").unwrap();
-        assert!(c.migration.file_state.rolled_back);
+        assert!(c.migrations[0].file_state.rolled_back);
         let e = Config::parse(&GOOD.replace("phase: phase-2", "phase: phase-9"), "t").unwrap_err();
         assert_eq!(e.0[0].key, "migration.phase");
     }
