@@ -14,6 +14,7 @@ mod http2;
 mod image;
 mod judge;
 mod lifecycle;
+mod migrations;
 mod observability;
 mod phases;
 mod providers;
