@@ -1,4 +1,5 @@
-//! `switchyard phase status|next|set NAME|rollback|finish`: a small client of the admin API.
+//! `switchyard phase status|next|set NAME|rollback|finish [--migration NAME]`: a small
+//! client of the admin API.
 
 use std::process::ExitCode;
 
@@ -9,7 +10,9 @@ use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use switchyard_core::api::{ErrorBody, NextRequest, PhaseRequest, RollbackRequest, Stats, Status};
+use switchyard_core::api::{
+    ErrorBody, Migrations, NextRequest, PhaseRequest, RollbackRequest, Stats, Status,
+};
 use switchyard_core::verdict::Verdict;
 
 #[derive(Args)]
@@ -30,6 +33,10 @@ pub struct PhaseArgs {
     /// Print the raw JSON answer.
     #[arg(long, global = true)]
     json: bool,
+    /// The migration to act on, in a gateway of several (`status` without it lists all;
+    /// `rollback` without it rolls back all).
+    #[arg(long, global = true)]
+    migration: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -94,15 +101,33 @@ pub fn run(args: PhaseArgs) -> ExitCode {
         ),
         Action::Finish => ("POST", "/admin/finish", None),
     };
+    let base = args.admin.trim_end_matches('/');
+    // One migration's calls live under /admin/migrations/NAME/…
+    let path = match &args.migration {
+        Some(m) => {
+            let call = path.strip_prefix("/admin").unwrap_or(path);
+            let call = if call == "/status" { "" } else { call };
+            format!("/admin/migrations/{m}{call}")
+        }
+        None => path.to_string(),
+    };
     let rt = match crate::runtime(false) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    if matches!(args.action, Action::Status) && args.migration.is_none() {
+        if let Some(code) = several_statuses(&rt, base, &args) {
+            return code;
+        }
+    }
     if let Action::Set {
         name, yes: false, ..
     } = &args.action
     {
-        let status_url = format!("{}/admin/status", args.admin.trim_end_matches('/'));
+        let status_url = match &args.migration {
+            Some(m) => format!("{base}/admin/migrations/{m}"),
+            None => format!("{base}/admin/status"),
+        };
         if let Ok((200, v)) = rt.block_on(call("GET", &status_url, args.token.as_deref(), None)) {
             if let Ok(s) = serde_json::from_value::<Status>(v) {
                 if let Some(code) = confirm_jump(&s, name) {
@@ -111,7 +136,7 @@ pub fn run(args: PhaseArgs) -> ExitCode {
             }
         }
     }
-    let url = format!("{}{}", args.admin.trim_end_matches('/'), path);
+    let url = format!("{base}{path}");
     let result = rt.block_on(call(method, &url, args.token.as_deref(), body));
     match result {
         Ok((status, v)) if (200..300).contains(&status) => {
@@ -150,6 +175,38 @@ pub fn run(args: PhaseArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `phase status` in a gateway of several migrations: each one's status in turn. `None`:
+/// the gateway has one (its status is printed as before).
+fn several_statuses(
+    rt: &tokio::runtime::Runtime,
+    base: &str,
+    args: &PhaseArgs,
+) -> Option<ExitCode> {
+    let url = format!("{base}/admin/migrations");
+    let (200, v) = rt
+        .block_on(call("GET", &url, args.token.as_deref(), None))
+        .ok()?
+    else {
+        return None;
+    };
+    let all = serde_json::from_value::<Migrations>(v.clone()).ok()?;
+    if all.migrations.len() < 2 {
+        return None;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Some(ExitCode::SUCCESS);
+    }
+    for (i, s) in all.migrations.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("== migration {} ==", s.migration);
+        print_status(s);
+    }
+    Some(ExitCode::SUCCESS)
 }
 
 async fn call(
@@ -235,6 +292,19 @@ fn for_people(secs: u64) -> String {
 
 fn print_status(s: &Status) {
     println!("migration   {} -> {}", s.from, s.to);
+    if let Some(m) = &s.matches {
+        let mut what = Vec::new();
+        if !m.models.is_empty() {
+            what.push(format!("models {}", m.models.join(", ")));
+        }
+        if !m.paths.is_empty() {
+            what.push(format!("paths {}", m.paths.join(", ")));
+        }
+        for (n, v) in &m.header {
+            what.push(format!("{n}: {v}"));
+        }
+        println!("matches     {}", what.join("; "));
+    }
     println!(
         "phase       {} ({}% to {})",
         s.phase.name, s.phase.percent, s.to
@@ -371,11 +441,18 @@ pub struct StatsArgs {
     /// Print the raw JSON.
     #[arg(long)]
     json: bool,
+    /// One migration's requests only, in a gateway of several (default: every request).
+    #[arg(long)]
+    migration: Option<String>,
 }
 
 /// `switchyard stats`: the two providers side by side, from `/admin/stats`.
 pub fn stats(args: StatsArgs) -> ExitCode {
-    let url = format!("{}/admin/stats", args.admin.trim_end_matches('/'));
+    let base = args.admin.trim_end_matches('/');
+    let url = match &args.migration {
+        Some(m) => format!("{base}/admin/migrations/{m}/stats"),
+        None => format!("{base}/admin/stats"),
+    };
     let v = match get_json(&url, args.token.as_deref()) {
         Ok(v) => v,
         Err(e) => {

@@ -389,3 +389,63 @@ async fn two_migrations_share_one_etcd_each_under_its_own_key() {
         (&json!(false), &json!(100.0))
     );
 }
+
+#[tokio::test]
+async fn the_cli_names_a_migration_or_lists_them_all() {
+    let (old, new, third) = three().await;
+    let gw = Gateway::start(&several(&old, &new, &third, "half", "")).await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .args(["--admin", &gw.admin_url("")])
+            .env_remove("SWITCHYARD_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, _) = cli(&["phase", "status"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("== migration chat ==") && out.contains("== migration emb =="),
+        "{out}"
+    );
+    assert!(out.contains("matches     models deepseek-chat"), "{out}");
+    let (code, out, _) = cli(&["phase", "rollback", "--migration", "emb"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("rollback"), "{out}");
+    let (_, e) = get(&gw, "/admin/migrations/emb").await;
+    let (_, c) = get(&gw, "/admin/migrations/chat").await;
+    assert_eq!(
+        (&e["rolled_back"], &c["rolled_back"]),
+        (&json!(true), &json!(false))
+    );
+    let (code, _, err) = cli(&["phase", "next"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("several migrations (chat, emb)"), "{err}");
+    let (code, _, err) = cli(&["phase", "next", "--migration", "nope"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("404") && err.contains("no migration named `nope`"),
+        "{err}"
+    );
+    send(&gw, "/v1/embeddings", embedding(), 5).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out, _) = cli(&["stats", "--migration", "emb"]);
+        assert_eq!(code, Some(0));
+        if out
+            .lines()
+            .any(|l| l.starts_with("old") && l.contains(" 5 "))
+        {
+            let new_line = out.lines().find(|l| l.starts_with("new ")).unwrap();
+            assert_eq!(new_line.split_whitespace().nth(1), Some("0"), "{out}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
