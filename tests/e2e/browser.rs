@@ -14,7 +14,7 @@ use crate::harness::*;
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-struct Driver(Child);
+pub(crate) struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
@@ -23,7 +23,7 @@ impl Drop for Driver {
     }
 }
 
-async fn browser(width: u32, height: u32) -> Option<(Client, Driver)> {
+pub(crate) async fn browser(width: u32, height: u32) -> Option<(Client, Driver)> {
     if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
         eprintln!("SKIPPED: the browser test needs Debian's chromium and chromium-driver (make test installs them)");
         return None;
@@ -85,7 +85,7 @@ async fn browser(width: u32, height: u32) -> Option<(Client, Driver)> {
     }
 }
 
-async fn text(c: &Client, id: &str) -> String {
+pub(crate) async fn text(c: &Client, id: &str) -> String {
     match c.find(Locator::Id(id)).await {
         Ok(e) => e.text().await.unwrap_or_default(),
         Err(_) => String::new(),
@@ -93,7 +93,7 @@ async fn text(c: &Client, id: &str) -> String {
 }
 
 /// Clicks `#id` and accepts the page's confirmation.
-async fn click_and_confirm(c: &Client, id: &str) {
+pub(crate) async fn click_and_confirm(c: &Client, id: &str) {
     c.find(Locator::Id(id))
         .await
         .unwrap()
@@ -104,7 +104,12 @@ async fn click_and_confirm(c: &Client, id: &str) {
 }
 
 /// Polls the page until `pred` holds for the text of `#id` (at most 15 s).
-async fn wait_text(c: &Client, id: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn wait_text(
+    c: &Client,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let t = text(c, id).await;

@@ -449,3 +449,47 @@ async fn the_cli_names_a_migration_or_lists_them_all() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The dashboard of a gateway of several migrations: a picker, each migration's own
+/// status and controls, and the panic button.
+#[tokio::test]
+async fn the_dashboard_picks_a_migration_and_rolls_back_that_one() {
+    use crate::browser::{browser, click_and_confirm, text, wait_text};
+    use fantoccini::Locator;
+    let (old, new, third) = three().await;
+    let gw = Gateway::start(&several(&old, &new, &third, "half", "")).await;
+    let Some((c, _driver)) = browser(1280, 800).await else {
+        return;
+    };
+    c.goto(&gw.admin_url("/dashboard")).await.unwrap();
+    wait_text(&c, "conn", "a live connection", |t| t == "live").await;
+    wait_text(&c, "split", "chat's split", |t| t == "50%").await;
+    // Pick `emb`: its phase and split show.
+    c.find(Locator::Css(
+        "#migration-select option[value='emb'], #migration-select option:nth-child(2)",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    wait_text(&c, "split", "emb's split", |t| t == "100%").await;
+    assert_eq!(text(&c, "to-name").await, "third");
+    click_and_confirm(&c, "btn-rollback").await;
+    wait_text(&c, "split", "emb rolled back", |t| t == "0%").await;
+    let (_, e) = get(&gw, "/admin/migrations/emb").await;
+    let (_, ch) = get(&gw, "/admin/migrations/chat").await;
+    assert_eq!(
+        (&e["rolled_back"], &ch["rolled_back"]),
+        (&json!(true), &json!(false))
+    );
+    // The panic button takes chat too.
+    click_and_confirm(&c, "btn-rollback-all").await;
+    wait_text(&c, "result", "the panic button's answer", |t| {
+        t.contains("done")
+    })
+    .await;
+    let (_, ch) = get(&gw, "/admin/migrations/chat").await;
+    assert_eq!(ch["rolled_back"], true);
+    c.close().await.unwrap();
+}
