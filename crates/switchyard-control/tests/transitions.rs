@@ -244,3 +244,86 @@ async fn a_rollback_racing_a_change_on_another_replica_wins() {
     assert!(a.gateway().load().state(0).rolled_back);
     assert!(b.gateway().load().state(0).rolled_back);
 }
+
+/// Two migrations are two state machines: moving, rolling back or auto-judging one never
+/// moves the other, and the state file restores each by name.
+#[tokio::test]
+async fn several_migrations_move_on_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "providers:
+  old: {base_url: 'http://127.0.0.1:9/v1'}
+  new: {base_url: 'http://127.0.0.1:9/v1'}
+  third: {base_url: 'http://127.0.0.1:9/v1'}
+default_provider: old
+migrations:
+  chat:
+    match: {models: [c]}
+    from: old
+    to: new
+    phases: [{name: p10, percent: 10}, {name: p50, percent: 50}]
+    preflight: {enabled: false}
+  emb:
+    match: {paths: [/v1/embeddings]}
+    from: old
+    to: third
+    phases: [{name: p10, percent: 10}, {name: p50, percent: 50}]
+    preflight: {enabled: false}
+";
+    let path = dir.path().join("g.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let start = || {
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        let (events, _) = mpsc::channel(16);
+        let (shadows, _) = mpsc::channel(16);
+        let (stop_tx, stop) = watch::channel(false);
+        let (control, _) =
+            Control::start_with_store(path.clone(), prometheus, 1, events, shadows, stop, None)
+                .unwrap();
+        (control, stop_tx)
+    };
+    let (c, _stop) = start();
+    let live = |c: &Control| {
+        let s = c.gateway().load();
+        (0..2)
+            .map(|i| {
+                s.state(i)
+                    .phase_name(&s.config.migrations[i].phases)
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    c.set_phase("chat", "p50", false).await.unwrap();
+    assert_eq!(live(&c), ["p50", "p10"]);
+    let epoch_emb = c.gateway().load().migrations[1].epoch;
+    let (_, moved) = c
+        .rollback(Some("emb"), Trigger::Admin, "emb broken".into(), None, None)
+        .await;
+    assert!(moved);
+    assert_eq!(live(&c), ["p50", "rollback"]);
+    // An automatic rollback judged on a state that has changed since moves nothing.
+    let (_, moved) = c
+        .rollback(
+            Some("emb"),
+            Trigger::Auto,
+            "late".into(),
+            Some(epoch_emb),
+            None,
+        )
+        .await;
+    assert!(!moved);
+    // An unknown migration is an error, not a move.
+    assert!(matches!(
+        c.set_phase("nope", "p10", false).await,
+        Err(ControlError::UnknownMigration(_))
+    ));
+    // A restart comes back to each migration's own state.
+    drop(c);
+    let (c, _stop) = start();
+    assert_eq!(live(&c), ["p50", "rollback"]);
+    // The panic button takes every migration.
+    c.rollback(None, Trigger::Admin, "all".into(), None, None)
+        .await;
+    assert_eq!(live(&c), ["rollback", "rollback"]);
+}
