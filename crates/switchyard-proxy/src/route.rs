@@ -33,10 +33,9 @@ pub(crate) fn route(
 ) -> Route {
     let cfg = &snap.config;
     let header = |name: &str| parts.headers.get(name).map(HeaderValue::as_bytes);
-    let chosen = cfg
-        .migrations
-        .iter()
-        .position(|m| m.matcher.matches(model, parts.uri.path(), header));
+    let chosen = cfg.migrations.iter().position(|m| {
+        m.matcher.is_everything() || m.matcher.matches(model, parts.uri.path(), header)
+    });
     let Some(i) = chosen else {
         // Validation requires `default_provider` with `migrations:`, and the singular
         // `migration:` matches every request.

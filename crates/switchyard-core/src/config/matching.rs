@@ -33,6 +33,12 @@ pub struct Match {
 }
 
 impl Match {
+    /// Every request matches (the singular `migration:`).
+    #[inline]
+    pub fn is_everything(&self) -> bool {
+        self.models.is_empty() && self.paths.is_empty() && self.headers.is_empty()
+    }
+
     /// Whether the request's model is needed to tell (it is read ahead of the body then).
     pub fn needs_model(&self) -> bool {
         !self.models.is_empty()
