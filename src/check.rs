@@ -58,10 +58,21 @@ pub fn run(path: &std::path::Path, probe: bool) -> ExitCode {
     }
 }
 
-/// Models one side of the migration knows (prices or maps) and the other does not: the
-/// comparison and the cost projection would be lopsided, or requests refused on one side.
+/// What a config that parsed may still get wrong: a catch-all migration that leaves
+/// `default_provider` nothing, and models one side of a migration knows (prices or maps)
+/// and the other does not (the comparison and the cost projection would be lopsided, or
+/// requests refused on one side).
 pub fn model_warnings(c: &switchyard_core::Config) -> Vec<String> {
     let mut out = Vec::new();
+    if c.named_migrations {
+        if let Some(all) = c.migrations.iter().find(|m| m.matcher.is_everything()) {
+            out.push(format!(
+                "migrations.{} has no `match`: it takes every request the migrations before it leave, so default_provider (`{}`) gets none",
+                all.name,
+                c.default_provider.map_or("-", |p| c.providers[p].name.as_str())
+            ));
+        }
+    }
     for m in &c.migrations {
         for w in pair_warnings(c, m) {
             if !out.contains(&w) {

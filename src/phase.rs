@@ -11,7 +11,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use switchyard_core::api::{
-    ErrorBody, Migrations, NextRequest, PhaseRequest, RollbackRequest, Stats, Status,
+    ErrorBody, Migrations, NextRequest, PhaseRequest, RollbackAnswer, RollbackRequest, Stats,
+    Status,
 };
 use switchyard_core::verdict::Verdict;
 
@@ -144,9 +145,13 @@ pub fn run(args: PhaseArgs) -> ExitCode {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 return ExitCode::SUCCESS;
             }
-            match serde_json::from_value::<Status>(v) {
-                Ok(s) => {
+            match serde_json::from_value::<RollbackAnswer>(v) {
+                Ok(RollbackAnswer::One(s)) => {
                     print_status(&s);
+                    ExitCode::SUCCESS
+                }
+                Ok(RollbackAnswer::All(all)) => {
+                    print_all(&all);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -199,6 +204,12 @@ fn several_statuses(
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Some(ExitCode::SUCCESS);
     }
+    print_all(&all);
+    Some(ExitCode::SUCCESS)
+}
+
+/// Each migration's status in turn.
+fn print_all(all: &Migrations) {
     for (i, s) in all.migrations.iter().enumerate() {
         if i > 0 {
             println!();
@@ -206,7 +217,6 @@ fn several_statuses(
         println!("== migration {} ==", s.migration);
         print_status(s);
     }
-    Some(ExitCode::SUCCESS)
 }
 
 async fn call(

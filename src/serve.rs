@@ -24,11 +24,11 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     switchyard_proxy::shadow::describe();
     metrics::describe_gauge!(
         "switchyard_migration_percent",
-        "Percent of routing keys sent to the `to` provider now"
+        "Percent of routing keys sent to the `to` provider now (per `migration`, in a gateway of several)"
     );
     metrics::describe_counter!(
         "switchyard_rollbacks_total",
-        "Rollbacks by trigger (admin, config, auto)"
+        "Rollbacks by trigger (admin, config, auto), and `migration` in a gateway of several"
     );
     metrics::describe_counter!(
         "switchyard_config_reloads_total",
@@ -36,7 +36,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     );
     metrics::describe_gauge!(
         switchyard_control::watched::JUDGEMENT,
-        "The judge's current result per metric (error_rate, 4xx_rate, client_gone_rate, cut_short_rate, p95_latency, p95_ttft, overall): 1 for the result it has (pass, fail, inconclusive), 0 for the others"
+        "The judge's current result per metric (error_rate, 4xx_rate, client_gone_rate, cut_short_rate, p95_latency, p95_ttft, overall): 1 for the result it has (pass, fail, inconclusive), 0 for the others; per `migration` in a gateway of several"
     );
     metrics::describe_gauge!(
         switchyard_control::control::STATE_SAVED,
@@ -50,10 +50,8 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         "switchyard_provider_healthy",
         "1 while the provider's health check passes, 0 while it fails"
     );
-    // Show the zero series from the start, so alerts on rate() work before the first event.
-    for t in ["admin", "config", "auto"] {
-        metrics::counter!("switchyard_rollbacks_total", "trigger" => t).absolute(0);
-    }
+    // Show the zero series from the start, so alerts on rate() work before the first event
+    // (the rollbacks' once the config says whether they are per migration).
     for r in ["ok", "error"] {
         metrics::counter!("switchyard_config_reloads_total", "result" => r).absolute(0);
     }

@@ -123,6 +123,9 @@ async fn each_migration_moves_its_own_requests_and_the_rest_go_to_the_default() 
     let (emb, tags) = send(&gw, "/v1/embeddings", embedding(), 20).await;
     assert_eq!(count(&emb, "third"), 20, "embeddings all on third");
     assert_eq!(count(&tags, "emb"), 20);
+    // A client whose base_url has no `/v1` is routed the same way.
+    let (emb, tags) = send(&gw, "/embeddings", embedding(), 1).await;
+    assert_eq!((emb[0].as_str(), tags[0].as_str()), ("third", "emb"));
 
     let (other, tags) = send(
         &gw,
@@ -150,10 +153,7 @@ async fn each_migration_moves_its_own_requests_and_the_rest_go_to_the_default() 
     assert_eq!(names, ["chat", "emb"]);
     assert_eq!(all["migrations"][0]["percent"], 50.0);
     assert_eq!(all["migrations"][1]["to"], "third");
-    assert_eq!(
-        all["migrations"][0]["matches"]["models"][0],
-        "deepseek-chat"
-    );
+    assert_eq!(all["migrations"][0]["match"]["models"][0], "deepseek-chat");
     assert_eq!(all["migrations"][0]["default_provider"], "old");
     let (code, emb) = get(&gw, "/admin/migrations/emb").await;
     assert_eq!((code, &emb["phase"]["name"]), (200, &json!("all")));
@@ -174,7 +174,7 @@ async fn each_migration_moves_its_own_requests_and_the_rest_go_to_the_default() 
     );
     assert_eq!(
         series(r#"switchyard_requests_total{provider="third",migration="emb",status="2xx"}"#),
-        Some(20.0),
+        Some(21.0),
         "{m}"
     );
     assert_eq!(
@@ -182,13 +182,27 @@ async fn each_migration_moves_its_own_requests_and_the_rest_go_to_the_default() 
         Some(20.0),
         "the default provider's own traffic, unlabelled"
     );
+    // A provider has series only for the migrations it is a side of.
+    assert_eq!(
+        series(r#"switchyard_requests_total{provider="third",migration="chat",status="2xx"}"#),
+        None
+    );
+    assert_eq!(
+        series(r#"switchyard_rollbacks_total{trigger="auto",migration="emb"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        series(r#"switchyard_rollbacks_total{trigger="auto"}"#),
+        None
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (_, s) = get(&gw, "/admin/migrations/emb/stats").await;
-        if s["providers"]["third"]["requests"] == 20 {
-            assert!(
-                s["providers"]["new"]["requests"].as_u64().unwrap_or(0) == 0,
-                "{s}"
+        if s["providers"]["third"]["requests"] == 21 {
+            assert_eq!(
+                s["providers"]["new"],
+                Value::Null,
+                "its own two providers: {s}"
             );
             break;
         }
@@ -243,9 +257,14 @@ async fn rolling_back_one_migration_leaves_the_other_and_the_panic_button_takes_
     .await;
     assert_eq!((code, &s["percent"]), (200, &json!(100.0)), "{s}");
 
-    // The panic button: every migration back on its `from`.
-    let (code, _) = admin(&gw, "/admin/rollback", json!({"reason": "everything"})).await;
+    // The panic button: every migration back on its `from`, each one's status in the answer.
+    let (code, answer) = admin(&gw, "/admin/rollback", json!({"reason": "everything"})).await;
     assert_eq!(code, 200);
+    assert_eq!(
+        answer["migrations"].as_array().unwrap().len(),
+        2,
+        "{answer}"
+    );
     let (_, all) = get(&gw, "/admin/migrations").await;
     for m in all["migrations"].as_array().unwrap() {
         assert_eq!(m["rolled_back"], true, "{m}");
@@ -273,6 +292,10 @@ async fn a_rollback_written_in_one_block_of_the_file_moves_only_that_migration()
     let (_, e) = get(&gw, "/admin/migrations/emb").await;
     assert_eq!(e["rolled_back"], true, "{e}");
     assert_eq!(e["rollback_trigger"], "config");
+    assert_eq!(
+        e["rolled_back_from"], "all",
+        "the phase the file's rollback left"
+    );
     let (_, c) = get(&gw, "/admin/migrations/chat").await;
     assert_eq!(
         (&c["rolled_back"], &c["percent"]),
@@ -441,8 +464,10 @@ async fn the_cli_names_a_migration_or_lists_them_all() {
             .lines()
             .any(|l| l.starts_with("old") && l.contains(" 5 "))
         {
-            let new_line = out.lines().find(|l| l.starts_with("new ")).unwrap();
-            assert_eq!(new_line.split_whitespace().nth(1), Some("0"), "{out}");
+            assert!(
+                !out.lines().any(|l| l.starts_with("new ")),
+                "emb's own two: {out}"
+            );
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{out}");
@@ -492,4 +517,25 @@ async fn the_dashboard_picks_a_migration_and_rolls_back_that_one() {
     let (_, ch) = get(&gw, "/admin/migrations/chat").await;
     assert_eq!(ch["rolled_back"], true);
     c.close().await.unwrap();
+}
+
+/// `check` says when a migration without `match` leaves the default provider nothing.
+#[tokio::test]
+async fn check_warns_when_a_catch_all_migration_starves_the_default() {
+    let (old, new, third) = three().await;
+    let yaml = several(&old, &new, &third, "half", "")
+        .replace("    match: { paths: [/v1/embeddings] }\n", "");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("migrations.emb has no `match`") && err.contains("`old`"),
+        "{err}"
+    );
 }

@@ -24,8 +24,8 @@ use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use switchyard_core::api::{
-    ErrorBody, ErrorDetail, Migrations, NextRequest, PhaseRequest, ReloadAnswer, RollbackRequest,
-    Stats, Status,
+    ErrorBody, ErrorDetail, Migrations, NextRequest, PhaseRequest, ReloadAnswer, RollbackAnswer,
+    RollbackRequest, Stats, Status,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -79,7 +79,7 @@ pub trait AdminHandle: Send + Sync + 'static {
         &self,
         migration: Option<String>,
         reason: String,
-    ) -> impl Future<Output = AdminResult> + Send;
+    ) -> impl Future<Output = AdminResult<RollbackAnswer>> + Send;
     /// Declares the migration done at its last phase: the judge's live control ends.
     fn finish(&self, migration: Option<String>) -> impl Future<Output = AdminResult> + Send;
     fn reload(&self) -> impl Future<Output = AdminResult<ReloadAnswer>> + Send;

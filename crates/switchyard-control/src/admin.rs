@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use switchyard_admin::{AdminHandle, AdminResult};
 use switchyard_core::api::{
     ControlView, MatchView, Migrations, PhaseInfo, PhaseView, ProviderHealth, ReloadAnswer,
-    StateFileStatus, Stats, Status,
+    RollbackAnswer, StateFileStatus, Stats, Status,
 };
 use switchyard_core::Trigger;
 use switchyard_watch::HealthTracker;
@@ -171,11 +171,13 @@ impl AdminHandle for Control {
                     .migration(n)
                     .ok_or_else(|| ControlError::UnknownMigration(n.to_string()))?;
                 let m = &s.config.migrations[i];
-                let stats =
-                    self.watch
-                        .migration(n)
-                        .stats
-                        .view(now, names[m.from], names[m.to], &names);
+                // Its own two providers: it sends no request elsewhere.
+                let (from, to) = (names[m.from], names[m.to]);
+                let stats = self
+                    .watch
+                    .migration(n)
+                    .stats
+                    .view(now, from, to, &[from, to]);
                 (i, stats)
             }
             None => {
@@ -239,12 +241,17 @@ impl AdminHandle for Control {
     }
 
     /// Always moves traffic; whether the state was saved and shared is in the status.
-    /// Unnamed in a gateway of several: every migration (the panic button).
-    async fn rollback(&self, migration: Option<String>, reason: String) -> AdminResult {
+    /// Unnamed in a gateway of several: every migration (the panic button), and every
+    /// migration's status.
+    async fn rollback(
+        &self,
+        migration: Option<String>,
+        reason: String,
+    ) -> AdminResult<RollbackAnswer> {
         if let Some(n) = &migration {
             self.one(Some(n))?;
         }
-        Control::rollback(
+        let (s, _) = Control::rollback(
             self,
             migration.as_deref(),
             Trigger::Admin,
@@ -253,7 +260,12 @@ impl AdminHandle for Control {
             None,
         )
         .await;
-        self.status(migration.as_deref())
+        if migration.is_none() && s.config.migrations.len() > 1 {
+            return Ok(RollbackAnswer::All(self.migrations()));
+        }
+        Ok(RollbackAnswer::One(Box::new(
+            self.status(migration.as_deref())?,
+        )))
     }
 
     fn events(

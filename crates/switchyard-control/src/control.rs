@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchyard_core::event::{RequestEvent, ShadowEvent};
-use switchyard_core::{Config, MigrationState};
+use switchyard_core::{Config, MigrationState, Trigger};
 use switchyard_proxy::shadow::ShadowRuntime;
 use switchyard_proxy::Sinks;
 use switchyard_proxy::{Gateway, Snapshot};
@@ -155,6 +155,7 @@ impl Control {
         }
         metrics::gauge!(STATE_SAVED).set(1.0);
         metrics::counter!(STATE_SAVE_FAILURES).absolute(0);
+        show_rollbacks(&config);
         let cluster = match (&config.cluster, store) {
             (Some(c), Some(store)) => {
                 let id = c.replica_id.clone().unwrap_or_else(|| "switchyard".into());
@@ -326,6 +327,21 @@ impl Control {
 }
 
 pub const ROLLBACKS: &str = "switchyard_rollbacks_total";
+
+/// `switchyard_rollbacks_total` at 0 for each trigger (and each migration, in a gateway of
+/// several), so alerts on `rate()` work before the first rollback.
+pub(crate) fn show_rollbacks(config: &Config) {
+    for t in [Trigger::Admin, Trigger::Config, Trigger::Auto] {
+        if config.named_migrations {
+            for m in &config.migrations {
+                metrics::counter!(ROLLBACKS, "trigger" => t.as_str(), "migration" => m.name.clone())
+                    .increment(0);
+            }
+        } else {
+            metrics::counter!(ROLLBACKS, "trigger" => t.as_str()).increment(0);
+        }
+    }
+}
 
 /// Migration `i`'s name where it is shown (alerts, events): in a gateway of several.
 pub(crate) fn named(config: &Config, i: usize) -> Option<String> {

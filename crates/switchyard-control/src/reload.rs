@@ -74,6 +74,17 @@ impl Control {
                     &m.file_state,
                     &m.phases,
                 ),
+                // `phase: rollback` written in the file: a rollback of the phase it was in
+                // (shown as `rolled_back_from`).
+                Some(j) if m.file_state.rolled_back && !current.state(j).rolled_back => {
+                    let left = carry_state(
+                        current.state(j),
+                        &current.config.migrations[j],
+                        &m.file_state,
+                        &m.phases,
+                    );
+                    left.rollback("phase: rollback in the config file", Trigger::Config)
+                }
                 _ => m.file_state.clone(),
             };
             if edited && was.is_some() {
@@ -157,12 +168,17 @@ impl Control {
                 ..Alert::default()
             });
         }
-        for gone in current
+        let gone: Vec<_> = current
             .config
             .migrations
             .iter()
             .filter(|m| config.migration(&m.name).is_none())
-        {
+            .collect();
+        if !gone.is_empty() {
+            // The state file keeps no migration the config no longer has.
+            let _ = self.save();
+        }
+        for gone in gone {
             let to = config
                 .default_provider
                 .map_or("-", |p| config.providers[p].name.as_str());
@@ -180,6 +196,7 @@ impl Control {
         }
         self.alerter
             .configure(webhook_url(&config), cooldown(&config));
+        crate::control::show_rollbacks(&config);
         let names: Vec<&str> = config.migrations.iter().map(|m| m.name.as_str()).collect();
         self.watch.configure(
             config.stats.window_requests,

@@ -17,7 +17,7 @@ pub struct Status {
     #[serde(default)]
     pub migration: String,
     /// The requests it moves (a gateway of several).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
     pub matches: Option<MatchView>,
     /// Every migration of the gateway, by name, in file order (several only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -76,6 +76,15 @@ pub struct MatchView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Migrations {
     pub migrations: Vec<Status>,
+}
+
+/// What `POST /admin/rollback` answers: the migration's status, or, when a gateway of
+/// several rolled them all back at once, every migration's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RollbackAnswer {
+    All(Migrations),
+    One(Box<Status>),
 }
 
 /// The judge's live control: a share of `to`'s requests also sent to `from` (answers

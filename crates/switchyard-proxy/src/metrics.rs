@@ -45,7 +45,7 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub fn describe() {
     metrics::describe_counter!(
         REQUESTS_TOTAL,
-        "Requests by provider and outcome (2xx, 4xx, 5xx, timeout, error)"
+        "Requests by provider and outcome (2xx, 4xx, 5xx, timeout, error); in a gateway of several migrations, requests a migration routed carry its name in `migration` (as do the other per-provider series)"
     );
     metrics::describe_histogram!(
         REQUEST_DURATION,

@@ -104,12 +104,17 @@ impl Snapshot {
     ) -> Result<(Snapshot, Vec<String>), BuildError> {
         let mut warnings = Vec::new();
         let mut upstreams = Vec::with_capacity(config.providers.len());
-        let labels: Vec<String> = if config.named_migrations {
-            config.migrations.iter().map(|m| m.name.clone()).collect()
-        } else {
-            Vec::new()
-        };
-        for p in &config.providers {
+        for (index, p) in config.providers.iter().enumerate() {
+            // Labelled per migration it is a side of, in a gateway of several.
+            let labels: Vec<Option<String>> = if config.named_migrations {
+                config
+                    .migrations
+                    .iter()
+                    .map(|m| (m.from == index || m.to == index).then(|| m.name.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let key = match &p.api_key_env {
                 Some(var) => {
                     let k = env(var).filter(|k| !k.is_empty());

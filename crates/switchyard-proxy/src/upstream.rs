@@ -84,11 +84,14 @@ pub struct Upstream {
     pools: Box<[Arc<Pool>]>,
     /// `PROTO_*`: which pool a request looks in first.
     proto: AtomicU8,
-    /// Unlabelled first; then, in a gateway of several migrations, one set per migration
-    /// (labelled with its name) in `config.migrations`' order.
+    /// Unlabelled first (requests no migration routed, or a gateway of one); then, in a
+    /// gateway of several, one set per migration this provider is a side of, labelled with
+    /// its name.
     metrics: Box<[ProviderMetrics]>,
-    /// The migrations the metrics are labelled for (empty: none).
-    migrations: Box<[String]>,
+    /// Per migration (`config.migrations`' order), which of `metrics` its requests count in.
+    slots: Box<[usize]>,
+    /// What the metrics are labelled for, per migration (`None`: not a side of it).
+    labels: Box<[Option<String>]>,
     /// Until when (unix ms) first attempts go elsewhere: the provider asked for a pause
     /// with a 429's `Retry-After`.
     skip_until_ms: std::sync::atomic::AtomicU64,
@@ -108,13 +111,13 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Builds a provider's client for `workers` proxy workers. `key` is the value of its
-    /// `api_key_env`; `migrations`, the names its metrics are labelled for (none in a
-    /// gateway of one migration).
+    /// `api_key_env`; `labels`, per migration, the name its metrics are labelled with when
+    /// it is a side of that migration (empty in a gateway of one migration).
     pub fn build(
         config: &ProviderConfig,
         key: Option<String>,
         workers: usize,
-        migrations: &[String],
+        labels: &[Option<String>],
     ) -> Result<Upstream, BuildError> {
         let err = |problem: ProviderProblem| BuildError::Provider {
             provider: config.name.clone(),
@@ -171,7 +174,7 @@ impl Upstream {
             pools: (0..=workers.max(1)).map(|_| Arc::default()).collect(),
             proto: AtomicU8::new(proto),
             metrics: std::iter::once(None)
-                .chain(migrations.iter().map(|m| Some(m.as_str())))
+                .chain(labels.iter().flatten().map(|m| Some(m.as_str())))
                 .map(|m| {
                     ProviderMetrics::new(
                         &config.name,
@@ -180,7 +183,19 @@ impl Upstream {
                     )
                 })
                 .collect(),
-            migrations: migrations.into(),
+            slots: labels
+                .iter()
+                .scan(0, |n, l| {
+                    Some(match l {
+                        Some(_) => {
+                            *n += 1;
+                            *n
+                        }
+                        None => 0,
+                    })
+                })
+                .collect(),
+            labels: labels.into(),
             skip_until_ms: std::sync::atomic::AtomicU64::new(0),
             warm_wanted: std::sync::atomic::AtomicU64::new(0),
         })
@@ -446,24 +461,22 @@ impl Upstream {
         until != 0 && now_ms() < until
     }
 
-    /// Whether this upstream serves `config` with `key` unchanged, its metrics labelled for
-    /// the same `migrations` (so it can be kept, pools and all).
+    /// Whether this upstream serves `config` with `key` unchanged, its metrics labelled
+    /// alike (so it can be kept, pools and all).
     pub fn same(
         &self,
         config: &ProviderConfig,
         key: &Option<String>,
-        migrations: &[String],
+        labels: &[Option<String>],
     ) -> bool {
-        &self.config == config && &self.key == key && *self.migrations == *migrations
+        &self.config == config && &self.key == key && *self.labels == *labels
     }
 
     /// The metrics of requests routed by `migration` (`None`: by no migration).
     #[inline]
     pub fn metrics(&self, migration: Option<usize>) -> &ProviderMetrics {
-        match migration {
-            Some(i) if self.metrics.len() > 1 => &self.metrics[i + 1],
-            _ => &self.metrics[0],
-        }
+        let slot = migration.and_then(|i| self.slots.get(i).copied());
+        &self.metrics[slot.unwrap_or(0)]
     }
 }
 

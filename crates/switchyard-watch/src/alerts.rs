@@ -106,6 +106,23 @@ impl Alerter {
         s.cooldown = cooldown;
     }
 
+    /// Whether `alert` repeats one sent within `cooldown` (else it is remembered as sent).
+    /// A rollback is said every time: one can only follow a move, so they cannot flood,
+    /// and an operator's panic button must not be muted by an earlier rollback.
+    fn suppressed(&self, alert: &Alert, cooldown: Duration) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let key = alert.cooldown_key();
+        let repeat = last
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < cooldown);
+        if repeat && alert.event != "rollback" {
+            return true;
+        }
+        last.insert(key, now);
+        false
+    }
+
     /// Logs `alert` and queues it for the webhook, unless the same event alerted within
     /// the cooldown: then it is only counted (`switchyard_alerts_total{result="suppressed"}`)
     /// and logged at debug level. The dashboard's event stream sees every alert.
@@ -115,20 +132,7 @@ impl Alerter {
             let s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
             (s.url.is_some(), s.cooldown)
         };
-        let suppressed = {
-            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let key = alert.cooldown_key();
-            if last
-                .get(&key)
-                .is_some_and(|t| now.duration_since(*t) < cooldown)
-            {
-                true
-            } else {
-                last.insert(key, now);
-                false
-            }
-        };
+        let suppressed = self.suppressed(&alert, cooldown);
         // Typed fields: absent when unset, numbers as numbers (JSON logs keep them so).
         macro_rules! log_alert {
             ($level:ident) => {
@@ -273,7 +277,17 @@ mod tests {
             ..a.clone()
         };
         al.send(b);
-        let last = al.last.lock().unwrap();
-        assert_eq!(last.len(), 2);
+        assert_eq!(al.last.lock().unwrap().len(), 2);
+        let cooldown = Duration::from_secs(60);
+        assert!(al.suppressed(&a, cooldown), "a repeat within the cooldown");
+        let rollback = Alert {
+            event: "rollback",
+            ..a.clone()
+        };
+        assert!(!al.suppressed(&rollback, cooldown));
+        assert!(
+            !al.suppressed(&rollback, cooldown),
+            "rollbacks are never held back"
+        );
     }
 }

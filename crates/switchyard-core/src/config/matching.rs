@@ -69,7 +69,7 @@ impl Match {
                 && later
                     .paths
                     .iter()
-                    .all(|l| self.paths.iter().any(|p| under(p, &with_v1(l)))));
+                    .all(|l| self.paths.iter().any(|p| under(p, l))));
         let headers = self.headers.iter().all(|h| later.headers.contains(h));
         models && paths && headers
     }
@@ -97,7 +97,7 @@ impl Match {
                 other
                     .paths
                     .iter()
-                    .find(|b| under(a, &with_v1(b)) || under(b, &with_v1(a)))
+                    .find(|b| under(a, b) || under(b, a))
                     .map(|b| (a, b))
             })?;
             shared.push(format!("paths `{a}` and `{b}`"));
@@ -116,24 +116,21 @@ impl Match {
     }
 }
 
-/// `path` is `prefix` or below it, with or without the client's leading `/v1`.
+/// `path` is `prefix` or below it; both are read without a leading `/v1` (the OpenAI
+/// APIs' version, which a client's `base_url` may or may not carry), so `/v1/embeddings`
+/// and `/embeddings` are one prefix, and one path.
 fn under(prefix: &str, path: &str) -> bool {
-    let at = |path: &str| {
-        path.strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'))
-    };
-    at(path)
-        || path
-            .strip_prefix("/v1")
-            .is_some_and(|p| p.starts_with('/') && at(p))
+    let (prefix, path) = (unversioned(prefix), unversioned(path));
+    path.strip_prefix(prefix).is_some_and(|rest| {
+        rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/') || prefix.is_empty()
+    })
 }
 
-/// A prefix as a client path: `/embeddings` is reached as `/v1/embeddings`.
-fn with_v1(prefix: &str) -> String {
-    if prefix == "/v1" || prefix.starts_with("/v1/") {
-        prefix.to_string()
-    } else {
-        format!("/v1{prefix}")
+/// A path without its leading `/v1` segment.
+fn unversioned(path: &str) -> &str {
+    match path.strip_prefix("/v1") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+        _ => path,
     }
 }
 
@@ -264,6 +261,10 @@ mod tests {
         assert!(!emb.matches(None, "/v1/chat/completions", none));
         let short = m(&[], &["/embeddings"], &[]);
         assert!(short.matches(None, "/v1/embeddings", none));
+        // A client whose base_url has no `/v1` is matched all the same.
+        assert!(emb.matches(None, "/embeddings", none));
+        assert!(short.matches(None, "/embeddings", none));
+        assert!(!emb.matches(None, "/v1x/embeddings", none));
         let billing = m(&["x"], &[], &[("x-app", "billing")]);
         let app = |v: &'static [u8]| move |n: &str| (n == "x-app").then_some(v);
         assert!(billing.matches(Some("x"), "/v1/chat/completions", app(b"billing")));
