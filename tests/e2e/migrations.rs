@@ -106,6 +106,19 @@ async fn get(gw: &Gateway, path: &str) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
+/// `GET path` on the admin API until `pred` holds for its JSON (at most 10 s).
+async fn until(gw: &Gateway, path: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = get(gw, path).await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never {what}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn each_migration_moves_its_own_requests_and_the_rest_go_to_the_default() {
     let (old, new, third) = three().await;
@@ -195,20 +208,15 @@ async fn each_migration_moves_its_own_requests_and_the_rest_go_to_the_default() 
         series(r#"switchyard_rollbacks_total{trigger="auto"}"#),
         None
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, s) = get(&gw, "/admin/migrations/emb/stats").await;
-        if s["providers"]["third"]["requests"] == 21 {
-            assert_eq!(
-                s["providers"]["new"],
-                Value::Null,
-                "its own two providers: {s}"
-            );
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let s = until(&gw, "/admin/migrations/emb/stats", "emb's requests", |s| {
+        s["providers"]["third"]["requests"] == 21
+    })
+    .await;
+    assert_eq!(
+        s["providers"]["new"],
+        Value::Null,
+        "its own two providers: {s}"
+    );
 }
 
 #[tokio::test]
@@ -354,19 +362,11 @@ async fn two_migrations_share_one_etcd_each_under_its_own_key() {
     )
     .await;
     assert_eq!(code, 200);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, c) = get(&b, "/admin/migrations/chat").await;
-        if c["rolled_back"] == true {
-            assert_eq!(c["rollback_reason"], "a saw errors");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "b never saw chat's rollback: {c}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let c = until(&b, "/admin/migrations/chat", "chat's rollback on b", |c| {
+        c["rolled_back"] == true
+    })
+    .await;
+    assert_eq!(c["rollback_reason"], "a saw errors");
     let (_, e) = get(&b, "/admin/migrations/emb").await;
     assert_eq!(e["rolled_back"], false);
 
@@ -395,17 +395,13 @@ async fn two_migrations_share_one_etcd_each_under_its_own_key() {
     )
     .await;
     assert_eq!(code, 200);
-    loop {
-        let (_, c) = get(&a, "/admin/migrations/chat").await;
-        if c["rolled_back"] == false {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline + Duration::from_secs(10),
-            "{c}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        &a,
+        "/admin/migrations/chat",
+        "chat leaving its rollback on a",
+        |c| c["rolled_back"] == false,
+    )
+    .await;
     let (_, e) = get(&a, "/admin/migrations/emb").await;
     assert_eq!(
         (&e["rolled_back"], &e["percent"]),
@@ -456,23 +452,24 @@ async fn the_cli_names_a_migration_or_lists_them_all() {
         "{err}"
     );
     send(&gw, "/v1/embeddings", embedding(), 5).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, out, _) = cli(&["stats", "--migration", "emb"]);
-        assert_eq!(code, Some(0));
-        if out
-            .lines()
-            .any(|l| l.starts_with("old") && l.contains(" 5 "))
-        {
-            assert!(
-                !out.lines().any(|l| l.starts_with("new ")),
-                "emb's own two: {out}"
-            );
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{out}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until(
+        &gw,
+        "/admin/migrations/emb/stats",
+        "emb's five requests",
+        |s| s["providers"]["old"]["requests"] == 5,
+    )
+    .await;
+    let (code, out, _) = cli(&["stats", "--migration", "emb"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("old") && l.contains(" 5 ")),
+        "{out}"
+    );
+    assert!(
+        !out.lines().any(|l| l.starts_with("new ")),
+        "emb's own two: {out}"
+    );
 }
 
 /// The dashboard of a gateway of several migrations: a picker, each migration's own

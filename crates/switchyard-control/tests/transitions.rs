@@ -46,6 +46,11 @@ fn replica(dir: &Path, name: &str, extra: &str, store: Option<Arc<MemoryStore>>)
     }
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml).unwrap();
+    start(&path, store)
+}
+
+/// A control plane on the config at `path`, clustered on `store` when one is given.
+fn start(path: &Path, store: Option<Arc<MemoryStore>>) -> Replica {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .build_recorder()
         .handle();
@@ -53,7 +58,7 @@ fn replica(dir: &Path, name: &str, extra: &str, store: Option<Arc<MemoryStore>>)
     let (shadows, _) = mpsc::channel(16);
     let (stop_tx, stop) = watch::channel(false);
     let (control, _) = Control::start_with_store(
-        path,
+        path.to_path_buf(),
         prometheus,
         1,
         events,
@@ -271,19 +276,7 @@ migrations:
 ";
     let path = dir.path().join("g.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let start = || {
-        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .build_recorder()
-            .handle();
-        let (events, _) = mpsc::channel(16);
-        let (shadows, _) = mpsc::channel(16);
-        let (stop_tx, stop) = watch::channel(false);
-        let (control, _) =
-            Control::start_with_store(path.clone(), prometheus, 1, events, shadows, stop, None)
-                .unwrap();
-        (control, stop_tx)
-    };
-    let (c, _stop) = start();
+    let c = start(&path, None);
     let live = |c: &Control| {
         let s = c.gateway().load();
         (0..2)
@@ -320,7 +313,7 @@ migrations:
     ));
     // A restart comes back to each migration's own state.
     drop(c);
-    let (c, _stop) = start();
+    let c = start(&path, None);
     assert_eq!(live(&c), ["p50", "rollback"]);
     // The panic button takes every migration.
     c.rollback(None, Trigger::Admin, "all".into(), None, None)
