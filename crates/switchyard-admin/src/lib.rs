@@ -266,7 +266,8 @@ async fn route<H: AdminHandle>(
         }
     }
     // `?migration=NAME` on the reads; `/admin/migrations/NAME/…` for one migration's calls.
-    let query_migration = req.uri().query().and_then(|q| {
+    let query = (method == Method::GET).then(|| req.uri().query()).flatten();
+    let query_migration = query.and_then(|q| {
         q.split('&')
             .find_map(|kv| kv.strip_prefix("migration="))
             .map(str::to_string)

@@ -123,11 +123,16 @@ impl Control {
             finished: state.finished,
             control: (live.control_buckets > 0).then(|| {
                 let percent = f64::from(live.control_buckets) / 100.0;
+                let finish = if several {
+                    format!("POST /admin/migrations/{}/finish", m.name)
+                } else {
+                    "POST /admin/finish".to_string()
+                };
                 ControlView {
                     provider: name(m.from),
                     percent,
                     note: format!(
-                        "{percent}% of `{}`'s requests also sent to `{}` (answers discarded) as the judge's live control, until the migration is finished (POST /admin/finish)",
+                        "{percent}% of `{}`'s requests also sent to `{}` (answers discarded) as the judge's live control, until the migration is finished ({finish})",
                         name(m.to),
                         name(m.from)
                     ),

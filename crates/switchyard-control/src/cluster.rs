@@ -331,7 +331,13 @@ impl Cluster {
                 })
                 .collect(),
         };
-        let body = serde_json::to_vec(&mine).map_err(|e| StoreError::Refused(e.to_string()))?;
+        // A gateway of one migration keeps the shape replicas of before wrote (a rolling
+        // upgrade judges on both).
+        let body = match mine.migrations.get("") {
+            Some(one) if mine.migrations.len() == 1 => serde_json::to_vec(one),
+            _ => serde_json::to_vec(&mine),
+        }
+        .map_err(|e| StoreError::Refused(e.to_string()))?;
         self.store
             .put(
                 &format!("{}/windows/{}", self.prefix, self.replica_id),
@@ -345,8 +351,14 @@ impl Cluster {
             .prefix(&format!("{}/windows/", self.prefix))
             .await?
         {
-            let Ok(theirs) = serde_json::from_slice::<PublishedWindows>(&kv.value) else {
-                continue;
+            let theirs = match serde_json::from_slice::<PublishedWindows>(&kv.value) {
+                Ok(w) => w,
+                Err(_) => match serde_json::from_slice::<PublishedWindow>(&kv.value) {
+                    Ok(one) => PublishedWindows {
+                        migrations: BTreeMap::from([(String::new(), one)]),
+                    },
+                    Err(_) => continue,
+                },
             };
             for (slot, w) in theirs.migrations {
                 let rev = self.revision(&slot);

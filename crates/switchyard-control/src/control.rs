@@ -8,7 +8,7 @@
 //! nothing: it moves traffic in memory first, always, then saves and publishes what it
 //! can, and what fails is reported and retried, never undoes the move.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -66,9 +66,9 @@ pub struct Control {
     pub cluster: Option<Arc<Cluster>>,
     /// Why the live state is not in the state file (retried until it is).
     pub(crate) unsaved: std::sync::Mutex<Option<String>>,
-    /// A rollback this replica made that the store has not taken yet (published when it
-    /// answers, before anything is adopted from it).
-    pub(crate) unpublished: AtomicBool,
+    /// The migrations this replica rolled back that the store has not taken yet, by name
+    /// (published when it answers, before anything is adopted from it).
+    pub(crate) unpublished: std::sync::Mutex<BTreeSet<String>>,
     /// The live event stream (`GET /admin/events`, the dashboard).
     pub events: Arc<EventBus>,
 }
@@ -120,7 +120,12 @@ impl Control {
         let config = Arc::new(parse(&text, &path).map_err(|e| e.join("\n"))?);
         let state_path = state_file::path_for(&path, config.state_file.as_deref());
         let initial = state_file::initial(&config, &state_path);
-        let states = initial.iter().map(|(s, _)| (s.clone(), 0)).collect();
+        // Each migration an epoch of its own: its events are told apart by it too.
+        let states = initial
+            .iter()
+            .enumerate()
+            .map(|(i, (s, _))| (s.clone(), i as u64))
+            .collect();
         let (snapshot, warnings) =
             Snapshot::build(config.clone(), 1, states, &read_env, None, workers)
                 .map_err(|e| e.to_string())?;
@@ -179,7 +184,7 @@ impl Control {
             watch,
             cluster,
             unsaved: std::sync::Mutex::new(None),
-            unpublished: AtomicBool::new(false),
+            unpublished: std::sync::Mutex::default(),
             events: Arc::default(),
         };
         Ok((control, config))

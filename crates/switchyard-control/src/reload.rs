@@ -126,29 +126,34 @@ impl Control {
                 }
             }
         }
-        if let Err(live) = self.gateway.swap_if(&current, snapshot) {
-            // A rollback came in while this reload was prepared: it stands, on the new config.
-            let states = config
+        let (mut attempt, mut expected) = (snapshot, current.clone());
+        while let Err(live) = self.gateway.swap_if(&expected, attempt) {
+            // A rollback came in while this reload was prepared: it stands, on the new
+            // config (and so does one that comes in while this is built again).
+            let mut next_epoch = live.epoch.max(epoch);
+            let merged = config
                 .migrations
                 .iter()
-                .zip(states)
+                .zip(&states)
                 .map(|(m, (state, e))| match live.config.migration(&m.name) {
                     Some(j) if live.state(j).rolled_back && !state.rolled_back => {
-                        (live.state(j).clone(), live.epoch + 1)
+                        next_epoch += 1;
+                        (live.state(j).clone(), next_epoch)
                     }
-                    _ => (state, e),
+                    _ => (state.clone(), *e),
                 })
                 .collect();
-            let (snapshot, _) = Snapshot::build(
+            attempt = Snapshot::build(
                 config.clone(),
                 version,
-                states,
+                merged,
                 &read_env,
                 Some(&live),
                 live.workers,
             )
-            .map_err(|e| self.reload_failed(cause, vec![e.to_string()]))?;
-            self.gateway.store(snapshot);
+            .map_err(|e| self.reload_failed(cause, vec![e.to_string()]))?
+            .0;
+            expected = live;
         }
         let live = self.gateway.load();
         let now = SystemTime::now();

@@ -1,6 +1,5 @@
 //! Cluster mode: keeping this replica and the shared store in step.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -38,25 +37,37 @@ impl Control {
         self.sync_from_cluster(c).await;
     }
 
-    /// Publishes this replica's rollbacks. Someone else's write in between is no reason to
-    /// give up: unless it is a rollback too, the rollback goes on top of it. False while
-    /// the store cannot be reached: then they are published by the next sync that reaches
-    /// it, before anything is adopted from the store.
-    pub(crate) async fn publish_rollback(&self, c: &Cluster) -> bool {
-        let live = self.gateway.load();
+    /// Publishes the rollbacks this replica made and has not shared yet (and `names`, just
+    /// made): only those, so that an old rollback never overwrites another replica's later
+    /// change. Someone else's write in between is no reason to give up: unless it is a
+    /// rollback too, the rollback goes on top of it. False while the store cannot be
+    /// reached: then they are published by the next sync that reaches it, before anything
+    /// is adopted from the store.
+    pub(crate) async fn publish_rollback(&self, c: &Cluster, names: &[String]) -> bool {
+        let (pending, was_pending) = {
+            let mut set = self.unpublished.lock().unwrap_or_else(|e| e.into_inner());
+            let was = !set.is_empty();
+            set.extend(names.iter().cloned());
+            (set.iter().cloned().collect::<Vec<_>>(), was)
+        };
         let mut all = true;
-        for (i, m) in live.config.migrations.iter().enumerate() {
-            if live.state(i).rolled_back && !self.publish_one_rollback(c, &m.name).await {
+        for name in pending {
+            if self.publish_one_rollback(c, &name).await {
+                self.unpublished
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
+            } else {
                 all = false;
             }
         }
         if all {
-            if self.unpublished.swap(false, Ordering::SeqCst) {
+            if was_pending {
                 tracing::info!("the rollback is now shared with the fleet");
             }
             return true;
         }
-        if !self.unpublished.swap(true, Ordering::SeqCst) {
+        if !was_pending {
             tracing::error!("the rollback is in effect on this replica but not yet shared: the store cannot be reached; it is published as soon as it answers");
             self.alerter.send(Alert {
                 event: "cluster",
@@ -109,7 +120,8 @@ impl Control {
     /// Shares migration `i`'s live state after the config file changed its phase.
     pub(crate) async fn publish(&self, c: &Cluster, live: &Arc<Snapshot>, i: usize) {
         if live.state(i).rolled_back {
-            self.publish_rollback(c).await;
+            self.publish_rollback(c, &[live.config.migrations[i].name.clone()])
+                .await;
             return;
         }
         let shared = SharedState::of(
@@ -126,7 +138,12 @@ impl Control {
     /// cannot be reached. Rollbacks of this replica's that are not shared yet are
     /// published first.
     pub async fn sync_from_cluster(&self, c: &Cluster) -> bool {
-        if self.unpublished.load(Ordering::SeqCst) && !self.publish_rollback(c).await {
+        let pending = !self
+            .unpublished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if pending && !self.publish_rollback(c, &[]).await {
             c.set_healthy(false);
             return false;
         }

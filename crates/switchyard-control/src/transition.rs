@@ -67,15 +67,15 @@ impl Control {
                 }
             }
         }
-        if let Err(live) = self.gateway.swap_if(&current, current.with_state(i, next)) {
-            // A rollback came in meanwhile (it waits for no lock): it stands, on disk and in
-            // the store too.
+        // Goes live on whatever else changed meanwhile (another migration's rollback takes
+        // no lock), unless this migration itself moved: a rollback of it stands.
+        let (_, moved) = self.gateway.update(|cur| {
+            let j = cur.config.migration(name)?;
+            (cur.state(j) == current.state(i)).then(|| cur.with_state(j, next.clone()))
+        });
+        if !moved {
+            // Its rollback is on disk and in the store too (it saved and published itself).
             let _ = self.save();
-            if let Some(c) = &self.cluster {
-                if live.migrations.iter().any(|l| l.state.rolled_back) {
-                    self.publish_rollback(c).await;
-                }
-            }
             return Err(ControlError::Conflict(
                 "a rollback happened while this change was being made; it stands".into(),
             ));
@@ -149,7 +149,11 @@ impl Control {
         only_epoch: Option<u64>,
         metric: Option<(&str, f64, f64)>,
     ) -> (Arc<Snapshot>, bool) {
+        // Which migrations this call moved (the last attempt's: `update` may try again).
+        let moved_now = std::cell::RefCell::new(Vec::new());
         let (s, moved) = self.gateway.update(|cur| {
+            let mut moved_now = moved_now.borrow_mut();
+            moved_now.clear();
             let mut next: Option<Snapshot> = None;
             for (i, m) in cur.config.migrations.iter().enumerate() {
                 let live = &cur.migrations[i];
@@ -158,6 +162,7 @@ impl Control {
                 if chosen && judged && !live.state.rolled_back {
                     let base = next.as_ref().unwrap_or(cur);
                     next = Some(base.with_state(i, live.state.rollback(reason.clone(), trigger)));
+                    moved_now.push(m.name.clone());
                 }
             }
             next
@@ -165,9 +170,10 @@ impl Control {
         if !moved {
             return (s, false);
         }
+        let moved_now = moved_now.into_inner();
         let now = SystemTime::now();
         for (i, m) in s.config.migrations.iter().enumerate() {
-            if name.is_some_and(|n| n != m.name) || !s.state(i).rolled_back {
+            if !moved_now.contains(&m.name) {
                 continue;
             }
             self.watch.phase_began(&m.name, now);
@@ -200,7 +206,7 @@ impl Control {
         }
         let _ = self.save();
         if let Some(c) = &self.cluster {
-            self.publish_rollback(c).await;
+            self.publish_rollback(c, &moved_now).await;
         }
         (self.gateway.load(), true)
     }

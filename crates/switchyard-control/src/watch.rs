@@ -47,6 +47,9 @@ struct Judge {
     judged: Option<Verdict>,
     /// Cluster mode: the fleet's intervals, summed each second.
     fleet: Option<FleetWindow>,
+    /// This migration's recent epochs (the current last): its events carry one of them,
+    /// even those queued before a reload moved it in the list.
+    epochs: Vec<u64>,
 }
 
 impl Judge {
@@ -58,7 +61,13 @@ impl Judge {
             looks: Looks::new(0),
             judged: None,
             fleet: None,
+            epochs: Vec::new(),
         }
+    }
+
+    /// Whether `e` was routed by this migration.
+    fn owns(&self, e: &RequestEvent) -> bool {
+        self.epochs.contains(&e.epoch)
     }
 }
 
@@ -96,12 +105,16 @@ async fn judge(
         }
         // Read before the snapshot: windows counted on this snapshot belong to this revision
         // or a later one, never an earlier one.
-        let revisions: Option<Vec<i64>> = control.cluster.as_ref().map(|c| {
-            let s = control.gateway().load();
-            (0..s.config.migrations.len())
-                .map(|i| c.revision(slot(&s.config, i)))
-                .collect()
-        });
+        let revisions: Option<std::collections::BTreeMap<String, i64>> =
+            control.cluster.as_ref().map(|c| {
+                let s = control.gateway().load();
+                (0..s.config.migrations.len())
+                    .map(|i| {
+                        let slot = slot(&s.config, i);
+                        (slot.to_string(), c.revision(slot))
+                    })
+                    .collect()
+            });
         let snap = control.gateway().load();
         if ticks.is_multiple_of(40) {
             // Every 2 s: a state that could not be saved is tried again.
@@ -138,6 +151,12 @@ async fn judge(
                 j.windows = Windows::new(window);
             }
             let epoch = snap.migrations[i].epoch;
+            if j.epochs.last() != Some(&epoch) {
+                j.epochs.push(epoch);
+                if j.epochs.len() > 8 {
+                    j.epochs.remove(0);
+                }
+            }
             if j.windows.epoch() != epoch {
                 // Another routing state: both sides start afresh, and so do the looks.
                 j.windows.reset(epoch, window);
@@ -156,21 +175,36 @@ async fn judge(
                 stats.record(e, now);
             }
             drop(stats);
+            let mut theirs: Vec<Vec<&RequestEvent>> = vec![Vec::new(); judges.len()];
             for e in &batch {
-                let Some(j) = e.migration.and_then(|i| judges.get_mut(usize::from(i))) else {
+                let Some(i) = e.migration.map(usize::from) else {
                     continue;
                 };
-                control.watch.migration(&j.name).stats.record(e, now);
+                let Some(j) = judges.get_mut(i).filter(|j| j.owns(e)) else {
+                    continue;
+                };
+                theirs[i].push(e);
                 if *e.provider == *j.pair.0 && !e.control {
                     j.windows.record(Side::To, e, now);
                 } else if *e.provider == *j.pair.1 {
                     j.windows.record(Side::From, e, now);
                 }
             }
+            for (j, events) in judges.iter().zip(theirs) {
+                if !events.is_empty() {
+                    let mut watch = control.watch.migration(&j.name);
+                    for e in events {
+                        watch.stats.record(e, now);
+                    }
+                }
+            }
         }
         for (i, j) in judges.iter_mut().enumerate() {
-            let rev = revisions.as_ref().map(|r| r[i]);
-            judge_one(&control, &snap, i, j, rev, now, ticks, got_events).await;
+            // A migration new since the revisions were read is judged alone this tick.
+            let rev = revisions
+                .as_ref()
+                .and_then(|r| r.get(slot(cfg, i)).copied());
+            judge_one(&control, &snap, i, j, rev, now, ticks, got_events);
         }
     }
 }
@@ -178,8 +212,8 @@ async fn judge(
 /// One tick of migration `i`'s judge: a verdict (at a look, or the last one), a rollback
 /// when it fails, the phase gate when it is quiet.
 #[allow(clippy::too_many_arguments)]
-async fn judge_one(
-    control: &Control,
+fn judge_one(
+    control: &Arc<Control>,
     snap: &switchyard_proxy::Snapshot,
     i: usize,
     j: &mut Judge,
@@ -254,7 +288,10 @@ async fn judge_one(
             });
     }
     if verdict.result == Judgement::Fail && !live.state.rolled_back && live.percent() > 0.0 {
-        control.auto_rollback(&m.name, live.epoch, &verdict).await;
+        // Off the judge's loop: the other migrations are judged meanwhile. A rollback is
+        // idempotent (judged on this epoch only), so one still in flight is harmless.
+        let (control, name, epoch) = (control.clone(), m.name.clone(), live.epoch);
+        tokio::spawn(async move { control.auto_rollback(&name, epoch, &verdict).await });
         return;
     }
     if !got_events
@@ -272,7 +309,10 @@ async fn judge_one(
         match decision {
             Gate::Advance => {
                 tracing::info!(migration = %m.name, phase = %m.phases[p].name, verdict = %verdict.reason, "phase gate open: advancing");
-                control.auto_advance(&m.name, live.epoch).await;
+                // Off the judge's loop (it may wait on the writer lock and a preflight);
+                // a second one for the same epoch is refused by the epoch check.
+                let (control, name, epoch) = (control.clone(), m.name.clone(), live.epoch);
+                tokio::spawn(async move { control.auto_advance(&name, epoch).await });
             }
             Gate::Wait(why) => control.watch.set_gate(&m.name, why),
         }

@@ -320,3 +320,88 @@ migrations:
         .await;
     assert_eq!(live(&c), ["rollback", "rollback"]);
 }
+
+/// Two migrations on a shared store: a replica publishes only the rollbacks it made, so an
+/// old rollback of one migration never overwrites another replica's later change of it;
+/// and the panic button reports only what it moved.
+#[tokio::test]
+async fn a_replica_publishes_only_its_own_rollbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let yaml = |id: &str| {
+        format!(
+            "providers:
+  old: {{base_url: 'http://127.0.0.1:9/v1'}}
+  new: {{base_url: 'http://127.0.0.1:9/v1'}}
+default_provider: old
+migrations:
+  chat:
+    match: {{models: [c]}}
+    from: old
+    to: new
+    phases: [{{name: p10, percent: 10}}, {{name: p50, percent: 50}}]
+    preflight: {{enabled: false}}
+  emb:
+    match: {{paths: [/v1/embeddings]}}
+    from: old
+    to: new
+    phases: [{{name: p10, percent: 10}}, {{name: p50, percent: 50}}]
+    preflight: {{enabled: false}}
+cluster:
+  etcd: {{endpoints: ['http://127.0.0.1:9']}}
+  key_prefix: /t
+  replica_id: {id}
+"
+        )
+    };
+    let replica = |id: &str| {
+        let path = dir.path().join(format!("{id}.yaml"));
+        std::fs::write(&path, yaml(id)).unwrap();
+        start(&path, Some(store.clone()))
+    };
+    let (a, b) = (replica("a"), replica("b"));
+    a.join_cluster().await;
+    b.join_cluster().await;
+    let shared = |key: &'static str| {
+        let store = store.clone();
+        async move {
+            let kv = store.get(key).await.unwrap().unwrap();
+            serde_json::from_slice::<serde_json::Value>(&kv.value).unwrap()
+        }
+    };
+    // a rolls chat back; b sees it, then leaves it.
+    a.rollback(
+        Some("chat"),
+        Trigger::Admin,
+        "chat broken".into(),
+        None,
+        None,
+    )
+    .await;
+    b.sync_from_cluster(b.cluster.as_ref().unwrap()).await;
+    b.set_phase("chat", "p50", false).await.unwrap();
+    assert_eq!(
+        shared("/t/migrations/chat/state").await["rolled_back"],
+        false
+    );
+    // Before a syncs, it rolls emb back: chat's old rollback is not published again.
+    a.rollback(Some("emb"), Trigger::Admin, "emb broken".into(), None, None)
+        .await;
+    assert_eq!(shared("/t/migrations/emb/state").await["rolled_back"], true);
+    assert_eq!(
+        shared("/t/migrations/chat/state").await["rolled_back"],
+        false,
+        "b's later change of chat stands"
+    );
+    a.sync_from_cluster(a.cluster.as_ref().unwrap()).await;
+    let s = a.gateway().load();
+    assert!(!s.state(0).rolled_back && s.state(1).rolled_back);
+    // The panic button moves (and reports) only chat: emb was rolled back already.
+    let emb_since = a.watch.migration("emb").phase_since;
+    let (s, moved) = a
+        .rollback(None, Trigger::Admin, "all".into(), None, None)
+        .await;
+    assert!(moved && s.state(0).rolled_back);
+    assert_eq!(s.state(1).rollback_reason.as_deref(), Some("emb broken"));
+    assert_eq!(a.watch.migration("emb").phase_since, emb_since);
+}

@@ -118,6 +118,17 @@ impl ClientBodyError {
         }
     }
 
+    /// A body whose start (the part that names the model) did not come within `waited`.
+    pub fn too_slow(waited: std::time::Duration) -> Self {
+        ClientBodyError {
+            gone: false,
+            source: format!(
+                "its start did not arrive within {waited:?} (server.header_read_timeout)"
+            )
+            .into(),
+        }
+    }
+
     pub fn of(e: BoxError) -> Self {
         // hyper reports a malformed chunked body as InvalidInput/InvalidData; an upload cut
         // short as UnexpectedEof or an incomplete message.

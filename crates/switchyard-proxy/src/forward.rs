@@ -71,8 +71,14 @@ pub(crate) async fn forward(
     // 1. route; a migration that matches by model needs it read ahead of the body first
     let mut body = Some(body);
     let early = match body.take() {
-        Some(b) if snap.config.routes_by_model() && parts.method == Method::POST => {
-            Some(models::read_model(b).await)
+        Some(b) if snap.routes_by_model && parts.method == Method::POST => {
+            // Nothing is routed before the model comes: a client that stalls is cut.
+            let wait = snap.config.server.header_read_timeout;
+            Some(
+                tokio::time::timeout(wait, models::read_model(b))
+                    .await
+                    .unwrap_or_else(|_| Err(ClientBodyError::too_slow(wait))),
+            )
         }
         b => {
             body = b;

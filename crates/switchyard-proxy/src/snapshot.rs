@@ -23,6 +23,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Each migration where it stands, same order as `config.migrations`.
     pub migrations: Vec<Live>,
+    /// Choosing a migration needs the request's model ([`Config::routes_by_model`]).
+    pub routes_by_model: bool,
     pub client_keys: Option<Arc<[Box<[u8]>]>>,
     /// Per client key limits, when configured.
     pub limiter: Option<Arc<crate::limits::Limiter>>,
@@ -179,11 +181,13 @@ impl Snapshot {
             .map(|(m, (state, epoch))| Live::new(m, config.named_migrations, state, epoch))
             .collect::<Result<Vec<Live>, BuildError>>()?;
         let epoch = migrations.iter().map(|l| l.epoch).max().unwrap_or(0);
+        let routes_by_model = config.routes_by_model();
         Ok((
             Snapshot {
                 config,
                 config_version,
                 upstreams,
+                routes_by_model,
                 migrations,
                 limiter,
                 client_keys,
@@ -216,6 +220,7 @@ impl Snapshot {
             config_version: self.config_version,
             upstreams: self.upstreams.clone(),
             migrations,
+            routes_by_model: self.routes_by_model,
             client_keys: self.client_keys.clone(),
             limiter: self.limiter.clone(),
             epoch,
