@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod features;
 pub mod locate;
 pub mod migration;
 pub mod pricing;

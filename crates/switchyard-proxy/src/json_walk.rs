@@ -18,13 +18,17 @@ pub enum Key {
     Error,
     FinishReason,
     FunctionCall,
+    Logprobs,
+    IncludeUsage,
     IncompleteDetails,
+    Index,
     InputTokens,
     MaxCompletionTokens,
     MaxOutputTokens,
     MaxTokens,
     Message,
     Model,
+    N,
     Output,
     OutputTokens,
     PromptTokens,
@@ -32,9 +36,13 @@ pub enum Key {
     ReasoningContent,
     Refusal,
     Response,
+    ResponseFormat,
     Status,
+    Stream,
+    StreamOptions,
     Text,
     ToolCalls,
+    Tools,
     Type,
     Usage,
 }
@@ -49,13 +57,17 @@ impl Key {
             b"error" => Key::Error,
             b"finish_reason" => Key::FinishReason,
             b"function_call" => Key::FunctionCall,
+            b"logprobs" => Key::Logprobs,
+            b"include_usage" => Key::IncludeUsage,
             b"incomplete_details" => Key::IncompleteDetails,
+            b"index" => Key::Index,
             b"input_tokens" => Key::InputTokens,
             b"max_completion_tokens" => Key::MaxCompletionTokens,
             b"max_output_tokens" => Key::MaxOutputTokens,
             b"max_tokens" => Key::MaxTokens,
             b"message" => Key::Message,
             b"model" => Key::Model,
+            b"n" => Key::N,
             b"output" => Key::Output,
             b"output_tokens" => Key::OutputTokens,
             b"prompt_tokens" => Key::PromptTokens,
@@ -63,9 +75,13 @@ impl Key {
             b"reasoning_content" => Key::ReasoningContent,
             b"refusal" => Key::Refusal,
             b"response" => Key::Response,
+            b"response_format" => Key::ResponseFormat,
             b"status" => Key::Status,
+            b"stream" => Key::Stream,
+            b"stream_options" => Key::StreamOptions,
             b"text" => Key::Text,
             b"tool_calls" => Key::ToolCalls,
+            b"tools" => Key::Tools,
             b"type" => Key::Type,
             b"usage" => Key::Usage,
             _ => Key::Other,
@@ -96,6 +112,45 @@ pub trait Visit {
     fn string(&mut self, _path: &[Step], _head: &[u8], _len: usize) {}
     /// A number, `true`, `false` or `null` at `path` (up to [`SCALAR_MAX`] bytes of it).
     fn scalar(&mut self, _path: &[Step], _bytes: &[u8]) {}
+    /// Whether to copy the object or array opening at `path` whole (up to [`CAPTURE_MAX`]
+    /// bytes; one at a time): it comes back to [`Visit::captured`] when it closes.
+    fn captures(&self, _path: &[Step]) -> bool {
+        false
+    }
+    /// The object or array at `path` asked for by [`Visit::captures`], as sent.
+    fn captured(&mut self, _path: &[Step], _bytes: &[u8]) {}
+}
+
+/// Longest value copied for [`Visit::captured`] (a larger one is not handed over).
+pub const CAPTURE_MAX: usize = 256 << 10;
+
+/// A container being copied whole.
+#[derive(Debug)]
+struct Capture {
+    /// The depth it ends at (its parent's).
+    depth: u32,
+    path: [Step; PATH_MAX],
+    path_len: usize,
+    bytes: Vec<u8>,
+    /// Where the copy goes on in the piece being fed ([`PENDING`] until its first byte
+    /// is placed).
+    from: usize,
+    /// Its closing bracket was just read.
+    done: bool,
+    over: bool,
+}
+
+const PENDING: usize = usize::MAX;
+
+impl Capture {
+    fn append(&mut self, bytes: &[u8]) {
+        if self.bytes.len() + bytes.len() > CAPTURE_MAX {
+            self.over = true;
+        }
+        if !self.over {
+            self.bytes.extend_from_slice(bytes);
+        }
+    }
 }
 
 /// Deepest path reported.
@@ -159,6 +214,7 @@ pub struct JsonWalk {
     keep: bool,
     len: usize,
     invalid: bool,
+    capture: Option<Box<Capture>>,
 }
 
 impl JsonWalk {
@@ -176,6 +232,7 @@ impl JsonWalk {
             keep: false,
             len: 0,
             invalid: false,
+            capture: None,
         }
     }
 
@@ -187,6 +244,7 @@ impl JsonWalk {
         self.here_array = false;
         self.buf.clear();
         self.invalid = false;
+        self.capture = None;
     }
 
     /// Not JSON, as far as fed.
@@ -227,6 +285,21 @@ impl JsonWalk {
     }
 
     pub fn feed<V: Visit>(&mut self, data: &[u8], v: &mut V) {
+        self.feed_piece(data, v);
+        if self.invalid {
+            self.capture = None;
+        }
+        // A copy still open goes on with the next piece.
+        if let Some(c) = &mut self.capture {
+            if c.from != PENDING {
+                c.append(&data[c.from.min(data.len())..]);
+                c.from = 0;
+            }
+        }
+    }
+
+    /// [`JsonWalk::feed`] before a copy in progress takes the piece's rest.
+    fn feed_piece<V: Visit>(&mut self, data: &[u8], v: &mut V) {
         let mut i = 0;
         while i < data.len() && !self.invalid {
             match self.token {
@@ -272,6 +345,9 @@ impl JsonWalk {
                 Token::None => {
                     let b = data[i];
                     self.structure(b, v);
+                    if self.capture.is_some() {
+                        self.placed(data, i, v);
+                    }
                     i += 1;
                     // Most strings and scalars lie whole in one piece: read them from the
                     // piece itself, with no copy.
@@ -288,6 +364,22 @@ impl JsonWalk {
                         }
                         _ => {}
                     }
+                }
+            }
+        }
+    }
+
+    /// A copy's first byte, or its last, is at `data[i]`.
+    fn placed<V: Visit>(&mut self, data: &[u8], i: usize, v: &mut V) {
+        let Some(c) = &mut self.capture else { return };
+        if c.from == PENDING {
+            c.from = i;
+        }
+        if c.done {
+            c.append(&data[c.from..=i]);
+            if let Some(c) = self.capture.take() {
+                if !c.over {
+                    v.captured(&c.path[..c.path_len], &c.bytes);
                 }
             }
         }
@@ -425,6 +517,19 @@ impl JsonWalk {
                 self.count_element();
                 if let Some(p) = self.path_here() {
                     v.open(p, array);
+                    if self.capture.is_none() && v.captures(p) {
+                        let mut path = [Step::Index(0); PATH_MAX];
+                        path[..p.len()].copy_from_slice(p);
+                        self.capture = Some(Box::new(Capture {
+                            depth: self.depth,
+                            path,
+                            path_len: p.len(),
+                            bytes: Vec::new(),
+                            from: PENDING,
+                            done: false,
+                            over: false,
+                        }));
+                    }
                 }
                 if self.depth >= DEPTH_MAX {
                     return self.fail();
@@ -498,6 +603,9 @@ impl JsonWalk {
                 let d = self.depth as usize;
                 let count = if d <= PATH_MAX { self.counts[d - 1] } else { 0 };
                 self.depth -= 1;
+                if let Some(c) = &mut self.capture {
+                    c.done |= c.depth == self.depth;
+                }
                 self.here_array = self.depth > 0 && self.arrays & (1u64 << (self.depth - 1)) != 0;
                 if let Some(p) = self.path_here() {
                     v.close(p, array, count);
@@ -603,7 +711,7 @@ mod tests {
             "scalar Usage.PromptTokens 12",
             "scalar Usage.CompletionTokens 5",
             "close Usage false 2",
-            "scalar Other null",
+            "scalar N null",
             "scalar Other true",
             "close  false 5",
         ] {
@@ -653,5 +761,55 @@ mod tests {
         assert_eq!(as_count(b"12"), Some(12));
         assert_eq!(as_count(b"12.0"), Some(12));
         assert_eq!(as_count(b"-1"), None);
+    }
+
+    /// Copies what `wanted` names, as [`Visit::captured`] hands it over.
+    struct Copies {
+        wanted: fn(&[Step]) -> bool,
+        got: Vec<(String, String)>,
+    }
+
+    impl Visit for Copies {
+        fn captures(&self, p: &[Step]) -> bool {
+            (self.wanted)(p)
+        }
+        fn captured(&mut self, p: &[Step], bytes: &[u8]) {
+            self.got
+                .push((show(p), String::from_utf8_lossy(bytes).into_owned()));
+        }
+    }
+
+    #[test]
+    fn a_container_is_copied_whole_whatever_the_split() {
+        let body = r#"{"model":"m","tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"a":{"type":"string"}}}}}], "response_format" : {"type":"json_schema","json_schema":{"schema":{"required":["x"]}}},"n":2}"#;
+        let tools = r#"[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"a":{"type":"string"}}}}}]"#;
+        let format = r#"{"type":"json_schema","json_schema":{"schema":{"required":["x"]}}}"#;
+        for size in 1..=body.len() {
+            let mut w = JsonWalk::new(8);
+            let mut c = Copies {
+                wanted: |p| matches!(p, [Step::Key(Key::Tools | Key::ResponseFormat)]),
+                got: Vec::new(),
+            };
+            for piece in body.as_bytes().chunks(size) {
+                w.feed(piece, &mut c);
+            }
+            assert!(w.finish(&mut c), "size {size}");
+            assert_eq!(
+                c.got,
+                [
+                    ("Tools".to_string(), tools.to_string()),
+                    ("ResponseFormat".to_string(), format.to_string())
+                ],
+                "size {size}"
+            );
+        }
+        // A body that is not JSON hands nothing over.
+        let mut w = JsonWalk::new(8);
+        let mut c = Copies {
+            wanted: |p| matches!(p, [Step::Key(Key::Tools)]),
+            got: Vec::new(),
+        };
+        w.feed(br#"{"tools":[1,}"#, &mut c);
+        assert!(c.got.is_empty());
     }
 }
