@@ -25,6 +25,11 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Whether its answers report their usage (tokens): one that does not is unmetered.
+    pub fn metered(self) -> bool {
+        !matches!(self, Endpoint::Other)
+    }
+
     /// The endpoint of a request path (`/v1/chat/completions`, or any prefix before it).
     pub fn of(method_is_post: bool, path: &str) -> Endpoint {
         if !method_is_post {

@@ -206,6 +206,11 @@ pub struct ProviderStats {
     pub cost_usd: f64,
     pub cost_on_other_provider_usd: f64,
     pub unpriced_requests: u64,
+    /// Since start: successful answers whose usage could not be read (a stream whose client
+    /// did not ask for usage, with `inject_stream_usage` off): their tokens and cost are
+    /// unknown and left out of `tokens` and `cost_usd`.
+    #[serde(default)]
+    pub unmetered_requests: u64,
     /// Since start: 2xx answers with no answer in them (`bad_answer`), by shape
     /// (`error_object`, `no_choices`, `empty_message`, `error_event`, `unfinished_stream`).
     #[serde(default)]
@@ -522,7 +527,7 @@ mod tests {
                 "error_rate": {"4xx": 0.0, "auth": 0.333, "provider_errors": 0.333},
                 "window": {"requests": 3, "outcomes": {"2xx": 2, "auth": 1}},
                 "tokens": {"prompt": 10, "completion": 5, "total": 15},
-                "cost_usd": 0.001, "cost_on_other_provider_usd": 0.002, "unpriced_requests": 0,
+                "cost_usd": 0.001, "cost_on_other_provider_usd": 0.002, "unpriced_requests": 0, "unmetered_requests": 0,
                 "bad_answers": {"error_object": 1}, "cut_answers": {"length": 2},
                 "abandoned_waits": 1, "abandoned_wait": latency,
             }},

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::answer::{AnswerFacts, BadAnswer, CutShort, Endpoint};
+use crate::features::FeatureFacts;
 
 /// How an answer's body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +224,12 @@ pub struct RequestEvent {
     /// A copy of a `to` request sent to `from` as the judge's live control (answer
     /// discarded), not a request a client was served.
     pub control: bool,
+    /// What the request asked of its answer beyond text, and what the answer honoured
+    /// (successful answers only).
+    pub features: FeatureFacts,
+    /// A successful answer of an API that reports usage, whose usage could not be read:
+    /// its tokens and cost are unknown (not counted as 0 silently).
+    pub unmetered: bool,
 }
 
 /// A model name as the judge compares it: a stable hash (never 0).
@@ -291,6 +298,11 @@ pub struct ShadowComparison {
     /// When the request asked for JSON (`response_format`): whether each answer's text parses.
     pub primary_json_valid: Option<bool>,
     pub shadow_json_valid: Option<bool>,
+    /// What the request asked beyond text, and what each side honoured.
+    pub primary_features: FeatureFacts,
+    pub shadow_features: FeatureFacts,
+    /// The request's id, to show as an example.
+    pub request_id: String,
 }
 
 #[cfg(test)]

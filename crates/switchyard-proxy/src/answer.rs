@@ -280,12 +280,21 @@ impl SseAnswer {
     }
 }
 
-/// What the gateway reads from a request body as it streams upstream: its model, and the
-/// `max_tokens` (or `max_completion_tokens`, `max_output_tokens`) it asked for.
+/// What the gateway reads from a request body as it streams upstream: its model, the
+/// `max_tokens` (or `max_completion_tokens`, `max_output_tokens`) it asked for, and what it
+/// asked of its answer beyond text ([`crate::features::asked_of`]).
 #[derive(Debug, Default)]
 pub struct RequestRead {
     pub model: Option<Box<str>>,
     pub max_tokens: Option<u64>,
+    pub stream: bool,
+    /// `stream_options.include_usage: true` (`null` options ask nothing).
+    pub include_usage: bool,
+    pub logprobs: bool,
+    pub n: Option<u64>,
+    /// `tools` and `response_format` as sent (copied only when present).
+    pub tools: Option<Vec<u8>>,
+    pub response_format: Option<Vec<u8>>,
 }
 
 /// Longest model name read.
@@ -310,8 +319,27 @@ impl Visit for RequestRead {
     }
 
     fn scalar(&mut self, path: &[Step], bytes: &[u8]) {
-        if let [S(K::MaxTokens | K::MaxCompletionTokens | K::MaxOutputTokens)] = path {
-            self.max_tokens = as_count(bytes).or(self.max_tokens);
+        match path {
+            [S(K::MaxTokens | K::MaxCompletionTokens | K::MaxOutputTokens)] => {
+                self.max_tokens = as_count(bytes).or(self.max_tokens);
+            }
+            [S(K::Stream)] => self.stream = bytes == b"true",
+            [S(K::StreamOptions), S(K::IncludeUsage)] => self.include_usage = bytes == b"true",
+            [S(K::Logprobs)] => self.logprobs = bytes == b"true",
+            [S(K::N)] => self.n = as_count(bytes),
+            _ => {}
+        }
+    }
+
+    fn captures(&self, path: &[Step]) -> bool {
+        matches!(path, [S(K::Tools | K::ResponseFormat)])
+    }
+
+    fn captured(&mut self, path: &[Step], bytes: &[u8]) {
+        match path {
+            [S(K::Tools)] => self.tools = Some(bytes.to_vec()),
+            [S(K::ResponseFormat)] => self.response_format = Some(bytes.to_vec()),
+            _ => {}
         }
     }
 }
@@ -553,5 +581,32 @@ mod tests {
         assert!(!scan.finish(), "cut short: not JSON");
         assert_eq!(scan.read.model.as_deref(), Some("a\"b"));
         assert_eq!(scan.read.max_tokens, Some(5));
+    }
+
+    /// Tools, the response format and the stream's options are read at any split of the
+    /// body, and `stream_options: null` asks for nothing.
+    #[test]
+    fn requests_say_what_they_ask_of_the_answer_at_any_split() {
+        let tools = r#"[{"type":"function","function":{"name":"weather","parameters":{"type":"object","required":["city"]}}}]"#;
+        let format =
+            r#"{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object"}}}"#;
+        let body = format!(
+            r#"{{"model":"m","stream":true,"stream_options":{{"include_usage":true}},"logprobs":true,"n":2,"tools":{tools},"response_format":{format},"messages":[]}}"#
+        );
+        for size in 1..=body.len() {
+            let mut scan = RequestScan::default();
+            body.as_bytes().chunks(size).for_each(|c| scan.feed(c));
+            assert!(scan.finish(), "split {size}");
+            let r = &scan.read;
+            assert!(r.stream && r.include_usage && r.logprobs, "split {size}");
+            assert_eq!(r.n, Some(2));
+            assert_eq!(r.tools.as_deref(), Some(tools.as_bytes()), "split {size}");
+            assert_eq!(r.response_format.as_deref(), Some(format.as_bytes()));
+        }
+        let mut scan = RequestScan::default();
+        scan.feed(br#"{"model":"m","stream":true,"stream_options":null,"messages":[]}"#);
+        assert!(scan.finish());
+        assert!(scan.read.stream && !scan.read.include_usage);
+        assert!(scan.read.tools.is_none());
     }
 }

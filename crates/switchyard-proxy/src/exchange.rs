@@ -18,6 +18,7 @@ use switchyard_core::event::{model_key, BodyEnd, Class, RequestEvent};
 use switchyard_core::ErrorKind;
 
 use crate::access::{access_log, span, Detail, Finished};
+use crate::accounted::{Accounted, Ended};
 use crate::errors::{
     error_response, has_source, source_of, BodyTooLarge, ClientBodyError, ErrorChain,
 };
@@ -212,13 +213,21 @@ impl Exchange {
         self.model_prefix = None;
         let (mut parts, body) = resp.into_parts();
         self.answer_headers(&mut parts.headers);
+        // The answer's text and tool calls are read when a shadow compares them, or when
+        // the request asked for what only they tell (tools, a JSON format, logprobs, n).
+        let details = self.shadow.is_some()
+            || self
+                .shared
+                .as_ref()
+                .and_then(|s| s.asked())
+                .is_some_and(|a| a.needs_details());
         let sniff = Sniff::for_content_type(
             parts
                 .headers
                 .get(header::CONTENT_TYPE)
                 .map(HeaderValue::as_bytes),
             self.strip_usage,
-            self.shadow.is_some(),
+            details,
         );
         let stream = matches!(sniff, Sniff::Sse(_));
         if self.strip_usage && stream {
@@ -231,10 +240,12 @@ impl Exchange {
         up.metrics(self.migration).answer_began(first_byte, stream);
         let idle = up.config.idle_timeout;
         let on_end = Box::new(AtEnd {
-            status: parts.status.as_u16(),
-            first_byte,
-            stream,
-            cold: lease.fresh(),
+            head: Ended {
+                status: parts.status.as_u16(),
+                first_byte,
+                stream,
+                cold: lease.fresh(),
+            },
             ex: self,
         });
         let body = ResponseBody::new(body, lease, idle, sniff, on_end);
@@ -364,6 +375,8 @@ impl Exchange {
             answer,
             detail,
             cold,
+            features,
+            unmetered,
         } = a;
         // Before anything borrows the exchange: from here on it only reads.
         self.answered |= answer;
@@ -390,6 +403,7 @@ impl Exchange {
             tokens: (prompt, completion),
             cost,
             ttft: ttfb.filter(|_| summary.stream),
+            unmetered,
         });
         if let Some(events) = &snap.events {
             let upload = self
@@ -420,6 +434,8 @@ impl Exchange {
                 client: self.client_key,
                 cold,
                 control: false,
+                features,
+                unmetered,
             };
             if events.try_send(event).is_err() {
                 metrics::counter!(EVENTS_DROPPED).increment(1);
@@ -474,7 +490,8 @@ impl Exchange {
                 ttft: ttfb,
                 tokens: (prompt, completion),
                 cost,
-                content: summary.content.take(),
+                content: summary.details.take().map(|d| d.content),
+                features,
             });
         }
     }
@@ -523,72 +540,22 @@ impl Drop for Exchange {
 /// Accounts for one exchange when its response body ends.
 struct AtEnd {
     ex: Box<Exchange>,
-    status: u16,
-    first_byte: Duration,
-    /// Counted in `open_streams` (an SSE answer).
-    stream: bool,
-    /// On a connection opened for it.
-    cold: bool,
+    head: Ended,
 }
 
 impl OnEnd for AtEnd {
     fn on_end(mut self: Box<Self>, end: BodyEnd, summary: BodySummary) {
         // Exactly once per answer (at its end, or when the client drops it).
-        self.ex.metrics().answer_ended(self.stream);
-        let (class, bad_answer) = Class::of_end(
+        self.ex.metrics().answer_ended(self.head.stream);
+        let ex = &self.ex;
+        let accounted = Accounted::ended(
+            self.head,
             end,
-            self.status,
-            self.ex.endpoint,
-            self.stream,
-            summary.facts.as_ref(),
-        );
-        let cut_short = if class == Class::Success {
-            let asked = self.ex.shared.as_ref().and_then(|s| s.max_tokens());
-            summary
-                .facts
-                .and_then(|f| f.cut_short(asked, summary.usage.map(|u| u.1)))
-        } else {
-            None
-        };
-        let accounted = Accounted {
-            ttfb: Some(self.first_byte),
             summary,
-            detail: Detail {
-                bad_answer,
-                cut_short,
-                waited: None,
-            },
-            cold: self.cold,
-            ..Accounted::answer(self.status, class)
-        };
+            ex.endpoint,
+            ex.shared.as_deref(),
+            ex.strip_usage,
+        );
         self.ex.account(accounted);
-    }
-}
-
-/// One attempt at a provider, as it is accounted.
-pub(crate) struct Accounted {
-    pub(crate) status: u16,
-    pub(crate) class: Class,
-    pub(crate) ttfb: Option<Duration>,
-    pub(crate) summary: BodySummary,
-    /// This attempt is the answer (not one that failed over): a shadow meets it.
-    pub(crate) answer: bool,
-    pub(crate) detail: Detail,
-    /// It went on a connection opened for it.
-    pub(crate) cold: bool,
-}
-
-impl Accounted {
-    /// The answer, with `status` and `class`, and nothing else known.
-    pub(crate) fn answer(status: u16, class: Class) -> Accounted {
-        Accounted {
-            status,
-            class,
-            ttfb: None,
-            summary: BodySummary::default(),
-            answer: true,
-            detail: Detail::default(),
-            cold: false,
-        }
     }
 }

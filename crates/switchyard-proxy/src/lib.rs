@@ -10,15 +10,18 @@
 //! [`snapshot`], [`server`] (the listener).
 
 pub mod access;
+pub mod accounted;
 pub mod admission;
 pub mod answer;
 pub mod conn;
 pub mod errors;
 pub mod exchange;
 pub mod failover;
+pub mod features;
 pub mod forward;
 pub mod framing;
 pub mod headers;
+pub mod json_keys;
 pub mod json_walk;
 pub mod limits;
 pub mod metrics;

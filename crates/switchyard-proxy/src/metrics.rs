@@ -25,6 +25,7 @@ pub const BUILD_INFO: &str = "switchyard_build_info";
 pub const SHADOW_COST: &str = "switchyard_shadow_cost_usd_total";
 pub const CUT_ANSWERS: &str = "switchyard_cut_answers_total";
 pub const ABANDONED_WAITS: &str = "switchyard_abandoned_wait_seconds";
+pub const UNMETERED: &str = "switchyard_unmetered_requests_total";
 /// Every `reason` of [`REJECTED_TOTAL`], shown at zero from the start.
 pub const REJECT_REASONS: &[&str] = &[
     "auth",
@@ -73,6 +74,10 @@ pub fn describe() {
         ABANDONED_WAITS,
         metrics::Unit::Seconds,
         "How long clients waited for a provider's answer head before they gave up (client_gone with the request sent)"
+    );
+    metrics::describe_counter!(
+        UNMETERED,
+        "Successful answers whose usage (tokens) could not be read: their cost is unknown and left out of cost_usd (a stream whose client did not ask for usage, with inject_stream_usage off)"
     );
     metrics::describe_counter!(
         FAILOVERS_TOTAL,
@@ -191,6 +196,8 @@ pub struct Recorded<'a> {
     pub cost: Option<f64>,
     /// A stream's time to first token.
     pub ttft: Option<Duration>,
+    /// A successful answer whose usage could not be read.
+    pub unmetered: bool,
 }
 
 #[derive(Clone)]
@@ -209,6 +216,8 @@ pub struct ProviderMetrics {
     /// By [`CutShort`], in its order.
     cut: [Counter; CutShort::ALL.len()],
     pub abandoned_waits: Histogram,
+    /// Successful answers whose usage could not be read.
+    unmetered: Counter,
     /// Per model: the provider's priced models by their client-facing name, then `other`
     /// (a bounded label: clients cannot make new series with made-up model names).
     by_model: std::sync::Arc<[ModelMetrics]>,
@@ -268,6 +277,7 @@ impl ProviderMetrics {
             open_streams: gauge!(OPEN_STREAMS, with(&[])),
             cut: CutShort::ALL.map(|c| counter!(CUT_ANSWERS, with(&[("reason", c.label())]))),
             abandoned_waits: histogram!(ABANDONED_WAITS, with(&[])),
+            unmetered: counter!(UNMETERED, with(&[])),
             by_model,
         }
     }
@@ -294,6 +304,9 @@ impl ProviderMetrics {
         }
         if let Some(t) = r.ttft {
             self.stream_ttft.record(t.as_secs_f64());
+        }
+        if r.unmetered {
+            self.unmetered.increment(1);
         }
         outcome
     }

@@ -14,18 +14,20 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use switchyard_core::answer::Endpoint;
 use switchyard_core::event::{BodyEnd, Class, ShadowEvent};
+use switchyard_core::features::FeatureFacts;
 use switchyard_core::router::{Router, Side};
 use switchyard_core::ErrorKind;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::answer::JsonAnswer;
-use crate::headers::X_SWITCHYARD_SHADOW;
+use crate::features::AnswerDetails;
+use crate::headers::{X_REQUEST_ID, X_SWITCHYARD_SHADOW};
 use crate::metrics::SHADOW_COST;
 use crate::request_body::{RequestBody, RequestShared, Tee, TeeResult};
 use crate::route::Route;
 use crate::shadow::{Pair, SideResult, CONTROL_REQUESTS, SHADOW_DURATION};
 use crate::snapshot::Snapshot;
-use crate::sniff::{text_of_json, SseScan};
+use crate::sniff::SseScan;
 use crate::upstream::Worker;
 
 /// The request asked for JSON output (`response_format` json_object / json_schema).
@@ -116,6 +118,8 @@ fn control_event(
         client: None,
         cold: side.is_some_and(|s| s.cold),
         control: true,
+        features: side.map(|s| s.features).unwrap_or_default(),
+        unmetered: false,
     };
     if events.try_send(event).is_err() {
         metrics::counter!(crate::metrics::EVENTS_DROPPED).increment(1);
@@ -232,12 +236,12 @@ pub async fn run(
         }
     }
     let latency = start.elapsed();
-    let (usage, facts, content, ttft) = if sse {
+    let (usage, facts, details, ttft) = if sse {
         let _ = scan.finish();
         (
             scan.usage(),
             scan.facts(),
-            scan.content.take(),
+            scan.details.take(),
             scan.first_token
                 .or(scan.first_event)
                 .map(|t| t.duration_since(start)),
@@ -248,7 +252,7 @@ pub async fn run(
         (
             answer.usage(),
             resp_is_json.then(|| answer.facts()),
-            text_of_json(&json),
+            AnswerDetails::of_json(&json).map(Box::new),
             Some(head_at),
         )
     };
@@ -260,6 +264,12 @@ pub async fn run(
     let cost = model
         .as_deref()
         .and_then(|m| cfg.providers[target].pricing.cost(m, tokens.0, tokens.1));
+    let features = match (class, shared.asked()) {
+        (Class::Success, Some(asked)) => {
+            crate::features::judge(asked, facts.as_ref(), usage.is_some(), details.as_deref())
+        }
+        _ => FeatureFacts::default(),
+    };
     let side = SideResult {
         class,
         bad_answer,
@@ -269,7 +279,8 @@ pub async fn run(
         ttft,
         tokens,
         cost,
-        content,
+        content: details.map(|d| d.content),
+        features,
         stream: sse,
         cold,
     };
@@ -337,7 +348,12 @@ pub(crate) fn start(
         migration,
     };
     let (dest, pair) = if shadowed {
-        let pair = Pair::new(rt.clone());
+        let id = parts
+            .headers
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let pair = Pair::new(rt.clone(), id.to_string());
         (MirrorTo::Shadow(pair.clone()), Some(pair))
     } else {
         (MirrorTo::Control { key: bucket }, None)

@@ -13,8 +13,9 @@ use switchyard_core::config::{ModelRoute, ProviderConfig};
 use switchyard_core::event::Class;
 use switchyard_core::ErrorKind;
 
+use crate::accounted::Accounted;
 use crate::errors::{BodyTooLarge, ClientBodyError};
-use crate::exchange::{Accounted, Exchange};
+use crate::exchange::Exchange;
 use crate::openai::{ModelPrefix, ModelSearch};
 use crate::pool::Lease;
 use crate::request_body::{BoxedBody, RequestBody};

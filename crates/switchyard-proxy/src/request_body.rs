@@ -13,6 +13,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use switchyard_core::features::Asked;
+
 use crate::answer::RequestScan;
 use crate::errors::{BodyTooLarge, BoxError, ClientBodyError};
 
@@ -24,6 +26,8 @@ pub struct RequestShared {
     /// The request's own `max_tokens` (or `max_completion_tokens`, `max_output_tokens`):
     /// an answer cut at it is what the client asked for.
     pub max_tokens: OnceLock<u64>,
+    /// What it asked of its answer beyond text, once the body was read whole.
+    pub asked: OnceLock<Asked>,
     /// When the whole body had been handed to the provider's connection: the provider's
     /// first-byte timeout counts from here, so a slow upload is not the provider's delay.
     /// On tokio's clock, so that tests with paused time see the same clock as the timer.
@@ -49,6 +53,10 @@ impl RequestShared {
 
     pub fn max_tokens(&self) -> Option<u64> {
         self.max_tokens.get().copied()
+    }
+
+    pub fn asked(&self) -> Option<&Asked> {
+        self.asked.get()
     }
 
     pub fn sent_at(&self) -> Option<tokio::time::Instant> {
@@ -363,6 +371,7 @@ impl RequestBody {
             if let Some(n) = scan.read.max_tokens {
                 let _ = self.shared.max_tokens.set(n);
             }
+            let _ = self.shared.asked.set(crate::features::asked_of(&scan.read));
             if self.json_required && !json {
                 return Err(Box::new(ClientBodyError::not_json()));
             }

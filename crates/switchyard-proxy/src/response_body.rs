@@ -20,8 +20,9 @@ use tokio::time::Sleep;
 use crate::answer::JsonAnswer;
 use crate::conn::Active;
 use crate::errors::{BoxError, StreamIdle};
+use crate::features::{AnswerDetails, MAX_TEXT};
 use crate::pool::Lease;
-use crate::sniff::{text_of_json, SseScan, MAX_TEXT};
+use crate::sniff::SseScan;
 
 /// What was learned from a response body by the time it ended.
 #[derive(Debug, Clone, Default)]
@@ -34,8 +35,8 @@ pub struct BodySummary {
     /// SSE: when the first token (or, failing that, the first event) arrived.
     pub first_token: Option<Instant>,
     pub stream: bool,
-    /// The answer's text, when it was captured (shadowed requests).
-    pub content: Option<String>,
+    /// The answer's text and tool calls, when they were read (see [`Sniff::for_content_type`]).
+    pub details: Option<Box<AnswerDetails>>,
 }
 
 /// Called once when a response body ends, however it ends.
@@ -55,7 +56,8 @@ pub enum Sniff {
 
 impl Sniff {
     /// Chooses by the response's content type.
-    /// `capture`: also keep the answer's text, for a shadow comparison.
+    /// `capture`: also read the answer's text and tool calls (a request whose features
+    /// need them, a shadow comparison).
     pub fn for_content_type(
         content_type: Option<&[u8]>,
         strip_usage: bool,
@@ -82,7 +84,10 @@ impl Sniff {
                 bytes,
                 facts: Some(j.facts()),
                 usage: j.usage(),
-                content: copy.as_ref().and_then(|c| text_of_json(c)),
+                details: copy
+                    .as_ref()
+                    .and_then(|c| AnswerDetails::of_json(c))
+                    .map(Box::new),
                 ..BodySummary::default()
             },
             Sniff::Sse(s) => BodySummary {
@@ -91,7 +96,7 @@ impl Sniff {
                 usage: s.usage(),
                 first_token: s.first_token.or(s.first_event),
                 stream: true,
-                content: s.content.clone(),
+                details: s.details.take(),
             },
         }
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use switchyard_core::answer::{BadAnswer, CutShort};
 use switchyard_core::event::{Class, ShadowComparison, ShadowEvent};
+use switchyard_core::features::FeatureFacts;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::metrics::SHADOW_COST;
@@ -89,6 +90,7 @@ pub struct SideResult {
     pub tokens: (u64, u64),
     pub cost: Option<f64>,
     pub content: Option<String>,
+    pub features: FeatureFacts,
 }
 
 #[derive(Default)]
@@ -103,13 +105,16 @@ struct PairState {
 pub struct Pair {
     state: Mutex<PairState>,
     runtime: Arc<ShadowRuntime>,
+    /// The request's id, shown as an example of what differed.
+    request_id: String,
 }
 
 impl Pair {
-    pub fn new(runtime: Arc<ShadowRuntime>) -> Arc<Pair> {
+    pub fn new(runtime: Arc<ShadowRuntime>, request_id: String) -> Arc<Pair> {
         Arc::new(Pair {
             state: Mutex::new(PairState::default()),
             runtime,
+            request_id,
         })
     }
 
@@ -147,7 +152,10 @@ impl Pair {
         s.done = true;
         self.runtime.report(ShadowEvent {
             result: "completed",
-            comparison: Some(compare(p, sh, s.json_asked)),
+            comparison: Some(ShadowComparison {
+                request_id: self.request_id.clone(),
+                ..compare(p, sh, s.json_asked)
+            }),
         });
     }
 }
@@ -182,6 +190,9 @@ pub fn compare(p: &SideResult, s: &SideResult, json_asked: bool) -> ShadowCompar
         similarity,
         primary_json_valid: valid(&p.content),
         shadow_json_valid: valid(&s.content),
+        primary_features: p.features,
+        shadow_features: s.features,
+        request_id: String::new(),
     }
 }
 
@@ -202,6 +213,7 @@ mod tests {
             tokens: (0, 0),
             cost: None,
             content: Some(content.into()),
+            features: FeatureFacts::default(),
         }
     }
 

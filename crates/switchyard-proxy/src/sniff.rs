@@ -9,6 +9,7 @@ use serde_json::Value;
 use switchyard_core::answer::AnswerFacts;
 
 use crate::answer::SseAnswer;
+use crate::features::AnswerDetails;
 
 /// Captures the raw JSON value of one top-level key of a JSON object streaming by.
 #[derive(Debug)]
@@ -206,24 +207,12 @@ pub struct SseScan {
     pub first_event: Option<Instant>,
     pub first_token: Option<Instant>,
     overflow: bool,
-    /// The answer's text (delta contents), collected only when asked for (shadow comparisons).
-    pub content: Option<String>,
+    /// The answer's text and tool calls, read only when asked for (a request whose
+    /// features need them, a shadow comparison).
+    pub details: Option<Box<AnswerDetails>>,
 }
 
 const MAX_CARRY: usize = 256 * 1024;
-/// Text kept for a comparison.
-pub const MAX_TEXT: usize = 1 << 20;
-
-/// The answer's text in a JSON body: chat `message.content`, or legacy `text`.
-pub fn text_of_json(body: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let c = &v["choices"][0];
-    c["message"]["content"]
-        .as_str()
-        .or_else(|| c["text"].as_str())
-        .map(str::to_string)
-}
-
 impl SseScan {
     pub fn new(strip: bool) -> Self {
         SseScan {
@@ -233,13 +222,13 @@ impl SseScan {
             first_event: None,
             first_token: None,
             overflow: false,
-            content: None,
+            details: None,
         }
     }
 
-    /// Also collect the text of the answer (bounded), for a shadow comparison.
+    /// Also read the answer's text and tool calls (bounded).
     pub fn capturing(mut self) -> Self {
-        self.content = Some(String::new());
+        self.details = Some(Box::default());
         self
     }
 
@@ -343,19 +332,9 @@ impl SseScan {
         if self.first_token.is_none() && event.token {
             self.first_token = Some(now);
         }
-        if event.token {
-            if let Some(text) = &mut self.content {
-                if text.len() < MAX_TEXT {
-                    if let Ok(v) = serde_json::from_slice::<Value>(payload) {
-                        let c = &v["choices"][0];
-                        if let Some(t) = c["delta"]["content"]
-                            .as_str()
-                            .or_else(|| c["text"].as_str())
-                        {
-                            text.push_str(t);
-                        }
-                    }
-                }
+        if let Some(d) = &mut self.details {
+            if let Ok(v) = serde_json::from_slice::<Value>(payload) {
+                d.sse_event(&v);
             }
         }
         event.usage_only

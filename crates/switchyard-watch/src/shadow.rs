@@ -162,6 +162,9 @@ mod tests {
             similarity: Some(0.5),
             primary_json_valid: None,
             shadow_json_valid: None,
+            primary_features: Default::default(),
+            shadow_features: Default::default(),
+            request_id: "r-1".into(),
         };
         s.record(&ShadowEvent {
             result: "completed",

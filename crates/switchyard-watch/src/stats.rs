@@ -30,6 +30,8 @@ struct Totals {
     /// Requests whose model had no price on this (or the other) provider.
     unpriced: u64,
     unpriced_other: u64,
+    /// Successful answers whose usage could not be read (their cost is unknown).
+    unmetered: u64,
     bad_answers: BTreeMap<&'static str, u64>,
     cut_answers: BTreeMap<&'static str, u64>,
     abandoned_waits: u64,
@@ -127,6 +129,7 @@ impl Stats {
         t.prompt_tokens += e.prompt_tokens;
         t.completion_tokens += e.completion_tokens;
         let has_tokens = e.prompt_tokens + e.completion_tokens > 0;
+        t.unmetered += u64::from(e.unmetered);
         match e.cost_usd {
             Some(c) => t.cost_usd += c,
             None if has_tokens => t.unpriced += 1,
@@ -280,6 +283,7 @@ fn provider_view(p: &ProviderStats) -> api::ProviderStats {
         cost_usd: t.cost_usd,
         cost_on_other_provider_usd: t.cost_if_other_usd,
         unpriced_requests: t.unpriced,
+        unmetered_requests: t.unmetered,
         bad_answers: labelled(&t.bad_answers),
         cut_answers: labelled(&t.cut_answers),
         abandoned_waits: t.abandoned_waits,
