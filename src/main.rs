@@ -6,6 +6,7 @@ mod loadtest;
 mod memory;
 mod mock;
 mod phase;
+mod report;
 mod serve;
 
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ enum Command {
     Loadtest(loadtest::LoadtestArgs),
     /// Per-provider stats side by side, from a running gateway's admin API.
     Stats(phase::StatsArgs),
+    /// The compatibility report: whether the new side honours tool calls, JSON formats,
+    /// finish reasons, stream usage, logprobs and n as the old one does (from shadow pairs).
+    Report(report::ReportArgs),
     /// Monthly and yearly cost per provider from the config's pricing, and the savings.
     Cost(cost::CostArgs),
     /// Run an OpenAI-shaped mock provider (for demos and trying a config without keys).
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Loadtest(args) => loadtest::run(args),
         Command::Cost(args) => cost::run(args),
         Command::Stats(args) => phase::stats(args),
+        Command::Report(args) => report::run(args),
         Command::Mock(args) => mock::run(args),
     }
 }

@@ -24,8 +24,8 @@ use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use switchyard_core::api::{
-    ErrorBody, ErrorDetail, Migrations, NextRequest, PhaseRequest, ReloadAnswer, RollbackAnswer,
-    RollbackRequest, Stats, Status,
+    Compatibility, ErrorBody, ErrorDetail, Migrations, NextRequest, PhaseRequest, ReloadAnswer,
+    RollbackAnswer, RollbackRequest, Stats, Status,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -59,6 +59,9 @@ pub trait AdminHandle: Send + Sync + 'static {
     /// Every migration's status, in file order.
     fn migrations(&self) -> Migrations;
     fn stats(&self, migration: Option<&str>) -> AdminResult<Stats>;
+    /// Whether `to` honours what requests ask of their answers as `from` does (the unnamed
+    /// call: the first migration's).
+    fn compatibility(&self, migration: Option<&str>) -> AdminResult<Compatibility>;
     /// Prometheus text.
     fn metrics(&self) -> String;
     /// Config loaded and at least one provider healthy.
@@ -289,6 +292,9 @@ async fn route<H: AdminHandle>(
         (&Method::GET, "/admin/stats", false) | (&Method::GET, "/stats", true) => {
             answer(h.stats(migration.as_deref()))
         }
+        (&Method::GET, "/admin/compatibility", false) | (&Method::GET, "/compatibility", true) => {
+            answer(h.compatibility(migration.as_deref()))
+        }
         (&Method::POST, "/admin/phase/next", false) | (&Method::POST, "/phase/next", true) => {
             match read_body::<NextRequest>(req, "").await {
                 Ok(b) => answer(h.phase_next(migration, b.skip_preflight).await),
@@ -318,14 +324,26 @@ async fn route<H: AdminHandle>(
         }
         (
             _,
-            "/admin/status" | "/admin/stats" | "/admin/phase/next" | "/admin/phase"
-            | "/admin/rollback" | "/admin/reload" | "/admin/finish" | "/admin/events"
+            "/admin/status"
+            | "/admin/stats"
+            | "/admin/compatibility"
+            | "/admin/phase/next"
+            | "/admin/phase"
+            | "/admin/rollback"
+            | "/admin/reload"
+            | "/admin/finish"
+            | "/admin/events"
             | "/admin/migrations",
             false,
         )
-        | (_, "/" | "/stats" | "/phase/next" | "/phase" | "/rollback" | "/finish", true) => error(
-            AdminError::new(405, format!("{method} is not allowed on {path}")),
-        ),
+        | (
+            _,
+            "/" | "/stats" | "/compatibility" | "/phase/next" | "/phase" | "/rollback" | "/finish",
+            true,
+        ) => error(AdminError::new(
+            405,
+            format!("{method} is not allowed on {path}"),
+        )),
         _ => error(AdminError::new(404, format!("no such endpoint: {path}"))),
     }
 }

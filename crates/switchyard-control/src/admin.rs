@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 
 use switchyard_admin::{AdminHandle, AdminResult};
 use switchyard_core::api::{
-    ControlView, MatchView, Migrations, PhaseInfo, PhaseView, ProviderHealth, ReloadAnswer,
-    RollbackAnswer, StateFileStatus, Stats, Status,
+    Compatibility, ControlView, MatchView, Migrations, PhaseInfo, PhaseView, ProviderHealth,
+    ReloadAnswer, RollbackAnswer, StateFileStatus, Stats, Status,
 };
 use switchyard_core::Trigger;
 use switchyard_watch::HealthTracker;
@@ -204,6 +204,24 @@ impl AdminHandle for Control {
             .view();
         stats.verdict = self.watch.verdict(&s.config.migrations[i].name);
         Ok(stats)
+    }
+
+    fn compatibility(&self, migration: Option<&str>) -> AdminResult<Compatibility> {
+        let s = self.gateway.load();
+        let i = match migration {
+            Some(n) => s
+                .config
+                .migration(n)
+                .ok_or_else(|| ControlError::UnknownMigration(n.to_string()))?,
+            None => 0,
+        };
+        let m = &s.config.migrations[i];
+        let providers = &s.config.providers;
+        let (from, to) = (&*providers[m.from].name, &*providers[m.to].name);
+        let now = self.watch.now_ms();
+        let mut watch = self.watch.migration(&m.name);
+        let roi = watch.stats.view(now, from, to, &[from, to]).roi;
+        Ok(watch.compat.report(&m.name, (from, to), Some(&roi)))
     }
 
     fn metrics(&self) -> String {

@@ -193,8 +193,10 @@ async fn judge(
             for (j, events) in judges.iter().zip(theirs) {
                 if !events.is_empty() {
                     let mut watch = control.watch.migration(&j.name);
+                    let (to, from) = &j.pair;
                     for e in events {
                         watch.stats.record(e, now);
+                        watch.compat.request(from, to, e);
                     }
                 }
             }
@@ -300,6 +302,15 @@ fn judge_one(
         && control.cluster.as_ref().is_none_or(|c| c.is_leader())
     {
         let Some(p) = live.state.phase else { return };
+        let (from, to) = (
+            &*snap.config.providers[m.from].name,
+            &*snap.config.providers[m.to].name,
+        );
+        let incompatible = control
+            .watch
+            .migration(&m.name)
+            .compat
+            .worse((from, to), &m.compatibility_gate);
         let decision = gate(
             m.phases[p].hold,
             control.watch.in_phase_for(&m.name),
@@ -307,6 +318,19 @@ fn judge_one(
             Some(&verdict),
         );
         match decision {
+            Gate::Advance if !incompatible.is_empty() => control.watch.set_gate(
+                &m.name,
+                format!(
+                    "compatibility: `{}` is worse than `{}` on {} (see GET /admin/compatibility)",
+                    to,
+                    from,
+                    incompatible
+                        .iter()
+                        .map(|f| f.label())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
             Gate::Advance => {
                 tracing::info!(migration = %m.name, phase = %m.phases[p].name, verdict = %verdict.reason, "phase gate open: advancing");
                 // Off the judge's loop (it may wait on the writer lock and a preflight);
@@ -385,6 +409,15 @@ async fn compare(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .record(&e);
+        let (Some(c), Some(i)) = (&e.comparison, e.migration) else {
+            continue;
+        };
+        let snap = control.gateway().load();
+        let cfg = &snap.config;
+        if let Some(m) = cfg.migrations.get(usize::from(i)) {
+            let (from, to) = (&cfg.providers[m.from].name, &cfg.providers[m.to].name);
+            control.watch.migration(&m.name).compat.pair(from, to, c);
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use switchyard_watch::{HealthTracker, Judgement, Metric, ShadowStats, Stats, Verdict};
+use switchyard_watch::{Compat, HealthTracker, Judgement, Metric, ShadowStats, Stats, Verdict};
 
 use crate::preflight;
 
@@ -39,6 +39,8 @@ pub struct MigrationWatch {
     pub last_failing: Option<Verdict>,
     /// The last preflight of `to`.
     pub preflight: Option<preflight::Report>,
+    /// Whether `to` honours what requests ask of their answers as `from` does.
+    pub compat: Compat,
 }
 
 impl WatchState {
@@ -73,6 +75,7 @@ impl WatchState {
                     verdict: None,
                     last_failing: None,
                     preflight: None,
+                    compat: Compat::default(),
                 },
             );
         }

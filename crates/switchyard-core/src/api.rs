@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::compat::{
+    CompatVerdict, Compatibility, FeatureReport, PairedCost, PairedLatency, TokenRatios,
+};
 use crate::migration::Trigger;
 use crate::verdict::Verdict;
 

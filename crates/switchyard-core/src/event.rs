@@ -271,6 +271,8 @@ pub struct ShadowEvent {
     /// (too many in flight), `too_large` (body over the shadow limit), `aborted`
     /// (the primary request never finished sending its body).
     pub result: &'static str,
+    /// The migration whose `from` was shadowed to its `to` (an index into the config's).
+    pub migration: Option<u16>,
     pub comparison: Option<ShadowComparison>,
 }
 

@@ -7,6 +7,7 @@
 
 pub mod answer;
 pub mod api;
+pub mod compat;
 pub mod config;
 pub mod error;
 pub mod event;

@@ -334,6 +334,7 @@ pub(crate) fn start(
         if shadowed {
             rt.report(ShadowEvent {
                 result: "dropped",
+                migration: Some(migration as u16),
                 comparison: None,
             });
         }
@@ -353,7 +354,7 @@ pub(crate) fn start(
             .get(&X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
-        let pair = Pair::new(rt.clone(), id.to_string());
+        let pair = Pair::new(rt.clone(), id.to_string(), migration as u16);
         (MirrorTo::Shadow(pair.clone()), Some(pair))
     } else {
         (MirrorTo::Control { key: bucket }, None)

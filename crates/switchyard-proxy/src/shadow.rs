@@ -107,14 +107,16 @@ pub struct Pair {
     runtime: Arc<ShadowRuntime>,
     /// The request's id, shown as an example of what differed.
     request_id: String,
+    migration: u16,
 }
 
 impl Pair {
-    pub fn new(runtime: Arc<ShadowRuntime>, request_id: String) -> Arc<Pair> {
+    pub fn new(runtime: Arc<ShadowRuntime>, request_id: String, migration: u16) -> Arc<Pair> {
         Arc::new(Pair {
             state: Mutex::new(PairState::default()),
             runtime,
             request_id,
+            migration,
         })
     }
 
@@ -137,6 +139,7 @@ impl Pair {
             s.done = true;
             self.runtime.report(ShadowEvent {
                 result: why,
+                migration: Some(self.migration),
                 comparison: None,
             });
         }
@@ -152,6 +155,7 @@ impl Pair {
         s.done = true;
         self.runtime.report(ShadowEvent {
             result: "completed",
+            migration: Some(self.migration),
             comparison: Some(ShadowComparison {
                 request_id: self.request_id.clone(),
                 ..compare(p, sh, s.json_asked)

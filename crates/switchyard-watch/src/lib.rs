@@ -8,6 +8,7 @@
 
 pub mod alerts;
 mod compare;
+pub mod compat;
 pub mod gate;
 pub mod health;
 pub mod judge;
@@ -22,6 +23,7 @@ pub mod window;
 mod simulate;
 
 pub use alerts::{Alert, Alerter};
+pub use compat::Compat;
 pub use gate::{gate, Gate};
 pub use health::HealthTracker;
 pub use judge::{judge, Judgement, Metric, Sides, Verdict};

@@ -168,10 +168,12 @@ mod tests {
         };
         s.record(&ShadowEvent {
             result: "completed",
+            migration: None,
             comparison: Some(c.clone()),
         });
         s.record(&ShadowEvent {
             result: "completed",
+            migration: None,
             comparison: Some(ShadowComparison {
                 exact_match: true,
                 similarity: Some(1.0),
@@ -182,6 +184,7 @@ mod tests {
         });
         s.record(&ShadowEvent {
             result: "dropped",
+            migration: None,
             comparison: None,
         });
         let v = serde_json::to_value(s.view().unwrap()).unwrap();

@@ -144,6 +144,84 @@ pub fn share_differs(k: u64, n: u64, p: f64) -> f64 {
     (2.0 * Normal::standard().sf(z)).clamp(0.0, 1.0)
 }
 
+/// McNemar's exact test on paired yes/no outcomes: `b` pairs where only the first side said
+/// yes, `c` where only the second did (pairs where both agree say nothing). Two-sided: the
+/// chance, if either side were as likely to be the one that differs, of a split at least
+/// as uneven. Same as `scipy.stats.binomtest(min(b, c), b + c, 0.5).pvalue`.
+///
+/// Paired beats unpaired here: every shadow is the same prompt on both sides, so a side
+/// that drops tool calls on prompts the other honours shows in a few tens of pairs.
+pub fn mcnemar_exact(b: u64, c: u64) -> f64 {
+    let n = b + c;
+    if n == 0 {
+        return 1.0;
+    }
+    let Ok(binomial) = Binomial::new(0.5, n) else {
+        return 1.0;
+    };
+    (2.0 * binomial.cdf(b.min(c))).clamp(0.0, 1.0)
+}
+
+/// Wilcoxon's signed-rank test that paired differences are centred on zero, two-sided.
+/// Zero differences are dropped; the rest are ranked by size (ties share their average
+/// rank). Exact when at most 50 remain with no ties; else the normal approximation with
+/// the tie correction and no continuity correction. Same as `scipy.stats.wilcoxon(d)
+/// .pvalue` (scipy's defaults: `zero_method="wilcox"`, `correction=False`, `method="auto"`).
+pub fn wilcoxon(differences: &[f64]) -> f64 {
+    let mut d: Vec<f64> = differences
+        .iter()
+        .copied()
+        .filter(|x| *x != 0.0 && x.is_finite())
+        .collect();
+    let n = d.len();
+    if n == 0 {
+        return 1.0;
+    }
+    d.sort_by(|a, b| a.abs().total_cmp(&b.abs()));
+    let (mut plus, mut minus, mut ties) = (0f64, 0f64, 0f64);
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j + 1 < n && d[j + 1].abs() == d[i].abs() {
+            j += 1;
+        }
+        let t = (j - i + 1) as f64;
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        for x in &d[i..=j] {
+            if *x > 0.0 {
+                plus += rank;
+            } else {
+                minus += rank;
+            }
+        }
+        ties += t * t * t - t;
+        i = j + 1;
+    }
+    let w = plus.min(minus);
+    let n_f = n as f64;
+    if n <= 50 && ties == 0.0 {
+        // The exact null distribution of W: how many of the 2^n sign patterns give each sum.
+        let top = n * (n + 1) / 2;
+        let mut ways = vec![0f64; top + 1];
+        ways[0] = 1.0;
+        for k in 1..=n {
+            for s in (k..=top).rev() {
+                ways[s] += ways[s - k];
+            }
+        }
+        let total = 2f64.powi(n as i32);
+        let at_most: f64 = ways[..=(w as usize)].iter().sum();
+        return (2.0 * at_most / total).clamp(0.0, 1.0);
+    }
+    let mean = n_f * (n_f + 1.0) / 4.0;
+    let var = n_f * (n_f + 1.0) * (2.0 * n_f + 1.0) / 24.0 - ties / 48.0;
+    if var <= 0.0 {
+        return 1.0;
+    }
+    let z = (w - mean) / var.sqrt();
+    (2.0 * Normal::standard().sf(z.abs())).clamp(0.0, 1.0)
+}
+
 /// The significance level of look `k` (1, 2, …) when `alpha` is spent over an unbounded
 /// number of looks: `alpha · 6/(π² k²)`. The levels add up to `alpha` (Σ 1/k² = π²/6), so the
 /// chance of any false alarm over all the looks of a phase stays at most `alpha`, however
@@ -265,5 +343,39 @@ mod tests {
             0.05 * 6.0 / (std::f64::consts::PI.powi(2)),
         );
         close(alpha_at_look(0.05, 2), alpha_at_look(0.05, 1) / 4.0);
+    }
+    /// Reference values: scipy 1.17.1, `scipy.stats.binomtest(min(b, c), b + c, 0.5).pvalue`
+    /// (McNemar's exact test as statsmodels' `mcnemar(table, exact=True)` computes it).
+    #[test]
+    fn mcnemar_matches_scipy() {
+        close(mcnemar_exact(10, 2), 0.03857421875);
+        close(mcnemar_exact(2, 10), 0.03857421875);
+        close(mcnemar_exact(60, 0), 1.734723475976807e-18);
+        close(mcnemar_exact(17, 3), 0.0025768280029296875);
+        assert_eq!(mcnemar_exact(0, 0), 1.0);
+        assert_eq!(mcnemar_exact(5, 5), 1.0);
+    }
+
+    /// Reference values: scipy 1.17.1, `scipy.stats.wilcoxon(d).pvalue`. The first is the
+    /// example of scipy's documentation (Cushny and Peebles' data via Fisher), exact.
+    #[test]
+    fn wilcoxon_matches_scipy() {
+        let d = [
+            6.0, 8.0, 14.0, 16.0, 23.0, 24.0, 28.0, 29.0, 41.0, -48.0, 49.0, 56.0, 60.0, -67.0,
+            75.0,
+        ];
+        close(wilcoxon(&d), 0.041259765625);
+        // Zeros and ties: the normal approximation.
+        let d = [
+            1.0, 2.0, 2.0, -1.0, 3.0, 0.0, 4.0, -2.0, 5.0, 5.0, 6.0, 1.0, -3.0, 2.0, 7.0, 0.0, 3.0,
+        ];
+        close(wilcoxon(&d), 0.013132608026923943);
+        // Over 50 differences: the normal approximation.
+        let d: Vec<f64> = (1..=60)
+            .map(|x| if x % 3 == 0 { -x } else { x } as f64)
+            .collect();
+        close(wilcoxon(&d), 0.03590012321587811);
+        assert_eq!(wilcoxon(&[]), 1.0);
+        assert_eq!(wilcoxon(&[0.0, 0.0]), 1.0);
     }
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::matching::{self, Match, RawMatch};
 use super::providers::ProviderConfig;
 use super::Collector;
+use crate::features::Feature;
 use crate::migration::MigrationState;
 pub use crate::migration::Phase;
 use crate::router::Router;
@@ -28,6 +29,7 @@ pub(super) struct RawMigration {
     pub(super) control_percent: Option<f64>,
     pub(super) auto_rollback: Option<RawAutoRollback>,
     pub(super) auto_advance: Option<bool>,
+    pub(super) compatibility_gate: Option<Vec<String>>,
     pub(super) preflight: Option<RawPreflight>,
     pub(super) failover: Option<RawFailover>,
 }
@@ -99,6 +101,8 @@ pub struct MigrationConfig {
     pub auto_rollback: Option<AutoRollbackConfig>,
     /// Advance by itself when a phase's hold has passed and the window is healthy.
     pub auto_advance: bool,
+    /// Features the compatibility report must not call `worse` for an automatic advance.
+    pub compatibility_gate: Vec<Feature>,
     /// Probe `to` before the first phase that sends it traffic.
     pub preflight: PreflightConfig,
     /// Sending a refused request once to the other side.
@@ -403,6 +407,23 @@ pub(super) fn validate(
             "needs `auto_rollback` thresholds to judge the window by",
         );
     }
+    let compatibility_gate = match &m.compatibility_gate {
+        None => vec![Feature::ToolCalls, Feature::JsonSchema],
+        Some(list) => list
+            .iter()
+            .filter_map(|v| {
+                let f = Feature::ALL.into_iter().find(|f| f.label() == v);
+                if f.is_none() {
+                    let known: Vec<&str> = Feature::ALL.iter().map(|f| f.label()).collect();
+                    c.err(
+                        format!("{at}.compatibility_gate"),
+                        format!("unknown feature `{v}` (one of {})", known.join(", ")),
+                    );
+                }
+                f
+            })
+            .collect(),
+    };
     let router = if named {
         Router::named(name, &m.from, &m.to)
     } else {
@@ -444,6 +465,7 @@ pub(super) fn validate(
         control_buckets,
         auto_rollback,
         auto_advance,
+        compatibility_gate,
         preflight,
         failover,
         router,
