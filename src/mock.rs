@@ -48,6 +48,10 @@ pub struct MockArgs {
     /// --latency.
     #[arg(long, value_name = "NAME")]
     pub fault: Option<switchyard_mock::Fault>,
+    /// Leave these request parameters unanswered, as relays that drop them do (comma
+    /// list): tools, response_format, stream_options, logprobs, n.
+    #[arg(long, value_name = "LIST", default_value = "")]
+    pub ignore: switchyard_mock::Ignore,
 }
 
 pub fn run(args: MockArgs) -> ExitCode {
@@ -64,6 +68,7 @@ pub fn run(args: MockArgs) -> ExitCode {
         http1_only,
         http2_max_streams,
         fault,
+        ignore,
     } = args;
 
     if !(0.0..=1.0).contains(&error_rate) {
@@ -84,6 +89,7 @@ pub fn run(args: MockArgs) -> ExitCode {
         http1_only,
         http2_max_streams,
         fault,
+        ignore,
     };
     let rt = match crate::runtime(true) {
         Ok(rt) => rt,

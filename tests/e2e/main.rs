@@ -6,6 +6,7 @@ mod harness;
 mod browser;
 mod cli;
 mod cluster;
+mod compat;
 mod dashboard;
 mod decide;
 mod deploy;

@@ -1,6 +1,6 @@
 //! Preflight: before traffic first moves onto a provider, one real, minimal request per
-//! priced model (a chat completion with `max_tokens: 1`, or for an embedding model an
-//! embedding of one word), so that a wrong key, a model the provider does not serve or an
+//! priced model (a streamed chat completion with `max_tokens: 1` that asks for its usage,
+//! or for an embedding model an embedding of one word), so that a wrong key, a model the provider does not serve or an
 //! exhausted quota stops the move instead of failing users. A probe passes only when it
 //! proves an answer: a 2xx with at least one choice (or embedding) and no error object;
 //! anything else is shown with its status and the provider's message. `switchyard check
@@ -118,13 +118,17 @@ async fn probe(up: &Upstream, model: Option<&ProbeModel>, path: &str, timeout: D
     };
     match result {
         Ok((status, body)) => {
-            let (ok, detail) = verdict(kind, status, &body);
+            let (ok, detail, stream_usage) = verdict(kind, status, &body);
+            if let Some(honoured) = stream_usage.filter(|_| ok) {
+                up.saw_stream_usage(honoured, true);
+            }
             Probe {
                 model,
                 status: Some(status),
                 ok,
                 detail,
                 latency_ms,
+                stream_usage,
             }
         }
         Err(detail) => Probe {
@@ -133,6 +137,7 @@ async fn probe(up: &Upstream, model: Option<&ProbeModel>, path: &str, timeout: D
             ok: false,
             detail,
             latency_ms,
+            stream_usage: None,
         },
     }
 }
@@ -147,9 +152,43 @@ enum Kind {
 }
 
 /// Whether the probe's answer proves the provider serves it, and what to show: "ok", or
-/// the provider's error message (or what was missing).
-fn verdict(kind: Kind, status: u16, body: &[u8]) -> (bool, String) {
+/// the provider's error message (or what was missing); and for a streamed answer, whether
+/// it carried the usage the probe asked for.
+fn verdict(kind: Kind, status: u16, body: &[u8]) -> (bool, String, Option<bool>) {
+    if let Some(events) = sse_events(body).filter(|_| (200..300).contains(&status)) {
+        let usage = events.iter().any(|e| e["usage"].is_object());
+        let merged = serde_json::json!({
+            "error": events.iter().map(|e| &e["error"]).find(|e| !e.is_null()),
+            "choices": events.iter().flat_map(|e| e["choices"].as_array().cloned().unwrap_or_default()).collect::<Vec<_>>(),
+        });
+        let (ok, detail) = verdict_of(kind, status, body, Some(merged));
+        return (ok, detail, Some(usage));
+    }
     let json = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let (ok, detail) = verdict_of(kind, status, body, json);
+    (ok, detail, None)
+}
+
+/// The JSON payloads of an SSE answer (`None`: not one).
+fn sse_events(body: &[u8]) -> Option<Vec<serde_json::Value>> {
+    let text = std::str::from_utf8(body).ok()?;
+    if !text.trim_start().starts_with("data:") {
+        return None;
+    }
+    Some(
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect(),
+    )
+}
+
+fn verdict_of(
+    kind: Kind,
+    status: u16,
+    body: &[u8],
+    json: Option<serde_json::Value>,
+) -> (bool, String) {
     let message = json.as_ref().and_then(|v| {
         let e = v.get("error").filter(|e| !e.is_null())?;
         Some(
@@ -208,6 +247,8 @@ async fn exchange(
                 "model": m.name,
                 "messages": [{"role": "user", "content": "ping"}],
                 "max_tokens": 1,
+                "stream": true,
+                "stream_options": {"include_usage": true},
             });
             (Method::POST, Bytes::from(body.to_string()))
         }
@@ -253,9 +294,12 @@ mod tests {
     #[test]
     fn only_an_answer_passes() {
         let answer = br#"{"choices":[{"message":{"content":"p"},"finish_reason":"length"}]}"#;
-        assert_eq!(verdict(Kind::Chat, 200, answer), (true, "ok".to_string()));
+        assert_eq!(
+            verdict(Kind::Chat, 200, answer),
+            (true, "ok".to_string(), None)
+        );
         // LiteLLM's proxy answers a wrong key and an unknown model with 400.
-        let (ok, detail) = verdict(
+        let (ok, detail, _) = verdict(
             Kind::Chat,
             400,
             br#"{"error":{"message":"Invalid model name passed in model=deepseek-chat","type":"invalid_request_error"}}"#,
@@ -265,19 +309,46 @@ mod tests {
         for status in [401, 402, 403, 404, 422, 429, 500, 503] {
             assert!(!verdict(Kind::Chat, status, b"{}").0, "{status}");
         }
-        let (ok, detail) = verdict(
+        let (ok, detail, _) = verdict(
             Kind::Chat,
             200,
             br#"{"error":{"message":"no_db_connection","type":"no_db_connection"}}"#,
         );
         assert!(!ok && detail.contains("no_db_connection"), "{detail}");
-        let (ok, detail) = verdict(Kind::Chat, 200, br#"{"choices":[]}"#);
+        let (ok, detail, _) = verdict(Kind::Chat, 200, br#"{"choices":[]}"#);
         assert!(!ok && detail.starts_with("no choices"), "{detail}");
         assert!(!verdict(Kind::Chat, 200, b"<html>ok</html>").0);
         assert!(verdict(Kind::Embedding, 200, br#"{"data":[{"embedding":[0.1]}]}"#).0);
         assert!(!verdict(Kind::Embedding, 200, br#"{"data":[]}"#).0);
         assert!(verdict(Kind::List, 200, br#"{"data":[]}"#).0);
         assert!(!verdict(Kind::List, 503, b"down").0);
+    }
+
+    /// The chat probe streams and asks for its usage: an answer proves the provider serves
+    /// the model, and the usage chunk that it honours `stream_options`.
+    #[test]
+    fn a_streamed_probe_says_whether_usage_came() {
+        let head = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"p\"},\"finish_reason\":\"length\"}]}\n\n";
+        let usage =
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n";
+        let with = format!("{head}{usage}data: [DONE]\n\n");
+        assert_eq!(
+            verdict(Kind::Chat, 200, with.as_bytes()),
+            (true, "ok".into(), Some(true))
+        );
+        let without = format!("{head}data: [DONE]\n\n");
+        assert_eq!(
+            verdict(Kind::Chat, 200, without.as_bytes()),
+            (true, "ok".into(), Some(false))
+        );
+        let (ok, detail, _) = verdict(
+            Kind::Chat,
+            200,
+            b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n",
+        );
+        assert!(!ok && detail.contains("overloaded"), "{detail}");
+        let (ok, detail, _) = verdict(Kind::Chat, 200, b"data: [DONE]\n\n");
+        assert!(!ok && detail.starts_with("no choices"), "{detail}");
     }
 
     #[test]

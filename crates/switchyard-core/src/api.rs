@@ -174,6 +174,10 @@ pub struct PreflightProbe {
     pub ok: bool,
     /// What refused it, from the provider's error body or the connection.
     pub detail: String,
+    /// A chat probe streams and asks for its usage (`stream_options.include_usage`):
+    /// whether the usage came (`inject_stream_usage: auto` turns on when it did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_usage: Option<bool>,
     pub latency_ms: u64,
 }
 

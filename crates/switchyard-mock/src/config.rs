@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::fault::Fault;
+use crate::features::Ignore;
 
 #[derive(Debug, Clone)]
 pub struct MockConfig {
@@ -33,6 +34,8 @@ pub struct MockConfig {
     pub http2_max_streams: Option<u32>,
     /// Break every chat completion this way (still answering 200).
     pub fault: Option<Fault>,
+    /// Leave these parameters unanswered, as relays that drop them do.
+    pub ignore: Ignore,
 }
 
 impl Default for MockConfig {
@@ -51,6 +54,7 @@ impl Default for MockConfig {
             http1_only: false,
             http2_max_streams: None,
             fault: None,
+            ignore: Ignore::default(),
         }
     }
 }

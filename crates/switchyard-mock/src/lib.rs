@@ -16,6 +16,14 @@
 //! | `x-mock-cut-after: 2` | abort the SSE stream after that many chunks |
 //! | `x-mock-close: 1` | answer with `Connection: close` and close the connection |
 //! | `x-mock-fault: NAME` | a chat completion broken in one of the ways relays break while answering 200 ([`Fault`]: `error_in_200`, `no_choices`, `empty_message`, `error_event`, `stop_early`, `truncate`) |
+//! | `x-mock-ignore: tools,response_format` | leave those parameters unanswered ([`Ignore`]: `tools`, `response_format`, `stream_options`, `logprobs`, `n`) |
+//!
+//! A chat completion is answered as asked ([`features`]): a call to the first tool offered,
+//! its arguments fitting the tool's schema; JSON for `response_format` (fitting its schema);
+//! `logprobs`; `n` choices; the usage chunk when `stream_options.include_usage`. The
+//! Responses API streams the events the official SDKs assemble (`response.created` with the
+//! whole response object, output items and content parts, text deltas), and embeddings
+//! come as floats or, with `encoding_format: "base64"`, as base64 little-endian f32s.
 //!
 //! Set for the whole server: a fixed answer status ([`MockConfig::status`], as a provider
 //! that refuses everything), a required API key (401 otherwise, health checks included),
@@ -42,6 +50,7 @@ use tokio::task::JoinHandle;
 mod chat;
 mod config;
 pub mod fault;
+pub mod features;
 mod reply;
 mod serve;
 mod state;
@@ -49,6 +58,7 @@ mod tls;
 
 pub use config::MockConfig;
 pub use fault::Fault;
+pub use features::Ignore;
 pub use serve::HEALTH_USER_AGENT;
 pub use state::Received;
 
@@ -79,7 +89,7 @@ impl Mock {
         };
         let https = tls.is_some();
         let status = cfg.status.unwrap_or(0);
-        let fault = cfg.fault;
+        let (fault, ignore) = (cfg.fault, cfg.ignore);
         let state = Arc::new(State {
             cfg,
             received: Mutex::new(Vec::new()),
@@ -94,6 +104,7 @@ impl Mock {
             connections: AtomicU64::new(0),
             open: Mutex::new(Vec::new()),
             fault: Mutex::new(fault),
+            ignore: Mutex::new(ignore),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -237,6 +248,12 @@ impl Mock {
     /// Break every chat completion this way from now on (`None`: answer well).
     pub fn set_fault(&self, fault: Option<Fault>) {
         *self.state.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+    }
+
+    /// Leave these parameters unanswered from now on (tool calls, JSON formats, the
+    /// stream's usage, logprobs, n), as a relay that drops them does.
+    pub fn set_ignore(&self, ignore: Ignore) {
+        *self.state.ignore.lock().unwrap_or_else(|e| e.into_inner()) = ignore;
     }
 
     /// Extra delay before every response head.

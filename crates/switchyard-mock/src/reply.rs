@@ -9,6 +9,7 @@ use http_body_util::{Channel, Either, Full};
 use hyper::Response;
 use serde_json::Value;
 
+use crate::features::Ignore;
 use crate::state::State;
 
 pub(crate) type MockBody = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
@@ -25,6 +26,17 @@ impl Ask<'_> {
     /// Content chunks to send: `x-mock-chunks`, else the mock's own.
     pub(crate) fn chunks(&self) -> usize {
         header_num(self.headers, "x-mock-chunks").map_or(self.st.cfg.chunks, |v| v as usize)
+    }
+
+    /// What to leave unanswered: the mock's switches and `x-mock-ignore`.
+    pub(crate) fn ignore(&self) -> Ignore {
+        let own = *self.st.ignore.lock().unwrap_or_else(|e| e.into_inner());
+        let asked = self
+            .headers
+            .get("x-mock-ignore")
+            .and_then(|v| v.to_str().ok()?.parse::<Ignore>().ok())
+            .unwrap_or_default();
+        own.or(asked)
     }
 
     /// The pause before each chunk: `x-mock-chunk-delay-ms`, else the mock's own.

@@ -1,6 +1,7 @@
 //! Serving one request: health checks, recording, the delays and statuses asked for, then
 //! the answer of its endpoint.
 
+use base64::Engine as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -179,10 +180,18 @@ pub(crate) async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<Mo
     }
     if p.ends_with("/embeddings") && parts.method == Method::POST {
         guard.done();
+        let floats = [0.1f32, 0.2, 0.3, 0.4];
+        // The OpenAI SDKs ask for base64 (little-endian f32s) by default, and decode it.
+        let embedding = if req_json["encoding_format"] == "base64" {
+            let bytes: Vec<u8> = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
+            json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+        } else {
+            json!(floats)
+        };
         return json_response(
             StatusCode::OK,
             &json!({"object": "list", "model": ask.model,
-            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3, 0.4]}],
+            "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}),
             name,
         );

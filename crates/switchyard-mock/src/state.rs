@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::config::MockConfig;
 use crate::fault::Fault;
+use crate::features::Ignore;
 
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -49,6 +50,7 @@ pub(crate) struct State {
     pub(crate) connections: AtomicU64,
     pub(crate) open: Mutex<Vec<tokio::task::AbortHandle>>,
     pub(crate) fault: Mutex<Option<Fault>>,
+    pub(crate) ignore: Mutex<Ignore>,
 }
 
 /// Counts a request as cancelled if it is dropped before [`Guard::done`].

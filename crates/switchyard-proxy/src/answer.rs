@@ -39,8 +39,8 @@ impl UsageRead {
 pub struct EventFacts {
     /// It carried generated text or a tool call.
     pub token: bool,
-    /// It carried usage and an empty `choices`: the usage-only chunk.
-    pub usage_only: bool,
+    /// It carried usage (what the gateway strips when it asked on the client's behalf).
+    pub usage: bool,
 }
 
 /// The visitor for answers: a JSON body whole, or one SSE event's payload at a time.
@@ -53,7 +53,6 @@ struct Reader {
     // Per SSE event:
     token: bool,
     usage_seen: bool,
-    choices: Option<u32>,
 }
 
 impl Reader {
@@ -131,7 +130,6 @@ impl Visit for Reader {
         }
         match path {
             [S(K::Choices)] => {
-                self.choices = Some(count);
                 if self.stream {
                     self.facts.choices += u32::from(count > 0);
                 } else {
@@ -253,12 +251,11 @@ impl SseAnswer {
         let r = &mut self.read;
         r.token = false;
         r.usage_seen = false;
-        r.choices = None;
         self.walk.feed(payload, r);
         self.walk.finish(r);
         EventFacts {
             token: r.token,
-            usage_only: r.usage_seen && r.usage.tokens().is_some() && r.choices == Some(0),
+            usage: r.usage_seen,
         }
     }
 
@@ -505,9 +502,7 @@ mod tests {
         ]);
         assert_eq!(facts.bad_answer(Endpoint::Chat, true), None);
         assert_eq!(
-            each.iter()
-                .map(|e| (e.token, e.usage_only))
-                .collect::<Vec<_>>(),
+            each.iter().map(|e| (e.token, e.usage)).collect::<Vec<_>>(),
             [(false, false), (true, false), (false, false), (false, true)]
         );
         // A stream that stops: neither a finish reason nor [DONE].
@@ -540,11 +535,11 @@ mod tests {
         ]);
         assert_eq!(facts.bad_answer(Endpoint::Chat, true), None);
         assert!(each[0].token);
-        // A usage chunk that also carries a (last) choice is not usage-only.
+        // A usage chunk that also carries a (last) choice carries usage.
         let (_, each) = sse(&[
             r#"{"choices":[{"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":1}}"#,
         ]);
-        assert!(!each[0].usage_only);
+        assert!(each[0].usage && !each[0].token);
     }
 
     #[test]

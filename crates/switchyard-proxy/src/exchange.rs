@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use switchyard_core::answer::Endpoint;
 use switchyard_core::config::MigrationConfig;
 use switchyard_core::event::{model_key, BodyEnd, Class, RequestEvent};
+use switchyard_core::features::Feature;
 use switchyard_core::ErrorKind;
 
 use crate::access::{access_log, span, Detail, Finished};
@@ -556,6 +557,10 @@ impl OnEnd for AtEnd {
             ex.shared.as_deref(),
             ex.strip_usage,
         );
+        if accounted.features.get(Feature::StreamUsage) == Some(true) {
+            // `inject_stream_usage: auto` learns from it.
+            self.ex.upstream().saw_stream_usage(true, false);
+        }
         self.ex.account(accounted);
     }
 }

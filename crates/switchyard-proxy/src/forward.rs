@@ -161,8 +161,7 @@ async fn prepare(
     // Asking a stream for its usage on the client's behalf rewrites the body: it is read
     // whole (the one case that buffers a request).
     let mut whole = None;
-    if ex.upstream().config.inject_stream_usage
-        && openai::is_chat_completion(&parts.method, &parts.uri)
+    if ex.upstream().injects_stream_usage() && openai::is_chat_completion(&parts.method, &parts.uri)
     {
         let read = match (body.take(), ahead.take()) {
             (Some(incoming), _) => collect(Vec::new(), incoming, limit).await,

@@ -10,8 +10,8 @@ pub fn is_chat_completion(method: &Method, uri: &Uri) -> bool {
     method == Method::POST && uri.path().ends_with("/chat/completions")
 }
 
-/// Adds `stream_options.include_usage` to a streaming chat request that lacks it.
-/// Returns the body to send, the model, and whether the usage chunk must be stripped.
+/// Adds `stream_options.include_usage` to a streaming chat request that lacks it
+/// (`stream_options` missing, `null`, or without `include_usage: true`). Returns the body to send, the model, and whether the usage chunk must be stripped.
 pub fn inject_stream_usage(bytes: Bytes) -> (Bytes, Option<String>, bool) {
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
         return (bytes, None, false);
@@ -34,6 +34,10 @@ pub fn inject_stream_usage(bytes: Bytes) -> (Bytes, Option<String>, bool) {
     let opts = obj
         .entry("stream_options")
         .or_insert_with(|| serde_json::json!({}));
+    // `null` is valid in the OpenAI spec and means what leaving it out means.
+    if opts.is_null() {
+        *opts = serde_json::json!({});
+    }
     match opts.as_object_mut() {
         Some(o) => {
             o.insert("include_usage".into(), serde_json::Value::Bool(true));
@@ -204,5 +208,32 @@ mod tests {
         assert_eq!(p.client_model(), None);
         let p = search(&[br#"{"model":42}"#]);
         assert_eq!(p.client_model(), None, "not a string");
+    }
+
+    /// A stream is asked for its usage whatever its client sent: no options, `null`
+    /// options, options without `include_usage`; a client that asked itself is left alone.
+    #[test]
+    fn usage_is_asked_for_on_every_stream_that_lacks_it() {
+        for body in [
+            r#"{"model":"m","stream":true}"#,
+            r#"{"model":"m","stream":true,"stream_options":null}"#,
+            r#"{"model":"m","stream":true,"stream_options":{}}"#,
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#,
+        ] {
+            let (out, model, injected) = inject_stream_usage(Bytes::from(body));
+            assert!(injected, "{body}");
+            assert_eq!(model.as_deref(), Some("m"));
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"], true, "{body}");
+        }
+        for body in [
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+            r#"{"model":"m","stream":false}"#,
+            r#"{"model":"m"}"#,
+        ] {
+            let (out, _, injected) = inject_stream_usage(Bytes::from(body));
+            assert!(!injected, "{body}");
+            assert_eq!(out, body.as_bytes());
+        }
     }
 }

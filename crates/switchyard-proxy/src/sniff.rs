@@ -271,12 +271,14 @@ impl SseScan {
         let complete = self.carry.split_to(cut).freeze();
         let mut out = BytesMut::with_capacity(complete.len());
         for event in split_events(&complete) {
-            let mut usage_only = false;
+            let mut usage = false;
             for line in event.split(|&b| b == b'\n') {
-                usage_only |= self.line(line);
+                usage |= self.line(line);
             }
-            if !usage_only {
+            if !usage {
                 out.extend_from_slice(event);
+            } else if let Some(kept) = without_usage(event) {
+                out.extend_from_slice(&kept);
             }
         }
         out.freeze()
@@ -309,7 +311,7 @@ impl SseScan {
         (!self.overflow).then(|| self.answer.facts())
     }
 
-    /// Looks at one line; true when it is a usage-only chunk (`choices: []` with usage).
+    /// Looks at one line; true when its event carries usage.
     fn line(&mut self, line: &[u8]) -> bool {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(event) = line.strip_prefix(b"event:") {
@@ -337,8 +339,65 @@ impl SseScan {
                 d.sse_event(&v);
             }
         }
-        event.usage_only
+        event.usage
     }
+}
+
+/// An event that carried usage the gateway asked for on the client's behalf, as the client
+/// gets it: nothing when usage was all it carried — `choices: []` (OpenAI), or choices with
+/// empty deltas and no finish reason (LiteLLM's proxy) — else the event with only its
+/// `usage` taken out (a last chunk carrying both its finish and the usage). One event per
+/// stream, so parsing it is cheap.
+fn without_usage(event: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(event.len());
+    let mut data = false;
+    for line in event.split_inclusive(|&b| b == b'\n') {
+        let bare = line.strip_suffix(b"\n").unwrap_or(line);
+        let bare = bare.strip_suffix(b"\r").unwrap_or(bare);
+        let Some(payload) = bare.strip_prefix(b"data:") else {
+            out.extend_from_slice(line);
+            continue;
+        };
+        let Ok(mut v) = serde_json::from_slice::<Value>(payload) else {
+            out.extend_from_slice(line);
+            data = true;
+            continue;
+        };
+        if let Some(o) = v.as_object_mut() {
+            o.remove("usage");
+        }
+        if carries_nothing(&v) {
+            continue;
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
+        out.extend_from_slice(&line[bare.len()..]);
+        data = true;
+    }
+    data.then_some(out)
+}
+
+/// A chunk with no choice that says anything: every choice's values (its delta's too) are
+/// absent, null, empty or its index.
+fn carries_nothing(chunk: &Value) -> bool {
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    };
+    chunk["choices"].as_array().is_none_or(|choices| {
+        choices.iter().all(|c| {
+            c.as_object().is_some_and(|c| {
+                c.iter().all(|(k, v)| match (k.as_str(), v) {
+                    ("index", _) => true,
+                    ("delta", Value::Object(d)) => d.values().all(empty),
+                    _ => empty(v),
+                })
+            })
+        })
+    })
 }
 
 /// End of the last complete event (after its blank line), if any.
@@ -474,6 +533,51 @@ mod tests {
             "{text}"
         );
         assert_eq!(s.usage(), Some((7, 2)));
+    }
+
+    /// The usage chunk the gateway asked for is taken out in every shape providers send it,
+    /// at any split, and its tokens are still read; what else the chunk carried stays.
+    #[test]
+    fn sse_strip_takes_usage_out_of_every_shape() {
+        let hi = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
+        let usage = r#""usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}"#;
+        let stop =
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+        let cases = [
+            // OpenAI: its own chunk with no choices.
+            (
+                format!("{hi}{stop}data: {{\"choices\":[],{usage}}}\n\ndata: [DONE]\n\n"),
+                format!("{hi}{stop}data: [DONE]\n\n"),
+            ),
+            // LiteLLM's proxy: a choice with an empty delta (and nulls) beside the usage.
+            (
+                format!("{hi}{stop}data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":null}},\"finish_reason\":null,\"logprobs\":null}}],{usage}}}\r\n\r\ndata: [DONE]\n\n"),
+                format!("{hi}{stop}data: [DONE]\n\n"),
+            ),
+            // The last chunk carries both its finish and the usage: only `usage` goes.
+            (
+                format!("{hi}data: {{\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}],{usage}}}\n\ndata: [DONE]\n\n"),
+                format!("{hi}data: {{\"choices\":[{{\"delta\":{{}},\"finish_reason\":\"stop\",\"index\":0}}]}}\n\ndata: [DONE]\n\n"),
+            ),
+            // No `choices` at all.
+            (
+                format!("{hi}{stop}data: {{{usage}}}\n\n"),
+                format!("{hi}{stop}"),
+            ),
+        ];
+        for (stream, want) in cases {
+            for size in 1..=stream.len() {
+                let mut s = SseScan::new(true);
+                let mut out = Vec::new();
+                for chunk in stream.as_bytes().chunks(size) {
+                    out.extend_from_slice(&s.feed(Bytes::copy_from_slice(chunk)));
+                }
+                out.extend_from_slice(&s.finish());
+                let out = String::from_utf8(out).unwrap();
+                assert_eq!(out, want, "{stream} in frames of {size}");
+                assert_eq!(s.usage(), Some((7, 2)), "{stream}");
+            }
+        }
     }
 
     /// Each hidden failure a stream can carry, read the same whatever the frames' sizes,

@@ -19,6 +19,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard_core::config::InjectStreamUsage;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
@@ -98,7 +99,14 @@ pub struct Upstream {
     /// Asks each worker's pool to open connections ahead of traffic ([`Upstream::warm`]):
     /// raised by the control plane, answered by each worker.
     warm_wanted: std::sync::atomic::AtomicU64,
+    /// `STREAM_USAGE_*`: whether it was seen honouring `stream_options.include_usage`
+    /// (`inject_stream_usage: auto`).
+    stream_usage: AtomicU8,
 }
+
+const STREAM_USAGE_UNKNOWN: u8 = 0;
+const STREAM_USAGE_HONOURED: u8 = 1;
+const STREAM_USAGE_IGNORED: u8 = 2;
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,7 +206,35 @@ impl Upstream {
             labels: labels.into(),
             skip_until_ms: std::sync::atomic::AtomicU64::new(0),
             warm_wanted: std::sync::atomic::AtomicU64::new(0),
+            stream_usage: AtomicU8::new(STREAM_USAGE_UNKNOWN),
         })
+    }
+
+    /// Whether a streamed chat request to it is asked for its usage on the client's behalf.
+    pub fn injects_stream_usage(&self) -> bool {
+        match self.config.inject_stream_usage {
+            InjectStreamUsage::Always => true,
+            InjectStreamUsage::Never => false,
+            InjectStreamUsage::Auto => {
+                self.stream_usage.load(Ordering::Relaxed) == STREAM_USAGE_HONOURED
+            }
+        }
+    }
+
+    /// A stream that asked for its usage got it (`from_probe`: the preflight's; else a
+    /// client's). Only a probe says the provider ignores the ask: a client's stream may
+    /// have failed for another reason.
+    pub fn saw_stream_usage(&self, honoured: bool, from_probe: bool) {
+        let now = if honoured {
+            STREAM_USAGE_HONOURED
+        } else if from_probe {
+            STREAM_USAGE_IGNORED
+        } else {
+            return;
+        };
+        if self.stream_usage.load(Ordering::Relaxed) != now {
+            self.stream_usage.store(now, Ordering::Relaxed);
+        }
     }
 
     /// Asks every worker to open connections to this provider ahead of its traffic (see

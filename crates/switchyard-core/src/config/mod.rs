@@ -26,7 +26,7 @@ pub use migration::{
     AutoRollbackConfig, CompareConfig, FailoverConfig, MigrationConfig, Phase, PreflightConfig,
     SINGLE,
 };
-pub use providers::{ModelRoute, ProviderConfig};
+pub use providers::{InjectStreamUsage, ModelRoute, ProviderConfig};
 pub use server::{AdminConfig, ClientLimits, ClientsConfig, ServerConfig, TlsFiles};
 pub use watching::{AlertsConfig, HealthCheckConfig, ShadowConfig, StatsConfig};
 

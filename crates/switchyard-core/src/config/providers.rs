@@ -9,6 +9,26 @@ use serde::Deserialize;
 use super::Collector;
 use crate::pricing::{Price, PriceTable};
 
+/// `inject_stream_usage:` as written: a boolean or `auto`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawInject {
+    Bool(bool),
+    Word(String),
+}
+
+/// Whether the gateway asks a provider's streams for their usage on the client's behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectStreamUsage {
+    /// Never: a stream whose client did not ask is unmetered.
+    Never,
+    /// Every streamed chat request.
+    Always,
+    /// Once the provider has shown it honours `stream_options` (its preflight probe, or a
+    /// stream whose client asked and got usage back): the default.
+    Auto,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProvider {
@@ -22,7 +42,7 @@ pub(super) struct RawProvider {
     pub(super) http2_max_streams: Option<usize>,
     pub(super) upstream_idle_timeout: Option<String>,
     pub(super) max_idle_connections: Option<usize>,
-    pub(super) inject_stream_usage: Option<bool>,
+    pub(super) inject_stream_usage: Option<RawInject>,
     #[serde(default)]
     pub(super) pricing: BTreeMap<String, RawPrice>,
     #[serde(default)]
@@ -62,7 +82,7 @@ pub struct ProviderConfig {
     pub max_idle_connections: usize,
     /// Ask for `stream_options.include_usage` upstream and strip that chunk for clients
     /// that did not ask for it, so every stream's cost is known.
-    pub inject_stream_usage: bool,
+    pub inject_stream_usage: InjectStreamUsage,
     /// By model name as the client sends it.
     pub pricing: PriceTable,
     /// Client-facing model name → this provider's name for it.
@@ -271,7 +291,19 @@ pub(super) fn validate(
             http2_max_streams,
             upstream_idle_timeout,
             max_idle_connections,
-            inject_stream_usage: p.inject_stream_usage.unwrap_or(false),
+            inject_stream_usage: match &p.inject_stream_usage {
+                None => InjectStreamUsage::Auto,
+                Some(RawInject::Bool(true)) => InjectStreamUsage::Always,
+                Some(RawInject::Bool(false)) => InjectStreamUsage::Never,
+                Some(RawInject::Word(w)) if w == "auto" => InjectStreamUsage::Auto,
+                Some(RawInject::Word(w)) => {
+                    c.err(
+                        format!("{k}.inject_stream_usage"),
+                        format!("`{w}` is not one of: true, false, auto (once the provider showed it honours stream_options)"),
+                    );
+                    InjectStreamUsage::Never
+                }
+            },
             pricing,
             models: p.models.clone(),
             refuse_unmapped,
