@@ -366,3 +366,35 @@ const client = new OpenAI({ baseURL: process.env.BASE_URL, apiKey: 'sk-test' });
         .unwrap();
     assert_eq!(sent.json().unwrap()["encoding_format"], "base64");
 }
+
+/// The dashboard shows the report: a side that drops tool calls reads `worse` on the page.
+#[tokio::test]
+async fn the_dashboard_shows_the_compatibility_report() {
+    let old = mock("old").await;
+    let new = mock("new").await;
+    new.set_ignore("tools".parse::<Ignore>().unwrap());
+    let yaml = config(&old.base_url(), &new.base_url(), "phase-1").replace(
+        "  phase: phase-1\n",
+        "  phase: phase-1\n  shadow_percent: 100\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    for i in 0..14 {
+        send(&gw, &format!("page-tool-{i}"), &tools_body(false)).await;
+    }
+    compatibility(&gw, "tool_calls worse", |r| {
+        feature(r, "tool_calls")["verdict"] == "worse"
+    })
+    .await;
+    let Some((c, _driver)) = crate::browser::browser(1280, 900).await else {
+        return;
+    };
+    c.goto(&gw.admin_url("/dashboard")).await.unwrap();
+    crate::browser::wait_text(&c, "compat", "tool_calls worse", |t| {
+        t.lines()
+            .any(|l| l.starts_with("tool_calls") && l.contains("worse"))
+    })
+    .await;
+    let source = crate::browser::text(&c, "compat-source").await;
+    assert!(source.contains("shadow pairs"), "{source}");
+    c.close().await.unwrap();
+}
