@@ -535,6 +535,80 @@ mod tests {
         assert_eq!(s.usage(), Some((7, 2)));
     }
 
+    /// What the features are judged on — a streamed tool call, its arguments in pieces, the
+    /// text of a JSON answer, log probabilities, several choices — reads the same at every
+    /// split of the stream, rewritten or not.
+    #[test]
+    fn answer_details_read_the_same_at_every_split() {
+        use switchyard_core::features::{Asked, Feature, Tool};
+        let tool = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"weather\",\"arguments\":\"\"}}]}}]}\n\n\
+            data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]}}]}\n\n\
+            data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"Oslo\\\"}\"}}]}}]}\n\n\
+            data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n\
+            data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+        let json = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"{\\\"ci\"},\"logprobs\":{\"content\":[]}}]}\n\n\
+            data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ty\\\": 1}\"},\"logprobs\":{\"content\":[]}}]}\n\n\
+            data: {\"choices\":[{\"index\":1,\"delta\":{\"content\":\"{}\"},\"finish_reason\":\"stop\"}]}\n\n\
+            data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+        let asked_tool = Asked {
+            tools: vec![Tool {
+                name: "weather".into(),
+                parameters: Some(serde_json::json!({"type": "object", "required": ["city"]})),
+            }],
+            n: 1,
+            ..Asked::default()
+        };
+        let asked_json = Asked {
+            // `{"city": 1}` comes back: not the string the schema asks for.
+            json_schema: Some(Some(
+                serde_json::json!({"type": "object", "required": ["city"],
+                "properties": {"city": {"type": "string"}}}),
+            )),
+            logprobs: true,
+            n: 2,
+            ..Asked::default()
+        };
+        for (stream, asked, want) in [
+            (
+                tool,
+                &asked_tool,
+                vec![(Feature::ToolCalls, true), (Feature::FinishReason, true)],
+            ),
+            (
+                json,
+                &asked_json,
+                vec![
+                    (Feature::JsonSchema, false),
+                    (Feature::FinishReason, true),
+                    (Feature::Logprobs, true),
+                    (Feature::N, true),
+                ],
+            ),
+        ] {
+            for strip in [false, true] {
+                for size in 1..=stream.len() {
+                    let mut s = SseScan::new(strip).capturing();
+                    for chunk in stream.as_bytes().chunks(size) {
+                        drop(s.feed(Bytes::copy_from_slice(chunk)));
+                    }
+                    drop(s.finish());
+                    let facts = s.facts();
+                    let got = crate::features::judge(
+                        asked,
+                        facts.as_ref(),
+                        s.usage().is_some(),
+                        s.details.as_deref(),
+                    );
+                    let mut got: Vec<_> = got.iter().collect();
+                    got.sort();
+                    let mut want = want.clone();
+                    want.sort();
+                    assert_eq!(got, want, "split {size}, strip {strip}: {stream}");
+                }
+            }
+        }
+    }
+
     /// The usage chunk the gateway asked for is taken out in every shape providers send it,
     /// at any split, and its tokens are still read; what else the chunk carried stays.
     #[test]
