@@ -52,6 +52,10 @@ pub struct MockArgs {
     /// list): tools, response_format, stream_options, logprobs, n.
     #[arg(long, value_name = "LIST", default_value = "")]
     pub ignore: switchyard_mock::Ignore,
+    /// Answer 400 to chat requests that carry `stream_options`, as providers that do not
+    /// know the parameter do.
+    #[arg(long)]
+    pub reject_stream_options: bool,
 }
 
 pub fn run(args: MockArgs) -> ExitCode {
@@ -69,6 +73,7 @@ pub fn run(args: MockArgs) -> ExitCode {
         http2_max_streams,
         fault,
         ignore,
+        reject_stream_options,
     } = args;
 
     if !(0.0..=1.0).contains(&error_rate) {
@@ -90,6 +95,7 @@ pub fn run(args: MockArgs) -> ExitCode {
         http2_max_streams,
         fault,
         ignore,
+        reject_stream_options,
     };
     let rt = match crate::runtime(true) {
         Ok(rt) => rt,

@@ -305,6 +305,51 @@ async fn a_preflight_that_sees_stream_usage_turns_injection_on() {
     }
 }
 
+/// A provider that refuses `stream_options` with 400 still passes the preflight (asked again
+/// plainly), is marked as not honouring it, and its streams are left as the client sent them
+/// and counted unmetered.
+#[tokio::test]
+async fn a_provider_that_refuses_stream_options_passes_the_preflight_unmetered() {
+    let old = mock("old").await;
+    let new = Mock::start(MockConfig {
+        name: "new".into(),
+        reject_stream_options: true,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-0")).await;
+    let moved = client()
+        .post(gw.admin_url("/admin/phase"))
+        .json(&json!({"phase": "phase-4"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 200, "{}", moved.text().await.unwrap());
+    let s = gw.status().await;
+    let probe = &s["preflight"]["probes"][0];
+    assert_eq!(probe["ok"], true, "{s}");
+    assert_eq!(probe["stream_usage"], false, "{s}");
+    assert!(probe["detail"].as_str().unwrap().contains("400"), "{s}");
+    let probes: Vec<_> = new
+        .received()
+        .into_iter()
+        .filter(|r| r.header("user-agent") == Some("switchyard-preflight"))
+        .collect();
+    assert_eq!(probes.len(), 2);
+    assert!(probes[1].json().unwrap().get("stream_options").is_none());
+    let text = send(&gw, "refused-0", &chat_body(true)).await["stream"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unmetered(&gw, "new").await != 1 {
+        assert!(Instant::now() < deadline, "{}", gw.stats().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The official OpenAI Node SDK against the mock through the gateway: `responses.stream()`
 /// assembles its final response, and embeddings (base64 by default) decode to the mock's
 /// floats. Node and the SDK come from `make test-tools` (target/tools/node); without them

@@ -107,18 +107,38 @@ pub async fn run(
 
 async fn probe(up: &Upstream, model: Option<&ProbeModel>, path: &str, timeout: Duration) -> Probe {
     let start = Instant::now();
-    let result = tokio::time::timeout(timeout, exchange(up, model, path))
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
-    let latency_ms = start.elapsed().as_millis() as u64;
-    let (kind, model) = match model {
+    let send = |streamed| async move {
+        tokio::time::timeout(timeout, exchange(up, model, path, streamed))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+    };
+    let (kind, name) = match model {
         None => (Kind::List, None),
         Some(m) if m.embedding => (Kind::Embedding, Some(m.name.clone())),
         Some(m) => (Kind::Chat, Some(m.name.clone())),
     };
+    let mut result = send(kind == Kind::Chat).await;
+    let mut refused_streaming = None;
+    if let Ok((status @ (400 | 422), _, body)) = &result {
+        if kind == Kind::Chat {
+            // Some providers refuse `stream_options` (or streaming): the model may still
+            // be served. Asked again plainly; the usage ask counts as not honoured.
+            refused_streaming = Some(format!(
+                "{status} {}",
+                verdict(kind, *status, false, body).1
+            ));
+            result = send(false).await;
+        }
+    }
+    let latency_ms = start.elapsed().as_millis() as u64;
+    let model = name;
     match result {
-        Ok((status, body)) => {
-            let (ok, detail, stream_usage) = verdict(kind, status, &body);
+        Ok((status, sse, body)) => {
+            let (ok, mut detail, mut stream_usage) = verdict(kind, status, sse, &body);
+            if let (true, Some(why)) = (ok, &refused_streaming) {
+                stream_usage = Some(false);
+                detail = format!("ok, but a streamed probe asking for usage was refused: {why}");
+            }
             if let Some(honoured) = stream_usage.filter(|_| ok) {
                 up.saw_stream_usage(honoured, true);
             }
@@ -154,8 +174,8 @@ enum Kind {
 /// Whether the probe's answer proves the provider serves it, and what to show: "ok", or
 /// the provider's error message (or what was missing); and for a streamed answer, whether
 /// it carried the usage the probe asked for.
-fn verdict(kind: Kind, status: u16, body: &[u8]) -> (bool, String, Option<bool>) {
-    if let Some(events) = sse_events(body).filter(|_| (200..300).contains(&status)) {
+fn verdict(kind: Kind, status: u16, sse: bool, body: &[u8]) -> (bool, String, Option<bool>) {
+    if let Some(events) = sse_events(sse, body).filter(|_| (200..300).contains(&status)) {
         let usage = events.iter().any(|e| e["usage"].is_object());
         let merged = serde_json::json!({
             "error": events.iter().map(|e| &e["error"]).find(|e| !e.is_null()),
@@ -169,10 +189,15 @@ fn verdict(kind: Kind, status: u16, body: &[u8]) -> (bool, String, Option<bool>)
     (ok, detail, None)
 }
 
-/// The JSON payloads of an SSE answer (`None`: not one).
-fn sse_events(body: &[u8]) -> Option<Vec<serde_json::Value>> {
-    let text = std::str::from_utf8(body).ok()?;
-    if !text.trim_start().starts_with("data:") {
+/// The JSON payloads of an SSE answer (`sse`: its content type said so; `None`: not one).
+/// Comment lines (`: keep-alive`), `event:` and `id:` lines are not payloads.
+fn sse_events(sse: bool, body: &[u8]) -> Option<Vec<serde_json::Value>> {
+    let text = String::from_utf8_lossy(body);
+    let first = text.trim_start();
+    let looks = [":", "data:", "event:", "id:", "retry:"]
+        .iter()
+        .any(|p| first.starts_with(p));
+    if !sse && !looks {
         return None;
     }
     Some(
@@ -230,11 +255,14 @@ fn start_of(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
 }
 
+/// One probe; `streamed`: a chat probe that streams and asks for its usage. The status,
+/// whether the answer is an event stream, and its start.
 async fn exchange(
     up: &Upstream,
     model: Option<&ProbeModel>,
     path: &str,
-) -> Result<(u16, Bytes), String> {
+    streamed: bool,
+) -> Result<(u16, bool, Bytes), String> {
     let uri =
         Uri::try_from(format!("{}{}", up.config.base_path, path)).map_err(|e| e.to_string())?;
     let (method, body) = match model {
@@ -243,13 +271,15 @@ async fn exchange(
             (Method::POST, Bytes::from(body.to_string()))
         }
         Some(m) => {
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "model": m.name,
                 "messages": [{"role": "user", "content": "ping"}],
                 "max_tokens": 1,
-                "stream": true,
-                "stream_options": {"include_usage": true},
             });
+            if streamed {
+                body["stream"] = true.into();
+                body["stream_options"] = serde_json::json!({"include_usage": true});
+            }
             (Method::POST, Bytes::from(body.to_string()))
         }
         None => (Method::GET, Bytes::new()),
@@ -279,12 +309,17 @@ async fn exchange(
         .await
         .map_err(|e| format!("cannot reach it: {e}"))?;
     let status = resp.status().as_u16();
+    let sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
     let body = Limited::new(resp.into_body(), ANSWER_MAX)
         .collect()
         .await
         .map_err(|e| format!("answered {status}, but the answer was unreadable: {e}"))?;
     lease.release();
-    Ok((status, body.to_bytes()))
+    Ok((status, sse, body.to_bytes()))
 }
 
 #[cfg(test)]
@@ -295,33 +330,39 @@ mod tests {
     fn only_an_answer_passes() {
         let answer = br#"{"choices":[{"message":{"content":"p"},"finish_reason":"length"}]}"#;
         assert_eq!(
-            verdict(Kind::Chat, 200, answer),
+            verdict(Kind::Chat, 200, false, answer),
             (true, "ok".to_string(), None)
         );
         // LiteLLM's proxy answers a wrong key and an unknown model with 400.
-        let (ok, detail, _) = verdict(
-            Kind::Chat,
-            400,
-            br#"{"error":{"message":"Invalid model name passed in model=deepseek-chat","type":"invalid_request_error"}}"#,
+        let (ok, detail, _) = verdict(Kind::Chat, 400, false, br#"{"error":{"message":"Invalid model name passed in model=deepseek-chat","type":"invalid_request_error"}}"#,
         );
         assert!(!ok);
         assert!(detail.starts_with("Invalid model name"), "{detail}");
         for status in [401, 402, 403, 404, 422, 429, 500, 503] {
-            assert!(!verdict(Kind::Chat, status, b"{}").0, "{status}");
+            assert!(!verdict(Kind::Chat, status, false, b"{}").0, "{status}");
         }
         let (ok, detail, _) = verdict(
             Kind::Chat,
             200,
+            false,
             br#"{"error":{"message":"no_db_connection","type":"no_db_connection"}}"#,
         );
         assert!(!ok && detail.contains("no_db_connection"), "{detail}");
-        let (ok, detail, _) = verdict(Kind::Chat, 200, br#"{"choices":[]}"#);
+        let (ok, detail, _) = verdict(Kind::Chat, 200, false, br#"{"choices":[]}"#);
         assert!(!ok && detail.starts_with("no choices"), "{detail}");
-        assert!(!verdict(Kind::Chat, 200, b"<html>ok</html>").0);
-        assert!(verdict(Kind::Embedding, 200, br#"{"data":[{"embedding":[0.1]}]}"#).0);
-        assert!(!verdict(Kind::Embedding, 200, br#"{"data":[]}"#).0);
-        assert!(verdict(Kind::List, 200, br#"{"data":[]}"#).0);
-        assert!(!verdict(Kind::List, 503, b"down").0);
+        assert!(!verdict(Kind::Chat, 200, false, b"<html>ok</html>").0);
+        assert!(
+            verdict(
+                Kind::Embedding,
+                200,
+                false,
+                br#"{"data":[{"embedding":[0.1]}]}"#
+            )
+            .0
+        );
+        assert!(!verdict(Kind::Embedding, 200, false, br#"{"data":[]}"#).0);
+        assert!(verdict(Kind::List, 200, false, br#"{"data":[]}"#).0);
+        assert!(!verdict(Kind::List, 503, false, b"down").0);
     }
 
     /// The chat probe streams and asks for its usage: an answer proves the provider serves
@@ -333,22 +374,29 @@ mod tests {
             "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n";
         let with = format!("{head}{usage}data: [DONE]\n\n");
         assert_eq!(
-            verdict(Kind::Chat, 200, with.as_bytes()),
+            verdict(Kind::Chat, 200, true, with.as_bytes()),
             (true, "ok".into(), Some(true))
         );
         let without = format!("{head}data: [DONE]\n\n");
         assert_eq!(
-            verdict(Kind::Chat, 200, without.as_bytes()),
+            verdict(Kind::Chat, 200, false, without.as_bytes()),
             (true, "ok".into(), Some(false))
         );
         let (ok, detail, _) = verdict(
             Kind::Chat,
             200,
+            false,
             b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n",
         );
         assert!(!ok && detail.contains("overloaded"), "{detail}");
-        let (ok, detail, _) = verdict(Kind::Chat, 200, b"data: [DONE]\n\n");
+        let (ok, detail, _) = verdict(Kind::Chat, 200, false, b"data: [DONE]\n\n");
         assert!(!ok && detail.starts_with("no choices"), "{detail}");
+        // A stream that opens with a keep-alive comment (OpenRouter's).
+        let kept = format!(": OPENROUTER PROCESSING\n\n{with}");
+        assert_eq!(
+            verdict(Kind::Chat, 200, false, kept.as_bytes()),
+            (true, "ok".into(), Some(true))
+        );
     }
 
     #[test]

@@ -139,12 +139,12 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
-/// What an answer carried, as far as the features go.
+/// What an answer carried, as far as the features go (borrowed from what was read).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Answered {
-    pub tool_calls: Vec<ToolCall>,
+pub struct Answered<'a> {
+    pub tool_calls: Vec<&'a ToolCall>,
     /// The first choice's text, when captured.
-    pub content: Option<String>,
+    pub content: Option<&'a str>,
     pub finish: Option<Finish>,
     /// Usage came with the answer.
     pub usage: bool,
@@ -158,23 +158,32 @@ pub struct Answered {
 /// not be used). Given by whoever judges (the proxy holds the validator).
 pub type SchemaCheck<'a> = &'a dyn Fn(&serde_json::Value, &serde_json::Value) -> Result<(), String>;
 
-/// Judges an answer against what its request asked. `details`: whether the answer's
-/// content and tool calls were read (else only its finish, usage and choice count are).
-pub fn judge(
-    asked: &Asked,
-    answered: &Answered,
-    details: bool,
-    check: SchemaCheck,
-) -> FeatureFacts {
+/// How an answer is judged, beyond what was asked and what it carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Judging {
+    /// The answer's content and tool calls were read (else only its finish, usage and
+    /// choice count are judged).
+    pub details: bool,
+    /// Its endpoint's answers carry a finish reason (chat, text completions, the Responses
+    /// API; not embeddings or `/models`).
+    pub finishes: bool,
+    /// The gateway asked the stream for its usage on the client's behalf.
+    pub usage_asked: bool,
+}
+
+/// Judges an answer against what its request asked.
+pub fn judge(asked: &Asked, answered: &Answered, how: Judging, check: SchemaCheck) -> FeatureFacts {
     let mut f = FeatureFacts::default();
-    f.set(Feature::FinishReason, answered.finish == Some(Finish::Stop));
-    if asked.stream_usage {
+    if how.finishes {
+        f.set(Feature::FinishReason, answered.finish == Some(Finish::Stop));
+    }
+    if asked.stream_usage || how.usage_asked {
         f.set(Feature::StreamUsage, answered.usage);
     }
     if asked.n > 1 {
         f.set(Feature::N, answered.choices >= asked.n);
     }
-    if !details {
+    if !how.details {
         return f;
     }
     if asked.logprobs {
@@ -197,7 +206,6 @@ pub fn judge(
     }
     let content = answered
         .content
-        .as_deref()
         .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok());
     if asked.json_object {
         f.set(
@@ -259,10 +267,21 @@ mod tests {
             name: name.into(),
             arguments: args.into(),
         };
-        let judge = |a: &Answered| judge(&asked, a, true, &required);
+        let all = Judging {
+            details: true,
+            finishes: true,
+            usage_asked: false,
+        };
+        let judge = |a: &Answered| judge(&asked, a, all, &required);
+        let (oslo, news, cut, empty) = (
+            call("weather", r#"{"city":"Oslo"}"#),
+            call("news", "{}"),
+            call("weather", "{\"city\":"),
+            call("weather", "{}"),
+        );
         let good = Answered {
-            tool_calls: vec![call("weather", r#"{"city":"Oslo"}"#)],
-            content: Some(r#"{"answer": 42}"#.into()),
+            tool_calls: vec![&oslo],
+            content: Some(r#"{"answer": 42}"#),
             finish: Some(Finish::Stop),
             ..Answered::default()
         };
@@ -273,22 +292,22 @@ mod tests {
         for bad in [
             Answered::default(),
             Answered {
-                tool_calls: vec![call("news", "{}")],
+                tool_calls: vec![&news],
                 ..Answered::default()
             },
             Answered {
-                tool_calls: vec![call("weather", "{\"city\":")],
+                tool_calls: vec![&cut],
                 ..Answered::default()
             },
             Answered {
-                tool_calls: vec![call("weather", "{}")],
+                tool_calls: vec![&empty],
                 ..Answered::default()
             },
         ] {
             assert_eq!(judge(&bad).get(Feature::ToolCalls), Some(false), "{bad:?}");
         }
         let words = Answered {
-            content: Some("the answer is 42".into()),
+            content: Some("the answer is 42"),
             finish: Some(Finish::Length),
             ..Answered::default()
         };
@@ -296,8 +315,15 @@ mod tests {
         assert_eq!(f.get(Feature::JsonSchema), Some(false));
         assert_eq!(f.get(Feature::FinishReason), Some(false));
         // Without the answer's details only what its facts say is judged.
-        let f = super::judge(&asked, &good, false, &required);
+        let facts_only = Judging {
+            details: false,
+            ..all
+        };
+        let f = super::judge(&asked, &good, facts_only, &required);
         assert_eq!(f.get(Feature::ToolCalls), None);
         assert_eq!(f.get(Feature::FinishReason), Some(true));
+        // Embeddings have no finish reason to judge.
+        let f = super::judge(&asked, &good, Judging::default(), &required);
+        assert_eq!(f.get(Feature::FinishReason), None);
     }
 }

@@ -36,6 +36,11 @@ pub(crate) fn completion(ask: Ask<'_>, guard: Guard) -> Response<MockBody> {
         let id = format!("chatcmpl-{name}-{n}");
         return faulty(fault, stream, st, guard, &id, &model, prompt_tokens);
     }
+    if st.cfg.reject_stream_options && req_json.get("stream_options").is_some() {
+        let body = json!({"error": {"message": "Unrecognized request argument supplied: stream_options", "type": "invalid_request_error", "code": null}});
+        guard.done();
+        return json_response(StatusCode::BAD_REQUEST, &body, name);
+    }
     let plan = Plan::of(req_json, ignore);
     let id = format!("chatcmpl-{name}-{n}");
     let words = format!("Hello from {name}");

@@ -36,6 +36,9 @@ pub struct MockConfig {
     pub fault: Option<Fault>,
     /// Leave these parameters unanswered, as relays that drop them do.
     pub ignore: Ignore,
+    /// Answer 400 to a chat request that carries `stream_options`, as providers that do
+    /// not know the parameter do (older Azure OpenAI API versions).
+    pub reject_stream_options: bool,
 }
 
 impl Default for MockConfig {
@@ -55,6 +58,7 @@ impl Default for MockConfig {
             http2_max_streams: None,
             fault: None,
             ignore: Ignore::default(),
+            reject_stream_options: false,
         }
     }
 }

@@ -6,11 +6,21 @@ use std::time::Duration;
 
 use switchyard_core::answer::Endpoint;
 use switchyard_core::event::{BodyEnd, Class};
-use switchyard_core::features::FeatureFacts;
+use switchyard_core::features::{Asked, FeatureFacts};
 
 use crate::access::Detail;
 use crate::request_body::RequestShared;
 use crate::response_body::BodySummary;
+
+/// What a request whose body was not read asked: nothing beyond text.
+static NOTHING_ASKED: Asked = Asked {
+    tools: Vec::new(),
+    json_object: false,
+    json_schema: None,
+    stream_usage: false,
+    logprobs: false,
+    n: 1,
+};
 
 /// An answer's head, as its end is accounted.
 pub(crate) struct Ended {
@@ -78,11 +88,11 @@ impl Accounted {
             )
         });
         let (features, unmetered) = if success {
-            let mut asked = shared.and_then(|s| s.asked()).cloned().unwrap_or_default();
-            // The gateway asked for the stream's usage on the client's behalf.
-            asked.stream_usage |= strip_usage;
+            let asked = shared.and_then(|s| s.asked());
             let features = crate::features::judge(
-                &asked,
+                asked.unwrap_or(&NOTHING_ASKED),
+                endpoint,
+                strip_usage,
                 summary.facts.as_ref(),
                 summary.usage.is_some(),
                 summary.details.as_deref(),

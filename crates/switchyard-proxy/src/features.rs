@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
-use switchyard_core::answer::AnswerFacts;
-use switchyard_core::features::{self, Answered, Asked, FeatureFacts, Tool, ToolCall};
+use switchyard_core::answer::{AnswerFacts, Endpoint};
+use switchyard_core::features::{self, Answered, Asked, FeatureFacts, Judging, Tool, ToolCall};
 
 use crate::answer::RequestRead;
 
@@ -149,18 +149,19 @@ impl AnswerDetails {
 }
 
 /// Judges an answer (its facts, whether usage was read, and its details when they were
-/// read) against what its request asked.
+/// read) against what its request asked; `usage_asked`: the gateway asked the stream for
+/// its usage on the client's behalf.
 pub fn judge(
     asked: &Asked,
+    endpoint: Endpoint,
+    usage_asked: bool,
     facts: Option<&AnswerFacts>,
     usage: bool,
     details: Option<&AnswerDetails>,
 ) -> FeatureFacts {
     let answered = Answered {
-        tool_calls: details
-            .map(|d| d.calls.values().cloned().collect())
-            .unwrap_or_default(),
-        content: details.map(|d| d.content.clone()),
+        tool_calls: details.map_or_else(Vec::new, |d| d.calls.values().collect()),
+        content: details.map(|d| d.content.as_str()),
         finish: facts.and_then(|f| f.finish),
         usage,
         logprobs: details.is_some_and(|d| d.logprobs),
@@ -169,7 +170,15 @@ pub fn judge(
             |d| d.choices.len() as u32,
         ),
     };
-    features::judge(asked, &answered, details.is_some(), &check_schema)
+    let how = Judging {
+        details: details.is_some(),
+        finishes: matches!(
+            endpoint,
+            Endpoint::Chat | Endpoint::Completions | Endpoint::Responses
+        ),
+        usage_asked,
+    };
+    features::judge(asked, &answered, how, &check_schema)
 }
 
 #[cfg(test)]
@@ -212,13 +221,14 @@ mod tests {
             finish: Some(switchyard_core::answer::Finish::Stop),
             ..AnswerFacts::default()
         };
-        let f = judge(&asked, Some(&facts), false, Some(&d));
+        let f = judge(&asked, Endpoint::Chat, false, Some(&facts), false, Some(&d));
         assert_eq!(f.get(Feature::ToolCalls), Some(true));
         // The same answer held whole.
         let whole = json!({"choices": [{"index": 0, "message": {"content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]}, "finish_reason": "tool_calls"}]});
         let d = AnswerDetails::of_json(whole.to_string().as_bytes()).unwrap();
         assert_eq!(
-            judge(&asked, Some(&facts), false, Some(&d)).get(Feature::ToolCalls),
+            judge(&asked, Endpoint::Chat, false, Some(&facts), false, Some(&d))
+                .get(Feature::ToolCalls),
             Some(true)
         );
     }

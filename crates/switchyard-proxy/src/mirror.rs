@@ -266,7 +266,15 @@ pub async fn run(
         .and_then(|m| cfg.providers[target].pricing.cost(m, tokens.0, tokens.1));
     let features = match (class, shared.asked()) {
         (Class::Success, Some(asked)) => {
-            crate::features::judge(asked, facts.as_ref(), usage.is_some(), details.as_deref())
+            // The teed body is what the primary sent, usage ask included: judged as asked.
+            crate::features::judge(
+                asked,
+                endpoint,
+                false,
+                facts.as_ref(),
+                usage.is_some(),
+                details.as_deref(),
+            )
         }
         _ => FeatureFacts::default(),
     };

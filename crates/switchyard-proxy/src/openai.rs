@@ -13,6 +13,10 @@ pub fn is_chat_completion(method: &Method, uri: &Uri) -> bool {
 /// Adds `stream_options.include_usage` to a streaming chat request that lacks it
 /// (`stream_options` missing, `null`, or without `include_usage: true`). Returns the body to send, the model, and whether the usage chunk must be stripped.
 pub fn inject_stream_usage(bytes: Bytes) -> (Bytes, Option<String>, bool) {
+    // Most requests do not stream and never name `stream`: those are not parsed at all.
+    if memchr::memmem::find(&bytes, b"\"stream\"").is_none() {
+        return (bytes, None, false);
+    }
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
         return (bytes, None, false);
     };

@@ -555,6 +555,14 @@ mod tests {
                 name: "weather".into(),
                 parameters: Some(serde_json::json!({"type": "object", "required": ["city"]})),
             }],
+            stream_usage: true,
+            n: 1,
+            ..Asked::default()
+        };
+        // The same JSON text, asked as a JSON object (and its stream's usage, which it lacks).
+        let asked_object = Asked {
+            json_object: true,
+            stream_usage: true,
             n: 1,
             ..Asked::default()
         };
@@ -572,7 +580,20 @@ mod tests {
             (
                 tool,
                 &asked_tool,
-                vec![(Feature::ToolCalls, true), (Feature::FinishReason, true)],
+                vec![
+                    (Feature::ToolCalls, true),
+                    (Feature::FinishReason, true),
+                    (Feature::StreamUsage, true),
+                ],
+            ),
+            (
+                json,
+                &asked_object,
+                vec![
+                    (Feature::JsonObject, true),
+                    (Feature::FinishReason, true),
+                    (Feature::StreamUsage, false),
+                ],
             ),
             (
                 json,
@@ -595,6 +616,8 @@ mod tests {
                     let facts = s.facts();
                     let got = crate::features::judge(
                         asked,
+                        switchyard_core::answer::Endpoint::Chat,
+                        false,
                         facts.as_ref(),
                         s.usage().is_some(),
                         s.details.as_deref(),

@@ -19,11 +19,14 @@ use crate::stat::{fisher_greater, mcnemar_exact, wilcoxon};
 /// A difference is reported (`worse`, `better`) when its test's p-value is under this: 1%,
 /// as seven features are tested at once and the report is read again and again.
 pub const ALPHA: f64 = 0.01;
+/// The longest request id kept as an example (ids are the client's: bounded here so 10,000
+/// pairs stay about a megabyte).
+const ID_MAX: usize = 64;
 /// Pairs (or answers on each side) before a feature can be called `same`.
 pub const MIN_PAIRS: u64 = 20;
 /// The largest difference in the share honoured that is still `same`.
 pub const SAME_WITHIN: f64 = 0.05;
-/// Pairs kept (the most recent); about 100 bytes each.
+/// Pairs kept (the most recent); about 150 bytes each.
 pub const KEEP_PAIRS: usize = 10_000;
 const EXAMPLES: usize = 5;
 const FEATURES: usize = Feature::ALL.len();
@@ -76,7 +79,7 @@ impl Compat {
         self.align(from, to);
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
         self.pairs.push_back(Pair {
-            request_id: c.request_id.as_str().into(),
+            request_id: clipped(&c.request_id).into(),
             from: c.primary_features,
             to: c.shadow_features,
             answered: c.primary_class == Class::Success && c.shadow_class == Class::Success,
@@ -238,6 +241,14 @@ impl Compat {
             examples: Vec::new(),
         })
     }
+}
+
+fn clipped(id: &str) -> &str {
+    let mut end = id.len().min(ID_MAX);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    &id[..end]
 }
 
 fn verdict(p: f64, n: u64, from_rate: f64, to_rate: f64) -> CompatVerdict {

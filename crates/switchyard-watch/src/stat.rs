@@ -163,22 +163,28 @@ pub fn mcnemar_exact(b: u64, c: u64) -> f64 {
 }
 
 /// Wilcoxon's signed-rank test that paired differences are centred on zero, two-sided.
-/// Zero differences are dropped; the rest are ranked by size (ties share their average
-/// rank). Exact when at most 50 remain with no ties; else the normal approximation with
-/// the tie correction and no continuity correction. Same as `scipy.stats.wilcoxon(d)
-/// .pvalue` (scipy's defaults: `zero_method="wilcox"`, `correction=False`, `method="auto"`).
+/// Zero differences are dropped from the ranks; the rest are ranked by size (ties share
+/// their average rank). The p-value is computed as `scipy.stats.wilcoxon(d).pvalue` does
+/// with its defaults (`zero_method="wilcox"`, `correction=False`, `method="auto"`): exact
+/// when there are at most 50 differences, none zero and none tied; with zeros or ties and
+/// at most 13 differences, every sign pattern enumerated (scipy's permutation test, which
+/// is exact at that size); otherwise the normal approximation with the tie correction.
 pub fn wilcoxon(differences: &[f64]) -> f64 {
-    let mut d: Vec<f64> = differences
+    let all: Vec<f64> = differences
         .iter()
         .copied()
-        .filter(|x| *x != 0.0 && x.is_finite())
+        .filter(|x| x.is_finite())
         .collect();
+    let zeros = all.iter().filter(|x| **x == 0.0).count();
+    let mut d: Vec<f64> = all.iter().copied().filter(|x| *x != 0.0).collect();
     let n = d.len();
     if n == 0 {
         return 1.0;
     }
     d.sort_by(|a, b| a.abs().total_cmp(&b.abs()));
-    let (mut plus, mut minus, mut ties) = (0f64, 0f64, 0f64);
+    // (rank, positive) per difference.
+    let mut ranked = Vec::with_capacity(n);
+    let mut ties = 0f64;
     let mut i = 0;
     while i < n {
         let mut j = i;
@@ -187,19 +193,14 @@ pub fn wilcoxon(differences: &[f64]) -> f64 {
         }
         let t = (j - i + 1) as f64;
         let rank = (i + j) as f64 / 2.0 + 1.0;
-        for x in &d[i..=j] {
-            if *x > 0.0 {
-                plus += rank;
-            } else {
-                minus += rank;
-            }
-        }
+        ranked.extend(d[i..=j].iter().map(|x| (rank, *x > 0.0)));
         ties += t * t * t - t;
         i = j + 1;
     }
-    let w = plus.min(minus);
+    let plus: f64 = ranked.iter().filter(|r| r.1).map(|r| r.0).sum();
+    let minus: f64 = ranked.iter().filter(|r| !r.1).map(|r| r.0).sum();
     let n_f = n as f64;
-    if n <= 50 && ties == 0.0 {
+    if all.len() <= 50 && ties == 0.0 && zeros == 0 {
         // The exact null distribution of W: how many of the 2^n sign patterns give each sum.
         let top = n * (n + 1) / 2;
         let mut ways = vec![0f64; top + 1];
@@ -210,15 +211,32 @@ pub fn wilcoxon(differences: &[f64]) -> f64 {
             }
         }
         let total = 2f64.powi(n as i32);
-        let at_most: f64 = ways[..=(w as usize)].iter().sum();
+        let at_most: f64 = ways[..=(plus.min(minus) as usize)].iter().sum();
         return (2.0 * at_most / total).clamp(0.0, 1.0);
+    }
+    if all.len() <= 13 {
+        // Every sign pattern of the ranks as they are (ties keep their average ranks).
+        let tolerance = 1e-9 * plus.max(1.0);
+        let (mut above, mut below) = (0u64, 0u64);
+        for mask in 0u32..(1 << n) {
+            let w: f64 = ranked
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| mask & (1 << k) != 0)
+                .map(|(_, r)| r.0)
+                .sum();
+            above += u64::from(w >= plus - tolerance);
+            below += u64::from(w <= plus + tolerance);
+        }
+        let total = f64::from(1u32 << n);
+        return (2.0 * (above.min(below) as f64) / total).clamp(0.0, 1.0);
     }
     let mean = n_f * (n_f + 1.0) / 4.0;
     let var = n_f * (n_f + 1.0) * (2.0 * n_f + 1.0) / 24.0 - ties / 48.0;
     if var <= 0.0 {
         return 1.0;
     }
-    let z = (w - mean) / var.sqrt();
+    let z = (plus.min(minus) - mean) / var.sqrt();
     (2.0 * Normal::standard().sf(z.abs())).clamp(0.0, 1.0)
 }
 
@@ -375,6 +393,22 @@ mod tests {
             .map(|x| if x % 3 == 0 { -x } else { x } as f64)
             .collect();
         close(wilcoxon(&d), 0.03590012321587811);
+        // Zeros (not tied): no longer exact, the normal approximation.
+        let mut d: Vec<f64> = vec![0.0, 0.0];
+        d.extend((1..=16).map(f64::from));
+        d.extend([-17.0, -18.0]);
+        close(wilcoxon(&d), 0.027857098015306787);
+        // Ten zeros and 45 differences: over 50 in all, the normal approximation.
+        let mut d = vec![0.0; 10];
+        d.extend((1..=45).map(f64::from));
+        close(wilcoxon(&d), 5.1792547772953776e-09);
+        // Ties or zeros among at most 13: every sign pattern.
+        close(wilcoxon(&[1.0, 1.0, 2.0, 3.0, -4.0, 5.0]), 0.28125);
+        close(wilcoxon(&[0.0, 1.0, 2.0, -3.0, 4.0, 5.0, 6.0]), 0.15625);
+        let d = [
+            2.0, -2.0, 2.0, 3.0, 3.0, -1.0, 4.0, 0.0, 5.0, 6.0, 7.0, -8.0, 9.0,
+        ];
+        close(wilcoxon(&d), 0.06103515625);
         assert_eq!(wilcoxon(&[]), 1.0);
         assert_eq!(wilcoxon(&[0.0, 0.0]), 1.0);
     }
