@@ -38,7 +38,7 @@ use switchyard_core::ErrorKind;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::admission::Admitted;
-use crate::answer::is_json;
+use crate::answer::{is_json, RequestScan};
 use crate::errors::{BodyTooLarge, BoxError, ClientBodyError};
 use crate::exchange::{Exchange, Start};
 use crate::failover;
@@ -182,17 +182,20 @@ async fn prepare(
             }
             Err(e) => return Err(ex.client_broke(&ClientBodyError::of(e))),
         };
-        if json_required && !is_json(&bytes) {
+        // Read once: whether it is JSON, what it asks, whether it must be rewritten.
+        let mut scan = RequestScan::default();
+        scan.feed(&bytes);
+        if !scan.finish() && json_required {
             return Err(ex.client_broke(&ClientBodyError::not_json()));
         }
-        let (bytes, model, injected) = openai::inject_stream_usage(bytes);
+        let (bytes, injected) = openai::inject_stream_usage(bytes, &scan.read);
         ex.strip_usage = injected;
         if injected {
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         }
-        whole = Some((bytes, model));
+        whole = Some((bytes, scan.read));
     }
     let json_checked = whole.is_some();
     // Providers may name models differently: learn the client's model before choosing what
@@ -223,10 +226,10 @@ async fn prepare(
     }
     let b = if let Some(read) = ahead {
         models::first_body(&mut ex, read, &mut parts.headers, limit).requiring_json(json_required)
-    } else if let Some((bytes, model)) = whole {
-        let shared = RequestShared::with_model(model.as_deref());
+    } else if let Some((bytes, read)) = whole {
+        let shared = RequestShared::of_read(read);
         ex.shared = Some(shared.clone());
-        RequestBody::buffered(bytes, shared).reading()
+        RequestBody::buffered(bytes, shared)
     } else {
         let incoming = body.take().expect("the body is there");
         let (b, shared) = RequestBody::streaming(incoming, limit);

@@ -5,35 +5,26 @@
 use bytes::Bytes;
 use http::{Method, Uri};
 
+use crate::answer::RequestRead;
+
 /// `POST …/chat/completions`.
 pub fn is_chat_completion(method: &Method, uri: &Uri) -> bool {
     method == Method::POST && uri.path().ends_with("/chat/completions")
 }
 
 /// Adds `stream_options.include_usage` to a streaming chat request that lacks it
-/// (`stream_options` missing, `null`, or without `include_usage: true`). Returns the body to send, the model, and whether the usage chunk must be stripped.
-pub fn inject_stream_usage(bytes: Bytes) -> (Bytes, Option<String>, bool) {
-    // Most requests do not stream and never name `stream`: those are not parsed at all.
-    if memchr::memmem::find(&bytes, b"\"stream\"").is_none() {
-        return (bytes, None, false);
+/// (`stream_options` missing, `null`, or without `include_usage: true`), given what its
+/// body was read to ask (`read`). Returns the body to send, and whether the usage chunk
+/// must be stripped. Only a stream to rewrite is parsed.
+pub fn inject_stream_usage(bytes: Bytes, read: &RequestRead) -> (Bytes, bool) {
+    if !read.stream || read.include_usage {
+        return (bytes, false);
     }
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return (bytes, None, false);
+        return (bytes, false);
     };
-    let model = v
-        .get("model")
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_string);
-    let streaming = v.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
-    let asked = v
-        .pointer("/stream_options/include_usage")
-        .and_then(serde_json::Value::as_bool)
-        == Some(true);
-    if !streaming || asked {
-        return (bytes, model, false);
-    }
     let Some(obj) = v.as_object_mut() else {
-        return (bytes, model, false);
+        return (bytes, false);
     };
     let opts = obj
         .entry("stream_options")
@@ -46,11 +37,11 @@ pub fn inject_stream_usage(bytes: Bytes) -> (Bytes, Option<String>, bool) {
         Some(o) => {
             o.insert("include_usage".into(), serde_json::Value::Bool(true));
         }
-        None => return (bytes, model, false),
+        None => return (bytes, false),
     }
     match serde_json::to_vec(&v) {
-        Ok(out) => (Bytes::from(out), model, true),
-        Err(_) => (bytes, model, false),
+        Ok(out) => (Bytes::from(out), true),
+        Err(_) => (bytes, false),
     }
 }
 
@@ -218,15 +209,20 @@ mod tests {
     /// options, options without `include_usage`; a client that asked itself is left alone.
     #[test]
     fn usage_is_asked_for_on_every_stream_that_lacks_it() {
+        let read = |body: &str| {
+            let mut scan = crate::answer::RequestScan::default();
+            scan.feed(body.as_bytes());
+            assert!(scan.finish());
+            scan.read
+        };
         for body in [
             r#"{"model":"m","stream":true}"#,
             r#"{"model":"m","stream":true,"stream_options":null}"#,
             r#"{"model":"m","stream":true,"stream_options":{}}"#,
             r#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#,
         ] {
-            let (out, model, injected) = inject_stream_usage(Bytes::from(body));
+            let (out, injected) = inject_stream_usage(Bytes::from(body), &read(body));
             assert!(injected, "{body}");
-            assert_eq!(model.as_deref(), Some("m"));
             let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
             assert_eq!(v["stream_options"]["include_usage"], true, "{body}");
         }
@@ -235,7 +231,7 @@ mod tests {
             r#"{"model":"m","stream":false}"#,
             r#"{"model":"m"}"#,
         ] {
-            let (out, _, injected) = inject_stream_usage(Bytes::from(body));
+            let (out, injected) = inject_stream_usage(Bytes::from(body), &read(body));
             assert!(!injected, "{body}");
             assert_eq!(out, body.as_bytes());
         }

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 
 use switchyard_core::features::Asked;
 
-use crate::answer::RequestScan;
+use crate::answer::{RequestRead, RequestScan};
 use crate::errors::{BodyTooLarge, BoxError, ClientBodyError};
 
 /// What the request path learns from the body as it streams upstream (it is polled in
@@ -45,6 +45,16 @@ impl RequestShared {
             let _ = shared.model.set(m.into());
         }
         Arc::new(shared)
+    }
+
+    /// A fresh one for a body already read whole: what it asked is known.
+    pub fn of_read(read: RequestRead) -> Arc<RequestShared> {
+        let shared = RequestShared::with_model(read.model.as_deref());
+        if let Some(n) = read.max_tokens {
+            let _ = shared.max_tokens.set(n);
+        }
+        let _ = shared.asked.set(crate::features::asked_of(&read));
+        shared
     }
 
     pub fn model(&self) -> Option<&str> {
