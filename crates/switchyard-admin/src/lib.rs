@@ -86,9 +86,10 @@ pub trait AdminHandle: Send + Sync + 'static {
     /// Declares the migration done at its last phase: the judge's live control ends.
     fn finish(&self, migration: Option<String>) -> impl Future<Output = AdminResult> + Send;
     fn reload(&self) -> impl Future<Output = AdminResult<ReloadAnswer>> + Send;
-    /// The live event stream: the frames a new subscriber gets first, and the rest as they
-    /// come (each a whole Server-Sent Events frame).
-    fn events(&self) -> (Vec<Arc<str>>, broadcast::Receiver<Arc<str>>);
+    /// The live event stream: the frames a new subscriber gets first (with the notable
+    /// events after `last_event_id`, the SSE `Last-Event-ID` of a client reconnecting), and
+    /// the rest as they come (each a whole Server-Sent Events frame).
+    fn events(&self, last_event_id: Option<u64>) -> (Vec<Arc<str>>, broadcast::Receiver<Arc<str>>);
 }
 
 /// The dashboard: one self-contained page (no CDN, nothing fetched but the admin API).
@@ -168,8 +169,12 @@ impl http_body::Body for SseBody {
 
 /// `GET /admin/events`: the handle's frames, forwarded until the client goes away or the
 /// gateway shuts down.
-fn events<H: AdminHandle>(h: &H, mut shutdown: watch::Receiver<bool>) -> Response<AdminBody> {
-    let (first, mut frames) = h.events();
+fn events<H: AdminHandle>(
+    h: &H,
+    last_event_id: Option<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Response<AdminBody> {
+    let (first, mut frames) = h.events(last_event_id);
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let mut keepalive = tokio::time::interval(SSE_KEEPALIVE);
@@ -284,7 +289,13 @@ async fn route<H: AdminHandle>(
     };
     let named = path.starts_with("/admin/migrations/");
     match (&method, call.as_str(), named) {
-        (&Method::GET, "/admin/events", false) => events(h, shutdown),
+        (&Method::GET, "/admin/events", false) => {
+            let last = req
+                .headers()
+                .get("last-event-id")
+                .and_then(|v| v.to_str().ok()?.trim().parse().ok());
+            events(h, last, shutdown)
+        }
         (&Method::GET, "/admin/migrations", false) => answer(Ok(h.migrations())),
         (&Method::GET, "/admin/status", false) | (&Method::GET, "/", true) => {
             answer(h.status(migration.as_deref()))

@@ -293,11 +293,12 @@ impl AdminHandle for Control {
 
     fn events(
         &self,
+        last_event_id: Option<u64>,
     ) -> (
         Vec<std::sync::Arc<str>>,
         tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
     ) {
-        self.events.subscribe()
+        self.events.subscribe(last_event_id)
     }
 
     async fn reload(&self) -> AdminResult<ReloadAnswer> {

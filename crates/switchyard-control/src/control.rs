@@ -88,6 +88,13 @@ pub(crate) fn cooldown(config: &Config) -> Duration {
         .map_or(Duration::from_secs(300), |a| a.cooldown)
 }
 
+/// Where the notable events are kept across restarts: beside the state file.
+fn journal_path(state: &std::path::Path) -> PathBuf {
+    let mut name = state.file_name().unwrap_or_default().to_os_string();
+    name.push(".events.jsonl");
+    state.with_file_name(name)
+}
+
 pub(crate) fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -169,6 +176,10 @@ impl Control {
             (Some(c), None) => Some(Arc::new(Cluster::new(c)?)),
             (None, _) => None,
         };
+        let events = Arc::new(EventBus::with_journal(Some(journal_path(&state_path))));
+        events.publish(&switchyard_core::api::Event::Started {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        });
         let control = Control {
             path,
             state_path,
@@ -185,7 +196,7 @@ impl Control {
             cluster,
             unsaved: std::sync::Mutex::new(None),
             unpublished: std::sync::Mutex::default(),
-            events: Arc::default(),
+            events,
         };
         Ok((control, config))
     }

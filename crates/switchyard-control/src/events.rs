@@ -4,6 +4,7 @@
 //! Frames are serialized once and shared by every subscriber.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,36 +18,155 @@ use switchyard_watch::Alert;
 const HISTORY: usize = 900;
 /// Frames a slow subscriber may fall behind by before it skips some.
 const BACKLOG: usize = 256;
+/// Notable events kept (phase moves, rollbacks, verdict changes, alerts …), in memory and
+/// in the journal file: what a reconnecting client missed, and what a restart keeps.
+const JOURNAL: usize = 200;
+/// How long a client waits before reconnecting (the SSE `retry:` field).
+const RETRY_MS: u64 = 2000;
 
 pub struct EventBus {
     tx: broadcast::Sender<Arc<str>>,
     history: Mutex<VecDeque<Point>>,
     /// The last snapshot's frame: what a new subscriber sees first.
     last: Mutex<Option<Arc<str>>>,
+    journal: Mutex<Journal>,
 }
 
-impl Default for EventBus {
-    fn default() -> Self {
-        EventBus {
-            tx: broadcast::channel(BACKLOG).0,
-            history: Mutex::new(VecDeque::with_capacity(HISTORY)),
-            last: Mutex::new(None),
+/// The notable events, each with an id (growing across restarts) and a time.
+#[derive(Default)]
+struct Journal {
+    next_id: u64,
+    /// (id, its `data:` line, its whole frame)
+    kept: VecDeque<(u64, Arc<str>, Arc<str>)>,
+    /// `<state file>.events.jsonl`: one `data:` line per event; rewritten to the last
+    /// [`JOURNAL`] when it has grown to twice that.
+    path: Option<PathBuf>,
+    lines: usize,
+    /// Said once, not at every event.
+    warned: bool,
+}
+
+impl Journal {
+    fn frame(id: u64, kind: &str, data: &str) -> Arc<str> {
+        Arc::from(format!("id: {id}\nevent: {kind}\ndata: {data}\n\n"))
+    }
+
+    /// The journal file's events, if any.
+    fn load(path: Option<PathBuf>) -> Journal {
+        let mut j = Journal {
+            next_id: 1,
+            path,
+            ..Journal::default()
+        };
+        let Some(text) = j
+            .path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        else {
+            return j;
+        };
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let (Some(id), Some(kind)) = (v["id"].as_u64(), v["type"].as_str()) else {
+                continue;
+            };
+            j.lines += 1;
+            j.next_id = j.next_id.max(id + 1);
+            j.push(id, Arc::from(line), Journal::frame(id, kind, line));
+        }
+        j
+    }
+
+    fn push(&mut self, id: u64, data: Arc<str>, frame: Arc<str>) {
+        if self.kept.len() == JOURNAL {
+            self.kept.pop_front();
+        }
+        self.kept.push_back((id, data, frame));
+    }
+
+    /// Keeps `e`: its frame, with an id and the time.
+    fn add(&mut self, e: &Event) -> Arc<str> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut v = serde_json::to_value(e).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("id".into(), id.into());
+            let at = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            o.insert("at_unix_ms".into(), at.into());
+        }
+        let data: Arc<str> = Arc::from(v.to_string());
+        let frame = Journal::frame(id, e.name(), &data);
+        self.push(id, data.clone(), frame.clone());
+        self.save(&data);
+        frame
+    }
+
+    /// Appends to the file (a failure is logged once; the event is still live).
+    fn save(&mut self, data: &str) {
+        let Some(path) = &self.path else { return };
+        let result = if self.lines >= 2 * JOURNAL {
+            let all: String = self.kept.iter().map(|(_, d, _)| format!("{d}\n")).collect();
+            self.lines = self.kept.len();
+            std::fs::write(path, all)
+        } else {
+            self.lines += 1;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{data}\n").as_bytes()))
+        };
+        match result {
+            Err(e) if !self.warned => {
+                self.warned = true;
+                tracing::warn!(path = %path.display(), error = %e, "cannot keep the event journal: events will not survive a restart");
+            }
+            Ok(()) => self.warned = false,
+            Err(_) => {}
         }
     }
 }
 
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus::with_journal(None)
+    }
+}
+
 impl EventBus {
+    /// A bus whose notable events are kept in `path` too (and read back from it).
+    pub fn with_journal(path: Option<PathBuf>) -> Self {
+        EventBus {
+            tx: broadcast::channel(BACKLOG).0,
+            history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+            last: Mutex::new(None),
+            journal: Mutex::new(Journal::load(path)),
+        }
+    }
+
     pub fn publish(&self, e: &Event) {
-        let frame: Arc<str> = Arc::from(e.to_sse());
+        let frame: Arc<str> = if e.kept() {
+            self.journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .add(e)
+        } else {
+            Arc::from(e.to_sse())
+        };
         if matches!(e, Event::Snapshot { .. }) {
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(frame.clone());
         }
         let _ = self.tx.send(frame);
     }
 
-    /// What a new subscriber is sent first (the history and the last snapshot), and the
-    /// frames from then on.
-    pub fn subscribe(&self) -> (Vec<Arc<str>>, broadcast::Receiver<Arc<str>>) {
+    /// What a new subscriber is sent first — how long to wait before reconnecting, the
+    /// history, the notable events after `after` (`Last-Event-ID`; all those kept when
+    /// `None`), the last snapshot — and the frames from then on.
+    pub fn subscribe(&self, after: Option<u64>) -> (Vec<Arc<str>>, broadcast::Receiver<Arc<str>>) {
         let rx = self.tx.subscribe();
         let points: Vec<Point> = self
             .history
@@ -55,7 +175,19 @@ impl EventBus {
             .iter()
             .cloned()
             .collect();
-        let mut first = vec![Arc::from(Event::History { points }.to_sse())];
+        let mut first = vec![
+            Arc::from(format!("retry: {RETRY_MS}\n\n")),
+            Arc::from(Event::History { points }.to_sse()),
+        ];
+        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        first.extend(
+            journal
+                .kept
+                .iter()
+                .filter(|(id, ..)| after.is_none_or(|a| *id > a))
+                .map(|(_, _, frame)| frame.clone()),
+        );
+        drop(journal);
         if let Some(last) = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             first.push(last);
         }
@@ -146,5 +278,72 @@ pub async fn run<H: AdminHandle>(
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(name: &str) -> Event {
+        Event::Phase {
+            phase: name.into(),
+            percent: 10.0,
+            by: "admin".into(),
+            migration: None,
+        }
+    }
+
+    fn ids(frames: &[Arc<str>]) -> Vec<u64> {
+        frames
+            .iter()
+            .filter_map(|f| f.strip_prefix("id: ")?.split('\n').next()?.parse().ok())
+            .collect()
+    }
+
+    /// Notable events carry ids and times; a client that reconnects with `Last-Event-ID`
+    /// gets only what it missed; a restart reads them back and counts on from there; the
+    /// file stays bounded.
+    #[test]
+    fn notable_events_are_replayed_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json.events.jsonl");
+        let bus = EventBus::with_journal(Some(path.clone()));
+        bus.publish(&Event::Started {
+            version: "1".into(),
+        });
+        bus.publish(&phase("phase-1"));
+        bus.publish(&phase("phase-2"));
+        let (first, _) = bus.subscribe(None);
+        assert!(first[0].starts_with("retry: "), "{first:?}");
+        assert_eq!(ids(&first), [1, 2, 3]);
+        let (missed, _) = bus.subscribe(Some(2));
+        assert_eq!(ids(&missed), [3]);
+        assert!(missed.iter().any(|f| f.contains("\"at_unix_ms\":")));
+        drop(bus);
+
+        let again = EventBus::with_journal(Some(path.clone()));
+        again.publish(&Event::Started {
+            version: "1".into(),
+        });
+        let (first, _) = again.subscribe(Some(3));
+        assert_eq!(ids(&first), [4]);
+        for i in 0..(3 * JOURNAL) {
+            again.publish(&phase(&format!("p{i}")));
+        }
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines <= 2 * JOURNAL, "{lines} lines");
+        let (all, _) = again.subscribe(None);
+        assert_eq!(ids(&all).len(), JOURNAL);
+        assert_eq!(*ids(&all).last().unwrap(), 4 + 3 * JOURNAL as u64);
+    }
+
+    /// A journal that cannot be written still publishes live.
+    #[test]
+    fn an_unwritable_journal_loses_nothing_live() {
+        let bus = EventBus::with_journal(Some(PathBuf::from("/nonexistent/dir/events.jsonl")));
+        let (_, mut rx) = bus.subscribe(None);
+        bus.publish(&phase("phase-1"));
+        assert!(rx.try_recv().unwrap().contains("phase-1"));
     }
 }

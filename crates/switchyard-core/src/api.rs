@@ -437,6 +437,10 @@ pub enum Event {
     Replicas {
         replicas: Vec<ReplicaView>,
     },
+    /// The gateway started (or restarted): its counters and charts begin again here.
+    Started {
+        version: String,
+    },
 }
 
 impl Event {
@@ -451,7 +455,14 @@ impl Event {
             Event::Health { .. } => "health",
             Event::Alert { .. } => "alert",
             Event::Replicas { .. } => "replicas",
+            Event::Started { .. } => "started",
         }
+    }
+
+    /// Kept in the journal (with an id and a time), replayed to a client that missed it,
+    /// and across a restart: everything but the per-second frames.
+    pub fn kept(&self) -> bool {
+        !matches!(self, Event::History { .. } | Event::Snapshot { .. })
     }
 
     /// As one Server-Sent Events frame.
