@@ -14,13 +14,29 @@ pub struct Events {
     stream:
         std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buf: String,
+    /// The `id:` of the last frame that had one (the notable events).
+    pub last_id: Option<u64>,
+    /// The `retry:` the stream asked for.
+    pub retry: Option<u64>,
 }
 
 impl Events {
     pub async fn open(gw: &Gateway, token: Option<&str>) -> reqwest::Response {
+        Events::open_after(gw, token, None).await
+    }
+
+    /// As a client reconnecting with `Last-Event-ID`.
+    pub async fn open_after(
+        gw: &Gateway,
+        token: Option<&str>,
+        last_event_id: Option<u64>,
+    ) -> reqwest::Response {
         let mut req = client().get(gw.admin_url("/admin/events"));
         if let Some(t) = token {
             req = req.bearer_auth(t);
+        }
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
         }
         req.send().await.unwrap()
     }
@@ -29,6 +45,8 @@ impl Events {
         Events {
             stream: Box::pin(resp.bytes_stream()),
             buf: String::new(),
+            last_id: None,
+            retry: None,
         }
     }
 
@@ -41,7 +59,11 @@ impl Events {
                 let mut name = None;
                 let mut data = None;
                 for line in frame.lines() {
-                    if let Some(n) = line.strip_prefix("event: ") {
+                    if let Some(id) = line.strip_prefix("id: ") {
+                        self.last_id = Some(id.parse().expect("a numeric id"));
+                    } else if let Some(r) = line.strip_prefix("retry: ") {
+                        self.retry = Some(r.parse().expect("retry in ms"));
+                    } else if let Some(n) = line.strip_prefix("event: ") {
                         name = Some(n.to_string());
                     } else if let Some(d) = line.strip_prefix("data: ") {
                         data = Some(d.to_string());
@@ -150,14 +172,65 @@ async fn the_event_stream_carries_snapshots_history_and_what_happens() {
         matches!(e, Event::Phase { phase, percent, .. } if phase == "phase-2" && percent == 25.0)
     );
 
-    // A second subscriber gets the history of the seconds so far, then the last snapshot.
+    let phase_id = events.last_id.expect("notable events carry ids");
+
+    // A second subscriber gets how long to wait before reconnecting, the history of the
+    // seconds so far, the notable events kept (from the start on, with ids), then the
+    // last snapshot.
     let mut late = Events::new(Events::open(&gw, Some("s3cret")).await);
     let Event::History { points } = late.next().await else {
         panic!("history first")
     };
+    assert_eq!(late.retry, Some(2000));
     assert!(points.len() >= 2, "{} points", points.len());
     assert!(points
         .iter()
         .any(|p| p.providers.values().any(|v| v.rps > 0.0)));
-    assert!(matches!(late.next().await, Event::Snapshot { .. }));
+    assert!(matches!(late.next().await, Event::Started { .. }));
+    late.until("the rollback, replayed", |e| {
+        matches!(e, Event::Rollback { .. })
+    })
+    .await;
+    late.until("the phase change, replayed", |e| {
+        matches!(e, Event::Phase { .. })
+    })
+    .await;
+    assert_eq!(late.last_id, Some(phase_id));
+    // (and the alerts kept after it), then the last snapshot
+    late.until("the last snapshot", |e| matches!(e, Event::Snapshot { .. }))
+        .await;
+
+    // A client that reconnects with Last-Event-ID gets only what it missed.
+    let r = client()
+        .post(gw.admin_url("/admin/phase"))
+        .bearer_auth("s3cret")
+        .json(&json!({"phase": "phase-3"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut back = Events::new(Events::open_after(&gw, Some("s3cret"), Some(phase_id)).await);
+    assert!(matches!(back.next().await, Event::History { .. }));
+    let mut missed = Vec::new();
+    loop {
+        match back.next().await {
+            Event::Snapshot { .. } => break,
+            e => missed.push(e),
+        }
+    }
+    assert!(
+        missed
+            .iter()
+            .any(|e| matches!(e, Event::Phase { phase, .. } if phase == "phase-3")),
+        "{missed:?}"
+    );
+    assert!(
+        !missed
+            .iter()
+            .any(|e| matches!(e, Event::Phase { phase, .. } if phase == "phase-2")),
+        "{missed:?}"
+    );
+    assert!(missed
+        .iter()
+        .all(|e| !matches!(e, Event::Rollback { .. } | Event::Started { .. })));
 }
