@@ -1,7 +1,7 @@
 //! The dashboard in a real browser: Debian's headless Chromium, driven over WebDriver
 //! (chromedriver), against a live gateway with mock providers. `make test` installs both
 //! when missing; without them the test says so and is skipped.
-//! `SWITCHYARD_SCREENSHOT=docs/dashboard.png` also saves a screenshot (`make screenshot`).
+//! `SWITCHYARD_SCREENSHOTS=DIR` also saves screenshots there (`make screenshot`).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -160,11 +160,10 @@ async fn the_dashboard_shows_live_numbers_and_rolls_back_from_the_page() {
     })
     .await;
 
-    if let Ok(path) = std::env::var("SWITCHYARD_SCREENSHOT") {
+    if std::env::var("SWITCHYARD_SCREENSHOTS").is_ok() {
         // Let the charts gather a few seconds.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let png = c.screenshot().await.unwrap();
-        std::fs::write(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")), png).unwrap();
+        crate::operator::shot(&c, "rolling").await;
     }
 
     // Roll back from the page: confirmed, then the split goes to 0% and the reason shows.
@@ -234,6 +233,31 @@ async fn the_dashboard_reconnects_after_the_gateway_restarts() {
         scroll <= inner,
         "no sideways scrolling at phone width: {scroll}px in {inner}px"
     );
+    // Once there is something in every panel, nothing is wider than the phone.
+    chats(&gw, "phone", 20, 2).await;
+    let r = client()
+        .post(gw.admin_url("/admin/rollback"))
+        .json(&json!({"reason": "from the phone"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_text(&c, "log", "the rollback in the events", |t| {
+        t.contains("ROLLBACK")
+    })
+    .await;
+    let wide = c
+        .execute(
+            "return [...document.querySelectorAll('body *')].filter((e) => {
+               const r = e.getBoundingClientRect();
+               return r.width > 0 && (r.right > innerWidth + 0.5 || r.left < -0.5);
+             }).map((e) => e.tagName + '#' + e.id + '.' + e.className.baseVal ?? e.className).slice(0, 10)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(wide, json!([]), "wider than 390 px");
+    crate::operator::shot(&c, "phone").await;
 
     // Stop the gateway, start it again on the same admin port.
     let admin = gw.admin;
@@ -249,5 +273,15 @@ async fn the_dashboard_reconnects_after_the_gateway_restarts() {
     let _ = dir;
     wait_text(&c, "conn", "the connection back", |t| t == "live").await;
     assert_eq!(gw.admin, admin);
+    // The page reconnected with Last-Event-ID: it got the restart, and nothing twice.
+    let log = wait_text(&c, "log", "the restart in the events", |t| {
+        t.matches("gateway started").count() == 2
+    })
+    .await;
+    assert_eq!(log.matches("ROLLBACK").count(), 1, "{log}");
+    wait_text(&c, "restarted", "the restart said", |t| {
+        t.contains("The gateway restarted at")
+    })
+    .await;
     c.close().await.unwrap();
 }

@@ -17,6 +17,7 @@ mod judge;
 mod lifecycle;
 mod migrations;
 mod observability;
+mod operator;
 mod phases;
 mod providers;
 mod proxy;

@@ -51,10 +51,15 @@ impl Journal {
         Arc::from(format!("id: {id}\nevent: {kind}\ndata: {data}\n\n"))
     }
 
-    /// The journal file's events, if any.
+    /// The journal file's events, if any. Ids go on from the last one kept, and never
+    /// start below the clock (in milliseconds): a lost or new journal still gives ids above
+    /// those a client saw before, so its `Last-Event-ID` does not hide what is new.
     fn load(path: Option<PathBuf>) -> Journal {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
         let mut j = Journal {
-            next_id: 1,
+            next_id: now_ms,
             path,
             ..Journal::default()
         };
@@ -316,9 +321,11 @@ mod tests {
         bus.publish(&phase("phase-2"));
         let (first, _) = bus.subscribe(None);
         assert!(first[0].starts_with("retry: "), "{first:?}");
-        assert_eq!(ids(&first), [1, 2, 3]);
-        let (missed, _) = bus.subscribe(Some(2));
-        assert_eq!(ids(&missed), [3]);
+        let seen = ids(&first);
+        let start = seen[0];
+        assert_eq!(seen, [start, start + 1, start + 2]);
+        let (missed, _) = bus.subscribe(Some(start + 1));
+        assert_eq!(ids(&missed), [start + 2]);
         assert!(missed.iter().any(|f| f.contains("\"at_unix_ms\":")));
         drop(bus);
 
@@ -326,8 +333,8 @@ mod tests {
         again.publish(&Event::Started {
             version: "1".into(),
         });
-        let (first, _) = again.subscribe(Some(3));
-        assert_eq!(ids(&first), [4]);
+        let (first, _) = again.subscribe(Some(start + 2));
+        assert_eq!(ids(&first), [start + 3]);
         for i in 0..(3 * JOURNAL) {
             again.publish(&phase(&format!("p{i}")));
         }
@@ -335,7 +342,15 @@ mod tests {
         assert!(lines <= 2 * JOURNAL, "{lines} lines");
         let (all, _) = again.subscribe(None);
         assert_eq!(ids(&all).len(), JOURNAL);
-        assert_eq!(*ids(&all).last().unwrap(), 4 + 3 * JOURNAL as u64);
+        assert_eq!(*ids(&all).last().unwrap(), start + 3 + 3 * JOURNAL as u64);
+        // A journal lost: ids still go on above what a client saw (600 events in a few
+        // milliseconds ran ahead of the clock: it catches up first).
+        std::fs::remove_file(&path).unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        let fresh = EventBus::with_journal(Some(path));
+        fresh.publish(&phase("after"));
+        let (none_missed, _) = fresh.subscribe(Some(start + 3 + 3 * JOURNAL as u64));
+        assert_eq!(ids(&none_missed).len(), 1);
     }
 
     /// A journal that cannot be written still publishes live.
