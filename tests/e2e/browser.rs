@@ -213,7 +213,13 @@ async fn the_dashboard_shows_live_numbers_and_rolls_back_from_the_page() {
 #[tokio::test]
 async fn the_dashboard_reconnects_after_the_gateway_restarts() {
     let (old, new) = pair().await;
-    let mut gw = Gateway::start(&config(&old.base_url(), &new.base_url(), "phase-1")).await;
+    let yaml = judged(
+        &config(&old.base_url(), &new.base_url(), "phase-1"),
+        "phase-1",
+        40,
+        5,
+    );
+    let mut gw = Gateway::start(&yaml).await;
     let Some((c, _driver)) = browser(390, 844).await else {
         return;
     };
@@ -233,8 +239,22 @@ async fn the_dashboard_reconnects_after_the_gateway_restarts() {
         scroll <= inner,
         "no sideways scrolling at phone width: {scroll}px in {inner}px"
     );
-    // Once there is something in every panel, nothing is wider than the phone.
-    chats(&gw, "phone", 20, 2).await;
+    // Once there is something in every panel, the judge's table included, nothing is
+    // wider than the phone.
+    chats(&gw, "phone", 40, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c
+        .execute(
+            "return document.querySelectorAll('#verdict tbody tr').length",
+            vec![],
+        )
+        .await
+        .unwrap()
+        == json!(0)
+    {
+        assert!(Instant::now() < deadline, "the judge's table never filled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let r = client()
         .post(gw.admin_url("/admin/rollback"))
         .json(&json!({"reason": "from the phone"}))
@@ -266,14 +286,17 @@ async fn the_dashboard_reconnects_after_the_gateway_restarts() {
         t == "stale" || t == "reconnecting"
     })
     .await;
+    // On the same files: the state file (still rolled back) and the event journal.
     let text_yaml = std::fs::read_to_string(&config_path)
         .unwrap()
         .replace("  listen: 127.0.0.1:0\n", &format!("  listen: {admin}\n"));
-    gw = Gateway::start(&text_yaml).await;
-    let _ = dir;
+    std::fs::write(&config_path, text_yaml).unwrap();
+    gw = Gateway::spawn(dir, config_path, &[]).await;
     wait_text(&c, "conn", "the connection back", |t| t == "live").await;
     assert_eq!(gw.admin, admin);
-    // The page reconnected with Last-Event-ID: it got the restart, and nothing twice.
+    assert_eq!(gw.status().await["rolled_back"], true);
+    // The restarted gateway has the earlier events in its journal; the page reconnected
+    // with Last-Event-ID and shows the restart, and nothing twice.
     let log = wait_text(&c, "log", "the restart in the events", |t| {
         t.matches("gateway started").count() == 2
     })

@@ -232,10 +232,11 @@ async fn controls_say_what_they_do_and_follow_the_phase() {
     c.close().await.unwrap();
 }
 
-/// A wrong token in the URL is said as such, the fragment leaves the address bar, and the
-/// controls stay off until the right token is typed.
+/// A wrong token in the URL is said as such (the fragment leaves the address bar); a
+/// token that stops working (the gateway restarted with another) turns the controls off
+/// until the right one is typed.
 #[tokio::test]
-async fn a_wrong_token_is_said_and_keeps_the_controls_off() {
+async fn a_rejected_token_is_said_and_turns_the_controls_off() {
     let (old, new) = pair().await;
     let yaml = config(&old.base_url(), &new.base_url(), "phase-1").replace(
         "admin:\n  listen: 127.0.0.1:0\n",
@@ -254,23 +255,40 @@ async fn a_wrong_token_is_said_and_keeps_the_controls_off() {
         "",
         "the fragment is gone"
     );
-    for id in ["btn-next", "btn-set", "btn-rollback"] {
-        assert_eq!(
-            js(
-                &c,
-                &format!("return document.getElementById('{id}').disabled")
-            )
-            .await,
-            true,
-            "{id} off"
-        );
-    }
+    assert_eq!(text(&c, "migration").await, "token rejected");
     assert!(text(&c, "now").await.contains("rejected"));
     shot(&c, "token-rejected").await;
+
+    // The right token: live, the controls on.
+    c.goto(&gw.admin_url("/dashboard#token=s3cret"))
+        .await
+        .unwrap();
+    c.refresh().await.unwrap();
+    wait_text(&c, "conn", "a live connection", |t| t == "live").await;
+    let controls = "return ['btn-next', 'btn-rollback', 'rollback-reason']
+        .map((id) => document.getElementById(id).disabled)";
+    wait_js(&c, "the controls on", controls, |v| {
+        v == &json!([false, false, false])
+    })
+    .await;
+
+    // The gateway comes back with another token: the page says so and turns them off.
+    let admin = gw.admin;
+    let (dir, config_path) = gw.stop();
+    let text_yaml = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("  listen: 127.0.0.1:0\n", &format!("  listen: {admin}\n"));
+    std::fs::write(&config_path, text_yaml).unwrap();
+    let _gw = Gateway::spawn(dir, config_path, &[("TEST_ADMIN_TOKEN", "n3w")]).await;
+    wait_text(&c, "conn", "the token rejected", |t| t == "token rejected").await;
+    wait_js(&c, "the controls off", controls, |v| {
+        v == &json!([true, true, true])
+    })
+    .await;
     c.find(Locator::Id("token"))
         .await
         .unwrap()
-        .send_keys("s3cret")
+        .send_keys("n3w")
         .await
         .unwrap();
     c.find(Locator::Css("#tokenbox button"))
@@ -280,12 +298,9 @@ async fn a_wrong_token_is_said_and_keeps_the_controls_off() {
         .await
         .unwrap();
     wait_text(&c, "conn", "a live connection", |t| t == "live").await;
-    wait_js(
-        &c,
-        "the controls on",
-        "return document.getElementById('btn-rollback').disabled",
-        |v| v == false,
-    )
+    wait_js(&c, "the controls on again", controls, |v| {
+        v == &json!([false, false, false])
+    })
     .await;
     c.close().await.unwrap();
 }

@@ -185,8 +185,10 @@ fn events<H: AdminHandle>(
                 _ = keepalive.tick() => Bytes::from_static(b": keep-alive\n\n"),
                 f = frames.recv() => match f {
                     Ok(f) => Bytes::copy_from_slice(f.as_bytes()),
-                    // A slow reader skips what it missed; the next snapshot has it all.
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    // A reader this far behind is closed: it reconnects with Last-Event-ID
+                    // and is sent the notable events it missed (the next snapshot has the
+                    // rest), instead of silently skipping them.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             };

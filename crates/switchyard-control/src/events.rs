@@ -44,6 +44,8 @@ struct Journal {
     lines: usize,
     /// Said once, not at every event.
     warned: bool,
+    /// The file does not end with a newline (a write cut short).
+    broken_tail: bool,
 }
 
 impl Journal {
@@ -70,6 +72,9 @@ impl Journal {
         else {
             return j;
         };
+        // A last line cut by a crash is skipped, and the next event starts on a line of
+        // its own.
+        j.broken_tail = !text.is_empty() && !text.ends_with('\n');
         for line in text.lines() {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
@@ -114,16 +119,25 @@ impl Journal {
     fn save(&mut self, data: &str) {
         let Some(path) = &self.path else { return };
         let result = if self.lines >= 2 * JOURNAL {
+            // Rewritten beside and renamed over: a crash leaves the old file or the new.
             let all: String = self.kept.iter().map(|(_, d, _)| format!("{d}\n")).collect();
             self.lines = self.kept.len();
-            std::fs::write(path, all)
+            let tmp = path.with_extension("jsonl.tmp");
+            std::fs::write(&tmp, all).and_then(|()| std::fs::rename(&tmp, path))
         } else {
             self.lines += 1;
+            let lead = if std::mem::take(&mut self.broken_tail) {
+                "\n"
+            } else {
+                ""
+            };
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{data}\n").as_bytes()))
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, format!("{lead}{data}\n").as_bytes())
+                })
         };
         match result {
             Err(e) if !self.warned => {
@@ -154,14 +168,15 @@ impl EventBus {
     }
 
     pub fn publish(&self, e: &Event) {
-        let frame: Arc<str> = if e.kept() {
-            self.journal
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .add(e)
-        } else {
-            Arc::from(e.to_sse())
-        };
+        if e.kept() {
+            // Sent under the journal's lock: subscribers see ids in order, and one that
+            // joins meanwhile gets it either replayed or live (it tells by the id).
+            let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+            let frame = journal.add(e);
+            let _ = self.tx.send(frame);
+            return;
+        }
+        let frame: Arc<str> = Arc::from(e.to_sse());
         if matches!(e, Event::Snapshot { .. }) {
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(frame.clone());
         }
@@ -333,8 +348,11 @@ mod tests {
         again.publish(&Event::Started {
             version: "1".into(),
         });
+        // Ids go on above the last kept (the clock may have moved them further).
         let (first, _) = again.subscribe(Some(start + 2));
-        assert_eq!(ids(&first), [start + 3]);
+        assert_eq!(ids(&first).len(), 1);
+        let restart = ids(&first)[0];
+        assert!(restart > start + 2, "{restart} after {start}");
         for i in 0..(3 * JOURNAL) {
             again.publish(&phase(&format!("p{i}")));
         }
@@ -342,15 +360,32 @@ mod tests {
         assert!(lines <= 2 * JOURNAL, "{lines} lines");
         let (all, _) = again.subscribe(None);
         assert_eq!(ids(&all).len(), JOURNAL);
-        assert_eq!(*ids(&all).last().unwrap(), start + 3 + 3 * JOURNAL as u64);
+        let newest = *ids(&all).last().unwrap();
+        assert_eq!(newest, restart + 3 * JOURNAL as u64);
         // A journal lost: ids still go on above what a client saw (600 events in a few
         // milliseconds ran ahead of the clock: it catches up first).
         std::fs::remove_file(&path).unwrap();
         std::thread::sleep(Duration::from_millis(700));
         let fresh = EventBus::with_journal(Some(path));
         fresh.publish(&phase("after"));
-        let (none_missed, _) = fresh.subscribe(Some(start + 3 + 3 * JOURNAL as u64));
+        let (none_missed, _) = fresh.subscribe(Some(newest));
         assert_eq!(ids(&none_missed).len(), 1);
+    }
+
+    /// A line cut short by a crash is skipped and the next event starts a line of its own.
+    #[test]
+    fn a_line_cut_by_a_crash_loses_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "{\"type\":\"phase\",\"id\":7,\"phase\":\"a\",\"percent\":1.0,\"by\":\"x\"}\n{\"type\":\"pha").unwrap();
+        let bus = EventBus::with_journal(Some(path.clone()));
+        bus.publish(&phase("b"));
+        drop(bus);
+        let again = EventBus::with_journal(Some(path));
+        let (all, _) = again.subscribe(None);
+        let kept = ids(&all);
+        assert_eq!(kept.len(), 2, "{all:?}");
+        assert_eq!(kept[0], 7);
     }
 
     /// A journal that cannot be written still publishes live.

@@ -462,7 +462,15 @@ impl Event {
     /// Kept in the journal (with an id and a time), replayed to a client that missed it,
     /// and across a restart: everything but the per-second frames.
     pub fn kept(&self) -> bool {
-        !matches!(self, Event::History { .. } | Event::Snapshot { .. })
+        match self {
+            Event::History { .. } | Event::Snapshot { .. } => false,
+            // The alerts that repeat a phase move, a rollback or a health change (which are
+            // kept as themselves) are live only: they would halve what the journal holds.
+            Event::Alert { event, .. } => {
+                !matches!(event.as_str(), "phase_change" | "rollback" | "health")
+            }
+            _ => true,
+        }
     }
 
     /// As one Server-Sent Events frame.
