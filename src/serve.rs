@@ -139,10 +139,10 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
     }
 
     let limits = switchyard_proxy::ServerLimits::from_config(&config.server);
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let slots = switchyard_proxy::slots::Slots::new(limits.max_connections);
     let upkeep = {
         let mut stop = stop_rx.clone();
-        let (permits, max) = (permits.clone(), limits.max_connections);
+        let slots = slots.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut memory = crate::memory::GiveBack::default();
@@ -150,7 +150,7 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
                 tokio::select! {
                     _ = stop.changed() => return,
                     _ = tick.tick() => {
-                        memory.tick(max - permits.available_permits());
+                        memory.tick(slots.open());
                         if n % 5 == 0 {
                             prometheus.run_upkeep();
                         }
@@ -169,11 +169,11 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
 
     let mut threads = Vec::with_capacity(workers);
     for (i, listener) in proxy_listeners.into_iter().enumerate() {
-        let (tls, gateway, limits, permits, stop) = (
+        let (tls, gateway, limits, slots, stop) = (
             tls.clone(),
             control.gateway(),
             limits.clone(),
-            permits.clone(),
+            slots.clone(),
             stop_rx.clone(),
         );
         let t = std::thread::Builder::new()
@@ -190,7 +190,7 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
                         tls,
                         gateway,
                         limits,
-                        permits,
+                        slots,
                         switchyard_proxy::upstream::Worker::Proxy(i),
                         stop,
                     )

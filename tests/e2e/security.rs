@@ -321,6 +321,48 @@ async fn silent_sockets_are_closed_and_do_not_lock_clients_out() {
         .await;
 }
 
+/// The check of issue 27: 30 sockets that send nothing (or only an HTTP/2 preface and
+/// SETTINGS) against `max_connections: 20`, with the default 30 s head deadline, then a
+/// real client: served at once, the oldest silent sockets closed to make room and counted.
+#[tokio::test]
+async fn a_flood_of_silent_sockets_never_keeps_a_real_client_out() {
+    let (old, _new, gw) =
+        pair_behind_gateway_with("phase-0", "server:\n  max_connections: 20\n").await;
+    let mut flood = Vec::new();
+    for i in 0..30 {
+        let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+        if i % 3 == 0 {
+            s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+                .await
+                .unwrap();
+        }
+        flood.push(s);
+    }
+    // Let the gateway take them all in (20 slots, 10 more shedding the oldest).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        let started = std::time::Instant::now();
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("x-request-id", format!("after-flood-{i}"))
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "a real client after the silent sockets");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "kept waiting {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(old.request_count(), 3);
+    let m = gw.metrics().await;
+    let shed = metric_value(&m, r#"switchyard_rejected_total{reason="shed_silent"}"#).unwrap();
+    assert!(shed >= 10.0, "{shed} silent sockets shed");
+    drop(flood);
+}
+
 /// Nothing above `base_url`'s path is reachable with the provider's key, and nothing is
 /// tunnelled: dot-segments (raw or percent-encoded) get 400, `CONNECT` 405.
 #[tokio::test]

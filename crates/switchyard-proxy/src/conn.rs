@@ -26,6 +26,9 @@ pub struct ConnInfo {
     /// When the connection last started or finished an answer, in ms since `opened`.
     pub last_active_ms: AtomicU64,
     pub opened: Option<Instant>,
+    /// Raised when the connection, still without a request head, is to close to admit
+    /// another at the connection cap ([`crate::slots`]).
+    pub shed: tokio::sync::Notify,
 }
 
 impl ConnInfo {

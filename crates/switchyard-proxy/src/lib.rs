@@ -35,6 +35,7 @@ pub mod route;
 pub mod server;
 pub mod service;
 pub mod shadow;
+pub mod slots;
 pub mod snapshot;
 pub mod sniff;
 pub mod timeout;

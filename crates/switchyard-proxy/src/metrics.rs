@@ -36,6 +36,7 @@ pub const REJECT_REASONS: &[&str] = &[
     "rate_limit",
     "max_connections",
     "no_request",
+    "shed_silent",
 ];
 
 /// Buckets (seconds) for both latency histograms: LLM calls run from a few ms to minutes.

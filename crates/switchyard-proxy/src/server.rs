@@ -14,7 +14,7 @@ use hyper_util::service::TowerToHyperService;
 use switchyard_core::ErrorKind;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::conn::ConnInfo;
@@ -22,6 +22,7 @@ use crate::framing::FramingGuard;
 use crate::metrics::REJECTED_TOTAL;
 use crate::response_body::GatewayBody;
 use crate::service::GatewayService;
+use crate::slots::{Slots, SHED_WAIT};
 use crate::snapshot::Gateway;
 use crate::upstream::Worker;
 
@@ -52,7 +53,7 @@ impl ServerLimits {
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Serves as proxy `worker` (its requests use that worker's provider pools, which it also
-/// sweeps). `permits` caps open connections; workers sharing one listener port share it.
+/// sweeps). `slots` caps open connections; workers share it.
 /// Serves until `shutdown` turns true, then stops accepting at once and lets open
 /// requests and streams finish for up to `limits.shutdown_grace`.
 /// Returns how many connections were still open when the grace period ran out.
@@ -61,7 +62,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     gateway: Arc<Gateway>,
     limits: ServerLimits,
-    permits: Arc<Semaphore>,
+    slots: Arc<Slots>,
     worker: Worker,
     mut shutdown: watch::Receiver<bool>,
 ) -> usize {
@@ -86,8 +87,15 @@ pub async fn serve(
             }
         })
     };
-    let builders = Arc::new(Builders::new(&limits));
     let graceful = GracefulShutdown::new();
+    let accepting = Arc::new(Accepting {
+        builders: Builders::new(&limits),
+        gateway,
+        tls,
+        worker,
+        timeouts: (limits.header_read_timeout, limits.keepalive_timeout),
+        slots: slots.clone(),
+    });
 
     loop {
         let (stream, remote) = tokio::select! {
@@ -103,33 +111,24 @@ pub async fn serve(
                 }
             },
         };
-        // Over the cap a connection is answered at once (503, closed) rather than left
-        // in a queue where its client cannot tell a busy gateway from a dead one.
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::counter!(REJECTED_TOTAL, "reason" => "max_connections").increment(1);
-            tokio::spawn(refuse_over_cap(stream));
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let conn_info = Arc::new(ConnInfo::new(worker, remote));
-        let svc = TowerToHyperService::new(GatewayService::new(gateway.clone(), conn_info.clone()));
-        let (builders, watcher) = (builders.clone(), graceful.watcher());
-        let timeouts = (limits.header_read_timeout, limits.keepalive_timeout);
-        // Two tasks, not one with both arms: a task is as large as its largest state, and
-        // a TLS handshake's is several KB that no cleartext connection should carry.
-        match tls.clone() {
-            None => tokio::spawn(async move {
-                serve_cleartext(stream, &builders, svc, watcher, &conn_info, timeouts).await;
-                drop(permit);
-            }),
-            Some(acceptor) => tokio::spawn(async move {
-                serve_tls(
-                    stream, acceptor, &builders, svc, watcher, &conn_info, timeouts,
-                )
-                .await;
-                drop(permit);
-            }),
-        };
+        let watcher = graceful.watcher();
+        if let Some(permit) = slots.try_take() {
+            accepting.start(stream, remote, permit, watcher);
+        } else if slots.shed_oldest() {
+            // At the cap, a connection without a request head was asked to close: this
+            // one takes its slot once it is free (off the accept loop).
+            let accepting = accepting.clone();
+            tokio::spawn(async move {
+                match accepting.slots.take_within(SHED_WAIT).await {
+                    Some(permit) => accepting.start(stream, remote, permit, watcher),
+                    None => refuse(stream),
+                }
+            });
+        } else {
+            // Every slot serves: answered at once (503, closed) rather than left in a
+            // queue where its client cannot tell a busy gateway from a dead one.
+            refuse(stream);
+        }
     }
     drop(listener);
     sweeper.abort();
@@ -145,6 +144,74 @@ pub async fn serve(
             open.max(1)
         }
     }
+}
+
+/// What starting to serve an accepted connection needs.
+struct Accepting {
+    builders: Builders,
+    gateway: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
+    worker: Worker,
+    /// The header read timeout and the keep-alive timeout.
+    timeouts: (Duration, Duration),
+    slots: Arc<Slots>,
+}
+
+impl Accepting {
+    /// Serves `stream` in a task of its own, holding `permit` (its slot) until it ends.
+    fn start(
+        self: &Arc<Self>,
+        stream: tokio::net::TcpStream,
+        remote: std::net::SocketAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        watcher: Watcher,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let conn_info = Arc::new(ConnInfo::new(self.worker, remote));
+        self.slots.admitted(&conn_info);
+        let svc =
+            TowerToHyperService::new(GatewayService::new(self.gateway.clone(), conn_info.clone()));
+        let this = self.clone();
+        // Two tasks, not one with both arms: a task is as large as its largest state, and
+        // a TLS handshake's is several KB that no cleartext connection should carry.
+        match self.tls.clone() {
+            None => tokio::spawn(async move {
+                serve_cleartext(
+                    stream,
+                    &this.builders,
+                    svc,
+                    watcher,
+                    &conn_info,
+                    this.timeouts,
+                )
+                .await;
+                drop(permit);
+            }),
+            Some(acceptor) => tokio::spawn(async move {
+                serve_tls(
+                    stream,
+                    acceptor,
+                    &this.builders,
+                    svc,
+                    watcher,
+                    &conn_info,
+                    this.timeouts,
+                )
+                .await;
+                drop(permit);
+            }),
+        };
+    }
+}
+
+fn refuse(stream: tokio::net::TcpStream) {
+    metrics::counter!(REJECTED_TOTAL, "reason" => "max_connections").increment(1);
+    tokio::spawn(refuse_over_cap(stream));
+}
+
+/// Closed to admit another at the connection cap, before a request head was read.
+fn shed() {
+    metrics::counter!(REJECTED_TOTAL, "reason" => "shed_silent").increment(1);
 }
 
 /// The protocol a client connection speaks.
@@ -229,7 +296,11 @@ async fn serve_cleartext<S>(
     S: ConnService,
 {
     let deadline = tokio::time::Instant::now() + header_timeout;
-    let proto = match tokio::time::timeout_at(deadline, sniff_cleartext(&stream)).await {
+    let sniffed = tokio::select! {
+        r = tokio::time::timeout_at(deadline, sniff_cleartext(&stream)) => r,
+        () = info.shed.notified() => return shed(),
+    };
+    let proto = match sniffed {
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None) | Err(_)) => return,
         Err(_) => {
@@ -256,7 +327,11 @@ async fn serve_tls<S>(
     S: ConnService,
 {
     let deadline = tokio::time::Instant::now() + header_timeout;
-    let tls_stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+    let handshake = tokio::select! {
+        r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
+        () = info.shed.notified() => return shed(),
+    };
+    let tls_stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let remote = info.remote.map(tracing::field::display);
@@ -354,9 +429,19 @@ where
     F: std::future::Future<Output = Result<(), E>>,
 {
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        r = &mut conn => return Some(r),
-        _ = tokio::time::sleep(deadline) => {}
+    let head_due = tokio::time::Instant::now() + deadline;
+    loop {
+        tokio::select! {
+            r = &mut conn => return Some(r),
+            _ = tokio::time::sleep_until(head_due) => break,
+            () = info.shed.notified() => {
+                // Asked to give way at the connection cap: only while no request came.
+                if !info.started.load(Ordering::Relaxed) {
+                    shed();
+                    return None;
+                }
+            }
+        }
     }
     if !info.started.load(Ordering::Relaxed) {
         metrics::counter!(REJECTED_TOTAL, "reason" => "no_request").increment(1);
