@@ -456,24 +456,45 @@ pub struct StatsArgs {
     migration: Option<String>,
 }
 
+/// GETs a read document (`stats`, `compatibility`) of the gateway at `admin`, of one
+/// migration when named: its JSON, or the exit code once it was printed raw (`json`) or
+/// could not be read (said on standard error).
+pub fn read_document(
+    admin: &str,
+    token: Option<&str>,
+    migration: Option<&str>,
+    document: &str,
+    json: bool,
+) -> Result<(String, Value), ExitCode> {
+    let base = admin.trim_end_matches('/');
+    let url = match migration {
+        Some(m) => format!("{base}/admin/migrations/{m}/{document}"),
+        None => format!("{base}/admin/{document}"),
+    };
+    let v = get_json(&url, token).map_err(|e| {
+        eprintln!("switchyard: {url}: {e}");
+        ExitCode::from(2)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Err(ExitCode::SUCCESS);
+    }
+    Ok((url, v))
+}
+
 /// `switchyard stats`: the two providers side by side, from `/admin/stats`.
 pub fn stats(args: StatsArgs) -> ExitCode {
-    let base = args.admin.trim_end_matches('/');
-    let url = match &args.migration {
-        Some(m) => format!("{base}/admin/migrations/{m}/stats"),
-        None => format!("{base}/admin/stats"),
+    let read = read_document(
+        &args.admin,
+        args.token.as_deref(),
+        args.migration.as_deref(),
+        "stats",
+        args.json,
+    );
+    let (url, v) = match read {
+        Ok(r) => r,
+        Err(code) => return code,
     };
-    let v = match get_json(&url, args.token.as_deref()) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("switchyard: {url}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return ExitCode::SUCCESS;
-    }
     let v: Stats = match serde_json::from_value(v) {
         Ok(v) => v,
         Err(e) => {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 use switchyard_core::api::Compatibility;
 
-use crate::phase::get_json;
+use crate::phase::read_document;
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -24,22 +24,17 @@ pub struct ReportArgs {
 }
 
 pub fn run(args: ReportArgs) -> ExitCode {
-    let base = args.admin.trim_end_matches('/');
-    let url = match &args.migration {
-        Some(m) => format!("{base}/admin/migrations/{m}/compatibility"),
-        None => format!("{base}/admin/compatibility"),
+    let read = read_document(
+        &args.admin,
+        args.token.as_deref(),
+        args.migration.as_deref(),
+        "compatibility",
+        args.json,
+    );
+    let (url, v) = match read {
+        Ok(r) => r,
+        Err(code) => return code,
     };
-    let v = match get_json(&url, args.token.as_deref()) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("switchyard: {url}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return ExitCode::SUCCESS;
-    }
     match serde_json::from_value::<Compatibility>(v) {
         Ok(r) => {
             print!("{}", render(&r));

@@ -143,16 +143,21 @@ impl Control {
     }
 }
 
+/// The migration a read is about: `name`, or the first (a gateway's only one).
+fn read_index(s: &Snapshot, name: Option<&str>) -> Result<usize, ControlError> {
+    match name {
+        Some(n) => s
+            .config
+            .migration(n)
+            .ok_or_else(|| ControlError::UnknownMigration(n.to_string())),
+        None => Ok(0),
+    }
+}
+
 impl AdminHandle for Control {
     fn status(&self, migration: Option<&str>) -> AdminResult {
         let s = self.gateway.load();
-        let i = match migration {
-            Some(n) => s
-                .config
-                .migration(n)
-                .ok_or_else(|| ControlError::UnknownMigration(n.to_string()))?,
-            None => 0,
-        };
+        let i = read_index(&s, migration)?;
         Ok(self.status_of(&s, i))
     }
 
@@ -208,13 +213,7 @@ impl AdminHandle for Control {
 
     fn compatibility(&self, migration: Option<&str>) -> AdminResult<Compatibility> {
         let s = self.gateway.load();
-        let i = match migration {
-            Some(n) => s
-                .config
-                .migration(n)
-                .ok_or_else(|| ControlError::UnknownMigration(n.to_string()))?,
-            None => 0,
-        };
+        let i = read_index(&s, migration)?;
         let m = &s.config.migrations[i];
         let providers = &s.config.providers;
         let (from, to) = (&*providers[m.from].name, &*providers[m.to].name);
