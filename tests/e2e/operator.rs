@@ -139,6 +139,18 @@ async fn a_trip_stays_in_red_with_its_numbers_until_acknowledged() {
         "acknowledged stays acknowledged"
     );
     c.close().await.unwrap();
+
+    // A restart while rolled back still shows what tripped it (read back from the journal).
+    let (dir, config_path) = gw.stop();
+    let gw = Gateway::spawn(dir, config_path, &[]).await;
+    let s = gw.status().await;
+    assert_eq!(s["rolled_back"], true, "{s}");
+    let tripped = &s["last_failing_verdict"];
+    assert_eq!(tripped["result"], "fail", "{s}");
+    assert!(
+        tripped["reason"].as_str().unwrap().contains("error_rate"),
+        "{tripped}"
+    );
 }
 
 /// The panels show the judge's numbers for the current phase; a jump of two phases asks

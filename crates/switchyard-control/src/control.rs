@@ -198,6 +198,21 @@ impl Control {
             unpublished: std::sync::Mutex::default(),
             events,
         };
+        // An automatic rollback still in effect shows what tripped it, across a restart:
+        // the failing verdict is in the event journal.
+        let snap = control.gateway.load();
+        for (i, m) in config.migrations.iter().enumerate() {
+            let state = snap.state(i);
+            if state.rolled_back && state.rollback_trigger == Some(Trigger::Auto) {
+                if let Some(v) = control
+                    .events
+                    .last_failing_verdict(named(&config, i).as_deref())
+                {
+                    control.watch.migration(&m.name).last_failing = Some(v);
+                }
+            }
+        }
+        drop(snap);
         Ok((control, config))
     }
 

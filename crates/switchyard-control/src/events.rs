@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use switchyard_admin::AdminHandle;
 use switchyard_core::api::{Event, Point, PointValues, Stats, Status};
+use switchyard_core::verdict::{Judgement, Verdict};
 use tokio::sync::{broadcast, watch};
 
 use switchyard_watch::Alert;
@@ -212,6 +213,25 @@ impl EventBus {
             first.push(last);
         }
         (first, rx)
+    }
+
+    /// The failing verdict kept for `migration` (`None`: a gateway of one) since it last
+    /// moved to a phase: what tripped the rollback it is in, read back after a restart.
+    pub fn last_failing_verdict(&self, migration: Option<&str>) -> Option<Verdict> {
+        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, data, _) in journal.kept.iter().rev() {
+            match serde_json::from_str::<Event>(data) {
+                Ok(Event::Phase { migration: m, .. }) if m.as_deref() == migration => return None,
+                Ok(Event::Verdict {
+                    verdict,
+                    migration: m,
+                }) if m.as_deref() == migration && verdict.result == Judgement::Fail => {
+                    return Some(*verdict)
+                }
+                _ => {}
+            }
+        }
+        None
     }
 
     fn record(&self, p: Point) {
