@@ -24,7 +24,8 @@
 # shared machine hits all alike; tables show the median round. Then 100 reloads under load
 # and SSE time to first token. Loopback only. Env: ROUNDS (3), DURATION (8s), CONNECTIONS
 # (64), RATE_SHARE (0.15), RATE_DURATION (10s), STREAMS (4000), SETTLE (60: seconds after
-# the burst before RSS is read again).
+# the burst before RSS is read again), SECTIONS ("1 2 3": `SECTIONS=3` measures only the
+# open streams, the quick loop when working on memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -33,6 +34,8 @@ CONNECTIONS=${CONNECTIONS:-64}
 RATE_SHARE=${RATE_SHARE:-0.15}
 RATE_DURATION=${RATE_DURATION:-10s}
 SETTLE=${SETTLE:-60}
+SECTIONS=${SECTIONS:-1 2 3}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 # Each stream over HTTP/1.1 takes two sockets in the proxy (client and upstream side), and
 # the load generator holds the client ends: keep within the open-files hard limit.
 hard=$(ulimit -Hn); [ "$hard" = unlimited ] && hard=1048576
@@ -170,6 +173,7 @@ run_wrk() { # target port -> "rps p50 p99 errors cpu_us_per_request"
   sockerr=$(awk -F'[ ,]+' '/Socket errors/ {print $4+$6+$8+$10}' <<<"$out"); sockerr=${sockerr:-0}
   echo "$rps $p50 $p99 $((non2xx + sockerr)) $(awk -v d=$((c1 - c0)) -v n="$n" -v t="$TICK" 'BEGIN{printf "%.1f", d*1e6/t/n}')"
 }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a/b; else print "n/a" }'; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 med() { tr ' ' '\n' <<<"$1" | grep -v '^$' | median; }
 spread() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk 'NR==1{lo=$1} {hi=$1} END{printf "%s-%s", lo, hi}'; }
@@ -178,6 +182,7 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 TARGETS="direct nginx hyper-floor switchyard"
 port_of() { case $1 in direct) echo $UP;; nginx) echo $PX;; hyper-floor) echo $FL;; switchyard) echo $SY;; esac; }
 declare -A RPS P50 P99 ERR CPU
+if want 1 || want 2; then
 for r in $(seq "$ROUNDS"); do
   for target in $TARGETS; do
     read -r rps p50 p99 errs cpu < <(run_wrk $target "$(port_of $target)")
@@ -190,14 +195,16 @@ printf '| target | requests/s | CPU µs/request | p50 ms | p99 ms | errors |\n|-
 for t in $TARGETS; do
   printf '| %s | %s [%s] | %s [%s] | %s | %s | %s |\n' "$t" "$(med "${RPS[$t]}")" "$(spread "${RPS[$t]}")" "$(med "${CPU[$t]}")" "$(spread "${CPU[$t]}")" "$(med "${P50[$t]}")" "$(med "${P99[$t]}")" "${ERR[$t]}"
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a/b; else print "n/a" }'; }
 ng_rps=$(med "${RPS[nginx]}")
 for t in hyper-floor switchyard; do
   printf '%s/nginx: throughput %sx (target >= 1), CPU per request %sx (target <= 1), p99 %sx\n' "$t" \
     "$(ratio "$(med "${RPS[$t]}")" "$ng_rps")" "$(ratio "$(med "${CPU[$t]}")" "$(med "${CPU[nginx]}")")" "$(ratio "$(med "${P99[$t]}")" "$(med "${P99[nginx]}")")"
 done
 
+fi
+
 # 2. Latency added at a fixed, moderate rate (open loop).
+if want 2; then
 RATE=$(awk -v r="$ng_rps" -v s="$RATE_SHARE" 'BEGIN{printf "%d", r*s}')
 lat() { # port -> "p50 p99 p999 failed"
   local j; j=$("$BIN" loadtest --url "http://127.0.0.1:$1/v1" --mode sustained --rate "$RATE" --duration "$RATE_DURATION" --concurrency 2000 --timeout 10s --json 2>/dev/null | tr -d ' \n')
@@ -225,7 +232,10 @@ for t in hyper-floor switchyard; do
     'BEGIN{ if (n-d > 0) printf "%s/nginx added p99: %.2fx (target <= 1)\n", t, (s-d)/(n-d); }'
 done
 
+fi
+
 # Reload cost: 100 reloads during one switchyard run.
+if want 1; then
 (
   sleep 0.5
   for _ in $(seq 100); do curl -fs -X POST "127.0.0.1:$SYA/admin/reload" >/dev/null || echo "reload failed" >&2; sleep 0.05; done
@@ -234,17 +244,20 @@ read -r rps p50 p99 errs _ < <(run_wrk switchyard $SY)
 wait $reloader
 version=$(curl -fs "127.0.0.1:$SYA/admin/status" | sed -n 's/.*"config_version": *\([0-9]*\).*/\1/p')
 printf '\nreloads under load: config_version %s after 100 reloads; %s req/s, p99 %sms, errors %s (target 0)\n' "$version" "$rps" "$p99" "$errs"
+fi
 
 # SSE: time to first chunk through switchyard vs straight to a streaming mock.
 "$BIN" mock --listen 127.0.0.1:$MOCK --name sse --chunks 5 --chunk-delay 2ms >/dev/null 2>&1 & pids+=($!)
 sed -i "s#http://127.0.0.1:$UP/v1#http://127.0.0.1:$MOCK/v1#g" "$dir/switchyard.yaml"
 curl -fs -X POST "127.0.0.1:$SYA/admin/reload" >/dev/null
 sleep 0.3
+if want 1; then
 ttft() { "$BIN" loadtest --url "$1" --requests 2000 --concurrency 16 --stream --json | tr -d ' \n' | sed -n "s/.*\"ttft_ms\":{[^}]*\"$2\":\([0-9.]*\).*/\1/p"; }
 d50=$(ttft "http://127.0.0.1:$MOCK/v1" p50_ms); d99=$(ttft "http://127.0.0.1:$MOCK/v1" p99_ms)
 s50=$(ttft "http://127.0.0.1:$SY/v1" p50_ms); s99=$(ttft "http://127.0.0.1:$SY/v1" p99_ms)
 awk -v d50="$d50" -v d99="$d99" -v s50="$s50" -v s99="$s99" 'BEGIN {
   printf "SSE time to first token: direct p50 %.3fms p99 %.3fms; through switchyard p50 %.3fms p99 %.3fms; overhead p50 %.3fms p99 %.3fms (target <= 1ms at p99)\n", d50, d99, s50, s99, s50-d50, s99-d99 }'
+fi
 
 # 3. Memory and sockets per open stream, the same streams through each proxy.
 kill "${pids[-1]}" 2>/dev/null || true
