@@ -537,6 +537,12 @@ pub fn stats(args: StatsArgs) -> ExitCode {
             format!("{:.6}", s.cost_usd),
         );
     }
+    for (name, s) in v.providers.iter().filter(|(_, s)| s.unmetered_requests > 0) {
+        println!(
+            "{name}: {} answers unmetered (usage unread: their cost is unknown and left out)",
+            s.unmetered_requests
+        );
+    }
     println!(
         "ROI: all on from ${:.6}, all on to ${:.6}; at this rate moving fully saves ${:.2}/month",
         v.roi.all_on_from_usd, v.roi.all_on_to_usd, v.roi.monthly_savings_at_100_percent_usd

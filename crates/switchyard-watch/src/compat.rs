@@ -26,6 +26,9 @@ const ID_MAX: usize = 64;
 pub const MIN_PAIRS: u64 = 20;
 /// The largest difference in the share honoured that is still `same`.
 pub const SAME_WITHIN: f64 = 0.05;
+/// The smallest median latency difference called `worse` or `better`, as the judge's
+/// default `min_latency_increase`: a significant 0.1 ms is no difference a user sees.
+pub const MIN_LATENCY_DELTA_MS: f64 = 100.0;
 /// Pairs kept (the most recent); about 150 bytes each.
 pub const KEEP_PAIRS: usize = 10_000;
 const EXAMPLES: usize = 5;
@@ -306,8 +309,10 @@ fn latency(pairs: &[&Pair]) -> Option<api::PairedLatency> {
     } else {
         (d[mid - 1] + d[mid]) / 2.0
     };
-    // A latency is neither honoured nor not: `same` when the test finds no shift.
-    let verdict = match p < ALPHA {
+    // A latency is neither honoured nor not: `same` when the test finds no shift, or one
+    // too small to matter.
+    let shifted = p < ALPHA && median.abs() >= MIN_LATENCY_DELTA_MS;
+    let verdict = match shifted {
         true if median > 0.0 => CompatVerdict::Worse,
         true => CompatVerdict::Better,
         false if pairs.len() as u64 >= MIN_PAIRS => CompatVerdict::Same,
@@ -365,7 +370,7 @@ mod tests {
             primary_cut: None,
             shadow_cut: None,
             primary_latency: Duration::from_millis(100),
-            shadow_latency: Duration::from_millis(130),
+            shadow_latency: Duration::from_millis(230),
             primary_ttft: None,
             shadow_ttft: None,
             primary_tokens: (100, 50),
@@ -440,8 +445,24 @@ mod tests {
         assert_eq!(r.tokens.prompt_ratio, Some(1.1));
         assert_eq!(r.tokens.completion_ratio, Some(1.2));
         let latency = r.latency.unwrap();
-        assert_eq!(latency.median_delta_ms, 30.0);
+        assert_eq!(latency.median_delta_ms, 130.0);
         assert_eq!(latency.verdict, CompatVerdict::Worse);
+        // Significant but tiny: the same.
+        let mut tiny = Compat::default();
+        for i in 0..30 {
+            let mut c = comparison(
+                &format!("t-{i}"),
+                FeatureFacts::default(),
+                FeatureFacts::default(),
+            );
+            c.shadow_latency = Duration::from_micros(100_100);
+            tiny.pair("old", "new", &c);
+        }
+        let l = tiny
+            .report("default", ("old", "new"), None)
+            .latency
+            .unwrap();
+        assert_eq!(l.verdict, CompatVerdict::Same, "{l:?}");
         let cost = r.cost.unwrap();
         assert_eq!(cost.ratio, Some(0.5));
         let corrected = cost.monthly_cost_all_on_to_corrected_usd.unwrap();

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# benches/soak.sh: an hour, flat (issue 27). Not a test: it runs for DURATION (1h).
+#
+# The gateway in front of two `switchyard mock` providers — `old` over HTTP/1.1 only, `new`
+# over h2c — at half of nginx's saturation rate (RATE_SHARE of what nginx proxying `old`
+# serves under wrk), mixed JSON and SSE (SSE_SHARE of the requests), shadow on, a reload
+# every minute, a rollback and a phase move every ten. Every 10 s: RSS, open fds and
+# upstream sockets of the gateway, printed as a table row. Pass: RSS at the end within 10%
+# of its value at minute 5, fds back to the baseline once the load stops and idle
+# connections close, no failed request.
+#
+# Env: DURATION (3600 s), RATE_SHARE (0.5), RATE (requests/s; measured when unset),
+# SSE_SHARE (0.2). Loopback only; needs nginx and wrk (installed like make bench does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-3600}
+RATE_SHARE=${RATE_SHARE:-0.5}
+SSE_SHARE=${SSE_SHARE:-0.2}
+BIN=target/release/switchyard
+[ -x "$BIN" ] || cargo build --release --locked
+command -v nginx >/dev/null && command -v wrk >/dev/null || {
+  echo "needs nginx and wrk: make bench installs them" >&2; exit 2; }
+ulimit -n 65536 2>/dev/null || true
+
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  [ -f "$dir/px.pid" ] && kill "$(cat "$dir/px.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT INT TERM
+
+OLD=17201 NEW=17202 SY=17203 SYA=17204 PX=17205
+"$BIN" mock --listen 127.0.0.1:$OLD --name old --http1-only --chunks 10 --chunk-delay 50ms >/dev/null 2>&1 & pids+=($!)
+"$BIN" mock --listen 127.0.0.1:$NEW --name new --chunks 10 --chunk-delay 50ms >/dev/null 2>&1 & pids+=($!)
+cat > "$dir/switchyard.yaml" <<YAML
+listen: 127.0.0.1:$SY
+admin: { listen: 127.0.0.1:$SYA }
+providers:
+  old:
+    base_url: http://127.0.0.1:$OLD/v1
+    upstream_idle_timeout: 15s
+    pricing: { deepseek-chat: { input: 0.27, output: 1.10 } }
+  new:
+    base_url: http://127.0.0.1:$NEW/v1
+    http2: true
+    upstream_idle_timeout: 15s
+    pricing: { deepseek-chat: { input: 0.14, output: 0.42 } }
+migration:
+  from: old
+  to: new
+  phases: [ { name: tenth, percent: 10 }, { name: half, percent: 50 } ]
+  phase: tenth
+  shadow_percent: 10
+health_check: { interval: 5s }
+server: { access_log: false, keepalive_timeout: 15s }
+state_file: $dir/state.json
+YAML
+SWITCHYARD_LOG=warn "$BIN" serve --config "$dir/switchyard.yaml" 2>"$dir/gateway.log" & sy=$!; pids+=($sy)
+for _ in $(seq 100); do curl -fs "127.0.0.1:$SYA/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+
+if [ -z "${RATE:-}" ]; then
+  cat > "$dir/proxy.conf" <<NGX
+worker_processes auto; error_log $dir/nginx-error.log warn; events { worker_connections 20000; }
+pid $dir/px.pid;
+http {
+  access_log off;
+  client_body_temp_path $dir/b; proxy_temp_path $dir/p; fastcgi_temp_path $dir/f; uwsgi_temp_path $dir/u; scgi_temp_path $dir/s;
+  upstream llm { server 127.0.0.1:$OLD; keepalive 128; }
+  server { listen 127.0.0.1:$PX; location / { proxy_pass http://llm; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+NGX
+  nginx -c "$dir/proxy.conf" -p "$dir" 2>/dev/null
+  cat > "$dir/post.lua" <<'LUA'
+wrk.method = "POST"; wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"deepseek-chat","messages":[{"role":"user","content":"Say hello."}]}'
+LUA
+  sat=$(wrk -t2 -c64 -d5s -s "$dir/post.lua" "http://127.0.0.1:$PX/v1/chat/completions" | awk '/Requests\/sec/ {print $2}')
+  kill "$(cat "$dir/px.pid")" 2>/dev/null || true
+  RATE=$(awk -v s="$sat" -v k="$RATE_SHARE" 'BEGIN{printf "%d", s*k}')
+  echo "nginx saturates at $sat req/s through the HTTP/1.1 mock; the soak runs at $RATE req/s" >&2
+fi
+json_rate=$(awk -v r="$RATE" -v s="$SSE_SHARE" 'BEGIN{printf "%d", r*(1-s)}')
+sse_rate=$(awk -v r="$RATE" -v s="$SSE_SHARE" 'BEGIN{n=int(r*s); if (n<1) n=1; print n}')
+
+rss() { awk '/VmRSS/ {print $2}' /proc/$sy/status; }
+fds() { ls /proc/$sy/fd | wc -l; }
+upstream() { ss -Htn state established "( dport = :$OLD or dport = :$NEW )" 2>/dev/null | wc -l; }
+base_fds=$(fds)
+
+"$BIN" loadtest --url "http://127.0.0.1:$SY/v1" --mode sustained --rate "$json_rate" --duration "${DURATION}s" \
+  --concurrency 2000 --timeout 30s --json >"$dir/json.json" 2>/dev/null & lj=$!
+"$BIN" loadtest --url "http://127.0.0.1:$SY/v1" --mode sustained --rate "$sse_rate" --duration "${DURATION}s" \
+  --concurrency 2000 --timeout 30s --stream --json >"$dir/sse.json" 2>/dev/null & ls_=$!
+
+printf '| minute | RSS MB | open fds | upstream sockets | config version | phase |\n|---:|---:|---:|---:|---:|---|\n'
+start=$(date +%s); rss5=""; last_rss=0
+for ((t = 10; t <= DURATION; t += 10)); do
+  sleep $(( start + t - $(date +%s) > 0 ? start + t - $(date +%s) : 0 ))
+  if (( t % 60 == 0 )); then
+    touch "$dir/switchyard.yaml"; curl -fs -X POST "127.0.0.1:$SYA/admin/reload" >/dev/null || echo "reload failed at $t s" >&2
+  fi
+  if (( t % 600 == 300 )); then
+    curl -fs -X POST "127.0.0.1:$SYA/admin/rollback" -d '{"reason":"soak"}' >/dev/null || echo "rollback failed at $t s" >&2
+  elif (( t % 600 == 0 )); then
+    # Leave the rollback, alternating the phase each time.
+    next=$([ $(( t / 600 % 2 )) = 1 ] && echo half || echo tenth)
+    curl -fs -X POST "127.0.0.1:$SYA/admin/phase" -d "{\"phase\":\"$next\"}" >/dev/null || echo "phase move failed at $t s" >&2
+  fi
+  r=$(rss); last_rss=$r
+  [ "$t" = 300 ] && rss5=$r
+  status=$(curl -fs "127.0.0.1:$SYA/admin/status" | tr -d ' \n' || echo '{}')
+  v=$(sed -n 's/.*"config_version":\([0-9]*\).*/\1/p' <<<"$status")
+  ph=$(grep -q '"rolled_back":true' <<<"$status" && echo rollback || sed -n 's/.*"phase":{"name":"\([^"]*\)".*/\1/p' <<<"$status")
+  awk -v m="$(awk -v t="$t" 'BEGIN{printf "%.1f", t/60}')" -v r="$r" -v f="$(fds)" -v u="$(upstream)" -v v="$v" -v p="$ph" \
+    'BEGIN{printf "| %s | %.1f | %d | %d | %s | %s |\n", m, r/1024, f, u, v, p}'
+done
+wait $lj $ls_ || true
+failed=0
+for f in json sse; do
+  n=$(tr -d ' \n' <"$dir/$f.json" | sed -n 's/.*"failed":\([0-9]*\).*/\1/p'); failed=$((failed + ${n:-1}))
+  ok=$(tr -d ' \n' <"$dir/$f.json" | sed -n 's/.*"succeeded":\([0-9]*\).*/\1/p')
+  echo "$f: ${ok:-?} succeeded, ${n:-?} failed" >&2
+done
+# Idle connections close (keep-alive 15 s, upstream idle 15 s, swept every 10 s).
+sleep 40
+end_fds=$(fds)
+[ -n "$rss5" ] || rss5=$last_rss
+awk -v a="$rss5" -v b="$last_rss" -v f0="$base_fds" -v f1="$end_fds" -v e="$failed" 'BEGIN{
+  d = (b - a) / a; ok = (d <= 0.10 && d >= -0.5 && f1 <= f0 + 2 && e == 0)
+  printf "RSS at minute 5 %.1f MB, at the end %.1f MB (%+.1f%%, target within 10%%); fds %d at start, %d after (target back to baseline); failed requests %d (target 0): %s\n",
+    a/1024, b/1024, d*100, f0, f1, e, ok ? "PASS" : "FAIL"
+  exit ok ? 0 : 1 }'
