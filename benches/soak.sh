@@ -96,25 +96,33 @@ base_fds=$(fds)
   --concurrency 2000 --timeout 30s --stream --json >"$dir/sse.json" 2>/dev/null & ls_=$!
 
 printf '| minute | RSS MB | open fds | upstream sockets | config version | phase |\n|---:|---:|---:|---:|---:|---|\n'
-start=$(date +%s); rss5=""; last_rss=0
-for ((t = 10; t <= DURATION; t += 10)); do
-  sleep $(( start + t - $(date +%s) > 0 ? start + t - $(date +%s) : 0 ))
-  if (( t % 60 == 0 )); then
-    touch "$dir/switchyard.yaml"; curl -fs -X POST "127.0.0.1:$SYA/admin/reload" >/dev/null || echo "reload failed at $t s" >&2
+# Samples and actions go by the wall clock: under load a sample may take seconds.
+start=$(date +%s); next=10; reloads=0; slots=0; rss5=""; last_rss=0
+while kill -0 $lj 2>/dev/null || kill -0 $ls_ 2>/dev/null; do
+  el=$(( $(date +%s) - start ))
+  if (( el < next )); then sleep 1; continue; fi
+  next=$(( el - el % 10 + 10 ))
+  if (( el / 60 > reloads )); then
+    reloads=$(( el / 60 ))
+    touch "$dir/switchyard.yaml"; curl -fs -m 10 -X POST "127.0.0.1:$SYA/admin/reload" >/dev/null || echo "reload failed at $el s" >&2
   fi
-  if (( t % 600 == 300 )); then
-    curl -fs -X POST "127.0.0.1:$SYA/admin/rollback" -d '{"reason":"soak"}' >/dev/null || echo "rollback failed at $t s" >&2
-  elif (( t % 600 == 0 )); then
-    # Leave the rollback, alternating the phase each time.
-    next=$([ $(( t / 600 % 2 )) = 1 ] && echo half || echo tenth)
-    curl -fs -X POST "127.0.0.1:$SYA/admin/phase" -d "{\"phase\":\"$next\"}" >/dev/null || echo "phase move failed at $t s" >&2
+  # Every ten minutes a rollback (at 5, 15, … min) and a phase move out of it (at 10, 20, …),
+  # alternating the phase.
+  if (( el / 300 > slots )); then
+    slots=$(( el / 300 ))
+    if (( slots % 2 == 1 )); then
+      curl -fs -m 10 -X POST "127.0.0.1:$SYA/admin/rollback" -d '{"reason":"soak"}' >/dev/null || echo "rollback failed at $el s" >&2
+    else
+      next_phase=$([ $(( slots / 2 % 2 )) = 1 ] && echo half || echo tenth)
+      curl -fs -m 10 -X POST "127.0.0.1:$SYA/admin/phase" -d "{\"phase\":\"$next_phase\"}" >/dev/null || echo "phase move failed at $el s" >&2
+    fi
   fi
   r=$(rss); last_rss=$r
-  [ "$t" = 300 ] && rss5=$r
-  status=$(curl -fs "127.0.0.1:$SYA/admin/status" | tr -d ' \n' || echo '{}')
+  (( el >= 300 )) && [ -z "$rss5" ] && rss5=$r
+  status=$(curl -fs -m 10 "127.0.0.1:$SYA/admin/status" | tr -d ' \n' || echo '{}')
   v=$(sed -n 's/.*"config_version":\([0-9]*\).*/\1/p' <<<"$status")
   ph=$(grep -q '"rolled_back":true' <<<"$status" && echo rollback || sed -n 's/.*"phase":{"name":"\([^"]*\)".*/\1/p' <<<"$status")
-  awk -v m="$(awk -v t="$t" 'BEGIN{printf "%.1f", t/60}')" -v r="$r" -v f="$(fds)" -v u="$(upstream)" -v v="$v" -v p="$ph" \
+  awk -v m="$(awk -v t="$el" 'BEGIN{printf "%.1f", t/60}')" -v r="$r" -v f="$(fds)" -v u="$(upstream)" -v v="$v" -v p="$ph" \
     'BEGIN{printf "| %s | %.1f | %d | %d | %s | %s |\n", m, r/1024, f, u, v, p}'
 done
 wait $lj $ls_ || true
