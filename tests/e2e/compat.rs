@@ -71,19 +71,26 @@ fn feature<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-/// The check of issue 25: shadow 100% at phase-1, the new side dropping tool calls and
-/// answering a `json_schema` request in prose — both `worse`, from the pairs, with
-/// examples; the CLI prints the same report.
-#[tokio::test]
-async fn shadow_pairs_show_a_side_that_drops_tool_calls_and_schemas_as_worse() {
+/// `old` and `new` behind a gateway at phase-1 with every request `old` serves shadowed to
+/// `new`, which leaves `ignore` unanswered.
+async fn shadowed(ignore: &str) -> (Mock, Mock, Gateway) {
     let old = mock("old").await;
     let new = mock("new").await;
-    new.set_ignore("tools,response_format".parse::<Ignore>().unwrap());
+    new.set_ignore(ignore.parse::<Ignore>().unwrap());
     let yaml = config(&old.base_url(), &new.base_url(), "phase-1").replace(
         "  phase: phase-1\n",
         "  phase: phase-1\n  shadow_percent: 100\n",
     );
     let gw = Gateway::start(&yaml).await;
+    (old, new, gw)
+}
+
+/// The check of issue 25: shadow 100% at phase-1, the new side dropping tool calls and
+/// answering a `json_schema` request in prose — both `worse`, from the pairs, with
+/// examples; the CLI prints the same report.
+#[tokio::test]
+async fn shadow_pairs_show_a_side_that_drops_tool_calls_and_schemas_as_worse() {
+    let (_old, _new, gw) = shadowed("tools,response_format").await;
     for i in 0..16 {
         let (tools, schema) = (tools_body(i % 2 == 0), schema_body(i % 2 == 1));
         let answer = send(&gw, &format!("tool-{i}"), &tools).await;
@@ -415,14 +422,7 @@ const client = new OpenAI({ baseURL: process.env.BASE_URL, apiKey: 'sk-test' });
 /// The dashboard shows the report: a side that drops tool calls reads `worse` on the page.
 #[tokio::test]
 async fn the_dashboard_shows_the_compatibility_report() {
-    let old = mock("old").await;
-    let new = mock("new").await;
-    new.set_ignore("tools".parse::<Ignore>().unwrap());
-    let yaml = config(&old.base_url(), &new.base_url(), "phase-1").replace(
-        "  phase: phase-1\n",
-        "  phase: phase-1\n  shadow_percent: 100\n",
-    );
-    let gw = Gateway::start(&yaml).await;
+    let (_old, _new, gw) = shadowed("tools").await;
     for i in 0..14 {
         send(&gw, &format!("page-tool-{i}"), &tools_body(false)).await;
     }

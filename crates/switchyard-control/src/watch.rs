@@ -302,21 +302,25 @@ fn judge_one(
         && control.cluster.as_ref().is_none_or(|c| c.is_leader())
     {
         let Some(p) = live.state.phase else { return };
-        let (from, to) = (
-            &*snap.config.providers[m.from].name,
-            &*snap.config.providers[m.to].name,
-        );
-        let incompatible = control
-            .watch
-            .migration(&m.name)
-            .compat
-            .worse((from, to), &m.compatibility_gate);
         let decision = gate(
             m.phases[p].hold,
             control.watch.in_phase_for(&m.name),
             p + 1 >= m.phases.len(),
             Some(&verdict),
         );
+        // The compatibility evidence is read only when everything else would advance.
+        let (from, to) = (
+            &*snap.config.providers[m.from].name,
+            &*snap.config.providers[m.to].name,
+        );
+        let incompatible = match decision {
+            Gate::Advance => control
+                .watch
+                .migration(&m.name)
+                .compat
+                .worse((from, to), &m.compatibility_gate),
+            Gate::Wait(_) => Vec::new(),
+        };
         match decision {
             Gate::Advance if !incompatible.is_empty() => control.watch.set_gate(
                 &m.name,
