@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use switchyard_core::config::ProviderConfig;
 
 use crate::errors::{BoxError, BuildError, ProviderProblem};
@@ -441,34 +441,21 @@ impl Upstream {
     }
 
     async fn connect(&self) -> Result<Connected, BoxError> {
+        if !self.config.https {
+            // Cleartext skips the TLS connector: its connect future and the connection
+            // task holding a `MaybeHttpsStream` are each several KB per connection, paid
+            // at once when a burst of streams opens a connection each.
+            let tcp = connect_tcp(&self.origin, self.config.connect_timeout).await?;
+            return handshake(TokioIo::new(tcp), self.config.http2 == Some(true)).await;
+        }
+        Box::pin(self.connect_tls()).await
+    }
+
+    async fn connect_tls(&self) -> Result<Connected, BoxError> {
         use tower::ServiceExt;
         let io = self.connector.clone().oneshot(self.origin.clone()).await?;
-        let h2 = if self.config.https {
-            io.connected().is_negotiated_h2()
-        } else {
-            self.config.http2 == Some(true)
-        };
-        if h2 {
-            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .initial_stream_window_size(H2_STREAM_WINDOW)
-                .initial_connection_window_size(H2_CONN_WINDOW)
-                .handshake(io)
-                .await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream h2 connection ended");
-                }
-            });
-            return Ok(Connected::H2(tx));
-        }
-        let (tx, conn) = http1::Builder::new().handshake(io).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(Connected::H1(tx))
+        let h2 = io.connected().is_negotiated_h2();
+        handshake(io, h2).await
     }
 
     /// Closes `worker`'s connections idle for longer than `upstream_idle_timeout` (each
@@ -519,6 +506,60 @@ impl Upstream {
 enum Connected {
     H1(http1::SendRequest<BoxedBody>),
     H2(http2::SendRequest<BoxedBody>),
+}
+
+/// The provider's HTTP/1.1 read buffer. hyper's adaptive default starts at 8 KiB and each
+/// open connection keeps one; SSE events and most JSON answers are far smaller, and a
+/// larger answer is read in more pieces.
+const H1_READ_BUF: usize = 4096;
+
+/// HTTP/1.1 or h2 over `io`, its connection driven by a task of its own.
+async fn handshake<T>(io: T, h2: bool) -> Result<Connected, BoxError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    if h2 {
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONN_WINDOW)
+            .handshake(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended");
+            }
+        });
+        return Ok(Connected::H2(tx));
+    }
+    let (tx, conn) = http1::Builder::new()
+        .read_buf_exact_size(Some(H1_READ_BUF))
+        .handshake(io)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(Connected::H1(tx))
+}
+
+/// A TCP connection to `origin` (its name resolved, each address tried in turn) within
+/// `timeout`, set up as the TLS connector sets up its own: no Nagle, keep-alive probes
+/// after a minute idle.
+async fn connect_tcp(origin: &Uri, timeout: Duration) -> Result<tokio::net::TcpStream, BoxError> {
+    let host = origin.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = origin.port_u16().unwrap_or(80);
+    let tcp =
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+            Ok(r) => r.map_err(|e| format!("tcp connect error: {e}"))?,
+            Err(_) => return Err(format!("tcp connect timed out after {timeout:?}").into()),
+        };
+    tcp.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+    socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
+    Ok(tcp)
 }
 
 fn now_ms() -> u64 {
