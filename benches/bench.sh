@@ -200,6 +200,8 @@ for t in hyper-floor switchyard; do
   printf '%s/nginx: throughput %sx (target >= 1), CPU per request %sx (target <= 1), p99 %sx\n' "$t" \
     "$(ratio "$(med "${RPS[$t]}")" "$ng_rps")" "$(ratio "$(med "${CPU[$t]}")" "$(med "${CPU[nginx]}")")" "$(ratio "$(med "${P99[$t]}")" "$(med "${P99[nginx]}")")"
 done
+printf 'switchyard/hyper-floor: CPU per request %sx (target <= 1.1)\n' \
+  "$(ratio "$(med "${CPU[switchyard]}")" "$(med "${CPU[hyper-floor]}")")"
 
 fi
 
@@ -296,9 +298,8 @@ for target in nginx-sse switchyard-h2 switchyard-h1; do
   awk -v t="$name" -v p="$peak" -v kb="${KB[$target]}" -v s="$psock" -v i="$isock" -v n="$STREAMS" -v u="$up" -v ok="$ok" \
     'BEGIN{printf "| %s | %.1f | %s | %.2f | %d | %d |\n", t, p/1024, kb, (s-i)/n, u, ok}'
 done
-for t in switchyard-h1 switchyard-h2; do
-  printf '%s/nginx memory per open stream: %sx (target <= 1)\n' "$t" "$(ratio "${KB[$t]}" "${KB[nginx-sse]}")"
-done
+printf 'switchyard-h1/nginx memory per open stream: %sx (target <= 1)\n' "$(ratio "${KB[switchyard-h1]}" "${KB[nginx-sse]}")"
+printf 'switchyard-h2/nginx memory per open stream: %sx (target <= 0.8)\n' "$(ratio "${KB[switchyard-h2]}" "${KB[nginx-sse]}")"
 sleep "$SETTLE"
 printf 'memory: idle RSS %.1f MB at start (target <= 20); %.1f MB %ss after the last burst (target <= 2x idle)\n' \
   "$(awk -v k="$idle_rss" 'BEGIN{print k/1024}')" "$(awk -v k="$(rss_kb switchyard)" 'BEGIN{print k/1024}')" "$SETTLE"

@@ -2,6 +2,7 @@
 
 mod check;
 mod cost;
+mod files;
 mod loadtest;
 mod memory;
 mod mock;

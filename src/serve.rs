@@ -139,6 +139,7 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<(), String> {
     }
 
     let limits = switchyard_proxy::ServerLimits::from_config(&config.server);
+    crate::files::raise(limits.max_connections);
     let slots = switchyard_proxy::slots::Slots::new(limits.max_connections);
     let upkeep = {
         let mut stop = stop_rx.clone();
