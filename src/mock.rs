@@ -96,6 +96,8 @@ pub fn run(args: MockArgs) -> ExitCode {
         fault,
         ignore,
         reject_stream_options,
+        // Nothing reads them here; a mock left running would grow without end.
+        keep_received: Some(1000),
     };
     let rt = match crate::runtime(true) {
         Ok(rt) => rt,

@@ -39,6 +39,10 @@ pub struct MockConfig {
     /// Answer 400 to a chat request that carries `stream_options`, as providers that do
     /// not know the parameter do (older Azure OpenAI API versions).
     pub reject_stream_options: bool,
+    /// Keep at most this many received requests, the newest (`None`: every one, as tests
+    /// read them). A mock serving for hours (`switchyard mock`, the soak) would otherwise
+    /// grow by every request it served.
+    pub keep_received: Option<usize>,
 }
 
 impl Default for MockConfig {
@@ -59,6 +63,7 @@ impl Default for MockConfig {
             fault: None,
             ignore: Ignore::default(),
             reject_stream_options: false,
+            keep_received: None,
         }
     }
 }

@@ -65,10 +65,16 @@ pub(crate) async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<Mo
             headers.insert(http::header::HOST, v);
         }
     }
-    st.received
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Received {
+    {
+        let mut received = st.received.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(keep) = st.cfg.keep_received {
+            // The oldest half goes at once: amortised O(1) per request.
+            if received.len() >= keep.max(1) {
+                let drop = received.len() - keep / 2;
+                received.drain(..drop);
+            }
+        }
+        received.push(Received {
             method: parts.method.clone(),
             version: parts.version,
             path: path.clone(),
@@ -76,6 +82,7 @@ pub(crate) async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<Mo
             body: body.clone(),
             at: Instant::now(),
         });
+    }
     let guard = Guard(Some(st.clone()));
     let h = &parts.headers;
 
