@@ -197,7 +197,7 @@ for t in $TARGETS; do
 done
 ng_rps=$(med "${RPS[nginx]}")
 for t in hyper-floor switchyard; do
-  printf '%s/nginx: throughput %sx (target >= 1), CPU per request %sx (target <= 1), p99 %sx\n' "$t" \
+  printf '%s/nginx: throughput %sx (target >= 1), CPU per request %sx (target <= 1), p99 %sx (target <= 1)\n' "$t" \
     "$(ratio "$(med "${RPS[$t]}")" "$ng_rps")" "$(ratio "$(med "${CPU[$t]}")" "$(med "${CPU[nginx]}")")" "$(ratio "$(med "${P99[$t]}")" "$(med "${P99[nginx]}")")"
 done
 printf 'switchyard/hyper-floor: CPU per request %sx (target <= 1.1)\n' \

@@ -2,8 +2,11 @@
 //! its per-thread arenas (only the top of a heap is ever returned), so without a trim the
 //! gateway's RSS stays at the burst's peak long after the streams ended. `malloc_trim`
 //! gives back every free page of every arena; it walks the free lists, so it runs once a
-//! burst is over, not on a clock. What it gave back, and the allocator tried instead:
-//! `benches/README.md`.
+//! burst is over, and under steady load once a minute: load that never ends still moves
+//! between connections (a phase move, a rollback, provider connections closing when idle)
+//! and leaves freed pages behind that would otherwise stay resident for the rest of the
+//! process (the hour-long soak grew 45 → 62 MB with in-use memory flat at 32 MB). What it
+//! gave back, and the allocator tried instead: `benches/README.md`.
 
 /// Open client connections at or below this are not a burst.
 const QUIET: usize = 64;
@@ -13,6 +16,9 @@ const QUIET: usize = 64;
 /// (90 s by default) plus a sweep later.
 const AGAIN_AFTER_S: [u32; 4] = [15, 45, 75, 105];
 
+/// Seconds of steady load (more than [`QUIET`] connections open) between trims.
+const UNDER_LOAD_EVERY_S: u32 = 60;
+
 /// Watches the number of open client connections, sampled once a second, and gives freed
 /// memory back when it falls to a quarter of its peak since the last trim, and a few times
 /// more while it stays quiet.
@@ -21,6 +27,8 @@ pub struct GiveBack {
     peak: usize,
     /// Seconds since the last burst ended, while quiet.
     quiet_s: Option<u32>,
+    /// Seconds under load since the last trim.
+    busy_s: u32,
 }
 
 impl GiveBack {
@@ -31,7 +39,16 @@ impl GiveBack {
             trim();
             self.peak = open;
             self.quiet_s = Some(0);
+            self.busy_s = 0;
             return true;
+        }
+        if open > QUIET {
+            self.busy_s += 1;
+            if self.busy_s >= UNDER_LOAD_EVERY_S {
+                trim();
+                self.busy_s = 0;
+                return true;
+            }
         }
         let Some(s) = self.quiet_s.as_mut() else {
             return false;
@@ -93,6 +110,16 @@ mod tests {
             (1..=14).all(|_| !busy.tick(1_000)),
             "busy again: no follow-up"
         );
-        assert!((1..=200).all(|_| !busy.tick(1_000)));
+        let steady: Vec<u32> = (1..=200).filter(|_| busy.tick(1_000)).collect();
+        assert_eq!(
+            steady,
+            [46, 106, 166],
+            "under steady load, once a minute (counted from the burst's trim)"
+        );
+        let mut idle = GiveBack::default();
+        assert!(
+            (1..=300).all(|_| !idle.tick(3)),
+            "an idle gateway is left alone"
+        );
     }
 }

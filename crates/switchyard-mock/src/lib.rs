@@ -31,7 +31,8 @@
 //!
 //! `POST …/webhook` answers 200 and is recorded: a mock can receive alerts too.
 //!
-//! Every request is recorded ([`Mock::received`]); requests whose client went away before
+//! Every request is recorded ([`Mock::received`]; the newest `keep_received` of them when
+//! set, as `switchyard mock` sets it); requests whose client went away before
 //! the answer was complete are counted ([`Mock::cancelled`]).
 
 use std::convert::Infallible;
