@@ -5,8 +5,8 @@
 //! burst is over, and under steady load once a minute: load that never ends still moves
 //! between connections (a phase move, a rollback, provider connections closing when idle)
 //! and leaves freed pages behind that would otherwise stay resident for the rest of the
-//! process (the hour-long soak grew 45 → 62 MB with in-use memory flat at 32 MB). What it
-//! gave back, and the allocator tried instead: `benches/README.md`.
+//! process (the soak grew 45 → 54 MB in 17 minutes with in-use memory flat at 32 MB).
+//! What it gave back, and the allocator tried instead: `benches/README.md`.
 
 /// Open client connections at or below this are not a burst.
 const QUIET: usize = 64;
