@@ -10,7 +10,10 @@
 # connections close, no failed request.
 #
 # Env: DURATION (3600 s), RATE_SHARE (0.5), RATE (requests/s; measured when unset),
-# SSE_SHARE (0.2). Loopback only; needs nginx and wrk (installed like make bench does).
+# SSE_SHARE (0.2), RELOAD_S (60: seconds between reloads), SLOT_S (300: seconds between a
+# rollback and the next phase move; shorter to find what a rise follows). The heap columns
+# are glibc's own count (mallinfo2) at the gateway's latest trim, once a minute under load:
+# in use, and free inside its arenas; a leak moves the first, fragmentation the second. Loopback only; needs nginx and wrk (installed like make bench does).
 # Where the load generators share the gateway's cores (2 here), half of nginx's saturation
 # cannot be generated: set RATE (4000 served an hour here with no failure). Do not edit
 # this file while it runs: bash reads it as it goes.
@@ -19,6 +22,8 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-3600}
 RATE_SHARE=${RATE_SHARE:-0.5}
 SSE_SHARE=${SSE_SHARE:-0.2}
+RELOAD_S=${RELOAD_S:-60}
+SLOT_S=${SLOT_S:-300}
 BIN=target/release/switchyard
 [ -x "$BIN" ] || cargo build --release --locked
 command -v nginx >/dev/null && command -v wrk >/dev/null || {
@@ -61,7 +66,7 @@ health_check: { interval: 5s }
 server: { access_log: false, keepalive_timeout: 15s }
 state_file: $dir/state.json
 YAML
-SWITCHYARD_LOG=warn "$BIN" serve --config "$dir/switchyard.yaml" 2>"$dir/gateway.log" & sy=$!; pids+=($sy)
+SWITCHYARD_LOG=warn,switchyard::memory=debug "$BIN" serve --config "$dir/switchyard.yaml" 2>"$dir/gateway.log" & sy=$!; pids+=($sy)
 for _ in $(seq 100); do curl -fs "127.0.0.1:$SYA/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 
 if [ -z "${RATE:-}" ]; then
@@ -90,29 +95,32 @@ sse_rate=$(awk -v r="$RATE" -v s="$SSE_SHARE" 'BEGIN{n=int(r*s); if (n<1) n=1; p
 
 rss() { awk '/VmRSS/ {print $2}' /proc/$sy/status; }
 fds() { ls /proc/$sy/fd | wc -l; }
+# The latest trim's line: "in_use_kb=N free_kb=N …".
+heap() { grep -o "in_use_kb=[0-9]* free_kb=[0-9]*" "$dir/gateway.log" 2>/dev/null | tail -1 |
+  sed 's/in_use_kb=\([0-9]*\) free_kb=\([0-9]*\)/\1 \2/'; }
 upstream() { ss -Htn state established "( dport = :$OLD or dport = :$NEW )" 2>/dev/null | wc -l; }
 base_fds=$(fds)
 
 "$BIN" loadtest --url "http://127.0.0.1:$SY/v1" --mode sustained --rate "$json_rate" --duration "${DURATION}s" \
-  --concurrency 2000 --timeout 30s --json >"$dir/json.json" 2>/dev/null & lj=$!
+  --concurrency 2000 --timeout 30s --json >"$dir/json.json" 2>"$dir/json.err" & lj=$!
 "$BIN" loadtest --url "http://127.0.0.1:$SY/v1" --mode sustained --rate "$sse_rate" --duration "${DURATION}s" \
-  --concurrency 2000 --timeout 30s --stream --json >"$dir/sse.json" 2>/dev/null & ls_=$!
+  --concurrency 2000 --timeout 30s --stream --json >"$dir/sse.json" 2>"$dir/sse.err" & ls_=$!
 
-printf '| minute | RSS MB | open fds | upstream sockets | config version | phase |\n|---:|---:|---:|---:|---:|---|\n'
+printf '| minute | RSS MB | heap in use MB | heap free MB | open fds | upstream sockets | config version | phase |\n|---:|---:|---:|---:|---:|---:|---:|---|\n'
 # Samples and actions go by the wall clock: under load a sample may take seconds.
 start=$(date +%s); next=10; reloads=0; slots=0; rss5=""; last_rss=0
 while kill -0 $lj 2>/dev/null || kill -0 $ls_ 2>/dev/null; do
   el=$(( $(date +%s) - start ))
   if (( el < next )); then sleep 1; continue; fi
   next=$(( el - el % 10 + 10 ))
-  if (( el / 60 > reloads )); then
-    reloads=$(( el / 60 ))
+  if (( el / RELOAD_S > reloads )); then
+    reloads=$(( el / RELOAD_S ))
     touch "$dir/switchyard.yaml"; curl -fs -m 10 -X POST "127.0.0.1:$SYA/admin/reload" >/dev/null || echo "reload failed at $el s" >&2
   fi
-  # Every ten minutes a rollback (at 5, 15, … min) and a phase move out of it (at 10, 20, …),
+  # Every 2×SLOT_S a rollback (by default at 5, 15, … min) and a phase move out of it (at 10, 20, …),
   # alternating the phase.
-  if (( el / 300 > slots )); then
-    slots=$(( el / 300 ))
+  if (( el / SLOT_S > slots )); then
+    slots=$(( el / SLOT_S ))
     if (( slots % 2 == 1 )); then
       curl -fs -m 10 -X POST "127.0.0.1:$SYA/admin/rollback" -d '{"reason":"soak"}' >/dev/null || echo "rollback failed at $el s" >&2
     else
@@ -128,8 +136,9 @@ while kill -0 $lj 2>/dev/null || kill -0 $ls_ 2>/dev/null; do
   status=$(curl -fs -m 10 "127.0.0.1:$SYA/admin/status" | tr -d ' \n' || echo '{}')
   v=$(sed -n 's/.*"config_version":\([0-9]*\).*/\1/p' <<<"$status")
   ph=$(grep -q '"rolled_back":true' <<<"$status" && echo rollback || sed -n 's/.*"phase":{"name":"\([^"]*\)".*/\1/p' <<<"$status")
-  awk -v m="$(awk -v t="$el" 'BEGIN{printf "%.1f", t/60}')" -v r="$r" -v f="$(fds)" -v u="$(upstream)" -v v="$v" -v p="$ph" \
-    'BEGIN{printf "| %s | %.1f | %d | %d | %s | %s |\n", m, r/1024, f, u, v, p}'
+  read -r hu hf <<<"$(heap)" || true
+  awk -v m="$(awk -v t="$el" 'BEGIN{printf "%.1f", t/60}')" -v r="$r" -v hu="${hu:-}" -v hf="${hf:-}" -v f="$(fds)" -v u="$(upstream)" -v v="$v" -v p="$ph" \
+    'BEGIN{printf "| %s | %.1f | %s | %s | %d | %d | %s | %s |\n", m, r/1024, hu == "" ? "-" : sprintf("%.1f", hu/1024), hf == "" ? "-" : sprintf("%.1f", hf/1024), f, u, v, p}'
 done
 wait $lj $ls_ || true
 failed=0
@@ -138,6 +147,13 @@ for f in json sse; do
   ok=$(tr -d ' \n' <"$dir/$f.json" | sed -n 's/.*"succeeded":\([0-9]*\).*/\1/p')
   echo "$f: ${ok:-?} succeeded, ${n:-?} failed" >&2
 done
+# What the gateway said about failures (warnings only: the log is at warn).
+if (( failed > 0 )); then
+  echo "gateway warnings ($(grep -c WARN "$dir/gateway.log" || true) lines), the first ten:" >&2
+  grep WARN "$dir/gateway.log" | grep -v "memory trimmed" | head -10 >&2 || true
+  echo "what the load generators saw (the first ten failures of each):" >&2
+  cat "$dir/json.err" "$dir/sse.err" >&2
+fi
 # Idle connections close (keep-alive 15 s, upstream idle 15 s, swept every 10 s).
 sleep 40
 end_fds=$(fds)

@@ -134,6 +134,22 @@ fn quantile(samples: impl Iterator<Item = u64>, q: f64) -> Option<u64> {
     Some(*all.select_nth_unstable(rank).1)
 }
 
+/// Transport errors described on stderr, at most.
+const SHOW_ERRORS: u64 = 10;
+static SHOWN: AtomicU64 = AtomicU64::new(0);
+
+/// An error and its causes, on one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 struct Shot {
     client: HttpClient,
     url: String,
@@ -164,17 +180,29 @@ impl Shot {
         };
         let stream = self.stream;
         let work = async {
-            let resp = self.client.request(req).await.map_err(|_| ())?;
+            let resp = self.client.request(req).await.map_err(|e| chain(&e))?;
             let status = resp.status().as_u16();
             let mut body = resp.into_body();
             let mut scan = SseScan::new(false);
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|_| ())?;
+                let frame = frame.map_err(|e| format!("reading the body: {}", chain(&e)))?;
                 if let (true, Ok(d)) = (stream, frame.into_data()) {
                     scan.feed(d);
                 }
             }
-            Ok::<_, ()>((status, scan.first_token.or(scan.first_event)))
+            Ok::<_, String>((status, scan.first_token.or(scan.first_event)))
+        };
+        let failed = |why: String| {
+            // The first few say why, on stderr: a run of an hour fails once or twice, and a
+            // count alone does not tell a reset from a timeout.
+            if SHOWN.fetch_add(1, Ordering::Relaxed) < SHOW_ERRORS {
+                eprintln!("switchyard loadtest: request {n} failed: {why}");
+            }
+            Sample {
+                status: 0,
+                latency_us: start.elapsed().as_micros() as u64,
+                ttft_us: None,
+            }
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(Ok((status, first))) => Sample {
@@ -182,11 +210,8 @@ impl Shot {
                 latency_us: start.elapsed().as_micros() as u64,
                 ttft_us: first.map(|t| t.duration_since(start).as_micros() as u64),
             },
-            _ => Sample {
-                status: 0,
-                latency_us: start.elapsed().as_micros() as u64,
-                ttft_us: None,
-            },
+            Ok(Err(why)) => failed(why),
+            Err(_) => failed(format!("no complete answer within {:?}", self.timeout)),
         }
     }
 }

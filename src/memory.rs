@@ -2,7 +2,7 @@
 //! its per-thread arenas (only the top of a heap is ever returned), so without a trim the
 //! gateway's RSS stays at the burst's peak long after the streams ended. `malloc_trim`
 //! gives back every free page of every arena; it walks the free lists, so it runs once a
-//! burst is over, and under steady load once a minute: load that never ends still moves
+//! burst is over, and under steady load every ten seconds: load that never ends still moves
 //! between connections (a phase move, a rollback, provider connections closing when idle)
 //! and leaves freed pages behind that would otherwise stay resident for the rest of the
 //! process (the soak grew 45 → 54 MB in 17 minutes with in-use memory flat at 32 MB).
@@ -16,8 +16,11 @@ const QUIET: usize = 64;
 /// (90 s by default) plus a sweep later.
 const AGAIN_AFTER_S: [u32; 4] = [15, 45, 75, 105];
 
-/// Seconds of steady load (more than [`QUIET`] connections open) between trims.
-const UNDER_LOAD_EVERY_S: u32 = 60;
+/// Seconds of steady load (more than [`QUIET`] connections open) between trims. Under
+/// load, freed pages are touched again as the allocator reuses its free lists: a soak's
+/// RSS climbed 4 MB above in-use memory within a minute of each trim and back down at the
+/// next (`benches/README.md`). How long each trim held the arenas is logged (debug).
+const UNDER_LOAD_EVERY_S: u32 = 10;
 
 /// Watches the number of open client connections, sampled once a second, and gives freed
 /// memory back when it falls to a quarter of its peak since the last trim, and a few times
@@ -72,11 +75,42 @@ impl GiveBack {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn trim() {
+    let start = std::time::Instant::now();
     // SAFETY: malloc_trim takes no pointer and only releases glibc's own free pages; it
     // locks each arena as it goes, so it is safe beside allocating threads.
     unsafe {
         libc::malloc_trim(0);
     }
+    // How long allocating threads may have waited on an arena's lock.
+    let took_us = start.elapsed().as_micros();
+    // What a slow rise of RSS is made of (a leak moves `in_use`; fragmentation moves
+    // `free` and RSS with `in_use` flat): read by `benches/soak.sh`.
+    // SAFETY: mallinfo2 takes no argument and returns a plain struct of counters.
+    let m = unsafe { libc::mallinfo2() };
+    tracing::debug!(
+        target: "switchyard::memory",
+        in_use_kb = (m.uordblks + m.hblkhd) / 1024,
+        free_kb = m.fordblks / 1024,
+        mapped_kb = m.hblkhd / 1024,
+        rss_kb = rss_kb(),
+        took_us,
+        "memory trimmed"
+    );
+}
+
+/// Resident memory, from `/proc/self/statm` (0 where it cannot be read).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn rss_kb() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096) / 1024
 }
 
 /// Other C libraries' allocators (musl's) return memory as it is freed.
@@ -107,14 +141,14 @@ mod tests {
         assert!(!busy.tick(10_000));
         assert!(busy.tick(100));
         assert!(
-            (1..=14).all(|_| !busy.tick(1_000)),
+            (1..UNDER_LOAD_EVERY_S).all(|_| !busy.tick(1_000)),
             "busy again: no follow-up"
         );
-        let steady: Vec<u32> = (1..=200).filter(|_| busy.tick(1_000)).collect();
+        let steady: Vec<u32> = (1..=35).filter(|_| busy.tick(1_000)).collect();
         assert_eq!(
             steady,
-            [46, 106, 166],
-            "under steady load, once a minute (counted from the burst's trim)"
+            [1, 11, 21, 31],
+            "under steady load, every UNDER_LOAD_EVERY_S (counted from the burst's trim)"
         );
         let mut idle = GiveBack::default();
         assert!(

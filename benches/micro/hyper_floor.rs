@@ -4,7 +4,8 @@
 //! routing, rewriting, accounting, metrics, limits or timeouts. What switchyard costs beyond
 //! this row is its own work; what this row costs beyond nginx is hyper's.
 //!
-//! Usage: `hyper-floor LISTEN_ADDR UPSTREAM_ADDR`
+//! Usage: `hyper-floor LISTEN_ADDR UPSTREAM_ADDR` (env `SWITCHYARD_WORKERS`: threads, one per
+//! core by default)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +22,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let usage = "usage: hyper-floor LISTEN_ADDR UPSTREAM_ADDR";
     let listen: SocketAddr = args.next().ok_or(usage)?.parse()?;
     let upstream: SocketAddr = args.next().ok_or(usage)?.parse()?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SWITCHYARD_WORKERS as the gateway reads it: `benches/instructions.sh` runs both on one
+    // worker, or its connections would be split between threads it measures one of.
+    let cores = std::env::var("SWITCHYARD_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let workers: Vec<_> = (0..cores)
         .map(|_| std::thread::spawn(move || worker(listen, upstream)))
         .collect();
