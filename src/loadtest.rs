@@ -158,9 +158,20 @@ struct Shot {
     stream: bool,
     timeout: Duration,
     run: u64,
+    /// Failures are described above it.
+    bar: ProgressBar,
 }
 
 impl Shot {
+    /// The first few failures say why, on stderr (above the progress bar): a run of an
+    /// hour fails once or twice, and a count alone does not tell a reset from a timeout.
+    fn failed(&self, n: u64, why: &str) {
+        if SHOWN.fetch_add(1, Ordering::Relaxed) < SHOW_ERRORS {
+            self.bar
+                .suspend(|| eprintln!("switchyard loadtest: request {n} failed: {why}"));
+        }
+    }
+
     /// Latency counts from `start`: now, or (sustained) when the request was due, so a
     /// target that stalls the generator is not excused for the requests it delayed
     /// (coordinated omission).
@@ -193,11 +204,7 @@ impl Shot {
             Ok::<_, String>((status, scan.first_token.or(scan.first_event)))
         };
         let failed = |why: String| {
-            // The first few say why, on stderr: a run of an hour fails once or twice, and a
-            // count alone does not tell a reset from a timeout.
-            if SHOWN.fetch_add(1, Ordering::Relaxed) < SHOW_ERRORS {
-                eprintln!("switchyard loadtest: request {n} failed: {why}");
-            }
+            self.failed(n, &why);
             Sample {
                 status: 0,
                 latency_us: start.elapsed().as_micros() as u64,
@@ -205,11 +212,16 @@ impl Shot {
             }
         };
         match tokio::time::timeout(self.timeout, work).await {
-            Ok(Ok((status, first))) => Sample {
-                status,
-                latency_us: start.elapsed().as_micros() as u64,
-                ttft_us: first.map(|t| t.duration_since(start).as_micros() as u64),
-            },
+            Ok(Ok((status, first))) => {
+                if !(200..300).contains(&status) {
+                    self.failed(n, &format!("answered {status}"));
+                }
+                Sample {
+                    status,
+                    latency_us: start.elapsed().as_micros() as u64,
+                    ttft_us: first.map(|t| t.duration_since(start).as_micros() as u64),
+                }
+            }
             Ok(Err(why)) => failed(why),
             Err(_) => failed(format!("no complete answer within {:?}", self.timeout)),
         }
@@ -245,16 +257,6 @@ pub fn run(args: LoadtestArgs) -> ExitCode {
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let shot = Arc::new(Shot {
-        client: switchyard_http::client(args.concurrency, None)
-            .expect("public roots alone always make a client"),
-        url,
-        body: Bytes::from(body.to_string()),
-        auth: args.api_key.clone().filter(|k| !k.is_empty()),
-        stream: args.stream,
-        timeout: args.timeout,
-        run: run_id,
-    });
     let planned = match args.mode {
         Mode::Sequential | Mode::Concurrent => args.requests,
         Mode::Sustained => (args.rate * args.duration.as_secs_f64()).round() as u64,
@@ -269,6 +271,17 @@ pub fn run(args: LoadtestArgs) -> ExitCode {
     } else {
         ProgressBar::hidden()
     };
+    let shot = Arc::new(Shot {
+        client: switchyard_http::client(args.concurrency, None)
+            .expect("public roots alone always make a client"),
+        url,
+        body: Bytes::from(body.to_string()),
+        auth: args.api_key.clone().filter(|k| !k.is_empty()),
+        stream: args.stream,
+        timeout: args.timeout,
+        run: run_id,
+        bar: bar.clone(),
+    });
     let collected = Arc::new(Mutex::new(Collected::default()));
     let start = Instant::now();
     rt.block_on(async {
@@ -331,15 +344,18 @@ pub fn run(args: LoadtestArgs) -> ExitCode {
                             });
                         }
                         // The target is slower than the rate: count it as a failure, keep the rate.
-                        Err(_) => record(
-                            Sample {
-                                status: 0,
-                                latency_us: 0,
-                                ttft_us: None,
-                            },
-                            &collected,
-                            &bar,
-                        ),
+                        Err(_) => {
+                            shot.failed(n, "not sent: --concurrency requests were in flight (the target is slower than --rate)");
+                            record(
+                                Sample {
+                                    status: 0,
+                                    latency_us: 0,
+                                    ttft_us: None,
+                                },
+                                &collected,
+                                &bar,
+                            )
+                        }
                     }
                 }
                 while tasks.join_next().await.is_some() {}

@@ -83,6 +83,10 @@ fn trim() {
     }
     // How long allocating threads may have waited on an arena's lock.
     let took_us = start.elapsed().as_micros();
+    // mallinfo2 walks every arena's bins under its lock too: only when it is read.
+    if !tracing::enabled!(target: "switchyard::memory", tracing::Level::DEBUG) {
+        return;
+    }
     // What a slow rise of RSS is made of (a leak moves `in_use`; fragmentation moves
     // `free` and RSS with `in_use` flat): read by `benches/soak.sh`.
     // SAFETY: mallinfo2 takes no argument and returns a plain struct of counters.

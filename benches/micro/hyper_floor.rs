@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cores = std::env::var("SWITCHYARD_WORKERS")
         .ok()
         .and_then(|w| w.parse().ok())
+        .filter(|n: &usize| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let workers: Vec<_> = (0..cores)
         .map(|_| std::thread::spawn(move || worker(listen, upstream)))

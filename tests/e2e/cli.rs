@@ -186,6 +186,13 @@ async fn loadtest_reports_percentiles_as_json() {
     assert_eq!(out.status.code(), Some(1), "nothing succeeded");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["status"]["error"], 2);
+    // Each failure says why on stderr (the first ten), the report on stdout stays JSON.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("failed: ").count(), 2, "{err}");
+    assert!(
+        err.contains("request 0 failed: ") && err.contains("onnect"),
+        "{err}"
+    );
 }
 
 #[test]
