@@ -16,6 +16,7 @@ use hyper::Request;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use switchyard_http::HttpClient;
+use switchyard_proxy::errors::ErrorChain;
 use switchyard_proxy::sniff::SseScan;
 use switchyard_watch::stats::{latency_of, Latency};
 
@@ -134,21 +135,9 @@ fn quantile(samples: impl Iterator<Item = u64>, q: f64) -> Option<u64> {
     Some(*all.select_nth_unstable(rank).1)
 }
 
-/// Transport errors described on stderr, at most.
+/// Failures described on stderr, at most.
 const SHOW_ERRORS: u64 = 10;
 static SHOWN: AtomicU64 = AtomicU64::new(0);
-
-/// An error and its causes, on one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
 
 struct Shot {
     client: HttpClient,
@@ -191,12 +180,16 @@ impl Shot {
         };
         let stream = self.stream;
         let work = async {
-            let resp = self.client.request(req).await.map_err(|e| chain(&e))?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| ErrorChain(&e).to_string())?;
             let status = resp.status().as_u16();
             let mut body = resp.into_body();
             let mut scan = SseScan::new(false);
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| format!("reading the body: {}", chain(&e)))?;
+                let frame = frame.map_err(|e| format!("reading the body: {}", ErrorChain(&e)))?;
                 if let (true, Ok(d)) = (stream, frame.into_data()) {
                     scan.feed(d);
                 }

@@ -190,7 +190,7 @@ pub(crate) fn source_of<'a, T: std::error::Error + 'static>(
 }
 
 /// Prints an error with its causes: the top-level message alone says little.
-pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
