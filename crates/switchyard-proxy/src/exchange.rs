@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, Uri};
-use hyper::body::Incoming;
 use switchyard_core::answer::Endpoint;
 use switchyard_core::config::MigrationConfig;
 use switchyard_core::event::{model_key, BodyEnd, Class, RequestEvent};
@@ -37,7 +36,7 @@ use crate::route::Route;
 use crate::shadow::{Pair, SideResult};
 use crate::snapshot::{Live, Snapshot};
 use crate::trace::TraceCtx;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamBody};
 
 /// The status an access line gives a request whose client left before its answer's head
 /// (nginx's "client closed request": what operators read in access logs).
@@ -206,7 +205,7 @@ impl Exchange {
     /// end.
     pub(crate) fn respond(
         mut self: Box<Self>,
-        resp: Response<Incoming>,
+        resp: Response<UpstreamBody>,
         lease: Lease,
     ) -> Response<GatewayBody> {
         let first_byte = self.start.elapsed();
@@ -300,7 +299,10 @@ impl Exchange {
 
     /// The exchange failed once the request was on its way: the client's body (too large,
     /// malformed, abandoned) or the provider.
-    pub(crate) fn broken(self: Box<Self>, e: &hyper::Error) -> Response<GatewayBody> {
+    pub(crate) fn broken(
+        self: Box<Self>,
+        e: &(dyn std::error::Error + 'static),
+    ) -> Response<GatewayBody> {
         if has_source::<BodyTooLarge>(e) {
             let limit = self.snap.config.server.max_body_bytes;
             return self.fail(ErrorKind::BodyTooLarge, &BodyTooLarge::message(limit));

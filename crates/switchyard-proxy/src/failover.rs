@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use switchyard_core::event::Class;
 use switchyard_core::ErrorKind;
 
@@ -18,6 +17,7 @@ use crate::errors::ErrorChain;
 use crate::exchange::Exchange;
 use crate::models;
 use crate::request_body::{BoxedBody, RequestBody, RequestShared};
+use crate::upstream::UpstreamBody;
 
 /// The longest a provider's `Retry-After` keeps first attempts off it: a provider cannot
 /// take itself out of a migration for long.
@@ -45,7 +45,7 @@ pub(crate) fn keep_replay(
 /// this provider). `None`: this answer is the client's.
 pub(crate) fn after_refusal(
     ex: &mut Exchange,
-    resp: &Response<Incoming>,
+    resp: &Response<UpstreamBody>,
 ) -> Option<Result<Request<BoxedBody>, http::Error>> {
     let other = ex.fallback?;
     let status = resp.status().as_u16();

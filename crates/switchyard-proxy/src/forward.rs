@@ -53,7 +53,7 @@ use crate::route::{self, Route};
 use crate::snapshot::Snapshot;
 use crate::timeout::{Deadline, FirstByteTimeoutLayer, Since, Started, TimeoutError};
 use crate::trace::{TraceCtx, TRACEPARENT};
-use crate::upstream::{SendError, Upstream, Worker};
+use crate::upstream::{SendError, Upstream, UpstreamBody, Worker};
 
 /// Forwards `req` (admitted) on `worker`'s provider connections.
 pub(crate) async fn forward(
@@ -291,7 +291,7 @@ async fn attempts(
                     None => return ex.not_connected(&*e),
                 }
             }
-            Err(TimeoutError::Inner(SendError::Exchange(e))) => return ex.broken(&e),
+            Err(TimeoutError::Inner(SendError::Exchange(e))) => return ex.broken(&*e),
         };
         req = match next {
             Ok(r) => r,
@@ -336,10 +336,10 @@ impl<'a> Deadline for Attempt<'a> {
 struct Pooled;
 
 type Sending<'a> =
-    Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Lease), SendError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<(Response<UpstreamBody>, Lease), SendError>> + Send + 'a>>;
 
 impl<'a> Service<Attempt<'a>> for Pooled {
-    type Response = (Response<Incoming>, Lease);
+    type Response = (Response<UpstreamBody>, Lease);
     type Error = SendError;
     type Future = Sending<'a>;
 

@@ -20,6 +20,7 @@ use crate::openai::{ModelPrefix, ModelSearch};
 use crate::pool::Lease;
 use crate::request_body::{BoxedBody, RequestBody};
 use crate::response_body::{BodySummary, GatewayBody};
+use crate::upstream::UpstreamBody;
 
 /// The most of a provider's model list read to rename its models.
 const MODEL_LIST_MAX: usize = 1 << 20;
@@ -176,7 +177,7 @@ pub(crate) fn replay_for(
 }
 
 /// Whether `resp` is the provider's model list, to be shown under client names.
-pub(crate) fn lists_models(ex: &Exchange, resp: &Response<Incoming>) -> bool {
+pub(crate) fn lists_models(ex: &Exchange, resp: &Response<UpstreamBody>) -> bool {
     ex.method == Method::GET
         && ex.uri.path().ends_with("/models")
         && resp.status().is_success()
@@ -186,7 +187,7 @@ pub(crate) fn lists_models(ex: &Exchange, resp: &Response<Incoming>) -> bool {
 /// Answers the provider's model list with the client-facing names of the models it maps.
 pub(crate) async fn respond_list(
     mut ex: Box<Exchange>,
-    resp: Response<Incoming>,
+    resp: Response<UpstreamBody>,
     lease: Lease,
 ) -> Response<GatewayBody> {
     let (mut parts, body) = resp.into_parts();

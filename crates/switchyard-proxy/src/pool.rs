@@ -8,28 +8,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 
+use crate::connect::Io;
 use crate::request_body::BoxedBody;
 
 /// A connection ready to carry one exchange.
 pub(crate) enum Conn {
-    H1(http1::SendRequest<BoxedBody>),
+    /// An HTTP/1.1 connection's socket, driven by the exchange itself.
+    H1(Io),
     /// A handle on a shared HTTP/2 connection, and the stream slot taken on it.
     H2(http2::SendRequest<BoxedBody>, StreamSlot),
 }
 
 impl Conn {
-    /// Waits until the connection can take a request; an error: it is closed.
+    /// Waits until the connection can take a request; an error: it is closed. An idle
+    /// HTTP/1.1 connection was checked as it was taken from the pool.
     pub(crate) async fn ready(&mut self) -> hyper::Result<()> {
         match self {
-            Conn::H1(tx) => tx.ready().await,
+            Conn::H1(_) => Ok(()),
             Conn::H2(tx, _) => tx.ready().await,
         }
     }
 }
 
-type Idle = VecDeque<(http1::SendRequest<BoxedBody>, Instant)>;
+type Idle = VecDeque<(Io, Instant)>;
 
 /// A shared HTTP/2 connection: its handle, its open streams, and since when it has had none.
 struct H2Conn {
@@ -61,25 +64,22 @@ impl Pool {
     }
 
     /// Keeps an idle HTTP/1.1 connection for the next request (up to `max_idle`).
-    pub(crate) fn park(&self, conn: http1::SendRequest<BoxedBody>, max_idle: usize) {
-        if conn.is_closed() {
-            return;
-        }
+    pub(crate) fn park(&self, conn: Io, max_idle: usize) {
         let mut idle = self.lock();
         if idle.len() < max_idle {
             idle.push_back((conn, Instant::now()));
         }
-        // Over the cap the connection is dropped here, and hyper closes it.
+        // Over the cap the connection is dropped here, which closes it.
     }
 
     /// The most recently used open connection: the one most likely still warm.
-    pub(crate) fn take(&self, timeout: Duration) -> Option<http1::SendRequest<BoxedBody>> {
+    pub(crate) fn take(&self, timeout: Duration) -> Option<Io> {
         self.take_at(Instant::now(), timeout)
     }
 
-    fn take_at(&self, now: Instant, timeout: Duration) -> Option<http1::SendRequest<BoxedBody>> {
+    fn take_at(&self, now: Instant, timeout: Duration) -> Option<Io> {
         let mut idle = self.lock();
-        while let Some((c, since)) = idle.pop_back() {
+        while let Some((mut c, since)) = idle.pop_back() {
             if now.saturating_duration_since(since) >= timeout {
                 // The freshest is too old, so all are: the provider may be closing them.
                 idle.clear();
@@ -120,8 +120,8 @@ impl Pool {
     pub(crate) fn close_idle(&self, now: Instant, timeout: Duration, max_idle: usize) {
         {
             let mut idle = self.lock();
-            idle.retain(|(c, since)| {
-                !c.is_closed() && now.saturating_duration_since(*since) < timeout
+            idle.retain_mut(|(c, since)| {
+                now.saturating_duration_since(*since) < timeout && !c.is_closed()
             });
             let over = idle.len().saturating_sub(max_idle);
             idle.drain(..over);
@@ -156,20 +156,11 @@ impl Drop for StreamSlot {
 
 /// The connection carrying one exchange.
 pub struct Lease {
-    pub(crate) kind: LeaseKind,
+    /// An HTTP/2 stream's slot on its shared connection, given back as it drops. (An
+    /// HTTP/1.1 answer's body gives its connection back itself as it reads the end.)
+    pub(crate) _slot: Option<StreamSlot>,
     /// The connection was opened for this exchange: its setup is in the wait for the head.
     pub(crate) fresh: bool,
-}
-
-pub(crate) enum LeaseKind {
-    H1 {
-        conn: http1::SendRequest<BoxedBody>,
-        pool: Arc<Pool>,
-        max_idle: usize,
-    },
-    H2 {
-        _slot: StreamSlot,
-    },
 }
 
 impl Lease {
@@ -181,15 +172,9 @@ impl Lease {
 
     /// The response was read to its end: the connection can carry the next request.
     pub fn release(self) {
-        match self.kind {
-            LeaseKind::H1 {
-                conn,
-                pool,
-                max_idle,
-            } => pool.park(conn, max_idle),
-            // The slot goes back as it drops; the connection stays shared.
-            LeaseKind::H2 { .. } => {}
-        }
+        // An HTTP/1.1 body parks its connection as it reads the end; an HTTP/2 stream's
+        // slot goes back as it drops, and the connection stays shared.
+        drop(self)
     }
 }
 
@@ -207,12 +192,14 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(90);
 
-    /// A connection over an in-memory pipe; `keep` holds the far end open.
-    async fn conn() -> (http1::SendRequest<BoxedBody>, tokio::io::DuplexStream) {
-        let (near, far) = tokio::io::duplex(1024);
-        let (tx, conn) = http1::handshake(TokioIo::new(near)).await.unwrap();
-        tokio::spawn(conn);
-        (tx, far)
+    /// A loopback TCP connection; the far end holds it open until dropped.
+    async fn conn() -> (Io, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        (Io::Tcp(near), far)
     }
 
     /// An HTTP/2 connection to an in-memory hyper server.
@@ -247,15 +234,15 @@ mod tests {
         pool.lock().push_back((b, t0 + Duration::from_secs(10)));
         pool.lock().push_back((c, t0 + Duration::from_secs(20)));
 
-        // The provider closed `c`: skipped once hyper has seen it.
+        // The provider closed `c`: skipped once its end has come.
         drop(far_c);
-        for _ in 0..100 {
-            if pool.lock().back().is_some_and(|(c, _)| c.is_closed()) {
+        for _ in 0..1000 {
+            if pool.lock().back_mut().is_some_and(|(c, _)| c.is_closed()) {
                 break;
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let taken = pool.take_at(t0 + Duration::from_secs(30), TIMEOUT).unwrap();
+        let mut taken = pool.take_at(t0 + Duration::from_secs(30), TIMEOUT).unwrap();
         assert!(!taken.is_closed());
         assert_eq!(pool.lock().len(), 1, "c dropped, b taken, a left");
 
@@ -279,29 +266,11 @@ mod tests {
         let cap = 4;
         let pool = Arc::new(Pool::default());
         let mut far_ends = Vec::new();
-        for _ in 0..cap {
+        for _ in 0..=cap {
             let (c, far) = conn().await;
             far_ends.push(far);
-            Lease {
-                kind: LeaseKind::H1 {
-                    conn: c,
-                    pool: pool.clone(),
-                    max_idle: cap,
-                },
-                fresh: false,
-            }
-            .release();
+            pool.park(c, cap);
         }
-        let (extra, _far) = conn().await;
-        Lease {
-            kind: LeaseKind::H1 {
-                conn: extra,
-                pool: pool.clone(),
-                max_idle: cap,
-            },
-            fresh: false,
-        }
-        .release();
         assert_eq!(pool.lock().len(), cap, "over the cap it is closed");
 
         // A lower cap (after a reload) is applied by the sweep.

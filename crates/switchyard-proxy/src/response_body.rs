@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use switchyard_core::answer::AnswerFacts;
 use switchyard_core::event::BodyEnd;
@@ -23,6 +22,7 @@ use crate::errors::{BoxError, StreamIdle};
 use crate::features::{AnswerDetails, MAX_TEXT};
 use crate::pool::Lease;
 use crate::sniff::SseScan;
+use crate::upstream::UpstreamBody;
 
 /// What was learned from a response body by the time it ended.
 #[derive(Debug, Clone, Default)]
@@ -105,7 +105,7 @@ impl Sniff {
 pin_project! {
     pub struct ResponseBody {
         #[pin]
-        inner: Incoming,
+        inner: UpstreamBody,
         #[pin]
         idle: Sleep,
         idle_timeout: Duration,
@@ -136,7 +136,7 @@ fn give_back(lease: &mut Option<Lease>) {
 
 impl ResponseBody {
     pub fn new(
-        inner: Incoming,
+        inner: UpstreamBody,
         lease: Lease,
         idle_timeout: Duration,
         sniff: Sniff,
@@ -245,7 +245,7 @@ impl Body for ResponseBody {
                     if let Some(cb) = this.on_end.take() {
                         cb.on_end(BodyEnd::Broken, this.sniff.summary(*this.bytes));
                     }
-                    return Poll::Ready(Some(Err(Box::new(e))));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => {
                     *this.upstream_done = true;

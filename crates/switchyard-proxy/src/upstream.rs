@@ -21,19 +21,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_core::config::InjectStreamUsage;
 
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use switchyard_core::config::ProviderConfig;
 
+use crate::connect::{connect_tcp, h2_handshake, Connected, Io};
 use crate::errors::{BoxError, BuildError, ProviderProblem};
+use crate::h1_body::{H1Body, Home};
 use crate::headers::{maps_to_itself, upstream_path};
 use crate::metrics::ProviderMetrics;
-use crate::pool::{Conn, Lease, LeaseKind, Pool};
+use crate::pool::{Conn, Lease, Pool};
 use crate::request_body::BoxedBody;
 
 /// Which pool a request uses: a proxy worker's own, or the control plane's.
@@ -58,11 +61,6 @@ impl Default for Worker {
 const PROTO_UNKNOWN: u8 = 0;
 const PROTO_H1: u8 = 1;
 const PROTO_H2: u8 = 2;
-
-/// Per-stream flow-control window offered to the provider: enough for a fast answer on a
-/// far link, while a client that stops reading holds at most this much per stream.
-const H2_STREAM_WINDOW: u32 = 256 * 1024;
-const H2_CONN_WINDOW: u32 = 4 * 1024 * 1024;
 
 /// HTTP/1.1 connections each worker opens ahead of a provider's first traffic.
 pub const WARM_H1: usize = 2;
@@ -273,7 +271,7 @@ impl Upstream {
                 break;
             }
             match self.open(pool, max_streams).await {
-                Ok((Conn::H1(tx), _)) => pool.park(tx, self.config.max_idle_connections),
+                Ok((Conn::H1(io), _)) => pool.park(io, self.config.max_idle_connections),
                 Ok((Conn::H2(..), _)) => {}
                 Err(e) => {
                     tracing::debug!(provider = %self.name, error = %e, "cannot warm a connection");
@@ -337,7 +335,7 @@ impl Upstream {
         &self,
         worker: Worker,
         mut req: Request<BoxedBody>,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+    ) -> Result<(Response<UpstreamBody>, Lease), SendError> {
         let pool = self.pool(worker);
         let max_streams = self.config.http2_max_streams;
         loop {
@@ -356,23 +354,29 @@ impl Upstream {
                 }
                 continue;
             }
-            let sent = match conn {
-                Conn::H1(mut tx) => tx.try_send_request(req).await.map(|resp| {
-                    let kind = LeaseKind::H1 {
-                        conn: tx,
+            let (mut tx, slot) = match conn {
+                Conn::H1(io) => {
+                    let home = Home {
                         pool: pool.clone(),
                         max_idle: self.config.max_idle_connections,
                     };
-                    (resp, Lease { kind, fresh })
-                }),
-                Conn::H2(mut tx, slot) => {
+                    return match crate::h1::send(io, req, home).await {
+                        Ok(resp) => Ok((resp.map(UpstreamBody::H1), Lease { _slot: None, fresh })),
+                        Err(e) => Err(SendError::Exchange(e)),
+                    };
+                }
+                Conn::H2(tx, slot) => {
                     self.to_h2(&mut req);
-                    tx.try_send_request(req).await.map(|resp| {
-                        let kind = LeaseKind::H2 { _slot: slot };
-                        (resp, Lease { kind, fresh })
-                    })
+                    (tx, slot)
                 }
             };
+            let sent = tx.try_send_request(req).await.map(|resp| {
+                let lease = Lease {
+                    _slot: Some(slot),
+                    fresh,
+                };
+                (resp.map(UpstreamBody::H2), lease)
+            });
             match sent {
                 Ok(done) => return Ok(done),
                 Err(mut e) => match e.take_message() {
@@ -380,7 +384,7 @@ impl Upstream {
                     Some(back) => {
                         return Err(SendError::Connect(e.into_error().into(), Box::new(back)))
                     }
-                    None => return Err(SendError::Exchange(e.into_error())),
+                    None => return Err(SendError::Exchange(e.into_error().into())),
                 },
             }
         }
@@ -446,7 +450,10 @@ impl Upstream {
             // task holding a `MaybeHttpsStream` are each several KB per connection, paid
             // at once when a burst of streams opens a connection each.
             let tcp = connect_tcp(&self.origin, self.config.connect_timeout).await?;
-            return handshake(TokioIo::new(tcp), self.config.http2 == Some(true)).await;
+            if self.config.http2 == Some(true) {
+                return h2_handshake(TokioIo::new(tcp)).await;
+            }
+            return Ok(Connected::H1(Io::Tcp(tcp)));
         }
         Box::pin(self.connect_tls()).await
     }
@@ -454,8 +461,10 @@ impl Upstream {
     async fn connect_tls(&self) -> Result<Connected, BoxError> {
         use tower::ServiceExt;
         let io = self.connector.clone().oneshot(self.origin.clone()).await?;
-        let h2 = io.connected().is_negotiated_h2();
-        handshake(io, h2).await
+        if io.connected().is_negotiated_h2() {
+            return h2_handshake(io).await;
+        }
+        Ok(Connected::H1(Io::Tls(Box::new(TokioIo::new(io)))))
     }
 
     /// Closes `worker`'s connections idle for longer than `upstream_idle_timeout` (each
@@ -503,65 +512,6 @@ impl Upstream {
     }
 }
 
-enum Connected {
-    H1(http1::SendRequest<BoxedBody>),
-    H2(http2::SendRequest<BoxedBody>),
-}
-
-/// The provider's HTTP/1.1 read buffer. hyper's adaptive default starts at 8 KiB and each
-/// open connection keeps one; SSE events and most JSON answers are far smaller, and a
-/// larger answer is read in more pieces.
-const H1_READ_BUF: usize = 4096;
-
-/// HTTP/1.1 or h2 over `io`, its connection driven by a task of its own.
-async fn handshake<T>(io: T, h2: bool) -> Result<Connected, BoxError>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    if h2 {
-        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONN_WINDOW)
-            .handshake(io)
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream h2 connection ended");
-            }
-        });
-        return Ok(Connected::H2(tx));
-    }
-    let (tx, conn) = http1::Builder::new()
-        .read_buf_exact_size(Some(H1_READ_BUF))
-        .handshake(io)
-        .await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended");
-        }
-    });
-    Ok(Connected::H1(tx))
-}
-
-/// A TCP connection to `origin` (its name resolved, each address tried in turn) within
-/// `timeout`, set up as the TLS connector sets up its own: no Nagle, keep-alive probes
-/// after a minute idle.
-async fn connect_tcp(origin: &Uri, timeout: Duration) -> Result<tokio::net::TcpStream, BoxError> {
-    let host = origin.host().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = origin.port_u16().unwrap_or(80);
-    let tcp =
-        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
-            Ok(r) => r.map_err(|e| format!("tcp connect error: {e}"))?,
-            Err(_) => return Err(format!("tcp connect timed out after {timeout:?}").into()),
-        };
-    tcp.set_nodelay(true)?;
-    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-    socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
-    Ok(tcp)
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -572,8 +522,47 @@ fn now_ms() -> u64 {
 pub enum SendError {
     /// No connection could be made; nothing was sent, and the request comes back.
     Connect(BoxError, Box<Request<BoxedBody>>),
-    /// The exchange failed once the request was on its way.
-    Exchange(hyper::Error),
+    /// The exchange failed once the request was on its way (the provider's side, or the
+    /// client's body as it was raised).
+    Exchange(BoxError),
+}
+
+/// A provider's answer body: read from the socket by the exchange (HTTP/1.1), or a stream
+/// of a shared HTTP/2 connection.
+pub enum UpstreamBody {
+    H1(H1Body),
+    H2(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        use std::pin::Pin;
+        match self.get_mut() {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 impl std::fmt::Display for SendError {
