@@ -67,7 +67,10 @@ pub(crate) async fn send(
             }
         }
     }
-    drop(body);
+    // Nothing of the request is held while the answer is awaited: its head and body are
+    // slices of the client connection's read buffer, which hyper cannot reuse while they
+    // live (it allocates another 8 KiB for its next read instead).
+    drop((parts, body));
     let (parts, rest) = read_head(&mut io).await?;
     Ok(answer(io, parts, rest, head_only, close, home)?)
 }
@@ -326,9 +329,14 @@ enum Parsed {
 }
 
 fn parse_head(bytes: &[u8]) -> io::Result<Parsed> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(bytes) {
+    let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        bytes,
+        &mut headers,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(e) => {
