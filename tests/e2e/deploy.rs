@@ -108,8 +108,8 @@ fn common(objs: &[Value], dir: &str) -> Value {
         "{dir}: grace {grace}s < delay + drain {needed}s"
     );
 
-    // Memory for max_connections open streams at the README's per-stream figure (36 KB
-    // with HTTP/1.1 providers; 45 with a margin) plus the idle gateway.
+    // Memory for max_connections open streams at the README's per-stream figure (18–20 KB;
+    // 45 with a margin for what bursts leave in the heap) plus the idle gateway.
     let limit = bytes(
         containers[0]["resources"]["limits"]["memory"]
             .as_str()

@@ -501,7 +501,7 @@ async fn probe(up: &Upstream, path: &str, timeout: Duration) -> Result<(), Strin
         let status = resp.status();
         // Read the (small) answer so the connection can serve the next probe or request: a
         // new connection per probe would be a TLS handshake every interval. One over the
-        // cap is dropped, and hyper closes its connection.
+        // cap is dropped, and its connection closed.
         let body = Limited::new(resp.into_body(), PROBE_BODY_MAX);
         if body.collect().await.is_ok() {
             lease.release();

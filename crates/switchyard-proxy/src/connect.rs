@@ -2,6 +2,7 @@
 //! and hyper's HTTP/2 handshake for providers that speak it. An HTTP/1.1 connection needs
 //! no handshake: its socket is used as it is, by the `h1` module.
 
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -34,10 +35,15 @@ impl Io {
     /// Whether an idle connection can no longer carry a request: the provider closed it,
     /// reset it, or sent bytes nobody asked for. Reads without waiting.
     pub(crate) fn is_closed(&mut self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut byte = [MaybeUninit::uninit(); 1];
         let mut buf = ReadBuf::uninit(&mut byte);
-        !matches!(Pin::new(self).poll_read(&mut cx, &mut buf), Poll::Pending)
+        // Outside the task's cooperative budget: a spent budget would answer Pending
+        // whatever the socket holds, and hand out a closed connection.
+        let mut probe = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(|cx| {
+            Poll::Ready(Pin::new(&mut *self).poll_read(cx, &mut buf).is_pending())
+        })));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        matches!(probe.as_mut().poll(&mut cx), Poll::Ready(false))
     }
 }
 

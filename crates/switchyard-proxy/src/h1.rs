@@ -20,13 +20,13 @@ use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{ready, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::connect::Io;
 use crate::errors::BoxError;
@@ -39,8 +39,8 @@ pub(crate) const READ_BUF: usize = 8192;
 /// providers send well under 4 KB).
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
-/// Request bodies pieces at least this large are written on their own, not copied after
-/// the head.
+/// Request body pieces are gathered behind the head up to this many bytes; a piece at
+/// least this large is written as it is, not copied.
 const COALESCE: usize = 16 * 1024;
 
 /// Sends `req` on `io` and reads the answer's head; the body reads the rest from `io`.
@@ -50,42 +50,62 @@ pub(crate) async fn send(
     req: Request<BoxedBody>,
     home: Home,
 ) -> Result<Response<H1Body>, BoxError> {
-    let (parts, mut body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let head_only = parts.method == Method::HEAD;
     let close = asks_close(&parts.headers);
     let framing = request_framing(&parts, &body)?;
-    let head = request_head(&parts, &framing);
-    match write_request(&mut io, head, &mut body, framing).await {
-        Ok(()) => {}
-        Err(Written::Body(e)) => return Err(e),
-        // A provider may answer (413, 401) and close before the whole upload is read: its
-        // answer is what the client should see. Nothing readable: the write's error.
-        Err(Written::Socket(e)) => {
-            return match read_head(&mut io).await {
-                Ok((parts, rest)) => Ok(answer(io, parts, rest, head_only, true, home)?),
-                Err(_) => Err(Box::new(e)),
-            }
+    let out = request_head(&parts, &framing);
+    // Nothing of the request is held longer than needed: its head and body are slices of
+    // the client connection's read buffer, which hyper cannot reuse while they live (it
+    // allocates another 8 KiB for its next read instead).
+    drop(parts);
+    let mut upload = Upload::new(out, body, framing).map_err(Written::into_error)?;
+    let mut head = HeadReader::default();
+    let (parts, rest) = poll_fn(|cx| loop {
+        // The head is read while the request is written: a provider may answer (413, 401)
+        // before it has read the whole upload, and stop reading it.
+        if let Poll::Ready(read) = head.poll(&mut io, cx) {
+            return Poll::Ready(match (read, upload.failed.take()) {
+                (Ok(h), _) => Ok(h),
+                // Nothing readable after a failed write: the write's error says more.
+                (Err(_), Some(wrote)) => Err(Box::new(wrote) as BoxError),
+                (Err(e), None) => Err(e.into()),
+            });
         }
-    }
-    // Nothing of the request is held while the answer is awaited: its head and body are
-    // slices of the client connection's read buffer, which hyper cannot reuse while they
-    // live (it allocates another 8 KiB for its next read instead).
-    drop((parts, body));
-    let (parts, rest) = read_head(&mut io).await?;
-    Ok(answer(io, parts, rest, head_only, close, home)?)
+        if upload.done || upload.failed.is_some() {
+            return Poll::Pending;
+        }
+        match upload.poll(&mut io, cx) {
+            Poll::Ready(Err(Written::Body(e))) => return Poll::Ready(Err(e)),
+            // What the provider said before it closed, if anything, is read next.
+            Poll::Ready(Err(Written::Socket(e))) => upload.failed = Some(e),
+            Poll::Ready(Ok(())) | Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await?;
+    // An answer before the whole request: the rest is not sent, and the connection is in
+    // no state to carry another exchange.
+    let whole = upload.done;
+    drop(upload);
+    Ok(answer(io, parts, rest, head_only, close || !whole, home)?)
 }
 
 /// The answer with its body framed as its head says.
 fn answer(
     io: Io,
-    parts: http::response::Parts,
+    mut parts: http::response::Parts,
     rest: Bytes,
     head_only: bool,
     close: bool,
     home: Home,
 ) -> io::Result<Response<H1Body>> {
     let framing = response_framing(&parts, head_only)?;
+    // Both framings at once (RFC 9112 §6.3): the transfer coding wins, the length is not
+    // passed on, and the connection is not trusted with another exchange.
+    let both = parts.headers.contains_key(TRANSFER_ENCODING)
+        && parts.headers.remove(CONTENT_LENGTH).is_some();
     let reusable = !close
+        && !both
         && !asks_close(&parts.headers)
         && (parts.version == Version::HTTP_11 || keeps_alive(&parts.headers))
         && !matches!(framing, Framing::Close);
@@ -186,138 +206,221 @@ fn request_head(parts: &http::request::Parts, framing: &ReqFraming) -> Vec<u8> {
 
 /// Why writing the request stopped.
 enum Written {
-    /// The client's body failed (too large, malformed, abandoned).
+    /// The client's body failed (too large, malformed, abandoned), or did not match its
+    /// length.
     Body(BoxError),
     /// The socket failed.
     Socket(io::Error),
 }
 
-/// One step of the request body: a piece, its end, or (with bytes waiting) a pause.
-enum Step {
-    Data(Bytes),
-    End,
-    Flush,
-    Failed(BoxError),
+impl Written {
+    fn into_error(self) -> BoxError {
+        match self {
+            Written::Body(e) => e,
+            Written::Socket(e) => Box::new(e),
+        }
+    }
 }
 
-/// Writes the head and the body: the head together with the first piece when it is
-/// there at once, and whatever is held whenever the body has to wait, so a slow upload
-/// reaches the provider as it comes.
-async fn write_request(
-    io: &mut Io,
-    mut out: Vec<u8>,
-    body: &mut BoxedBody,
+/// The request on its way: its head and the body's pieces gathered while they come at
+/// once (the head goes out with the first piece), written whenever the body has to wait,
+/// so a slow upload reaches the provider as it comes.
+struct Upload {
+    out: Vec<u8>,
+    /// How much of `out` is written.
+    pos: usize,
+    /// A large piece, written after `out` as it is rather than copied.
+    big: Bytes,
+    /// `None` once it ended (and was dropped).
+    body: Option<BoxedBody>,
     framing: ReqFraming,
-) -> Result<(), Written> {
-    let mut sent: u64 = 0;
-    let mut ended = body.is_end_stream();
-    while !ended {
-        let step = poll_fn(|cx| {
-            let mut body = Pin::new(&mut **body);
-            match body.as_mut().poll_frame(cx) {
-                Poll::Pending if !out.is_empty() => Poll::Ready(Step::Flush),
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(None) => Poll::Ready(Step::End),
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Step::Failed(e)),
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(d) => Poll::Ready(Step::Data(d)),
-                    // Trailers cannot follow a body of known length; they are dropped.
-                    Err(_) => Poll::Ready(Step::Data(Bytes::new())),
-                },
-            }
-        })
-        .await;
-        match step {
-            Step::Flush => {
-                io.write_all(&out).await.map_err(Written::Socket)?;
-                io.flush().await.map_err(Written::Socket)?;
-                out.clear();
-            }
-            Step::Failed(e) => return Err(Written::Body(e)),
-            Step::End => ended = true,
-            Step::Data(d) => {
-                sent += d.len() as u64;
-                if let ReqFraming::Length { len, .. } = framing {
-                    if sent > len {
-                        return Err(Written::Body(Box::new(invalid_input(
-                            "the request body is longer than its content-length",
-                        ))));
+    sent: u64,
+    /// Bytes written since the last flush (TLS holds records back until flushed).
+    unflushed: bool,
+    /// All of the request is written and flushed.
+    done: bool,
+    /// The socket failed while writing.
+    failed: Option<io::Error>,
+}
+
+impl Upload {
+    fn new(out: Vec<u8>, body: BoxedBody, framing: ReqFraming) -> Result<Upload, Written> {
+        let empty = body.is_end_stream();
+        let mut upload = Upload {
+            out,
+            pos: 0,
+            big: Bytes::new(),
+            body: Some(body),
+            framing,
+            sent: 0,
+            unflushed: false,
+            done: false,
+            failed: None,
+        };
+        if empty {
+            upload.end()?;
+        }
+        Ok(upload)
+    }
+
+    fn poll(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), Written>> {
+        loop {
+            let mut waiting = false;
+            while self.big.is_empty() && self.out.len() - self.pos < COALESCE {
+                let Some(body) = self.body.as_mut() else {
+                    break;
+                };
+                match Pin::new(&mut **body).poll_frame(cx) {
+                    Poll::Pending => {
+                        waiting = true;
+                        break;
+                    }
+                    Poll::Ready(None) => self.end()?,
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Written::Body(e))),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // Trailers cannot follow a body of known length; they are dropped.
+                        if let Ok(d) = frame.into_data() {
+                            self.piece(d)?;
+                        }
+                        // A body of known length says when it is whole; it is not polled
+                        // again.
+                        if self.body.as_ref().is_some_and(|b| b.is_end_stream()) {
+                            self.end()?;
+                        }
                     }
                 }
-                if !d.is_empty() {
-                    if framing == ReqFraming::Chunked {
-                        push_number(&mut out, d.len() as u64, 16);
-                        out.extend_from_slice(b"\r\n");
-                    }
-                    if d.len() >= COALESCE {
-                        io.write_all(&out).await.map_err(Written::Socket)?;
-                        out.clear();
-                        io.write_all(&d).await.map_err(Written::Socket)?;
-                    } else {
-                        out.extend_from_slice(&d);
-                    }
-                    if framing == ReqFraming::Chunked {
-                        out.extend_from_slice(b"\r\n");
-                    }
+            }
+            ready!(self.poll_write(io, cx))?;
+            if self.body.is_none() {
+                ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Written::Socket)?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            if waiting {
+                // The client's next piece is not there yet: what was written goes out now.
+                if self.unflushed {
+                    ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Written::Socket)?;
+                    self.unflushed = false;
                 }
-                // A body of known length says when it is whole; it is not polled again.
-                ended = body.is_end_stream();
+                return Poll::Pending;
             }
         }
     }
-    match framing {
-        ReqFraming::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
-        ReqFraming::Length { len, .. } if sent != len => {
-            return Err(Written::Body(Box::new(invalid_input(
-                "the request body ended before its content-length",
-            ))))
+
+    /// Writes `out`, then `big`.
+    fn poll_write(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), Written>> {
+        while self.pos < self.out.len() {
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.out[self.pos..]))
+                .map_err(Written::Socket)?;
+            if n == 0 {
+                return Poll::Ready(Err(Written::Socket(io::ErrorKind::WriteZero.into())));
+            }
+            self.pos += n;
+            self.unflushed = true;
         }
-        ReqFraming::Length { .. } => {}
+        self.out.clear();
+        self.pos = 0;
+        while !self.big.is_empty() {
+            let n =
+                ready!(Pin::new(&mut *io).poll_write(cx, &self.big)).map_err(Written::Socket)?;
+            if n == 0 {
+                return Poll::Ready(Err(Written::Socket(io::ErrorKind::WriteZero.into())));
+            }
+            self.big = self.big.slice(n..);
+            self.unflushed = true;
+        }
+        Poll::Ready(Ok(()))
     }
-    io.write_all(&out).await.map_err(Written::Socket)?;
-    io.flush().await.map_err(Written::Socket)
+
+    fn piece(&mut self, d: Bytes) -> Result<(), Written> {
+        self.sent += d.len() as u64;
+        if let ReqFraming::Length { len, .. } = self.framing {
+            if self.sent > len {
+                return Err(Written::Body(Box::new(invalid_input(
+                    "the request body is longer than its content-length",
+                ))));
+            }
+        }
+        if d.is_empty() {
+            return Ok(());
+        }
+        match self.framing {
+            ReqFraming::Chunked => {
+                push_number(&mut self.out, d.len() as u64, 16);
+                self.out.extend_from_slice(b"\r\n");
+                self.out.extend_from_slice(&d);
+                self.out.extend_from_slice(b"\r\n");
+            }
+            ReqFraming::Length { .. } if d.len() >= COALESCE => self.big = d,
+            ReqFraming::Length { .. } => self.out.extend_from_slice(&d),
+        }
+        Ok(())
+    }
+
+    /// The body ended: it is dropped, and its framing closed.
+    fn end(&mut self) -> Result<(), Written> {
+        self.body = None;
+        match self.framing {
+            ReqFraming::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+            ReqFraming::Length { len, .. } if self.sent != len => {
+                return Err(Written::Body(Box::new(invalid_input(
+                    "the request body ended before its content-length",
+                ))))
+            }
+            ReqFraming::Length { .. } => {}
+        }
+        Ok(())
+    }
 }
 
 /// Reads up to the end of the answer's final head (1xx heads skipped): the head, and the
 /// bytes that came after it. The bytes are read into the stack; only a head longer than
 /// one read is gathered on the heap.
-async fn read_head(io: &mut Io) -> io::Result<(http::response::Parts, Bytes)> {
-    let mut gathered: Vec<u8> = Vec::new();
-    poll_fn(|cx| loop {
-        let mut stack = [MaybeUninit::<u8>::uninit(); READ_BUF];
-        let mut buf = ReadBuf::uninit(&mut stack);
-        ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
-        let got = buf.filled();
-        if got.is_empty() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the provider closed the connection before its response head",
-            )));
-        }
-        let mut bytes: &[u8] = if gathered.is_empty() {
-            got
-        } else {
-            gathered.extend_from_slice(got);
-            &gathered
-        };
+#[derive(Default)]
+struct HeadReader {
+    gathered: Vec<u8>,
+}
+
+impl HeadReader {
+    fn poll(
+        &mut self,
+        io: &mut Io,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(http::response::Parts, Bytes)>> {
         loop {
-            match parse_head(bytes)? {
-                Parsed::Final(parts, len) => {
-                    return Poll::Ready(Ok((parts, Bytes::copy_from_slice(&bytes[len..]))))
-                }
-                Parsed::Interim(len) => bytes = &bytes[len..],
-                Parsed::Partial => break,
+            let mut stack = [MaybeUninit::<u8>::uninit(); READ_BUF];
+            let mut buf = ReadBuf::uninit(&mut stack);
+            ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+            let got = buf.filled();
+            if got.is_empty() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the provider closed the connection before its response head",
+                )));
             }
+            let mut bytes: &[u8] = if self.gathered.is_empty() {
+                got
+            } else {
+                self.gathered.extend_from_slice(got);
+                &self.gathered
+            };
+            loop {
+                match parse_head(bytes)? {
+                    Parsed::Final(parts, len) => {
+                        return Poll::Ready(Ok((parts, Bytes::copy_from_slice(&bytes[len..]))))
+                    }
+                    Parsed::Interim(len) => bytes = &bytes[len..],
+                    Parsed::Partial => break,
+                }
+            }
+            if bytes.len() > MAX_HEAD {
+                return Poll::Ready(Err(invalid_data(
+                    "the provider's response head is too long",
+                )));
+            }
+            self.gathered = bytes.to_vec();
         }
-        if bytes.len() > MAX_HEAD {
-            return Poll::Ready(Err(invalid_data(
-                "the provider's response head is too long",
-            )));
-        }
-        let keep = bytes.to_vec();
-        gathered = keep;
-    })
-    .await
+    }
 }
 
 enum Parsed {
@@ -383,6 +486,11 @@ fn response_framing(parts: &http::response::Parts, head_only: bool) -> io::Resul
         return Ok(Framing::Done);
     }
     if let Some(te) = parts.headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        if parts.version == Version::HTTP_10 {
+            return Err(invalid_data(
+                "the provider sent a transfer coding in an HTTP/1.0 answer",
+            ));
+        }
         let last = te.as_bytes().rsplit(|&b| b == b',').next().unwrap_or(b"");
         return Ok(if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
             Framing::Chunked(Chunk::Size { n: 0, digits: 0 })
@@ -391,8 +499,10 @@ fn response_framing(parts: &http::response::Parts, head_only: bool) -> io::Resul
         });
     }
     let mut len = None;
-    for v in parts.headers.get_all(CONTENT_LENGTH) {
-        let n = parse_len(v.as_bytes())
+    // Repeated, or as a list of the same value, it is one length (RFC 9110 §8.6).
+    let values = parts.headers.get_all(CONTENT_LENGTH).into_iter();
+    for v in values.flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
+        let n = parse_len(v)
             .ok_or_else(|| invalid_data("the provider's content-length is not a number"))?;
         if len.is_some_and(|l| l != n) {
             return Err(invalid_data(
@@ -465,6 +575,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
 
     /// A provider that reads one request head (and `body` bytes after it) per answer in
@@ -658,6 +769,87 @@ mod tests {
             panic!("answered");
         };
         assert!(e.to_string().contains("before its response head"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_is_read_while_the_upload_is_stuck() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut b = [0u8; 1024];
+                let n = s.read(&mut b).await.unwrap();
+                seen.extend_from_slice(&b[..n]);
+            }
+            s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!")
+                .await
+                .unwrap();
+            // Reads no more of the upload, and keeps the connection open.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(s);
+        });
+        let io = Io::Tcp(TcpStream::connect(addr).await.unwrap());
+        let (h, pool) = home();
+        let shared = Arc::new(crate::request_body::RequestShared::default());
+        let upload = Bytes::from(vec![b'x'; 64 << 20]);
+        let req = Request::post("/v1/files")
+            .header("content-length", upload.len())
+            .body(Box::new(crate::request_body::RequestBody::buffered(
+                upload, shared,
+            )))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(20), send(io, req, h))
+            .await
+            .expect("the answer came while the upload was stuck")
+            .unwrap();
+        assert_eq!(resp.status(), 413);
+        assert_eq!(body_of(resp).await.unwrap(), "big!");
+        assert!(pool.take(Duration::from_secs(60)).is_none(), "not reused");
+    }
+
+    #[tokio::test]
+    async fn framing_the_provider_got_wrong_is_refused_or_not_trusted_again() {
+        // A transfer coding and a length: read by the coding, the length not passed on,
+        // the connection not reused.
+        let (io, _server) = provider(
+            vec![vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 100\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            ]],
+            false,
+        )
+        .await;
+        let (h, pool) = home();
+        let resp = send(io, post("{}"), h).await.unwrap();
+        assert!(resp.headers().get("content-length").is_none());
+        assert_eq!(body_of(resp).await.unwrap(), "ok");
+        assert!(pool.take(Duration::from_secs(60)).is_none());
+
+        // The same length twice, as a list, is one length.
+        let (io, _server) = provider(
+            vec![vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok"]],
+            false,
+        )
+        .await;
+        let (h, pool) = home();
+        let resp = send(io, post("{}"), h).await.unwrap();
+        assert_eq!(body_of(resp).await.unwrap(), "ok");
+        assert!(pool.take(Duration::from_secs(60)).is_some());
+
+        // HTTP/1.0 has no transfer codings.
+        let (io, _server) = provider(
+            vec![vec![
+                b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            ]],
+            false,
+        )
+        .await;
+        let (h, _) = home();
+        let Err(e) = send(io, post("{}"), h).await else {
+            panic!("answered");
+        };
+        assert!(e.to_string().contains("HTTP/1.0"), "{e}");
     }
 
     #[test]

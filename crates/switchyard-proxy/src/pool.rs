@@ -1,6 +1,7 @@
 //! One worker's connections to one provider: idle HTTP/1.1 keep-alive connections (most
 //! recently used first), shared HTTP/2 connections with their stream counts, and the
-//! [`Lease`] that gives a connection back when its exchange is read to its end. Used only
+//! [`Lease`] an exchange holds (an HTTP/2 stream's slot; an HTTP/1.1 answer's body parks
+//! its connection itself once read to its end). Used only
 //! by [`crate::upstream::Upstream`], on one worker's thread: the locks are never contended.
 
 use std::collections::VecDeque;

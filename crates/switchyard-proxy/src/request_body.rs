@@ -18,8 +18,8 @@ use switchyard_core::features::Asked;
 use crate::answer::{RequestRead, RequestScan};
 use crate::errors::{BodyTooLarge, BoxError, ClientBodyError};
 
-/// What the request path learns from the body as it streams upstream (it is polled in
-/// hyper's connection task): read when the exchange is accounted.
+/// What the request path learns from the body as it streams upstream (it is polled by the
+/// provider connection's writer): read when the exchange is accounted.
 #[derive(Debug, Default)]
 pub struct RequestShared {
     pub model: OnceLock<Box<str>>,

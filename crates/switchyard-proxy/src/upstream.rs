@@ -1,5 +1,6 @@
-//! The connections to each provider, one set per proxy worker (hyper's connection API
-//! over rustls), plus one set for the control plane (health checks, preflight).
+//! The connections to each provider, one set per proxy worker (the gateway's own HTTP/1.1
+//! client, hyper's HTTP/2 one, rustls for https), plus one set for the control plane
+//! (health checks, preflight).
 //!
 //! A provider that speaks HTTP/2 (offered by ALPN on https; `http2: true` for cleartext
 //! h2c) gets a few multiplexed connections per worker, each carrying up to
@@ -11,8 +12,8 @@
 //! the lock around it is never contended, and a connection is driven by the thread that
 //! uses it. The request path names its [`Worker`] explicitly (no globals), and each worker
 //! sweeps its own pools. An HTTP/1.1 connection goes back to its pool when the response
-//! body has been read to its end ([`Lease::release`]); one dropped part-way is closed by
-//! hyper (an HTTP/2 stream dropped part-way is reset, and its connection carries on).
+//! body has been read to its end (the body parks it itself); one dropped part-way is
+//! closed (an HTTP/2 stream dropped part-way is reset, and its connection carries on).
 //! This replaces hyper-util's general client, whose per-request key hashing, shared pool
 //! and spawned "ready again" task cost more than the rest of the exchange.
 
