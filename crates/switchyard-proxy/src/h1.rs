@@ -173,7 +173,12 @@ fn request_head(parts: &http::request::Parts, framing: &ReqFraming) -> Vec<u8> {
         + parts.method.as_str().len()
         + target.len()
         + 64;
-    let mut out = Vec::with_capacity(size);
+    // Room for the body too, when it is small enough to go out with the head.
+    let body = match *framing {
+        ReqFraming::Length { len, .. } if len < COALESCE as u64 => len as usize,
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(size + body);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
