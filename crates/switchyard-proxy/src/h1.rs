@@ -662,6 +662,17 @@ mod tests {
             .unwrap()
     }
 
+    /// A small POST to a provider that answers with `pieces` (and closes after them when
+    /// `close`): what came back, and the pool its connection would go back to.
+    async fn ask(
+        pieces: Vec<&'static [u8]>,
+        close: bool,
+    ) -> (Result<Response<H1Body>, BoxError>, Arc<Pool>) {
+        let (io, _server) = provider(vec![pieces], close).await;
+        let (h, pool) = home();
+        (send(io, post("{}"), h).await, pool)
+    }
+
     async fn body_of(resp: Response<H1Body>) -> Result<Bytes, io::Error> {
         resp.into_body().collect().await.map(|c| c.to_bytes())
     }
@@ -706,20 +717,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunked_answer_in_odd_pieces_is_decoded_whole() {
-        let (io, _server) = provider(
-            vec![vec![
-                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        let (resp, pool) = ask(vec![b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
                 b"5;ext=1\r\nda",
                 b"ta:\r",
                 b"\n1",
                 b"1\r\n 1234567890123456\r\n0\r\nx-trailer: t\r\n",
-                b"\r\n",
-            ]],
-            false,
-        )
-        .await;
-        let (h, pool) = home();
-        let resp = send(io, post("{}"), h).await.unwrap();
+                b"\r\n"], false).await;
+        let resp = resp.unwrap();
         assert_eq!(resp.status(), 200, "the 100 was skipped");
         assert_eq!(body_of(resp).await.unwrap(), "data: 1234567890123456");
         assert!(pool.take(Duration::from_secs(60)).is_some());
@@ -727,50 +731,43 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_to_the_close_is_read_and_its_connection_not_kept() {
-        let (io, _server) = provider(
-            vec![vec![
+        let (resp, pool) = ask(
+            vec![
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of ",
                 b"it",
-            ]],
+            ],
             true,
         )
         .await;
-        let (h, pool) = home();
-        let resp = send(io, post("{}"), h).await.unwrap();
+        let resp = resp.unwrap();
         assert_eq!(body_of(resp).await.unwrap(), "all of it");
         assert!(pool.take(Duration::from_secs(60)).is_none());
     }
 
     #[tokio::test]
     async fn a_body_cut_short_is_an_error_and_a_close_asked_for_is_honoured() {
-        let (io, _server) = provider(
-            vec![vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"]],
+        let (resp, _) = ask(
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"],
             true,
         )
         .await;
-        let (h, _) = home();
-        let resp = send(io, post("{}"), h).await.unwrap();
+        let resp = resp.unwrap();
         let e = body_of(resp).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
 
-        let (io, _server) = provider(
-            vec![vec![
-                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
-            ]],
+        let (resp, pool) = ask(
+            vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"],
             false,
         )
         .await;
-        let (h, pool) = home();
-        let resp = send(io, post("{}"), h).await.unwrap();
+        let resp = resp.unwrap();
         assert_eq!(body_of(resp).await.unwrap(), "ok");
         assert!(pool.take(Duration::from_secs(60)).is_none());
     }
 
     #[tokio::test]
     async fn a_provider_that_closes_before_answering_is_an_error() {
-        let (io, _server) = provider(vec![vec![]], true).await;
-        let (h, _) = home();
-        let Err(e) = send(io, post("{}"), h).await else {
+        let (Err(e), _) = ask(vec![], true).await else {
             panic!("answered");
         };
         assert!(e.to_string().contains("before its response head"), "{e}");
@@ -818,40 +815,29 @@ mod tests {
     async fn framing_the_provider_got_wrong_is_refused_or_not_trusted_again() {
         // A transfer coding and a length: read by the coding, the length not passed on,
         // the connection not reused.
-        let (io, _server) = provider(
-            vec![vec![
-                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 100\r\n\r\n2\r\nok\r\n0\r\n\r\n",
-            ]],
-            false,
-        )
-        .await;
-        let (h, pool) = home();
-        let resp = send(io, post("{}"), h).await.unwrap();
+        let (resp, pool) = ask(vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 100\r\n\r\n2\r\nok\r\n0\r\n\r\n"], false).await;
+        let resp = resp.unwrap();
         assert!(resp.headers().get("content-length").is_none());
         assert_eq!(body_of(resp).await.unwrap(), "ok");
         assert!(pool.take(Duration::from_secs(60)).is_none());
 
         // The same length twice, as a list, is one length.
-        let (io, _server) = provider(
-            vec![vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok"]],
+        let (resp, pool) = ask(
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok"],
             false,
         )
         .await;
-        let (h, pool) = home();
-        let resp = send(io, post("{}"), h).await.unwrap();
+        let resp = resp.unwrap();
         assert_eq!(body_of(resp).await.unwrap(), "ok");
         assert!(pool.take(Duration::from_secs(60)).is_some());
 
         // HTTP/1.0 has no transfer codings.
-        let (io, _server) = provider(
-            vec![vec![
-                b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
-            ]],
+        let (Err(e), _) = ask(
+            vec![b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"],
             false,
         )
-        .await;
-        let (h, _) = home();
-        let Err(e) = send(io, post("{}"), h).await else {
+        .await
+        else {
             panic!("answered");
         };
         assert!(e.to_string().contains("HTTP/1.0"), "{e}");
