@@ -10,9 +10,9 @@
 //! is how nginx holds a stream in one small buffer, and what issue 27 measured the gateway
 //! against.
 //!
-//! What it speaks: one request at a time per connection (no pipelining), the request body
-//! written whole before the answer is read (an early answer to a failed upload is still
-//! read), `Content-Length`, chunked and close-delimited answers, 1xx heads skipped,
+//! What it speaks: one request at a time per connection (no pipelining), the answer's head
+//! read while the request is written (an early answer ends the upload), `Content-Length`,
+//! chunked and close-delimited answers, 1xx heads skipped,
 //! trailers read and dropped. A connection goes back to its pool only when its answer was
 //! read exactly to its end and neither side asked to close it.
 
@@ -26,15 +26,13 @@ use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 
 use crate::connect::Io;
 use crate::errors::BoxError;
-use crate::h1_body::{Chunk, Framing, H1Body, Home};
+use crate::h1_body::{invalid_data, Chunk, Framing, H1Body, Home};
 use crate::request_body::BoxedBody;
 
-/// One read from the socket: the largest piece an answer's head is read in.
-pub(crate) const READ_BUF: usize = 8192;
 /// A response head longer than this is refused (hyper's default limit is about 400 KB;
 /// providers send well under 4 KB).
 const MAX_HEAD: usize = 64 * 1024;
@@ -393,38 +391,40 @@ impl HeadReader {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<(http::response::Parts, Bytes)>> {
         loop {
-            let mut stack = [MaybeUninit::<u8>::uninit(); READ_BUF];
-            let mut buf = ReadBuf::uninit(&mut stack);
-            ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
-            let got = buf.filled();
-            if got.is_empty() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the provider closed the connection before its response head",
-                )));
+            if let Some(head) = ready!(io.poll_read_piece(cx, |got| self.take(got)))?? {
+                return Poll::Ready(Ok(head));
             }
-            let mut bytes: &[u8] = if self.gathered.is_empty() {
-                got
-            } else {
-                self.gathered.extend_from_slice(got);
-                &self.gathered
-            };
-            loop {
-                match parse_head(bytes)? {
-                    Parsed::Final(parts, len) => {
-                        return Poll::Ready(Ok((parts, Bytes::copy_from_slice(&bytes[len..]))))
-                    }
-                    Parsed::Interim(len) => bytes = &bytes[len..],
-                    Parsed::Partial => break,
-                }
-            }
-            if bytes.len() > MAX_HEAD {
-                return Poll::Ready(Err(invalid_data(
-                    "the provider's response head is too long",
-                )));
-            }
-            self.gathered = bytes.to_vec();
         }
+    }
+
+    /// What was just read: the head if it is complete, else kept for the next read.
+    fn take(&mut self, got: &[u8]) -> io::Result<Option<(http::response::Parts, Bytes)>> {
+        if got.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the provider closed the connection before its response head",
+            ));
+        }
+        let mut bytes: &[u8] = if self.gathered.is_empty() {
+            got
+        } else {
+            self.gathered.extend_from_slice(got);
+            &self.gathered
+        };
+        loop {
+            match parse_head(bytes)? {
+                Parsed::Final(parts, len) => {
+                    return Ok(Some((parts, Bytes::copy_from_slice(&bytes[len..]))))
+                }
+                Parsed::Interim(len) => bytes = &bytes[len..],
+                Parsed::Partial => break,
+            }
+        }
+        if bytes.len() > MAX_HEAD {
+            return Err(invalid_data("the provider's response head is too long"));
+        }
+        self.gathered = bytes.to_vec();
+        Ok(None)
     }
 }
 
@@ -562,10 +562,6 @@ fn push_number(out: &mut Vec<u8>, mut n: u64, radix: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
-}
-
-fn invalid_data(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
 fn invalid_input(msg: &str) -> io::Error {

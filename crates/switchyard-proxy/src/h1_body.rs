@@ -4,20 +4,16 @@
 //! buffer. At its exact end the connection goes back to its worker's pool.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::connect::Io;
 use crate::pool::Pool;
 
-/// One read from the socket: the largest piece the body is handed on in.
-const READ_BUF: usize = 8192;
 /// Bytes of chunk extensions and trailers read and dropped before the answer is refused.
 const MAX_CHUNK_EXTRA: usize = 16 * 1024;
 
@@ -257,14 +253,14 @@ impl Body for H1Body {
             let Some(io) = this.io.as_mut() else {
                 return Poll::Ready(None);
             };
-            let mut stack = [MaybeUninit::<u8>::uninit(); READ_BUF];
-            let mut buf = ReadBuf::uninit(&mut stack);
-            if let Err(e) = ready!(Pin::new(io).poll_read(cx, &mut buf)) {
-                this.reusable = false;
-                this.finish();
-                return Poll::Ready(Some(Err(e)));
-            }
-            let got = buf.filled();
+            let got = match ready!(io.poll_read_piece(cx, Bytes::copy_from_slice)) {
+                Ok(got) => got,
+                Err(e) => {
+                    this.reusable = false;
+                    this.finish();
+                    return Poll::Ready(Some(Err(e)));
+                }
+            };
             if got.is_empty() {
                 this.reusable = false;
                 if matches!(this.framing, Framing::Close) {
@@ -278,7 +274,7 @@ impl Body for H1Body {
                     "the provider closed the connection before the body's end",
                 ))));
             }
-            this.pending = Bytes::copy_from_slice(got);
+            this.pending = got;
         }
     }
 
@@ -295,8 +291,8 @@ impl Body for H1Body {
     }
 }
 
-fn invalid_data(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
+pub(crate) fn invalid_data(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
 #[cfg(test)]
