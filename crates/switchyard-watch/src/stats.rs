@@ -122,7 +122,15 @@ impl Stats {
 
     pub fn record(&mut self, e: &RequestEvent, now_ms: u64) {
         self.first_ms.get_or_insert(now_ms);
-        let p = self.providers.entry(e.provider.to_string()).or_default();
+        // Looked up before inserting: a key made per request is a String allocated and
+        // formatted per request, on the thread that judges them all.
+        if !self.providers.contains_key(&*e.provider) {
+            self.providers
+                .insert(e.provider.to_string(), ProviderStats::default());
+        }
+        let Some(p) = self.providers.get_mut(&*e.provider) else {
+            return;
+        };
         let t = &mut p.totals;
         t.requests += 1;
         *t.by_class.entry(e.class.label()).or_default() += 1;
