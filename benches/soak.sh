@@ -105,6 +105,11 @@ fds() { ls /proc/$sy/fd | wc -l; }
 heap() { grep -o "in_use_kb=[0-9]* free_kb=[0-9]*" "$dir/gateway.log" 2>/dev/null | tail -1 |
   sed 's/in_use_kb=\([0-9]*\) free_kb=\([0-9]*\)/\1 \2/'; }
 upstream() { ss -Htn state established "( dport = :$OLD or dport = :$NEW )" 2>/dev/null | wc -l; }
+# What RSS follows besides a leak: the load in the gateway at that moment (client connections
+# open, answers in flight), which grows when the shared machine slows the generators down.
+clients() { ss -Htn state established "( sport = :$SY )" 2>/dev/null | wc -l; }
+in_flight() { curl -fs -m 10 "127.0.0.1:$SYA/metrics" 2>/dev/null |
+  awk '/^switchyard_responses_in_flight/ {s += $NF} END {printf "%d", s}'; }
 base_fds=$(fds)
 
 "$BIN" loadtest --url "http://127.0.0.1:$SY/v1" --mode sustained --rate "$json_rate" --duration "${DURATION}s" \
@@ -112,7 +117,7 @@ base_fds=$(fds)
 "$BIN" loadtest --url "http://127.0.0.1:$SY/v1" --mode sustained --rate "$sse_rate" --duration "${DURATION}s" \
   --concurrency 2000 --timeout 30s --stream --json >"$dir/sse.json" 2>"$dir/sse.err" & ls_=$!
 
-printf '| minute | RSS MB | heap in use MB | heap free MB | open fds | upstream sockets | config version | phase |\n|---:|---:|---:|---:|---:|---:|---:|---|\n'
+printf '| minute | RSS MB | heap in use MB | heap free MB | open fds | upstream sockets | client conns | in flight | config version | phase |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n'
 # Samples and actions go by the wall clock: under load a sample may take seconds.
 start=$(date +%s); next=10; reloads=0; slots=0; rss5=""; last_rss=0
 while kill -0 $lj 2>/dev/null || kill -0 $ls_ 2>/dev/null; do
@@ -143,8 +148,8 @@ while kill -0 $lj 2>/dev/null || kill -0 $ls_ 2>/dev/null; do
   v=$(sed -n 's/.*"config_version":\([0-9]*\).*/\1/p' <<<"$status")
   ph=$(grep -q '"rolled_back":true' <<<"$status" && echo rollback || sed -n 's/.*"phase":{"name":"\([^"]*\)".*/\1/p' <<<"$status")
   read -r hu hf <<<"$(heap)" || true
-  awk -v m="$(awk -v t="$el" 'BEGIN{printf "%.1f", t/60}')" -v r="$r" -v hu="${hu:-}" -v hf="${hf:-}" -v f="$(fds)" -v u="$(upstream)" -v v="$v" -v p="$ph" \
-    'BEGIN{printf "| %s | %.1f | %s | %s | %d | %d | %s | %s |\n", m, r/1024, hu == "" ? "-" : sprintf("%.1f", hu/1024), hf == "" ? "-" : sprintf("%.1f", hf/1024), f, u, v, p}'
+  awk -v m="$(awk -v t="$el" 'BEGIN{printf "%.1f", t/60}')" -v r="$r" -v hu="${hu:-}" -v hf="${hf:-}" -v f="$(fds)" -v u="$(upstream)" -v c="$(clients)" -v i="$(in_flight)" -v v="$v" -v p="$ph" \
+    'BEGIN{printf "| %s | %.1f | %s | %s | %d | %d | %d | %s | %s | %s |\n", m, r/1024, hu == "" ? "-" : sprintf("%.1f", hu/1024), hf == "" ? "-" : sprintf("%.1f", hf/1024), f, u, c, i, v, p}'
 done
 wait $lj $ls_ || true
 failed=0
