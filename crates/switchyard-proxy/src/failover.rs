@@ -15,6 +15,7 @@ use switchyard_core::ErrorKind;
 
 use crate::errors::ErrorChain;
 use crate::exchange::Exchange;
+use crate::headers::owned_headers;
 use crate::models;
 use crate::request_body::{BoxedBody, RequestBody, RequestShared};
 use crate::upstream::UpstreamBody;
@@ -36,7 +37,7 @@ pub(crate) fn keep_replay(
         }
         _ => return body,
     };
-    ex.replay_headers = Some(headers.clone());
+    ex.replay_headers = Some(owned_headers(headers));
     body.keeping_replay(max)
 }
 

@@ -1,7 +1,9 @@
 //! Header and path rewriting between client and provider, and the headers the gateway
 //! adds.
 
-use http::header::{self, HeaderMap, HeaderName};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_SWITCHYARD_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
@@ -23,6 +25,50 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// What the gateway keeps of a request past its upload, copied out of the client
+/// connection's read buffer. hyper parses a request's head and small body into slices of
+/// that 8 KiB buffer and can reuse it only once no slice lives: a request id, URI or
+/// replay copy kept as a slice would hold it until the answer ends (minutes for a stream),
+/// and every exchange waiting on its provider would hold one more buffer.
+pub fn owned_value(v: &HeaderValue) -> HeaderValue {
+    let mut owned = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+    owned.set_sensitive(v.is_sensitive());
+    owned
+}
+
+/// A request's URI as [`owned_value`] keeps one: its path and query copied (the form
+/// clients send a gateway); a URI in another form is kept as it is.
+pub fn owned_uri(uri: &Uri) -> Uri {
+    match (uri.scheme(), uri.authority(), uri.path_and_query()) {
+        (None, None, Some(pq)) => {
+            PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(pq.as_str().as_bytes()))
+                .map_or_else(|_| uri.clone(), Uri::from)
+        }
+        _ => uri.clone(),
+    }
+}
+
+/// `headers` as [`owned_value`] keeps them: every value copied into one buffer (names are
+/// never slices of the head).
+pub fn owned_headers(headers: &HeaderMap) -> HeaderMap {
+    let len = headers.iter().map(|(_, v)| v.len()).sum();
+    let mut buf = BytesMut::with_capacity(len);
+    for (_, v) in headers {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = buf.freeze();
+    let mut out = HeaderMap::with_capacity(headers.keys_len());
+    let mut at = 0;
+    for (name, v) in headers {
+        let piece = buf.slice(at..at + v.len());
+        at += v.len();
+        let mut value = HeaderValue::from_maybe_shared(piece).unwrap_or_else(|_| v.clone());
+        value.set_sensitive(v.is_sensitive());
+        out.append(name.clone(), value);
+    }
+    out
+}
 
 /// Drops hop-by-hop headers: the fixed set and every header `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
