@@ -52,20 +52,22 @@ pub fn owned_uri(uri: &Uri) -> Uri {
 /// `headers` as [`owned_value`] keeps them: every value copied into one buffer (names are
 /// never slices of the head).
 pub fn owned_headers(headers: &HeaderMap) -> HeaderMap {
-    let len = headers.iter().map(|(_, v)| v.len()).sum();
+    let len = headers.values().map(HeaderValue::len).sum();
     let mut buf = BytesMut::with_capacity(len);
-    for (_, v) in headers {
+    for v in headers.values() {
         buf.extend_from_slice(v.as_bytes());
     }
     let buf = buf.freeze();
-    let mut out = HeaderMap::with_capacity(headers.keys_len());
+    // A clone keeps the map's layout (no name hashed again); only its values change.
+    let mut out = headers.clone();
     let mut at = 0;
-    for (name, v) in headers {
+    for v in out.values_mut() {
         let piece = buf.slice(at..at + v.len());
         at += v.len();
-        let mut value = HeaderValue::from_maybe_shared(piece).unwrap_or_else(|_| v.clone());
-        value.set_sensitive(v.is_sensitive());
-        out.append(name.clone(), value);
+        if let Ok(mut owned) = HeaderValue::from_maybe_shared(piece) {
+            owned.set_sensitive(v.is_sensitive());
+            *v = owned;
+        }
     }
     out
 }
@@ -152,7 +154,6 @@ pub fn maps_to_itself(base_path: &str, path_and_query: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn paths() {
@@ -224,5 +225,41 @@ mod tests {
         let before = clean.clone();
         strip_hop_by_hop(&mut clean);
         assert_eq!(clean, before);
+    }
+
+    /// What is kept past the upload reads the same and shares no byte with the head it
+    /// came from (which hyper could not reuse while it did).
+    #[test]
+    fn kept_copies_share_nothing_with_the_head() {
+        let head =
+            Bytes::from_static(b"GET /v1/chat?x=1 HTTP/1.1 abc-123 Bearer k text/plain text/html");
+        let within = |b: &[u8]| head.as_ptr_range().contains(&b.as_ptr());
+        let slice =
+            |from: usize, to: usize| HeaderValue::from_maybe_shared(head.slice(from..to)).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", slice(26, 33));
+        let mut auth = slice(34, 42);
+        auth.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, auth);
+        headers.append(header::ACCEPT, slice(43, 53));
+        headers.append(header::ACCEPT, slice(54, 63));
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        let owned = owned_headers(&headers);
+        assert_eq!(owned, headers);
+        assert!(owned[header::AUTHORIZATION].is_sensitive());
+        let accepts: Vec<_> = owned.get_all(header::ACCEPT).iter().collect();
+        assert_eq!(accepts, ["text/plain", "text/html"]);
+        assert!(owned.values().all(|v| !within(v.as_bytes())));
+        let id = owned_value(&headers["x-request-id"]);
+        assert_eq!(id, "abc-123");
+        assert!(!within(id.as_bytes()));
+        let uri = Uri::from_maybe_shared(head.slice(4..16)).unwrap();
+        assert!(within(uri.path().as_bytes()));
+        let kept = owned_uri(&uri);
+        assert_eq!(kept, "/v1/chat?x=1");
+        assert!(!within(kept.path().as_bytes()));
     }
 }

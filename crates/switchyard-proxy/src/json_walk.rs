@@ -312,6 +312,17 @@ impl JsonWalk {
             if d > 0 && d <= PATH_MAX {
                 self.path[d - 1] = Step::Key(Key::of(text));
             }
+            // The colon mostly follows at once (or after one space, pretty-printed): taken
+            // here, not by another turn of the byte loop.
+            let colon = match rest.get(end + 1..end + 3) {
+                Some([b':', _]) => Some(2),
+                Some([b' ', b':']) => Some(3),
+                _ => None,
+            };
+            if let Some(n) = colon {
+                self.expect = Expect::Value;
+                return Some(end + n);
+            }
             self.expect = Expect::Colon;
         } else {
             let head = if self.keep {
@@ -637,6 +648,7 @@ mod tests {
             "\"s\"",
             "12",
             "{\"a\":{}}",
+            "{\"a\" :1, \"b\"  :  2,\"c\":3}",
         ] {
             assert!(walk(&[good.as_bytes()]).1, "{good}");
         }
@@ -646,6 +658,7 @@ mod tests {
             "{\"a\":1",
             "{\"a\" 1}",
             "{\"a\":1,}",
+            "{\"a\"::1}",
             "[1 2]",
             "{\"a\":1]",
             "[1}",
