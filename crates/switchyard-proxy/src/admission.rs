@@ -31,7 +31,7 @@ use switchyard_core::ErrorKind;
 use crate::access::{access_log, Detail, Finished};
 use crate::conn::ConnInfo;
 use crate::errors::{error_response, BodyTooLarge, GATEWAY_ITSELF};
-use crate::headers::{owned_value, X_REQUEST_ID};
+use crate::headers::X_REQUEST_ID;
 use crate::limits::{OverLimit, Permit};
 use crate::metrics::{Outcome, REJECTED_TOTAL};
 use crate::response_body::GatewayBody;
@@ -232,7 +232,7 @@ fn refuse_declared_body(req: &Request<Incoming>, snap: &Snapshot) -> Result<(), 
 /// routing key when no sticky header is set, and every answer carries it, refusals too).
 fn ensure_request_id<B>(req: &mut Request<B>) -> HeaderValue {
     if let Some(id) = req.headers().get(&X_REQUEST_ID) {
-        return owned_value(id);
+        return id.clone();
     }
     let id = new_request_id();
     req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());

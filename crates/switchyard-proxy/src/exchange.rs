@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, Uri};
 use switchyard_core::answer::Endpoint;
@@ -216,7 +217,8 @@ impl Exchange {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         if stream_type {
-            self.drop_replay();
+            // Before the request id is copied into the answer's head.
+            self.unpin_client_buffer();
         }
         self.answer_headers(&mut parts.headers);
         // The answer's text and tool calls are read when a shadow compares them, or when
@@ -255,12 +257,25 @@ impl Exchange {
         Response::from_parts(parts, GatewayBody::upstream(body))
     }
 
-    /// An SSE answer may stream for minutes: the replay copy cannot be used any more, and
-    /// goes.
-    fn drop_replay(&mut self) {
+    /// An SSE answer may stream for minutes, and nothing the exchange keeps meanwhile may
+    /// share the client connection's read buffer: hyper parses a request's head and small
+    /// body into slices of that 8 KiB buffer, and while one slice lives, hyper allocates
+    /// another buffer for its next read, 16 KiB per open stream instead of 8. The replay
+    /// copy cannot be used any more; the request id and URI are copied out.
+    fn unpin_client_buffer(&mut self) {
         self.replay_headers = None;
         if let Some(shared) = &self.shared {
             shared.drop_replay();
+        }
+        if let Ok(id) = HeaderValue::from_bytes(self.request_id.as_bytes()) {
+            self.request_id = id;
+        }
+        if let Some(pq) = self.uri.path_and_query() {
+            if let Ok(pq) = http::uri::PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(
+                pq.as_str().as_bytes(),
+            )) {
+                self.uri = Uri::from(pq);
+            }
         }
     }
 

@@ -15,7 +15,6 @@ use switchyard_core::ErrorKind;
 
 use crate::errors::ErrorChain;
 use crate::exchange::Exchange;
-use crate::headers::owned_headers;
 use crate::models;
 use crate::request_body::{BoxedBody, RequestBody, RequestShared};
 use crate::upstream::UpstreamBody;
@@ -37,7 +36,7 @@ pub(crate) fn keep_replay(
         }
         _ => return body,
     };
-    ex.replay_headers = Some(owned_headers(headers));
+    ex.replay_headers = Some(headers.clone());
     body.keeping_replay(max)
 }
 

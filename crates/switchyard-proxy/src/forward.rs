@@ -42,7 +42,7 @@ use crate::answer::{is_json, RequestScan};
 use crate::errors::{BodyTooLarge, BoxError, ClientBodyError};
 use crate::exchange::{Exchange, Start};
 use crate::failover;
-use crate::headers::{owned_uri, strip_hop_by_hop};
+use crate::headers::strip_hop_by_hop;
 use crate::mirror;
 use crate::models::{self, ReadAhead};
 use crate::openai;
@@ -107,7 +107,7 @@ pub(crate) async fn forward(
         snap,
         request_id,
         method: parts.method.clone(),
-        uri: owned_uri(&parts.uri),
+        uri: parts.uri.clone(),
         route,
         client_key: who.client_key,
         client,

@@ -1,9 +1,7 @@
 //! Header and path rewriting between client and provider, and the headers the gateway
 //! adds.
 
-use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Uri};
+use http::header::{self, HeaderMap, HeaderName};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_SWITCHYARD_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
@@ -25,52 +23,6 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
-
-/// What the gateway keeps of a request past its upload, copied out of the client
-/// connection's read buffer. hyper parses a request's head and small body into slices of
-/// that 8 KiB buffer and can reuse it only once no slice lives: a request id, URI or
-/// replay copy kept as a slice would hold it until the answer ends (minutes for a stream),
-/// and every exchange waiting on its provider would hold one more buffer.
-pub fn owned_value(v: &HeaderValue) -> HeaderValue {
-    let mut owned = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
-    owned.set_sensitive(v.is_sensitive());
-    owned
-}
-
-/// A request's URI as [`owned_value`] keeps one: its path and query copied (the form
-/// clients send a gateway); a URI in another form is kept as it is.
-pub fn owned_uri(uri: &Uri) -> Uri {
-    match (uri.scheme(), uri.authority(), uri.path_and_query()) {
-        (None, None, Some(pq)) => {
-            PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(pq.as_str().as_bytes()))
-                .map_or_else(|_| uri.clone(), Uri::from)
-        }
-        _ => uri.clone(),
-    }
-}
-
-/// `headers` as [`owned_value`] keeps them: every value copied into one buffer (names are
-/// never slices of the head).
-pub fn owned_headers(headers: &HeaderMap) -> HeaderMap {
-    let len = headers.values().map(HeaderValue::len).sum();
-    let mut buf = BytesMut::with_capacity(len);
-    for v in headers.values() {
-        buf.extend_from_slice(v.as_bytes());
-    }
-    let buf = buf.freeze();
-    // A clone keeps the map's layout (no name hashed again); only its values change.
-    let mut out = headers.clone();
-    let mut at = 0;
-    for v in out.values_mut() {
-        let piece = buf.slice(at..at + v.len());
-        at += v.len();
-        if let Ok(mut owned) = HeaderValue::from_maybe_shared(piece) {
-            owned.set_sensitive(v.is_sensitive());
-            *v = owned;
-        }
-    }
-    out
-}
 
 /// Drops hop-by-hop headers: the fixed set and every header `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -154,6 +106,7 @@ pub fn maps_to_itself(base_path: &str, path_and_query: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn paths() {
@@ -225,41 +178,5 @@ mod tests {
         let before = clean.clone();
         strip_hop_by_hop(&mut clean);
         assert_eq!(clean, before);
-    }
-
-    /// What is kept past the upload reads the same and shares no byte with the head it
-    /// came from (which hyper could not reuse while it did).
-    #[test]
-    fn kept_copies_share_nothing_with_the_head() {
-        let head =
-            Bytes::from_static(b"GET /v1/chat?x=1 HTTP/1.1 abc-123 Bearer k text/plain text/html");
-        let within = |b: &[u8]| head.as_ptr_range().contains(&b.as_ptr());
-        let slice =
-            |from: usize, to: usize| HeaderValue::from_maybe_shared(head.slice(from..to)).unwrap();
-        let mut headers = HeaderMap::new();
-        headers.insert("x-request-id", slice(26, 33));
-        let mut auth = slice(34, 42);
-        auth.set_sensitive(true);
-        headers.insert(header::AUTHORIZATION, auth);
-        headers.append(header::ACCEPT, slice(43, 53));
-        headers.append(header::ACCEPT, slice(54, 63));
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
-        let owned = owned_headers(&headers);
-        assert_eq!(owned, headers);
-        assert!(owned[header::AUTHORIZATION].is_sensitive());
-        let accepts: Vec<_> = owned.get_all(header::ACCEPT).iter().collect();
-        assert_eq!(accepts, ["text/plain", "text/html"]);
-        assert!(owned.values().all(|v| !within(v.as_bytes())));
-        let id = owned_value(&headers["x-request-id"]);
-        assert_eq!(id, "abc-123");
-        assert!(!within(id.as_bytes()));
-        let uri = Uri::from_maybe_shared(head.slice(4..16)).unwrap();
-        assert!(within(uri.path().as_bytes()));
-        let kept = owned_uri(&uri);
-        assert_eq!(kept, "/v1/chat?x=1");
-        assert!(!within(kept.path().as_bytes()));
     }
 }

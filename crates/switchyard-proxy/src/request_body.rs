@@ -95,10 +95,6 @@ impl RequestShared {
     }
 }
 
-/// A body up to this size is copied whole rather than kept as the frame it came in (hyper
-/// reads a request into 8 KiB to start with).
-const SMALL_FRAME: u64 = 8 << 10;
-
 /// A bounded copy of a body as it streams: its frames (shared, not copied) until it ends,
 /// then one piece. Over its limit it is given up.
 #[derive(Debug)]
@@ -134,11 +130,9 @@ impl BodyCopy {
         if self.over {
             return None;
         }
-        // Most bodies arrive in one frame: no copy then, unless it is small enough to be
-        // a slice of the client connection's read buffer, which it would hold for as long
-        // as the copy is kept (see `headers::owned_value`).
+        // Most bodies arrive in one frame: no copy then.
         Some(match self.frames.len() {
-            1 if self.len > SMALL_FRAME => self.frames.pop().unwrap_or_default(),
+            1 => self.frames.pop().unwrap_or_default(),
             _ => {
                 let mut b = BytesMut::with_capacity(self.len as usize);
                 self.frames.iter().for_each(|f| b.extend_from_slice(f));
