@@ -4,8 +4,9 @@
 # The gateway in front of two `switchyard mock` providers — `old` over HTTP/1.1 only, `new`
 # over h2c — at half of nginx's saturation rate (RATE_SHARE of what nginx proxying `old`
 # serves under wrk), mixed JSON and SSE (SSE_SHARE of the requests), shadow on, a reload
-# every minute, a rollback and a phase move every ten. Every 10 s: RSS, open fds and
-# upstream sockets of the gateway, printed as a table row. Pass: RSS at the end within 10%
+# every minute, a rollback and a phase move every ten. Every 10 s: RSS, open fds,
+# upstream sockets, client connections and answers in flight of the gateway, printed as a
+# table row ("-" where the admin API did not answer). Pass: RSS at the end within 10%
 # of its value at minute 5, fds back to the baseline once the load stops and idle
 # connections close, no failed request.
 #
@@ -109,7 +110,7 @@ upstream() { ss -Htn state established "( dport = :$OLD or dport = :$NEW )" 2>/d
 # open, answers in flight), which grows when the shared machine slows the generators down.
 clients() { ss -Htn state established "( sport = :$SY )" 2>/dev/null | wc -l; }
 in_flight() { curl -fs -m 10 "127.0.0.1:$SYA/metrics" 2>/dev/null |
-  awk '/^switchyard_responses_in_flight/ {s += $NF} END {printf "%d", s}'; }
+  awk '/^switchyard_responses_in_flight/ {s += $NF; n++} END {if (n) printf "%d", s; else printf "-"}'; }
 base_fds=$(fds)
 
 "$BIN" loadtest --url "http://127.0.0.1:$SY/v1" --mode sustained --rate "$json_rate" --duration "${DURATION}s" \

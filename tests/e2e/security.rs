@@ -360,6 +360,11 @@ async fn a_flood_of_silent_sockets_never_keeps_a_real_client_out() {
     let m = gw.metrics().await;
     let shed = metric_value(&m, r#"switchyard_rejected_total{reason="shed_silent"}"#).unwrap();
     assert!(shed >= 10.0, "{shed} silent sockets shed");
+    // Each newcomer of the flood was handed the slot of the socket closed for it: a slot
+    // freed into the pool could be taken by another worker's accept, leaving a newcomer
+    // (or the real client) refused.
+    let refused = metric_value(&m, r#"switchyard_rejected_total{reason="max_connections"}"#);
+    assert_eq!(refused, Some(0.0), "newcomers refused at the cap");
     drop(flood);
 }
 

@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
 use std::time::Instant;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::upstream::Worker;
 
@@ -29,6 +31,8 @@ pub struct ConnInfo {
     /// Raised when the connection, still without a request head, is to close to admit
     /// another at the connection cap ([`crate::slots`]).
     pub shed: tokio::sync::Notify,
+    /// Who its slot goes to when it closes ([`crate::slots`]).
+    give_way: Mutex<GiveWay>,
 }
 
 impl ConnInfo {
@@ -38,6 +42,42 @@ impl ConnInfo {
             remote: Some(remote),
             opened: Some(Instant::now()),
             ..ConnInfo::default()
+        }
+    }
+
+    /// Asks the connection, still without a request head, to close and hand its slot to
+    /// the newcomer holding the receiver; `None` when it has read one, closed, or was
+    /// asked already.
+    pub(crate) fn ask_to_give_way(&self) -> Option<oneshot::Receiver<OwnedSemaphorePermit>> {
+        if self.started.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut give_way = self.give_way.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*give_way, GiveWay::Keep) {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        *give_way = GiveWay::To(tx);
+        self.shed.notify_one();
+        Some(rx)
+    }
+
+    /// Asked to give way, the connection has read a request head since: it keeps its slot,
+    /// and the newcomer looks elsewhere.
+    pub(crate) fn decline_to_give_way(&self) {
+        let mut give_way = self.give_way.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*give_way, GiveWay::To(_)) {
+            *give_way = GiveWay::Keep;
+        }
+    }
+
+    /// The connection has closed: its slot goes to the newcomer it was asked to close for,
+    /// if that one still waits, else back to the pool.
+    pub(crate) fn release(&self, slot: OwnedSemaphorePermit) {
+        let mut give_way = self.give_way.lock().unwrap_or_else(|e| e.into_inner());
+        if let GiveWay::To(newcomer) = std::mem::replace(&mut *give_way, GiveWay::Closed) {
+            // Refused (the newcomer gave up waiting): the slot is dropped back to the pool.
+            let _ = newcomer.send(slot);
         }
     }
 
@@ -78,4 +118,16 @@ impl Drop for Active {
         self.0.touch();
         self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What becomes of a connection's slot when it closes ([`crate::slots`]).
+#[derive(Default)]
+enum GiveWay {
+    /// Back to the pool.
+    #[default]
+    Keep,
+    /// To the newcomer it was asked to close for.
+    To(oneshot::Sender<OwnedSemaphorePermit>),
+    /// Closed already: not to be asked.
+    Closed,
 }

@@ -114,12 +114,12 @@ pub async fn serve(
         let watcher = graceful.watcher();
         if let Some(permit) = slots.try_take() {
             accepting.start(stream, remote, permit, watcher);
-        } else if slots.shed_oldest() {
+        } else if let Some(handoff) = slots.shed_oldest() {
             // At the cap, a connection without a request head was asked to close: this
-            // one takes its slot once it is free (off the accept loop).
+            // one is handed its slot once it is free (off the accept loop).
             let accepting = accepting.clone();
             tokio::spawn(async move {
-                match accepting.slots.take_within(SHED_WAIT).await {
+                match accepting.slots.handed_over(handoff, SHED_WAIT).await {
                     Some(permit) => accepting.start(stream, remote, permit, watcher),
                     None => refuse(stream),
                 }
@@ -185,7 +185,7 @@ impl Accepting {
                     this.timeouts,
                 )
                 .await;
-                drop(permit);
+                conn_info.release(permit);
             }),
             Some(acceptor) => tokio::spawn(async move {
                 serve_tls(
@@ -198,7 +198,7 @@ impl Accepting {
                     this.timeouts,
                 )
                 .await;
-                drop(permit);
+                conn_info.release(permit);
             }),
         };
     }
@@ -440,6 +440,7 @@ where
                     shed();
                     return None;
                 }
+                info.decline_to_give_way();
             }
         }
     }

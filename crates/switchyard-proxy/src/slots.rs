@@ -14,12 +14,18 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::conn::ConnInfo;
 
 /// How long a newcomer waits for the slot of the connection closed for it.
 pub const SHED_WAIT: Duration = Duration::from_secs(1);
+
+/// A newcomer's claim on the slot of the connection asked to close for it. The slot is
+/// handed over, not returned to the pool: a slot freed into the pool goes to whichever
+/// worker accepts first, and a newcomer on another worker, still to be polled, was left
+/// waiting for a slot that was no longer there (then refused with 503).
+pub struct Handoff(oneshot::Receiver<OwnedSemaphorePermit>);
 
 pub struct Slots {
     permits: Arc<Semaphore>,
@@ -47,14 +53,6 @@ impl Slots {
         self.permits.clone().try_acquire_owned().ok()
     }
 
-    /// A slot freed within `wait` (the one of a connection closed to make room).
-    pub async fn take_within(&self, wait: Duration) -> Option<OwnedSemaphorePermit> {
-        tokio::time::timeout(wait, self.permits.clone().acquire_owned())
-            .await
-            .ok()?
-            .ok()
-    }
-
     /// `conn` has not read a request head yet: it may be closed to admit another.
     pub fn admitted(&self, conn: &Arc<ConnInfo>) {
         let mut q = self.unproven.lock().unwrap_or_else(|e| e.into_inner());
@@ -67,18 +65,44 @@ impl Slots {
         q.push_back(Arc::downgrade(conn));
     }
 
-    /// Asks the oldest connection without a request head to close; false when there is
-    /// none (every open connection serves).
-    pub fn shed_oldest(&self) -> bool {
-        let mut q = self.unproven.lock().unwrap_or_else(|e| e.into_inner());
+    /// Asks the oldest connection without a request head to close and hand its slot over;
+    /// `None` when there is none (every open connection serves).
+    pub fn shed_oldest(&self) -> Option<Handoff> {
+        let mut q = lock(&self.unproven);
         while let Some(w) = q.pop_front() {
-            if let Some(c) = w.upgrade().filter(|c| !c.started.load(Ordering::Relaxed)) {
-                c.shed.notify_one();
-                return true;
+            if let Some(handoff) = w.upgrade().and_then(|c| c.ask_to_give_way()) {
+                return Some(Handoff(handoff));
             }
         }
-        false
+        None
     }
+
+    /// The slot handed over for `handoff` within `wait`. When the connection asked read a
+    /// request head meanwhile (it keeps its slot), a free slot or the next oldest silent
+    /// connection's is waited for instead.
+    pub async fn handed_over(
+        &self,
+        mut handoff: Handoff,
+        wait: Duration,
+    ) -> Option<OwnedSemaphorePermit> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, &mut handoff.0).await {
+                Ok(Ok(permit)) => return Some(permit),
+                Ok(Err(_)) => {
+                    if let Some(permit) = self.try_take() {
+                        return Some(permit);
+                    }
+                    handoff = self.shed_oldest()?;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -89,25 +113,61 @@ mod tests {
     async fn the_oldest_silent_connection_gives_way_never_a_serving_one() {
         let slots = Slots::new(3);
         let conns: Vec<Arc<ConnInfo>> = (0..3).map(|_| Arc::new(ConnInfo::default())).collect();
-        let held: Vec<_> = conns
+        let mut held: Vec<_> = conns
             .iter()
             .map(|c| {
                 slots.admitted(c);
-                slots.try_take().unwrap()
+                slots.try_take()
             })
             .collect();
         assert!(slots.try_take().is_none());
         assert_eq!(slots.open(), 3);
         // The first has read a request: the second is the oldest silent one.
         conns[0].started.store(true, Ordering::Relaxed);
-        assert!(slots.shed_oldest());
+        let handoff = slots.shed_oldest().expect("a silent connection to shed");
         tokio::time::timeout(Duration::from_millis(100), conns[1].shed.notified())
             .await
             .expect("the second was asked to close");
-        assert!(slots.shed_oldest());
+        // Its slot goes to the newcomer, not to the pool where any accept could take it.
+        conns[1].release(held[1].take().unwrap());
+        assert!(
+            slots.try_take().is_none(),
+            "the freed slot was up for grabs"
+        );
+        let permit = slots.handed_over(handoff, Duration::from_millis(100)).await;
+        assert!(permit.is_some(), "the newcomer got the slot");
+        drop(permit);
+
+        // The newcomer's connection closed: its slot is free again; taken here.
+        let _full = slots.try_take().expect("a free slot");
+        // The third reads a request head after it was asked: it keeps its slot, and the
+        // newcomer, with no free slot and no other silent connection to ask, gets nothing.
+        let handoff = slots.shed_oldest().expect("the third is still silent");
         conns[2].started.store(true, Ordering::Relaxed);
-        assert!(!slots.shed_oldest(), "every connection left serves");
-        drop(held);
-        assert!(slots.take_within(Duration::from_millis(10)).await.is_some());
+        conns[2].decline_to_give_way();
+        assert!(slots
+            .handed_over(handoff, Duration::from_millis(100))
+            .await
+            .is_none());
+        assert!(
+            slots.shed_oldest().is_none(),
+            "every connection left serves"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_newcomer_that_gave_up_returns_the_slot_to_the_pool() {
+        let slots = Slots::new(1);
+        let conn = Arc::new(ConnInfo::default());
+        slots.admitted(&conn);
+        let permit = slots.try_take().unwrap();
+        let handoff = slots.shed_oldest().unwrap();
+        drop(handoff);
+        conn.release(permit);
+        assert!(slots.try_take().is_some());
+        assert!(
+            slots.shed_oldest().is_none(),
+            "a closed connection is not asked"
+        );
     }
 }
