@@ -214,11 +214,10 @@ async fn a_replica_started_while_etcd_is_down_serves_the_files_phase_and_says_so
     let s = a.status().await;
     assert_eq!(s["cluster"]["healthy"], false);
     assert_eq!(s["phase"]["name"], "phase-4", "the file's phase");
-    assert!(
-        a.logs().contains("etcd unreachable at start"),
-        "{}",
-        a.logs()
-    );
+    eventually("the unreachable etcd in the log", || {
+        a.logs().contains("etcd unreachable at start")
+    })
+    .await;
     let r = client().get(a.url("/v1/models")).send().await.unwrap();
     assert_eq!(r.headers()["x-switchyard-provider"], "new");
     etcd.resume().await;

@@ -327,11 +327,12 @@ async fn a_rollback_written_in_one_block_of_the_file_moves_only_that_migration()
     assert_eq!(r.status(), 200);
     let (_, all) = get(&gw, "/admin/migrations").await;
     assert_eq!(all["migrations"].as_array().unwrap().len(), 1);
-    let logs = gw.logs();
-    assert!(
-        logs.contains("migration `emb` was removed from the config"),
-        "{logs}"
-    );
+    // The log line is read from the gateway's stderr by a thread of the harness.
+    eventually("the removal said in the log", || {
+        gw.logs()
+            .contains("migration `emb` was removed from the config")
+    })
+    .await;
 }
 
 #[tokio::test]
