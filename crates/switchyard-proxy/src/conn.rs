@@ -47,7 +47,7 @@ impl ConnInfo {
 
     /// Asks the connection, still without a request head, to close and hand its slot to
     /// the newcomer holding the receiver; `None` when it has read one, closed, or was
-    /// asked already.
+    /// asked already. (`started` is only a shortcut: the state under the lock decides.)
     pub(crate) fn ask_to_give_way(&self) -> Option<oneshot::Receiver<OwnedSemaphorePermit>> {
         if self.started.load(Ordering::Relaxed) {
             return None;
@@ -62,12 +62,13 @@ impl ConnInfo {
         Some(rx)
     }
 
-    /// Asked to give way, the connection has read a request head since: it keeps its slot,
-    /// and the newcomer looks elsewhere.
-    pub(crate) fn decline_to_give_way(&self) {
+    /// The connection has read its first request head: it is never asked to give way from
+    /// now on, and a newcomer that asked it just before looks elsewhere (its receiver
+    /// errs). Called once, as `started` is set.
+    pub(crate) fn serving(&self) {
         let mut give_way = self.give_way.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*give_way, GiveWay::To(_)) {
-            *give_way = GiveWay::Keep;
+        if !matches!(*give_way, GiveWay::Closed) {
+            *give_way = GiveWay::Serving;
         }
     }
 
@@ -128,6 +129,8 @@ enum GiveWay {
     Keep,
     /// To the newcomer it was asked to close for.
     To(oneshot::Sender<OwnedSemaphorePermit>),
+    /// It has read a request head: not to be asked.
+    Serving,
     /// Closed already: not to be asked.
     Closed,
 }

@@ -440,7 +440,6 @@ where
                     shed();
                     return None;
                 }
-                info.decline_to_give_way();
             }
         }
     }

@@ -65,7 +65,10 @@ impl Service<Request<Incoming>> for GatewayService {
 
     fn call(&mut self, mut req: Request<Incoming>) -> Answer {
         let conn = &self.conn;
-        conn.started.store(true, Ordering::Relaxed);
+        if !conn.started.load(Ordering::Relaxed) {
+            conn.started.store(true, Ordering::Relaxed);
+            conn.serving();
+        }
         conn.touch();
         let snap = self.gw.load();
         let admitted = match admit(&mut req, &snap, conn) {

@@ -55,7 +55,16 @@ impl Slots {
 
     /// `conn` has not read a request head yet: it may be closed to admit another.
     pub fn admitted(&self, conn: &Arc<ConnInfo>) {
-        let mut q = self.unproven.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = lock(&self.unproven);
+        // Connections mostly read their first head in the order they came: dropping the
+        // served or closed ones at the front keeps the queue near the number of silent
+        // ones, and frees their memory (a `Weak` keeps its allocation).
+        while q.front().is_some_and(|w| {
+            w.upgrade()
+                .is_none_or(|c| c.started.load(Ordering::Relaxed))
+        }) {
+            q.pop_front();
+        }
         if q.len() > 2 * self.max + 64 {
             q.retain(|w| {
                 w.upgrade()
@@ -78,8 +87,9 @@ impl Slots {
     }
 
     /// The slot handed over for `handoff` within `wait`. When the connection asked read a
-    /// request head meanwhile (it keeps its slot), a free slot or the next oldest silent
-    /// connection's is waited for instead.
+    /// request head meanwhile (it keeps its slot), a slot free at that moment is taken, or
+    /// else the next oldest silent connection is asked; with neither, `None` at once (every
+    /// connection serves: the newcomer gets 503, as at the cap).
     pub async fn handed_over(
         &self,
         mut handoff: Handoff,
@@ -141,17 +151,44 @@ mod tests {
         // The newcomer's connection closed: its slot is free again; taken here.
         let _full = slots.try_take().expect("a free slot");
         // The third reads a request head after it was asked: it keeps its slot, and the
-        // newcomer, with no free slot and no other silent connection to ask, gets nothing.
+        // newcomer, with no free slot and no other silent connection to ask, is told so at
+        // once (not after its wait ran out).
         let handoff = slots.shed_oldest().expect("the third is still silent");
         conns[2].started.store(true, Ordering::Relaxed);
-        conns[2].decline_to_give_way();
-        assert!(slots
-            .handed_over(handoff, Duration::from_millis(100))
-            .await
-            .is_none());
+        conns[2].serving();
+        let answer = tokio::time::timeout(
+            Duration::from_millis(500),
+            slots.handed_over(handoff, Duration::from_secs(30)),
+        )
+        .await
+        .expect("the newcomer was told at once");
+        assert!(answer.is_none());
         assert!(
             slots.shed_oldest().is_none(),
             "every connection left serves"
+        );
+        // In the queue again (as if its flag were not seen yet), a serving connection is
+        // still not asked: the state under its lock decides.
+        conns[2].started.store(false, Ordering::Relaxed);
+        slots.admitted(&conns[2]);
+        assert!(slots.shed_oldest().is_none());
+    }
+
+    #[test]
+    fn served_and_closed_connections_leave_the_queue_as_new_ones_come() {
+        let slots = Slots::new(10);
+        let mut conns: Vec<Arc<ConnInfo>> = (0..3).map(|_| Arc::new(ConnInfo::default())).collect();
+        for c in &conns {
+            slots.admitted(c);
+        }
+        conns[0].started.store(true, Ordering::Relaxed);
+        drop(conns.remove(1));
+        let later = Arc::new(ConnInfo::default());
+        slots.admitted(&later);
+        assert_eq!(
+            lock(&slots.unproven).len(),
+            2,
+            "the silent one and the newcomer"
         );
     }
 
@@ -165,6 +202,8 @@ mod tests {
         drop(handoff);
         conn.release(permit);
         assert!(slots.try_take().is_some());
+        // Still referenced and in the queue again, a closed connection is not asked.
+        slots.admitted(&conn);
         assert!(
             slots.shed_oldest().is_none(),
             "a closed connection is not asked"
