@@ -3,9 +3,9 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::upstream::Worker;
@@ -52,7 +52,7 @@ impl ConnInfo {
         if self.started.load(Ordering::Relaxed) {
             return None;
         }
-        let mut give_way = self.give_way.lock().unwrap_or_else(|e| e.into_inner());
+        let mut give_way = self.give_way();
         if !matches!(*give_way, GiveWay::Keep) {
             return None;
         }
@@ -66,7 +66,7 @@ impl ConnInfo {
     /// now on, and a newcomer that asked it just before looks elsewhere (its receiver
     /// errs). Called once, as `started` is set.
     pub(crate) fn serving(&self) {
-        let mut give_way = self.give_way.lock().unwrap_or_else(|e| e.into_inner());
+        let mut give_way = self.give_way();
         if !matches!(*give_way, GiveWay::Closed) {
             *give_way = GiveWay::Serving;
         }
@@ -75,11 +75,15 @@ impl ConnInfo {
     /// The connection has closed: its slot goes to the newcomer it was asked to close for,
     /// if that one still waits, else back to the pool.
     pub(crate) fn release(&self, slot: OwnedSemaphorePermit) {
-        let mut give_way = self.give_way.lock().unwrap_or_else(|e| e.into_inner());
+        let mut give_way = self.give_way();
         if let GiveWay::To(newcomer) = std::mem::replace(&mut *give_way, GiveWay::Closed) {
             // Refused (the newcomer gave up waiting): the slot is dropped back to the pool.
             let _ = newcomer.send(slot);
         }
+    }
+
+    fn give_way(&self) -> MutexGuard<'_, GiveWay> {
+        self.give_way.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn touch(&self) {

@@ -59,17 +59,11 @@ impl Slots {
         // Connections mostly read their first head in the order they came: dropping the
         // served or closed ones at the front keeps the queue near the number of silent
         // ones, and frees their memory (a `Weak` keeps its allocation).
-        while q.front().is_some_and(|w| {
-            w.upgrade()
-                .is_none_or(|c| c.started.load(Ordering::Relaxed))
-        }) {
+        while q.front().is_some_and(|w| !still_silent(w)) {
             q.pop_front();
         }
         if q.len() > 2 * self.max + 64 {
-            q.retain(|w| {
-                w.upgrade()
-                    .is_some_and(|c| !c.started.load(Ordering::Relaxed))
-            });
+            q.retain(still_silent);
         }
         q.push_back(Arc::downgrade(conn));
     }
@@ -109,6 +103,12 @@ impl Slots {
             }
         }
     }
+}
+
+/// The connection is open and has not read a request head yet.
+fn still_silent(w: &Weak<ConnInfo>) -> bool {
+    w.upgrade()
+        .is_some_and(|c| !c.started.load(Ordering::Relaxed))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
