@@ -11,6 +11,7 @@ mod dashboard;
 mod decide;
 mod deploy;
 mod failures;
+mod http1;
 mod http2;
 mod image;
 mod judge;

@@ -21,10 +21,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::client_body::ClientBody;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use http_body::Body;
-use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 use switchyard_core::ErrorKind;
 
@@ -81,7 +81,7 @@ impl Refusal {
     /// The answer, counted and logged.
     pub(crate) fn respond(
         self,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         snap: &Snapshot,
         client: Option<SocketAddr>,
     ) -> Response<GatewayBody> {
@@ -126,7 +126,7 @@ impl Refusal {
 
 /// Runs the steps of the module docs in order.
 pub(crate) fn admit(
-    req: &mut Request<Incoming>,
+    req: &mut Request<ClientBody>,
     snap: &Snapshot,
     conn: &ConnInfo,
 ) -> Result<Admitted, Refusal> {
@@ -161,7 +161,7 @@ fn refuse_smuggling(conn: &ConnInfo) -> Result<(), Refusal> {
 
 /// Step 2: nothing above `base_url`'s path may be reached through the provider's key, even
 /// on a provider that normalises paths; nothing is tunnelled.
-fn refuse_escapes(req: &Request<Incoming>) -> Result<(), Refusal> {
+fn refuse_escapes(req: &Request<ClientBody>) -> Result<(), Refusal> {
     if req.method() == Method::CONNECT {
         let msg = "CONNECT is not forwarded by this gateway";
         return Err(Refusal::new(ErrorKind::MethodNotAllowed, msg, "method"));
@@ -175,7 +175,7 @@ fn refuse_escapes(req: &Request<Incoming>) -> Result<(), Refusal> {
 
 /// Step 3: the client's key, when keys are configured, and its rate limits; the permit
 /// travels with the request to its end.
-fn admit_client(req: &Request<Incoming>, snap: &Snapshot) -> Result<Client, Refusal> {
+fn admit_client(req: &Request<ClientBody>, snap: &Snapshot) -> Result<Client, Refusal> {
     let Some(keys) = snap.client_keys.as_deref() else {
         return Ok(Client {
             permit: None,
@@ -219,7 +219,7 @@ fn admit_client(req: &Request<Incoming>, snap: &Snapshot) -> Result<Client, Refu
 }
 
 /// Step 4: a declared body over the limit.
-fn refuse_declared_body(req: &Request<Incoming>, snap: &Snapshot) -> Result<(), Refusal> {
+fn refuse_declared_body(req: &Request<ClientBody>, snap: &Snapshot) -> Result<(), Refusal> {
     let limit = snap.config.server.max_body_bytes;
     if req.body().size_hint().lower() > limit {
         let msg = BodyTooLarge::message(limit);

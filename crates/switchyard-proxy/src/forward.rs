@@ -28,12 +28,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::client_body::ClientBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use switchyard_core::ErrorKind;
 use tower::{Layer, Service, ServiceExt};
 
@@ -57,7 +57,7 @@ use crate::upstream::{SendError, Upstream, UpstreamBody, Worker};
 
 /// Forwards `req` (admitted) on `worker`'s provider connections.
 pub(crate) async fn forward(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     snap: Arc<Snapshot>,
     admitted: Admitted,
     worker: Worker,
@@ -140,7 +140,7 @@ pub(crate) async fn forward(
 
 /// The client's body as routing left it: untouched, or its start read (for its model).
 enum Upload {
-    Streaming(Incoming),
+    Streaming(ClientBody),
     Ahead(ReadAhead),
 }
 
@@ -246,7 +246,7 @@ async fn prepare(
 }
 
 /// The whole body: `held` (read already) and the rest, within `limit`.
-async fn collect(held: Vec<u8>, rest: Incoming, limit: u64) -> Result<Bytes, BoxError> {
+async fn collect(held: Vec<u8>, rest: ClientBody, limit: u64) -> Result<Bytes, BoxError> {
     let room = limit.saturating_sub(held.len() as u64);
     let rest = Limited::new(rest, usize::try_from(room).unwrap_or(usize::MAX))
         .collect()

@@ -30,7 +30,8 @@ use tokio::io::AsyncWrite;
 
 use crate::connect::Io;
 use crate::errors::BoxError;
-use crate::h1_body::{invalid_data, Chunk, Framing, H1Body, Home};
+use crate::h1_body::{H1Body, Home};
+use crate::h1_framing::{invalid_data, Chunk, Framing};
 use crate::request_body::BoxedBody;
 
 /// A response head longer than this is refused (hyper's default limit is about 400 KB;

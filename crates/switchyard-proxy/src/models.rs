@@ -4,11 +4,11 @@
 //! provider's model list is shown under the names clients use. Stats, pricing and logs
 //! keep the client's name.
 
+use crate::client_body::ClientBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use switchyard_core::config::{ModelRoute, ProviderConfig};
 use switchyard_core::event::Class;
 use switchyard_core::ErrorKind;
@@ -29,7 +29,7 @@ const MODEL_LIST_MAX: usize = 1 << 20;
 pub(crate) struct ReadAhead {
     pub(crate) prefix: ModelPrefix,
     /// The rest of the body, unless the prefix is all of it.
-    pub(crate) rest: Option<Incoming>,
+    pub(crate) rest: Option<ClientBody>,
 }
 
 /// Whether a request must be read ahead: either side renames models.
@@ -43,7 +43,7 @@ pub(crate) fn must_read_ahead(ex: &Exchange, method: &Method) -> bool {
 /// model the first provider does not serve.
 pub(crate) async fn read_ahead(
     ex: Box<Exchange>,
-    incoming: Incoming,
+    incoming: ClientBody,
 ) -> Result<(Box<Exchange>, ReadAhead), Response<GatewayBody>> {
     match read_model(incoming).await {
         Ok(read) => served(ex, read),
@@ -53,7 +53,7 @@ pub(crate) async fn read_ahead(
 
 /// Reads the body's start until its model is known, before any provider is chosen (a
 /// migration that matches by model needs it to route).
-pub(crate) async fn read_model(mut incoming: Incoming) -> Result<ReadAhead, ClientBodyError> {
+pub(crate) async fn read_model(mut incoming: ClientBody) -> Result<ReadAhead, ClientBodyError> {
     let mut search = ModelSearch::default();
     let (prefix, complete) = loop {
         match incoming.frame().await {
@@ -64,7 +64,7 @@ pub(crate) async fn read_model(mut incoming: Incoming) -> Result<ReadAhead, Clie
                     }
                 }
             }
-            Some(Err(e)) => return Err(ClientBodyError::of(Box::new(e))),
+            Some(Err(e)) => return Err(ClientBodyError::of(e)),
             None => break (search.finish(), true),
         }
     };

@@ -9,9 +9,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 
+use crate::client_body::ClientBody;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use switchyard_core::features::Asked;
 
@@ -176,7 +176,7 @@ impl Tee {
 }
 
 enum Source {
-    Live(Incoming),
+    Live(ClientBody),
     Buffered(Option<Bytes>),
     Done,
 }
@@ -222,7 +222,7 @@ impl RequestBody {
     }
 
     /// The client's body, streamed; its model is read from it as it passes.
-    pub fn streaming(incoming: Incoming, limit: u64) -> (Self, Arc<RequestShared>) {
+    pub fn streaming(incoming: ClientBody, limit: u64) -> (Self, Arc<RequestShared>) {
         let shared = Arc::new(RequestShared::default());
         let hint = incoming.size_hint();
         let source = if incoming.is_end_stream() {
@@ -244,7 +244,7 @@ impl RequestBody {
     /// length is the client's Content-Length, adjusted by the caller.
     pub fn after_prefix(
         prefix: Bytes,
-        rest: Option<Incoming>,
+        rest: Option<ClientBody>,
         limit: u64,
         model: Option<&str>,
     ) -> (Self, Arc<RequestShared>) {
@@ -417,7 +417,7 @@ impl Body for RequestBody {
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     },
                     Some(Err(e)) => {
-                        return Poll::Ready(Some(Err(Box::new(ClientBodyError::of(Box::new(e))))))
+                        return Poll::Ready(Some(Err(Box::new(ClientBodyError::of(e)))))
                     }
                     None => {
                         this.source = Source::Done;

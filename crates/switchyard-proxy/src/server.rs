@@ -1,5 +1,5 @@
-//! The client-facing listener: accept, cap connections, guard HTTP/1 framing
-//! ([`crate::framing`]), serve HTTP/1.1 and h2c (and TLS when configured), drain on
+//! The client-facing listener: accept, cap connections, serve HTTP/1.1 (the gateway's own
+//! server, [`crate::h1_server`]) and h2c (hyper's), and TLS when configured, drain on
 //! shutdown within a grace period.
 
 use std::io;
@@ -7,20 +7,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
 use switchyard_core::ErrorKind;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::client_body::{ClientBody, ReadSide};
 use crate::conn::ConnInfo;
-use crate::framing::FramingGuard;
+use crate::h1_server::{HeadLimits, WriteSide};
 use crate::metrics::REJECTED_TOTAL;
-use crate::response_body::GatewayBody;
 use crate::service::GatewayService;
 use crate::slots::{Slots, SHED_WAIT};
 use crate::snapshot::Gateway;
@@ -87,7 +85,8 @@ pub async fn serve(
             }
         })
     };
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver: the count of open ones, and their signal to drain.
+    let (drain, draining) = watch::channel(false);
     let accepting = Arc::new(Accepting {
         builders: Builders::new(&limits),
         gateway,
@@ -111,7 +110,7 @@ pub async fn serve(
                 }
             },
         };
-        let watcher = graceful.watcher();
+        let watcher = draining.clone();
         if let Some(permit) = slots.try_take() {
             accepting.start(stream, remote, permit, watcher);
         } else if let Some(handoff) = slots.shed_oldest() {
@@ -133,8 +132,10 @@ pub async fn serve(
     drop(listener);
     sweeper.abort();
     tracing::info!(grace = ?limits.shutdown_grace, "stopped accepting; draining open requests");
-    let open = graceful.count();
-    match tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await {
+    drop(draining);
+    let open = drain.receiver_count();
+    let _ = drain.send(true);
+    match tokio::time::timeout(limits.shutdown_grace, drain.closed()).await {
         Ok(()) => 0,
         Err(_) => {
             tracing::warn!(
@@ -164,13 +165,12 @@ impl Accepting {
         stream: tokio::net::TcpStream,
         remote: std::net::SocketAddr,
         permit: tokio::sync::OwnedSemaphorePermit,
-        watcher: Watcher,
+        watcher: Drain,
     ) {
         let _ = stream.set_nodelay(true);
         let conn_info = Arc::new(ConnInfo::new(self.worker, remote));
         self.slots.admitted(&conn_info);
-        let svc =
-            TowerToHyperService::new(GatewayService::new(self.gateway.clone(), conn_info.clone()));
+        let svc = GatewayService::new(self.gateway.clone(), conn_info.clone());
         let this = self.clone();
         // Two tasks, not one with both arms: a task is as large as its largest state, and
         // a TLS handshake's is several KB that no cleartext connection should carry.
@@ -221,29 +221,24 @@ enum Proto {
     H2,
 }
 
-/// hyper's connection builders, one per protocol; the protocol is known before hyper
-/// reads a byte (a peek, or ALPN). hyper-util's `auto` connection reads the first 24
-/// bytes on its own and hands them back in a separate read, which made hyper grow its
-/// 8 KiB read buffer to 16 KiB on every HTTP/1.1 connection, and its state is as large as
-/// both protocols' together.
+/// Turns true when the listener drains; a connection holds it while it is open.
+type Drain = watch::Receiver<bool>;
+
+/// How connections are served, by protocol; the protocol is known before a byte is read
+/// (a peek, or ALPN).
 struct Builders {
-    h1: http1::Builder,
+    h1: HeadLimits,
     h2: http2::Builder<TokioExecutor>,
 }
 
 impl Builders {
     fn new(limits: &ServerLimits) -> Self {
         let max_header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            // A half-sent request head is cut after this (slowloris).
-            .header_read_timeout(limits.header_read_timeout)
-            // Heads over this size, or with too many fields, get 431. `max_buf_size`
-            // alone is not a limit: a read may fill the buffer past it, and a head that
-            // is complete in that read passes.
-            .max_header_size(limits.max_header_bytes)
-            .max_buf_size(limits.max_header_bytes)
-            .max_headers(limits.max_headers);
+        let h1 = HeadLimits {
+            header_read_timeout: limits.header_read_timeout,
+            max_header_bytes: limits.max_header_bytes,
+            max_headers: limits.max_headers,
+        };
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(max_header_list);
@@ -253,48 +248,84 @@ impl Builders {
     /// Serves one client connection as `proto` until it ends (see [`watch_idle`]); a
     /// request head is due by `deadline`.
     #[allow(clippy::too_many_arguments)]
-    async fn serve<T, S>(
+    async fn serve<T>(
         &self,
         stream: T,
         proto: Proto,
-        svc: S,
-        watcher: Watcher,
+        svc: GatewayService,
+        mut drain: Drain,
         info: &Arc<ConnInfo>,
         deadline: tokio::time::Instant,
         keepalive: Duration,
     ) where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: ConnService,
+        T: Halves,
     {
-        let io = TokioIo::new(FramingGuard::new(stream, info.clone()));
         let deadline = deadline.saturating_duration_since(tokio::time::Instant::now());
         // Boxed: the async fns below would each hold their own copy of the connection's
-        // state, several KB per open connection.
+        // state.
         match proto {
             Proto::H1 => {
-                let conn = Box::pin(watcher.watch(self.h1.serve_connection(io, svc)));
+                let (rd, wr) = stream.halves();
+                let conn = Box::pin(crate::h1_server::serve(
+                    rd,
+                    wr,
+                    svc,
+                    info.clone(),
+                    &self.h1,
+                    drain,
+                ));
                 watch_idle(conn, info, deadline, keepalive).await;
             }
             Proto::H2 => {
-                let conn = Box::pin(watcher.watch(self.h2.serve_connection(io, svc)));
-                watch_idle(conn, info, deadline, keepalive).await;
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        svc.answer(req.map(ClientBody::H2))
+                    });
+                let mut conn = Box::pin(self.h2.serve_connection(TokioIo::new(stream), svc));
+                let conn = async move {
+                    tokio::select! {
+                        r = conn.as_mut() => return r,
+                        _ = drain.changed() => {}
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                };
+                watch_idle(Box::pin(conn), info, deadline, keepalive).await;
             }
         }
     }
 }
 
+/// A client connection's stream, split for the HTTP/1.1 server: its body reads the read
+/// side while the connection holds the write side.
+trait Halves: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn halves(self) -> (ReadSide, WriteSide);
+}
+
+impl Halves for tokio::net::TcpStream {
+    fn halves(self) -> (ReadSide, WriteSide) {
+        let (rd, wr) = self.into_split();
+        (Box::new(rd), Box::new(wr))
+    }
+}
+
+impl Halves for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn halves(self) -> (ReadSide, WriteSide) {
+        let (rd, wr) = tokio::io::split(self);
+        (Box::new(rd), Box::new(wr))
+    }
+}
+
 /// One cleartext connection: HTTP/1.1 or h2c, told by its first bytes. The timeouts: the
 /// header read timeout (the sniff counts against it) and the keep-alive timeout.
-async fn serve_cleartext<S>(
+async fn serve_cleartext(
     stream: tokio::net::TcpStream,
     builders: &Builders,
-    svc: S,
-    watcher: Watcher,
+    svc: GatewayService,
+    watcher: Drain,
     info: &Arc<ConnInfo>,
     (header_timeout, keepalive): (Duration, Duration),
-) where
-    S: ConnService,
-{
+) {
     let deadline = tokio::time::Instant::now() + header_timeout;
     let sniffed = tokio::select! {
         r = tokio::time::timeout_at(deadline, sniff_cleartext(&stream)) => r,
@@ -315,17 +346,15 @@ async fn serve_cleartext<S>(
 
 /// One TLS connection: the handshake, then the protocol ALPN chose (the handshake counts
 /// against the header read timeout).
-async fn serve_tls<S>(
+async fn serve_tls(
     stream: tokio::net::TcpStream,
     acceptor: TlsAcceptor,
     builders: &Builders,
-    svc: S,
-    watcher: Watcher,
+    svc: GatewayService,
+    watcher: Drain,
     info: &Arc<ConnInfo>,
     (header_timeout, keepalive): (Duration, Duration),
-) where
-    S: ConnService,
-{
+) {
     let deadline = tokio::time::Instant::now() + header_timeout;
     let handshake = tokio::select! {
         r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
@@ -348,31 +377,6 @@ async fn serve_tls<S>(
     builders
         .serve(tls_stream, proto, svc, watcher, info, deadline, keepalive)
         .await;
-}
-
-/// The service a client connection is served with.
-trait ConnService:
-    hyper::service::Service<
-        http::Request<hyper::body::Incoming>,
-        Response = http::Response<GatewayBody>,
-        Error = std::convert::Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S> ConnService for S where
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<GatewayBody>,
-            Error = std::convert::Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static
-{
 }
 
 /// The protocol of a cleartext connection, from its first bytes, which stay unread for
@@ -402,11 +406,10 @@ async fn sniff_cleartext(stream: &tokio::net::TcpStream) -> io::Result<Option<Pr
 }
 
 /// Serves `conn`, but drops it (closing the socket) when no request head was read within
-/// `deadline` of the accept, whatever the client sent: nothing, part of an HTTP/2 preface,
-/// SETTINGS alone (hyper's `header_read_timeout` starts only once HTTP/1 parsing does, so
-/// without this a few silent sockets would hold every connection slot); and, later, when it
-/// has had no answer in progress for `keepalive` (an idle keep-alive or HTTP/2 connection,
-/// which hyper keeps for ever). An error ending the connection is logged.
+/// `deadline` of the accept, whatever the client sent: nothing, part of an HTTP/1 head, part
+/// of an HTTP/2 preface, SETTINGS alone (without this a few silent sockets would hold every
+/// connection slot); and, later, when it has had no answer in progress for `keepalive` (an
+/// idle keep-alive or HTTP/2 connection). An error ending the connection is logged.
 async fn watch_idle<F, E>(conn: F, info: &ConnInfo, deadline: Duration, keepalive: Duration)
 where
     F: std::future::Future<Output = Result<(), E>>,

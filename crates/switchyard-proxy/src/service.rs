@@ -29,10 +29,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tower::Service;
 
 use crate::admission::admit;
+use crate::client_body::ClientBody;
 use crate::conn::{Active, ConnInfo};
 use crate::forward::forward;
 use crate::response_body::GatewayBody;
@@ -52,9 +52,9 @@ impl GatewayService {
     }
 }
 
-type Answer = Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, Infallible>> + Send>>;
+pub type Answer = Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, Infallible>> + Send>>;
 
-impl Service<Request<Incoming>> for GatewayService {
+impl Service<Request<ClientBody>> for GatewayService {
     type Response = Response<GatewayBody>;
     type Error = Infallible;
     type Future = Answer;
@@ -63,7 +63,14 @@ impl Service<Request<Incoming>> for GatewayService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Answer {
+    fn call(&mut self, req: Request<ClientBody>) -> Answer {
+        self.answer(req)
+    }
+}
+
+impl GatewayService {
+    /// The answer to `req` (the service's steps; `call` without `&mut`).
+    pub fn answer(&self, mut req: Request<ClientBody>) -> Answer {
         let conn = &self.conn;
         if !conn.started.load(Ordering::Relaxed) {
             conn.started.store(true, Ordering::Relaxed);

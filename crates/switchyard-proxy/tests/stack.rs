@@ -7,10 +7,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use switchyard_core::Config;
 use switchyard_mock::{Mock, MockConfig};
 use switchyard_proxy::conn::ConnInfo;
+use switchyard_proxy::h1_server::{serve_connection, HeadLimits};
 use switchyard_proxy::service::GatewayService;
 use switchyard_proxy::{Gateway, Sinks, Snapshot};
 
@@ -46,14 +46,16 @@ async fn gateway(extra: &str) -> (Arc<Gateway>, Mock, Mock) {
 /// Sends one request through the stack over an in-memory connection.
 async fn send(gw: &Arc<Gateway>, req: Request<Full<Bytes>>) -> (u16, http::HeaderMap, String) {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let svc = TowerToHyperService::new(GatewayService::new(
-        gw.clone(),
-        Arc::new(ConnInfo::default()),
-    ));
+    let conn = Arc::new(ConnInfo::default());
+    let svc = GatewayService::new(gw.clone(), conn.clone());
     tokio::spawn(async move {
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(server_io), svc)
-            .await;
+        let limits = HeadLimits {
+            header_read_timeout: std::time::Duration::from_secs(5),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+        };
+        let (_drain, draining) = tokio::sync::watch::channel(false);
+        let _ = serve_connection(server_io, svc, conn, &limits, draining).await;
     });
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
         .await
