@@ -50,6 +50,13 @@ async fn pipelined_requests_are_answered_in_order_and_a_refusal_keeps_the_connec
 #[tokio::test]
 async fn expect_continue_and_chunked_uploads_reach_the_provider_whole() {
     let (old, _new, gw) = pair_behind_gateway("phase-0").await;
+    // A request refused before its body is read gets its answer, not `100 Continue`.
+    let refused = raw_exchange(
+        gw.proxy,
+        b"POST /v1/../x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
     let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     s.write_all(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\

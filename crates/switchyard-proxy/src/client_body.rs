@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::Notify;
 
 use crate::errors::BoxError;
-use crate::h1_framing::{decode, Framing};
+use crate::h1_framing::{decode, invalid_data, Framing, Peer};
 
 /// The read side of a client connection.
 pub(crate) type ReadSide = Box<dyn AsyncRead + Send + Unpin>;
@@ -92,6 +92,8 @@ pub(crate) struct Hand {
     slot: Mutex<Option<Returned>>,
     /// Raised when the read side is back.
     pub(crate) back: Notify,
+    /// Raised when a body asked for `100 Continue` is first read: the connection sends it.
+    pub(crate) go_on: Notify,
 }
 
 impl Hand {
@@ -113,15 +115,30 @@ pub struct H1RequestBody {
     pending: Bytes,
     framing: Framing,
     hand: Arc<Hand>,
+    /// The size of the read `pending` is a slice of.
+    piece: usize,
+    /// The client asked for `100 Continue` and it is not asked for yet.
+    expects: bool,
+    /// Its framing failed: whatever follows on the socket is not a request head.
+    broken: bool,
 }
 
 impl H1RequestBody {
-    pub(crate) fn new(rd: ReadSide, pending: Bytes, framing: Framing, hand: Arc<Hand>) -> Self {
+    pub(crate) fn new(
+        rd: ReadSide,
+        pending: Bytes,
+        framing: Framing,
+        hand: Arc<Hand>,
+        expects: bool,
+    ) -> Self {
         H1RequestBody {
             rd: Some(rd),
+            piece: pending.len(),
+            expects: expects && pending.is_empty(),
             pending,
             framing,
             hand,
+            broken: false,
         }
     }
 
@@ -129,13 +146,13 @@ impl H1RequestBody {
     fn give_back(&mut self) {
         // A body left unread that came whole with its head (a small one refused by
         // admission) still leaves the connection at the next head: consume it here.
-        while !self.framing.is_done() && !self.pending.is_empty() {
-            if decode(&mut self.framing, &mut self.pending, "the client's").is_err() {
-                break;
+        while !self.broken && !self.framing.is_done() && !self.pending.is_empty() {
+            if decode(&mut self.framing, &mut self.pending, Peer::Client).is_err() {
+                self.broken = true;
             }
         }
         if let Some(rd) = self.rd.take() {
-            let whole = self.framing.is_done();
+            let whole = self.framing.is_done() && !self.broken;
             let leftover = if whole {
                 std::mem::take(&mut self.pending)
             } else {
@@ -150,6 +167,7 @@ impl H1RequestBody {
     }
 
     fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.broken = true;
         self.give_back();
         Poll::Ready(Some(Err(e)))
     }
@@ -164,16 +182,27 @@ impl Body for H1RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
+        if this.broken {
+            return Poll::Ready(Some(Err(invalid_data("the client's body failed before"))));
+        }
+        if std::mem::take(&mut this.expects) {
+            this.hand.go_on.notify_one();
+        }
         loop {
             if this.framing.is_done() {
                 this.give_back();
                 return Poll::Ready(None);
             }
             if !this.pending.is_empty() {
-                match decode(&mut this.framing, &mut this.pending, "the client's") {
-                    Ok(Some(d)) if !d.is_empty() => {
+                match decode(&mut this.framing, &mut this.pending, Peer::Client) {
+                    Ok(Some(mut d)) if !d.is_empty() => {
                         if this.framing.is_done() {
                             this.give_back();
+                        }
+                        // A small piece of a large read is copied out rather than keep
+                        // the whole read alive (tiny chunks with long extensions).
+                        if d.len() * 8 < this.piece {
+                            d = Bytes::copy_from_slice(&d);
                         }
                         return Poll::Ready(Some(Ok(Frame::data(d))));
                     }
@@ -191,7 +220,10 @@ impl Body for H1RequestBody {
                         "the client closed its connection before the body's end",
                     ))
                 }
-                Ok(got) => this.pending = got,
+                Ok(got) => {
+                    this.piece = got.len();
+                    this.pending = got;
+                }
                 Err(e) => return this.fail(e),
             }
         }

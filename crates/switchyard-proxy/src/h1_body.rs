@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::connect::Io;
-use crate::h1_framing::{decode, Framing};
+use crate::h1_framing::{decode, Framing, Peer};
 use crate::pool::Pool;
 
 /// Where a connection goes back once its answer was read to the end.
@@ -71,7 +71,7 @@ impl Body for H1Body {
         let this = self.get_mut();
         loop {
             if !this.pending.is_empty() {
-                let data = match decode(&mut this.framing, &mut this.pending, "the provider's") {
+                let data = match decode(&mut this.framing, &mut this.pending, Peer::Provider) {
                     Ok(d) => d,
                     Err(e) => {
                         this.reusable = false;

@@ -9,6 +9,25 @@ use bytes::Bytes;
 
 /// Bytes of chunk extensions and trailers read and dropped before the answer is refused.
 const MAX_CHUNK_EXTRA: usize = 16 * 1024;
+
+/// Whose body is decoded. A client's is read strictly (line ends are CRLF and nothing but
+/// `;` follows a chunk size), as hyper's server did: a front proxy that reads a lenient
+/// framing differently could otherwise hide a second request in the body. A provider's is
+/// read as leniently as hyper's client did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peer {
+    Provider,
+    Client,
+}
+
+impl Peer {
+    fn whose(self) -> &'static str {
+        match self {
+            Peer::Provider => "the provider's",
+            Peer::Client => "the client's",
+        }
+    }
+}
 /// How much of the answer's body is still to come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -50,15 +69,18 @@ pub(crate) enum Chunk {
     TrailerLine {
         extra: usize,
     },
+    /// A trailer line's CR was read (strict reading only).
+    TrailerLf {
+        extra: usize,
+    },
     EndLf,
 }
 
-/// The next piece of body data in `pending`, consuming the framing around it (`whose`
-/// body it is, for the error).
+/// The next piece of body data in `pending`, consuming the framing around it.
 pub(crate) fn decode(
     framing: &mut Framing,
     pending: &mut Bytes,
-    whose: &str,
+    peer: Peer,
 ) -> io::Result<Option<Bytes>> {
     match framing {
         Framing::Done => Ok(None),
@@ -73,7 +95,7 @@ pub(crate) fn decode(
             Ok(Some(data))
         }
         Framing::Chunked(state) => {
-            let (data, next) = decode_chunked(*state, pending, whose)?;
+            let (data, next) = decode_chunked(*state, pending, peer)?;
             *framing = match next {
                 Some(s) => Framing::Chunked(s),
                 None => Framing::Done,
@@ -88,9 +110,11 @@ pub(crate) fn decode(
 fn decode_chunked(
     mut state: Chunk,
     buf: &mut Bytes,
-    whose: &str,
+    peer: Peer,
 ) -> io::Result<(Option<Bytes>, Option<Chunk>)> {
+    let whose = peer.whose();
     let bad = |what: &str| invalid_data(format!("{whose} chunked body is malformed: {what}"));
+    let strict = peer == Peer::Client;
     while !buf.is_empty() {
         if let Chunk::Data(rem) = state {
             let take = rem.min(buf.len() as u64) as usize;
@@ -118,13 +142,15 @@ fn decode_chunked(
                     }
                 }
                 _ if digits == 0 => return Err(bad("no chunk size")),
-                b';' | b' ' | b'\t' => Chunk::Extension { n, extra: 0 },
+                b';' => Chunk::Extension { n, extra: 0 },
+                b' ' | b'\t' if !strict => Chunk::Extension { n, extra: 0 },
                 b'\r' => Chunk::SizeLf { n },
-                b'\n' => after_size(n),
+                b'\n' if !strict => after_size(n),
                 _ => return Err(bad("invalid chunk size")),
             },
             Chunk::Extension { n, extra } => match b {
                 b'\r' => Chunk::SizeLf { n },
+                b'\n' if strict => return Err(bad("a line feed in a chunk extension")),
                 b'\n' => after_size(n),
                 _ if extra >= MAX_CHUNK_EXTRA => return Err(bad("chunk extension too long")),
                 _ => Chunk::Extension {
@@ -139,7 +165,7 @@ fn decode_chunked(
             Chunk::Data(_) => unreachable!("handled above"),
             Chunk::DataCr => match b {
                 b'\r' => Chunk::DataLf,
-                b'\n' => Chunk::Size { n: 0, digits: 0 },
+                b'\n' if !strict => Chunk::Size { n: 0, digits: 0 },
                 _ => return Err(bad("no line end after chunk data")),
             },
             Chunk::DataLf => match b {
@@ -148,8 +174,19 @@ fn decode_chunked(
             },
             Chunk::Trailer { extra } => match b {
                 b'\r' => Chunk::EndLf,
+                b'\n' if strict => return Err(bad("a bare line feed at the end")),
                 b'\n' => return Ok((None, None)),
                 _ => Chunk::TrailerLine { extra: extra + 1 },
+            },
+            Chunk::TrailerLine { extra } if strict => match b {
+                b'\r' => Chunk::TrailerLf { extra },
+                b'\n' => return Err(bad("a bare line feed in the trailers")),
+                _ if extra >= MAX_CHUNK_EXTRA => return Err(bad("trailers too long")),
+                _ => Chunk::TrailerLine { extra: extra + 1 },
+            },
+            Chunk::TrailerLf { extra } => match b {
+                b'\n' => Chunk::Trailer { extra },
+                _ => return Err(bad("no line feed after a trailer")),
             },
             Chunk::TrailerLine { extra } => match b {
                 b'\n' => Chunk::Trailer { extra },
@@ -189,20 +226,48 @@ mod tests {
             b"5\r\nhelloX",
             b"12345678901234567\r\n",
         ] {
-            let mut buf = Bytes::from_static(bad);
-            let mut state = Chunk::Size { n: 0, digits: 0 };
-            let mut failed = false;
-            while !buf.is_empty() {
-                match decode_chunked(state, &mut buf, "the") {
-                    Ok((_, Some(s))) => state = s,
-                    Ok((_, None)) => break,
-                    Err(_) => {
-                        failed = true;
-                        break;
-                    }
-                }
+            assert!(
+                decoded(bad, Peer::Provider).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// The data of a whole chunked body, or the error.
+    fn decoded(body: &'static [u8], peer: Peer) -> io::Result<Vec<u8>> {
+        let mut buf = Bytes::from_static(body);
+        let mut state = Chunk::Size { n: 0, digits: 0 };
+        let mut data = Vec::new();
+        loop {
+            let (d, next) = decode_chunked(state, &mut buf, peer)?;
+            data.extend_from_slice(&d.unwrap_or_default());
+            match next {
+                Some(s) if !buf.is_empty() => state = s,
+                Some(_) => return Err(invalid_data("incomplete")),
+                None => return Ok(data),
             }
-            assert!(failed, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_clients_chunks_end_their_lines_with_crlf_only() {
+        let good: &[u8] = b"2;ext=1\r\nxx\r\n1\r\ny\r\n0\r\nx-t: 1\r\n\r\n";
+        assert_eq!(decoded(good, Peer::Client).unwrap(), b"xxy");
+        for lax in [
+            &b"2;\nxx\r\n0\r\n\r\n"[..],
+            b"2\nxx\r\n0\r\n\r\n",
+            b"2 junk\r\nxx\r\n0\r\n\r\n",
+            b"2\r\nxx\n0\r\n\r\n",
+            b"2\r\nxx\r\n0\r\n\n",
+            b"2\r\nxx\r\n0\r\nx-t: 1\n\r\n",
+        ] {
+            let text = String::from_utf8_lossy(lax);
+            assert!(decoded(lax, Peer::Client).is_err(), "a client's {text:?}");
+            assert!(
+                decoded(lax, Peer::Provider).is_ok(),
+                "a provider's {text:?}"
+            );
         }
     }
 }

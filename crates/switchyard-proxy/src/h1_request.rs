@@ -131,6 +131,13 @@ pub(crate) fn parse_head(
                 "Transfer-Encoding must end with chunked",
             ))
         }
+        // RFC 9112 section 6.1: HTTP/1.0 has no chunked framing to trust.
+        (Some(true), _) if version == Version::HTTP_10 => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "HTTP/1.0 requests cannot have Transfer-Encoding",
+            ))
+        }
         (Some(true), _) => Some(Framing::Chunked(Chunk::Size { n: 0, digits: 0 })),
         (None, Some(n)) if n > 0 => Some(Framing::Length(n)),
         (None, _) => None,
@@ -210,6 +217,7 @@ mod tests {
             "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
         ] {
             assert_eq!(

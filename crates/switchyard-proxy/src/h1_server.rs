@@ -78,6 +78,7 @@ pub(crate) async fn serve(
         rd: Some(rd),
         wr,
         pending: Bytes::new(),
+        ahead: BytesMut::new(),
         reusable: true,
         hand: Arc::new(Hand::default()),
     };
@@ -106,16 +107,14 @@ pub(crate) async fn serve(
         let body = match head.body {
             None => ClientBody::Empty,
             Some(framing) => {
-                if head.expect_continue && conn.pending.is_empty() {
-                    conn.write(&mut [IoSlice::new(b"HTTP/1.1 100 Continue\r\n\r\n")])
-                        .await?;
-                }
                 let rd = conn
                     .rd
                     .take()
                     .expect("the read side is home between requests");
                 let pending = std::mem::take(&mut conn.pending);
-                ClientBody::H1(H1RequestBody::new(rd, pending, framing, conn.hand.clone()))
+                let hand = conn.hand.clone();
+                let body = H1RequestBody::new(rd, pending, framing, hand, head.expect_continue);
+                ClientBody::H1(body)
             }
         };
         let version = head.version;
@@ -125,11 +124,20 @@ pub(crate) async fn serve(
         *req.uri_mut() = head.uri;
         *req.version_mut() = version;
         *req.headers_mut() = head.headers;
-        let answer = svc.answer(req);
-        let resp = tokio::select! {
-            biased;
-            r = answer => match r { Ok(r) => r, Err(never) => match never {} },
-            () = conn.hung_up() => return Ok(()),
+        let mut answer = svc.answer(req);
+        // `100 Continue` goes out when the request path first reads the body (so a
+        // request refused before that gets its answer instead).
+        let (hand, mut expects) = (conn.hand.clone(), head.expect_continue);
+        let resp = loop {
+            tokio::select! {
+                biased;
+                r = &mut answer => break match r { Ok(r) => r, Err(never) => match never {} },
+                () = hand.go_on.notified(), if expects => {
+                    expects = false;
+                    conn.write(&mut [IoSlice::new(b"HTTP/1.1 100 Continue\r\n\r\n")]).await?;
+                }
+                () = conn.hung_up() => return Ok(()),
+            }
         };
         keep_alive &= !*drain.borrow();
         if !conn.answer(resp, version, is_head, keep_alive).await? {
@@ -146,6 +154,10 @@ pub(crate) async fn serve(
         if !conn.reusable {
             return conn.close().await;
         }
+        if !conn.ahead.is_empty() {
+            let ahead = std::mem::take(&mut conn.ahead).freeze();
+            conn.pending = concat(&conn.pending, &ahead);
+        }
     }
 }
 
@@ -155,6 +167,8 @@ struct Conn {
     wr: WriteSide,
     /// Bytes read and not yet used: the start of the next head, or of a body.
     pending: Bytes,
+    /// Bytes read while an answer was awaited or sent: a pipelined next request.
+    ahead: BytesMut,
     /// The socket's next bytes are a request head (false once a body was left unread).
     reusable: bool,
     hand: Arc<Hand>,
@@ -225,8 +239,9 @@ impl Conn {
     }
 
     /// Resolves when the client hangs up while its answer is awaited or sent (never while
-    /// a request body holds the read side). What it reads meanwhile is kept: a pipelined
-    /// next request (up to a head's worth), or the rest of a body left unread (dropped).
+    /// a request body holds the read side). What it reads meanwhile is kept, up to a
+    /// head's worth, as a pipelined next request; past that, or after a body left unread,
+    /// it is dropped and the connection closes after the answer.
     async fn hung_up(&mut self) {
         const KEEP: usize = 64 * 1024;
         loop {
@@ -239,13 +254,13 @@ impl Conn {
                 }
                 continue;
             };
-            if self.pending.len() >= KEEP {
-                return std::future::pending().await;
-            }
             match std::future::poll_fn(|cx| poll_read_piece(rd, cx)).await {
                 Ok(p) if !p.is_empty() => {
-                    if self.reusable {
-                        self.pending = concat(&self.pending, &p);
+                    if self.reusable && self.ahead.len() + p.len() <= KEEP {
+                        self.ahead.extend_from_slice(&p);
+                    } else {
+                        self.reusable = false;
+                        self.ahead = BytesMut::new();
                     }
                 }
                 _ => return,
