@@ -24,6 +24,7 @@
 //! listener's ([`crate::server`]).
 
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
@@ -100,11 +101,23 @@ pub(crate) async fn serve(
             }
         };
         first = false;
-        if head.violation {
+        // Taken apart at once: what a field still holds would be kept in this future for
+        // as long as the answer streams.
+        let Head {
+            method,
+            uri,
+            version,
+            headers,
+            body,
+            keep_alive,
+            expect_continue,
+            violation,
+        } = head;
+        if violation {
             info.framing_violation.store(true, Ordering::Relaxed);
         }
-        let mut keep_alive = head.keep_alive && !head.violation && head.method != Method::CONNECT;
-        let body = match head.body {
+        let mut keep_alive = keep_alive && !violation && method != Method::CONNECT;
+        let body = match body {
             None => ClientBody::Empty,
             Some(framing) => {
                 let rd = conn
@@ -113,21 +126,20 @@ pub(crate) async fn serve(
                     .expect("the read side is home between requests");
                 let pending = std::mem::take(&mut conn.pending);
                 let hand = conn.hand.clone();
-                let body = H1RequestBody::new(rd, pending, framing, hand, head.expect_continue);
+                let body = H1RequestBody::new(rd, pending, framing, hand, expect_continue);
                 ClientBody::H1(body)
             }
         };
-        let version = head.version;
-        let is_head = head.method == Method::HEAD;
+        let is_head = method == Method::HEAD;
         let mut req = Request::new(body);
-        *req.method_mut() = head.method;
-        *req.uri_mut() = head.uri;
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
         *req.version_mut() = version;
-        *req.headers_mut() = head.headers;
+        *req.headers_mut() = headers;
         let mut answer = svc.answer(req);
         // `100 Continue` goes out when the request path first reads the body (so a
         // request refused before that gets its answer instead).
-        let (hand, mut expects) = (conn.hand.clone(), head.expect_continue);
+        let (hand, mut expects) = (conn.hand.clone(), expect_continue);
         let resp = loop {
             tokio::select! {
                 biased;
@@ -139,8 +151,21 @@ pub(crate) async fn serve(
                 () = conn.hung_up() => return Ok(()),
             }
         };
+        drop((hand, answer));
         keep_alive &= !*drain.borrow();
-        if !conn.answer(resp, version, is_head, keep_alive).await? {
+        let (head, body, out, keep_alive) = framed(resp, version, is_head, keep_alive);
+        let whole = match out {
+            Out::None => {
+                drop(body);
+                conn.write(&mut [IoSlice::new(&head)]).await?;
+                true
+            }
+            _ => {
+                let body = std::pin::pin!(body);
+                conn.send_body(body, head, out).await?
+            }
+        };
+        if !(whole && keep_alive) {
             return conn.close().await;
         }
         if conn.rd.is_none() {
@@ -277,60 +302,14 @@ impl Conn {
         }
     }
 
-    /// Writes the answer; whether the connection may carry another request.
-    async fn answer(
-        &mut self,
-        resp: Response<GatewayBody>,
-        version: Version,
-        is_head: bool,
-        mut keep_alive: bool,
-    ) -> io::Result<bool> {
-        let (parts, body) = resp.into_parts();
-        let status = parts.status;
-        let no_body = is_head
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if wants_close(&parts.headers) {
-            keep_alive = false;
-        }
-        let out = if no_body {
-            Out::None
-        } else if let Some(n) = declared.or(body.size_hint().exact()) {
-            Out::Length(n)
-        } else if version == Version::HTTP_11 {
-            Out::Chunked
-        } else {
-            keep_alive = false;
-            Out::Close
-        };
-        let head = answer_head(
-            status,
-            version,
-            &parts.headers,
-            out,
-            is_head.then_some(declared).flatten(),
-            keep_alive,
-        );
-        if no_body {
-            drop(body);
-            self.write(&mut [IoSlice::new(&head)]).await?;
-            return Ok(keep_alive);
-        }
-        self.send_body(body, head, out)
-            .await
-            .map(|whole| whole && keep_alive)
-    }
-
     /// Writes the body with the head (with the first piece when it is ready at once).
     /// Whether it was sent whole.
-    async fn send_body(&mut self, body: GatewayBody, head: Vec<u8>, out: Out) -> io::Result<bool> {
-        let mut body = std::pin::pin!(body);
+    async fn send_body(
+        &mut self,
+        mut body: Pin<&mut GatewayBody>,
+        head: Vec<u8>,
+        out: Out,
+    ) -> io::Result<bool> {
         let mut head = Some(head);
         let mut left = match out {
             Out::Length(n) => n,
@@ -474,6 +453,49 @@ impl Conn {
     }
 }
 
+/// The answer's head, its body, how the body is framed, and whether the connection may
+/// carry another request after it.
+fn framed(
+    resp: Response<GatewayBody>,
+    version: Version,
+    is_head: bool,
+    mut keep_alive: bool,
+) -> (Vec<u8>, GatewayBody, Out, bool) {
+    let (parts, body) = resp.into_parts();
+    let status = parts.status;
+    let no_body = is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if wants_close(&parts.headers) {
+        keep_alive = false;
+    }
+    let out = if no_body {
+        Out::None
+    } else if let Some(n) = declared.or(body.size_hint().exact()) {
+        Out::Length(n)
+    } else if version == Version::HTTP_11 {
+        Out::Chunked
+    } else {
+        keep_alive = false;
+        Out::Close
+    };
+    let head = answer_head(
+        status,
+        version,
+        &parts.headers,
+        out,
+        is_head.then_some(declared).flatten(),
+        keep_alive,
+    );
+    (head, body, out, keep_alive)
+}
+
 fn concat(a: &Bytes, b: &Bytes) -> Bytes {
     if a.is_empty() {
         return b.clone();
@@ -482,4 +504,33 @@ fn concat(a: &Bytes, b: &Bytes) -> Bytes {
     m.extend_from_slice(a);
     m.extend_from_slice(b);
     m.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    fn size_of_output<F: FnOnce() -> T, T>(_: &F) -> usize {
+        std::mem::size_of::<T>()
+    }
+
+    /// A connection's future is most of what an open stream holds: every value it keeps
+    /// across an await is in it, once per place the value passed through (4 KB when the
+    /// answer's body was moved inline; the body is boxed now).
+    /// Stands in for an argument whose type alone is needed (the closure is never called).
+    fn never<T>() -> T {
+        unreachable!("only the type is asked for")
+    }
+
+    #[test]
+    fn a_connection_holds_little_while_it_streams() {
+        let limits = super::HeadLimits {
+            header_read_timeout: std::time::Duration::ZERO,
+            max_header_bytes: 0,
+            max_headers: 0,
+        };
+        let serve = || super::serve(never(), never(), never(), never(), &limits, never());
+        let size = size_of_output(&serve);
+        assert!(size <= 2048, "the connection's future is {size} bytes");
+        let body = std::mem::size_of::<crate::response_body::GatewayBody>();
+        assert!(body <= 64, "the answer's body is {body} bytes inline");
+    }
 }

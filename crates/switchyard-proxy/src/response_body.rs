@@ -275,13 +275,18 @@ impl Body for ResponseBody {
     }
 }
 
-pin_project! {
-    /// What the gateway answers with: a provider's stream, or a small body of its own.
-    #[project = GatewayBodyProj]
-    pub enum GatewayBody {
-        Full { data: Option<Bytes>, active: Option<Active> },
-        Upstream { #[pin] body: ResponseBody, active: Option<Active> },
-    }
+/// What the gateway answers with: a provider's stream, or a small body of its own. The
+/// stream is boxed: the answer is moved several times on its way to the client, and each
+/// place it passes through is kept in the connection's future for as long as it streams.
+pub enum GatewayBody {
+    Full {
+        data: Option<Bytes>,
+        active: Option<Active>,
+    },
+    Upstream {
+        body: Pin<Box<ResponseBody>>,
+        active: Option<Active>,
+    },
 }
 
 impl GatewayBody {
@@ -293,7 +298,10 @@ impl GatewayBody {
     }
 
     pub fn upstream(body: ResponseBody) -> Self {
-        GatewayBody::Upstream { body, active: None }
+        GatewayBody::Upstream {
+            body: Box::pin(body),
+            active: None,
+        }
     }
 
     /// The connection counts this answer as active until the body is dropped.
@@ -320,11 +328,9 @@ impl Body for GatewayBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            GatewayBodyProj::Full { data, .. } => {
-                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
-            }
-            GatewayBodyProj::Upstream { body, .. } => body.poll_frame(cx),
+        match self.get_mut() {
+            GatewayBody::Full { data, .. } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            GatewayBody::Upstream { body, .. } => body.as_mut().poll_frame(cx),
         }
     }
 
