@@ -4,7 +4,6 @@
 //! end; HTTP/2 bodies are hyper's.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
@@ -12,26 +11,14 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::AsyncRead;
 use tokio::sync::Notify;
 
 use crate::errors::BoxError;
-use crate::h1_framing::{decode, invalid_data, Framing, Peer};
+use crate::h1_framing::{decode, invalid_data, poll_read_piece, Framing, Peer};
 
 /// The read side of a client connection.
 pub(crate) type ReadSide = Box<dyn AsyncRead + Send + Unpin>;
-
-/// Bytes read at once from a client socket, into a stack buffer, copied out at their size.
-const READ_PIECE: usize = 8192;
-
-/// Reads what has come into a stack buffer and returns it at its size (empty: the client
-/// closed its side), so that no buffer outlives the read.
-pub(crate) fn poll_read_piece(rd: &mut ReadSide, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
-    let mut stack = [MaybeUninit::<u8>::uninit(); READ_PIECE];
-    let mut buf = ReadBuf::uninit(&mut stack);
-    ready!(Pin::new(rd).poll_read(cx, &mut buf))?;
-    Poll::Ready(Ok(Bytes::copy_from_slice(buf.filled())))
-}
 
 /// A request's body as the request path reads it.
 pub enum ClientBody {
@@ -213,7 +200,7 @@ impl Body for H1RequestBody {
             let Some(rd) = this.rd.as_mut() else {
                 return Poll::Ready(None);
             };
-            match ready!(poll_read_piece(rd, cx)) {
+            match ready!(poll_read_piece(rd, cx, Bytes::copy_from_slice)) {
                 Ok(got) if got.is_empty() => {
                     return this.fail(io::Error::new(
                         io::ErrorKind::UnexpectedEof,

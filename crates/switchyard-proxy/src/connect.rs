@@ -23,9 +23,6 @@ use crate::request_body::BoxedBody;
 const H2_STREAM_WINDOW: u32 = 256 * 1024;
 const H2_CONN_WINDOW: u32 = 4 * 1024 * 1024;
 
-/// One read from a provider's socket: the largest piece a head or body is read in.
-const READ_BUF: usize = 8192;
-
 type TlsStream = TokioIo<hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>>;
 
 /// A provider connection's socket: cleartext, or TLS where ALPN chose HTTP/1.1.
@@ -50,23 +47,7 @@ impl Io {
     }
 }
 
-impl Io {
-    /// Reads what has come into a stack buffer and hands it to `f` (empty: the provider
-    /// closed the connection), so that no buffer outlives the read.
-    pub(crate) fn poll_read_piece<R>(
-        &mut self,
-        cx: &mut Context<'_>,
-        f: impl FnOnce(&[u8]) -> R,
-    ) -> Poll<io::Result<R>> {
-        let mut stack = [MaybeUninit::<u8>::uninit(); READ_BUF];
-        let mut buf = ReadBuf::uninit(&mut stack);
-        match Pin::new(self).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(f(buf.filled()))),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
+impl Io {}
 
 impl AsyncRead for Io {
     fn poll_read(

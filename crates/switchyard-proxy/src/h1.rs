@@ -31,7 +31,7 @@ use tokio::io::AsyncWrite;
 use crate::connect::Io;
 use crate::errors::BoxError;
 use crate::h1_body::{H1Body, Home};
-use crate::h1_framing::{invalid_data, Chunk, Framing};
+use crate::h1_framing::{invalid_data, poll_read_piece, Chunk, Framing};
 use crate::request_body::BoxedBody;
 
 /// A response head longer than this is refused (hyper's default limit is about 400 KB;
@@ -392,7 +392,7 @@ impl HeadReader {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<(http::response::Parts, Bytes)>> {
         loop {
-            if let Some(head) = ready!(io.poll_read_piece(cx, |got| self.take(got)))?? {
+            if let Some(head) = ready!(poll_read_piece(io, cx, |got| self.take(got)))?? {
                 return Poll::Ready(Ok(head));
             }
         }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::connect::Io;
-use crate::h1_framing::{decode, Framing, Peer};
+use crate::h1_framing::{decode, poll_read_piece, Framing, Peer};
 use crate::pool::Pool;
 
 /// Where a connection goes back once its answer was read to the end.
@@ -95,7 +95,7 @@ impl Body for H1Body {
             let Some(io) = this.io.as_mut() else {
                 return Poll::Ready(None);
             };
-            let got = match ready!(io.poll_read_piece(cx, Bytes::copy_from_slice)) {
+            let got = match ready!(poll_read_piece(io, cx, Bytes::copy_from_slice)) {
                 Ok(got) => got,
                 Err(e) => {
                     this.reusable = false;

@@ -1,11 +1,39 @@
 //! HTTP/1.1 body framing, both ways: how much of a body is still to come (Content-Length,
-//! chunked, or until the close) and the decoder that strips chunk framing as bytes come.
-//! The provider's answers ([`crate::h1_body`]) and the client's requests
-//! ([`crate::client_body`]) are read with it.
+//! chunked, or until the close), the decoder that strips chunk framing as bytes come, and
+//! the read that takes bytes off a socket with no buffer outliving it. The provider's
+//! answers ([`crate::h1_body`], [`crate::h1`]) and the client's requests
+//! ([`crate::client_body`], [`crate::h1_server`]) are read with it.
 
 use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// Bytes read at once from a socket, into the stack.
+const READ_PIECE: usize = 8192;
+
+/// Reads what has come into a stack buffer and hands it to `f` (empty: the peer closed its
+/// side), so that no buffer outlives the read: a connection waiting for its next bytes
+/// holds none.
+pub(crate) fn poll_read_piece<T, R>(
+    io: &mut T,
+    cx: &mut Context<'_>,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Poll<io::Result<R>>
+where
+    T: AsyncRead + Unpin + ?Sized,
+{
+    let mut stack = [MaybeUninit::<u8>::uninit(); READ_PIECE];
+    let mut buf = ReadBuf::uninit(&mut stack);
+    match Pin::new(io).poll_read(cx, &mut buf) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(f(buf.filled()))),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
 
 /// Bytes of chunk extensions and trailers read and dropped before the answer is refused.
 const MAX_CHUNK_EXTRA: usize = 16 * 1024;

@@ -39,9 +39,10 @@ use switchyard_core::ErrorKind;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::client_body::{poll_read_piece, ClientBody, H1RequestBody, Hand, ReadSide, Returned};
+use crate::client_body::{ClientBody, H1RequestBody, Hand, ReadSide, Returned};
 use crate::conn::ConnInfo;
 use crate::h1_answer::{answer_head, chunk_size_line, wants_close, Out};
+use crate::h1_framing::poll_read_piece;
 pub use crate::h1_request::HeadLimits;
 use crate::h1_request::{ends_head, parse_head, Head, Refused, TOO_LARGE};
 use crate::response_body::GatewayBody;
@@ -225,7 +226,7 @@ impl Conn {
             let Some(rd) = self.rd.as_mut() else {
                 return Ok(None);
             };
-            let read = std::future::poll_fn(|cx| poll_read_piece(rd, cx));
+            let read = std::future::poll_fn(|cx| poll_read_piece(rd, cx, Bytes::copy_from_slice));
             let piece = match deadline {
                 None => read.await,
                 Some(d) => match tokio::time::timeout_at(d, read).await {
@@ -279,7 +280,7 @@ impl Conn {
                 }
                 continue;
             };
-            match std::future::poll_fn(|cx| poll_read_piece(rd, cx)).await {
+            match std::future::poll_fn(|cx| poll_read_piece(rd, cx, Bytes::copy_from_slice)).await {
                 Ok(p) if !p.is_empty() => {
                     if self.reusable && self.ahead.len() + p.len() <= KEEP {
                         self.ahead.extend_from_slice(&p);
