@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use tokio::io::AsyncWrite;
@@ -31,7 +31,9 @@ use tokio::io::AsyncWrite;
 use crate::connect::Io;
 use crate::errors::BoxError;
 use crate::h1_body::{H1Body, Home};
-use crate::h1_framing::{invalid_data, poll_read_piece, Chunk, Framing};
+use crate::h1_framing::{
+    ends_chunked, has_token, invalid_data, parse_len, poll_read_piece, Chunk, Framing,
+};
 use crate::request_body::BoxedBody;
 
 /// A response head longer than this is refused (hyper's default limit is about 400 KB;
@@ -497,8 +499,7 @@ fn response_framing(parts: &http::response::Parts, head_only: bool) -> io::Resul
                 "the provider sent a transfer coding in an HTTP/1.0 answer",
             ));
         }
-        let last = te.as_bytes().rsplit(|&b| b == b',').next().unwrap_or(b"");
-        return Ok(if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+        return Ok(if ends_chunked(te.as_bytes()) {
             Framing::Chunked(Chunk::Size { n: 0, digits: 0 })
         } else {
             Framing::Close
@@ -521,24 +522,6 @@ fn response_framing(parts: &http::response::Parts, head_only: bool) -> io::Resul
         Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
         None => Framing::Close,
-    })
-}
-
-fn parse_len(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
-fn has_token(headers: &HeaderMap, token: &[u8]) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
     })
 }
 

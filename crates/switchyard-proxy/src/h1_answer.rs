@@ -18,15 +18,6 @@ pub(crate) enum Out {
     Close,
 }
 
-/// Whether the answer's own headers ask to close.
-pub(crate) fn wants_close(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
-}
-
 /// The answer's head: status line, the answer's headers (framing and connection headers
 /// are the server's), `date`, framing, connection.
 pub(crate) fn answer_head(

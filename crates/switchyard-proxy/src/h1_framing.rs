@@ -10,6 +10,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::header::CONNECTION;
+use http::HeaderMap;
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Bytes read at once from a socket, into the stack.
@@ -37,6 +39,33 @@ where
 
 /// Bytes of chunk extensions and trailers read and dropped before the answer is refused.
 const MAX_CHUNK_EXTRA: usize = 16 * 1024;
+
+/// A Content-Length value: digits only (space around them allowed), at most 19.
+pub(crate) fn parse_len(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Whether a Transfer-Encoding value's last coding is chunked (the only framing it can
+/// give a body that does not end with the connection).
+pub(crate) fn ends_chunked(te: &[u8]) -> bool {
+    let last = te.rsplit(|&b| b == b',').next().unwrap_or_default();
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
+
+/// Whether a `Connection` header in `headers` lists `token`.
+pub(crate) fn has_token(headers: &HeaderMap, token: &[u8]) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    })
+}
 
 /// Whose body is decoded. A client's is read strictly (line ends are CRLF and nothing but
 /// `;` follows a chunk size), as hyper's server did: a front proxy that reads a lenient

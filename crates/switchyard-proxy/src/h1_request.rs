@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
-use crate::h1_framing::{Chunk, Framing};
+use crate::h1_framing::{ends_chunked, has_token, parse_len, Chunk, Framing};
 
 /// Limits on request heads.
 #[derive(Debug, Clone)]
@@ -85,19 +85,12 @@ pub(crate) fn parse_head(
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = None;
-    let mut close = false;
-    let mut keep_alive = false;
     let mut expect_continue = false;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| BAD)?;
         let value = HeaderValue::from_maybe_shared(data.slice_ref(h.value)).map_err(|_| BAD)?;
         if name == header::CONTENT_LENGTH {
-            let n = value
-                .to_str()
-                .ok()
-                .map(str::trim)
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
+            let n = parse_len(value.as_bytes())
                 .ok_or((StatusCode::BAD_REQUEST, "Content-Length is not a number"))?;
             if length.is_some_and(|l| l != n) {
                 return Err((
@@ -107,23 +100,14 @@ pub(crate) fn parse_head(
             }
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
-            let last = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or_default();
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            chunked = Some(ends_chunked(value.as_bytes()));
         } else if name == header::EXPECT {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
         headers.append(name, value);
     }
+    let close = has_token(&headers, b"close");
+    let keep_alive = has_token(&headers, b"keep-alive");
     let body = match (chunked, length) {
         (Some(false), _) => {
             return Err((

@@ -41,8 +41,8 @@ use tokio::sync::watch;
 
 use crate::client_body::{ClientBody, H1RequestBody, Hand, ReadSide, Returned};
 use crate::conn::ConnInfo;
-use crate::h1_answer::{answer_head, chunk_size_line, wants_close, Out};
-use crate::h1_framing::poll_read_piece;
+use crate::h1_answer::{answer_head, chunk_size_line, Out};
+use crate::h1_framing::{has_token, poll_read_piece};
 pub use crate::h1_request::HeadLimits;
 use crate::h1_request::{ends_head, parse_head, Head, Refused, TOO_LARGE};
 use crate::response_body::GatewayBody;
@@ -473,7 +473,7 @@ fn framed(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if wants_close(&parts.headers) {
+    if has_token(&parts.headers, b"close") {
         keep_alive = false;
     }
     let out = if no_body {
