@@ -203,6 +203,14 @@ async fn oversized_or_too_many_headers_get_431() {
     );
     let answer = raw_exchange(gw.proxy, big.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    // Like every answer: the gateway as provider, a request id, a date.
+    for header in [
+        "x-switchyard-provider: switchyard",
+        "x-request-id: ",
+        "date: ",
+    ] {
+        assert!(answer.contains(header), "{header} missing: {answer:.400}");
+    }
     let mut many = String::from("GET /v1/models HTTP/1.1\r\nHost: x\r\n");
     for i in 0..150 {
         many.push_str(&format!("x-h{i}: v\r\n"));

@@ -240,7 +240,7 @@ fn ensure_request_id<B>(req: &mut Request<B>) -> HeaderValue {
 }
 
 /// A random UUID (v4), formatted without a heap string.
-fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     HeaderValue::from_str(s).expect("a UUID is a valid header value")

@@ -39,12 +39,15 @@ use switchyard_core::ErrorKind;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::admission::new_request_id;
 use crate::client_body::{ClientBody, H1RequestBody, Hand, ReadSide, Returned};
 use crate::conn::ConnInfo;
+use crate::errors::GATEWAY_ITSELF;
 use crate::h1_answer::{answer_head, chunk_size_line, Out};
 use crate::h1_framing::{has_token, poll_read_piece};
 pub use crate::h1_request::HeadLimits;
 use crate::h1_request::{ends_head, parse_head, Head, Refused, TOO_LARGE};
+use crate::headers::{X_REQUEST_ID, X_SWITCHYARD_PROVIDER};
 use crate::response_body::GatewayBody;
 use crate::service::GatewayService;
 
@@ -434,15 +437,21 @@ impl Conn {
     }
 
     /// Answers a head the gateway cannot read, then closes.
+    /// Answers a head the gateway cannot read, then closes. Like every answer it names
+    /// the gateway as its provider and carries a request id (a new one: the head's own
+    /// could not be read).
     async fn refuse(&mut self, status: StatusCode, why: &str) {
         let body = ErrorKind::BadRequest.body(why);
-        let head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            status.as_str(),
-            status.canonical_reason().unwrap_or(""),
-            body.len()
+        let mut headers = http::HeaderMap::with_capacity(3);
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
         );
-        let mut parts = [IoSlice::new(head.as_bytes()), IoSlice::new(body.as_bytes())];
+        headers.insert(X_SWITCHYARD_PROVIDER.clone(), GATEWAY_ITSELF.clone());
+        headers.insert(X_REQUEST_ID.clone(), new_request_id());
+        let out = Out::Length(body.len() as u64);
+        let head = answer_head(status, Version::HTTP_11, &headers, out, None, false);
+        let mut parts = [IoSlice::new(&head), IoSlice::new(body.as_bytes())];
         let write = self.write(&mut parts);
         let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
         let _ = self.close().await;
