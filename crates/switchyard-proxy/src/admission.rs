@@ -6,7 +6,7 @@
 //!    upstream, is the routing key when no sticky header is set, and every answer carries
 //!    it, the refusals below too.
 //! 1. **framing**: a request head with both `Content-Length` and `Transfer-Encoding` (seen
-//!    by the connection's framing guard) is refused with 400 and the connection closed:
+//!    as the HTTP/1.1 server parsed the head) is refused with 400 and the connection closed:
 //!    that pair is how requests are smuggled.
 //! 2. **escapes**: paths with `.`/`..` segments (raw or percent-encoded: nothing above
 //!    `base_url`'s path may be reached with the provider's key) are 400, `CONNECT` is 405.

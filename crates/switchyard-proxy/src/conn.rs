@@ -13,8 +13,8 @@ use crate::upstream::Worker;
 /// Per-connection facts the request path needs.
 #[derive(Default)]
 pub struct ConnInfo {
-    /// Set by the connection's framing guard when a request head carried both
-    /// `Content-Length` and `Transfer-Encoding`.
+    /// Set by the HTTP/1.1 server ([`crate::h1_request`]) when a request head carried
+    /// both `Content-Length` and `Transfer-Encoding`.
     pub framing_violation: AtomicBool,
     /// A request head has been read on this connection (the listener's first-request
     /// deadline).
