@@ -42,12 +42,11 @@ use tokio::sync::watch;
 use crate::admission::new_request_id;
 use crate::client_body::{ClientBody, H1RequestBody, Hand, ReadSide, Returned};
 use crate::conn::ConnInfo;
-use crate::errors::GATEWAY_ITSELF;
+use crate::errors::{error_response, GATEWAY_ITSELF};
 use crate::h1_answer::{answer_head, chunk_size_line, Out};
 use crate::h1_framing::{has_token, poll_read_piece};
 pub use crate::h1_request::HeadLimits;
 use crate::h1_request::{ends_head, parse_head, Head, Refused, TOO_LARGE};
-use crate::headers::{X_REQUEST_ID, X_SWITCHYARD_PROVIDER};
 use crate::response_body::GatewayBody;
 use crate::service::GatewayService;
 
@@ -100,7 +99,9 @@ pub(crate) async fn serve(
             Ok(Some(h)) => h,
             Ok(None) => return Ok(()),
             Err((status, why)) => {
-                conn.refuse(status, why).await;
+                // Boxed: rare, and inline its send under a timeout made this future
+                // larger than the state an open stream holds (see the size test).
+                Box::pin(conn.refuse(status, why)).await;
                 return Ok(());
             }
         };
@@ -436,24 +437,21 @@ impl Conn {
         self.wr.flush().await
     }
 
-    /// Answers a head the gateway cannot read, then closes.
     /// Answers a head the gateway cannot read, then closes. Like every answer it names
     /// the gateway as its provider and carries a request id (a new one: the head's own
     /// could not be read).
     async fn refuse(&mut self, status: StatusCode, why: &str) {
-        let body = ErrorKind::BadRequest.body(why);
-        let mut headers = http::HeaderMap::with_capacity(3);
-        headers.insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
+        let mut resp: Response<GatewayBody> = error_response(
+            ErrorKind::BadRequest,
+            why,
+            &new_request_id(),
+            &GATEWAY_ITSELF,
         );
-        headers.insert(X_SWITCHYARD_PROVIDER.clone(), GATEWAY_ITSELF.clone());
-        headers.insert(X_REQUEST_ID.clone(), new_request_id());
-        let out = Out::Length(body.len() as u64);
-        let head = answer_head(status, Version::HTTP_11, &headers, out, None, false);
-        let mut parts = [IoSlice::new(&head), IoSlice::new(body.as_bytes())];
-        let write = self.write(&mut parts);
-        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+        *resp.status_mut() = status;
+        let (head, body, out, _) = framed(resp, Version::HTTP_11, false, false);
+        let body = std::pin::pin!(body);
+        let send = self.send_body(body, head, out);
+        let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
         let _ = self.close().await;
     }
 
