@@ -212,15 +212,6 @@ impl Exchange {
         // The answer is the client's now: nothing fails over any more.
         self.model_prefix = None;
         let (mut parts, body) = resp.into_parts();
-        let stream_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        if stream_type {
-            // Before the request id is copied into the answer's head.
-            self.unpin_client_buffer();
-        }
-        self.answer_headers(&mut parts.headers);
         // The answer's text and tool calls are read when a shadow compares them, or when
         // the request asked for what only they tell (tools, a JSON format, logprobs, n).
         let details = self.shadow.is_some()
@@ -238,6 +229,11 @@ impl Exchange {
             details,
         );
         let stream = matches!(sniff, Sniff::Sse(_));
+        if stream {
+            // Before the request id is copied into the answer's head.
+            self.unpin_client_buffer();
+        }
+        self.answer_headers(&mut parts.headers);
         if self.strip_usage && stream {
             parts.headers.remove(header::CONTENT_LENGTH);
         }

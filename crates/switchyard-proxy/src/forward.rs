@@ -21,12 +21,8 @@
 //!    side ([`crate::failover`]), a timeout or a broken exchange is the gateway's error
 //!    answer. Each attempt is accounted by the exchange.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use crate::client_body::ClientBody;
 use bytes::Bytes;
@@ -35,7 +31,6 @@ use http::{Method, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use switchyard_core::ErrorKind;
-use tower::{Layer, Service, ServiceExt};
 
 use crate::admission::Admitted;
 use crate::answer::{is_json, RequestScan};
@@ -46,14 +41,13 @@ use crate::headers::strip_hop_by_hop;
 use crate::mirror;
 use crate::models::{self, ReadAhead};
 use crate::openai;
-use crate::pool::Lease;
 use crate::request_body::{BoxedBody, RequestBody, RequestShared};
 use crate::response_body::GatewayBody;
 use crate::route::{self, Route};
 use crate::snapshot::Snapshot;
-use crate::timeout::{Deadline, FirstByteTimeoutLayer, Since, Started, TimeoutError};
+use crate::timeout::{self, Since, Started, TimeoutError};
 use crate::trace::{TraceCtx, TRACEPARENT};
-use crate::upstream::{SendError, Upstream, UpstreamBody, Worker};
+use crate::upstream::{SendError, Worker};
 
 /// Forwards `req` (admitted) on `worker`'s provider connections.
 pub(crate) async fn forward(
@@ -267,15 +261,9 @@ async fn attempts(
     worker: Worker,
 ) -> Response<GatewayBody> {
     loop {
-        let sent = {
-            let attempt = Attempt {
-                upstream: ex.upstream(),
-                req,
-                worker,
-                body: ex.shared.as_deref(),
-            };
-            FirstByteTimeoutLayer.layer(Pooled).oneshot(attempt).await
-        };
+        let up = ex.upstream();
+        let start = ex.shared.as_deref();
+        let sent = timeout::first_byte(up.config.timeout, start, up.send(worker, req)).await;
         let next = match sent {
             Ok((resp, lease)) => match failover::after_refusal(&mut ex, &resp) {
                 Some(next) => next,
@@ -300,54 +288,13 @@ async fn attempts(
     }
 }
 
-/// One attempt at one provider, on the worker's pooled connection. It borrows from the
-/// exchange: no reference counts change on objects the workers share.
-struct Attempt<'a> {
-    upstream: &'a Upstream,
-    req: Request<BoxedBody>,
-    worker: Worker,
-    /// The client's request body as it streams (tells when it was fully sent).
-    body: Option<&'a RequestShared>,
-}
-
+/// The wait for a provider's answer counts from the end of the client's upload (the
+/// request body as it streams tells when that was).
 impl Started for Option<&RequestShared> {
     fn since(&self) -> Since {
         match self {
             Some(body) => body.sent_at().map_or(Since::NotYet, Since::At),
             None => Since::Call,
         }
-    }
-}
-
-impl<'a> Deadline for Attempt<'a> {
-    type Start = Option<&'a RequestShared>;
-
-    fn limit(&self) -> Duration {
-        self.upstream.config.timeout
-    }
-
-    fn start(&self) -> Self::Start {
-        self.body
-    }
-}
-
-/// The worker's pooled connection to the attempt's provider.
-#[derive(Clone, Copy, Default)]
-struct Pooled;
-
-type Sending<'a> =
-    Pin<Box<dyn Future<Output = Result<(Response<UpstreamBody>, Lease), SendError>> + Send + 'a>>;
-
-impl<'a> Service<Attempt<'a>> for Pooled {
-    type Response = (Response<UpstreamBody>, Lease);
-    type Error = SendError;
-    type Future = Sending<'a>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, a: Attempt<'a>) -> Self::Future {
-        Box::pin(async move { a.upstream.send(a.worker, a.req).await })
     }
 }

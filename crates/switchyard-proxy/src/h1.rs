@@ -32,7 +32,7 @@ use crate::connect::Io;
 use crate::errors::BoxError;
 use crate::h1_body::{H1Body, Home};
 use crate::h1_framing::{
-    ends_chunked, has_token, invalid_data, parse_len, poll_read_piece, Chunk, Framing,
+    ends_chunked, invalid_data, parse_len, poll_read_piece, Chunk, Framing, Wire,
 };
 use crate::request_body::BoxedBody;
 
@@ -53,7 +53,7 @@ pub(crate) async fn send(
 ) -> Result<Response<H1Body>, BoxError> {
     let (parts, body) = req.into_parts();
     let head_only = parts.method == Method::HEAD;
-    let close = asks_close(&parts.headers);
+    let close = Wire::of(&parts.headers).close;
     let framing = request_framing(&parts, &body)?;
     let out = request_head(&parts, &framing);
     // Nothing of the request is held longer than needed: its head and body are slices of
@@ -100,16 +100,19 @@ fn answer(
     close: bool,
     home: Home,
 ) -> io::Result<Response<H1Body>> {
-    let framing = response_framing(&parts, head_only)?;
+    let wire = Wire::of(&parts.headers);
+    let framing = response_framing(&parts, &wire, head_only)?;
     // Both framings at once (RFC 9112 §6.3): the transfer coding wins, the length is not
     // passed on, and the connection is not trusted with another exchange.
-    let both = parts.headers.contains_key(TRANSFER_ENCODING)
-        && parts.headers.remove(CONTENT_LENGTH).is_some();
+    let both = wire.transfer_encoding.is_some() && wire.content_length.is_some();
     let reusable = !close
         && !both
-        && !asks_close(&parts.headers)
-        && (parts.version == Version::HTTP_11 || keeps_alive(&parts.headers))
+        && !wire.close
+        && (parts.version == Version::HTTP_11 || wire.keep_alive)
         && !matches!(framing, Framing::Close);
+    if both {
+        parts.headers.remove(CONTENT_LENGTH);
+    }
     Ok(Response::from_parts(
         parts,
         H1Body::new(io, rest, framing, reusable, home),
@@ -488,12 +491,16 @@ fn parse_head(bytes: &[u8]) -> io::Result<Parsed> {
     Ok(Parsed::Final(parts, len))
 }
 
-fn response_framing(parts: &http::response::Parts, head_only: bool) -> io::Result<Framing> {
+fn response_framing(
+    parts: &http::response::Parts,
+    wire: &Wire<'_>,
+    head_only: bool,
+) -> io::Result<Framing> {
     let s = parts.status.as_u16();
     if head_only || s == 204 || s == 304 {
         return Ok(Framing::Done);
     }
-    if let Some(te) = parts.headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+    if let Some(te) = wire.transfer_encoding {
         if parts.version == Version::HTTP_10 {
             return Err(invalid_data(
                 "the provider sent a transfer coding in an HTTP/1.0 answer",
@@ -506,6 +513,9 @@ fn response_framing(parts: &http::response::Parts, head_only: bool) -> io::Resul
         });
     }
     let mut len = None;
+    if wire.content_length.is_none() {
+        return Ok(Framing::Close);
+    }
     // Repeated, or as a list of the same value, it is one length (RFC 9110 §8.6).
     let values = parts.headers.get_all(CONTENT_LENGTH).into_iter();
     for v in values.flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
@@ -523,14 +533,6 @@ fn response_framing(parts: &http::response::Parts, head_only: bool) -> io::Resul
         Some(n) => Framing::Length(n),
         None => Framing::Close,
     })
-}
-
-fn asks_close(headers: &HeaderMap) -> bool {
-    has_token(headers, b"close")
-}
-
-fn keeps_alive(headers: &HeaderMap) -> bool {
-    has_token(headers, b"keep-alive")
 }
 
 /// `n` in `radix` (10 or 16, lowercase), without a heap string.

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::CONNECTION;
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::HeaderMap;
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -58,13 +58,42 @@ pub(crate) fn ends_chunked(te: &[u8]) -> bool {
     last.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
-/// Whether a `Connection` header in `headers` lists `token`.
-pub(crate) fn has_token(headers: &HeaderMap, token: &[u8]) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    })
+/// What a head's fields say of its body's framing and of its connection, found in one pass
+/// over them: a hashed lookup per field costs more than the whole pass.
+#[derive(Debug, Default)]
+pub(crate) struct Wire<'a> {
+    /// The first Content-Length value.
+    pub(crate) content_length: Option<&'a HeaderValue>,
+    /// The last Transfer-Encoding value (its last coding is the one that frames).
+    pub(crate) transfer_encoding: Option<&'a HeaderValue>,
+    /// `Connection` lists `close`.
+    pub(crate) close: bool,
+    /// `Connection` lists `keep-alive`.
+    pub(crate) keep_alive: bool,
+}
+
+impl<'a> Wire<'a> {
+    pub(crate) fn of(headers: &'a HeaderMap) -> Wire<'a> {
+        let mut wire = Wire::default();
+        for (name, value) in headers {
+            if name == CONNECTION {
+                wire.connection(value.as_bytes());
+            } else if name == TRANSFER_ENCODING {
+                wire.transfer_encoding = Some(value);
+            } else if name == CONTENT_LENGTH && wire.content_length.is_none() {
+                wire.content_length = Some(value);
+            }
+        }
+        wire
+    }
+
+    /// One `Connection` value's tokens.
+    pub(crate) fn connection(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            self.close |= token.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
 }
 
 /// Whose body is decoded. A client's is read strictly (line ends are CRLF and nothing but

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
-use crate::h1_framing::{ends_chunked, has_token, parse_len, Chunk, Framing};
+use crate::h1_framing::{ends_chunked, parse_len, Chunk, Framing, Wire};
 
 /// Limits on request heads.
 #[derive(Debug, Clone)]
@@ -86,6 +86,7 @@ pub(crate) fn parse_head(
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut expect_continue = false;
+    let mut wire = Wire::default();
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| BAD)?;
         let value = HeaderValue::from_maybe_shared(data.slice_ref(h.value)).map_err(|_| BAD)?;
@@ -103,11 +104,14 @@ pub(crate) fn parse_head(
             chunked = Some(ends_chunked(value.as_bytes()));
         } else if name == header::EXPECT {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::CONNECTION {
+            wire.connection(value.as_bytes());
         }
         headers.append(name, value);
     }
-    let close = has_token(&headers, b"close");
-    let keep_alive = has_token(&headers, b"keep-alive");
+    let Wire {
+        close, keep_alive, ..
+    } = wire;
     let body = match (chunked, length) {
         (Some(false), _) => {
             return Err((

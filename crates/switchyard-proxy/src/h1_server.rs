@@ -31,7 +31,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -44,7 +43,7 @@ use crate::client_body::{ClientBody, H1RequestBody, Hand, ReadSide, Returned};
 use crate::conn::ConnInfo;
 use crate::errors::{error_response, GATEWAY_ITSELF};
 use crate::h1_answer::{answer_head, chunk_size_line, Out};
-use crate::h1_framing::{has_token, poll_read_piece};
+use crate::h1_framing::{poll_read_piece, Wire};
 pub use crate::h1_request::HeadLimits;
 use crate::h1_request::{ends_head, parse_head, Head, Refused, TOO_LARGE};
 use crate::response_body::GatewayBody;
@@ -475,12 +474,12 @@ fn framed(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
+    let wire = Wire::of(&parts.headers);
+    let declared = wire
+        .content_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if has_token(&parts.headers, b"close") {
+    if wire.close {
         keep_alive = false;
     }
     let out = if no_body {

@@ -224,7 +224,7 @@ impl JsonWalk {
                         continue;
                     }
                     // Strings are most of a body: jump to where one can end.
-                    let Some(off) = memchr::memchr2(b'"', b'\\', &data[i..]) else {
+                    let Some(off) = quote_or_escape(&data[i..]) else {
                         self.string_bytes(&data[i..], key);
                         return;
                     };
@@ -270,11 +270,12 @@ impl JsonWalk {
                                 i += end;
                             }
                         }
-                        Token::Scalar => {
-                            if let Some(end) = self.whole_scalar(&data[i..], v) {
-                                i += end;
-                            }
-                        }
+                        // Its first byte is the one just read.
+                        Token::Scalar => match self.whole_scalar(&data[i - 1..], v) {
+                            Some(end) => i += end - 1,
+                            // It goes on in the next piece: kept, and read a byte at a time.
+                            None => self.buf.push(b),
+                        },
                         _ => {}
                     }
                 }
@@ -301,7 +302,7 @@ impl JsonWalk {
     /// The string just opened, if it ends in `rest` with no escape in it: read and closed,
     /// answering how much of `rest` it took (its closing quote included).
     fn whole_string<V: Visit>(&mut self, rest: &[u8], key: bool, v: &mut V) -> Option<usize> {
-        let end = memchr::memchr2(b'"', b'\\', rest)?;
+        let end = quote_or_escape(rest)?;
         if rest[end] != b'"' {
             return None;
         }
@@ -338,46 +339,30 @@ impl JsonWalk {
         Some(end + 1)
     }
 
-    /// The scalar just begun (its first byte in `buf`), if it ends in `rest`: read and
-    /// closed, answering how much of `rest` it took (not its delimiter).
+    /// The scalar that `rest` starts with, if it ends in `rest`: read and closed from the
+    /// piece itself, answering how much of `rest` it took (not its delimiter).
     fn whole_scalar<V: Visit>(&mut self, rest: &[u8], v: &mut V) -> Option<usize> {
         let end = rest
             .iter()
             .position(|b| matches!(b, b',' | b']' | b'}' | b' ' | b'\n' | b'\r' | b'\t'))?;
-        let body = &rest[..end];
-        if !body
+        let whole = &rest[..end];
+        let ok = whole[1..]
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
-        {
-            self.fail();
-            return Some(end);
-        }
-        let first = self.buf.first().copied();
-        self.buf.clear();
-        self.token = Token::None;
-        let whole: &[u8] = if body.len() < SCALAR_MAX {
-            self.buf.push(first.unwrap_or(b'0'));
-            self.buf.extend_from_slice(body);
-            &self.buf
-        } else {
-            // Too long to keep: only its validity matters.
-            b"0"
-        };
-        let ok = match first {
-            Some(b't') => whole == b"true",
-            Some(b'f') => whole == b"false",
-            Some(b'n') => whole == b"null",
-            Some(b) => b == b'-' || b.is_ascii_digit(),
-            None => false,
-        };
+            && match whole[0] {
+                b't' => whole == b"true",
+                b'f' => whole == b"false",
+                b'n' => whole == b"null",
+                _ => true,
+            };
         if !ok {
             self.fail();
             return Some(end);
         }
+        self.token = Token::None;
         if let Some(p) = self.path_here() {
-            v.scalar(p, &self.buf[..whole.len().min(self.buf.len())]);
+            v.scalar(p, &whole[..end.min(SCALAR_MAX)]);
         }
-        self.buf.clear();
         self.after_value();
         Some(end)
     }
@@ -493,7 +478,6 @@ impl JsonWalk {
             (Expect::Value | Expect::ValueOrClose, b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
                 self.count_element();
                 self.buf.clear();
-                self.buf.push(b);
                 self.token = Token::Scalar;
             }
             (Expect::KeyOrClose | Expect::Key, b'"') => {
@@ -554,6 +538,27 @@ impl JsonWalk {
             self.counts[d - 1] += 1;
         }
     }
+}
+
+/// Where a string may end in `s`: its first `"` or `\\`. Most keys and values end within a
+/// few words, so those are searched a word at a time before memchr's vector search, whose
+/// set-up costs more than such a string.
+fn quote_or_escape(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut i = 0;
+    while i + 8 <= s.len().min(32) {
+        let w = u64::from_le_bytes(s[i..i + 8].try_into().expect("a word"));
+        // A flag is exact at the lowest zero byte (a borrow only flags bytes above it).
+        let hit =
+            zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\')));
+        if hit != 0 {
+            return Some(i + (hit.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    memchr::memchr2(b'"', b'\\', &s[i..]).map(|j| i + j)
 }
 
 #[cfg(test)]
@@ -636,6 +641,28 @@ mod tests {
         for at in 0..DOC.len() {
             let (a, b) = DOC.as_bytes().split_at(at);
             assert_eq!(walk(&[a, b]), (whole.clone(), true), "split at {at}");
+        }
+    }
+
+    #[test]
+    fn a_strings_end_is_found_wherever_it_lies() {
+        for len in 0..80 {
+            for at in 0..=len {
+                for (mark, other) in [(b'"', b'\\'), (b'\\', b'"')] {
+                    // Bytes that differ from the marks by one bit, and high bytes, where a
+                    // word-at-a-time search could be fooled.
+                    let mut s: Vec<u8> =
+                        (0..len).map(|i| [b'#', 0xa2, b']', 0xdc][i % 4]).collect();
+                    if at < len {
+                        s[at] = mark;
+                        if at + 1 < len {
+                            s[at + 1] = other;
+                        }
+                    }
+                    let want = memchr::memchr2(b'"', b'\\', &s);
+                    assert_eq!(quote_or_escape(&s), want, "len {len} at {at}");
+                }
+            }
         }
     }
 

@@ -1,8 +1,9 @@
-//! A first-byte timeout for any service whose requests say their limit and since when it
-//! counts ([`Deadline`]): no response head within the limit is [`TimeoutError::Elapsed`].
-//! The time counts from the end of the client's upload, not from the call: a client that
-//! uploads slowly must not make the provider look slow. Generic: it knows nothing of the
-//! gateway (its test drives it with a request type of its own).
+//! A first-byte timeout for any request future that can say since when its wait counts
+//! ([`Started`]): no response head within the limit is [`TimeoutError::Elapsed`]. The time
+//! counts from the end of the client's upload, not from the call: a client that uploads
+//! slowly must not make the provider look slow. Generic: it knows nothing of the gateway
+//! (its test drives it with an upload of its own). A plain future, not a tower layer: a
+//! layer's service must name its future, and that cost a boxed future per request.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,7 +12,6 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tower::{Layer, Service};
 
 /// Since when the wait for a response head counts.
 pub enum Since {
@@ -27,63 +27,25 @@ pub trait Started {
     fn since(&self) -> Since;
 }
 
-/// How long a request may wait for its response head, and from when.
-pub trait Deadline {
-    type Start: Started;
-    fn limit(&self) -> Duration;
-    fn start(&self) -> Self::Start;
-}
-
-#[derive(Clone, Copy, Default)]
-pub struct FirstByteTimeoutLayer;
-
-impl<S> Layer<S> for FirstByteTimeoutLayer {
-    type Service = FirstByteTimeout<S>;
-
-    fn layer(&self, inner: S) -> FirstByteTimeout<S> {
-        FirstByteTimeout { inner }
+/// `inner` (a request to a provider), ended with [`TimeoutError::Elapsed`] when it has no
+/// response head within `limit`, counted as `start` says. The timer is armed once and
+/// re-armed only when it fires while the request is still being sent or was sent late, so
+/// the usual request costs no extra wake-up.
+pub fn first_byte<F, S: Started>(limit: Duration, start: S, inner: F) -> TimeoutFuture<F, S> {
+    let called = Instant::now();
+    TimeoutFuture {
+        limit,
+        start,
+        called,
+        sleep: tokio::time::sleep_until(called + limit),
+        inner,
     }
 }
 
-/// Ends a request that has no response head within its [`Deadline`]. The timer is armed
-/// once and re-armed only when it fires while the request is still being sent or was
-/// sent late, so the usual request costs no extra wake-up.
-#[derive(Clone, Copy)]
-pub struct FirstByteTimeout<S> {
-    inner: S,
-}
-
-/// The error of a [`FirstByteTimeout`]: the inner service's, or the deadline passed.
+/// The error of [`first_byte`]: the request's own, or the deadline passed.
 pub enum TimeoutError<E> {
     Inner(E),
     Elapsed,
-}
-
-impl<S, R> Service<R> for FirstByteTimeout<S>
-where
-    S: Service<R>,
-    R: Deadline,
-{
-    type Response = S::Response;
-    type Error = TimeoutError<S::Error>;
-    type Future = TimeoutFuture<S::Future, R::Start>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(TimeoutError::Inner)
-    }
-
-    fn call(&mut self, req: R) -> Self::Future {
-        let limit = req.limit();
-        let start = req.start();
-        let called = Instant::now();
-        TimeoutFuture {
-            limit,
-            start,
-            called,
-            sleep: tokio::time::sleep_until(called + limit),
-            inner: self.inner.call(req),
-        }
-    }
 }
 
 pin_project! {
@@ -135,9 +97,7 @@ mod tests {
     use super::*;
     use std::sync::{Arc, OnceLock};
 
-    type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-    /// When the test's upload ended (the layer knows nothing of the gateway's bodies).
+    /// When the test's upload ended (the timeout knows nothing of the gateway's bodies).
     #[derive(Default)]
     struct SentAt(OnceLock<Instant>);
 
@@ -153,9 +113,6 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_secs(1);
 
-    /// A request whose body is "sent" when the test says so.
-    struct Upload(Arc<SentAt>);
-
     struct Shared(Arc<SentAt>);
 
     impl Started for Shared {
@@ -164,38 +121,21 @@ mod tests {
         }
     }
 
-    impl Deadline for Upload {
-        type Start = Shared;
-
-        fn limit(&self) -> Duration {
-            LIMIT
-        }
-
-        fn start(&self) -> Shared {
-            Shared(self.0.clone())
-        }
-    }
-
-    /// An inner service that answers `after` the call, or never.
-    fn answering(
+    /// A request, under the timeout, whose answer comes `after` the call, or never.
+    async fn answering(
+        body: &Arc<SentAt>,
         after: Option<Duration>,
-    ) -> impl Service<
-        Upload,
-        Response = &'static str,
-        Error = (),
-        Future = BoxFuture<Result<&'static str, ()>>,
-    > {
-        tower::service_fn(move |_: Upload| -> BoxFuture<Result<&'static str, ()>> {
-            Box::pin(async move {
-                match after {
-                    Some(d) => {
-                        tokio::time::sleep(d).await;
-                        Ok("answer")
-                    }
-                    None => std::future::pending().await,
+    ) -> Result<&'static str, TimeoutError<()>> {
+        let answer = async move {
+            match after {
+                Some(d) => {
+                    tokio::time::sleep(d).await;
+                    Ok("answer")
                 }
-            })
-        })
+                None => std::future::pending().await,
+            }
+        };
+        first_byte(LIMIT, Shared(body.clone()), answer).await
     }
 
     /// The provider's first-byte timeout counts from the end of the client's upload.
@@ -208,16 +148,14 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(3)).await;
             uploading.mark_sent();
         });
-        let mut svc = FirstByteTimeoutLayer.layer(answering(Some(Duration::from_millis(3500))));
-        let r = svc.call(Upload(body)).await;
+        let r = answering(&body, Some(Duration::from_millis(3500))).await;
         assert!(matches!(r, Ok("answer")));
 
         // Uploaded, then silent for longer than the limit: the provider's timeout.
         let body = Arc::new(SentAt::default());
         body.mark_sent();
         let start = Instant::now();
-        let mut svc = FirstByteTimeoutLayer.layer(answering(None));
-        let r = svc.call(Upload(body)).await;
+        let r = answering(&body, None).await;
         assert!(matches!(r, Err(TimeoutError::Elapsed)));
         assert_eq!(start.elapsed(), LIMIT);
 
@@ -229,7 +167,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(2500)).await;
             late.mark_sent();
         });
-        let r = svc.call(Upload(body)).await;
+        let r = answering(&body, None).await;
         assert!(matches!(r, Err(TimeoutError::Elapsed)));
         assert_eq!(start.elapsed(), Duration::from_millis(3500));
     }
