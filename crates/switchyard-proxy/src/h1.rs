@@ -419,9 +419,7 @@ impl HeadReader {
         };
         loop {
             match parse_head(bytes)? {
-                Parsed::Final(parts, len) => {
-                    return Ok(Some((parts, Bytes::copy_from_slice(&bytes[len..]))))
-                }
+                Parsed::Final(parts, len, read) => return Ok(Some((parts, read.slice(len..)))),
                 Parsed::Interim(len) => bytes = &bytes[len..],
                 Parsed::Partial => break,
             }
@@ -435,8 +433,9 @@ impl HeadReader {
 }
 
 enum Parsed {
-    /// A final head, and its length.
-    Final(http::response::Parts, usize),
+    /// A final head, its length, and all that was read with it (the head's values are
+    /// slices of it, and the body's first bytes follow the head in it: one copy for both).
+    Final(http::response::Parts, usize, Bytes),
     /// A 1xx head of this length, to skip.
     Interim(usize),
     Partial,
@@ -469,7 +468,7 @@ fn parse_head(bytes: &[u8]) -> io::Result<Parsed> {
     let status = StatusCode::from_u16(code)
         .map_err(|_| invalid_data("the provider's status code is invalid"))?;
     // The values share one copy of the head rather than one allocation each.
-    let head = Bytes::copy_from_slice(&bytes[..len]);
+    let head = Bytes::copy_from_slice(bytes);
     let base = bytes.as_ptr() as usize;
     let mut map = HeaderMap::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
@@ -488,7 +487,7 @@ fn parse_head(bytes: &[u8]) -> io::Result<Parsed> {
         Version::HTTP_11
     };
     parts.headers = map;
-    Ok(Parsed::Final(parts, len))
+    Ok(Parsed::Final(parts, len, head))
 }
 
 fn response_framing(

@@ -255,32 +255,47 @@ impl JsonWalk {
                     }
                     i += 1;
                 }
-                Token::None => {
-                    let b = data[i];
-                    self.structure(b, v);
-                    if self.capture.is_some() {
-                        self.placed(data, i, v);
-                    }
-                    i += 1;
-                    // Most strings and scalars lie whole in one piece: read them from the
-                    // piece itself, with no copy.
-                    match self.token {
-                        Token::Str { key, esc: false } => {
-                            if let Some(end) = self.whole_string(&data[i..], key, v) {
-                                i += end;
-                            }
-                        }
-                        // Its first byte is the one just read.
-                        Token::Scalar => match self.whole_scalar(&data[i - 1..], v) {
-                            Some(end) => i += end - 1,
-                            // It goes on in the next piece: kept, and read a byte at a time.
-                            None => self.buf.push(b),
-                        },
-                        _ => {}
-                    }
-                }
+                Token::None => i = self.run(data, i, v),
             }
         }
+    }
+
+    /// Structure from `data[i]` on, each string and scalar that ends in the piece read from
+    /// the piece itself (most lie whole in one): where it stopped, at the piece's end, in a
+    /// token that goes on in the next piece, or where the body stopped being JSON.
+    fn run<V: Visit>(&mut self, data: &[u8], mut i: usize, v: &mut V) -> usize {
+        while i < data.len() {
+            let b = data[i];
+            if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                i += 1;
+                continue;
+            }
+            self.structure(b, v);
+            if self.capture.is_some() {
+                self.placed(data, i, v);
+            }
+            i += 1;
+            match self.token {
+                Token::None => {}
+                Token::Str { key, .. } => match self.whole_string(&data[i..], key, v) {
+                    Some(end) => i += end,
+                    None => return i,
+                },
+                // Its first byte is the one just read.
+                Token::Scalar => match self.whole_scalar(&data[i - 1..], v) {
+                    Some(end) => i += end - 1,
+                    // It goes on in the next piece: kept, and read a byte at a time.
+                    None => {
+                        self.buf.push(b);
+                        return i;
+                    }
+                },
+            }
+            if self.invalid {
+                return i;
+            }
+        }
+        i
     }
 
     /// A copy's first byte, or its last, is at `data[i]`.
