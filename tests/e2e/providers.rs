@@ -256,10 +256,28 @@ async fn a_body_over_the_replay_limit_is_not_retried() {
         .unwrap();
     assert_eq!(r.status(), 503, "not retried");
     assert!(r.headers().get("x-switchyard-failover").is_none());
-    let r = gw.chat(false).await;
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-client-tag", "kept")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "a small body is");
     assert_eq!(r.headers()["x-switchyard-failover"], "new");
     assert_eq!(old.request_count(), 1);
+    // Sent again with the client's headers, as the other side must get them: its own key
+    // and host, not the refusing side's.
+    let (refused, replayed) = (&new.received()[1], &old.received()[0]);
+    assert_eq!(refused.header("x-client-tag"), Some("kept"));
+    assert_eq!(replayed.header("x-client-tag"), Some("kept"));
+    assert_eq!(
+        replayed.header("authorization"),
+        Some(format!("Bearer {OLD_KEY}").as_str())
+    );
+    let old_host = old.base_url().split('/').nth(2).unwrap().to_string();
+    assert_eq!(replayed.header("host"), Some(old_host.as_str()));
+    assert_eq!(replayed.json().unwrap()["messages"][0]["content"], "hello");
 }
 
 /// Per client key limits: a key over its rate, or with too many requests in flight, gets

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Limited};
 use switchyard_proxy::request_body::RequestBody;
-use switchyard_proxy::upstream::{Upstream, Worker};
+use switchyard_proxy::upstream::{Sent, Upstream, Worker};
 
 /// Sent with every probe, so providers' logs (and the test mock) can tell them apart.
 pub const PREFLIGHT_USER_AGENT: &str = "switchyard-preflight";
@@ -304,8 +304,8 @@ async fn exchange(
     if let Some(a) = &up.auth {
         h.insert(header::AUTHORIZATION, a.clone());
     }
-    let (resp, lease) = up
-        .send(Worker::Control, req.map(Box::new))
+    let Sent { resp, lease, .. } = up
+        .send(Worker::Control, req.map(Box::new), false)
         .await
         .map_err(|e| format!("cannot reach it: {e}"))?;
     let status = resp.status().as_u16();

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Limited};
 use switchyard_core::event::{RequestEvent, ShadowEvent};
 use switchyard_core::router::Side;
 use switchyard_proxy::request_body::RequestBody;
-use switchyard_proxy::upstream::{Upstream, Worker};
+use switchyard_proxy::upstream::{Sent, Upstream, Worker};
 use switchyard_watch::looks::{budget, look_step};
 use switchyard_watch::{
     gate, judge as judge_window, Alert, Gate, Judgement, Looks, Scale, Sides, Summary, Verdict,
@@ -494,8 +494,8 @@ async fn probe(up: &Upstream, path: &str, timeout: Duration) -> Result<(), Strin
         req.headers_mut().insert(header::AUTHORIZATION, a.clone());
     }
     let exchange = async {
-        let (resp, lease) = up
-            .send(Worker::Control, req.map(Box::new))
+        let Sent { resp, lease, .. } = up
+            .send(Worker::Control, req.map(Box::new), false)
             .await
             .map_err(|e| format!("cannot reach it: {e}"))?;
         let status = resp.status();

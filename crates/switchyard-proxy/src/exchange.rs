@@ -85,9 +85,9 @@ pub struct Exchange {
     /// read to learn its model (providers that rename models): kept to rename it again for
     /// another provider on failover, until the answer's head.
     pub(crate) model_prefix: Option<ModelPrefix>,
-    /// The request's headers as the first provider got them (less its key and host), to
-    /// send a refused request once more elsewhere.
-    pub(crate) replay_headers: Option<HeaderMap>,
+    /// A refused request may be sent once more elsewhere ([`crate::failover`]): its
+    /// headers as the provider got them come back with the answer.
+    pub(crate) replay: bool,
     /// The client's address, for the access log.
     pub(crate) client: Option<SocketAddr>,
     /// This request's span, when traces are on.
@@ -130,7 +130,7 @@ impl Exchange {
             strip_usage: false,
             shadow: None,
             model_prefix: None,
-            replay_headers: None,
+            replay: false,
             client: s.client,
             trace: s.trace,
             _permit: s.permit,
@@ -259,7 +259,6 @@ impl Exchange {
     /// another buffer for its next read, 16 KiB per open stream instead of 8. The replay
     /// copy cannot be used any more; the request id and URI are copied out.
     fn unpin_client_buffer(&mut self) {
-        self.replay_headers = None;
         if let Some(shared) = &self.shared {
             shared.drop_replay();
         }

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use switchyard_core::event::Class;
 use switchyard_core::ErrorKind;
 
@@ -23,29 +23,26 @@ use crate::upstream::UpstreamBody;
 /// take itself out of a migration for long.
 const MAX_PAUSE: Duration = Duration::from_secs(600);
 
-/// The replay policy: a body is copied as it streams (and the headers kept) when a refusal
-/// may send it to the other side.
-pub(crate) fn keep_replay(
-    ex: &mut Exchange,
-    body: RequestBody,
-    headers: &http::HeaderMap,
-) -> RequestBody {
+/// The replay policy: a body is copied as it streams (and the headers come back with the
+/// answer, [`Exchange::replay`]) when a refusal may send it to the other side.
+pub(crate) fn keep_replay(ex: &mut Exchange, body: RequestBody) -> RequestBody {
     let max = match ex.migration() {
         Some((m, _)) if ex.fallback.is_some() && !m.failover.on_status.is_empty() => {
             m.failover.replay_max_body
         }
         _ => return body,
     };
-    ex.replay_headers = Some(headers.clone());
+    ex.replay = true;
     body.keeping_replay(max)
 }
 
-/// The provider answered `resp`'s head: when it is a refusal that fails over and the body
-/// was kept whole, the request as the other side must get it (the refusal counted against
-/// this provider). `None`: this answer is the client's.
+/// The provider answered `resp`'s head to a request sent with `sent` headers: when it is a
+/// refusal that fails over and the body was kept whole, the request as the other side must
+/// get it (the refusal counted against this provider). `None`: this answer is the client's.
 pub(crate) fn after_refusal(
     ex: &mut Exchange,
     resp: &Response<UpstreamBody>,
+    sent: Option<HeaderMap>,
 ) -> Option<Result<Request<BoxedBody>, http::Error>> {
     let other = ex.fallback?;
     let status = resp.status().as_u16();
@@ -55,7 +52,7 @@ pub(crate) fn after_refusal(
     }
     let honor_retry_after = failover.honor_retry_after;
     let replay = ex.shared.as_ref()?.replay()?;
-    let mut headers = ex.replay_headers.take()?;
+    let mut headers = sent?;
     let up = ex.upstream();
     if status == 429 && honor_retry_after {
         let secs = resp

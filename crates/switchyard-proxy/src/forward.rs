@@ -47,7 +47,7 @@ use crate::route::{self, Route};
 use crate::snapshot::Snapshot;
 use crate::timeout::{self, Since, Started, TimeoutError};
 use crate::trace::{TraceCtx, TRACEPARENT};
-use crate::upstream::{SendError, Worker};
+use crate::upstream::{SendError, Sent, Worker};
 
 /// Forwards `req` (admitted) on `worker`'s provider connections.
 pub(crate) async fn forward(
@@ -122,7 +122,7 @@ pub(crate) async fn forward(
         Ok(prepared) => prepared,
         Err(refused) => return refused,
     };
-    let body = failover::keep_replay(&mut ex, body, &parts.headers);
+    let body = failover::keep_replay(&mut ex, body);
     let req = Request::from_parts(parts, Box::new(body));
     let req = match ex.upstream().prepare(req, &ex.uri) {
         Ok(r) => r,
@@ -263,9 +263,14 @@ async fn attempts(
     loop {
         let up = ex.upstream();
         let start = ex.shared.as_deref();
-        let sent = timeout::first_byte(up.config.timeout, start, up.send(worker, req)).await;
-        let next = match sent {
-            Ok((resp, lease)) => match failover::after_refusal(&mut ex, &resp) {
+        let keep_headers = ex.replay && ex.fallback.is_some();
+        let sending = up.send(worker, req, keep_headers);
+        let next = match timeout::first_byte(up.config.timeout, start, sending).await {
+            Ok(Sent {
+                resp,
+                lease,
+                headers,
+            }) => match failover::after_refusal(&mut ex, &resp, headers) {
                 Some(next) => next,
                 None if models::lists_models(&ex, &resp) => {
                     return models::respond_list(ex, resp, lease).await

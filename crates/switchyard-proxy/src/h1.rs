@@ -45,13 +45,15 @@ const MAX_HEADERS: usize = 100;
 const COALESCE: usize = 16 * 1024;
 
 /// Sends `req` on `io` and reads the answer's head; the body reads the rest from `io`.
-/// An error from the request body (the client's) comes back as it was raised.
+/// An error from the request body (the client's) comes back as it was raised. The request's
+/// headers come back with the answer when `keep_headers` asks for them.
 pub(crate) async fn send(
     mut io: Io,
     req: Request<BoxedBody>,
     home: Home,
-) -> Result<Response<H1Body>, BoxError> {
-    let (parts, body) = req.into_parts();
+    keep_headers: bool,
+) -> Result<(Response<H1Body>, Option<HeaderMap>), BoxError> {
+    let (mut parts, body) = req.into_parts();
     let head_only = parts.method == Method::HEAD;
     let close = Wire::of(&parts.headers).close;
     let framing = request_framing(&parts, &body)?;
@@ -59,6 +61,7 @@ pub(crate) async fn send(
     // Nothing of the request is held longer than needed: its head and body are slices of
     // the client connection's read buffer, which hyper cannot reuse while they live (it
     // allocates another 8 KiB for its next read instead).
+    let kept = keep_headers.then(|| std::mem::take(&mut parts.headers));
     drop(parts);
     let mut upload = Upload::new(out, body, framing).map_err(Written::into_error)?;
     let mut head = HeadReader::default();
@@ -88,7 +91,10 @@ pub(crate) async fn send(
     // no state to carry another exchange.
     let whole = upload.done;
     drop(upload);
-    Ok(answer(io, parts, rest, head_only, close || !whole, home)?)
+    Ok((
+        answer(io, parts, rest, head_only, close || !whole, home)?,
+        kept,
+    ))
 }
 
 /// The answer with its body framed as its head says.
@@ -651,7 +657,7 @@ mod tests {
     ) -> (Result<Response<H1Body>, BoxError>, Arc<Pool>) {
         let (io, _server) = provider(vec![pieces], close).await;
         let (h, pool) = home();
-        (send(io, post("{}"), h).await, pool)
+        (send(io, post("{}"), h, false).await.map(|(r, _)| r), pool)
     }
 
     async fn body_of(resp: Response<H1Body>) -> Result<Bytes, io::Error> {
@@ -672,7 +678,12 @@ mod tests {
         )
         .await;
         let (h, pool) = home();
-        let resp = send(io, post("{\"a\":1}"), h).await.unwrap();
+        let (resp, sent) = send(io, post("{\"a\":1}"), h, true).await.unwrap();
+        assert_eq!(
+            sent.expect("kept")["host"],
+            "provider",
+            "the headers as sent"
+        );
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["x-id"], "a");
         assert_eq!(body_of(resp).await.unwrap(), "hello");
@@ -681,7 +692,8 @@ mod tests {
             .expect("the connection came back");
 
         let (h, pool) = home();
-        let resp = send(io, post(""), h).await.unwrap();
+        let (resp, sent) = send(io, post(""), h, false).await.unwrap();
+        assert!(sent.is_none());
         assert_eq!(resp.status(), 201);
         assert_eq!(body_of(resp).await.unwrap(), "ok");
         let mut io = pool.take(Duration::from_secs(60)).unwrap();
@@ -783,10 +795,11 @@ mod tests {
                 upload, shared,
             )))
             .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(20), send(io, req, h))
+        let resp = tokio::time::timeout(Duration::from_secs(20), send(io, req, h, false))
             .await
             .expect("the answer came while the upload was stuck")
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(resp.status(), 413);
         assert_eq!(body_of(resp).await.unwrap(), "big!");
         assert!(pool.take(Duration::from_secs(60)).is_none(), "not reused");

@@ -28,7 +28,7 @@ use crate::route::Route;
 use crate::shadow::{Pair, SideResult, CONTROL_REQUESTS, SHADOW_DURATION};
 use crate::snapshot::Snapshot;
 use crate::sniff::SseScan;
-use crate::upstream::Worker;
+use crate::upstream::{Sent, Worker};
 
 /// The request asked for JSON output (`response_format` json_object / json_schema).
 fn asks_json(body: &Value) -> bool {
@@ -196,7 +196,8 @@ pub async fn run(
 
     let start = Instant::now();
     let failed = |why, class| dest.failed(&snap, migration, why, Some(class), start.elapsed());
-    let (resp, lease) = match tokio::time::timeout(up.config.timeout, up.send(worker, req)).await {
+    let sent = tokio::time::timeout(up.config.timeout, up.send(worker, req, false)).await;
+    let Sent { resp, lease, .. } = match sent {
         Err(_) => return failed("timeout", ErrorKind::UpstreamTimeout.class()),
         Ok(Err(_)) => return failed("error", ErrorKind::UpstreamConnect.class()),
         Ok(Ok(r)) => r,

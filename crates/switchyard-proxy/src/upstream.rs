@@ -116,6 +116,14 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// A provider's answer to a request: its head (the body streams on), the connection's
+/// lease, and the request's headers as sent when [`Upstream::send`] was asked to keep them.
+pub struct Sent {
+    pub resp: Response<UpstreamBody>,
+    pub lease: Lease,
+    pub headers: Option<http::HeaderMap>,
+}
+
 impl Upstream {
     /// Builds a provider's client for `workers` proxy workers. `key` is the value of its
     /// `api_key_env`; `labels`, per migration, the name its metrics are labelled with when
@@ -331,12 +339,16 @@ impl Upstream {
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on a pooled connection or a new one.
-    /// Release the [`Lease`] once the response body has been read to its end.
+    /// Release the [`Lease`] once the response body has been read to its end. With
+    /// `keep_headers`, the request's headers as sent come back with the answer (to send it
+    /// again elsewhere): handed back over HTTP/1.1, where they are only read, and copied
+    /// before HTTP/2 takes them.
     pub async fn send(
         &self,
         worker: Worker,
         mut req: Request<BoxedBody>,
-    ) -> Result<(Response<UpstreamBody>, Lease), SendError> {
+        keep_headers: bool,
+    ) -> Result<Sent, SendError> {
         let pool = self.pool(worker);
         let max_streams = self.config.http2_max_streams;
         loop {
@@ -361,8 +373,12 @@ impl Upstream {
                         pool: pool.clone(),
                         max_idle: self.config.max_idle_connections,
                     };
-                    return match crate::h1::send(io, req, home).await {
-                        Ok(resp) => Ok((resp.map(UpstreamBody::H1), Lease { _slot: None, fresh })),
+                    return match crate::h1::send(io, req, home, keep_headers).await {
+                        Ok((resp, headers)) => Ok(Sent {
+                            resp: resp.map(UpstreamBody::H1),
+                            lease: Lease { _slot: None, fresh },
+                            headers,
+                        }),
                         Err(e) => Err(SendError::Exchange(e)),
                     };
                 }
@@ -371,12 +387,14 @@ impl Upstream {
                     (tx, slot)
                 }
             };
-            let sent = tx.try_send_request(req).await.map(|resp| {
-                let lease = Lease {
+            let headers = keep_headers.then(|| req.headers().clone());
+            let sent = tx.try_send_request(req).await.map(|resp| Sent {
+                resp: resp.map(UpstreamBody::H2),
+                lease: Lease {
                     _slot: Some(slot),
                     fresh,
-                };
-                (resp.map(UpstreamBody::H2), lease)
+                },
+                headers,
             });
             match sent {
                 Ok(done) => return Ok(done),
