@@ -262,34 +262,76 @@ impl JsonWalk {
 
     /// Structure from `data[i]` on, each string and scalar that ends in the piece read from
     /// the piece itself (most lie whole in one): where it stopped, at the piece's end, in a
-    /// token that goes on in the next piece, or where the body stopped being JSON.
+    /// token that goes on in the next piece, or where the body stopped being JSON. The byte
+    /// is looked at first, the state after: most bytes here open a key or a value.
     fn run<V: Visit>(&mut self, data: &[u8], mut i: usize, v: &mut V) -> usize {
         while i < data.len() {
             let b = data[i];
-            if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-                i += 1;
-                continue;
-            }
-            self.structure(b, v);
-            if self.capture.is_some() {
-                self.placed(data, i, v);
-            }
             i += 1;
-            match self.token {
-                Token::None => {}
-                Token::Str { key, .. } => match self.whole_string(&data[i..], key, v) {
-                    Some(end) => i += end,
-                    None => return i,
-                },
-                // Its first byte is the one just read.
-                Token::Scalar => match self.whole_scalar(&data[i - 1..], v) {
-                    Some(end) => i += end - 1,
-                    // It goes on in the next piece: kept, and read a byte at a time.
-                    None => {
-                        self.buf.push(b);
-                        return i;
+            match b {
+                b' ' | b'\n' | b'\r' | b'\t' => {}
+                b'"' => {
+                    let key = match self.expect {
+                        Expect::KeyOrClose | Expect::Key => {
+                            self.count_here();
+                            true
+                        }
+                        Expect::Value | Expect::ValueOrClose => {
+                            self.count_element();
+                            self.keep = self.path_here().is_some_and(|p| v.wants(p));
+                            false
+                        }
+                        _ => {
+                            self.fail();
+                            return i;
+                        }
+                    };
+                    match self.whole_string(&data[i..], key, v) {
+                        Some(end) => i += end,
+                        // An escape, or it goes on in the next piece: read a run at a time.
+                        None => {
+                            self.len = 0;
+                            self.buf.clear();
+                            self.token = Token::Str { key, esc: false };
+                            return i;
+                        }
                     }
-                },
+                }
+                b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+                    if matches!(self.expect, Expect::Value | Expect::ValueOrClose) =>
+                {
+                    self.count_element();
+                    match self.whole_scalar(&data[i - 1..], v) {
+                        Some(end) => i += end - 1,
+                        // It goes on in the next piece: kept, and read a byte at a time.
+                        None => {
+                            self.buf.clear();
+                            self.buf.push(b);
+                            self.token = Token::Scalar;
+                            return i;
+                        }
+                    }
+                }
+                b',' if self.expect == Expect::CommaOrClose => {
+                    if self.in_array() {
+                        let d = self.depth as usize;
+                        if d <= PATH_MAX {
+                            if let Step::Index(n) = &mut self.path[d - 1] {
+                                *n += 1;
+                            }
+                        }
+                        self.expect = Expect::Value;
+                    } else {
+                        self.expect = Expect::Key;
+                    }
+                }
+                b':' if self.expect == Expect::Colon => self.expect = Expect::Value,
+                _ => {
+                    self.container(b, v);
+                    if self.capture.is_some() {
+                        self.placed(data, i - 1, v);
+                    }
+                }
             }
             if self.invalid {
                 return i;
@@ -430,11 +472,8 @@ impl JsonWalk {
         self.after_value();
     }
 
-    /// A byte outside strings and scalars.
-    fn structure<V: Visit>(&mut self, b: u8, v: &mut V) {
-        if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-            return;
-        }
+    /// A container's bracket (or a byte that is not JSON where it stands).
+    fn container<V: Visit>(&mut self, b: u8, v: &mut V) {
         match (self.expect, b) {
             (Expect::Value | Expect::ValueOrClose, b'{' | b'[') => {
                 let array = b == b'[';
@@ -479,44 +518,6 @@ impl JsonWalk {
                 } else {
                     Expect::KeyOrClose
                 };
-            }
-            (Expect::Value | Expect::ValueOrClose, b'"') => {
-                self.count_element();
-                self.keep = self.path_here().is_some_and(|p| v.wants(p));
-                self.len = 0;
-                self.buf.clear();
-                self.token = Token::Str {
-                    key: false,
-                    esc: false,
-                };
-            }
-            (Expect::Value | Expect::ValueOrClose, b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
-                self.count_element();
-                self.buf.clear();
-                self.token = Token::Scalar;
-            }
-            (Expect::KeyOrClose | Expect::Key, b'"') => {
-                self.count_here();
-                self.len = 0;
-                self.buf.clear();
-                self.token = Token::Str {
-                    key: true,
-                    esc: false,
-                };
-            }
-            (Expect::Colon, b':') => self.expect = Expect::Value,
-            (Expect::CommaOrClose, b',') => {
-                if self.in_array() {
-                    let d = self.depth as usize;
-                    if d <= PATH_MAX {
-                        if let Step::Index(n) = &mut self.path[d - 1] {
-                            *n += 1;
-                        }
-                    }
-                    self.expect = Expect::Value;
-                } else {
-                    self.expect = Expect::Key;
-                }
             }
             (Expect::CommaOrClose | Expect::ValueOrClose | Expect::KeyOrClose, b']' | b'}') => {
                 let array = self.in_array();
@@ -650,12 +651,15 @@ mod tests {
         ] {
             assert!(whole.contains(&want.to_string()), "{want}: {whole:#?}");
         }
-        // Split at every byte: the same report.
-        let bytes: Vec<&[u8]> = DOC.as_bytes().chunks(1).collect();
-        assert_eq!(walk(&bytes), (whole.clone(), true));
-        for at in 0..DOC.len() {
-            let (a, b) = DOC.as_bytes().split_at(at);
-            assert_eq!(walk(&[a, b]), (whole.clone(), true), "split at {at}");
+        // Split at every byte, and pretty-printed: the same report.
+        let pretty = DOC.replace(",\"", ",\n  \"").replace(':', " : ");
+        for doc in [DOC, pretty.as_str()] {
+            let bytes: Vec<&[u8]> = doc.as_bytes().chunks(1).collect();
+            assert_eq!(walk(&bytes), (whole.clone(), true));
+            for at in 0..doc.len() {
+                let (a, b) = doc.as_bytes().split_at(at);
+                assert_eq!(walk(&[a, b]), (whole.clone(), true), "split at {at}");
+            }
         }
     }
 
