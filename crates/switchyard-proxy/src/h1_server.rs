@@ -241,9 +241,6 @@ impl Conn {
                 Ok(p) if !p.is_empty() => p,
                 _ => return Ok(None),
             };
-            if !first && deadline.is_none() {
-                deadline = Some(tokio::time::Instant::now() + limits.header_read_timeout);
-            }
             let from = acc.len().saturating_sub(3);
             // Most heads come whole in one read: that read's copy is the head's storage.
             let data = if acc.is_empty() {
@@ -260,6 +257,11 @@ impl Conn {
             }
             if data.len() > limits.max_header_bytes {
                 return Err(TOO_LARGE);
+            }
+            // A head begun and not complete: from now it must be within the deadline (not
+            // set before, so a head read whole costs no clock read).
+            if !first && deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + limits.header_read_timeout);
             }
             acc = data
                 .try_into_mut()

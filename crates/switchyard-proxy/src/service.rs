@@ -2,7 +2,8 @@
 //! order (read it before changing the order of anything):
 //!
 //! 0. **the connection is busy**: a request head arrived (the listener's first-request
-//!    deadline is met) and the connection's last activity is now
+//!    deadline is met); the connection is active from admission until the answer ends,
+//!    and its last activity is marked then (a refused request marks it at once)
 //!    ([`crate::conn::ConnInfo`]).
 //! 1. **snapshot**: the current [`crate::snapshot::Snapshot`] is loaded once; it serves
 //!    this request to its end, so reloads and phase changes never change a request
@@ -76,11 +77,13 @@ impl GatewayService {
             conn.started.store(true, Ordering::Relaxed);
             conn.serving();
         }
-        conn.touch();
         let snap = self.gw.load();
         let admitted = match admit(&mut req, &snap, conn) {
             Ok(a) => a,
             Err(refusal) => {
+                // An admitted request's activity is marked when its answer ends
+                // ([`Active`]); a refused one has no answer in progress to mark it.
+                conn.touch();
                 let answer = refusal.respond(&req, &snap, conn.remote);
                 return Box::pin(async move { Ok(answer) });
             }
