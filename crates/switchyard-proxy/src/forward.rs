@@ -261,11 +261,16 @@ async fn attempts(
     worker: Worker,
 ) -> Response<GatewayBody> {
     loop {
-        let up = ex.upstream();
-        let start = ex.shared.as_deref();
-        let keep_headers = ex.replay && ex.fallback.is_some();
-        let sending = up.send(worker, req, keep_headers);
-        let next = match timeout::first_byte(up.config.timeout, start, sending).await {
+        let sent = {
+            let up = ex.upstream();
+            let keep_headers = ex.replay && ex.fallback.is_some();
+            // Pinned where it is: the timeout holds a reference, not another copy of a
+            // future a kilobyte and more in size.
+            let sending = std::pin::pin!(up.send(worker, req, keep_headers));
+            let start = ex.shared.as_deref();
+            timeout::first_byte(up.config.timeout, start, sending).await
+        };
+        let next = match sent {
             Ok(Sent {
                 resp,
                 lease,
