@@ -223,6 +223,46 @@ async fn an_unreachable_h2c_provider_fails_over_before_anything_is_sent() {
     assert_eq!(r.version(), Version::HTTP_11);
 }
 
+/// A refusal over h2c fails over as one over HTTP/1.1 does: the request goes to the other
+/// side (over HTTP/1.1 here) with the client's headers, that side's key and its `Host`.
+#[tokio::test]
+async fn an_h2c_refusal_fails_over_with_the_clients_headers() {
+    let (old, new) = pair().await;
+    let yaml = with_keys(
+        &config(&old.base_url(), &new.base_url(), "phase-0"),
+        "TEST_OLD_KEY",
+        "http2: true",
+    );
+    let gw = Gateway::start(&yaml).await;
+    old.set_status(Some(503));
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-client-tag", "kept")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-switchyard-provider"], "new");
+    assert_eq!(r.headers()["x-switchyard-failover"], "old");
+    assert_eq!(chat_versions(&old), [http::Version::HTTP_2]);
+    let chats: Vec<_> = new
+        .received()
+        .into_iter()
+        .filter(|r| r.path.contains("/chat/"))
+        .collect();
+    let replayed = &chats[0];
+    assert_eq!(replayed.version, http::Version::HTTP_11);
+    assert_eq!(replayed.header("x-client-tag"), Some("kept"));
+    assert_eq!(
+        replayed.header("authorization"),
+        Some(format!("Bearer {NEW_KEY}").as_str())
+    );
+    let host = new.base_url().split('/').nth(2).unwrap().to_string();
+    assert_eq!(replayed.header("host"), Some(host.as_str()));
+    assert_eq!(replayed.json().unwrap()["messages"][0]["content"], "hello");
+}
+
 /// The gateway's own TLS listener serves what ALPN chose: HTTP/2 when the client offers
 /// h2, HTTP/1.1 when it offers http/1.1, and HTTP/1.1 when it offers nothing.
 #[tokio::test]

@@ -58,9 +58,9 @@ pub(crate) async fn send(
     let close = Wire::of(&parts.headers).close;
     let framing = request_framing(&parts, &body)?;
     let out = request_head(&parts, &framing);
-    // Nothing of the request is held longer than needed: its head and body are slices of
-    // the client connection's read buffer, which hyper cannot reuse while they live (it
-    // allocates another 8 KiB for its next read instead).
+    // Nothing of the request is held longer than needed: its header values and its body's
+    // first bytes are slices of the client's head as it was read. The headers are kept
+    // only when a refusal may send the request again, and only until the answer's head.
     let kept = keep_headers.then(|| std::mem::take(&mut parts.headers));
     drop(parts);
     let mut upload = Upload::new(out, body, framing).map_err(Written::into_error)?;
@@ -517,10 +517,10 @@ fn response_framing(
             Framing::Close
         });
     }
-    let mut len = None;
     if wire.content_length.is_none() {
         return Ok(Framing::Close);
     }
+    let mut len = None;
     // Repeated, or as a list of the same value, it is one length (RFC 9110 §8.6).
     let values = parts.headers.get_all(CONTENT_LENGTH).into_iter();
     for v in values.flat_map(|v| v.as_bytes().split(|&b| b == b',')) {

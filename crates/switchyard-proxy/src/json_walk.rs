@@ -556,7 +556,7 @@ impl JsonWalk {
     }
 }
 
-/// Where a string may end in `s`: its first `"` or `\\`. Most keys and values end within a
+/// Where a string may end in `s`: its first `"` or `\`. Most keys and values end within a
 /// few words, so those are searched a word at a time before memchr's vector search, whose
 /// set-up costs more than such a string.
 fn quote_or_escape(s: &[u8]) -> Option<usize> {
