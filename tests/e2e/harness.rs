@@ -95,6 +95,19 @@ pub async fn pair_behind_gateway_with(phase: &str, extra: &str) -> (Mock, Mock, 
     (old, new, gw)
 }
 
+/// A refused request as the other side got it: the client's `x-client-tag: kept` and
+/// `chat_body`'s message, with `to`'s own key and `Host` (not the refusing side's).
+pub fn assert_replayed_to(replayed: &switchyard_mock::Received, to: &Mock, key: &str) {
+    assert_eq!(replayed.header("x-client-tag"), Some("kept"));
+    assert_eq!(
+        replayed.header("authorization"),
+        Some(format!("Bearer {key}").as_str())
+    );
+    let host = to.base_url().split('/').nth(2).unwrap().to_string();
+    assert_eq!(replayed.header("host"), Some(host.as_str()));
+    assert_eq!(replayed.json().unwrap()["messages"][0]["content"], "hello");
+}
+
 /// A config with two providers `old` and `new`, phases 10/25/50/100, listening on port 0.
 pub fn config(old_url: &str, new_url: &str, phase: &str) -> String {
     format!(

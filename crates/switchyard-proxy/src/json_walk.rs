@@ -243,7 +243,7 @@ impl JsonWalk {
                     let b = data[i];
                     if matches!(b, b',' | b']' | b'}' | b' ' | b'\n' | b'\r' | b'\t') {
                         self.end_scalar(v);
-                        // The delimiter is read as structure below.
+                        // The delimiter is read by `run` next.
                         continue;
                     }
                     if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.')) {
