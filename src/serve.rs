@@ -274,6 +274,7 @@ pub fn main(config: PathBuf) -> std::process::ExitCode {
     use std::process::ExitCode;
 
     init_logging();
+    crate::memory::start_giving_back();
     let workers = worker_count();
     // The control plane (admin API, watchers, reloads) gets a small runtime of its own;
     // the proxy workers run beside it, one per core.
