@@ -1,12 +1,12 @@
 //! The gateway's allocator, and memory given back after a burst.
 //!
 //! On Linux the allocator is jemalloc. Every request allocates about twenty blocks and
-//! frees them when its answer ends; glibc's malloc served the largest (the request's
-//! future, 3.7 KB, above its per-thread cache's 1 KB limit) from its shared bins, and its
-//! malloc and free cost a fifth of the gateway's own CPU per request under load, against
-//! a tenth with jemalloc, whose per-thread caches take blocks up to 32 KB
-//! (`benches/README.md`, section 2). Memory per open stream stayed within 0.6 KB of
-//! glibc's; mimalloc, tried before, held twice glibc's.
+//! frees them when its answer ends. glibc's malloc served the largest (the request's
+//! future, 3.7 KB, above its per-thread cache's 1,032-byte limit) from its shared bins;
+//! under wrk its malloc and free were 13% of the gateway's user-space CPU, against 4%
+//! with jemalloc, whose per-thread caches take blocks up to 32 KB (`benches/README.md`,
+//! section 2). Memory per open stream stayed within 1 KB of glibc's; mimalloc, tried
+//! before, held twice glibc's.
 //!
 //! jemalloc gives freed pages back itself, 10 s after they were freed, from its background
 //! threads (started with the gateway: without them it gives back only while it

@@ -22,10 +22,7 @@ use crate::accounted::{Accounted, Ended};
 use crate::errors::{
     error_response, has_source, source_of, BodyTooLarge, ClientBodyError, ErrorChain,
 };
-use crate::headers::{
-    strip_hop_by_hop, X_REQUEST_ID, X_SWITCHYARD_FAILOVER, X_SWITCHYARD_MIGRATION,
-    X_SWITCHYARD_PROVIDER,
-};
+use crate::headers::{strip_hop_by_hop, OwnHeaders, X_SWITCHYARD_MIGRATION};
 use crate::limits::Permit;
 use crate::metrics::{ProviderMetrics, Recorded, EVENTS_DROPPED};
 use crate::openai::ModelPrefix;
@@ -187,17 +184,19 @@ impl Exchange {
     /// answered (and which one it failed over from), the request id.
     pub(crate) fn answer_headers(&self, headers: &mut HeaderMap) {
         strip_hop_by_hop(headers);
-        headers.insert(
-            X_SWITCHYARD_PROVIDER.clone(),
-            self.upstream().name_header.clone(),
-        );
-        headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
-        self.name_migration(headers);
-        if let Some(f) = self.failed {
-            headers.insert(
-                X_SWITCHYARD_FAILOVER.clone(),
-                self.snap.upstreams[f.provider].name_header.clone(),
-            );
+        self.own_headers().insert_into(headers);
+    }
+
+    /// The headers the gateway adds to the answer: which provider, the request id, the
+    /// migration (when named) and the provider that refused first (after a failover).
+    fn own_headers(&self) -> OwnHeaders {
+        OwnHeaders {
+            provider: self.upstream().name_header.clone(),
+            request_id: self.request_id.clone(),
+            migration: self.migration().and_then(|(_, live)| live.header.clone()),
+            failover: self
+                .failed
+                .map(|f| self.snap.upstreams[f.provider].name_header.clone()),
         }
     }
 
@@ -233,7 +232,8 @@ impl Exchange {
             // Before the request id is copied into the answer's head.
             self.unpin_client_buffer();
         }
-        self.answer_headers(&mut parts.headers);
+        strip_hop_by_hop(&mut parts.headers);
+        let own = self.own_headers();
         if self.strip_usage && stream {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
@@ -249,7 +249,7 @@ impl Exchange {
             },
             ex: self,
         });
-        let body = ResponseBody::new(body, lease, idle, sniff, on_end);
+        let body = ResponseBody::new(body, lease, idle, sniff, on_end, own);
         Response::from_parts(parts, GatewayBody::upstream(body))
     }
 

@@ -25,15 +25,15 @@ const MAX_PAUSE: Duration = Duration::from_secs(600);
 
 /// The replay policy: a body is copied as it streams (and the headers come back with the
 /// answer, [`Exchange::replay`]) when a refusal may send it to the other side.
-pub(crate) fn keep_replay(ex: &mut Exchange, body: RequestBody) -> RequestBody {
+pub(crate) fn keep_replay(ex: &mut Exchange, body: &mut RequestBody) {
     let max = match ex.migration() {
         Some((m, _)) if ex.fallback.is_some() && !m.failover.on_status.is_empty() => {
             m.failover.replay_max_body
         }
-        _ => return body,
+        _ => return,
     };
     ex.replay = true;
-    body.keeping_replay(max)
+    body.keep_replay(max);
 }
 
 /// The provider answered `resp`'s head to a request sent with `sent` headers: when it is a
@@ -81,7 +81,9 @@ pub(crate) fn after_refusal(
     // The copy holds the whole body: a fresh clock for the other provider's timeout.
     let shared = RequestShared::with_model(ex.shared.as_ref().and_then(|s| s.model()));
     ex.shared = Some(shared.clone());
-    let mut req = Request::new(Box::new(RequestBody::buffered(body, shared).reading()));
+    let mut body = Box::new(RequestBody::buffered(body, shared));
+    body.start_reading();
+    let mut req = Request::new(body);
     *req.method_mut() = ex.method.clone();
     *req.headers_mut() = headers;
     Some(ex.upstream().prepare(req, &ex.uri))

@@ -118,12 +118,12 @@ pub(crate) async fn forward(
         (Some(Err(broke)), _) => return ex.client_broke(&broke),
     };
     // 3. prepare the body
-    let (mut ex, body) = match prepare(ex, &mut parts, upload, &route, worker).await {
+    let (mut ex, mut body) = match prepare(ex, &mut parts, upload, &route, worker).await {
         Ok(prepared) => prepared,
         Err(refused) => return refused,
     };
-    let body = failover::keep_replay(&mut ex, body);
-    let req = Request::from_parts(parts, Box::new(body));
+    failover::keep_replay(&mut ex, &mut body);
+    let req = Request::from_parts(parts, body);
     let req = match ex.upstream().prepare(req, &ex.uri) {
         Ok(r) => r,
         Err(e) => return ex.unforwardable(&e),
@@ -145,7 +145,7 @@ async fn prepare(
     upload: Upload,
     route: &Route,
     worker: Worker,
-) -> Result<(Box<Exchange>, RequestBody), Response<GatewayBody>> {
+) -> Result<(Box<Exchange>, BoxedBody), Response<GatewayBody>> {
     let limit = ex.snap.config.server.max_body_bytes;
     let json_required = ex.endpoint.requires_json();
     let (mut body, mut ahead) = match upload {
@@ -218,25 +218,25 @@ async fn prepare(
     if json_required && seen_not_json {
         return Err(ex.client_broke(&ClientBodyError::not_json()));
     }
-    let b = if let Some(read) = ahead {
-        models::first_body(&mut ex, read, &mut parts.headers, limit).requiring_json(json_required)
+    let mut b = if let Some(read) = ahead {
+        let mut b = models::first_body(&mut ex, read, &mut parts.headers, limit);
+        b.require_json(json_required);
+        b
     } else if let Some((bytes, read)) = whole {
         let shared = RequestShared::of_read(read);
         ex.shared = Some(shared.clone());
-        RequestBody::buffered(bytes, shared)
+        Box::new(RequestBody::buffered(bytes, shared))
     } else {
         let incoming = body.take().expect("the body is there");
-        let (b, shared) = RequestBody::streaming(incoming, limit);
+        let (mut b, shared) = RequestBody::streaming(incoming, limit);
         ex.shared = Some(shared);
-        b.requiring_json(json_required)
+        b.require_json(json_required);
+        b
     };
-    Ok((
-        ex,
-        match tee {
-            Some(t) => b.with_tee(t),
-            None => b,
-        },
-    ))
+    if let Some(t) = tee {
+        b.tee_into(t);
+    }
+    Ok((ex, b))
 }
 
 /// The whole body: `held` (read already) and the rest, within `limit`.

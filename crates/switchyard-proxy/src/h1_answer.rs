@@ -5,8 +5,10 @@
 use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::header;
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode, Version};
+
+use crate::headers::OwnHeaders;
 
 /// How the answer's body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,11 +21,13 @@ pub(crate) enum Out {
 }
 
 /// The answer's head: status line, the answer's headers (framing and connection headers
-/// are the server's), `date`, framing, connection.
+/// are the server's) and the gateway's own (`own`, in place of the answer's of the same
+/// names), `date`, framing, connection.
 pub(crate) fn answer_head(
     status: StatusCode,
     version: Version,
     headers: &HeaderMap,
+    own: Option<&OwnHeaders>,
     out: Out,
     head_length: Option<u64>,
     keep_alive: bool,
@@ -44,14 +48,15 @@ pub(crate) fn answer_head(
             || name == header::TRANSFER_ENCODING
             || name == header::CONNECTION
             || name == "keep-alive"
+            || own.is_some_and(|o| o.replaces(name))
         {
             continue;
         }
         dated |= name == header::DATE;
-        h.extend_from_slice(name.as_str().as_bytes());
-        h.extend_from_slice(b": ");
-        h.extend_from_slice(value.as_bytes());
-        h.extend_from_slice(b"\r\n");
+        line(&mut h, name, value);
+    }
+    for (name, value) in own.into_iter().flat_map(OwnHeaders::each) {
+        line(&mut h, name, value);
     }
     if !dated {
         h.extend_from_slice(b"date: ");
@@ -76,6 +81,13 @@ pub(crate) fn answer_head(
     }
     h.extend_from_slice(b"\r\n");
     h
+}
+
+fn line(h: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    h.extend_from_slice(name.as_str().as_bytes());
+    h.extend_from_slice(b": ");
+    h.extend_from_slice(value.as_bytes());
+    h.extend_from_slice(b"\r\n");
 }
 
 fn itoa_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
@@ -133,6 +145,53 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
+    fn the_gateways_own_headers_replace_the_answers_of_the_same_names() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("x-request-id", HeaderValue::from_static("provider-id"));
+        headers.insert(
+            "x-switchyard-provider",
+            HeaderValue::from_static("upstream"),
+        );
+        headers.insert("x-switchyard-migration", HeaderValue::from_static("theirs"));
+        headers.insert("x-other", HeaderValue::from_static("kept"));
+        let own = OwnHeaders {
+            provider: HeaderValue::from_static("new"),
+            request_id: HeaderValue::from_static("client-id"),
+            migration: None,
+            failover: Some(HeaderValue::from_static("old")),
+        };
+        let h = answer_head(
+            StatusCode::OK,
+            Version::HTTP_11,
+            &headers,
+            Some(&own),
+            Out::Length(2),
+            None,
+            true,
+        );
+        let h = String::from_utf8(h).unwrap();
+        for line in [
+            "content-type: application/json\r\n",
+            "x-other: kept\r\n",
+            "x-switchyard-provider: new\r\n",
+            "x-request-id: client-id\r\n",
+            "x-switchyard-failover: old\r\n",
+            // Not the gateway's to set here: the answer's passes on.
+            "x-switchyard-migration: theirs\r\n",
+        ] {
+            assert_eq!(h.matches(line).count(), 1, "{line:?} once in {h}");
+        }
+        assert!(!h.contains("provider-id") && !h.contains("upstream"), "{h}");
+        // The same for a server that writes heads from the map.
+        own.insert_into(&mut headers);
+        assert_eq!(headers["x-request-id"], "client-id");
+        assert_eq!(headers["x-switchyard-provider"], "new");
+        assert_eq!(headers["x-switchyard-failover"], "old");
+        assert_eq!(headers["x-switchyard-migration"], "theirs");
+    }
+
+    #[test]
     fn answer_heads_carry_framing_date_and_connection() {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -144,6 +203,7 @@ mod tests {
             StatusCode::OK,
             Version::HTTP_11,
             &headers,
+            None,
             Out::Chunked,
             None,
             true,
@@ -162,6 +222,7 @@ mod tests {
             StatusCode::OK,
             Version::HTTP_10,
             &HeaderMap::new(),
+            None,
             Out::Length(12),
             None,
             false,

@@ -470,7 +470,8 @@ fn framed(
     is_head: bool,
     mut keep_alive: bool,
 ) -> (Vec<u8>, GatewayBody, Out, bool) {
-    let (parts, body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
+    let own = body.take_own_headers();
     let status = parts.status;
     let no_body = is_head
         || status.is_informational()
@@ -498,6 +499,7 @@ fn framed(
         status,
         version,
         &parts.headers,
+        own.as_ref(),
         out,
         is_head.then_some(declared).flatten(),
         keep_alive,

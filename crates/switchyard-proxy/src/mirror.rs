@@ -176,9 +176,9 @@ pub async fn run(
     let body_len = body.len();
     let endpoint = Endpoint::of(mirror.method == Method::POST, mirror.uri.path());
     let shared = Arc::new(RequestShared::default());
-    let mut req = Request::new(Box::new(
-        RequestBody::buffered(body, shared.clone()).reading(),
-    ));
+    let mut body = Box::new(RequestBody::buffered(body, shared.clone()));
+    body.start_reading();
+    let mut req = Request::new(body);
     *req.method_mut() = mirror.method;
     *req.headers_mut() = mirror.headers;
     let Ok(mut req) = up.prepare(req, &mirror.uri) else {

@@ -125,7 +125,7 @@ pub(crate) fn first_body(
     read: ReadAhead,
     headers: &mut http::HeaderMap,
     limit: u64,
-) -> RequestBody {
+) -> BoxedBody {
     let ReadAhead { prefix, rest } = read;
     let held = renamed_for(&prefix, &ex.upstream().config);
     set_length(headers, prefix.held.len(), held.len());

@@ -33,7 +33,7 @@ pub struct RequestShared {
     /// On tokio's clock, so that tests with paused time see the same clock as the timer.
     sent: OnceLock<tokio::time::Instant>,
     /// The whole body as sent, when a replay copy was asked for and it fit (see
-    /// [`RequestBody::keeping_replay`]). Set once, at the body's end.
+    /// [`RequestBody::keep_replay`]). Set once, at the body's end.
     replay: Mutex<Option<Bytes>>,
 }
 
@@ -222,7 +222,9 @@ impl RequestBody {
     }
 
     /// The client's body, streamed; its model is read from it as it passes.
-    pub fn streaming(incoming: ClientBody, limit: u64) -> (Self, Arc<RequestShared>) {
+    /// Boxed at once, where the provider path keeps it: the steps after it set it up in
+    /// place rather than move its 560 bytes from one step to the next.
+    pub fn streaming(incoming: ClientBody, limit: u64) -> (BoxedBody, Arc<RequestShared>) {
         let shared = Arc::new(RequestShared::default());
         let hint = incoming.size_hint();
         let source = if incoming.is_end_stream() {
@@ -231,12 +233,13 @@ impl RequestBody {
         } else {
             Source::Live(incoming)
         };
-        let body = RequestBody {
+        let mut body = Box::new(RequestBody {
             hint,
             limit,
             ..RequestBody::new(shared.clone(), None, source)
-        };
-        (body.reading(), shared)
+        });
+        body.start_reading();
+        (body, shared)
     }
 
     /// The client's body of which `prefix` was read ahead (and perhaps rewritten): the
@@ -247,16 +250,17 @@ impl RequestBody {
         rest: Option<ClientBody>,
         limit: u64,
         model: Option<&str>,
-    ) -> (Self, Arc<RequestShared>) {
+    ) -> (BoxedBody, Arc<RequestShared>) {
         let shared = RequestShared::with_model(model);
-        let body = match rest {
+        let mut body = Box::new(match rest {
             Some(i) if !i.is_end_stream() => RequestBody {
                 limit,
                 ..RequestBody::new(shared.clone(), Some(prefix), Source::Live(i))
             },
             _ => RequestBody::buffered(prefix, shared.clone()),
-        };
-        (body.reading(), shared)
+        });
+        body.start_reading();
+        (body, shared)
     }
 
     /// A body the gateway already holds whole (it rewrote it): nothing to wait for, so the
@@ -279,39 +283,35 @@ impl RequestBody {
     }
 
     /// Also reads the model and `max_tokens` of what passes.
-    pub fn reading(mut self) -> Self {
+    pub fn start_reading(&mut self) {
         self.scan = Some(RequestScan::default());
-        self
     }
 
     /// Refuses the body (as the client's malformed upload) once it is seen not to be JSON.
-    pub fn requiring_json(mut self, required: bool) -> Self {
+    pub fn require_json(&mut self, required: bool) {
         self.json_required = required;
         if required && self.scan.is_none() {
             self.scan = Some(RequestScan::default());
         }
-        self
     }
 
     /// Mirrors the body into `tee` as it streams.
-    pub fn with_tee(mut self, tee: Tee) -> Self {
+    pub fn tee_into(&mut self, tee: Tee) {
         match &self.source {
             Source::Done => tee.complete_with(Bytes::new()),
             Source::Buffered(Some(b)) if self.prefix.is_none() => tee.complete_with(b.clone()),
             _ => self.tee = Some(tee),
         }
-        self
     }
 
     /// Keeps a copy of up to `max` bytes of the body as sent, in [`RequestShared::replay`]
     /// once it ended (for a failover after a refusal).
-    pub fn keeping_replay(mut self, max: u64) -> Self {
+    pub fn keep_replay(&mut self, max: u64) {
         match &self.source {
             // An empty body never streams: it was sent whole at once.
             Source::Done if self.prefix.is_none() => self.shared.set_replay(Bytes::new()),
             _ => self.replay = Some(BodyCopy::new(max)),
         }
-        self
     }
 
     /// The length of the read-ahead prefix still to be sent (0: none).

@@ -20,6 +20,7 @@ use crate::answer::JsonAnswer;
 use crate::conn::Active;
 use crate::errors::{BoxError, StreamIdle};
 use crate::features::{AnswerDetails, MAX_TEXT};
+use crate::headers::OwnHeaders;
 use crate::pool::Lease;
 use crate::sniff::SseScan;
 use crate::upstream::UpstreamBody;
@@ -106,8 +107,10 @@ pin_project! {
     pub struct ResponseBody {
         #[pin]
         inner: UpstreamBody,
+        // Armed at the first read that waits: most JSON answers end within the read
+        // that brought their head, and never need it.
         #[pin]
-        idle: Sleep,
+        idle: Option<Sleep>,
         idle_timeout: Duration,
         bytes: u64,
         sniff: Sniff,
@@ -115,6 +118,8 @@ pin_project! {
         on_end: Option<Box<dyn OnEnd>>,
         // The connection the body comes on: back to its pool once the body is read whole.
         lease: Option<Lease>,
+        // Written with the head by the server that writes it (taken then).
+        own: Option<OwnHeaders>,
     }
 
     impl PinnedDrop for ResponseBody {
@@ -141,6 +146,7 @@ impl ResponseBody {
         idle_timeout: Duration,
         sniff: Sniff,
         on_end: Box<dyn OnEnd>,
+        own: OwnHeaders,
     ) -> Self {
         let mut on_end = Some(on_end);
         let mut lease = Some(lease);
@@ -154,13 +160,14 @@ impl ResponseBody {
         }
         ResponseBody {
             inner,
-            idle: tokio::time::sleep(idle_timeout),
+            idle: None,
             idle_timeout,
             bytes: 0,
             sniff,
             upstream_done: false,
             on_end,
             lease,
+            own: Some(own),
         }
     }
 }
@@ -231,9 +238,9 @@ impl Body for ResponseBody {
                         if let Some(cb) = this.on_end.take() {
                             cb.on_end(BodyEnd::Complete, this.sniff.summary(*this.bytes));
                         }
-                    } else {
+                    } else if let Some(idle) = this.idle.as_mut().as_pin_mut() {
                         let deadline = tokio::time::Instant::now() + *this.idle_timeout;
-                        this.idle.as_mut().reset(deadline);
+                        idle.reset(deadline);
                     }
                     // An SSE rewrite may hold a frame back until its event is complete.
                     if frame.data_ref().is_some_and(Bytes::is_empty) {
@@ -252,7 +259,12 @@ impl Body for ResponseBody {
                     give_back(this.lease);
                 }
                 Poll::Pending => {
-                    ready!(this.idle.as_mut().poll(cx));
+                    if this.idle.is_none() {
+                        this.idle.set(Some(tokio::time::sleep(*this.idle_timeout)));
+                    }
+                    if let Some(idle) = this.idle.as_mut().as_pin_mut() {
+                        ready!(idle.poll(cx));
+                    }
                     if let Some(cb) = this.on_end.take() {
                         cb.on_end(BodyEnd::Idle, this.sniff.summary(*this.bytes));
                     }
@@ -301,6 +313,14 @@ impl GatewayBody {
         GatewayBody::Upstream {
             body: Box::pin(body),
             active: None,
+        }
+    }
+
+    /// The gateway's own headers for this answer's head, once: see [`OwnHeaders`].
+    pub fn take_own_headers(&mut self) -> Option<OwnHeaders> {
+        match self {
+            GatewayBody::Full { .. } => None,
+            GatewayBody::Upstream { body, .. } => body.as_mut().project().own.take(),
         }
     }
 

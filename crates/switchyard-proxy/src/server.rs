@@ -279,7 +279,10 @@ impl Builders {
             Proto::H2 => {
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        svc.answer(req.map(ClientBody::H2))
+                        // hyper writes the head from the map: `call` puts the gateway's own
+                        // headers there.
+                        let mut svc = svc.clone();
+                        tower::Service::call(&mut svc, req.map(ClientBody::H2))
                     });
                 let mut conn = Box::pin(self.h2.serve_connection(TokioIo::new(stream), svc));
                 let conn = async move {

@@ -64,8 +64,17 @@ impl Service<Request<ClientBody>> for GatewayService {
         Poll::Ready(Ok(()))
     }
 
+    /// The answer with the gateway's own headers in its map, for servers that write heads
+    /// from the map (the HTTP/1.1 server writes them itself: [`crate::headers::OwnHeaders`]).
     fn call(&mut self, req: Request<ClientBody>) -> Answer {
-        self.answer(req)
+        let answer = self.answer(req);
+        Box::pin(async move {
+            let mut resp = answer.await?;
+            if let Some(own) = resp.body_mut().take_own_headers() {
+                own.insert_into(resp.headers_mut());
+            }
+            Ok(resp)
+        })
     }
 }
 
