@@ -13,9 +13,10 @@
 # Env: DURATION (3600 s), RATE_SHARE (0.5), RATE (requests/s; measured when unset),
 # SSE_SHARE (0.2), RELOAD_S (60: seconds between reloads), SLOT_S (300: seconds between a
 # rollback and the next phase move; shorter to find what a rise follows). The heap columns
-# are glibc's own count (mallinfo2) at the gateway's latest trim (once a minute under
-# load): in use, and free inside its arenas (trimmed pages included, so not all
-# resident); a leak moves the first, fragmentation moves RSS away from it. Loopback only;
+# are jemalloc's own count at the gateway's latest purge (once a minute under load): in
+# use (`stats.allocated`), and resident beyond it (`stats.resident` less that: the
+# allocator's pages not yet given back, and its metadata); a leak moves the first,
+# fragmentation the second. Loopback only;
 # nginx and wrk (installed like make bench does) measure the rate when RATE is unset.
 # Where the load generators share the gateway's cores (2 here), half of nginx's saturation
 # cannot be generated: set RATE (4000 served an hour here with no failure). Do not edit

@@ -193,7 +193,7 @@ impl Exchange {
         OwnHeaders {
             provider: self.upstream().name_header.clone(),
             request_id: self.request_id.clone(),
-            migration: self.migration().and_then(|(_, live)| live.header.clone()),
+            migration: self.migration_header(),
             failover: self
                 .failed
                 .map(|f| self.snap.upstreams[f.provider].name_header.clone()),
@@ -363,9 +363,13 @@ impl Exchange {
 
     /// `x-switchyard-migration`, in a gateway of several migrations.
     fn name_migration(&self, headers: &mut HeaderMap) {
-        if let Some(v) = self.migration().and_then(|(_, live)| live.header.as_ref()) {
-            headers.insert(X_SWITCHYARD_MIGRATION.clone(), v.clone());
+        if let Some(v) = self.migration_header() {
+            headers.insert(X_SWITCHYARD_MIGRATION.clone(), v);
         }
+    }
+
+    fn migration_header(&self) -> Option<HeaderValue> {
+        self.migration().and_then(|(_, live)| live.header.clone())
     }
 
     /// Metrics, tokens and cost, the watchers' event, the access log: once per attempt.

@@ -47,7 +47,7 @@ use crate::h1_framing::{poll_read_piece, Wire};
 pub use crate::h1_request::HeadLimits;
 use crate::h1_request::{ends_head, parse_head, Head, Refused, TOO_LARGE};
 use crate::response_body::GatewayBody;
-use crate::service::GatewayService;
+use crate::service::{GatewayService, OwnIn};
 
 /// The write side of a client connection.
 pub(crate) type WriteSide = Box<dyn AsyncWrite + Send + Unpin>;
@@ -140,7 +140,7 @@ pub(crate) async fn serve(
         *req.uri_mut() = uri;
         *req.version_mut() = version;
         *req.headers_mut() = headers;
-        let mut answer = svc.answer(req);
+        let mut answer = svc.answer_with(req, OwnIn::Body);
         // `100 Continue` goes out when the request path first reads the body (so a
         // request refused before that gets its answer instead).
         let (hand, mut expects) = (conn.hand.clone(), expect_continue);

@@ -12,8 +12,8 @@ pub static X_SWITCHYARD_SHADOW: HeaderName = HeaderName::from_static("x-switchya
 
 /// The gateway's own headers on a provider's answer. The HTTP/1.1 server writes them as
 /// it writes the head, in place of any the provider sent of the same names, rather than
-/// insert them into the provider's header map: three inserts of custom names, with the
-/// map's growth they caused, were 2% of a request's instructions. HTTP/2 answers get them
+/// insert them into the provider's header map: two to four inserts of custom names, with
+/// the map's growth they caused, were 2% of a request's instructions. HTTP/2 answers get them
 /// in the map ([`OwnHeaders::insert_into`]), since hyper writes those heads.
 #[derive(Debug, Clone)]
 pub struct OwnHeaders {

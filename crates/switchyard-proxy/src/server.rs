@@ -19,7 +19,7 @@ use crate::client_body::{ClientBody, ReadSide};
 use crate::conn::ConnInfo;
 use crate::h1_server::{HeadLimits, WriteSide};
 use crate::metrics::REJECTED_TOTAL;
-use crate::service::GatewayService;
+use crate::service::{GatewayService, OwnIn};
 use crate::slots::{Slots, SHED_WAIT};
 use crate::snapshot::Gateway;
 use crate::upstream::Worker;
@@ -279,10 +279,8 @@ impl Builders {
             Proto::H2 => {
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        // hyper writes the head from the map: `call` puts the gateway's own
-                        // headers there.
-                        let mut svc = svc.clone();
-                        tower::Service::call(&mut svc, req.map(ClientBody::H2))
+                        // hyper writes the head from the map.
+                        svc.answer_with(req.map(ClientBody::H2), OwnIn::Map)
                     });
                 let mut conn = Box::pin(self.h2.serve_connection(TokioIo::new(stream), svc));
                 let conn = async move {

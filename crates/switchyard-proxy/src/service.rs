@@ -67,20 +67,25 @@ impl Service<Request<ClientBody>> for GatewayService {
     /// The answer with the gateway's own headers in its map, for servers that write heads
     /// from the map (the HTTP/1.1 server writes them itself: [`crate::headers::OwnHeaders`]).
     fn call(&mut self, req: Request<ClientBody>) -> Answer {
-        let answer = self.answer(req);
-        Box::pin(async move {
-            let mut resp = answer.await?;
-            if let Some(own) = resp.body_mut().take_own_headers() {
-                own.insert_into(resp.headers_mut());
-            }
-            Ok(resp)
-        })
+        self.answer_with(req, OwnIn::Map)
     }
 }
 
+/// Where a provider answer's own headers ([`crate::headers::OwnHeaders`]) go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OwnIn {
+    /// Into its header map (what `call` answers: heads written from the map, as hyper's
+    /// HTTP/2 server does).
+    Map,
+    /// Left with its body, for a server that writes them with the head
+    /// ([`crate::h1_server`], with [`GatewayBody::take_own_headers`]).
+    Body,
+}
+
 impl GatewayService {
-    /// The answer to `req` (the service's steps; `call` without `&mut`).
-    pub fn answer(&self, mut req: Request<ClientBody>) -> Answer {
+    /// The answer to `req` (the service's steps; `call` without `&mut`), its own headers
+    /// where `own` says.
+    pub fn answer_with(&self, mut req: Request<ClientBody>, own: OwnIn) -> Answer {
         let conn = &self.conn;
         if !conn.started.load(Ordering::Relaxed) {
             conn.started.store(true, Ordering::Relaxed);
@@ -102,6 +107,11 @@ impl GatewayService {
         Box::pin(async move {
             let mut resp = forward(req, snap, admitted, worker, client).await;
             resp.body_mut().hold(active);
+            if own == OwnIn::Map {
+                if let Some(own) = resp.body_mut().take_own_headers() {
+                    own.insert_into(resp.headers_mut());
+                }
+            }
             Ok(resp)
         })
     }
