@@ -11,11 +11,11 @@
 //! jemalloc gives freed pages back itself, gradually over the 10 s after they were freed
 //! (its dirty-page decay), from its background threads (started with the gateway: without
 //! them it gives back only while it allocates, so an idle gateway would stay at a burst's
-//! peak). On top of that the gateway
-//! purges every arena at once when a burst is over, a few times more as the burst's
-//! upstream connections close, and once a minute under steady load, where load that
-//! never ends still moves between connections (a phase move, a rollback, provider
-//! connections closing when idle). What it gave back: `benches/README.md`.
+//! peak). On top of that the gateway purges every arena at once when a burst is over, a
+//! few times more as the burst's upstream connections close, and once a minute under
+//! steady load, where load that never ends still moves between connections (a phase move,
+//! a rollback, provider connections closing when idle). What it gave back:
+//! `benches/README.md`.
 
 /// jemalloc, on the platform the gateway is built and measured on.
 #[cfg(target_os = "linux")]

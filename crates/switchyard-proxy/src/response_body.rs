@@ -262,9 +262,8 @@ impl Body for ResponseBody {
                     if this.idle.is_none() {
                         this.idle.set(Some(tokio::time::sleep(*this.idle_timeout)));
                     }
-                    if let Some(idle) = this.idle.as_mut().as_pin_mut() {
-                        ready!(idle.poll(cx));
-                    }
+                    let idle = this.idle.as_mut().as_pin_mut().expect("armed just above");
+                    ready!(idle.poll(cx));
                     if let Some(cb) = this.on_end.take() {
                         cb.on_end(BodyEnd::Idle, this.sniff.summary(*this.bytes));
                     }
