@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use switchyard_core::event::{RequestEvent, ShadowEvent};
+use switchyard_core::event::ShadowEvent;
 use switchyard_core::{Config, MigrationState, Trigger};
 use switchyard_proxy::shadow::ShadowRuntime;
-use switchyard_proxy::Sinks;
+use switchyard_proxy::{EventQueues, Sinks};
 use switchyard_proxy::{Gateway, Snapshot};
 use switchyard_watch::{Alert, Alerter};
 use tokio::sync::{mpsc, watch, Mutex};
@@ -106,7 +106,7 @@ impl Control {
         path: PathBuf,
         prometheus: PrometheusHandle,
         workers: usize,
-        events: mpsc::Sender<RequestEvent>,
+        events: EventQueues,
         shadow_events: mpsc::Sender<ShadowEvent>,
         stop: watch::Receiver<bool>,
     ) -> Result<(Control, Arc<Config>), String> {
@@ -118,7 +118,7 @@ impl Control {
         path: PathBuf,
         prometheus: PrometheusHandle,
         workers: usize,
-        events: mpsc::Sender<RequestEvent>,
+        events: EventQueues,
         shadow_events: mpsc::Sender<ShadowEvent>,
         stop: watch::Receiver<bool>,
         store: Option<Arc<dyn Store>>,

@@ -54,7 +54,7 @@ pub async fn start(
     workers: usize,
     stop: signal::Receiver<bool>,
 ) -> Result<Running, String> {
-    let (events_tx, events_rx) = mpsc::channel(watch::EVENT_QUEUE);
+    let (events_tx, events_rx) = switchyard_proxy::EventQueues::new(workers, watch::EVENT_QUEUE);
     let (shadow_tx, shadow_rx) = mpsc::channel(watch::EVENT_QUEUE);
     let (control, config) = Control::start(
         path,

@@ -26,7 +26,7 @@ pub const EVENT_QUEUE: usize = 65536;
 
 pub fn spawn(
     control: Arc<Control>,
-    events: mpsc::Receiver<RequestEvent>,
+    events: Vec<mpsc::Receiver<RequestEvent>>,
     shadows: mpsc::Receiver<ShadowEvent>,
     stop: watch::Receiver<bool>,
 ) {
@@ -71,9 +71,32 @@ impl Judge {
     }
 }
 
+/// Takes what the workers' queues hold into `batch` (emptied first), up to
+/// [`EVENT_QUEUE`]: one event from each queue in turn, since the windows keep the latest
+/// requests and a batch read queue after queue would leave them all one worker's. Answers
+/// false once the queues are closed (the gateway is gone).
+fn drain(queues: &mut [mpsc::Receiver<RequestEvent>], batch: &mut Vec<RequestEvent>) -> bool {
+    batch.clear();
+    let mut more = true;
+    while more && batch.len() < EVENT_QUEUE {
+        more = false;
+        for queue in queues.iter_mut() {
+            match queue.try_recv() {
+                Ok(e) => {
+                    batch.push(e);
+                    more = true;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {}
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+    true
+}
+
 async fn judge(
     control: Arc<Control>,
-    mut events: mpsc::Receiver<RequestEvent>,
+    mut events: Vec<mpsc::Receiver<RequestEvent>>,
     mut stop: watch::Receiver<bool>,
 ) {
     // One per migration, in the config's order.
@@ -90,13 +113,8 @@ async fn judge(
             _ = tick.tick() => {}
         }
         ticks = ticks.wrapping_add(1);
-        batch.clear();
-        while batch.len() < EVENT_QUEUE {
-            match events.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => return,
-            }
+        if !drain(&mut events, &mut batch) {
+            return;
         }
         let got_events = !batch.is_empty();
         // Gates only need a look twice a second.
@@ -519,3 +537,46 @@ async fn probe(up: &Upstream, path: &str, timeout: Duration) -> Result<(), Strin
 
 /// The most of a health answer read to keep its connection.
 const PROBE_BODY_MAX: usize = 256 << 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_proxy::upstream::Worker;
+    use switchyard_proxy::EventQueues;
+
+    fn event(provider: &str) -> RequestEvent {
+        RequestEvent {
+            provider: provider.into(),
+            ..RequestEvent::default()
+        }
+    }
+
+    /// Each worker's events go on its own queue, and the watcher takes them in turn, so
+    /// the latest requests in a window are both workers'.
+    #[test]
+    fn the_workers_queues_are_drained_in_turn() {
+        let (queues, mut receivers) = EventQueues::new(2, 16);
+        assert_eq!(receivers.len(), 3, "two workers and the control plane");
+        for _ in 0..3 {
+            queues.of(Worker::Proxy(0)).try_send(event("zero")).unwrap();
+        }
+        queues.of(Worker::Proxy(1)).try_send(event("one")).unwrap();
+        queues
+            .of(Worker::Control)
+            .try_send(event("control"))
+            .unwrap();
+        // A worker the queues were not made for uses the last queue: its events are kept.
+        queues.of(Worker::Proxy(7)).try_send(event("late")).unwrap();
+        let mut batch = Vec::new();
+        assert!(drain(&mut receivers, &mut batch));
+        let got: Vec<&str> = batch.iter().map(|e| &*e.provider).collect();
+        assert_eq!(got, ["zero", "one", "control", "zero", "late", "zero"]);
+        assert!(drain(&mut receivers, &mut batch));
+        assert!(batch.is_empty(), "drained and emptied");
+        drop(queues);
+        assert!(
+            !drain(&mut receivers, &mut batch),
+            "closed with the gateway"
+        );
+    }
+}

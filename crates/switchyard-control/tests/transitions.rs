@@ -54,7 +54,7 @@ fn start(path: &Path, store: Option<Arc<MemoryStore>>) -> Replica {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .build_recorder()
         .handle();
-    let (events, _) = mpsc::channel(16);
+    let (events, _) = switchyard_proxy::EventQueues::new(1, 16);
     let (shadows, _) = mpsc::channel(16);
     let (stop_tx, stop) = watch::channel(false);
     let (control, _) = Control::start_with_store(

@@ -33,7 +33,7 @@ use crate::route::Route;
 use crate::shadow::{Pair, SideResult};
 use crate::snapshot::{Live, Snapshot};
 use crate::trace::TraceCtx;
-use crate::upstream::{Upstream, UpstreamBody};
+use crate::upstream::{Upstream, UpstreamBody, Worker};
 
 /// The status an access line gives a request whose client left before its answer's head
 /// (nginx's "client closed request": what operators read in access logs).
@@ -91,6 +91,8 @@ pub struct Exchange {
     pub(crate) trace: Option<TraceCtx>,
     /// The client key's in-flight slot, freed when the exchange ends.
     pub(crate) _permit: Option<Arc<Permit>>,
+    /// The worker it runs on: its events go on that worker's queue.
+    worker: Worker,
 }
 
 /// What an exchange starts from (the rest it learns on the way).
@@ -104,6 +106,7 @@ pub(crate) struct Start {
     pub(crate) client: Option<SocketAddr>,
     pub(crate) trace: Option<TraceCtx>,
     pub(crate) permit: Option<Arc<Permit>>,
+    pub(crate) worker: Worker,
 }
 
 impl Exchange {
@@ -131,6 +134,7 @@ impl Exchange {
             client: s.client,
             trace: s.trace,
             _permit: s.permit,
+            worker: s.worker,
         })
     }
 
@@ -444,7 +448,7 @@ impl Exchange {
                 features,
                 unmetered,
             };
-            if events.try_send(event).is_err() {
+            if events.of(self.worker).try_send(event).is_err() {
                 metrics::counter!(EVENTS_DROPPED).increment(1);
             }
         }

@@ -107,6 +107,7 @@ pub(crate) async fn forward(
         client,
         trace,
         permit: who.permit,
+        worker,
     });
     let (ex, upload) = match (early, body) {
         (None, Some(body)) => (ex, Upload::Streaming(body)),
@@ -260,6 +261,9 @@ async fn attempts(
     mut req: Request<BoxedBody>,
     worker: Worker,
 ) -> Response<GatewayBody> {
+    // The first attempt's wait counts from the exchange's start (microseconds before it,
+    // and a clock read saved); a retry's from its own call.
+    let mut called = tokio::time::Instant::from_std(ex.start);
     loop {
         let sent = {
             let up = ex.upstream();
@@ -268,7 +272,7 @@ async fn attempts(
             // future a kilobyte and more in size.
             let sending = std::pin::pin!(up.send(worker, req, keep_headers));
             let start = ex.shared.as_deref();
-            timeout::first_byte(up.config.timeout, start, sending).await
+            timeout::first_byte(up.config.timeout, start, called, sending).await
         };
         let next = match sent {
             Ok(Sent {
@@ -295,6 +299,7 @@ async fn attempts(
             Ok(r) => r,
             Err(e) => return ex.unforwardable(&e),
         };
+        called = tokio::time::Instant::now();
     }
 }
 

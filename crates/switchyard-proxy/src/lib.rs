@@ -51,4 +51,4 @@ pub mod trace;
 pub mod upstream;
 
 pub use server::{serve, ServerLimits};
-pub use snapshot::{Gateway, Sinks, Snapshot};
+pub use snapshot::{EventQueues, Gateway, Sinks, Snapshot};

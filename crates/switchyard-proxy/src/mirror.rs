@@ -58,6 +58,8 @@ pub enum MirrorTo {
     Control {
         /// The request's routing bucket.
         key: u16,
+        /// The worker it runs on (its event goes on that worker's queue).
+        worker: Worker,
     },
 }
 
@@ -74,9 +76,9 @@ impl MirrorTo {
     ) {
         match self {
             MirrorTo::Shadow(pair) => pair.failed(why),
-            MirrorTo::Control { key } => {
+            MirrorTo::Control { key, worker } => {
                 if let Some(class) = class {
-                    control_event(snap, migration, *key, class, took, None);
+                    control_event(snap, migration, (*key, *worker), class, took, None);
                 }
             }
         }
@@ -87,7 +89,7 @@ impl MirrorTo {
 fn control_event(
     snap: &Snapshot,
     migration: usize,
-    key: u16,
+    (key, worker): (u16, Worker),
     class: Class,
     latency: Duration,
     answer: Option<(&SideResult, Option<&str>)>,
@@ -121,7 +123,7 @@ fn control_event(
         features: side.map(|s| s.features).unwrap_or_default(),
         unmetered: false,
     };
-    if events.try_send(event).is_err() {
+    if events.of(worker).try_send(event).is_err() {
         metrics::counter!(crate::metrics::EVENTS_DROPPED).increment(1);
     }
 }
@@ -302,10 +304,10 @@ pub async fn run(
                 .record(latency.as_secs_f64());
             pair.shadow(side, asks_json(&request_json));
         }
-        MirrorTo::Control { key } => control_event(
+        MirrorTo::Control { key, worker } => control_event(
             &snap,
             migration,
-            key,
+            (key, worker),
             class,
             latency,
             Some((&side, model.as_deref())),
@@ -366,7 +368,13 @@ pub(crate) fn start(
         let pair = Pair::new(rt.clone(), id.to_string(), migration as u16);
         (MirrorTo::Shadow(pair.clone()), Some(pair))
     } else {
-        (MirrorTo::Control { key: bucket }, None)
+        (
+            MirrorTo::Control {
+                key: bucket,
+                worker,
+            },
+            None,
+        )
     };
     tokio::spawn(run(snap.clone(), mirror, rx, dest, permit, worker));
     (Some(tee), pair)

@@ -23,11 +23,9 @@ use crate::errors::{BodyTooLarge, BoxError, ClientBodyError};
 #[derive(Debug, Default)]
 pub struct RequestShared {
     pub model: OnceLock<Box<str>>,
-    /// The request's own `max_tokens` (or `max_completion_tokens`, `max_output_tokens`):
-    /// an answer cut at it is what the client asked for.
-    pub max_tokens: OnceLock<u64>,
-    /// What it asked of its answer beyond text, once the body was read whole.
-    pub asked: OnceLock<Asked>,
+    /// What the body asked, once it was read whole (one cell, not one per fact: each set
+    /// is an atomic step).
+    asks: OnceLock<Asks>,
     /// When the whole body had been handed to the provider's connection: the provider's
     /// first-byte timeout counts from here, so a slow upload is not the provider's delay.
     /// On tokio's clock, so that tests with paused time see the same clock as the timer.
@@ -35,6 +33,16 @@ pub struct RequestShared {
     /// The whole body as sent, when a replay copy was asked for and it fit (see
     /// [`RequestBody::keep_replay`]). Set once, at the body's end.
     replay: Mutex<Option<Bytes>>,
+}
+
+/// What a request body asked, read whole.
+#[derive(Debug)]
+struct Asks {
+    /// The request's own `max_tokens` (or `max_completion_tokens`, `max_output_tokens`):
+    /// an answer cut at it is what the client asked for.
+    max_tokens: Option<u64>,
+    /// What it asked of its answer beyond text.
+    asked: Asked,
 }
 
 impl RequestShared {
@@ -50,11 +58,15 @@ impl RequestShared {
     /// A fresh one for a body already read whole: what it asked is known.
     pub fn of_read(read: RequestRead) -> Arc<RequestShared> {
         let shared = RequestShared::with_model(read.model.as_deref());
-        if let Some(n) = read.max_tokens {
-            let _ = shared.max_tokens.set(n);
-        }
-        let _ = shared.asked.set(crate::features::asked_of(&read));
+        shared.read_whole(&read);
         shared
+    }
+
+    fn read_whole(&self, read: &RequestRead) {
+        let _ = self.asks.set(Asks {
+            max_tokens: read.max_tokens,
+            asked: crate::features::asked_of(read),
+        });
     }
 
     pub fn model(&self) -> Option<&str> {
@@ -62,11 +74,11 @@ impl RequestShared {
     }
 
     pub fn max_tokens(&self) -> Option<u64> {
-        self.max_tokens.get().copied()
+        self.asks.get().and_then(|a| a.max_tokens)
     }
 
     pub fn asked(&self) -> Option<&Asked> {
-        self.asked.get()
+        self.asks.get().map(|a| &a.asked)
     }
 
     pub fn sent_at(&self) -> Option<tokio::time::Instant> {
@@ -378,10 +390,7 @@ impl RequestBody {
     fn end(&mut self) -> Result<(), BoxError> {
         if let Some(mut scan) = self.scan.take() {
             let json = scan.finish();
-            if let Some(n) = scan.read.max_tokens {
-                let _ = self.shared.max_tokens.set(n);
-            }
-            let _ = self.shared.asked.set(crate::features::asked_of(&scan.read));
+            self.shared.read_whole(&scan.read);
             if self.json_required && !json {
                 return Err(Box::new(ClientBodyError::not_json()));
             }
