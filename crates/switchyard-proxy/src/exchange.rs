@@ -156,7 +156,7 @@ impl Exchange {
 
     /// The metrics of the provider the request is with, for its migration.
     pub(crate) fn metrics(&self) -> &ProviderMetrics {
-        self.upstream().metrics(self.migration)
+        self.upstream().metrics(self.migration, self.worker)
     }
 
     /// The providers the request may still go to (now, then the fallback).
@@ -242,7 +242,8 @@ impl Exchange {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         let up = self.upstream();
-        up.metrics(self.migration).answer_began(first_byte, stream);
+        up.metrics(self.migration, self.worker)
+            .answer_began(first_byte, stream);
         let idle = up.config.idle_timeout;
         let on_end = Box::new(AtEnd {
             head: Ended {
@@ -404,7 +405,7 @@ impl Exchange {
             (true, Some(t)) => Some(t.duration_since(self.start)),
             _ => ttfb,
         };
-        let outcome = up.metrics(self.migration).record(&Recorded {
+        let outcome = up.metrics(self.migration, self.worker).record(&Recorded {
             status,
             class,
             elapsed,

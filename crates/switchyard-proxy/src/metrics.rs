@@ -127,10 +127,14 @@ pub fn describe() {
     counter!(EVENTS_DROPPED).absolute(0);
 }
 
-/// The Prometheus text of `rendered` with the float counters (USD, which the metrics
-/// crate can only hold as gauges) typed as the counters they are.
+/// The label that tells the workers' series of a provider apart (see [`ProviderMetrics`]).
+const WORKER_LABEL: &str = "worker";
+
+/// The Prometheus text of `rendered` with each provider's per-worker series summed into
+/// one, and the float counters (USD, which the metrics crate can only hold as gauges)
+/// typed as the counters they are.
 pub fn render(rendered: String) -> String {
-    let mut out = rendered;
+    let mut out = sum_workers(&rendered);
     for name in [COST_TOTAL, MODEL_COST, SHADOW_COST] {
         out = out.replace(
             &format!("# TYPE {name} gauge"),
@@ -138,6 +142,109 @@ pub fn render(rendered: String) -> String {
         );
     }
     out
+}
+
+/// Each worker counts its requests in series of its own (label [`WORKER_LABEL`], last of
+/// a series' own labels): two workers adding to the same atomics at every request made
+/// each wait for the other's cache line. The series a scrape shows are their sums, where
+/// the first worker's stood. Every per-worker series is additive: counters, histogram
+/// buckets, sums and counts, and the gauges of answers in flight and of cost.
+fn sum_workers(text: &str) -> String {
+    let mut lines: Vec<std::borrow::Cow<'_, str>> = Vec::new();
+    // The merged series: where it stands in `lines`, and its sum so far.
+    let mut merged: std::collections::HashMap<String, (usize, Sum)> = Default::default();
+    for line in text.lines() {
+        let Some((series, value)) = per_worker(line) else {
+            lines.push(line.into());
+            continue;
+        };
+        match (merged.get_mut(&series), Sum::of(value)) {
+            (Some((_, sum)), Some(v)) => sum.add(v),
+            (None, Some(v)) => {
+                lines.push(std::borrow::Cow::Borrowed(""));
+                merged.insert(series, (lines.len() - 1, v));
+            }
+            // Not a number this knows how to add: shown as it came.
+            (_, None) => lines.push(line.into()),
+        }
+    }
+    for (series, (at, sum)) in merged {
+        lines[at] = format!("{series} {sum}").into();
+    }
+    let mut out = lines.join("\n");
+    if text.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+/// A series line with the worker label: the series without it, and the value.
+fn per_worker(line: &str) -> Option<(String, &str)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let label = format!("{WORKER_LABEL}=\"");
+    // A label's name follows `{` or `,`; quotes inside values are escaped, so `worker="`
+    // with a bare quote there is the label itself.
+    let start = [",", "{"]
+        .iter()
+        .filter_map(|sep| series.find(&format!("{sep}{label}")))
+        .min()?;
+    let name_at = start + 1;
+    let value_at = name_at + label.len();
+    let end = value_at + series[value_at..].find('"')? + 1;
+    let (before, after) = (&series[..name_at], &series[end..]);
+    let joined = match (before.ends_with('{'), after.strip_prefix(',')) {
+        // `{worker="0",le="…"}`: the comma after it goes with it.
+        (true, Some(rest)) => format!("{before}{rest}"),
+        // `{worker="0"}`: no labels left.
+        (true, None) => format!("{}{}", &before[..before.len() - 1], &after[1..]),
+        // `…,worker="0"…`: the comma before it goes with it.
+        (false, _) => format!("{}{after}", &before[..before.len() - 1]),
+    };
+    Some((joined, value))
+}
+
+/// A sum of series values: whole while every value is a whole number (counters, bucket
+/// counts), else floating point.
+#[derive(Clone, Copy)]
+enum Sum {
+    Whole(u64),
+    Float(f64),
+}
+
+impl Sum {
+    fn of(value: &str) -> Option<Sum> {
+        value
+            .parse::<u64>()
+            .map(Sum::Whole)
+            .ok()
+            .or_else(|| value.parse::<f64>().ok().map(Sum::Float))
+    }
+
+    fn add(&mut self, other: Sum) {
+        *self = match (*self, other) {
+            (Sum::Whole(a), Sum::Whole(b)) => Sum::Whole(a.saturating_add(b)),
+            (a, b) => Sum::Float(a.float() + b.float()),
+        };
+    }
+
+    fn float(self) -> f64 {
+        match self {
+            Sum::Whole(n) => n as f64,
+            Sum::Float(f) => f,
+        }
+    }
+}
+
+impl std::fmt::Display for Sum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sum::Whole(n) => write!(f, "{n}"),
+            Sum::Float(x) => write!(f, "{x}"),
+        }
+    }
 }
 
 /// Outcome classes, the `status` label of `switchyard_requests_total`.
@@ -233,19 +340,23 @@ struct ModelMetrics {
 
 impl ProviderMetrics {
     /// With a `model` series for each of `models` (the priced ones) and `other`; every
-    /// series labelled with `migration` too when given (a gateway of several migrations).
+    /// series labelled with `migration` too when given (a gateway of several migrations),
+    /// and with `worker`'s index, last, which [`render`] sums away.
     pub fn new<'a>(
         provider: &str,
         models: impl Iterator<Item = &'a str>,
         migration: Option<&str>,
+        worker: usize,
     ) -> Self {
         let mut base = vec![Label::new("provider", provider.to_string())];
         if let Some(m) = migration {
             base.push(Label::new("migration", m.to_string()));
         }
+        let worker = Label::new(WORKER_LABEL, worker.to_string());
         let with = |more: &[(&'static str, &str)]| -> Vec<Label> {
             let mut l = base.clone();
             l.extend(more.iter().map(|(k, v)| Label::new(*k, v.to_string())));
+            l.push(worker.clone());
             l
         };
         let by_model = models
@@ -346,5 +457,96 @@ impl ProviderMetrics {
     pub fn count(&self, outcome: Outcome, class: Class) {
         self.requests[outcome as usize].increment(1);
         self.classes[class as usize].increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    /// The scrape of `answers` answers (and one stream still open) spread over `workers`.
+    fn scrape(workers: usize, answers: usize) -> String {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .expect("buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let each: Vec<ProviderMetrics> = (0..workers)
+                .map(|w| ProviderMetrics::new("old", ["deepseek-chat"].into_iter(), None, w))
+                .collect();
+            for i in 0..answers {
+                let m = &each[i % workers];
+                // Binary fractions: a float sum is the same in any order.
+                let took = Duration::from_millis(if i % 2 == 0 { 250 } else { 500 });
+                m.answer_began(took / 2, false);
+                m.record(&Recorded {
+                    status: 200,
+                    class: Class::Success,
+                    elapsed: took,
+                    cut_short: None,
+                    waited: None,
+                    model: Some("deepseek-chat"),
+                    tokens: (12, 3),
+                    cost: Some(0.125),
+                    ttft: None,
+                    unmetered: false,
+                });
+                m.answer_ended(false);
+            }
+            each[workers - 1].answer_began(Duration::from_millis(125), true);
+        });
+        render(handle.render())
+    }
+
+    /// A scrape shows one series per provider however many workers counted into it, each
+    /// the sum of theirs: what one worker counting everything shows.
+    #[test]
+    fn the_workers_series_are_scraped_as_one() {
+        let two = scrape(2, 7);
+        assert!(!two.contains("worker"), "{two}");
+        for line in [
+            r#"switchyard_requests_total{provider="old",status="2xx"} 7"#,
+            r#"switchyard_tokens_total{provider="old",kind="prompt"} 84"#,
+            r#"switchyard_cost_usd_total{provider="old"} 0.875"#,
+            r#"switchyard_model_cost_usd_total{provider="old",model="deepseek-chat"} 0.875"#,
+            r#"switchyard_request_duration_seconds_bucket{provider="old",le="0.25"} 4"#,
+            r#"switchyard_request_duration_seconds_bucket{provider="old",le="0.5"} 7"#,
+            r#"switchyard_request_duration_seconds_count{provider="old"} 7"#,
+            r#"switchyard_request_duration_seconds_sum{provider="old"} 2.5"#,
+            r#"switchyard_responses_in_flight{provider="old"} 1"#,
+            r#"switchyard_open_streams{provider="old"} 1"#,
+            "# TYPE switchyard_cost_usd_total counter",
+        ] {
+            assert_eq!(two.matches(line).count(), 1, "{line} in\n{two}");
+        }
+        let alone = scrape(1, 7);
+        let mut one: Vec<&str> = alone.lines().collect();
+        let mut both: Vec<&str> = two.lines().collect();
+        one.sort_unstable();
+        both.sort_unstable();
+        assert_eq!(one, both);
+    }
+
+    #[test]
+    fn a_worker_label_anywhere_in_a_series_is_taken_out() {
+        let text = "# TYPE a counter\n\
+                    a{worker=\"0\"} 1\n\
+                    a{worker=\"1\"} 2\n\
+                    b{x=\"worker=\\\"1\\\"\",worker=\"0\",le=\"+Inf\"} 1.5\n\
+                    b{x=\"worker=\\\"1\\\"\",worker=\"1\",le=\"+Inf\"} 1\n\
+                    c{worker=\"0\",y=\"z\"} 4\n\
+                    c{worker=\"1\",y=\"z\"} NaN?\n\
+                    d 5\n";
+        assert_eq!(
+            sum_workers(text),
+            "# TYPE a counter\n\
+             a 3\n\
+             b{x=\"worker=\\\"1\\\"\",le=\"+Inf\"} 2.5\n\
+             c{y=\"z\"} 4\n\
+             c{worker=\"1\",y=\"z\"} NaN?\n\
+             d 5\n"
+        );
     }
 }

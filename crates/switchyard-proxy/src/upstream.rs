@@ -86,7 +86,7 @@ pub struct Upstream {
     proto: AtomicU8,
     /// Unlabelled first (requests no migration routed, or a gateway of one); then, in a
     /// gateway of several, one set per migration this provider is a side of, labelled with
-    /// its name.
+    /// its name. Each a set per worker, as `pools` (summed by [`crate::metrics::render`]).
     metrics: Box<[ProviderMetrics]>,
     /// Per migration (`config.migrations`' order), which of `metrics` its requests count in.
     slots: Box<[usize]>,
@@ -190,12 +190,15 @@ impl Upstream {
             proto: AtomicU8::new(proto),
             metrics: std::iter::once(None)
                 .chain(labels.iter().flatten().map(|m| Some(m.as_str())))
-                .map(|m| {
-                    ProviderMetrics::new(
-                        &config.name,
-                        config.pricing.models.keys().map(String::as_str),
-                        m,
-                    )
+                .flat_map(|m| {
+                    (0..=workers.max(1)).map(move |w| {
+                        ProviderMetrics::new(
+                            &config.name,
+                            config.pricing.models.keys().map(String::as_str),
+                            m,
+                            w,
+                        )
+                    })
                 })
                 .collect(),
             slots: labels
@@ -292,15 +295,18 @@ impl Upstream {
     }
 
     /// `worker`'s pool: the proxy workers' first, the control plane's last.
-    #[inline]
     fn pool(&self, worker: Worker) -> &Arc<Pool> {
+        &self.pools[self.worker_index(worker)]
+    }
+
+    /// `worker`'s place among the pools (and among each slot's metrics).
+    #[inline]
+    fn worker_index(&self, worker: Worker) -> usize {
         let control = self.pools.len() - 1;
         match worker {
-            Worker::Proxy(n) => {
-                debug_assert!(n < control, "worker {n} of {control}");
-                &self.pools[n]
-            }
-            Worker::Control => &self.pools[control],
+            // A worker beyond the count built for (none in the gateway) uses the last.
+            Worker::Proxy(n) => n.min(control),
+            Worker::Control => control,
         }
     }
 
@@ -523,11 +529,11 @@ impl Upstream {
         &self.config == config && &self.key == key && *self.labels == *labels
     }
 
-    /// The metrics of requests routed by `migration` (`None`: by no migration).
+    /// The metrics of requests routed by `migration` (`None`: by no migration) on `worker`.
     #[inline]
-    pub fn metrics(&self, migration: Option<usize>) -> &ProviderMetrics {
+    pub fn metrics(&self, migration: Option<usize>, worker: Worker) -> &ProviderMetrics {
         let slot = migration.and_then(|i| self.slots.get(i).copied());
-        &self.metrics[slot.unwrap_or(0)]
+        &self.metrics[slot.unwrap_or(0) * self.pools.len() + self.worker_index(worker)]
     }
 }
 
@@ -538,11 +544,14 @@ fn now_ms() -> u64 {
 }
 
 /// Why [`Upstream::send`] failed.
+#[derive(thiserror::Error)]
 pub enum SendError {
     /// No connection could be made; nothing was sent, and the request comes back.
+    #[error("cannot connect: {0}")]
     Connect(BoxError, Box<Request<BoxedBody>>),
     /// The exchange failed once the request was on its way (the provider's side, or the
     /// client's body as it was raised).
+    #[error("{0}")]
     Exchange(BoxError),
 }
 
@@ -580,15 +589,6 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::H1(b) => b.size_hint(),
             UpstreamBody::H2(b) => b.size_hint(),
-        }
-    }
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Connect(e, _) => write!(f, "cannot connect: {e}"),
-            SendError::Exchange(e) => write!(f, "{e}"),
         }
     }
 }
