@@ -53,7 +53,7 @@ fn headers(c: &mut Criterion) {
 
 fn metrics_path(c: &mut Criterion) {
     let _ = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder();
-    let m = ProviderMetrics::new("new", std::iter::empty(), None);
+    let m = ProviderMetrics::new("new", std::iter::empty(), None, 0);
     c.bench_function("metrics/count + 2 histograms + tokens", |b| {
         b.iter(|| {
             m.count(black_box(Outcome::S2xx), black_box(Class::Success));

@@ -1,6 +1,6 @@
 //! The watcher tasks: feed request events into the stats and the guards, roll back or
 //! advance when the judgement says so, and probe provider health. All off the request
-//! path: the data plane only `try_send`s events into a bounded queue.
+//! path: the data plane only `try_send`s events into its worker's bounded queue.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, watch};
 use crate::cluster::FleetWindow;
 use crate::control::{named, slot, Control};
 
-/// Room for bursts while the watcher is busy (e.g. persisting a rollback).
+/// Room for bursts while the watcher is busy (e.g. persisting a rollback), shared between
+/// the workers' queues.
 pub const EVENT_QUEUE: usize = 65536;
 
 pub fn spawn(
@@ -74,12 +75,13 @@ impl Judge {
 /// Takes what the workers' queues hold into `batch` (emptied first), up to
 /// [`EVENT_QUEUE`]: one event from each queue in turn, since the windows keep the latest
 /// requests and a batch read queue after queue would leave them all one worker's. Answers
-/// false once the queues are closed (the gateway is gone).
+/// false once every queue is closed and empty (the gateway is gone).
 fn drain(queues: &mut [mpsc::Receiver<RequestEvent>], batch: &mut Vec<RequestEvent>) -> bool {
     batch.clear();
+    let mut closed = 0;
     let mut more = true;
     while more && batch.len() < EVENT_QUEUE {
-        more = false;
+        (more, closed) = (false, 0);
         for queue in queues.iter_mut() {
             match queue.try_recv() {
                 Ok(e) => {
@@ -87,11 +89,11 @@ fn drain(queues: &mut [mpsc::Receiver<RequestEvent>], batch: &mut Vec<RequestEve
                     more = true;
                 }
                 Err(mpsc::error::TryRecvError::Empty) => {}
-                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => closed += 1,
             }
         }
     }
-    true
+    !batch.is_empty() || closed < queues.len()
 }
 
 async fn judge(
@@ -565,7 +567,7 @@ mod tests {
             .of(Worker::Control)
             .try_send(event("control"))
             .unwrap();
-        // A worker the queues were not made for uses the last queue: its events are kept.
+        // A worker the queues were not made for shares the last worker's: its events are kept.
         queues.of(Worker::Proxy(7)).try_send(event("late")).unwrap();
         let mut batch = Vec::new();
         assert!(drain(&mut receivers, &mut batch));

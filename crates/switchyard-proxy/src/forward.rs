@@ -261,9 +261,6 @@ async fn attempts(
     mut req: Request<BoxedBody>,
     worker: Worker,
 ) -> Response<GatewayBody> {
-    // The first attempt's wait counts from the exchange's start (microseconds before it,
-    // and a clock read saved); a retry's from its own call.
-    let mut called = tokio::time::Instant::from_std(ex.start);
     loop {
         let sent = {
             let up = ex.upstream();
@@ -272,7 +269,7 @@ async fn attempts(
             // future a kilobyte and more in size.
             let sending = std::pin::pin!(up.send(worker, req, keep_headers));
             let start = ex.shared.as_deref();
-            timeout::first_byte(up.config.timeout, start, called, sending).await
+            timeout::first_byte(up.config.timeout, start, sending).await
         };
         let next = match sent {
             Ok(Sent {
@@ -299,7 +296,6 @@ async fn attempts(
             Ok(r) => r,
             Err(e) => return ex.unforwardable(&e),
         };
-        called = tokio::time::Instant::now();
     }
 }
 

@@ -49,6 +49,7 @@ pub mod timeout;
 pub mod tls;
 pub mod trace;
 pub mod upstream;
+mod upstream_body;
 
 pub use server::{serve, ServerLimits};
 pub use snapshot::{EventQueues, Gateway, Sinks, Snapshot};

@@ -148,27 +148,37 @@ pub fn render(rendered: String) -> String {
 /// a series' own labels): two workers adding to the same atomics at every request made
 /// each wait for the other's cache line. The series a scrape shows are their sums, where
 /// the first worker's stood. Every per-worker series is additive: counters, histogram
-/// buckets, sums and counts, and the gauges of answers in flight and of cost.
+/// buckets, sums and counts (histograms, as every `_seconds` metric is rendered, not
+/// summaries, whose quantiles are not), and the gauges of answers in flight and of cost.
+/// Values are added in the workers' order, whatever order the exporter gave them in: a
+/// floating-point sum taken in another order can come out an ulp lower, which a scraper
+/// would read as a counter's reset.
 fn sum_workers(text: &str) -> String {
     let mut lines: Vec<std::borrow::Cow<'_, str>> = Vec::new();
-    // The merged series: where it stands in `lines`, and its sum so far.
-    let mut merged: std::collections::HashMap<String, (usize, Sum)> = Default::default();
+    // The merged series: where it stands in `lines`, and each worker's value.
+    let mut merged: std::collections::HashMap<String, (usize, Vec<(u32, Sum)>)> =
+        Default::default();
     for line in text.lines() {
-        let Some((series, value)) = per_worker(line) else {
+        let Some((series, worker, value)) = per_worker(line) else {
             lines.push(line.into());
             continue;
         };
         match (merged.get_mut(&series), Sum::of(value)) {
-            (Some((_, sum)), Some(v)) => sum.add(v),
+            (Some((_, values)), Some(v)) => values.push((worker, v)),
             (None, Some(v)) => {
                 lines.push(std::borrow::Cow::Borrowed(""));
-                merged.insert(series, (lines.len() - 1, v));
+                merged.insert(series, (lines.len() - 1, vec![(worker, v)]));
             }
             // Not a number this knows how to add: shown as it came.
             (_, None) => lines.push(line.into()),
         }
     }
-    for (series, (at, sum)) in merged {
+    for (series, (at, mut values)) in merged {
+        values.sort_unstable_by_key(|(w, _)| *w);
+        let mut sum = values[0].1;
+        for (_, v) in &values[1..] {
+            sum.add(*v);
+        }
         lines[at] = format!("{series} {sum}").into();
     }
     let mut out = lines.join("\n");
@@ -178,8 +188,8 @@ fn sum_workers(text: &str) -> String {
     out
 }
 
-/// A series line with the worker label: the series without it, and the value.
-fn per_worker(line: &str) -> Option<(String, &str)> {
+/// A series line with the worker label: the series without it, the worker, and the value.
+fn per_worker(line: &str) -> Option<(String, u32, &str)> {
     if line.starts_with('#') {
         return None;
     }
@@ -194,6 +204,7 @@ fn per_worker(line: &str) -> Option<(String, &str)> {
     let name_at = start + 1;
     let value_at = name_at + label.len();
     let end = value_at + series[value_at..].find('"')? + 1;
+    let worker = series[value_at..end - 1].parse().ok()?;
     let (before, after) = (&series[..name_at], &series[end..]);
     let joined = match (before.ends_with('{'), after.strip_prefix(',')) {
         // `{worker="0",le="…"}`: the comma after it goes with it.
@@ -203,7 +214,7 @@ fn per_worker(line: &str) -> Option<(String, &str)> {
         // `…,worker="0"…`: the comma before it goes with it.
         (false, _) => format!("{}{after}", &before[..before.len() - 1]),
     };
-    Some((joined, value))
+    Some((joined, worker, value))
 }
 
 /// A sum of series values: whole while every value is a whole number (counters, bucket
@@ -463,12 +474,13 @@ impl ProviderMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metrics_exporter_prometheus::PrometheusBuilder;
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
     /// The scrape of `answers` answers (and one stream still open) spread over `workers`.
     fn scrape(workers: usize, answers: usize) -> String {
+        // As the gateway installs it (`serve::install_metrics`).
         let recorder = PrometheusBuilder::new()
-            .set_buckets(LATENCY_BUCKETS)
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
             .expect("buckets")
             .build_recorder();
         let handle = recorder.handle();
@@ -527,6 +539,65 @@ mod tests {
         one.sort_unstable();
         both.sort_unstable();
         assert_eq!(one, both);
+    }
+
+    /// Every (migration, worker) pair counts in a set of its own, each labelled with its
+    /// migration, and a scrape shows per migration the sum over its workers.
+    #[test]
+    fn each_migration_and_worker_counts_in_its_own_set() {
+        use crate::upstream::Worker;
+        let yaml = "providers:\n  old: { base_url: \"http://127.0.0.1:9/v1\" }\n  new: { base_url: \"http://127.0.0.1:9/v1\" }\n  third: { base_url: \"http://127.0.0.1:9/v1\" }\ndefault_provider: old\nmigrations:\n  chat:\n    match: { models: [deepseek-chat] }\n    from: old\n    to: new\n    phases: [ { name: all, percent: 100 } ]\n  emb:\n    match: { paths: [/v1/embeddings] }\n    from: old\n    to: third\n    phases: [ { name: all, percent: 100 } ]\n";
+        let config = std::sync::Arc::new(switchyard_core::Config::parse(yaml, "t.yaml").unwrap());
+        let states = config
+            .migrations
+            .iter()
+            .map(|m| (m.file_state.clone(), 0))
+            .collect();
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let (snap, _) = crate::Snapshot::build(config, 1, states, &|_| None, None, 3).unwrap();
+            let old = snap.upstreams.iter().find(|u| &*u.name == "old").unwrap();
+            let mut seen = Vec::new();
+            // Worker w of migration m counts 10^m × (w + 1) requests (none routed: 1,000).
+            for (m, scale) in [(None, 1000), (Some(0), 1), (Some(1), 10)] {
+                for w in 0..3 {
+                    let set = old.metrics(m, Worker::Proxy(w));
+                    assert!(!seen.iter().any(|s| std::ptr::eq(*s, set)), "{m:?} {w}");
+                    seen.push(set);
+                    for _ in 0..scale * (w + 1) {
+                        set.count(Outcome::S2xx, Class::Success);
+                    }
+                }
+            }
+            assert!(std::ptr::eq(old.metrics(Some(0), Worker::Control), seen[3]));
+        });
+        let text = render(handle.render());
+        for line in [
+            r#"switchyard_requests_total{provider="old",status="2xx"} 6000"#,
+            r#"switchyard_requests_total{provider="old",migration="chat",status="2xx"} 6"#,
+            r#"switchyard_requests_total{provider="old",migration="emb",status="2xx"} 60"#,
+        ] {
+            assert_eq!(text.matches(line).count(), 1, "{line} in\n{text}");
+        }
+    }
+
+    /// Float values are added in the workers' order however the scrape listed them, so a
+    /// cost counter never reads an ulp lower from one scrape to the next.
+    #[test]
+    fn float_sums_do_not_depend_on_the_scrapes_order() {
+        let line = |w: u32, v: &str| format!("cost{{p=\"x\",worker=\"{w}\"}} {v}\n");
+        let (a, b, c) = (line(0, "0.1"), line(1, "0.2"), line(2, "0.3"));
+        let in_order = sum_workers(&format!("{a}{b}{c}"));
+        // In another order the sum would be 0.6 (0.2 + 0.3 first), not 0.6000000000000001.
+        assert_eq!(in_order, "cost{p=\"x\"} 0.6000000000000001\n");
+        for shuffled in [
+            format!("{b}{c}{a}"),
+            format!("{c}{a}{b}"),
+            format!("{c}{b}{a}"),
+        ] {
+            assert_eq!(sum_workers(&shuffled), in_order);
+        }
     }
 
     #[test]

@@ -91,35 +91,38 @@ pub struct Sinks {
 }
 
 /// The finished requests' way to the watchers: a bounded queue per worker (the control
-/// plane's last). Each worker writes only its own: with one queue shared, the two workers
-/// of a small replica wrote the same cache lines at every request, and that push was 3% of
-/// a worker's user time under load. When a queue is full its events are dropped (and
+/// plane's last), so that each worker writes only its own and never the cache lines the
+/// other is writing at every request. When a queue is full its events are dropped (and
 /// counted), never waited for.
 #[derive(Clone)]
 pub struct EventQueues(Arc<[mpsc::Sender<RequestEvent>]>);
 
+/// The control plane's queue, and the least room a worker's has.
+const CONTROL_QUEUE: usize = 1024;
+
 impl EventQueues {
-    /// Queues for `workers` proxy workers and the control plane, `capacity` events in all;
-    /// the receivers in the same order.
+    /// Queues for `workers` proxy workers, `capacity` events shared between them (at
+    /// least 1,024 each), and a small one for the control plane, which forwards no client
+    /// requests; the receivers in the same order.
     pub fn new(
         workers: usize,
         capacity: usize,
     ) -> (EventQueues, Vec<mpsc::Receiver<RequestEvent>>) {
-        let queues = workers + 1;
-        let each = (capacity / queues).max(1024);
-        let (tx, rx) = (0..queues)
-            .map(|_| mpsc::channel(each))
-            .unzip::<_, _, Vec<_>, _>();
+        let workers = workers.max(1);
+        let each = (capacity / workers).max(CONTROL_QUEUE);
+        let sizes = std::iter::repeat_n(each, workers).chain([CONTROL_QUEUE]);
+        let (tx, rx) = sizes.map(mpsc::channel).unzip::<_, _, Vec<_>, _>();
         (EventQueues(tx.into()), rx)
     }
 
     /// `worker`'s queue.
     #[inline]
     pub fn of(&self, worker: Worker) -> &mpsc::Sender<RequestEvent> {
-        let last = self.0.len() - 1;
+        let control = self.0.len() - 1;
         match worker {
-            Worker::Proxy(n) => &self.0[n.min(last)],
-            Worker::Control => &self.0[last],
+            // A worker beyond those counted (none in the gateway) shares the last one's.
+            Worker::Proxy(n) => &self.0[n.min(control - 1)],
+            Worker::Control => &self.0[control],
         }
     }
 }

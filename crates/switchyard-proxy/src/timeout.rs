@@ -28,16 +28,11 @@ pub trait Started {
 }
 
 /// `inner` (a request to a provider), ended with [`TimeoutError::Elapsed`] when it has no
-/// response head within `limit`, counted as `start` says ([`Since::Call`]: from `called`,
-/// which the caller may have read already). The timer is armed once and re-armed only when
-/// it fires while the request is still being sent or was sent late, so the usual request
-/// costs no extra wake-up.
-pub fn first_byte<F, S: Started>(
-    limit: Duration,
-    start: S,
-    called: Instant,
-    inner: F,
-) -> TimeoutFuture<F, S> {
+/// response head within `limit`, counted as `start` says. The timer is armed once and
+/// re-armed only when it fires while the request is still being sent or was sent late, so
+/// the usual request costs no extra wake-up.
+pub fn first_byte<F, S: Started>(limit: Duration, start: S, inner: F) -> TimeoutFuture<F, S> {
+    let called = Instant::now();
     TimeoutFuture {
         limit,
         start,
@@ -140,7 +135,7 @@ mod tests {
                 None => std::future::pending().await,
             }
         };
-        first_byte(LIMIT, Shared(body.clone()), Instant::now(), answer).await
+        first_byte(LIMIT, Shared(body.clone()), answer).await
     }
 
     /// The provider's first-byte timeout counts from the end of the client's upload.

@@ -22,11 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_core::config::InjectStreamUsage;
 
-use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
@@ -34,11 +31,12 @@ use switchyard_core::config::ProviderConfig;
 
 use crate::connect::{connect_tcp, h2_handshake, Connected, Io};
 use crate::errors::{BoxError, BuildError, ProviderProblem};
-use crate::h1_body::{H1Body, Home};
+use crate::h1_body::Home;
 use crate::headers::{maps_to_itself, upstream_path};
 use crate::metrics::ProviderMetrics;
 use crate::pool::{Conn, Lease, Pool};
 use crate::request_body::BoxedBody;
+pub use crate::upstream_body::UpstreamBody;
 
 /// Which pool a request uses: a proxy worker's own, or the control plane's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +84,7 @@ pub struct Upstream {
     proto: AtomicU8,
     /// Unlabelled first (requests no migration routed, or a gateway of one); then, in a
     /// gateway of several, one set per migration this provider is a side of, labelled with
-    /// its name. Each a set per worker, as `pools` (summed by [`crate::metrics::render`]).
+    /// its name. Each a set per proxy worker (summed by [`crate::metrics::render`]).
     metrics: Box<[ProviderMetrics]>,
     /// Per migration (`config.migrations`' order), which of `metrics` its requests count in.
     slots: Box<[usize]>,
@@ -191,7 +189,7 @@ impl Upstream {
             metrics: std::iter::once(None)
                 .chain(labels.iter().flatten().map(|m| Some(m.as_str())))
                 .flat_map(|m| {
-                    (0..=workers.max(1)).map(move |w| {
+                    (0..workers.max(1)).map(move |w| {
                         ProviderMetrics::new(
                             &config.name,
                             config.pricing.models.keys().map(String::as_str),
@@ -295,18 +293,15 @@ impl Upstream {
     }
 
     /// `worker`'s pool: the proxy workers' first, the control plane's last.
-    fn pool(&self, worker: Worker) -> &Arc<Pool> {
-        &self.pools[self.worker_index(worker)]
-    }
-
-    /// `worker`'s place among the pools (and among each slot's metrics).
     #[inline]
-    fn worker_index(&self, worker: Worker) -> usize {
+    fn pool(&self, worker: Worker) -> &Arc<Pool> {
         let control = self.pools.len() - 1;
         match worker {
-            // A worker beyond the count built for (none in the gateway) uses the last.
-            Worker::Proxy(n) => n.min(control),
-            Worker::Control => control,
+            Worker::Proxy(n) => {
+                debug_assert!(n < control, "worker {n} of {control}");
+                &self.pools[n]
+            }
+            Worker::Control => &self.pools[control],
         }
     }
 
@@ -529,11 +524,17 @@ impl Upstream {
         &self.config == config && &self.key == key && *self.labels == *labels
     }
 
-    /// The metrics of requests routed by `migration` (`None`: by no migration) on `worker`.
+    /// The metrics of requests routed by `migration` (`None`: by no migration) on `worker`
+    /// (the control plane forwards no requests: it has no set of its own).
     #[inline]
     pub fn metrics(&self, migration: Option<usize>, worker: Worker) -> &ProviderMetrics {
         let slot = migration.and_then(|i| self.slots.get(i).copied());
-        &self.metrics[slot.unwrap_or(0) * self.pools.len() + self.worker_index(worker)]
+        let workers = self.pools.len() - 1;
+        let w = match worker {
+            Worker::Proxy(n) => n.min(workers - 1),
+            Worker::Control => 0,
+        };
+        &self.metrics[slot.unwrap_or(0) * workers + w]
     }
 }
 
@@ -553,44 +554,6 @@ pub enum SendError {
     /// client's body as it was raised).
     #[error("{0}")]
     Exchange(BoxError),
-}
-
-/// A provider's answer body: read from the socket by the exchange (HTTP/1.1), or a stream
-/// of a shared HTTP/2 connection.
-pub enum UpstreamBody {
-    H1(H1Body),
-    H2(Incoming),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    #[inline]
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        use std::pin::Pin;
-        match self.get_mut() {
-            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::H1(b) => b.is_end_stream(),
-            UpstreamBody::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::H1(b) => b.size_hint(),
-            UpstreamBody::H2(b) => b.size_hint(),
-        }
-    }
 }
 
 impl std::fmt::Debug for SendError {
