@@ -242,8 +242,7 @@ impl Exchange {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         let up = self.upstream();
-        up.metrics(self.migration, self.worker)
-            .answer_began(first_byte, stream);
+        self.metrics().answer_began(first_byte, stream);
         let idle = up.config.idle_timeout;
         let on_end = Box::new(AtEnd {
             head: Ended {
@@ -405,7 +404,7 @@ impl Exchange {
             (true, Some(t)) => Some(t.duration_since(self.start)),
             _ => ttfb,
         };
-        let outcome = up.metrics(self.migration, self.worker).record(&Recorded {
+        let outcome = self.metrics().record(&Recorded {
             status,
             class,
             elapsed,

@@ -58,8 +58,6 @@ pub enum MirrorTo {
     Control {
         /// The request's routing bucket.
         key: u16,
-        /// The worker it runs on (its event goes on that worker's queue).
-        worker: Worker,
     },
 }
 
@@ -70,26 +68,29 @@ impl MirrorTo {
         &self,
         snap: &Snapshot,
         migration: usize,
+        worker: Worker,
         why: &'static str,
         class: Option<Class>,
         took: Duration,
     ) {
         match self {
             MirrorTo::Shadow(pair) => pair.failed(why),
-            MirrorTo::Control { key, worker } => {
+            MirrorTo::Control { key } => {
                 if let Some(class) = class {
-                    control_event(snap, migration, (*key, *worker), class, took, None);
+                    control_event(snap, migration, worker, *key, class, took, None);
                 }
             }
         }
     }
 }
 
-/// One control request's outcome, as an event of `from`'s (the judge's live baseline).
+/// One control request's outcome, as an event of `from`'s (the judge's live baseline), on
+/// `worker`'s queue.
 fn control_event(
     snap: &Snapshot,
     migration: usize,
-    (key, worker): (u16, Worker),
+    worker: Worker,
+    key: u16,
     class: Class,
     latency: Duration,
     answer: Option<(&SideResult, Option<&str>)>,
@@ -140,7 +141,7 @@ pub async fn run(
     worker: Worker,
 ) {
     let migration = mirror.migration;
-    let fail = |why, class| dest.failed(&snap, migration, why, class, Duration::ZERO);
+    let fail = |why, class| dest.failed(&snap, migration, worker, why, class, Duration::ZERO);
     let body = match body.await {
         Ok(Ok(b)) => b,
         Ok(Err(why)) => return fail(why, None),
@@ -197,7 +198,8 @@ pub async fn run(
     h.insert(X_SWITCHYARD_SHADOW.clone(), HeaderValue::from_static(tag));
 
     let start = Instant::now();
-    let failed = |why, class| dest.failed(&snap, migration, why, Some(class), start.elapsed());
+    let failed =
+        |why, class| dest.failed(&snap, migration, worker, why, Some(class), start.elapsed());
     let sent = tokio::time::timeout(up.config.timeout, up.send(worker, req, false)).await;
     let Sent { resp, lease, .. } = match sent {
         Err(_) => return failed("timeout", ErrorKind::UpstreamTimeout.class()),
@@ -228,7 +230,14 @@ pub async fn run(
                 };
                 read += data.len() as u64;
                 if read > cfg.shadow.max_response_bytes {
-                    return dest.failed(&snap, migration, "too_large", None, start.elapsed());
+                    return dest.failed(
+                        &snap,
+                        migration,
+                        worker,
+                        "too_large",
+                        None,
+                        start.elapsed(),
+                    );
                 }
                 if sse {
                     scan.feed(data);
@@ -304,10 +313,11 @@ pub async fn run(
                 .record(latency.as_secs_f64());
             pair.shadow(side, asks_json(&request_json));
         }
-        MirrorTo::Control { key, worker } => control_event(
+        MirrorTo::Control { key } => control_event(
             &snap,
             migration,
-            (key, worker),
+            worker,
+            key,
             class,
             latency,
             Some((&side, model.as_deref())),
@@ -368,13 +378,7 @@ pub(crate) fn start(
         let pair = Pair::new(rt.clone(), id.to_string(), migration as u16);
         (MirrorTo::Shadow(pair.clone()), Some(pair))
     } else {
-        (
-            MirrorTo::Control {
-                key: bucket,
-                worker,
-            },
-            None,
-        )
+        (MirrorTo::Control { key: bucket }, None)
     };
     tokio::spawn(run(snap.clone(), mirror, rx, dest, permit, worker));
     (Some(tee), pair)
