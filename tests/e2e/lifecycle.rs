@@ -87,6 +87,95 @@ async fn sigterm_keeps_serving_through_the_delay_while_readyz_says_503() {
     .await;
 }
 
+/// The drain does not wait out its grace for connections with nothing in progress: an idle
+/// kept-alive connection is closed at once, and an answer in progress is finished with
+/// `connection: close`, so its client sends nothing more on a connection about to close.
+#[tokio::test]
+async fn the_drain_closes_idle_connections_at_once_and_tells_busy_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_old, _new, mut gw) = pair_behind_gateway_with(
+        "phase-0",
+        "server:\n  shutdown_delay: 0s\n  shutdown_grace: 30s\n",
+    )
+    .await;
+    let body = chat_body(false).to_string();
+    let request = |extra: &str| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // An idle kept-alive connection: one answer read whole, then nothing.
+    let mut idle = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    idle.write_all(request("").as_bytes()).await.unwrap();
+    let first = read_answer(&mut idle).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // A connection whose answer is still awaited when the drain starts.
+    let mut busy = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    busy.write_all(request("x-mock-delay-ms: 1500\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    gw.signal("TERM");
+
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), idle.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the idle connection was not closed at once: {closed:?} {rest:?}"
+    );
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), busy.read_to_end(&mut answer))
+        .await
+        .expect("the busy connection is closed after its answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(
+        answer.contains("hello from"),
+        "the answer came whole: {answer}"
+    );
+    let status = gw.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the drain waited for its grace: {:?}",
+        started.elapsed()
+    );
+}
+
+/// One HTTP/1.1 answer with a `content-length`, read whole (head and body).
+async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut piece = [0u8; 4096];
+    loop {
+        let n = s.read(&mut piece).await.unwrap();
+        assert!(
+            n > 0,
+            "closed mid-answer: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&piece[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().unwrap())
+                })
+                .expect("a content-length");
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn shutdown_grace_bounds_the_drain() {
     let (_old, _new, mut gw) =

@@ -36,11 +36,11 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use switchyard_core::ErrorKind;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 
 use crate::admission::new_request_id;
 use crate::client_body::{ClientBody, H1RequestBody, Hand, ReadSide, Returned};
 use crate::conn::ConnInfo;
+use crate::drain::Drain;
 use crate::errors::{error_response, GATEWAY_ITSELF};
 use crate::h1_answer::{answer_head, chunk_size_line, Out};
 use crate::h1_framing::{poll_read_piece, Wire};
@@ -58,7 +58,7 @@ pub async fn serve_connection<T>(
     svc: GatewayService,
     info: Arc<ConnInfo>,
     limits: &HeadLimits,
-    drain: watch::Receiver<bool>,
+    drain: Drain,
 ) -> io::Result<()>
 where
     T: tokio::io::AsyncRead + AsyncWrite + Send + 'static,
@@ -75,8 +75,10 @@ pub(crate) async fn serve(
     svc: GatewayService,
     info: Arc<ConnInfo>,
     limits: &HeadLimits,
-    mut drain: watch::Receiver<bool>,
+    drain: Drain,
 ) -> io::Result<()> {
+    // One wait for the connection's life (see `crate::drain`).
+    let mut drained = std::pin::pin!(drain.wait());
     let mut conn = Conn {
         rd: Some(rd),
         wr,
@@ -87,12 +89,10 @@ pub(crate) async fn serve(
     };
     let mut first = true;
     loop {
-        if *drain.borrow() {
-            return conn.close().await;
-        }
         let head = tokio::select! {
+            biased;
+            () = &mut drained => return conn.close().await,
             h = conn.read_head(limits, first) => h,
-            _ = drain.changed() => return conn.close().await,
         };
         let head = match head {
             Ok(Some(h)) => h,
@@ -156,7 +156,9 @@ pub(crate) async fn serve(
             }
         };
         drop((hand, answer));
-        keep_alive &= !*drain.borrow();
+        // Draining: the client is told the connection closes after this answer, so it
+        // sends no request the close would lose.
+        keep_alive &= !drain.is_draining();
         let (head, body, out, keep_alive) = framed(resp, version, is_head, keep_alive);
         let whole = match out {
             Out::None => {
@@ -540,7 +542,12 @@ mod tests {
         };
         let serve = || super::serve(never(), never(), never(), never(), &limits, never());
         let size = size_of_output(&serve);
-        assert!(size <= 2048, "the connection's future is {size} bytes");
+        // 2 KiB, and the connection's one wait for the drain (`crate::drain::Wait`, about
+        // 100 bytes), kept for its life rather than made and registered at every request.
+        assert!(
+            size <= 2048 + 128,
+            "the connection's future is {size} bytes"
+        );
         let body = std::mem::size_of::<crate::response_body::GatewayBody>();
         assert!(body <= 64, "the answer's body is {body} bytes inline");
     }

@@ -16,6 +16,7 @@ pub mod answer;
 pub mod client_body;
 pub mod conn;
 mod connect;
+pub mod drain;
 pub mod errors;
 pub mod exchange;
 pub mod failover;

@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::client_body::{ClientBody, ReadSide};
 use crate::conn::ConnInfo;
+use crate::drain::{self, Drain};
 use crate::h1_server::{HeadLimits, WriteSide};
 use crate::metrics::REJECTED_TOTAL;
 use crate::service::{GatewayService, OwnIn};
@@ -85,8 +86,8 @@ pub async fn serve(
             }
         })
     };
-    // Every connection holds a receiver: the count of open ones, and their signal to drain.
-    let (drain, draining) = watch::channel(false);
+    // Every connection holds a `Drain`: the count of open ones, and their signal to drain.
+    let (drainer, draining) = drain::channel();
     let accepting = Arc::new(Accepting {
         builders: Builders::new(&limits),
         gateway,
@@ -133,9 +134,9 @@ pub async fn serve(
     sweeper.abort();
     tracing::info!(grace = ?limits.shutdown_grace, "stopped accepting; draining open requests");
     drop(draining);
-    let open = drain.receiver_count();
-    let _ = drain.send(true);
-    match tokio::time::timeout(limits.shutdown_grace, drain.closed()).await {
+    let open = drainer.open();
+    drainer.start();
+    match tokio::time::timeout(limits.shutdown_grace, drainer.closed()).await {
         Ok(()) => 0,
         Err(_) => {
             tracing::warn!(
@@ -221,9 +222,6 @@ enum Proto {
     H2,
 }
 
-/// Turns true when the listener drains; a connection holds it while it is open.
-type Drain = watch::Receiver<bool>;
-
 /// How connections are served, by protocol; the protocol is known before a byte is read
 /// (a peek, or ALPN).
 struct Builders {
@@ -253,7 +251,7 @@ impl Builders {
         stream: T,
         proto: Proto,
         svc: GatewayService,
-        mut drain: Drain,
+        drain: Drain,
         info: &Arc<ConnInfo>,
         deadline: tokio::time::Instant,
         keepalive: Duration,
@@ -286,7 +284,7 @@ impl Builders {
                 let conn = async move {
                     tokio::select! {
                         r = conn.as_mut() => return r,
-                        _ = drain.changed() => {}
+                        () = drain.wait() => {}
                     }
                     conn.as_mut().graceful_shutdown();
                     conn.await

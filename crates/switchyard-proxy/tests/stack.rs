@@ -54,7 +54,7 @@ async fn send(gw: &Arc<Gateway>, req: Request<Full<Bytes>>) -> (u16, http::Heade
             max_header_bytes: 64 * 1024,
             max_headers: 100,
         };
-        let (_drain, draining) = tokio::sync::watch::channel(false);
+        let (_drainer, draining) = switchyard_proxy::drain::channel();
         let _ = serve_connection(server_io, svc, conn, &limits, draining).await;
     });
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
