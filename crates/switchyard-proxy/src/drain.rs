@@ -105,11 +105,8 @@ impl Future for Wait<'_> {
             return Poll::Pending;
         }
         *this.waker = Some(cx.waker().clone());
-        // Ready only when woken by `start`, which set the flag before: the flag answers.
-        match this.notified.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(()),
-            Poll::Pending => Poll::Pending,
-        }
+        // Ready only once `start` has notified, and it set the flag before.
+        this.notified.poll(cx)
     }
 }
 
