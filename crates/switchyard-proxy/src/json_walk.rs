@@ -21,7 +21,9 @@ pub trait Visit {
     /// The object or array at `path` ended, with `count` members or elements.
     fn close(&mut self, _path: &[Step], _array: bool, _count: u32) {}
     /// A string value at `path` ended: its length in bytes (as sent, escapes included), and
-    /// its first bytes when [`Visit::wants`] asked for them (else empty).
+    /// its first bytes (up to the walker's cap) when [`Visit::wants`] asked for them. A
+    /// string read whole from one piece hands them over unasked (asking costs a call per
+    /// value); one read across pieces hands over nothing unless asked.
     fn string(&mut self, _path: &[Step], _head: &[u8], _len: usize) {}
     /// A number, `true`, `false` or `null` at `path` (up to [`SCALAR_MAX`] bytes of it).
     fn scalar(&mut self, _path: &[Step], _bytes: &[u8]) {}
@@ -75,6 +77,25 @@ const KEY_MAX: usize = 24;
 /// Nesting beyond this is refused as not JSON we will read (half serde_json's own limit;
 /// the deepest tool schemas seen are a few tens).
 const DEPTH_MAX: u32 = 64;
+
+/// What a byte is to a scalar being read: part of it, its end, or not JSON.
+const NOT_SCALAR: u8 = 0;
+const IN_SCALAR: u8 = 1;
+const ENDS_SCALAR: u8 = 2;
+static SCALAR_CLASS: [u8; 256] = {
+    let mut t = [NOT_SCALAR; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.') {
+            t[b] = IN_SCALAR;
+        } else if matches!(c, b',' | b']' | b'}' | b' ' | b'\n' | b'\r' | b'\t') {
+            t[b] = ENDS_SCALAR;
+        }
+        b += 1;
+    }
+    t
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -271,28 +292,53 @@ impl JsonWalk {
             match b {
                 b' ' | b'\n' | b'\r' | b'\t' => {}
                 b'"' => {
-                    let key = match self.expect {
-                        Expect::KeyOrClose | Expect::Key => {
+                    let rest = &data[i..];
+                    // Most strings end in the piece with no escape: read from it at once.
+                    let whole = quote_or_escape(rest).filter(|&end| rest[end] == b'"');
+                    match (self.expect, whole) {
+                        (Expect::KeyOrClose | Expect::Key, Some(end)) => {
                             self.count_here();
-                            true
+                            i += end + 1;
+                            let d = self.depth as usize;
+                            if d <= PATH_MAX {
+                                self.path[d - 1] = Step::Key(Key::of(&rest[..end]));
+                            }
+                            // The colon mostly follows at once (or after one space,
+                            // pretty-printed): taken here, not by another turn of the loop.
+                            self.expect = match data.get(i..i + 2) {
+                                Some([b':', _]) => {
+                                    i += 1;
+                                    Expect::Value
+                                }
+                                Some([b' ', b':']) => {
+                                    i += 2;
+                                    Expect::Value
+                                }
+                                _ => Expect::Colon,
+                            };
                         }
-                        Expect::Value | Expect::ValueOrClose => {
+                        (Expect::Value | Expect::ValueOrClose, Some(end)) => {
                             self.count_element();
+                            i += end + 1;
+                            if let Some(p) = self.path_here() {
+                                v.string(p, &rest[..end.min(self.cap)], end);
+                            }
+                            self.after_value();
+                        }
+                        // An escape, or it goes on in the next piece: read a run at a time.
+                        (Expect::KeyOrClose | Expect::Key, None) => {
+                            self.count_here();
+                            return self.open_string(i, true);
+                        }
+                        (Expect::Value | Expect::ValueOrClose, None) => {
+                            self.count_element();
+                            // Only a string read across pieces asks whether its head is
+                            // wanted: one read whole hands its head over anyway.
                             self.keep = self.path_here().is_some_and(|p| v.wants(p));
-                            false
+                            return self.open_string(i, false);
                         }
                         _ => {
                             self.fail();
-                            return i;
-                        }
-                    };
-                    match self.whole_string(&data[i..], key, v) {
-                        Some(end) => i += end,
-                        // An escape, or it goes on in the next piece: read a run at a time.
-                        None => {
-                            self.len = 0;
-                            self.buf.clear();
-                            self.token = Token::Str { key, esc: false };
                             return i;
                         }
                     }
@@ -302,6 +348,7 @@ impl JsonWalk {
                 {
                     self.count_element();
                     match self.whole_scalar(&data[i - 1..], v) {
+                        Some(_) if self.invalid => return i,
                         Some(end) => i += end - 1,
                         // It goes on in the next piece: kept, and read a byte at a time.
                         None => {
@@ -328,13 +375,13 @@ impl JsonWalk {
                 b':' if self.expect == Expect::Colon => self.expect = Expect::Value,
                 _ => {
                     self.container(b, v);
+                    if self.invalid {
+                        return i;
+                    }
                     if self.capture.is_some() {
                         self.placed(data, i - 1, v);
                     }
                 }
-            }
-            if self.invalid {
-                return i;
             }
         }
         i
@@ -356,62 +403,37 @@ impl JsonWalk {
         }
     }
 
-    /// The string just opened, if it ends in `rest` with no escape in it: read and closed,
-    /// answering how much of `rest` it took (its closing quote included).
-    fn whole_string<V: Visit>(&mut self, rest: &[u8], key: bool, v: &mut V) -> Option<usize> {
-        let end = quote_or_escape(rest)?;
-        if rest[end] != b'"' {
-            return None;
-        }
-        let text = &rest[..end];
-        self.token = Token::None;
-        if key {
-            let d = self.depth as usize;
-            if d > 0 && d <= PATH_MAX {
-                self.path[d - 1] = Step::Key(Key::of(text));
-            }
-            // The colon mostly follows at once (or after one space, pretty-printed): taken
-            // here, not by another turn of the byte loop.
-            let colon = match rest.get(end + 1..end + 3) {
-                Some([b':', _]) => Some(2),
-                Some([b' ', b':']) => Some(3),
-                _ => None,
-            };
-            if let Some(n) = colon {
-                self.expect = Expect::Value;
-                return Some(end + n);
-            }
-            self.expect = Expect::Colon;
-        } else {
-            let head = if self.keep {
-                &text[..text.len().min(self.cap)]
-            } else {
-                &[][..]
-            };
-            if let Some(p) = self.path_here() {
-                v.string(p, head, text.len());
-            }
-            self.after_value();
-        }
-        Some(end + 1)
+    /// A string that [`JsonWalk::run`] could not read whole from the piece starts at
+    /// `data[i]`: read a run at a time from here on.
+    fn open_string(&mut self, i: usize, key: bool) -> usize {
+        self.len = 0;
+        self.buf.clear();
+        self.token = Token::Str { key, esc: false };
+        i
     }
 
     /// The scalar that `rest` starts with, if it ends in `rest`: read and closed from the
     /// piece itself, answering how much of `rest` it took (not its delimiter).
     fn whole_scalar<V: Visit>(&mut self, rest: &[u8], v: &mut V) -> Option<usize> {
-        let end = rest
-            .iter()
-            .position(|b| matches!(b, b',' | b']' | b'}' | b' ' | b'\n' | b'\r' | b'\t'))?;
+        // One pass to its end: a byte that cannot be in a scalar fails it there.
+        let mut end = 1;
+        loop {
+            match SCALAR_CLASS[usize::from(*rest.get(end)?)] {
+                IN_SCALAR => end += 1,
+                ENDS_SCALAR => break,
+                _ => {
+                    self.fail();
+                    return Some(end);
+                }
+            }
+        }
         let whole = &rest[..end];
-        let ok = whole[1..]
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
-            && match whole[0] {
-                b't' => whole == b"true",
-                b'f' => whole == b"false",
-                b'n' => whole == b"null",
-                _ => true,
-            };
+        let ok = match whole[0] {
+            b't' => whole == b"true",
+            b'f' => whole == b"false",
+            b'n' => whole == b"null",
+            _ => true,
+        };
         if !ok {
             self.fail();
             return Some(end);
