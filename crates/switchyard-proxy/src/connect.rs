@@ -47,8 +47,6 @@ impl Io {
     }
 }
 
-impl Io {}
-
 impl AsyncRead for Io {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -29,6 +29,7 @@ pub mod h1_framing;
 pub mod h1_request;
 pub mod h1_server;
 pub mod headers;
+mod json_bytes;
 pub mod json_keys;
 pub mod json_walk;
 pub mod limits;
