@@ -24,7 +24,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use tokio::io::AsyncWrite;
 
@@ -34,6 +34,7 @@ use crate::h1_body::{H1Body, Home};
 use crate::h1_framing::{
     ends_chunked, invalid_data, parse_len, poll_read_piece, Chunk, Framing, Wire,
 };
+use crate::header_names;
 use crate::request_body::BoxedBody;
 
 /// A response head longer than this is refused (hyper's default limit is about 400 KB;
@@ -478,7 +479,7 @@ fn parse_head(bytes: &[u8]) -> io::Result<Parsed> {
     let base = bytes.as_ptr() as usize;
     let mut map = HeaderMap::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+        let name = header_names::read(h.name.as_bytes())
             .map_err(|_| invalid_data("the provider sent an invalid header name"))?;
         let start = h.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))

@@ -7,10 +7,11 @@ use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use crate::h1_framing::{ends_chunked, parse_len, Chunk, Framing, Wire};
+use crate::header_names;
 
 /// Limits on request heads.
 #[derive(Debug, Clone)]
@@ -88,7 +89,7 @@ pub(crate) fn parse_head(
     let mut expect_continue = false;
     let mut wire = Wire::default();
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| BAD)?;
+        let name = header_names::read(h.name.as_bytes()).map_err(|_| BAD)?;
         let value = HeaderValue::from_maybe_shared(data.slice_ref(h.value)).map_err(|_| BAD)?;
         if name == header::CONTENT_LENGTH {
             let n = parse_len(value.as_bytes())

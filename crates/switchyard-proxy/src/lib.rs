@@ -28,6 +28,7 @@ pub mod h1_body;
 pub mod h1_framing;
 pub mod h1_request;
 pub mod h1_server;
+mod header_names;
 pub mod headers;
 mod json_bytes;
 pub mod json_keys;
