@@ -1,6 +1,6 @@
 //! A streaming JSON walker: fed a body in pieces, it tells a [`Visit`] where each value
 //! lies (its path of known keys and array indices) and what its scalars and the first bytes
-//! of its wanted strings are, and whether the body is JSON at all. It keeps no copy of the
+//! of its strings are (of wanted ones at least), and whether the body is JSON at all. It keeps no copy of the
 //! body: a fixed path stack, a few bytes of the scalar or wanted string being read.
 //!
 //! It is a structural check, not a full parser: brackets, strings, colons and commas must
@@ -286,7 +286,7 @@ impl JsonWalk {
                             self.count_here();
                             i += end + 1;
                             let d = self.depth as usize;
-                            if d <= PATH_MAX {
+                            if d > 0 && d <= PATH_MAX {
                                 self.path[d - 1] = Step::Key(Key::of(&rest[..end]));
                             }
                             // The colon mostly follows at once (or after one space,
