@@ -26,16 +26,14 @@ thread_local! {
 
 /// The header name sent as `sent`, as [`HeaderName::from_bytes`] reads it.
 pub(crate) fn read(sent: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
-    let (Some(&first), Some(&last)) = (sent.first(), sent.last()) else {
-        return HeaderName::from_bytes(sent);
-    };
-    if sent.len() > NAME_MAX {
+    let len = sent.len();
+    if len == 0 || len > NAME_MAX {
         return HeaderName::from_bytes(sent);
     }
-    let mix = (sent.len() as u32)
-        ^ u32::from(first) << 6
-        ^ u32::from(last) << 1
-        ^ u32::from(sent[sent.len() / 2]) << 11;
+    let mix = (len as u32)
+        ^ u32::from(sent[0]) << 6
+        ^ u32::from(sent[len - 1]) << 1
+        ^ u32::from(sent[len / 2]) << 11;
     let at = (mix.wrapping_mul(0x9e37_79b1) >> 26) as usize;
     SEEN.with_borrow_mut(|seen| {
         if let Some(slot) = &seen[at] {
@@ -45,11 +43,11 @@ pub(crate) fn read(sent: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
         }
         let name = HeaderName::from_bytes(sent)?;
         let mut slot = Slot {
-            len: sent.len() as u8,
+            len: len as u8,
             sent: [0; NAME_MAX],
             name: name.clone(),
         };
-        slot.sent[..sent.len()].copy_from_slice(sent);
+        slot.sent[..len].copy_from_slice(sent);
         seen[at] = Some(slot);
         Ok(name)
     })

@@ -2,7 +2,7 @@
 //! what a byte is to a number or literal being read.
 
 /// What a byte is to a scalar being read: part of it, its end, or not JSON.
-pub(crate) const NOT_SCALAR: u8 = 0;
+const NOT_SCALAR: u8 = 0;
 pub(crate) const IN_SCALAR: u8 = 1;
 pub(crate) const ENDS_SCALAR: u8 = 2;
 pub(crate) static SCALAR_CLASS: [u8; 256] = {

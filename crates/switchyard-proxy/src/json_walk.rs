@@ -1,7 +1,8 @@
 //! A streaming JSON walker: fed a body in pieces, it tells a [`Visit`] where each value
 //! lies (its path of known keys and array indices) and what its scalars and the first bytes
-//! of its strings are (of wanted ones at least), and whether the body is JSON at all. It keeps no copy of the
-//! body: a fixed path stack, a few bytes of the scalar or wanted string being read.
+//! of its strings are (of wanted ones at least), and whether the body is JSON at all. It
+//! keeps no copy of the body: a fixed path stack, a few bytes of the scalar or wanted
+//! string being read.
 //!
 //! It is a structural check, not a full parser: brackets, strings, colons and commas must
 //! be where JSON puts them; a scalar must be a literal or look like a number. That is what
@@ -285,10 +286,7 @@ impl JsonWalk {
                         (Expect::KeyOrClose | Expect::Key, Some(end)) => {
                             self.count_here();
                             i += end + 1;
-                            let d = self.depth as usize;
-                            if d > 0 && d <= PATH_MAX {
-                                self.path[d - 1] = Step::Key(Key::of(&rest[..end]));
-                            }
+                            self.key_here(Key::of(&rest[..end]));
                             // The colon mostly follows at once (or after one space,
                             // pretty-printed): taken here, not by another turn of the loop.
                             self.expect = match data.get(i..i + 2) {
@@ -444,11 +442,7 @@ impl JsonWalk {
 
     fn end_string<V: Visit>(&mut self, key: bool, v: &mut V) {
         if key {
-            let k = Key::of(&self.buf);
-            let d = self.depth as usize;
-            if d > 0 && d <= PATH_MAX {
-                self.path[d - 1] = Step::Key(k);
-            }
+            self.key_here(Key::of(&self.buf));
             self.expect = Expect::Colon;
         } else {
             let head = if self.keep { &self.buf[..] } else { &[][..] };
@@ -545,6 +539,14 @@ impl JsonWalk {
                 self.after_value();
             }
             _ => self.fail(),
+        }
+    }
+
+    /// The key just read names the member at the current depth.
+    fn key_here(&mut self, key: Key) {
+        let d = self.depth as usize;
+        if d > 0 && d <= PATH_MAX {
+            self.path[d - 1] = Step::Key(key);
         }
     }
 
