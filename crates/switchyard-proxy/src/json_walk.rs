@@ -171,7 +171,8 @@ impl JsonWalk {
 
     /// The body ended: whether it was one whole JSON value.
     pub fn finish<V: Visit>(&mut self, v: &mut V) -> bool {
-        if matches!(self.token, Token::Scalar) && self.depth == 0 {
+        // A top-level number may end the body (once it is known not to be JSON, no more).
+        if matches!(self.token, Token::Scalar) && self.depth == 0 && !self.invalid {
             self.end_scalar(v);
         }
         !self.invalid && self.expect == Expect::End && matches!(self.token, Token::None)
@@ -684,6 +685,12 @@ mod tests {
         ] {
             assert!(!walk(&[bad.as_bytes()]).1, "{bad}");
         }
+        // A top-level number cut by a byte no scalar holds: nothing reported, however fed
+        // (fed a byte at a time, it was once reported when the body ended).
+        let cut = b"1234567890[1";
+        assert_eq!(walk(&[cut]), (vec![], false));
+        let bytes: Vec<&[u8]> = cut.chunks(1).collect();
+        assert_eq!(walk(&bytes), (vec![], false));
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(!walk(&[deep.as_bytes()]).1);
         assert_eq!(as_count(b"12"), Some(12));
