@@ -3,12 +3,18 @@ CARGO ?= cargo
 CONFIG ?= config/switchyard.yaml
 BIN := target/release/switchyard
 
-.PHONY: all build run serve test test-tools lint fmt bench image docker demo screenshot clean
+.PHONY: all build release-pgo run serve test test-tools lint fmt bench image docker demo screenshot clean
 
 all: build
 
 build:
 	$(CARGO) build --release --locked
+
+# The release binary optimized with a profile of a short training run (PGO): about a fifth
+# less CPU per request than `build`, two full builds long (about 10 minutes on 2 cores);
+# target/pgo/release/switchyard. `make image PGO=1` puts it in the image.
+release-pgo: build
+	bash deploy/pgo.sh
 
 # The example config points at two local mock providers (ports 9001, 9002): `run` starts
 # them beside the gateway so that curl and the OpenAI SDK work at once. With real
@@ -99,11 +105,12 @@ demo: build
 
 # The OCI image switchyard:dev, built by Debian's podman FROM scratch (nothing pulled): the
 # release binary, the libraries it links, a non-root user, its config and state volume.
-image: build
+IMAGE_BIN := $(if $(PGO),target/pgo/release/switchyard,$(BIN))
+image: $(if $(PGO),release-pgo,build)
 	@command -v podman >/dev/null 2>&1 || { echo "installing podman (Debian package)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); export DEBIAN_FRONTEND=noninteractive; \
 	  $$SUDO apt-get install -y -q podman >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q podman >/dev/null; }; }
-	bash deploy/image.sh $(BIN) switchyard:dev
+	bash deploy/image.sh $(IMAGE_BIN) switchyard:dev
 
 # For registries that can pull a base: multi-stage, distroless, the same layout.
 docker:

@@ -25,7 +25,8 @@
 # and SSE time to first token. Loopback only. Env: ROUNDS (3), DURATION (8s), CONNECTIONS
 # (64), RATE_SHARE (0.15), RATE_DURATION (10s), STREAMS (4000), SETTLE (60: seconds after
 # the burst before RSS is read again), SECTIONS ("1 2 3": `SECTIONS=3` measures only the
-# open streams, the quick loop when working on memory).
+# open streams, the quick loop when working on memory), BIN (target/release/switchyard;
+# `BIN=target/pgo/release/switchyard` measures `make release-pgo`'s build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -41,7 +42,7 @@ want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 hard=$(ulimit -Hn); [ "$hard" = unlimited ] && hard=1048576
 max_streams=$(( (hard - 600) / 2 ))
 STREAMS=${STREAMS:-4000}; [ "$STREAMS" -gt "$max_streams" ] && STREAMS=$max_streams
-BIN=target/release/switchyard
+BIN=${BIN:-target/release/switchyard}
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need nginx || ! need wrk; then
