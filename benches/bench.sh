@@ -26,7 +26,8 @@
 # (64), RATE_SHARE (0.15), RATE_DURATION (10s), STREAMS (4000), SETTLE (60: seconds after
 # the burst before RSS is read again), SECTIONS ("1 2 3": `SECTIONS=3` measures only the
 # open streams, the quick loop when working on memory), BIN (target/release/switchyard;
-# `BIN=target/pgo/release/switchyard` measures `make release-pgo`'s build).
+# `BIN=target/pgo/release/switchyard` measures `make release-pgo`'s build; the mock provider
+# and the load generator stay target/release/switchyard).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -43,6 +44,9 @@ hard=$(ulimit -Hn); [ "$hard" = unlimited ] && hard=1048576
 max_streams=$(( (hard - 600) / 2 ))
 STREAMS=${STREAMS:-4000}; [ "$STREAMS" -gt "$max_streams" ] && STREAMS=$max_streams
 BIN=${BIN:-target/release/switchyard}
+# The mock provider and the load generator: the default build, whichever gateway is measured
+# (a profile-guided build optimized the gateway's paths, not theirs).
+LOAD=target/release/switchyard
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need nginx || ! need wrk; then
@@ -51,7 +55,8 @@ if ! need nginx || ! need wrk; then
   $SUDO apt-get install -y -q nginx-light wrk >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q nginx-light wrk >/dev/null; }
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-[ -x "$BIN" ] || cargo build --release --locked
+[ -x "$LOAD" ] || cargo build --release --locked
+[ -x "$BIN" ] || { echo "bench: $BIN is not built (make build, or make release-pgo for target/pgo)" >&2; exit 2; }
 FLOOR=target/release/hyper-floor
 cargo build --release --locked -q -p switchyard-bench --bin hyper-floor
 
@@ -210,7 +215,7 @@ fi
 if want 2; then
 RATE=$(awk -v r="$ng_rps" -v s="$RATE_SHARE" 'BEGIN{printf "%d", r*s}')
 lat() { # port -> "p50 p99 p999 failed"
-  local j; j=$("$BIN" loadtest --url "http://127.0.0.1:$1/v1" --mode sustained --rate "$RATE" --duration "$RATE_DURATION" --concurrency 2000 --timeout 10s --json 2>/dev/null | tr -d ' \n')
+  local j; j=$("$LOAD" loadtest --url "http://127.0.0.1:$1/v1" --mode sustained --rate "$RATE" --duration "$RATE_DURATION" --concurrency 2000 --timeout 10s --json 2>/dev/null | tr -d ' \n')
   local k; for k in p50_ms p99_ms p999_ms; do sed -n "s/.*\"latency_ms\":{[^}]*\"$k\":\([0-9.]*\).*/\1/p" <<<"$j" | tr '\n' ' '; done
   sed -n 's/.*"failed":\([0-9]*\).*/\1/p' <<<"$j"
 }
@@ -250,12 +255,12 @@ printf '\nreloads under load: config_version %s after 100 reloads; %s req/s, p99
 fi
 
 # SSE: time to first chunk through switchyard vs straight to a streaming mock.
-"$BIN" mock --listen 127.0.0.1:$MOCK --name sse --chunks 5 --chunk-delay 2ms >/dev/null 2>&1 & pids+=($!)
+"$LOAD" mock --listen 127.0.0.1:$MOCK --name sse --chunks 5 --chunk-delay 2ms >/dev/null 2>&1 & pids+=($!)
 sed -i "s#http://127.0.0.1:$UP/v1#http://127.0.0.1:$MOCK/v1#g" "$dir/switchyard.yaml"
 curl -fs -X POST "127.0.0.1:$SYA/admin/reload" >/dev/null
 sleep 0.3
 if want 1; then
-ttft() { "$BIN" loadtest --url "$1" --requests 2000 --concurrency 16 --stream --json | tr -d ' \n' | sed -n "s/.*\"ttft_ms\":{[^}]*\"$2\":\([0-9.]*\).*/\1/p"; }
+ttft() { "$LOAD" loadtest --url "$1" --requests 2000 --concurrency 16 --stream --json | tr -d ' \n' | sed -n "s/.*\"ttft_ms\":{[^}]*\"$2\":\([0-9.]*\).*/\1/p"; }
 d50=$(ttft "http://127.0.0.1:$MOCK/v1" p50_ms); d99=$(ttft "http://127.0.0.1:$MOCK/v1" p99_ms)
 s50=$(ttft "http://127.0.0.1:$SY/v1" p50_ms); s99=$(ttft "http://127.0.0.1:$SY/v1" p99_ms)
 awk -v d50="$d50" -v d99="$d99" -v s50="$s50" -v s99="$s99" 'BEGIN {
@@ -265,13 +270,13 @@ fi
 # 3. Memory and sockets per open stream, the same streams through each proxy.
 kill "${pids[-1]}" 2>/dev/null || true
 wait "${pids[-1]}" 2>/dev/null || true
-"$BIN" mock --listen 127.0.0.1:$MOCK --name sse --chunks 20 --chunk-delay 500ms >/dev/null 2>&1 & pids+=($!)
+"$LOAD" mock --listen 127.0.0.1:$MOCK --name sse --chunks 20 --chunk-delay 500ms >/dev/null 2>&1 & pids+=($!)
 "$NGINX" -c "$dir/proxy-sse.conf" -p "$dir" 2>/dev/null
 sleep 0.5
 hold() { # target port -> "peak_rss_kb idle_rss_kb peak_sockets idle_sockets upstream_sockets completed"
   local idle_rss idle_sock peak=0 psock=0 up=0 rss s u
   idle_rss=$(rss_kb "$1"); idle_sock=$(sockets "$1")
-  "$BIN" loadtest --url "http://127.0.0.1:$2/v1/chat/completions" --mode concurrent --requests "$STREAMS" --concurrency "$STREAMS" --stream --timeout 120s --json >"$dir/streams.json" 2>/dev/null &
+  "$LOAD" loadtest --url "http://127.0.0.1:$2/v1/chat/completions" --mode concurrent --requests "$STREAMS" --concurrency "$STREAMS" --stream --timeout 120s --json >"$dir/streams.json" 2>/dev/null &
   local lt=$!
   while kill -0 $lt 2>/dev/null; do
     rss=$(rss_kb "$1"); [ "$rss" -gt "$peak" ] && peak=$rss

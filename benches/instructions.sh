@@ -43,7 +43,7 @@ Y
   # SIGINT for the gateway (its graceful stop); an async child of a script ignores SIGINT, so
   # hyper-floor, which installs no handler, gets SIGTERM.
   case $1 in *hyper-floor) kill -TERM $vp;; *) kill -INT $vp;; esac; wait $vp 2>/dev/null; kill $mp; wait $mp 2>/dev/null
-  # The busiest thread that ran the proxy: its totals, in the order of its `events:` line.
+  # The busiest thread that ran the proxy: its totals (Ir first; with SIM=1, the events below).
   local best=0 line="" f t
   for f in "$d"/cg.out-*; do
     t=$(grep -E "^(summary|totals)" "$f" | head -1 | awk '{print $2}')
@@ -55,8 +55,9 @@ Y
 for bin in "$@"; do
   a=$(worker_ir "$bin" 300); b=$(worker_ir "$bin" $((300 + N)))
   awk -v n="$N" -v a="$a" -v b="$b" -v bin="$bin" -v sim="$SIM" 'BEGIN{
-    na = split(a, x, " "); split(b, y, " ")
-    for (i = 1; i <= na; i++) d[i] = (y[i] - x[i]) / n
+    # callgrind leaves out trailing zero columns: all 13 are read (a missing one is 0).
+    split(a, x, " "); split(b, y, " ")
+    for (i = 1; i <= 13; i++) d[i] = (y[i] - x[i]) / n
     printf "%s: %.0f instructions per request", bin, d[1]
     if (sim == 1) printf "; I1 misses %.0f, D1 misses %.0f, mispredicted branches %.0f conditional + %.0f indirect", d[4], d[5] + d[6], d[11], d[13]
     printf "\n"}'

@@ -171,7 +171,7 @@ impl JsonWalk {
 
     /// The body ended: whether it was one whole JSON value.
     pub fn finish<V: Visit>(&mut self, v: &mut V) -> bool {
-        // A top-level number may end the body (once it is known not to be JSON, no more).
+        // A top-level number may end the body, unless the body is already known not to be JSON.
         if matches!(self.token, Token::Scalar) && self.depth == 0 && !self.invalid {
             self.end_scalar(v);
         }
