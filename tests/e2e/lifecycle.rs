@@ -267,11 +267,11 @@ async fn json_logs_carry_one_access_line_per_request() {
 #[tokio::test]
 async fn json_alert_lines_have_typed_fields() {
     let old = mock("old").await;
-    let gw = Gateway::start_with(
-        &config(&old.base_url(), "http://127.0.0.1:1/v1", "phase-0"),
-        &[("SWITCHYARD_LOG_FORMAT", "json")],
-    )
-    .await;
+    // Checked every second: at the default 10 s, the second failed check (the alert) came
+    // just as `eventually` gave up, and a loaded machine missed it.
+    let yaml = config(&old.base_url(), "http://127.0.0.1:1/v1", "phase-0")
+        + "health_check:\n  interval: 1s\n";
+    let gw = Gateway::start_with(&yaml, &[("SWITCHYARD_LOG_FORMAT", "json")]).await;
     eventually("the health alert for `new`", || {
         gw.logs().contains("UNHEALTHY")
     })
