@@ -44,10 +44,10 @@ Y
   # hyper-floor, which installs no handler, gets SIGTERM.
   case $1 in *hyper-floor) kill -TERM $vp;; *) kill -INT $vp;; esac; wait $vp 2>/dev/null; kill $mp; wait $mp 2>/dev/null
   # The busiest thread that ran the proxy: its totals (Ir first; with SIM=1, the events below).
-  local best=0 line="" f t
+  local best=0 line="" f l
   for f in "$d"/cg.out-*; do
-    t=$(grep -E "^(summary|totals)" "$f" | head -1 | awk '{print $2}')
-    grep -q "$mark" "$f" && [ "$t" -gt "$best" ] && best=$t && line=$(grep -E "^(summary|totals)" "$f" | head -1 | cut -d' ' -f2-)
+    l=$(grep -E "^(summary|totals)" "$f" | head -1 | cut -d' ' -f2-)
+    grep -q "$mark" "$f" && [ "${l%% *}" -gt "$best" ] && best=${l%% *} && line=$l
   done
   rm -rf "$d"; echo "$line"
 }
