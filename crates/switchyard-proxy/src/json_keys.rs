@@ -41,90 +41,105 @@ pub enum Key {
     Usage,
 }
 
+/// Every key looked for, by name.
+const NAMES: [(&[u8], Key); 34] = [
+    (b"choices", Key::Choices),
+    (b"completion_tokens", Key::CompletionTokens),
+    (b"content", Key::Content),
+    (b"delta", Key::Delta),
+    (b"error", Key::Error),
+    (b"finish_reason", Key::FinishReason),
+    (b"function_call", Key::FunctionCall),
+    (b"logprobs", Key::Logprobs),
+    (b"include_usage", Key::IncludeUsage),
+    (b"incomplete_details", Key::IncompleteDetails),
+    (b"index", Key::Index),
+    (b"input_tokens", Key::InputTokens),
+    (b"max_completion_tokens", Key::MaxCompletionTokens),
+    (b"max_output_tokens", Key::MaxOutputTokens),
+    (b"max_tokens", Key::MaxTokens),
+    (b"message", Key::Message),
+    (b"model", Key::Model),
+    (b"n", Key::N),
+    (b"output", Key::Output),
+    (b"output_tokens", Key::OutputTokens),
+    (b"prompt_tokens", Key::PromptTokens),
+    (b"reason", Key::Reason),
+    (b"reasoning_content", Key::ReasoningContent),
+    (b"refusal", Key::Refusal),
+    (b"response", Key::Response),
+    (b"response_format", Key::ResponseFormat),
+    (b"status", Key::Status),
+    (b"stream", Key::Stream),
+    (b"stream_options", Key::StreamOptions),
+    (b"text", Key::Text),
+    (b"tool_calls", Key::ToolCalls),
+    (b"tools", Key::Tools),
+    (b"type", Key::Type),
+    (b"usage", Key::Usage),
+];
+
+/// A slot per name: (length, first byte, last byte) tell these names apart, and one
+/// multiplication spreads them over 64 slots with none shared (checked as the table is
+/// built, at compile time).
+const SLOTS: [(&[u8], Key); 64] = slots();
+
+/// Where `name` (not empty) would be in [`SLOTS`].
+const fn slot(name: &[u8]) -> usize {
+    let x = name.len() as u64 | (name[0] as u64) << 8 | (name[name.len() - 1] as u64) << 16;
+    (x.wrapping_mul(0xfad7_4333_2cc0_92bd) >> 58) as usize
+}
+
+const fn slots() -> [(&'static [u8], Key); 64] {
+    let mut table: [(&[u8], Key); 64] = [(b"", Key::Other); 64];
+    let mut i = 0;
+    while i < NAMES.len() {
+        let at = slot(NAMES[i].0);
+        assert!(
+            table[at].0.is_empty(),
+            "two keys share a slot: find another multiplier"
+        );
+        table[at] = NAMES[i];
+        i += 1;
+    }
+    table
+}
+
 impl Key {
     pub(crate) fn of(name: &[u8]) -> Key {
-        // By length first: one jump, then a compare or two of equal-length words, where
-        // one match over every name compared them one after another.
-        match name.len() {
-            1 => match name {
-                b"n" => Key::N,
-                _ => Key::Other,
-            },
-            4 => match name {
-                b"text" => Key::Text,
-                b"type" => Key::Type,
-                _ => Key::Other,
-            },
-            5 => match name {
-                b"delta" => Key::Delta,
-                b"error" => Key::Error,
-                b"index" => Key::Index,
-                b"model" => Key::Model,
-                b"tools" => Key::Tools,
-                b"usage" => Key::Usage,
-                _ => Key::Other,
-            },
-            6 => match name {
-                b"output" => Key::Output,
-                b"reason" => Key::Reason,
-                b"status" => Key::Status,
-                b"stream" => Key::Stream,
-                _ => Key::Other,
-            },
-            7 => match name {
-                b"choices" => Key::Choices,
-                b"content" => Key::Content,
-                b"message" => Key::Message,
-                b"refusal" => Key::Refusal,
-                _ => Key::Other,
-            },
-            8 => match name {
-                b"logprobs" => Key::Logprobs,
-                b"response" => Key::Response,
-                _ => Key::Other,
-            },
-            10 => match name {
-                b"max_tokens" => Key::MaxTokens,
-                b"tool_calls" => Key::ToolCalls,
-                _ => Key::Other,
-            },
-            12 => match name {
-                b"input_tokens" => Key::InputTokens,
-                _ => Key::Other,
-            },
-            13 => match name {
-                b"finish_reason" => Key::FinishReason,
-                b"function_call" => Key::FunctionCall,
-                b"include_usage" => Key::IncludeUsage,
-                b"output_tokens" => Key::OutputTokens,
-                b"prompt_tokens" => Key::PromptTokens,
-                _ => Key::Other,
-            },
-            14 => match name {
-                b"stream_options" => Key::StreamOptions,
-                _ => Key::Other,
-            },
-            15 => match name {
-                b"response_format" => Key::ResponseFormat,
-                _ => Key::Other,
-            },
-            17 => match name {
-                b"completion_tokens" => Key::CompletionTokens,
-                b"max_output_tokens" => Key::MaxOutputTokens,
-                b"reasoning_content" => Key::ReasoningContent,
-                _ => Key::Other,
-            },
-            18 => match name {
-                b"incomplete_details" => Key::IncompleteDetails,
-                _ => Key::Other,
-            },
-            21 => match name {
-                b"max_completion_tokens" => Key::MaxCompletionTokens,
-                _ => Key::Other,
-            },
+        // One slot to look in and one compare: a key is looked up for every key of every
+        // body, and a match over the names compiled to 3 KB of compares, a cache's worth of
+        // code per request.
+        if name.is_empty() {
+            return Key::Other;
+        }
+        match SLOTS[slot(name)] {
+            (known, key) if same(known, name) => key,
             _ => Key::Other,
         }
     }
+}
+
+/// `a == b` in at most three word compares and no call (`==` on slices calls `memcmp`,
+/// dearer than the lookup); no key is longer than 24 bytes.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    let word4 =
+        |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("four bytes"));
+    let word8 =
+        |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("eight bytes"));
+    n == b.len()
+        && match n {
+            0..=3 => a.first() == b.first() && a.get(n / 2) == b.get(n / 2) && a.last() == b.last(),
+            4..=7 => word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4),
+            8..=16 => word8(a, 0) == word8(b, 0) && word8(a, n - 8) == word8(b, n - 8),
+            17..=24 => {
+                word8(a, 0) == word8(b, 0)
+                    && word8(a, 8) == word8(b, 8)
+                    && word8(a, n - 8) == word8(b, n - 8)
+            }
+            _ => false,
+        }
 }
 
 /// One step of a value's path: a key of an object, or an index in an array.
@@ -215,6 +230,21 @@ mod tests {
             assert_eq!(Key::of(format!("{name}s").as_bytes()), Other, "{name}");
         }
         assert_eq!(Key::of(b""), Other);
+    }
+
+    #[test]
+    fn word_compares_tell_what_slice_compares_tell() {
+        let a: Vec<u8> = (b'a'..=b'z').chain(b'A'..=b'F').collect();
+        for n in 0..=a.len() {
+            assert_eq!(same(&a[..n], &a[..n]), n <= 24, "{n}");
+            assert!(!same(&a[..n], &a[..n.saturating_sub(1)]) || n == 0);
+            // Any one byte changed, wherever it is, tells them apart.
+            for at in 0..n {
+                let mut b = a[..n].to_vec();
+                b[at] ^= 1;
+                assert!(!same(&a[..n], &b), "{n} {at}");
+            }
+        }
     }
 
     #[test]
