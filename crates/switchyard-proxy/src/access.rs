@@ -65,6 +65,8 @@ fn ms(d: Duration) -> f64 {
     d.as_micros() as f64 / 1000.0
 }
 
+// Out of line: the per-request accounting it is called from stays small when it is off.
+#[inline(never)]
 pub(crate) fn access_log(r: &Finished<'_>) {
     // The path only: query strings can carry secrets.
     tracing::info!(
@@ -92,6 +94,7 @@ pub(crate) fn access_log(r: &Finished<'_>) {
 }
 
 /// The request as a trace span (OpenTelemetry's HTTP and GenAI attribute names).
+#[inline(never)]
 pub(crate) fn span(r: &Finished<'_>, ctx: TraceCtx) -> SpanRecord {
     use serde_json::Value;
     let mut attributes: Vec<(&'static str, Value)> = vec![

@@ -455,39 +455,44 @@ impl Exchange {
         if !answer {
             return;
         }
-        let finished = Finished {
-            client: self.client,
-            ttfb,
-            failover: self
-                .failed
-                .map(|f| (&*snap.upstreams[f.provider].name, f.status)),
-            request_id: &self.request_id,
-            method: &self.method,
-            uri: &self.uri,
-            provider: &up.name,
-            migration: self
-                .migration()
-                .filter(|_| snap.config.named_migrations)
-                .map(|(m, _)| m.name.as_str()),
-            phase: self
-                .migration()
-                .map_or("-", |(m, live)| live.state.phase_name(&m.phases)),
-            status,
-            outcome,
-            class,
-            elapsed,
-            bytes: summary.bytes,
-            model,
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            cost,
-            detail,
-        };
-        if let (Some(ctx), Some(sink)) = (self.trace, &snap.spans) {
-            sink.send(span(&finished, ctx));
-        }
-        if snap.config.server.access_log {
-            access_log(&finished);
+        // The record of the request is built only for what reads it: most gateways run with
+        // neither the access log nor traces.
+        let traced = self.trace.is_some() && snap.spans.is_some();
+        if traced || snap.config.server.access_log {
+            let finished = Finished {
+                client: self.client,
+                ttfb,
+                failover: self
+                    .failed
+                    .map(|f| (&*snap.upstreams[f.provider].name, f.status)),
+                request_id: &self.request_id,
+                method: &self.method,
+                uri: &self.uri,
+                provider: &up.name,
+                migration: self
+                    .migration()
+                    .filter(|_| snap.config.named_migrations)
+                    .map(|(m, _)| m.name.as_str()),
+                phase: self
+                    .migration()
+                    .map_or("-", |(m, live)| live.state.phase_name(&m.phases)),
+                status,
+                outcome,
+                class,
+                elapsed,
+                bytes: summary.bytes,
+                model,
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                cost,
+                detail,
+            };
+            if let (Some(ctx), Some(sink)) = (self.trace, &snap.spans) {
+                sink.send(span(&finished, ctx));
+            }
+            if snap.config.server.access_log {
+                access_log(&finished);
+            }
         }
         if let Some(pair) = &self.shadow {
             pair.primary(SideResult {

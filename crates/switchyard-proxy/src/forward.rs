@@ -33,7 +33,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use switchyard_core::ErrorKind;
 
 use crate::admission::Admitted;
-use crate::answer::{is_json, RequestScan};
+use crate::answer::{is_json, RequestRead, RequestScan};
 use crate::errors::{BodyTooLarge, BoxError, ClientBodyError};
 use crate::exchange::{Exchange, Start};
 use crate::failover;
@@ -69,7 +69,7 @@ pub(crate) async fn forward(
             // Nothing is routed before the model comes: a client that stalls is cut.
             let wait = snap.config.server.header_read_timeout;
             Some(
-                tokio::time::timeout(wait, models::read_model(b))
+                Box::pin(tokio::time::timeout(wait, models::read_model(b)))
                     .await
                     .unwrap_or_else(|_| Err(ClientBodyError::too_slow(wait))),
             )
@@ -158,39 +158,18 @@ async fn prepare(
     let mut whole = None;
     if ex.upstream().injects_stream_usage() && openai::is_chat_completion(&parts.method, &parts.uri)
     {
-        let read = match (body.take(), ahead.take()) {
-            (Some(incoming), _) => collect(Vec::new(), incoming, limit).await,
-            (
-                None,
-                Some(ReadAhead {
-                    prefix,
-                    rest: Some(rest),
-                }),
-            ) => collect(prefix.held.to_vec(), rest, limit).await,
-            (None, Some(ReadAhead { prefix, rest: None })) => Ok(prefix.held),
-            (None, None) => Ok(Bytes::new()),
-        };
-        let bytes = match read {
-            Ok(b) => b,
-            Err(e) if e.is::<LengthLimitError>() => {
-                return Err(ex.fail(ErrorKind::BodyTooLarge, &BodyTooLarge::message(limit)))
-            }
-            Err(e) => return Err(ex.client_broke(&ClientBodyError::of(e))),
-        };
-        // Read once: whether it is JSON, what it asks, whether it must be rewritten.
-        let mut scan = RequestScan::default();
-        scan.feed(&bytes);
-        if !scan.finish() && json_required {
-            return Err(ex.client_broke(&ClientBodyError::not_json()));
-        }
-        let (bytes, injected) = openai::inject_stream_usage(bytes, &scan.read);
-        ex.strip_usage = injected;
-        if injected {
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        }
-        whole = Some((bytes, scan.read));
+        // Boxed: a rare path, kept out of every request's future.
+        let (e, bytes, read) = Box::pin(read_for_usage(
+            ex,
+            parts,
+            body.take(),
+            ahead.take(),
+            limit,
+            json_required,
+        ))
+        .await?;
+        ex = e;
+        whole = Some((bytes, read));
     }
     let json_checked = whole.is_some();
     // Providers may name models differently: learn the client's model before choosing what
@@ -200,7 +179,7 @@ async fn prepare(
             Some((bytes, _)) => models::read_whole(ex, bytes)?,
             None => {
                 let incoming = body.take().expect("the body is there");
-                models::read_ahead(ex, incoming).await?
+                Box::pin(models::read_ahead(ex, incoming)).await?
             }
         };
         ex = e;
@@ -238,6 +217,50 @@ async fn prepare(
         b.tee_into(t);
     }
     Ok((ex, b))
+}
+
+/// The whole body of a chat completion whose stream the gateway asks for its usage, read
+/// once: whether it is JSON, what it asks, and rewritten when it must be.
+async fn read_for_usage(
+    mut ex: Box<Exchange>,
+    parts: &mut http::request::Parts,
+    body: Option<ClientBody>,
+    ahead: Option<ReadAhead>,
+    limit: u64,
+    json_required: bool,
+) -> Result<(Box<Exchange>, Bytes, RequestRead), Response<GatewayBody>> {
+    let read = match (body, ahead) {
+        (Some(incoming), _) => collect(Vec::new(), incoming, limit).await,
+        (
+            None,
+            Some(ReadAhead {
+                prefix,
+                rest: Some(rest),
+            }),
+        ) => collect(prefix.held.to_vec(), rest, limit).await,
+        (None, Some(ReadAhead { prefix, rest: None })) => Ok(prefix.held),
+        (None, None) => Ok(Bytes::new()),
+    };
+    let bytes = match read {
+        Ok(b) => b,
+        Err(e) if e.is::<LengthLimitError>() => {
+            return Err(ex.fail(ErrorKind::BodyTooLarge, &BodyTooLarge::message(limit)))
+        }
+        Err(e) => return Err(ex.client_broke(&ClientBodyError::of(e))),
+    };
+    let mut scan = RequestScan::default();
+    scan.feed(&bytes);
+    if !scan.finish() && json_required {
+        return Err(ex.client_broke(&ClientBodyError::not_json()));
+    }
+    let (bytes, injected) = openai::inject_stream_usage(bytes, &scan.read);
+    ex.strip_usage = injected;
+    if injected {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    }
+    Ok((ex, bytes, scan.read))
 }
 
 /// The whole body: `held` (read already) and the rest, within `limit`.
@@ -279,7 +302,7 @@ async fn attempts(
             }) => match failover::after_refusal(&mut ex, &resp, headers) {
                 Some(next) => next,
                 None if models::lists_models(&ex, &resp) => {
-                    return models::respond_list(ex, resp, lease).await
+                    return Box::pin(models::respond_list(ex, resp, lease)).await
                 }
                 None => return ex.respond(resp, lease),
             },
