@@ -185,8 +185,7 @@ impl JsonWalk {
     /// The path of the value at the current depth; `None` when it is nested too deep to
     /// report (its path would be an ancestor's).
     fn path_here(&self) -> Option<&[Step]> {
-        let d = self.depth as usize;
-        (d <= PATH_MAX).then(|| &self.path[..d])
+        self.path.get(..self.depth as usize)
     }
 
     fn fail(&mut self) {
@@ -290,12 +289,12 @@ impl JsonWalk {
                             self.key_here(Key::of(&rest[..end]));
                             // The colon mostly follows at once (or after one space,
                             // pretty-printed): taken here, not by another turn of the loop.
-                            self.expect = match data.get(i..i + 2) {
-                                Some([b':', _]) => {
+                            self.expect = match data.get(i) {
+                                Some(b':') => {
                                     i += 1;
                                     Expect::Value
                                 }
-                                Some([b' ', b':']) => {
+                                Some(b' ') if data.get(i + 1) == Some(&b':') => {
                                     i += 2;
                                     Expect::Value
                                 }
@@ -545,9 +544,9 @@ impl JsonWalk {
 
     /// The key just read names the member at the current depth.
     fn key_here(&mut self, key: Key) {
-        let d = self.depth as usize;
-        if d > 0 && d <= PATH_MAX {
-            self.path[d - 1] = Step::Key(key);
+        // Depth 0 wraps to no slot, as a depth past PATH_MAX has none: one compare.
+        if let Some(step) = self.path.get_mut((self.depth as usize).wrapping_sub(1)) {
+            *step = Step::Key(key);
         }
     }
 
@@ -560,9 +559,8 @@ impl JsonWalk {
 
     /// One more member or element in the container at the current depth.
     fn count_here(&mut self) {
-        let d = self.depth as usize;
-        if d > 0 && d <= PATH_MAX {
-            self.counts[d - 1] += 1;
+        if let Some(count) = self.counts.get_mut((self.depth as usize).wrapping_sub(1)) {
+            *count += 1;
         }
     }
 }
