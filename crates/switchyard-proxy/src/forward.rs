@@ -68,6 +68,9 @@ pub(crate) async fn forward(
         Some(b) if snap.routes_by_model && parts.method == Method::POST => {
             // Nothing is routed before the model comes: a client that stalls is cut.
             let wait = snap.config.server.header_read_timeout;
+            // Boxed, as the other paths only some gateways take (routing or mapping by
+            // model, asking a stream for its usage, the model list): the allocation is
+            // theirs, and their code stays out of every other request's future.
             Some(
                 Box::pin(tokio::time::timeout(wait, models::read_model(b)))
                     .await
@@ -158,7 +161,6 @@ async fn prepare(
     let mut whole = None;
     if ex.upstream().injects_stream_usage() && openai::is_chat_completion(&parts.method, &parts.uri)
     {
-        // Boxed: a rare path, kept out of every request's future.
         let (e, bytes, read) = Box::pin(read_for_usage(
             ex,
             parts,

@@ -355,6 +355,7 @@ impl Upstream {
         loop {
             let (mut conn, fresh) = match self.pooled(pool, max_streams) {
                 Some(c) => (c, false),
+                // Boxed: a new connection is rare under keep-alive, and its code large.
                 None => match Box::pin(self.open(pool, max_streams)).await {
                     Ok((c, fresh)) => (c, fresh),
                     Err(e) => return Err(SendError::Connect(e, Box::new(req))),
