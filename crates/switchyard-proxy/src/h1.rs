@@ -16,7 +16,7 @@
 //! trailers read and dropped. A connection goes back to its pool only when its answer was
 //! read exactly to its end and neither side asked to close it.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -48,12 +48,59 @@ const COALESCE: usize = 16 * 1024;
 /// Sends `req` on `io` and reads the answer's head; the body reads the rest from `io`.
 /// An error from the request body (the client's) comes back as it was raised. The request's
 /// headers come back with the answer when `keep_headers` asks for them.
-pub(crate) async fn send(
+///
+/// Not an `async fn`: the request is taken apart and its head written out before the
+/// future is made, so the future holds what the exchange needs (the upload, the headers
+/// kept) and not the request itself beside them, dead, for as long as it runs.
+pub(crate) fn send(
     mut io: Io,
     req: Request<BoxedBody>,
     home: Home,
     keep_headers: bool,
-) -> Result<(Response<H1Body>, Option<HeaderMap>), BoxError> {
+) -> impl Future<Output = Result<(Response<H1Body>, Option<HeaderMap>), BoxError>> + Send {
+    let started = start_upload(req, keep_headers);
+    async move {
+        let (mut upload, kept, head_only, close) = started?;
+        let mut head = HeadReader::default();
+        let (parts, rest) = poll_fn(|cx| loop {
+            // The head is read while the request is written: a provider may answer (413, 401)
+            // before it has read the whole upload, and stop reading it.
+            if let Poll::Ready(read) = head.poll(&mut io, cx) {
+                return Poll::Ready(match (read, upload.failed.take()) {
+                    (Ok(h), _) => Ok(h),
+                    // Nothing readable after a failed write: the write's error says more.
+                    (Err(_), Some(wrote)) => Err(Box::new(wrote) as BoxError),
+                    (Err(e), None) => Err(e.into()),
+                });
+            }
+            if upload.done || upload.failed.is_some() {
+                return Poll::Pending;
+            }
+            match upload.poll(&mut io, cx) {
+                Poll::Ready(Err(Written::Body(e))) => return Poll::Ready(Err(e)),
+                // What the provider said before it closed, if anything, is read next.
+                Poll::Ready(Err(Written::Socket(e))) => upload.failed = Some(e),
+                Poll::Ready(Ok(())) | Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await?;
+        // An answer before the whole request: the rest is not sent, and the connection is in
+        // no state to carry another exchange.
+        let whole = upload.done;
+        drop(upload);
+        Ok((
+            answer(io, parts, rest, head_only, close || !whole, home)?,
+            kept,
+        ))
+    }
+}
+
+/// The request taken apart: its head written out ahead of its body (the upload), the
+/// headers kept when asked, whether it is a HEAD and whether it closes the connection.
+fn start_upload(
+    req: Request<BoxedBody>,
+    keep_headers: bool,
+) -> Result<(Upload, Option<HeaderMap>, bool, bool), BoxError> {
     let (mut parts, body) = req.into_parts();
     let head_only = parts.method == Method::HEAD;
     let close = Wire::of(&parts.headers).close;
@@ -64,38 +111,8 @@ pub(crate) async fn send(
     // only when a refusal may send the request again, and only until the answer's head.
     let kept = keep_headers.then(|| std::mem::take(&mut parts.headers));
     drop(parts);
-    let mut upload = Upload::new(out, body, framing).map_err(Written::into_error)?;
-    let mut head = HeadReader::default();
-    let (parts, rest) = poll_fn(|cx| loop {
-        // The head is read while the request is written: a provider may answer (413, 401)
-        // before it has read the whole upload, and stop reading it.
-        if let Poll::Ready(read) = head.poll(&mut io, cx) {
-            return Poll::Ready(match (read, upload.failed.take()) {
-                (Ok(h), _) => Ok(h),
-                // Nothing readable after a failed write: the write's error says more.
-                (Err(_), Some(wrote)) => Err(Box::new(wrote) as BoxError),
-                (Err(e), None) => Err(e.into()),
-            });
-        }
-        if upload.done || upload.failed.is_some() {
-            return Poll::Pending;
-        }
-        match upload.poll(&mut io, cx) {
-            Poll::Ready(Err(Written::Body(e))) => return Poll::Ready(Err(e)),
-            // What the provider said before it closed, if anything, is read next.
-            Poll::Ready(Err(Written::Socket(e))) => upload.failed = Some(e),
-            Poll::Ready(Ok(())) | Poll::Pending => return Poll::Pending,
-        }
-    })
-    .await?;
-    // An answer before the whole request: the rest is not sent, and the connection is in
-    // no state to carry another exchange.
-    let whole = upload.done;
-    drop(upload);
-    Ok((
-        answer(io, parts, rest, head_only, close || !whole, home)?,
-        kept,
-    ))
+    let upload = Upload::new(out, body, framing).map_err(Written::into_error)?;
+    Ok((upload, kept, head_only, close))
 }
 
 /// The answer with its body framed as its head says.

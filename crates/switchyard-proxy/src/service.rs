@@ -27,9 +27,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
+use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::admission::admit;
@@ -104,15 +105,40 @@ impl GatewayService {
         };
         let active = Active::start(conn);
         let (worker, client) = (conn.worker, conn.remote);
-        Box::pin(async move {
-            let mut resp = forward(req, snap, admitted, worker, client).await;
-            resp.body_mut().hold(active);
-            if own == OwnIn::Map {
-                if let Some(own) = resp.body_mut().take_own_headers() {
-                    own.insert_into(resp.headers_mut());
-                }
-            }
-            Ok(resp)
+        Box::pin(Answering {
+            forward: forward(req, snap, admitted, worker, client),
+            active: Some(active),
+            own,
         })
+    }
+}
+
+pin_project! {
+    /// The forwarded answer, holding the connection's in-flight guard, its own headers
+    /// where `own` says. Not an `async` block: one would keep its captures (the request,
+    /// 320 bytes, and the rest) beside the forwarding for as long as it runs.
+    struct Answering<F> {
+        #[pin]
+        forward: F,
+        active: Option<Active>,
+        own: OwnIn,
+    }
+}
+
+impl<F: Future<Output = Response<GatewayBody>>> Future for Answering<F> {
+    type Output = Result<Response<GatewayBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut resp = ready!(this.forward.poll(cx));
+        if let Some(active) = this.active.take() {
+            resp.body_mut().hold(active);
+        }
+        if *this.own == OwnIn::Map {
+            if let Some(own) = resp.body_mut().take_own_headers() {
+                own.insert_into(resp.headers_mut());
+            }
+        }
+        Poll::Ready(Ok(resp))
     }
 }

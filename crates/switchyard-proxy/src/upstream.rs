@@ -17,6 +17,7 @@
 //! This replaces hyper-util's general client, whose per-request key hashing, shared pool
 //! and spawned "ready again" task cost more than the rest of the exchange.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -344,69 +345,74 @@ impl Upstream {
     /// `keep_headers`, the request's headers as sent come back with the answer (to send it
     /// again elsewhere): handed back over HTTP/1.1, where they are only read, and copied
     /// before HTTP/2 takes them.
-    pub async fn send(
+    ///
+    /// Not an `async fn`, which would keep the request twice (its argument and its binding)
+    /// for as long as the exchange runs.
+    pub fn send(
         &self,
         worker: Worker,
         mut req: Request<BoxedBody>,
         keep_headers: bool,
-    ) -> Result<Sent, SendError> {
+    ) -> impl Future<Output = Result<Sent, SendError>> + Send + '_ {
         let pool = self.pool(worker);
         let max_streams = self.config.http2_max_streams;
-        loop {
-            let (mut conn, fresh) = match self.pooled(pool, max_streams) {
-                Some(c) => (c, false),
-                // Boxed: a new connection is rare under keep-alive, and its code large.
-                None => match Box::pin(self.open(pool, max_streams)).await {
-                    Ok((c, fresh)) => (c, fresh),
-                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
-                },
-            };
-            // A pooled connection the provider has closed since is skipped; a pooled one
-            // that fails before the request is written gives it back to try the next.
-            if let Err(e) = conn.ready().await {
-                if fresh {
-                    return Err(SendError::Connect(e.into(), Box::new(req)));
-                }
-                continue;
-            }
-            let (mut tx, slot) = match conn {
-                Conn::H1(io) => {
-                    let home = Home {
-                        pool: pool.clone(),
-                        max_idle: self.config.max_idle_connections,
-                    };
-                    return match crate::h1::send(io, req, home, keep_headers).await {
-                        Ok((resp, headers)) => Ok(Sent {
-                            resp: resp.map(UpstreamBody::H1),
-                            lease: Lease { _slot: None, fresh },
-                            headers,
-                        }),
-                        Err(e) => Err(SendError::Exchange(e)),
-                    };
-                }
-                Conn::H2(tx, slot) => {
-                    self.to_h2(&mut req);
-                    (tx, slot)
-                }
-            };
-            let headers = keep_headers.then(|| req.headers().clone());
-            let sent = tx.try_send_request(req).await.map(|resp| Sent {
-                resp: resp.map(UpstreamBody::H2),
-                lease: Lease {
-                    _slot: Some(slot),
-                    fresh,
-                },
-                headers,
-            });
-            match sent {
-                Ok(done) => return Ok(done),
-                Err(mut e) => match e.take_message() {
-                    Some(back) if !fresh => req = back,
-                    Some(back) => {
-                        return Err(SendError::Connect(e.into_error().into(), Box::new(back)))
+        async move {
+            loop {
+                let (mut conn, fresh) = match self.pooled(pool, max_streams) {
+                    Some(c) => (c, false),
+                    // Boxed: a new connection is rare under keep-alive, and its code large.
+                    None => match Box::pin(self.open(pool, max_streams)).await {
+                        Ok((c, fresh)) => (c, fresh),
+                        Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                    },
+                };
+                // A pooled connection the provider has closed since is skipped; a pooled one
+                // that fails before the request is written gives it back to try the next.
+                if let Err(e) = conn.ready().await {
+                    if fresh {
+                        return Err(SendError::Connect(e.into(), Box::new(req)));
                     }
-                    None => return Err(SendError::Exchange(e.into_error().into())),
-                },
+                    continue;
+                }
+                let (mut tx, slot) = match conn {
+                    Conn::H1(io) => {
+                        let home = Home {
+                            pool: pool.clone(),
+                            max_idle: self.config.max_idle_connections,
+                        };
+                        return match crate::h1::send(io, req, home, keep_headers).await {
+                            Ok((resp, headers)) => Ok(Sent {
+                                resp: resp.map(UpstreamBody::H1),
+                                lease: Lease { _slot: None, fresh },
+                                headers,
+                            }),
+                            Err(e) => Err(SendError::Exchange(e)),
+                        };
+                    }
+                    Conn::H2(tx, slot) => {
+                        self.to_h2(&mut req);
+                        (tx, slot)
+                    }
+                };
+                let headers = keep_headers.then(|| req.headers().clone());
+                let sent = tx.try_send_request(req).await.map(|resp| Sent {
+                    resp: resp.map(UpstreamBody::H2),
+                    lease: Lease {
+                        _slot: Some(slot),
+                        fresh,
+                    },
+                    headers,
+                });
+                match sent {
+                    Ok(done) => return Ok(done),
+                    Err(mut e) => match e.take_message() {
+                        Some(back) if !fresh => req = back,
+                        Some(back) => {
+                            return Err(SendError::Connect(e.into_error().into(), Box::new(back)))
+                        }
+                        None => return Err(SendError::Exchange(e.into_error().into())),
+                    },
+                }
             }
         }
     }
