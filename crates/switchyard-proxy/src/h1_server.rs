@@ -520,19 +520,20 @@ fn concat(a: &Bytes, b: &Bytes) -> Bytes {
 }
 
 #[cfg(test)]
-mod tests {
-    fn size_of_output<F: FnOnce() -> T, T>(_: &F) -> usize {
+pub(crate) mod tests {
+    /// The size of what `F` returns, without calling it (futures' sizes, `forward`'s too).
+    pub(crate) fn size_of_output<F: FnOnce() -> T, T>(_: &F) -> usize {
         std::mem::size_of::<T>()
+    }
+
+    /// Stands in for an argument whose type alone is needed (the closure is never called).
+    pub(crate) fn never<T>() -> T {
+        unreachable!("only the type is asked for")
     }
 
     /// A connection's future is most of what an open stream holds: every value it keeps
     /// across an await is in it, once per place the value passed through (4 KB when the
     /// answer's body was moved inline; the body is boxed now).
-    /// Stands in for an argument whose type alone is needed (the closure is never called).
-    fn never<T>() -> T {
-        unreachable!("only the type is asked for")
-    }
-
     #[test]
     fn a_connection_holds_little_while_it_streams() {
         let limits = super::HeadLimits {
