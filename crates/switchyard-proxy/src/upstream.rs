@@ -452,9 +452,9 @@ impl Upstream {
             }
             Some(guard)
         };
-        // Boxed: connecting is rare, and its large future would otherwise be part of (and
-        // copied with) every request's.
-        let conn = Box::pin(self.connect()).await?;
+        // Inline: `send` boxes this whole future (connecting is rare), and warming awaits it
+        // in its own task.
+        let conn = self.connect().await?;
         Ok((
             match conn {
                 Connected::H1(tx) => {
